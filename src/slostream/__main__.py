@@ -1,0 +1,3 @@
+from slostream.cli import main
+
+raise SystemExit(main())

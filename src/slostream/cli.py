@@ -1,0 +1,104 @@
+"""The ``slostream`` command: run, demo, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from slostream.config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("slostream")
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML settings file")
+    parser.add_argument("--broker", help="kafka://host:port[,host:port]; unset starts the embedded broker")
+    parser.add_argument("--web-host", help="bind address for /metrics, /health, /ready (default 127.0.0.1)")
+    parser.add_argument("--web-port", help="port for the web views (default 6066)")
+    parser.add_argument("--topic-prefix", help="prefix of every topic name (default 'slostream.')")
+    parser.add_argument("--partitions", help="partitions of the measurement topic and state (default 4)")
+    parser.add_argument("--app-id", help="consumer group and changelog name (default 'slostream')")
+    parser.add_argument("--log-level", help="debug, info, warning or error")
+
+
+def _settings(args: argparse.Namespace, **overrides) -> Settings:
+    flags = {
+        "broker": args.broker,
+        "web_host": args.web_host,
+        "web_port": args.web_port,
+        "topic_prefix": args.topic_prefix,
+        "partitions": args.partitions,
+        "app_id": args.app_id,
+        "log_level": args.log_level,
+        **overrides,
+    }
+    return load_settings(args.config, os.environ, flags)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slostream", description="Streaming SLO daemon")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="start a worker")
+    _add_settings_flags(run)
+    demo = sub.add_parser("demo", help="embedded broker, a worker and synthetic services with an incident")
+    demo.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
+    demo.add_argument("--web-port", type=int, default=None)
+    bench = sub.add_parser("bench", help="measure throughput against the embedded broker")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--batched-records", type=int, default=6000)
+    bench.add_argument("--single-records", type=int, default=150_000)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return run_worker(_settings(args))
+        if args.command == "demo":
+            from slostream.demo import run_demo
+
+            return run_demo(args.duration, args.web_port)
+        if args.command == "bench":
+            from slostream.bench import run_bench
+
+            return run_bench(args.batched_records, args.single_records, args.json)
+    except ConfigError as exc:
+        print(f"slostream: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_worker(settings: Settings) -> int:
+    import faust
+
+    from slostream.io.app import create_app
+    from slostream.io.broker import EmbeddedBroker
+    from slostream.io.topics import ensure_topics
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    broker = None
+    if settings.broker is None:
+        broker = EmbeddedBroker().start()
+        settings = _replace(settings, broker=broker.url, single_record_batches=True)
+        log.warning("embedded broker at %s (memory-only: state lasts as long as this process)", broker.url)
+    elif settings.single_record_batches is None:
+        settings = _replace(settings, single_record_batches=False)
+    try:
+        asyncio.run(ensure_topics(settings))
+        app = create_app(settings)
+        worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
+        worker.execute_from_commandline()
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0
+
+
+def _replace(settings: Settings, **changes) -> Settings:
+    import dataclasses
+
+    return dataclasses.replace(settings, **changes)

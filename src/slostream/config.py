@@ -1,0 +1,203 @@
+"""One frozen, validated settings object, built once from defaults, YAML, env and flags.
+
+Precedence, lowest first: defaults, the YAML file (``--config``), environment
+variables ``SLOSTREAM_<FIELD>`` (upper case), command-line flags. Unknown keys
+are errors, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from slostream.core.windows import DEFAULT_RESOLUTIONS, Resolution
+
+ENV_PREFIX = "SLOSTREAM_"
+BROKER_RE = re.compile(r"^kafka://[A-Za-z0-9.\-_\[\]:]+:\d+(,[A-Za-z0-9.\-_\[\]:]+:\d+)*$")
+
+
+class ConfigError(ValueError):
+    """A setting is wrong; the message names where, which field and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker: str | None = None
+    app_id: str = "slostream"
+    web_host: str = "127.0.0.1"
+    web_port: int = 6066
+    topic_prefix: str = "slostream."
+    partitions: int = 4
+    bucket_s: int = 10
+    report_window_s: int = 60
+    grace_s: float = 30.0
+    idle_after_s: float = 5.0
+    label_keys: tuple[str, ...] = ()
+    max_record_bytes: int = 1 << 20
+    max_future_skew_s: float = 300.0
+    checkpoint_interval_s: float = 1.0
+    tick_interval_s: float = 1.0
+    rebalance_timeout_s: float = 5.0
+    single_record_batches: bool | None = None
+    data_dir: str | None = None
+    log_level: str = "info"
+    source: str = "urn:slostream"
+    config_file: str | None = field(default=None, compare=False)
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def resolutions(self) -> tuple[Resolution, ...]:
+        base = Resolution(self.bucket_s, DEFAULT_RESOLUTIONS[0].slots)
+        return (base,) + DEFAULT_RESOLUTIONS[1:]
+
+    @property
+    def broker_hosts(self) -> list[str]:
+        return self.broker.removeprefix("kafka://").split(",") if self.broker else []
+
+
+_HELP = {
+    "broker": "use kafka://host:port[,host:port], or leave unset to start the embedded broker",
+    "web_port": "use a TCP port between 1 and 65535",
+    "partitions": "use a whole number of partitions from 1 to 1024",
+    "bucket_s": "use a whole number of seconds that divides 60 (1, 2, 5, 10, 15, 20, 30 or 60)",
+    "report_window_s": "use a whole multiple of bucket_s, at most 300 seconds",
+    "grace_s": "use a number of seconds from 0 to 300",
+    "log_level": "use one of debug, info, warning, error",
+}
+
+
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(Settings) if f.name != "config_file"}
+
+
+def _coerce(name: str, raw: Any, where: str) -> Any:
+    kind = _fields()[name].type
+    try:
+        if raw is None:
+            return None
+        if kind.startswith("bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            if text in ("", "auto"):
+                return None
+            raise ValueError(raw)
+        if kind.startswith("int"):
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if kind.startswith("float"):
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        if kind.startswith("tuple"):
+            items = raw.split(",") if isinstance(raw, str) else raw
+            if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+                raise ValueError(raw)
+            return tuple(i.strip() for i in items if i.strip())
+        if not isinstance(raw, str):
+            raise ValueError(raw)
+        return raw
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: field '{name}' has value {raw!r}, which is not a valid {kind}. "
+            f"Fix: {_HELP.get(name, 'give a ' + kind)}."
+        ) from None
+
+
+def _unknown(name: str, where: str) -> ConfigError:
+    close = difflib.get_close_matches(name, list(_fields()), n=1)
+    hint = f"did you mean '{close[0]}'?" if close else f"known fields: {', '.join(sorted(_fields()))}"
+    return ConfigError(f"{where}: unknown field '{name}'. Fix: remove it or correct the name ({hint}).")
+
+
+def load_settings(
+    config_file: str | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(_read_yaml(config_file))
+    for key, raw in (env or {}).items():
+        if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}TEST_KAFKA":
+            continue
+        name = key[len(ENV_PREFIX):].lower()
+        if name not in _fields():
+            raise _unknown(name, f"environment variable {key}")
+        values[name] = _coerce(name, raw, f"environment variable {key}")
+    for name, raw in (flags or {}).items():
+        if raw is not None:
+            values[name] = _coerce(name, raw, f"flag --{name.replace('_', '-')}")
+    settings = Settings(**values, config_file=config_file)
+    validate(settings)
+    return settings
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror}). Fix: pass an existing file.")
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}). Fix: correct the syntax at the position shown.")
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of field: value. Fix: see README, Configuration.")
+    out = {}
+    for name, raw in document.items():
+        if name not in _fields():
+            raise _unknown(str(name), path)
+        out[name] = _coerce(name, raw, path)
+    return out
+
+
+def validate(s: Settings) -> None:
+    where = s.config_file or "settings"
+
+    def fail(name: str, problem: str) -> None:
+        raise ConfigError(f"{where}: field '{name}' {problem}. Fix: {_HELP.get(name, 'see README, Configuration')}.")
+
+    if s.broker is not None and not BROKER_RE.match(s.broker):
+        fail("broker", f"is {s.broker!r}, not kafka://host:port[,host:port]")
+    if not 1 <= s.web_port <= 65535:
+        fail("web_port", f"is {s.web_port}")
+    if not 1 <= s.partitions <= 1024:
+        fail("partitions", f"is {s.partitions}")
+    if s.bucket_s <= 0 or 60 % s.bucket_s:
+        fail("bucket_s", f"is {s.bucket_s}")
+    if s.report_window_s <= 0 or s.report_window_s % s.bucket_s or s.report_window_s > 300:
+        fail("report_window_s", f"is {s.report_window_s} (bucket_s is {s.bucket_s})")
+    if not 0 <= s.grace_s <= 300:
+        fail("grace_s", f"is {s.grace_s}")
+    base_retention = s.resolutions[0].retention
+    if s.grace_s + s.report_window_s + s.max_future_skew_s >= base_retention:
+        raise ConfigError(
+            f"{where}: grace_s + report_window_s + max_future_skew_s must stay below the base retention "
+            f"({base_retention}s). Fix: lower max_future_skew_s or grace_s, or raise bucket_s."
+        )
+    for name in ("idle_after_s", "checkpoint_interval_s", "tick_interval_s", "max_future_skew_s",
+                 "rebalance_timeout_s"):
+        if getattr(s, name) <= 0:
+            fail(name, f"is {getattr(s, name)}, it must be positive")
+    if s.max_record_bytes < 64:
+        fail("max_record_bytes", f"is {s.max_record_bytes}, it must be at least 64")
+    if s.log_level not in ("debug", "info", "warning", "error"):
+        fail("log_level", f"is {s.log_level!r}")
+    if not s.topic_prefix or not re.match(r"^[A-Za-z0-9._\-]+$", s.topic_prefix):
+        fail("topic_prefix", f"is {s.topic_prefix!r}; topic names allow letters, digits, '.', '_' and '-'")

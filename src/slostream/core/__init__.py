@@ -1,0 +1,1 @@
+"""Pure streaming math: no Kafka, Faust or HTTP imports (a test enforces it)."""

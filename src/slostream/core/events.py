@@ -1,0 +1,36 @@
+"""CloudEvents 1.0 structured envelopes with deterministic ids."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Any
+
+SPEC_VERSION = "1.0"
+
+
+def event_id(*parts: object) -> str:
+    """Stable id from what an event describes, so consumers can dedupe replays."""
+    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    return digest[:32]
+
+
+def rfc3339(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def cloud_event(
+    type_: str, source: str, id_: str, time_s: float, data: Any, subject: str | None = None
+) -> dict:
+    event = {
+        "specversion": SPEC_VERSION,
+        "type": type_,
+        "source": source,
+        "id": id_,
+        "time": rfc3339(time_s),
+        "datacontenttype": "application/json",
+        "data": data,
+    }
+    if subject is not None:
+        event["subject"] = subject
+    return event

@@ -1,0 +1,255 @@
+"""Decoding and validation of measurement records into columns.
+
+A Kafka record holds one measurement object or a JSON array of them. The fast
+path decodes and type-checks a whole record in C with msgspec; a record it
+refuses goes through the slow path, which finds the exact reason for each bad
+element so that one bad element rejects only itself. Value checks (finite
+numbers, timestamps) run vectorised over all elements of a batch.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+import orjson
+
+
+class Reason(enum.StrEnum):
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    NON_FINITE_VALUE = "non_finite_value"
+    BAD_TIMESTAMP = "bad_timestamp"
+    TOO_LARGE = "too_large"
+    TOO_LATE = "too_late"
+
+
+AwareDatetime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+# Unix seconds above this are almost surely milliseconds (year 5138).
+MAX_PLAUSIBLE_TS = 1e11
+
+
+class Measurement(msgspec.Struct, gc=False):
+    service: NonEmpty
+    metric: NonEmpty
+    value: float | None = None
+    ok: bool | None = None
+    ts: float | AwareDatetime | None = None
+    labels: dict[str, str] | None = None
+    id: str | None = None
+    outcome: Literal[0, 1] | None = None
+
+
+_FAST_DECODER = msgspec.json.Decoder(list[Measurement] | Measurement)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    record: int  # index of the record in the decoded batch
+    index: int | None  # element index inside a JSON array, None for a whole record
+    reason: Reason
+    message: str
+    element: Any = None
+
+
+@dataclass
+class Columns:
+    """Accepted measurements of a batch, one entry per measurement."""
+
+    measurements: list[Measurement] = field(default_factory=list)
+    record: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    oks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
+    record_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    position: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # -1: not in an array
+
+    def __len__(self) -> int:
+        return len(self.measurements)
+
+    def select(self, keep: np.ndarray) -> "Columns":
+        idx = np.flatnonzero(keep)
+        return Columns(
+            [self.measurements[i] for i in idx.tolist()],
+            self.record[idx],
+            self.ts[idx],
+            self.values[idx],
+            self.oks[idx],
+            self.record_ts[idx],
+            self.position[idx],
+        )
+
+
+@dataclass
+class DecodedBatch:
+    columns: Columns
+    rejections: list[Rejection]
+
+
+class MeasurementDecoder:
+    """Turns raw record values into validated columns plus rejections.
+
+    >>> d = MeasurementDecoder()
+    >>> batch = d.decode([(b'[{"service":"a","metric":"m","value":1}, 5]', 100.0)])
+    >>> len(batch.columns), batch.rejections[0].reason.value, batch.columns.ts.tolist()
+    (1, 'not_an_object', [100.0])
+    """
+
+    def __init__(self, max_record_bytes: int = 1 << 20, max_future_skew_s: float = 300.0):
+        self.max_record_bytes = max_record_bytes
+        self.max_future_skew_s = max_future_skew_s
+
+    def decode(self, records: list[tuple[bytes | None, float]]) -> DecodedBatch:
+        """``records`` are (value bytes, record timestamp in Unix seconds)."""
+        elements: list[Measurement] = []
+        owners: list[int] = []
+        positions: list[int | None] = []
+        rejections: list[Rejection] = []
+        for number, (raw, _) in enumerate(records):
+            if raw is None or len(raw) == 0:
+                rejections.append(Rejection(number, None, Reason.INVALID_JSON, "empty record"))
+                continue
+            if len(raw) > self.max_record_bytes:
+                rejections.append(
+                    Rejection(
+                        number,
+                        None,
+                        Reason.TOO_LARGE,
+                        f"record is {len(raw)} bytes, limit is {self.max_record_bytes}",
+                    )
+                )
+                continue
+            try:
+                decoded = _FAST_DECODER.decode(raw)
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                self._slow_path(number, raw, elements, owners, positions, rejections)
+                continue
+            if type(decoded) is list:
+                elements.extend(decoded)
+                owners.extend([number] * len(decoded))
+                positions.extend(range(len(decoded)))
+            else:
+                elements.append(decoded)
+                owners.append(number)
+                positions.append(None)
+        columns = self._columns(records, elements, owners)
+        columns.position = np.asarray([-1 if p is None else p for p in positions], dtype=np.int64)
+        keep = self._check_values(columns, positions, rejections)
+        if not keep.all():
+            columns = columns.select(keep)
+        return DecodedBatch(columns, rejections)
+
+    def _slow_path(self, number, raw, elements, owners, positions, rejections) -> None:
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            # Python's json also accepts NaN, Infinity and 1e400, which deserve
+            # the precise non_finite_value reason rather than invalid_json.
+            try:
+                parsed = json.loads(raw.decode("utf-8"))
+            except (ValueError, RecursionError) as exc:
+                rejections.append(
+                    Rejection(number, None, Reason.INVALID_JSON, f"not valid UTF-8 JSON: {_short(exc)}")
+                )
+                return
+        if isinstance(parsed, list):
+            items = list(enumerate(parsed))
+        else:
+            items = [(None, parsed)]
+        for position, item in items:
+            outcome = _validate_structure(item)
+            if isinstance(outcome, Measurement):
+                elements.append(outcome)
+                owners.append(number)
+                positions.append(position)
+            else:
+                reason, message = outcome
+                rejections.append(Rejection(number, position, reason, message, item))
+
+    @staticmethod
+    def _columns(records, elements: list[Measurement], owners: list[int]) -> Columns:
+        owner = np.asarray(owners, dtype=np.int64)
+        record_ts = np.asarray([ts for _, ts in records], dtype=np.float64)
+        ts_raw = [m.ts for m in elements]
+        try:
+            ts = np.asarray(ts_raw, dtype=np.float64)
+        except TypeError:
+            ts = np.asarray([_to_seconds(t) for t in ts_raw], dtype=np.float64)
+        missing_ts = np.isnan(ts)
+        if missing_ts.any():
+            ts[missing_ts] = record_ts[owner[missing_ts]]
+        values = np.asarray([m.value for m in elements], dtype=np.float64)
+        ok_float = np.asarray([m.ok for m in elements], dtype=np.float64)
+        oks = np.where(np.isnan(ok_float), -1, ok_float).astype(np.int8)
+        return Columns(elements, owner, ts, values, oks, record_ts[owner])
+
+    def _check_values(self, columns: Columns, positions, rejections: list[Rejection]) -> np.ndarray:
+        values, ts = columns.values, columns.ts
+        missing = np.isnan(values)
+        explicit_nan = np.zeros(len(values), dtype=bool)
+        if missing.any():
+            # NaN from the fast decoder means "absent"; from json it means NaN.
+            present = np.asarray([m.value is not None for m in columns.measurements], dtype=bool)
+            explicit_nan = missing & present
+        non_finite = (~missing & ~np.isfinite(values)) | explicit_nan
+        absent = missing & ~explicit_nan & (columns.oks < 0)
+        implausible = ~np.isfinite(ts) | (ts <= 0) | (ts >= MAX_PLAUSIBLE_TS)
+        future = ts > columns.record_ts + self.max_future_skew_s
+        bad = non_finite | absent | implausible | future
+        if not bad.any():
+            return ~bad
+        for i in np.flatnonzero(bad).tolist():
+            m = columns.measurements[i]
+            if non_finite[i]:
+                reason, message = Reason.NON_FINITE_VALUE, f"value {m.value!r} is not a finite number"
+            elif absent[i]:
+                reason, message = Reason.MISSING_FIELD, "a measurement needs at least one of 'value' and 'ok'"
+            elif implausible[i]:
+                reason = Reason.BAD_TIMESTAMP
+                hint = " (milliseconds? ts is Unix seconds)" if ts[i] >= MAX_PLAUSIBLE_TS else ""
+                message = f"ts {m.ts!r} is not a plausible Unix time in seconds{hint}"
+            else:
+                reason = Reason.BAD_TIMESTAMP
+                message = f"ts {ts[i]:.3f} is more than {self.max_future_skew_s:g}s after the record timestamp"
+            element = msgspec.to_builtins(m)
+            rejections.append(Rejection(int(columns.record[i]), positions[i], reason, message, element))
+        return ~bad
+
+
+def _validate_structure(item: Any) -> Measurement | tuple[Reason, str]:
+    if not isinstance(item, dict):
+        return Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(item).__name__}"
+    for name in ("service", "metric"):
+        if name not in item or item[name] is None:
+            return Reason.MISSING_FIELD, f"field '{name}' is required"
+    if "value" not in item and "ok" not in item:
+        return Reason.MISSING_FIELD, "a measurement needs at least one of 'value' and 'ok'"
+    try:
+        return msgspec.convert(item, Measurement)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if "$.ts" in text:
+            return Reason.BAD_TIMESTAMP, f"ts must be Unix seconds or an RFC 3339 time with offset: {text}"
+        return Reason.WRONG_TYPE, text
+
+
+def _to_seconds(ts: float | dt.datetime | None) -> float:
+    if ts is None:
+        return float("nan")
+    if isinstance(ts, dt.datetime):
+        return ts.timestamp()
+    return float(ts)
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "…"

@@ -1,0 +1,379 @@
+"""Event-time SLI windows for one series, kept at several resolutions.
+
+Measurements land in base buckets (10 s by default). When the watermark passes a
+base bucket's end the bucket *closes* and is rolled into every coarser level, so a
+span of any length is answered by merging a bounded number of buckets:
+
+=========  ======  ==========  ===================================  ========
+level      width   slots       answers exactly                      sketches
+=========  ======  ==========  ===================================  ========
+0          10 s    60 (10 m)   5m                                   yes
+1          1 m     360 (6 h)   30m, 1h, 2h, 6h                      yes
+2          10 m    432 (3 d)   1d, 3d                               no
+3          1 h     744 (31 d)  7d, 28d, 30d                         no
+4          1 d     93          calendar quarters                    no
+=========  ======  ==========  ===================================  ========
+
+A span whose edge is older than a finer level's retention is rounded out to the
+coarser bucket that holds the edge (an error of at most one bucket of that level).
+Counts are kept at every level; quantile sketches (about 8 bytes per occupied
+bin, ~200 bins for a typical latency spread) only where ``sketches`` is set, so a
+series stays well under a megabyte. A span that needs a bucket without a sketch
+reports no quantiles rather than partial ones.
+
+>>> w = SeriesWindows()
+>>> w.add(0, np.array([1.0, 2.0, 3.0]), np.array([1, 1, 0], dtype=np.int8))
+>>> w.close_until(10)
+[0]
+>>> agg = w.aggregate(0, 10)
+>>> (agg.count, agg.ok, agg.errors, agg.max)
+(3, 2, 1, 3.0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .sketch import QuantileSketch
+
+STATE_VERSION = 1
+
+# Columns of a stats row.
+COUNT, OK_KNOWN, OK, VALUES, SUM, MIN, MAX = range(7)
+N_STATS = 7
+
+
+def empty_stats() -> np.ndarray:
+    row = np.zeros(N_STATS)
+    row[MIN], row[MAX] = np.inf, -np.inf
+    return row
+
+
+def merge_stats_into(target: np.ndarray, other: np.ndarray) -> None:
+    target[:MIN] += other[:MIN]
+    target[MIN] = min(target[MIN], other[MIN])
+    target[MAX] = max(target[MAX], other[MAX])
+
+
+def bucket_start(ts: float, width: int) -> int:
+    """Start of the bucket of ``width`` seconds that holds event time ``ts``."""
+    return int(ts // width) * width
+
+
+@dataclass(frozen=True)
+class Resolution:
+    width: int
+    slots: int
+    sketches: bool = True
+
+    @property
+    def retention(self) -> int:
+        return self.width * self.slots
+
+
+DEFAULT_RESOLUTIONS: tuple[Resolution, ...] = (
+    Resolution(10, 60),
+    Resolution(60, 360),
+    Resolution(600, 432, sketches=False),
+    Resolution(3600, 744, sketches=False),
+    Resolution(86400, 93, sketches=False),
+)
+
+
+def check_resolutions(resolutions: tuple[Resolution, ...]) -> None:
+    """Each level's width must divide the next one's, or rollups would straddle buckets."""
+    if not resolutions:
+        raise ValueError("at least one resolution is required")
+    for finer, coarser in zip(resolutions, resolutions[1:]):
+        if coarser.width % finer.width or coarser.width <= finer.width:
+            raise ValueError(f"width {coarser.width}s is not a multiple of {finer.width}s")
+    for res in resolutions:
+        if res.width <= 0 or res.slots < 2:
+            raise ValueError(f"resolution {res} needs a positive width and at least 2 slots")
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Readable result over a span [start, end)."""
+
+    start: int
+    end: int
+    stats: np.ndarray
+    sketch: QuantileSketch | None
+
+    @property
+    def count(self) -> int:
+        return int(self.stats[COUNT])
+
+    @property
+    def ok(self) -> int:
+        return int(self.stats[OK])
+
+    @property
+    def errors(self) -> int:
+        return int(self.stats[OK_KNOWN] - self.stats[OK])
+
+    @property
+    def error_ratio(self) -> float | None:
+        known = self.stats[OK_KNOWN]
+        return None if known == 0 else float((known - self.stats[OK]) / known)
+
+    @property
+    def throughput_per_s(self) -> float:
+        return float(self.stats[COUNT]) / (self.end - self.start)
+
+    @property
+    def mean(self) -> float | None:
+        n = self.stats[VALUES]
+        return None if n == 0 else float(self.stats[SUM] / n)
+
+    @property
+    def min(self) -> float | None:
+        return None if self.stats[VALUES] == 0 else float(self.stats[MIN])
+
+    @property
+    def max(self) -> float | None:
+        return None if self.stats[VALUES] == 0 else float(self.stats[MAX])
+
+    def quantile(self, q: float) -> float | None:
+        """Sketch quantile clamped to the exact min and max seen."""
+        if self.sketch is None or self.stats[VALUES] == 0:
+            return None
+        value = self.sketch.quantile(q)
+        return float(min(max(value, self.stats[MIN]), self.stats[MAX]))
+
+
+class _Level:
+    __slots__ = ("width", "slots", "keeps_sketches", "starts", "stats", "sketches", "dirty")
+
+    def __init__(self, resolution: Resolution):
+        self.width = resolution.width
+        self.slots = resolution.slots
+        self.keeps_sketches = resolution.sketches
+        self.starts = np.full(self.slots, -1, dtype=np.int64)
+        self.stats = np.tile(empty_stats(), (self.slots, 1))
+        self.sketches: list[QuantileSketch | None] = [None] * self.slots
+        self.dirty: set[int] = set()
+
+    def slot_of(self, start: int) -> int:
+        return (start // self.width) % self.slots
+
+    def _claim(self, start: int) -> int | None:
+        slot = self.slot_of(start)
+        if self.starts[slot] > start:
+            return None  # older than this level's retention
+        if self.starts[slot] != start:
+            self.starts[slot] = start
+            self.stats[slot] = empty_stats()
+            self.sketches[slot] = None
+        self.dirty.add(slot)
+        return slot
+
+    def add_row(self, start: int, stats: np.ndarray, sketch: QuantileSketch | None) -> None:
+        slot = self._claim(start)
+        if slot is None:
+            return
+        merge_stats_into(self.stats[slot], stats)
+        if sketch is not None and self.keeps_sketches:
+            if self.sketches[slot] is None:
+                self.sketches[slot] = sketch.copy()
+            else:
+                self.sketches[slot].merge(sketch)
+
+    def held(self, start: int) -> bool:
+        return bool(self.starts[self.slot_of(start)] == start)
+
+    def bucket(self, start: int) -> tuple[np.ndarray, QuantileSketch | None] | None:
+        slot = self.slot_of(start)
+        if self.starts[slot] != start:
+            return None
+        return self.stats[slot], self.sketches[slot]
+
+    def slot_state(self, slot: int) -> dict:
+        sketch = self.sketches[slot]
+        return {
+            "start": int(self.starts[slot]),
+            "stats": [float(x) for x in self.stats[slot]],
+            "sketch": None if sketch is None else sketch.to_state(),
+        }
+
+    def load_slot(self, slot: int, state: dict) -> None:
+        self.starts[slot] = state["start"]
+        self.stats[slot] = np.asarray(state["stats"], dtype=np.float64)
+        sketch = state["sketch"]
+        self.sketches[slot] = None if sketch is None else QuantileSketch.from_state(sketch)
+
+    def nbytes(self) -> int:
+        sketches = sum(s.nbytes() for s in self.sketches if s is not None)
+        return self.starts.nbytes + self.stats.nbytes + sketches + 8 * self.slots
+
+
+class SeriesWindows:
+    """Multi-resolution event-time buckets of one series.
+
+    ``add`` feeds the open base buckets; ``close_until`` closes every base bucket
+    that ends at or before a watermark and rolls it up; ``aggregate`` answers any
+    span of closed time.
+    """
+
+    def __init__(
+        self,
+        resolutions: tuple[Resolution, ...] = DEFAULT_RESOLUTIONS,
+        relative_accuracy: float = 0.01,
+    ):
+        check_resolutions(resolutions)
+        self.resolutions = resolutions
+        self.relative_accuracy = relative_accuracy
+        self.levels = [_Level(r) for r in resolutions]
+        self.closed_until = 0
+        self.open_starts: set[int] = set()
+
+    @property
+    def base_width(self) -> int:
+        return self.resolutions[0].width
+
+    def add(self, start: int, values: np.ndarray, oks: np.ndarray) -> None:
+        """Add the measurements of one base bucket.
+
+        ``values`` holds NaN where a measurement had no value; ``oks`` holds 1, 0,
+        or -1 where a measurement had no ``ok``.
+        """
+        has_value = ~np.isnan(values)
+        present = values[has_value]
+        row = empty_stats()
+        row[COUNT] = values.size
+        row[OK_KNOWN] = np.count_nonzero(oks >= 0)
+        row[OK] = np.count_nonzero(oks == 1)
+        row[VALUES] = present.size
+        if present.size:
+            row[SUM] = present.sum()
+            row[MIN] = present.min()
+            row[MAX] = present.max()
+        base = self.levels[0]
+        slot = base._claim(start)
+        if slot is None:
+            raise ValueError(f"bucket {start} is older than the base retention")
+        merge_stats_into(base.stats[slot], row)
+        if present.size:
+            sketch = base.sketches[slot]
+            if sketch is None:
+                sketch = base.sketches[slot] = QuantileSketch(self.relative_accuracy)
+            sketch.add_values(present)
+        self.open_starts.add(start)
+
+    def close_until(self, watermark: float) -> list[int]:
+        """Close base buckets ending at or before ``watermark``; return their starts."""
+        width = self.base_width
+        horizon = bucket_start(watermark, width)
+        if horizon <= self.closed_until:
+            return []
+        closing = sorted(s for s in self.open_starts if s < horizon)
+        base = self.levels[0]
+        for start in closing:
+            self.open_starts.discard(start)
+            stats, sketch = base.bucket(start)
+            for level in self.levels[1:]:
+                level.add_row(bucket_start(start, level.width), stats, sketch)
+        self.closed_until = horizon
+        return closing
+
+    def aggregate(self, start: int, end: int, with_sketch: bool = True) -> Aggregate:
+        """Merge closed buckets covering [start, end); both on base-width boundaries."""
+        stats = empty_stats()
+        sketch = QuantileSketch(self.relative_accuracy) if with_sketch else None
+        for level, bucket in self._cover(start, end, len(self.levels) - 1):
+            held = level.bucket(bucket)
+            if held is None:
+                continue
+            merge_stats_into(stats, held[0])
+            if sketch is None:
+                continue
+            if held[1] is not None:
+                sketch.merge(held[1])
+            elif held[0][VALUES] > 0:
+                sketch = None  # this bucket kept no sketch: no honest quantile for the span
+        return Aggregate(start, end, stats, sketch)
+
+    def _cover(self, lo: int, hi: int, top: int) -> list[tuple[_Level, int]]:
+        """Buckets that tile [lo, hi), coarsest first, finer levels for the edges."""
+        if lo >= hi:
+            return []
+        for index in range(top, -1, -1):
+            level = self.levels[index]
+            w = level.width
+            first = -(-lo // w) * w
+            last = (hi // w) * w
+            if first >= last:
+                continue
+            inner = [(level, s) for s in range(first, last, w)]
+            return self._edge(lo, first, index) + inner + self._edge(last, hi, index)
+        base = self.levels[0]
+        return [(base, s) for s in range(bucket_start(lo, base.width), hi, base.width)]
+
+    def _edge(self, lo: int, hi: int, index: int) -> list[tuple[_Level, int]]:
+        if lo >= hi:
+            return []
+        finer = self._cover(lo, hi, index - 1) if index > 0 else []
+        if finer and all(level.held(s) or s >= self.closed_until for level, s in finer):
+            return finer
+        # Finer levels no longer hold this edge: round out to the coarse bucket.
+        level = self.levels[index]
+        return [(level, bucket_start(lo, level.width))]
+
+    def drain_dirty(self) -> list[tuple[int, int, dict]]:
+        """(level, slot, state) of every slot changed since the last drain."""
+        changed = []
+        for index, level in enumerate(self.levels):
+            for slot in sorted(level.dirty):
+                changed.append((index, slot, level.slot_state(slot)))
+            level.dirty.clear()
+        return changed
+
+    def header_state(self) -> dict:
+        return {
+            "v": STATE_VERSION,
+            "resolutions": [[r.width, r.slots, r.sketches] for r in self.resolutions],
+            "accuracy": self.relative_accuracy,
+            "closed_until": self.closed_until,
+            "open_starts": sorted(self.open_starts),
+        }
+
+    @classmethod
+    def from_states(cls, header: dict, slots: list[tuple[int, int, dict]]) -> "SeriesWindows":
+        if header.get("v") != STATE_VERSION:
+            raise ValueError(f"unsupported window state version {header.get('v')!r}")
+        resolutions = tuple(Resolution(w, n, k) for w, n, k in header["resolutions"])
+        windows = cls(resolutions, header["accuracy"])
+        windows.closed_until = header["closed_until"]
+        windows.open_starts = set(header["open_starts"])
+        for index, slot, state in slots:
+            windows.levels[index].load_slot(slot, state)
+        return windows
+
+    def to_state(self) -> dict:
+        """Whole state as one dict (tests and tools; the daemon persists per slot)."""
+        slots = [
+            [index, slot, level.slot_state(slot)]
+            for index, level in enumerate(self.levels)
+            for slot in np.flatnonzero(level.starts >= 0).tolist()
+        ]
+        return {"header": self.header_state(), "slots": slots}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "SeriesWindows":
+        return cls.from_states(state["header"], [tuple(s) for s in state["slots"]])
+
+    def merge(self, other: "SeriesWindows") -> None:
+        """Fold another series' buckets into this one (same resolutions)."""
+        if other.resolutions != self.resolutions:
+            raise ValueError("cannot merge windows with different resolutions")
+        for mine, theirs in zip(self.levels, other.levels):
+            for slot in np.flatnonzero(theirs.starts >= 0).tolist():
+                mine.add_row(int(theirs.starts[slot]), theirs.stats[slot], theirs.sketches[slot])
+        self.open_starts |= other.open_starts
+        self.closed_until = min(self.closed_until, other.closed_until)
+
+    def nbytes(self) -> int:
+        return sum(level.nbytes() for level in self.levels)

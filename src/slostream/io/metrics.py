@@ -1,0 +1,115 @@
+"""Prometheus exposition: a custom collector that snapshots live state at scrape time."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from slostream.core.measurement import Reason
+
+if TYPE_CHECKING:
+    from slostream.io.app import IngestService
+
+SLI_GAUGES = (
+    ("count", "slostream_sli_window_measurements", "Measurements in the last closed report window."),
+    ("error_ratio", "slostream_sli_window_error_ratio", "Error ratio of the last closed report window."),
+    ("throughput_per_s", "slostream_sli_window_throughput_per_second",
+     "Measurements per second in the last closed report window."),
+    ("mean", "slostream_sli_window_value_mean", "Mean value in the last closed report window."),
+    ("min", "slostream_sli_window_value_min", "Smallest value in the last closed report window."),
+    ("max", "slostream_sli_window_value_max", "Largest value in the last closed report window."),
+)
+
+
+class PipelineMetrics:
+    """One registry per worker (and per test), never the global default."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.batch_seconds = Histogram(
+            "slostream_ingest_batch_processing_seconds",
+            "Wall time to decode, window and emit one fetched batch of measurement records.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=self.registry,
+        )
+        self._ingest: "IngestService | None" = None
+
+    def attach(self, ingest: "IngestService") -> None:
+        self._ingest = ingest
+        self.registry.register(_StateCollector(ingest))
+
+    def observe_batch(self, seconds: float, records: int) -> None:
+        self.batch_seconds.observe(seconds)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _StateCollector(Collector):
+    def __init__(self, ingest: "IngestService"):
+        self.ingest = ingest
+
+    def collect(self):
+        ingest = self.ingest
+        yield _counter("slostream_ingest_records", "Kafka records consumed from the measurement topic.",
+                       ingest.records_consumed)
+        yield _counter("slostream_ingest_measurements_accepted", "Measurements accepted into SLI windows.",
+                       ingest.accepted)
+        yield _counter("slostream_ingest_measurements_replayed",
+                       "Measurements skipped after a restart because the state already held them.",
+                       ingest.skipped_replay)
+        rejected = CounterMetricFamily(
+            "slostream_ingest_measurements_rejected",
+            "Measurements (or whole records) sent to the dead-letter topic, by reason.",
+            labels=["reason"],
+        )
+        for reason in Reason:
+            rejected.add_metric([reason.value], ingest.rejected.get(reason.value, 0))
+        yield rejected
+        yield _counter("slostream_sli_events", "SLI window events emitted.", ingest.sli_emitted)
+        yield _counter("slostream_checkpoints", "State checkpoints completed.", ingest.checkpoints)
+        lag = GaugeMetricFamily("slostream_consumer_lag_records",
+                                "Records between the processed position and the partition end.",
+                                labels=["partition"])
+        for partition, value in sorted(ingest.lag().items()):
+            lag.add_metric([str(partition)], value)
+        yield lag
+        watermark = GaugeMetricFamily("slostream_watermark_seconds",
+                                      "Event-time watermark per partition (Unix seconds).",
+                                      labels=["partition"])
+        label_keys = list(ingest.settings.label_keys)
+        series_labels = ["service", "metric", *label_keys]
+        gauges = {name: GaugeMetricFamily(metric, doc, labels=series_labels)
+                  for name, metric, doc in SLI_GAUGES}
+        quantile = GaugeMetricFamily("slostream_sli_window_value_quantile",
+                                     "Value quantile of the last closed report window.",
+                                     labels=[*series_labels, "quantile"])
+        window_end = GaugeMetricFamily("slostream_sli_window_end_timestamp_seconds",
+                                       "End of the last closed report window (Unix seconds).",
+                                       labels=series_labels)
+        for partition, proc in sorted(ingest.processors.items()):
+            if proc.watermark.value > float("-inf"):
+                watermark.add_metric([str(partition)], proc.watermark.value)
+            for series in proc.series.values():
+                report = series.last_report
+                if report is None:
+                    continue
+                labels = [series.service, series.metric, *(series.labels.get(k, "") for k in label_keys)]
+                window_end.add_metric(labels, report["window_end"])
+                for name, gauge in gauges.items():
+                    if report.get(name) is not None:
+                        gauge.add_metric(labels, report[name])
+                for q in ("p50", "p90", "p95", "p99"):
+                    if report.get(q) is not None:
+                        quantile.add_metric([*labels, f"0.{q[1:]}"], report[q])
+        yield watermark
+        yield window_end
+        yield from gauges.values()
+        yield quantile
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)

@@ -1,0 +1,35 @@
+"""Explicit topic creation: the embedded broker is memory-only and auto-creates 4 partitions."""
+
+from __future__ import annotations
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from slostream.config import ConfigError, Settings
+
+TOPIC_NAMES = ("measurements", "sli", "deadletter", "control")
+
+
+async def ensure_topics(settings: Settings) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_hosts, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [settings.topic(name) for name in TOPIC_NAMES]
+        missing = [NewTopic(t, settings.partitions, 1) for t in wanted if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+        measurements = settings.topic("measurements")
+        if measurements in existing:
+            described = await admin.describe_topics([measurements])
+            count = len(described[0]["partitions"])
+            if count != settings.partitions:
+                raise ConfigError(
+                    f"field 'partitions' is {settings.partitions} but topic {measurements} has {count} "
+                    f"partitions. Fix: set partitions: {count} (state is co-partitioned with the topic)."
+                )
+    finally:
+        await admin.close()
