@@ -44,6 +44,7 @@ class Settings:
     checkpoint_interval_s: float = 1.0
     tick_interval_s: float = 1.0
     rebalance_timeout_s: float = 5.0
+    fetch_max_wait_ms: int = 100
     single_record_batches: bool | None = None
     data_dir: str | None = None
     log_level: str = "info"
@@ -195,6 +196,8 @@ def validate(s: Settings) -> None:
                  "rebalance_timeout_s"):
         if getattr(s, name) <= 0:
             fail(name, f"is {getattr(s, name)}, it must be positive")
+    if not 1 <= s.fetch_max_wait_ms <= 30_000:
+        fail("fetch_max_wait_ms", f"is {s.fetch_max_wait_ms}, it must be 1 to 30000")
     if s.max_record_bytes < 64:
         fail("max_record_bytes", f"is {s.max_record_bytes}, it must be at least 64")
     if s.log_level not in ("debug", "info", "warning", "error"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import operator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -50,6 +51,7 @@ class Measurement(msgspec.Struct, gc=False):
 
 
 _FAST_DECODER = msgspec.json.Decoder(list[Measurement] | Measurement)
+_TS, _VALUE, _OK = (operator.attrgetter(name) for name in ("ts", "value", "ok"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +181,7 @@ class MeasurementDecoder:
     def _columns(records, elements: list[Measurement], owners: list[int]) -> Columns:
         owner = np.asarray(owners, dtype=np.int64)
         record_ts = np.asarray([ts for _, ts in records], dtype=np.float64)
-        ts_raw = [m.ts for m in elements]
+        ts_raw = list(map(_TS, elements))
         try:
             ts = np.asarray(ts_raw, dtype=np.float64)
         except TypeError:
@@ -187,8 +189,8 @@ class MeasurementDecoder:
         missing_ts = np.isnan(ts)
         if missing_ts.any():
             ts[missing_ts] = record_ts[owner[missing_ts]]
-        values = np.asarray([m.value for m in elements], dtype=np.float64)
-        ok_float = np.asarray([m.ok for m in elements], dtype=np.float64)
+        values = np.asarray(list(map(_VALUE, elements)), dtype=np.float64)
+        ok_float = np.asarray(list(map(_OK, elements)), dtype=np.float64)
         oks = np.where(np.isnan(ok_float), -1, ok_float).astype(np.int8)
         return Columns(elements, owner, ts, values, oks, record_ts[owner])
 

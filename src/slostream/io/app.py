@@ -19,6 +19,8 @@ from collections import Counter
 from typing import Any
 
 import faust
+import mode
+from aiokafka import AIOKafkaProducer
 import orjson
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
@@ -32,8 +34,22 @@ log = logging.getLogger("slostream")
 STATE_TABLE = "sli-state"
 
 
+class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """Faust hard-codes a 1.5 s fetch wait. Tansu under-reports end offsets after
+    multi-record batches and then holds each fetch for the whole wait, which
+    stalls ingest; a short wait bounds that stall on any broker."""
+
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = self.app.ingest.settings.fetch_max_wait_ms
+        return consumer
+
+
 class BatchingConsumer(aiokafka_driver.Consumer):
     """Faust consumer that delivers the measurement topic a fetch batch at a time."""
+
+    def _new_consumer_thread(self):
+        return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def getmany(self, timeout: float):
         records, active = await self._wait_next_records(timeout)
@@ -68,11 +84,41 @@ class SloApp(faust.App):
         return BatchingTransport(self.conf.broker_consumer, self)
 
 
+class OutputProducer(mode.Service):
+    """Producer for the output topics, batched normally.
+
+    The app's own producer sends one record per batch on the embedded broker
+    (changelog recovery needs it); output events need no such care, and
+    sending them one round trip at a time would stall ingest.
+    """
+
+    def __init__(self, hosts: list[str], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.hosts = hosts
+        self.producer: AIOKafkaProducer | None = None
+
+    async def on_start(self) -> None:
+        # aiokafka binds to the running loop, so the producer is made here.
+        self.producer = AIOKafkaProducer(bootstrap_servers=self.hosts, linger_ms=2, acks="all",
+                                         max_batch_size=1 << 20, max_request_size=4 << 20)
+        await self.producer.start()
+
+    async def on_stop(self) -> None:
+        await self.producer.stop()
+
+    async def send(self, topic: str, key: bytes, value: bytes) -> None:
+        await self.producer.send(topic, value, key=key)
+
+    async def flush(self) -> None:
+        await self.producer.flush()
+
+
 class IngestService:
     """Owns the partition processors of this worker and their persistence."""
 
-    def __init__(self, app: SloApp, settings: Settings, metrics: PipelineMetrics):
+    def __init__(self, app: SloApp, settings: Settings, metrics: PipelineMetrics, outputs: OutputProducer):
         self.app = app
+        self.outputs = outputs
         self.settings = settings
         self.metrics = metrics
         self.topic = settings.topic("measurements")
@@ -88,6 +134,7 @@ class IngestService:
         )
         self.processors: dict[int, PartitionProcessor] = {}
         self.lock = asyncio.Lock()
+        self._checkpoint_lock = asyncio.Lock()
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self.records_consumed = 0
@@ -101,10 +148,10 @@ class IngestService:
             key_type=bytes,
             value_type=bytes,
         )
-        raw = {"key_serializer": "raw", "value_serializer": "raw"}
-        self.measurements = app.topic(self.topic, partitions=settings.partitions, acks=False, **raw)
-        self.sli_topic = app.topic(settings.topic("sli"), **raw)
-        self.deadletter_topic = app.topic(settings.topic("deadletter"), **raw)
+        self.measurements = app.topic(self.topic, partitions=settings.partitions, acks=False,
+                                      key_serializer="raw", value_serializer="raw")
+        self.sli_topic = settings.topic("sli")
+        self.deadletter_topic = settings.topic("deadletter")
 
     def processor(self, partition: int) -> PartitionProcessor:
         proc = self.processors.get(partition)
@@ -130,6 +177,7 @@ class IngestService:
             self._uncheckpointed.add(partition)
             await self._emit(out)
         self.records_consumed += len(records)
+        log.warning("BATCH %.3f %d %.4f", time.time(), len(records), time.perf_counter()-started)
         self.metrics.observe_batch(time.perf_counter() - started, len(records))
 
     async def tick(self) -> None:
@@ -143,37 +191,44 @@ class IngestService:
 
     async def _emit(self, out: Output) -> None:
         for key, event in out.sli:
-            await self.sli_topic.send(key=key, value=orjson.dumps(event))
+            await self.outputs.send(self.sli_topic, key, orjson.dumps(event))
         for key, event in out.deadletter:
-            await self.deadletter_topic.send(key=key, value=orjson.dumps(event))
+            await self.outputs.send(self.deadletter_topic, key, orjson.dumps(event))
             self.rejected[event["data"]["reason"]] += 1
         self.accepted += out.accepted
         self.skipped_replay += out.skipped_replay
         self.sli_emitted += len(out.sli)
 
     async def checkpoint(self, partitions: set[int] | None = None) -> None:
-        """Persist changed state, wait until it is durable, then commit its offsets."""
-        async with self.lock:
-            due = self._uncheckpointed if partitions is None else self._uncheckpointed & partitions
-            offsets: dict[TP, int] = {}
-            for partition in sorted(due):
-                proc = self.processors.get(partition)
-                if proc is None:
-                    continue
-                writes, offset = proc.checkpoint()
-                for key, value in writes:
-                    raw_key = key.encode()
-                    self.state.data[raw_key] = value
-                    self.state.send_changelog(partition, raw_key, value)
-                if offset >= 0:
-                    offsets[TP(self.topic, partition)] = offset + 1
-            self._uncheckpointed -= due
+        """Persist changed state, wait until it is durable, then commit its offsets.
+
+        The snapshot is taken under the processing lock; the wait for the broker
+        is not, so ingest goes on while the changelog drains.
+        """
+        async with self._checkpoint_lock:
+            async with self.lock:
+                due = self._uncheckpointed if partitions is None else self._uncheckpointed & partitions
+                offsets: dict[TP, int] = {}
+                for partition in sorted(due):
+                    proc = self.processors.get(partition)
+                    if proc is None:
+                        continue
+                    writes, offset = proc.checkpoint()
+                    for key, value in writes:
+                        raw_key = key.encode()
+                        self.state.data[raw_key] = value
+                        self.state.send_changelog(partition, raw_key, value)
+                    if offset >= 0:
+                        offsets[TP(self.topic, partition)] = offset + 1
+                self._uncheckpointed -= due
             await self.app.producer.flush()
-        if offsets:
-            committed = await self.app.consumer._commit(offsets)
-            if not committed:
-                log.warning("commit of %s was refused (rebalance); the state holds the offsets", offsets)
-        self.checkpoints += 1
+            await self.outputs.flush()
+            if offsets:
+                committed = await self.app.consumer._commit(offsets)
+                if not committed:
+                    log.warning("commit of %s was refused (rebalance); the state holds the offsets", offsets)
+            self.checkpoints += 1
+            log.warning("CKPT %.3f", time.time())
 
     async def on_revoked(self, revoked: set[TP]) -> None:
         mine = {tp.partition for tp in revoked if tp.topic == self.topic}
@@ -225,6 +280,7 @@ def create_app(settings: Settings) -> SloApp:
         producer_max_batch_size=64 if single_batches else 16384,
         producer_linger_ms=0 if single_batches else 1,
         broker_commit_every=10_000,
+        broker_max_poll_records=5_000,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         # Tansu holds every join for the full rebalance timeout.
@@ -233,7 +289,9 @@ def create_app(settings: Settings) -> SloApp:
         table_standby_replicas=0,
     )
     metrics = PipelineMetrics()
-    ingest = IngestService(app, settings, metrics)
+    outputs = OutputProducer(settings.broker_hosts)
+    app.add_dependency(outputs)
+    ingest = IngestService(app, settings, metrics, outputs)
     metrics.attach(ingest)
     app.ingest = ingest
     app.topics.add(ingest.measurements)

@@ -10,6 +10,7 @@ it already holds, so counts come out exact.
 from __future__ import annotations
 
 import base64
+import operator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -22,6 +23,7 @@ from slostream.core.watermark import Watermark
 from slostream.core.windows import DEFAULT_RESOLUTIONS, Resolution, SeriesWindows, bucket_start
 
 SEP = "\x1f"
+_SERVICE_METRIC = operator.attrgetter("service", "metric")
 STATE_VERSION = 1
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
 
@@ -133,7 +135,7 @@ class PartitionProcessor:
         before = self.watermark.observe(cols.ts)
         horizon = np.floor(before / width) * width
         late = cols.ts < horizon
-        offsets = np.asarray([records[i].offset for i in cols.record.tolist()], dtype=np.int64)
+        offsets = np.asarray([r.offset for r in records], dtype=np.int64)[cols.record]
         series_ids, series_list = self._series_ids(cols)
         applied = np.asarray([s.applied_offset for s in series_list], dtype=np.int64)[series_ids]
         replayed = offsets <= applied
@@ -176,17 +178,14 @@ class PartitionProcessor:
                 for m in cols.measurements
             ]
         else:
-            keys = [(m.service, m.metric) for m in cols.measurements]
+            keys = list(map(_SERVICE_METRIC, cols.measurements))
+        # Each element maps to the position of its key's first occurrence, all in C;
+        # np.unique then numbers the keys in order of first appearance.
         local: dict[tuple, int] = {}
-        series_list: list[Series] = []
-        ids = np.empty(len(keys), dtype=np.int64)
-        for n, key in enumerate(keys):
-            sid = local.get(key)
-            if sid is None:
-                sid = local[key] = len(series_list)
-                series_list.append(self._get_series(key))
-            ids[n] = sid
-        return ids, series_list
+        first_seen = np.fromiter(map(local.setdefault, keys, range(len(keys))), dtype=np.int64,
+                                 count=len(keys))
+        _, ids = np.unique(first_seen, return_inverse=True)
+        return ids, [self._get_series(key) for key in local]
 
     def _get_series(self, key: tuple) -> Series:
         series = self.series.get(key)
