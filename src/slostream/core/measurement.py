@@ -35,6 +35,8 @@ class Reason(enum.StrEnum):
 AwareDatetime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
+_EMPTY_ARRAY = "empty array: a record must hold at least one measurement"
+
 # Unix seconds above this are almost surely milliseconds (year 5138).
 MAX_PLAUSIBLE_TS = 1e11
 
@@ -132,10 +134,13 @@ class MeasurementDecoder:
                 continue
             try:
                 decoded = _FAST_DECODER.decode(raw)
-            except (msgspec.ValidationError, msgspec.DecodeError):
+            except Exception:  # anything the fast path refuses gets an exact reason below
                 self._slow_path(number, raw, elements, owners, positions, rejections)
                 continue
             if type(decoded) is list:
+                if not decoded:
+                    rejections.append(Rejection(number, None, Reason.MISSING_FIELD, _EMPTY_ARRAY))
+                    continue
                 elements.extend(decoded)
                 owners.extend([number] * len(decoded))
                 positions.extend(range(len(decoded)))
@@ -164,6 +169,9 @@ class MeasurementDecoder:
                 )
                 return
         if isinstance(parsed, list):
+            if not parsed:
+                rejections.append(Rejection(number, None, Reason.MISSING_FIELD, _EMPTY_ARRAY))
+                return
             items = list(enumerate(parsed))
         else:
             items = [(None, parsed)]

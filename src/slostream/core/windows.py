@@ -8,14 +8,16 @@ span of any length is answered by merging a bounded number of buckets:
 level      width   slots       answers exactly                      sketches
 =========  ======  ==========  ===================================  ========
 0          10 s    60 (10 m)   5m                                   yes
-1          1 m     360 (6 h)   30m, 1h, 2h, 6h                      yes
-2          10 m    432 (3 d)   1d, 3d                               no
+1          1 m     370 (6h10m) 30m, 1h, 2h, 6h                      yes
+2          10 m    438 (3d1h)  1d, 3d                               no
 3          1 h     744 (31 d)  7d, 28d, 30d                         no
 4          1 d     93          calendar quarters                    no
 =========  ======  ==========  ===================================  ========
 
-A span whose edge is older than a finer level's retention is rounded out to the
-coarser bucket that holds the edge (an error of at most one bucket of that level).
+Each level keeps a little more than the spans it answers, so a span ending at
+any base boundary is exact to the width of the level that answers it. An edge
+older than every finer level's retention is rounded out to the coarser bucket
+that holds it (an error of at most one bucket of that level).
 Counts are kept at every level; quantile sketches (about 8 bytes per occupied
 bin, ~200 bins for a typical latency spread) only where ``sketches`` is set, so a
 series stays well under a megabyte. A span that needs a bucket without a sketch
@@ -75,8 +77,8 @@ class Resolution:
 
 DEFAULT_RESOLUTIONS: tuple[Resolution, ...] = (
     Resolution(10, 60),
-    Resolution(60, 360),
-    Resolution(600, 432, sketches=False),
+    Resolution(60, 370),
+    Resolution(600, 438, sketches=False),
     Resolution(3600, 744, sketches=False),
     Resolution(86400, 93, sketches=False),
 )
@@ -146,7 +148,7 @@ class Aggregate:
 
 
 class _Level:
-    __slots__ = ("width", "slots", "keeps_sketches", "starts", "stats", "sketches", "dirty")
+    __slots__ = ("width", "slots", "keeps_sketches", "starts", "stats", "sketches", "marks", "dirty")
 
     def __init__(self, resolution: Resolution):
         self.width = resolution.width
@@ -155,6 +157,10 @@ class _Level:
         self.starts = np.full(self.slots, -1, dtype=np.int64)
         self.stats = np.tile(empty_stats(), (self.slots, 1))
         self.sketches: list[QuantileSketch | None] = [None] * self.slots
+        # Idempotency marks, so a replay after a torn checkpoint adds nothing twice:
+        # base level, the last source offset in the bucket; coarser levels, the
+        # end of the last base bucket rolled in.
+        self.marks = np.full(self.slots, -1, dtype=np.int64)
         self.dirty: set[int] = set()
 
     def slot_of(self, start: int) -> int:
@@ -168,13 +174,15 @@ class _Level:
             self.starts[slot] = start
             self.stats[slot] = empty_stats()
             self.sketches[slot] = None
+            self.marks[slot] = -1
         self.dirty.add(slot)
         return slot
 
-    def add_row(self, start: int, stats: np.ndarray, sketch: QuantileSketch | None) -> None:
+    def add_row(self, start: int, stats: np.ndarray, sketch: QuantileSketch | None, mark: int = -1) -> None:
         slot = self._claim(start)
-        if slot is None:
+        if slot is None or (mark >= 0 and self.marks[slot] >= mark):
             return
+        self.marks[slot] = max(self.marks[slot], mark)
         merge_stats_into(self.stats[slot], stats)
         if sketch is not None and self.keeps_sketches:
             if self.sketches[slot] is None:
@@ -197,6 +205,7 @@ class _Level:
             "start": int(self.starts[slot]),
             "stats": [float(x) for x in self.stats[slot]],
             "sketch": None if sketch is None else sketch.to_state(),
+            "mark": int(self.marks[slot]),
         }
 
     def load_slot(self, slot: int, state: dict) -> None:
@@ -204,10 +213,11 @@ class _Level:
         self.stats[slot] = np.asarray(state["stats"], dtype=np.float64)
         sketch = state["sketch"]
         self.sketches[slot] = None if sketch is None else QuantileSketch.from_state(sketch)
+        self.marks[slot] = state["mark"]
 
     def nbytes(self) -> int:
         sketches = sum(s.nbytes() for s in self.sketches if s is not None)
-        return self.starts.nbytes + self.stats.nbytes + sketches + 8 * self.slots
+        return self.starts.nbytes + self.stats.nbytes + self.marks.nbytes + sketches + 8 * self.slots
 
 
 class SeriesWindows:
@@ -234,12 +244,21 @@ class SeriesWindows:
     def base_width(self) -> int:
         return self.resolutions[0].width
 
-    def add(self, start: int, values: np.ndarray, oks: np.ndarray) -> None:
-        """Add the measurements of one base bucket.
+    def add(self, start: int, values: np.ndarray, oks: np.ndarray, offsets: np.ndarray | None = None) -> int:
+        """Add the measurements of one base bucket; return how many were new.
 
         ``values`` holds NaN where a measurement had no value; ``oks`` holds 1, 0,
-        or -1 where a measurement had no ``ok``.
+        or -1 where a measurement had no ``ok``. With ``offsets`` (source offsets,
+        ascending), measurements the bucket already holds are skipped.
         """
+        base = self.levels[0]
+        if offsets is not None and offsets.size:
+            slot = base.slot_of(start)
+            if base.starts[slot] == start and base.marks[slot] >= offsets[0]:
+                fresh = offsets > base.marks[slot]
+                values, oks, offsets = values[fresh], oks[fresh], offsets[fresh]
+                if not values.size:
+                    return 0
         has_value = ~np.isnan(values)
         present = values[has_value]
         row = empty_stats()
@@ -251,10 +270,11 @@ class SeriesWindows:
             row[SUM] = present.sum()
             row[MIN] = present.min()
             row[MAX] = present.max()
-        base = self.levels[0]
         slot = base._claim(start)
         if slot is None:
             raise ValueError(f"bucket {start} is older than the base retention")
+        if offsets is not None and offsets.size:
+            base.marks[slot] = max(base.marks[slot], int(offsets.max()))
         merge_stats_into(base.stats[slot], row)
         if present.size:
             sketch = base.sketches[slot]
@@ -262,6 +282,7 @@ class SeriesWindows:
                 sketch = base.sketches[slot] = QuantileSketch(self.relative_accuracy)
             sketch.add_values(present)
         self.open_starts.add(start)
+        return int(values.size)
 
     def close_until(self, watermark: float) -> list[int]:
         """Close base buckets ending at or before ``watermark``; return their starts."""
@@ -275,7 +296,7 @@ class SeriesWindows:
             self.open_starts.discard(start)
             stats, sketch = base.bucket(start)
             for level in self.levels[1:]:
-                level.add_row(bucket_start(start, level.width), stats, sketch)
+                level.add_row(bucket_start(start, level.width), stats, sketch, mark=start + width)
         self.closed_until = horizon
         return closing
 
@@ -283,7 +304,15 @@ class SeriesWindows:
         """Merge closed buckets covering [start, end); both on base-width boundaries."""
         stats = empty_stats()
         sketch = QuantileSketch(self.relative_accuracy) if with_sketch else None
-        for level, bucket in self._cover(start, end, len(self.levels) - 1):
+        top = len(self.levels) - 1
+        if with_sketch:
+            # Prefer the levels that keep sketches when they still hold the span.
+            for index in range(top, -1, -1):
+                level = self.levels[index]
+                if level.keeps_sketches and self._retained(level, start):
+                    top = index
+                    break
+        for level, bucket in self._cover(start, end, top):
             held = level.bucket(bucket)
             if held is None:
                 continue
@@ -316,11 +345,16 @@ class SeriesWindows:
         if lo >= hi:
             return []
         finer = self._cover(lo, hi, index - 1) if index > 0 else []
-        if finer and all(level.held(s) or s >= self.closed_until for level, s in finer):
+        if finer and all(self._retained(level, s) for level, s in finer):
             return finer
         # Finer levels no longer hold this edge: round out to the coarse bucket.
         level = self.levels[index]
         return [(level, bucket_start(lo, level.width))]
+
+    def _retained(self, level: "_Level", start: int) -> bool:
+        """Whether ``level`` still holds the bucket at ``start`` (held or empty, not expired)."""
+        newest = bucket_start(max(self.closed_until - 1, 0), level.width)
+        return start > newest - level.slots * level.width
 
     def drain_dirty(self) -> list[tuple[int, int, dict]]:
         """(level, slot, state) of every slot changed since the last drain."""
@@ -337,7 +371,6 @@ class SeriesWindows:
             "resolutions": [[r.width, r.slots, r.sketches] for r in self.resolutions],
             "accuracy": self.relative_accuracy,
             "closed_until": self.closed_until,
-            "open_starts": sorted(self.open_starts),
         }
 
     @classmethod
@@ -347,9 +380,12 @@ class SeriesWindows:
         resolutions = tuple(Resolution(w, n, k) for w, n, k in header["resolutions"])
         windows = cls(resolutions, header["accuracy"])
         windows.closed_until = header["closed_until"]
-        windows.open_starts = set(header["open_starts"])
         for index, slot, state in slots:
             windows.levels[index].load_slot(slot, state)
+        # Base buckets not closed as of the header are open, even when the slot
+        # was persisted after the header (a torn checkpoint).
+        base = windows.levels[0]
+        windows.open_starts = {int(s) for s in base.starts[base.starts >= windows.closed_until]}
         return windows
 
     def to_state(self) -> dict:

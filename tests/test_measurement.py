@@ -1,0 +1,89 @@
+import json
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slostream.core.measurement import MeasurementDecoder, Reason
+
+NOW = 1_800_000_000.0
+GOOD = {"service": "checkout", "metric": "latency_ms", "value": 12.5, "ok": True, "ts": NOW - 10}
+
+
+def _decode(*raws, **kw):
+    return MeasurementDecoder(**kw).decode([(r, NOW) for r in raws])
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"", Reason.INVALID_JSON),
+        (b'{"service": "a", "metric": ', Reason.INVALID_JSON),
+        (b'{"service": "\xff\xfe", "metric": "m", "ok": true}', Reason.INVALID_JSON),
+        (b"[" * 5000 + b"]" * 5000, Reason.INVALID_JSON),
+        (b'"just a string"', Reason.NOT_AN_OBJECT),
+        (b"42", Reason.NOT_AN_OBJECT),
+        (b'{"metric": "m", "ok": true}', Reason.MISSING_FIELD),
+        (b'{"service": "s", "metric": "m"}', Reason.MISSING_FIELD),
+        (b'{"service": "s", "metric": "m", "value": "12"}', Reason.WRONG_TYPE),
+        (b'{"service": "s", "metric": "m", "value": true}', Reason.WRONG_TYPE),
+        (b'{"service": "s", "metric": "m", "ok": 1}', Reason.WRONG_TYPE),
+        (b'{"service": "s", "metric": "m", "ok": true, "labels": {"a": {"b": 1}}}', Reason.WRONG_TYPE),
+        (b'{"service": 5, "metric": "m", "ok": true}', Reason.WRONG_TYPE),
+        (b'{"service": "s", "metric": "m", "value": NaN}', Reason.NON_FINITE_VALUE),
+        (b'{"service": "s", "metric": "m", "value": 1e400}', Reason.NON_FINITE_VALUE),
+        (b'{"service": "s", "metric": "m", "value": -Infinity}', Reason.NON_FINITE_VALUE),
+        (b'{"service": "s", "metric": "m", "ok": true, "ts": "yesterday"}', Reason.BAD_TIMESTAMP),
+        (b'{"service": "s", "metric": "m", "ok": true, "ts": "2024-01-01T00:00:00"}', Reason.BAD_TIMESTAMP),
+        (b'{"service": "s", "metric": "m", "ok": true, "ts": 1700000000000}', Reason.BAD_TIMESTAMP),
+        (b'{"service": "s", "metric": "m", "ok": true, "ts": -5}', Reason.BAD_TIMESTAMP),
+        (b'{"service": "s", "metric": "m", "ok": true, "ts": 1900000000}', Reason.BAD_TIMESTAMP),
+    ],
+)
+def test_each_reason(raw, reason):
+    batch = _decode(raw)
+    assert len(batch.columns) == 0
+    assert [r.reason for r in batch.rejections] == [reason]
+    assert batch.rejections[0].message
+
+
+def test_too_large_is_checked_before_parsing():
+    big = orjson.dumps([GOOD] * 200_000)
+    assert len(big) > 10_000_000
+    batch = _decode(big, max_record_bytes=1 << 20)
+    assert [r.reason for r in batch.rejections] == [Reason.TOO_LARGE]
+
+
+def test_one_bad_element_rejects_only_itself():
+    items = [GOOD, {"service": "x"}, 7, {**GOOD, "value": "slow"}, {**GOOD, "ts": "2024-05-01T12:00:00+02:00"}]
+    batch = _decode(orjson.dumps(items))
+    assert len(batch.columns) == 2
+    assert sorted((r.index, r.reason.value) for r in batch.rejections) == [
+        (1, "missing_field"), (2, "not_an_object"), (3, "wrong_type")]
+    assert batch.columns.ts.tolist() == [NOW - 10, 1714557600.0]
+    assert batch.columns.position.tolist() == [0, 4]
+
+
+def test_columns_fill_defaults():
+    batch = _decode(b'{"service":"s","metric":"m","ok":false}', b'{"service":"s","metric":"m","value":3}')
+    cols = batch.columns
+    assert cols.ts.tolist() == [NOW, NOW]  # record timestamp when ts is absent
+    assert cols.oks.tolist() == [0, -1]
+    assert cols.values[1] == 3 and cols.values[0] != cols.values[0]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200), json_values.map(lambda v: json.dumps(v).encode()),
+                 st.dictionaries(st.sampled_from(["service", "metric", "value", "ok", "ts", "labels", "id"]),
+                                 json_values, max_size=7).map(lambda v: json.dumps([v, v]).encode())))
+def test_no_input_raises_and_every_input_is_accounted_for(raw):
+    batch = _decode(raw)
+    assert len(batch.columns) + len(batch.rejections) >= 1

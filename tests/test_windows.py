@@ -1,0 +1,158 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slostream.core.windows import COUNT, OK, OK_KNOWN, Resolution, SeriesWindows, check_resolutions
+
+T0 = 1_700_000_000 // 86400 * 86400  # a UTC midnight, so every level aligns
+
+
+def _stream(n: int, span: int, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    ts = np.sort(T0 + rng.uniform(0, span, n))
+    values = rng.lognormal(3.0, 0.7, n)
+    values[rng.random(n) < 0.1] = np.nan  # some measurements carry only ok
+    oks = rng.choice(np.array([-1, 0, 1], dtype=np.int8), n, p=[0.1, 0.05, 0.85])
+    oks[np.isnan(values)] = 1
+    return ts, values, oks
+
+
+def _feed(windows: SeriesWindows, ts, values, oks):
+    width = windows.base_width
+    starts = (ts // width * width).astype(np.int64)
+    for start in np.unique(starts):
+        sel = starts == start
+        windows.add(int(start), values[sel], oks[sel])
+        windows.close_until(start + width)
+
+
+def _brute(ts, values, oks, lo, hi):
+    sel = (ts >= lo) & (ts < hi)
+    v = values[sel]
+    v = v[~np.isnan(v)]
+    return {"count": int(sel.sum()), "ok": int((oks[sel] == 1).sum()),
+            "errors": int((oks[sel] == 0).sum()), "values": v}
+
+
+@pytest.mark.parametrize("span_s", [300, 1800, 3600, 6 * 3600, 86400, 3 * 86400])
+def test_rolling_counts_are_exact_at_every_resolution(span_s):
+    ts, values, oks = _stream(40_000, 3 * 86400 + 3600, seed=span_s)
+    windows = SeriesWindows()
+    _feed(windows, ts, values, oks)
+    # Exact to the width of the level that answers the span (10 s, 1 min, 10 min).
+    answering_width = 10 if span_s <= 600 else 60 if span_s <= 6 * 3600 else 600
+    end = windows.closed_until // answering_width * answering_width
+    agg = windows.aggregate(end - span_s, end, with_sketch=False)
+    truth = _brute(ts, values, oks, end - span_s, end)
+    assert (agg.count, agg.ok, agg.errors) == (truth["count"], truth["ok"], truth["errors"])
+    if truth["values"].size:
+        assert agg.max == truth["values"].max() and agg.min == truth["values"].min()
+        assert agg.mean == pytest.approx(truth["values"].mean(), rel=1e-9)
+
+
+def test_edge_beyond_every_finer_level_rounds_out_by_at_most_one_bucket():
+    ts, values, oks = _stream(40_000, 4 * 86400)
+    windows = SeriesWindows()
+    _feed(windows, ts, values, oks)
+    end = windows.closed_until
+    lo = end - 4 * 86400 + 5  # older than the 10-minute level holds: answered hourly
+    agg = windows.aggregate(lo, end, with_sketch=False)
+    assert _brute(ts, values, oks, lo, end)["count"] <= agg.count
+    assert agg.count <= _brute(ts, values, oks, lo // 3600 * 3600, end)["count"]
+
+
+def test_thirty_day_span_uses_hourly_buckets_exactly():
+    windows = SeriesWindows()
+    rng = np.random.default_rng(5)
+    total = ok = 0
+    for hour in range(31 * 24):
+        start = T0 + hour * 3600
+        n = int(rng.integers(1, 20))
+        oks = (rng.random(n) > 0.2).astype(np.int8)
+        windows.add(start, rng.lognormal(3, 1, n), oks)
+        windows.close_until(start + 10)
+        if hour >= 24:
+            total += n
+            ok += int(oks.sum())
+    end = T0 + 31 * 24 * 3600
+    agg = windows.aggregate(end - 30 * 86400, end, with_sketch=False)
+    assert (agg.count, agg.ok) == (total, ok)
+
+
+def test_quantiles_of_a_window_match_numpy():
+    ts, values, oks = _stream(60_000, 3600)
+    windows = SeriesWindows()
+    _feed(windows, ts, values, oks)
+    lo, hi = T0 + 600, T0 + 1800
+    agg = windows.aggregate(lo, hi)
+    present = _brute(ts, values, oks, lo, hi)["values"]
+    for q in (0.5, 0.9, 0.95, 0.99):
+        exact = np.quantile(present, q, method="lower")
+        assert agg.quantile(q) == pytest.approx(exact, rel=0.01)
+
+
+def test_span_beyond_sketch_levels_reports_no_quantiles():
+    ts, values, oks = _stream(5_000, 86400)
+    windows = SeriesWindows()
+    _feed(windows, ts, values, oks)
+    end = T0 + 86400
+    windows.close_until(end)
+    agg = windows.aggregate(end - 86400, end)
+    assert agg.count > 0 and agg.quantile(0.5) is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2000), st.floats(0.001, 1e6), st.sampled_from([-1, 0, 1])),
+                min_size=1, max_size=200))
+def test_merge_is_associative_and_matches_single_stream(events):
+    def build(part):
+        w = SeriesWindows()
+        for t, v, ok in sorted(part):
+            w.add(T0 + t // 10 * 10, np.array([v]), np.array([ok], dtype=np.int8))
+        return w
+
+    a, b, c = events[0::3], events[1::3], events[2::3]
+    left = build(a)
+    left.merge(build(b))
+    left.merge(build(c))
+    bc = build(b)
+    bc.merge(build(c))
+    right = build(a)
+    right.merge(bc)
+    whole = build(events)
+    for w in (left, right):
+        for level_w, level_whole in zip(w.levels, whole.levels):
+            assert np.array_equal(level_w.starts, level_whole.starts)
+            assert np.allclose(level_w.stats, level_whole.stats, equal_nan=True)
+
+
+def test_state_round_trip_preserves_every_answer():
+    ts, values, oks = _stream(20_000, 7200)
+    windows = SeriesWindows()
+    _feed(windows, ts[:-100], values[:-100], oks[:-100])
+    restored = SeriesWindows.from_state(windows.to_state())
+    end = windows.closed_until
+    for span in (300, 3600):
+        a, b = windows.aggregate(end - span, end), restored.aggregate(end - span, end)
+        assert np.array_equal(a.stats, b.stats)
+        assert a.quantile(0.99) == b.quantile(0.99)
+    assert restored.open_starts == windows.open_starts
+
+
+def test_counts_stay_bounded_in_memory():
+    windows = SeriesWindows()
+    rng = np.random.default_rng(0)
+    sizes = []
+    for step in range(0, 8 * 3600, 10):
+        windows.add(T0 + step, rng.lognormal(4, 0.6, 20), np.ones(20, dtype=np.int8))
+        windows.close_until(T0 + step + 10)
+        if step in (6 * 3600, 8 * 3600 - 10):
+            sizes.append(windows.nbytes())
+    assert sizes[1] <= sizes[0] * 1.05  # steady state after the sketch levels fill
+
+
+def test_bad_resolutions_are_refused():
+    with pytest.raises(ValueError):
+        check_resolutions((Resolution(10, 6), Resolution(15, 4)))
+    assert COUNT == 0 and OK_KNOWN == 1 and OK == 2
