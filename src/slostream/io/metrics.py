@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from slostream.core.measurement import Reason
@@ -84,9 +84,9 @@ class _StateCollector(Collector):
         series_labels = ["service", "metric", *label_keys]
         gauges = {name: GaugeMetricFamily(metric, doc, labels=series_labels)
                   for name, metric, doc in SLI_GAUGES}
-        quantile = GaugeMetricFamily("slostream_sli_window_value_quantile",
-                                     "Value quantile of the last closed report window.",
-                                     labels=[*series_labels, "quantile"])
+        summary = Metric("slostream_sli_window_value",
+                         "Values of the last closed report window: quantiles (DDSketch, 1% relative "
+                         "accuracy), count and sum.", "summary")
         window_end = GaugeMetricFamily("slostream_sli_window_end_timestamp_seconds",
                                        "End of the last closed report window (Unix seconds).",
                                        labels=series_labels)
@@ -102,13 +102,17 @@ class _StateCollector(Collector):
                 for name, gauge in gauges.items():
                     if report.get(name) is not None:
                         gauge.add_metric(labels, report[name])
+                named = dict(zip(series_labels, labels))
                 for q in ("p50", "p90", "p95", "p99"):
                     if report.get(q) is not None:
-                        quantile.add_metric([*labels, f"0.{q[1:]}"], report[q])
+                        summary.add_sample("slostream_sli_window_value", {**named, "quantile": f"0.{q[1:]}"},
+                                           report[q])
+                summary.add_sample("slostream_sli_window_value_count", named, report.get("value_count", 0))
+                summary.add_sample("slostream_sli_window_value_sum", named, report.get("value_sum", 0.0))
         yield watermark
         yield window_end
         yield from gauges.values()
-        yield quantile
+        yield summary
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

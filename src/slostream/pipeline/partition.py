@@ -22,7 +22,7 @@ import orjson
 from slostream.core.events import cloud_event, event_id
 from slostream.core.measurement import Columns, MeasurementDecoder, Reason, Rejection
 from slostream.core.watermark import Watermark
-from slostream.core.windows import DEFAULT_RESOLUTIONS, Resolution, SeriesWindows, bucket_start
+from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Resolution, SeriesWindows, bucket_start
 
 SEP = "\x1f"
 _SERVICE_METRIC = operator.attrgetter("service", "metric")
@@ -238,7 +238,8 @@ class PartitionProcessor:
         }
         for name, q in QUANTILES:
             data[name] = agg.quantile(q)
-        series.last_report = data
+        # The summary on /metrics needs the value count and sum, not part of the event.
+        series.last_report = {**data, "value_count": int(agg.stats[VALUES]), "value_sum": float(agg.stats[SUM])}
         event = cloud_event(
             "slostream.sli.window", self.config.source, event_id("sli", series.key, start),
             end, data, subject=series.key,

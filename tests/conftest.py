@@ -1,0 +1,163 @@
+"""Shared fixtures. Integration tests talk to a real Kafka-protocol broker over TCP.
+
+The broker is the embedded Tansu by default, or Apache Kafka in a container when
+Docker exists and ``SLOSTREAM_TEST_KAFKA=testcontainers``. A broker that cannot
+start fails the tests; it never skips them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from slostream.io.broker import EmbeddedBroker, free_port
+
+
+@dataclass
+class Broker:
+    url: str
+    bootstrap: str
+
+
+@pytest.fixture(scope="session")
+def kafka():
+    if os.environ.get("SLOSTREAM_TEST_KAFKA") == "testcontainers":
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as container:
+            bootstrap = container.get_bootstrap_server()
+            yield Broker(f"kafka://{bootstrap}", bootstrap)
+        return
+    broker = EmbeddedBroker()
+    try:
+        broker.start()
+    except Exception as exc:  # a broker test must fail, never skip
+        pytest.fail(f"the embedded Kafka broker (Tansu) could not start: {exc}")
+    try:
+        yield Broker(broker.url, broker.bootstrap)
+    finally:
+        broker.stop()
+
+
+_names = itertools.count()
+
+
+class Worker:
+    """A real ``slostream run`` process."""
+
+    def __init__(self, broker: Broker, prefix: str, app_id: str, env: dict[str, str], log_path):
+        self.broker = broker
+        self.prefix = prefix
+        self.app_id = app_id
+        self.port = free_port()
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self, wait_ready: bool = True) -> "Worker":
+        env = {**os.environ, "SLOSTREAM_GRACE_S": "2", "SLOSTREAM_IDLE_AFTER_S": "3",
+               "SLOSTREAM_PARTITIONS": "2", "SLOSTREAM_LOG_LEVEL": "info", **self.env}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "slostream", "run", "--broker", self.broker.url,
+             "--topic-prefix", self.prefix, "--app-id", self.app_id, "--web-port", str(self.port)],
+            env=env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+        )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited early ({self.process.returncode}); see {self.log_path}")
+            try:
+                if self.get("/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"worker not ready after {timeout}s; see {self.log_path}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+@pytest.fixture
+def make_worker(kafka, tmp_path):
+    workers: list[Worker] = []
+    prefix = f"t{next(_names)}-{os.getpid()}."
+
+    def factory(app_id: str = "slo", **env: str) -> Worker:
+        worker = Worker(kafka, prefix, f"{prefix}{app_id}", env, tmp_path / f"worker{len(workers)}.log")
+        workers.append(worker)
+        return worker
+
+    factory.prefix = prefix
+    yield factory
+    for worker in workers:
+        if worker.process is not None and worker.process.poll() is None:
+            worker.process.kill()
+            worker.process.wait(10)
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = b"k") -> None:
+    async def run():
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=16 << 20)
+        await producer.start()
+        try:
+            for value in values:
+                await producer.send(topic, value, key=key)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def consume(bootstrap: str, topic: str, until, timeout: float = 60.0) -> list[dict]:
+    """Read a topic from the start until ``until(events)`` holds or the time is up."""
+
+    async def run():
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                    enable_auto_commit=False)
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic)
+            deadline = time.monotonic() + 10
+            while not parts and time.monotonic() < deadline:
+                await consumer.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic)
+            consumer.assign([TopicPartition(topic, p) for p in parts or {0}])
+            events: list[dict] = []
+            deadline = time.monotonic() + timeout
+            while not until(events) and time.monotonic() < deadline:
+                for batch in (await consumer.getmany(timeout_ms=500)).values():
+                    events.extend(orjson.loads(r.value) for r in batch)
+            return events
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
