@@ -123,13 +123,17 @@ def make_worker(kafka, tmp_path):
             worker.process.wait(10)
 
 
-def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = b"k") -> None:
+def produce(bootstrap: str, topic: str, values: list[bytes], key: bytes | None = b"k",
+            keyed: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Send ``values`` under one key, or ``keyed`` (key, value) pairs in order."""
+    pairs = keyed if keyed is not None else [(key, v) for v in values]
+
     async def run():
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_request_size=16 << 20)
         await producer.start()
         try:
-            for value in values:
-                await producer.send(topic, value, key=key)
+            for k, value in pairs:
+                await producer.send(topic, value, key=k)
             await producer.flush()
         finally:
             await producer.stop()
