@@ -4,6 +4,7 @@ import base64
 import random
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import orjson
@@ -112,3 +113,16 @@ def test_metrics_pass_promtool(kafka, make_worker, tmp_path):
     assert 'slostream_sli_window_measurements{metric="latency_ms",service="checkout"} 120.0' in text
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True)
     assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+
+
+def test_idle_series_still_has_its_last_window_closed(kafka, make_worker):
+    worker = make_worker(SLOSTREAM_IDLE_AFTER_S="2").start()
+    items = [{"service": "quiet", "metric": "http", "ok": i % 4 != 0, "ts": T0 + i} for i in range(119)]
+    produce(kafka.bootstrap, f"{make_worker.prefix}measurements", [orjson.dumps(items)])
+    started = time.monotonic()
+    events = consume(kafka.bootstrap, f"{make_worker.prefix}sli", lambda ev: len(ev) >= 2, timeout=30)
+    windows = sorted((e["data"]["window_start"], e["data"]["count"], e["data"]["errors"]) for e in events)
+    # No later measurement ever arrives: only the idle tick can close [T0+60, T0+120).
+    assert windows == [(T0, 60, 15), (T0 + 60, 59, 15)]
+    assert time.monotonic() - started < 30
+    assert worker.process.poll() is None

@@ -177,7 +177,6 @@ class IngestService:
             self._uncheckpointed.add(partition)
             await self._emit(out)
         self.records_consumed += len(records)
-        log.warning("BATCH %.3f %d %.4f", time.time(), len(records), time.perf_counter()-started)
         self.metrics.observe_batch(time.perf_counter() - started, len(records))
 
     async def tick(self) -> None:
@@ -228,7 +227,6 @@ class IngestService:
                 if not committed:
                     log.warning("commit of %s was refused (rebalance); the state holds the offsets", offsets)
             self.checkpoints += 1
-            log.warning("CKPT %.3f", time.time())
 
     async def on_revoked(self, revoked: set[TP]) -> None:
         mine = {tp.partition for tp in revoked if tp.topic == self.topic}

@@ -1,0 +1,58 @@
+import subprocess
+import sys
+
+import pytest
+
+from slostream.config import ConfigError, load_settings
+
+
+def test_precedence_defaults_yaml_env_flags(tmp_path):
+    path = tmp_path / "slostream.yaml"
+    path.write_text("partitions: 3\ngrace_s: 10\nlabel_keys: [region, zone]\nweb_port: 7000\n")
+    s = load_settings(str(path), {"SLOSTREAM_GRACE_S": "12", "HOME": "/root"}, {"web_port": "7001"})
+    assert (s.partitions, s.grace_s, s.label_keys, s.web_port) == (3, 12.0, ("region", "zone"), 7001)
+    assert s.topic("measurements") == "slostream.measurements"
+
+
+@pytest.mark.parametrize(
+    "yaml_text, field, fix",
+    [
+        ("gracee_s: 3\n", "gracee_s", "did you mean 'grace_s'"),
+        ("partitions: many\n", "partitions", "whole number of partitions"),
+        ("bucket_s: 7\n", "bucket_s", "divides 60"),
+        ("broker: localhost:9092\n", "broker", "kafka://host:port"),
+        ("report_window_s: 45\n", "report_window_s", "multiple of bucket_s"),
+        ("web_port: 70000\n", "web_port", "between 1 and 65535"),
+        ("grace_s: -1\n", "grace_s", "from 0 to 300"),
+    ],
+)
+def test_errors_name_file_field_and_fix(tmp_path, yaml_text, field, fix):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        load_settings(str(path), {}, {})
+    message = str(err.value)
+    assert str(path) in message and f"'{field}'" in message and fix in message and "Fix:" in message
+
+
+def test_unknown_environment_variable_is_an_error():
+    with pytest.raises(ConfigError, match="SLOSTREAM_PARTITONS.*did you mean 'partitions'"):
+        load_settings(None, {"SLOSTREAM_PARTITONS": "2"}, {})
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("partitions: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(str(path), {}, {})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(str(tmp_path / "missing.yaml"), {}, {})
+
+
+def test_cli_stops_with_exit_code_2_and_a_clear_message(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("partitions: 0\n")
+    result = subprocess.run([sys.executable, "-m", "slostream", "run", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "configuration error" in result.stderr and "'partitions'" in result.stderr and str(path) in result.stderr
