@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from tests.conftest import consume, produce
+from tests.test_schemas import validator
 
 pytestmark = pytest.mark.broker
 
@@ -59,6 +60,9 @@ def test_measurements_yield_the_exact_sli_events(kafka, make_worker):
         assert data["p50"] == pytest.approx(np.quantile(values, 0.5, method="lower"), rel=0.01)
         assert data["p99"] == pytest.approx(np.quantile(values, 0.99, method="lower"), rel=0.01)
     assert len({e["id"] for e in events}) == len(events)
+    sli_schema = validator("sli-event.schema.json")
+    for event in events:
+        sli_schema.validate(event)
     assert worker.stop() == 0
 
 
@@ -83,6 +87,9 @@ def test_every_dead_letter_reason_is_produced_and_the_worker_survives(kafka, mak
     reasons = [e["data"]["reason"] for e in letters]
     assert set(reasons) == set(bad)
     assert len(letters) == expected
+    deadletter_schema = validator("deadletter-event.schema.json")
+    for letter in letters:
+        deadletter_schema.validate(letter)
     strings = base64.b64encode(bad["not_an_object"]).decode()
     assert sorted(e["data"]["index"] for e in letters if e["data"]["value_b64"] == strings) == [0, 1]
     invalid = next(e["data"] for e in letters if e["data"]["value_b64"] == base64.b64encode(bad["invalid_json"]).decode())
