@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--web-port", type=int, default=None)
     bench = sub.add_parser("bench", help="measure throughput against the embedded broker")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--batched-records", type=int, default=6000)
-    bench.add_argument("--single-records", type=int, default=150_000)
+    bench.add_argument("--batched-records", type=int, default=20_000)
+    bench.add_argument("--single-records", type=int, default=300_000)
     return parser
 
 

@@ -79,7 +79,8 @@ def test_every_dead_letter_reason_is_produced_and_the_worker_survives(kafka, mak
         "too_large": b"[" + b",".join([orjson.dumps(good)] * 2000) + b"]",
         "too_late": orjson.dumps({**good, "ts": T0}),
     }
-    hostile = [b"", b"\xff\xfe\xfd", b"[" * 100_000 + b"]" * 100_000, b"1e999999", b"{" * 10]
+    hostile = [b"", b"\xff\xfe\xfd", b"[" * 100_000 + b"]" * 100_000, b"1e999999", b"{" * 10,
+               b"[" + b",".join([orjson.dumps(good)] * 150_000) + b"]"]  # ~10 MB
     produce(kafka.bootstrap, f"{make_worker.prefix}measurements", [orjson.dumps(good)])
     produce(kafka.bootstrap, f"{make_worker.prefix}measurements", list(bad.values()) + hostile)
     expected = len(bad) + 1 + len(hostile)  # not_an_object rejects each of its two elements
