@@ -83,12 +83,16 @@ def run_worker(settings: Settings) -> int:
     broker = None
     if settings.broker is None:
         broker = EmbeddedBroker().start()
-        settings = _replace(settings, broker=broker.url, single_record_batches=True)
+        settings = _replace(settings, broker=broker.url)
         log.warning("embedded broker at %s (memory-only: state lasts as long as this process)", broker.url)
-    elif settings.single_record_batches is None:
-        settings = _replace(settings, single_record_batches=False)
     try:
-        asyncio.run(ensure_topics(settings))
+        cluster_id = asyncio.run(ensure_topics(settings))
+        if settings.single_record_batches is None:
+            # Tansu misreports end offsets after multi-record batches (see README).
+            tansu = cluster_id.startswith("tansu")
+            settings = _replace(settings, single_record_batches=tansu)
+            if tansu:
+                log.info("broker is Tansu (cluster id %r): one record per changelog batch", cluster_id)
         app = create_app(settings)
         worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
         worker.execute_from_commandline()

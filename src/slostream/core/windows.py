@@ -25,6 +25,7 @@ reports no quantiles rather than partial ones.
 
 >>> w = SeriesWindows()
 >>> w.add(0, np.array([1.0, 2.0, 3.0]), np.array([1, 1, 0], dtype=np.int8))
+3
 >>> w.close_until(10)
 [0]
 >>> agg = w.aggregate(0, 10)

@@ -205,6 +205,7 @@ class IngestService:
         is not, so ingest goes on while the changelog drains.
         """
         async with self._checkpoint_lock:
+            snapshot: list[tuple[int, bytes, bytes]] = []
             async with self.lock:
                 due = self._uncheckpointed if partitions is None else self._uncheckpointed & partitions
                 offsets: dict[TP, int] = {}
@@ -216,11 +217,17 @@ class IngestService:
                     for key, value in writes:
                         raw_key = key.encode()
                         self.state.data[raw_key] = value
-                        self.state.send_changelog(partition, raw_key, value)
+                        snapshot.append((partition, raw_key, value))
                     if offset >= 0:
                         offsets[TP(self.topic, partition)] = offset + 1
                 self._uncheckpointed -= due
-            await self.app.producer.flush()
+            # Straight to the producer, not Faust's send_soon buffer, whose flush()
+            # gives up after 0.1 s without a send and would let the commit run
+            # ahead of the changelog. Checkpoints are serialised, so order holds.
+            changelog = self.state.changelog_topic.get_topic_name()
+            deliveries = [await self.app.producer.send(changelog, key, value, partition, None, None)
+                          for partition, key, value in snapshot]
+            await asyncio.gather(*deliveries)
             await self.outputs.flush()
             if offsets:
                 committed = await self.app.consumer._commit(offsets)

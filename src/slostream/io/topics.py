@@ -10,10 +10,12 @@ from slostream.config import ConfigError, Settings
 TOPIC_NAMES = ("measurements", "sli", "deadletter", "control")
 
 
-async def ensure_topics(settings: Settings) -> None:
+async def ensure_topics(settings: Settings) -> str:
+    """Create missing topics; return the cluster id (Tansu calls itself ``tansu_cluster``)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_hosts, request_timeout_ms=10_000)
     await admin.start()
     try:
+        cluster_id = (await admin.describe_cluster()).get("cluster_id") or ""
         existing = set(await admin.list_topics())
         wanted = [settings.topic(name) for name in TOPIC_NAMES]
         missing = [NewTopic(t, settings.partitions, 1) for t in wanted if t not in existing]
@@ -31,5 +33,6 @@ async def ensure_topics(settings: Settings) -> None:
                     f"field 'partitions' is {settings.partitions} but topic {measurements} has {count} "
                     f"partitions. Fix: set partitions: {count} (state is co-partitioned with the topic)."
                 )
+        return cluster_id
     finally:
         await admin.close()
