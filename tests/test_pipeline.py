@@ -135,3 +135,15 @@ def test_restore_and_replay_gives_exact_counts(crash_after):
     emitted += sli2
     got = _by_window([(None, e) for e in _comparable(emitted)])
     assert got == _by_window([(None, e) for e in _comparable(ref_sli)])
+
+
+def test_label_keys_split_series_and_other_labels_do_not():
+    config = PipelineConfig(grace_s=0.0, label_keys=("region",))
+    items = [{"service": "api", "metric": "http", "ok": i % 2 == 0, "ts": T0 + i,
+              "labels": {"region": "eu" if i % 3 else "us", "pod": f"p{i}"}} for i in range(60)]
+    items.append({"service": "api", "metric": "http", "ok": True, "ts": T0 + 70})
+    proc = PartitionProcessor(0, config, 0.0)
+    out = proc.process([SourceRecord("m", 0, 0, T0 + 100, None, orjson.dumps(items))], 0.0)
+    got = {e["data"]["labels"].get("region"): e["data"]["count"] for _, e in out.sli}
+    assert got == {"eu": 40, "us": 20}
+    assert all(set(e["data"]["labels"]) == {"region"} for _, e in out.sli)
