@@ -191,9 +191,6 @@ class _Level:
             else:
                 self.sketches[slot].merge(sketch)
 
-    def held(self, start: int) -> bool:
-        return bool(self.starts[self.slot_of(start)] == start)
-
     def bucket(self, start: int) -> tuple[np.ndarray, QuantileSketch | None] | None:
         slot = self.slot_of(start)
         if self.starts[slot] != start:

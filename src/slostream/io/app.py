@@ -177,7 +177,7 @@ class IngestService:
             self._uncheckpointed.add(partition)
             await self._emit(out)
         self.records_consumed += len(records)
-        self.metrics.observe_batch(time.perf_counter() - started, len(records))
+        self.metrics.observe_batch(time.perf_counter() - started)
 
     async def tick(self) -> None:
         async with self.lock:

@@ -41,7 +41,7 @@ class PipelineMetrics:
         self._ingest = ingest
         self.registry.register(_StateCollector(ingest))
 
-    def observe_batch(self, seconds: float, records: int) -> None:
+    def observe_batch(self, seconds: float) -> None:
         self.batch_seconds.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:

@@ -60,12 +60,6 @@ class Output:
     accepted: int = 0
     skipped_replay: int = 0
 
-    def extend(self, other: "Output") -> None:
-        self.sli.extend(other.sli)
-        self.deadletter.extend(other.deadletter)
-        self.accepted += other.accepted
-        self.skipped_replay += other.skipped_replay
-
 
 class Series:
     __slots__ = ("ident", "key", "service", "metric", "labels", "windows",
@@ -327,9 +321,6 @@ class PartitionProcessor:
             series.last_report = header["last_report"]
             proc.series[ident] = series
         return proc
-
-    def state_bytes(self) -> int:
-        return sum(s.windows.nbytes() for s in self.series.values())
 
 
 def _series_key(service: str, metric: str, labels: dict) -> str:
