@@ -1,0 +1,48 @@
+"""`slostream run` with no broker configured starts the embedded one and says so."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from slostream.io.broker import free_port
+
+pytestmark = pytest.mark.broker
+
+
+def test_run_without_broker_starts_the_embedded_one_and_stops_on_sigterm(tmp_path):
+    port = free_port()
+    log = tmp_path / "worker.log"
+    worker = subprocess.Popen([sys.executable, "-m", "slostream", "run", "--web-port", str(port)],
+                              stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                              env={**os.environ, "SLOSTREAM_PARTITIONS": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        ready = False
+        while time.monotonic() < deadline and not ready:
+            assert worker.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
+                    ready = response.status == 200
+            except OSError:
+                time.sleep(0.2)
+        assert ready, log.read_text()
+        text = log.read_text()
+        match = re.search(r"embedded broker at kafka://127\.0\.0\.1:(\d+)", text)
+        assert match, text
+        assert "broker is Tansu" in text
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(30) == 0
+        # The embedded broker went with the worker.
+        with pytest.raises(OSError):
+            import socket
+            socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=1).close()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait(10)
