@@ -303,6 +303,7 @@ def create_app(settings: Settings) -> SloApp:
         producer_linger_ms=0 if single_batches else 1,
         broker_commit_every=10_000,
         broker_max_poll_records=5_000,
+        consumer_max_fetch_size=16 << 20,
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
         # Tansu holds every join for the full rebalance timeout.
