@@ -56,7 +56,10 @@ class Settings:
 
     @property
     def resolutions(self) -> tuple[Resolution, ...]:
-        base = Resolution(self.bucket_s, DEFAULT_RESOLUTIONS[0].slots)
+        # The base level keeps counts for 1h1m40s and sketches for 10 minutes, whatever its width.
+        default = DEFAULT_RESOLUTIONS[0]
+        span, sketch_span = default.width * default.slots, default.width * default.kept_sketches
+        base = Resolution(self.bucket_s, span // self.bucket_s, sketch_span // self.bucket_s)
         return (base,) + DEFAULT_RESOLUTIONS[1:]
 
     @property
@@ -68,7 +71,7 @@ _HELP = {
     "broker": "use kafka://host:port[,host:port], or leave unset to start the embedded broker",
     "web_port": "use a TCP port between 1 and 65535",
     "partitions": "use a whole number of partitions from 1 to 1024",
-    "bucket_s": "use a whole number of seconds that divides 60 (1, 2, 5, 10, 15, 20, 30 or 60)",
+    "bucket_s": "use a whole number of seconds that divides 60 and is below it (1, 2, 5, 10, 15, 20 or 30)",
     "report_window_s": "use a whole multiple of bucket_s, at most 300 seconds",
     "grace_s": "use a number of seconds from 0 to 300",
     "log_level": "use one of debug, info, warning, error",
@@ -180,17 +183,18 @@ def validate(s: Settings) -> None:
         fail("web_port", f"is {s.web_port}")
     if not 1 <= s.partitions <= 1024:
         fail("partitions", f"is {s.partitions}")
-    if s.bucket_s <= 0 or 60 % s.bucket_s:
+    if s.bucket_s <= 0 or 60 % s.bucket_s or s.bucket_s == 60:
         fail("bucket_s", f"is {s.bucket_s}")
     if s.report_window_s <= 0 or s.report_window_s % s.bucket_s or s.report_window_s > 300:
         fail("report_window_s", f"is {s.report_window_s} (bucket_s is {s.bucket_s})")
     if not 0 <= s.grace_s <= 300:
         fail("grace_s", f"is {s.grace_s}")
-    base_retention = s.resolutions[0].retention
-    if s.grace_s + s.report_window_s + s.max_future_skew_s >= base_retention:
+    base = s.resolutions[0]
+    sketch_retention = base.width * base.kept_sketches
+    if s.grace_s + s.report_window_s + s.max_future_skew_s >= sketch_retention:
         raise ConfigError(
-            f"{where}: grace_s + report_window_s + max_future_skew_s must stay below the base retention "
-            f"({base_retention}s). Fix: lower max_future_skew_s or grace_s, or raise bucket_s."
+            f"{where}: grace_s + report_window_s + max_future_skew_s must stay below the {sketch_retention}s "
+            f"for which base buckets keep quantile sketches. Fix: lower max_future_skew_s or grace_s."
         )
     for name in ("idle_after_s", "checkpoint_interval_s", "tick_interval_s", "max_future_skew_s",
                  "rebalance_timeout_s"):

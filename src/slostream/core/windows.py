@@ -4,24 +4,26 @@ Measurements land in base buckets (10 s by default). When the watermark passes a
 base bucket's end the bucket *closes* and is rolled into every coarser level, so a
 span of any length is answered by merging a bounded number of buckets:
 
-=========  ======  ==========  ===================================  ========
+=========  ======  ==========  ===================================  ===============
 level      width   slots       answers exactly                      sketches
-=========  ======  ==========  ===================================  ========
-0          10 s    60 (10 m)   5m                                   yes
-1          1 m     370 (6h10m) 30m, 1h, 2h, 6h                      yes
-2          10 m    438 (3d1h)  1d, 3d                               no
-3          1 h     744 (31 d)  7d, 28d, 30d                         no
-4          1 d     93          calendar quarters                    no
-=========  ======  ==========  ===================================  ========
+=========  ======  ==========  ===================================  ===============
+0          10 s    370 (1h1m)  5m, 30m, 1h (to 10 s)                newest 60 (10m)
+1          1 m     370 (6h10m) 2h, 6h (to 1 min)                    all
+2          10 m    438 (3d1h)  1d, 3d (to 10 min)                   none
+3          1 h     744 (31 d)  7d, 28d, 30d (to 1 h)                none
+4          1 d     93          calendar quarters                    none
+=========  ======  ==========  ===================================  ===============
 
 Each level keeps a little more than the spans it answers, so a span ending at
-any base boundary is exact to the width of the level that answers it. An edge
+any base boundary is exact to the width of the level that answers it; the 10 s
+level reaches back over an hour, so the page tier's 1h and 5m windows are exact
+to one base bucket. An edge
 older than every finer level's retention is rounded out to the coarser bucket
 that holds it (an error of at most one bucket of that level).
 Counts are kept at every level; quantile sketches (about 8 bytes per occupied
-bin, ~200 bins for a typical latency spread) only where ``sketches`` is set, so a
-series stays well under a megabyte. A span that needs a bucket without a sketch
-reports no quantiles rather than partial ones.
+bin, ~200 bins for a typical latency spread) only for the newest ``sketch_slots``
+buckets of a level, so a series stays under a megabyte. A span that needs a
+bucket without a sketch reports no quantiles rather than partial ones.
 
 >>> w = SeriesWindows()
 >>> w.add(0, np.array([1.0, 2.0, 3.0]), np.array([1, 1, 0], dtype=np.int8))
@@ -69,7 +71,11 @@ def bucket_start(ts: float, width: int) -> int:
 class Resolution:
     width: int
     slots: int
-    sketches: bool = True
+    sketch_slots: int | None = None  # newest buckets that keep a quantile sketch; None: all
+
+    @property
+    def kept_sketches(self) -> int:
+        return self.slots if self.sketch_slots is None else self.sketch_slots
 
     @property
     def retention(self) -> int:
@@ -77,11 +83,11 @@ class Resolution:
 
 
 DEFAULT_RESOLUTIONS: tuple[Resolution, ...] = (
-    Resolution(10, 60),
+    Resolution(10, 370, sketch_slots=60),
     Resolution(60, 370),
-    Resolution(600, 438, sketches=False),
-    Resolution(3600, 744, sketches=False),
-    Resolution(86400, 93, sketches=False),
+    Resolution(600, 438, sketch_slots=0),
+    Resolution(3600, 744, sketch_slots=0),
+    Resolution(86400, 93, sketch_slots=0),
 )
 
 
@@ -149,12 +155,14 @@ class Aggregate:
 
 
 class _Level:
-    __slots__ = ("width", "slots", "keeps_sketches", "starts", "stats", "sketches", "marks", "dirty")
+    __slots__ = ("width", "slots", "sketch_slots", "keeps_sketches", "starts", "stats", "sketches",
+                 "marks", "dirty")
 
     def __init__(self, resolution: Resolution):
         self.width = resolution.width
         self.slots = resolution.slots
-        self.keeps_sketches = resolution.sketches
+        self.sketch_slots = resolution.kept_sketches
+        self.keeps_sketches = self.sketch_slots > 0
         self.starts = np.full(self.slots, -1, dtype=np.int64)
         self.stats = np.tile(empty_stats(), (self.slots, 1))
         self.sketches: list[QuantileSketch | None] = [None] * self.slots
@@ -176,8 +184,19 @@ class _Level:
             self.stats[slot] = empty_stats()
             self.sketches[slot] = None
             self.marks[slot] = -1
+            self._drop_old_sketches(start)
         self.dirty.add(slot)
         return slot
+
+    def _drop_old_sketches(self, newest: int) -> None:
+        """Keep sketches only for the newest ``sketch_slots`` buckets (they dominate memory)."""
+        if not 0 < self.sketch_slots < self.slots:
+            return
+        horizon = newest - self.sketch_slots * self.width
+        for slot in np.flatnonzero((self.starts <= horizon) & (self.starts >= 0)).tolist():
+            if self.sketches[slot] is not None:
+                self.sketches[slot] = None
+                self.dirty.add(slot)
 
     def add_row(self, start: int, stats: np.ndarray, sketch: QuantileSketch | None, mark: int = -1) -> None:
         slot = self._claim(start)
@@ -307,7 +326,7 @@ class SeriesWindows:
             # Prefer the levels that keep sketches when they still hold the span.
             for index in range(top, -1, -1):
                 level = self.levels[index]
-                if level.keeps_sketches and self._retained(level, start):
+                if level.keeps_sketches and self._retained(level, start, sketches=True):
                     top = index
                     break
         for level, bucket in self._cover(start, end, top):
@@ -349,10 +368,11 @@ class SeriesWindows:
         level = self.levels[index]
         return [(level, bucket_start(lo, level.width))]
 
-    def _retained(self, level: "_Level", start: int) -> bool:
+    def _retained(self, level: "_Level", start: int, sketches: bool = False) -> bool:
         """Whether ``level`` still holds the bucket at ``start`` (held or empty, not expired)."""
         newest = bucket_start(max(self.closed_until - 1, 0), level.width)
-        return start > newest - level.slots * level.width
+        kept = level.sketch_slots if sketches else level.slots
+        return start > newest - kept * level.width
 
     def drain_dirty(self) -> list[tuple[int, int, dict]]:
         """(level, slot, state) of every slot changed since the last drain."""
@@ -366,7 +386,7 @@ class SeriesWindows:
     def header_state(self) -> dict:
         return {
             "v": STATE_VERSION,
-            "resolutions": [[r.width, r.slots, r.sketches] for r in self.resolutions],
+            "resolutions": [[r.width, r.slots, r.sketch_slots] for r in self.resolutions],
             "accuracy": self.relative_accuracy,
             "closed_until": self.closed_until,
         }
