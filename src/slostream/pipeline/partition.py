@@ -25,7 +25,7 @@ from slostream.core.watermark import Watermark
 from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Resolution, SeriesWindows, bucket_start
 
 SEP = "\x1f"
-_SERVICE_METRIC = operator.attrgetter("service", "metric")
+_SERVICE, _METRIC = operator.attrgetter("service"), operator.attrgetter("metric")
 STATE_VERSION = 1
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
 
@@ -159,21 +159,30 @@ class PartitionProcessor:
         out.skipped_replay += len(idx) - added
 
     def _series_ids(self, cols: Columns) -> tuple[np.ndarray, list[Series]]:
+        """A dense series number per measurement, and the series in that order.
+
+        Each element maps to the position of the first occurrence of its key, all
+        in C (``map`` over ``dict.setdefault``); np.unique then numbers the keys.
+        Without label keys, service and metric are numbered apart, which avoids a
+        tuple per measurement.
+        """
+        ms = cols.measurements
+        n = len(ms)
+        positions = range(n)
         label_keys = self.config.label_keys
         if label_keys:
-            keys = [
-                (m.service, m.metric, tuple((m.labels or {}).get(k, "") for k in label_keys))
-                for m in cols.measurements
-            ]
+            keys = [(m.service, m.metric, tuple((m.labels or {}).get(k, "") for k in label_keys)) for m in ms]
+            codes = np.fromiter(map({}.setdefault, keys, positions), dtype=np.int64, count=n)
         else:
-            keys = list(map(_SERVICE_METRIC, cols.measurements))
-        # Each element maps to the position of its key's first occurrence, all in C;
-        # np.unique then numbers the keys in order of first appearance.
-        local: dict[tuple, int] = {}
-        first_seen = np.fromiter(map(local.setdefault, keys, range(len(keys))), dtype=np.int64,
-                                 count=len(keys))
-        _, ids = np.unique(first_seen, return_inverse=True)
-        return ids, [self._get_series(key) for key in local]
+            services = np.fromiter(map({}.setdefault, map(_SERVICE, ms), positions), dtype=np.int64, count=n)
+            metrics = np.fromiter(map({}.setdefault, map(_METRIC, ms), positions), dtype=np.int64, count=n)
+            codes = services * n + metrics
+        _, first, ids = np.unique(codes, return_index=True, return_inverse=True)
+        if label_keys:
+            series = [self._get_series(keys[i]) for i in first.tolist()]
+        else:
+            series = [self._get_series((ms[i].service, ms[i].metric)) for i in first.tolist()]
+        return ids, series
 
     def _get_series(self, key: tuple) -> Series:
         series = self.series.get(key)
