@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="embedded broker, a worker and synthetic services with an incident")
     demo.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
     demo.add_argument("--web-port", type=int, default=None)
+    validate = sub.add_parser("validate", help="check SLO definition files and print every problem")
+    validate.add_argument("files", nargs="+", metavar="FILE")
     bench = sub.add_parser("bench", help="measure throughput against the embedded broker")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--batched-records", type=int, default=20_000)
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
             from slostream.demo import run_demo
 
             return run_demo(args.duration, args.web_port)
+        if args.command == "validate":
+            return validate_files(args.files)
         if args.command == "bench":
             from slostream.bench import run_bench
 
@@ -70,6 +74,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"slostream: configuration error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def validate_files(files: list[str]) -> int:
+    from slostream.slo import load_slo_file
+
+    failed = False
+    for path in files:
+        slos, problems = load_slo_file(path)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        if problems:
+            failed = True
+        else:
+            print(f"{path}: {len(slos)} SLO(s) valid")
+    return 1 if failed else 0
 
 
 def run_worker(settings: Settings) -> int:
