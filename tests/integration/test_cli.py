@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -24,14 +25,21 @@ def test_run_without_broker_starts_the_embedded_one_and_stops_on_sigterm(tmp_pat
     try:
         deadline = time.monotonic() + 60
         ready = False
+        statuses = []
         while time.monotonic() < deadline and not ready:
             assert worker.poll() is None, log.read_text()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=2) as response:
                     ready = response.status == 200
+                    statuses.append(response.status)
+            except urllib.error.HTTPError as exc:
+                statuses.append(exc.code)
+                time.sleep(0.2)
             except OSError:
                 time.sleep(0.2)
         assert ready, log.read_text()
+        # The web server answers during the group join and recovery, and says "not yet".
+        assert statuses[0] == 503 and statuses[-1] == 200
         text = log.read_text()
         match = re.search(r"embedded broker at kafka://127\.0\.0\.1:(\d+)", text)
         assert match, text
