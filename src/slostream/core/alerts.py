@@ -1,0 +1,223 @@
+"""Alert lifecycle: fire, deduplicate, resolve, inhibit, silence, acknowledge,
+escalate and cool down. Pure: time is passed in, events are returned.
+
+Alerts follow Alertmanager's model (labels, annotations, startsAt, endsAt,
+status, fingerprint). One alert per label set; one ``firing`` event per
+episode and one ``resolved`` event, so replays and restarts (with the state
+restored) emit nothing twice.
+
+>>> book = AlertBook(cooldown_s=0)
+>>> page = {"alertname": "SLOBurn", "slo": "checkout", "severity": "page"}
+>>> [e.type for e in book.evaluate(100.0, [Condition(page, True)])]
+['firing']
+>>> book.evaluate(110.0, [Condition(page, True)])
+[]
+>>> [e.type for e in book.evaluate(120.0, [Condition(page, False)])]
+['resolved']
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from .events import rfc3339
+
+STATE_VERSION = 1
+LADDERS = (("info", "warning", "critical", "emergency"), ("ticket", "page"))
+# (source severity, target severity): a firing source silences targets with the same slo.
+INHIBITIONS = (("page", "ticket"), ("emergency", "critical"), ("critical", "warning"))
+
+
+def fingerprint(labels: dict[str, str]) -> str:
+    """Stable hash of a label set (order-free)."""
+    text = "\x1f".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def escalated(severity: str) -> str | None:
+    for ladder in LADDERS:
+        if severity in ladder:
+            position = ladder.index(severity)
+            return ladder[position + 1] if position + 1 < len(ladder) else None
+    return None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What the evaluator wants: does the alert with these labels hold now?"""
+
+    labels: dict[str, str]
+    holds: bool
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Silence:
+    id: str
+    matchers: dict[str, str]
+    until: float
+    by: str = ""
+    reason: str = ""
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        return all(labels.get(k) == v for k, v in self.matchers.items())
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    type: str  # firing, resolved, silenced, acknowledged
+    time: float
+    alert: dict  # Alertmanager's alert model
+
+
+@dataclass
+class _Alert:
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: float
+    ends_at: float | None = None
+    acknowledged_by: str | None = None
+    silenced_by: str | None = None
+
+    @property
+    def firing(self) -> bool:
+        return self.ends_at is None
+
+    def model(self) -> dict:
+        return {
+            "labels": dict(self.labels),
+            "annotations": dict(self.annotations),
+            "startsAt": rfc3339(self.starts_at),
+            "endsAt": rfc3339(self.ends_at) if self.ends_at is not None else "0001-01-01T00:00:00Z",
+            "status": "firing" if self.firing else "resolved",
+            "fingerprint": fingerprint(self.labels),
+        }
+
+
+class AlertBook:
+    """Every alert of a worker's SLOs and policies, plus silences."""
+
+    def __init__(self, cooldown_s: float = 300.0, escalate_after_s: float | None = None):
+        self.cooldown_s = cooldown_s
+        self.escalate_after_s = escalate_after_s
+        self.alerts: dict[str, _Alert] = {}
+        self.silences: dict[str, Silence] = {}
+
+    # --- evaluation -------------------------------------------------------
+
+    def evaluate(self, now: float, conditions: list[Condition]) -> list[AlertEvent]:
+        events: list[AlertEvent] = []
+        for silence_id in [s.id for s in self.silences.values() if s.until <= now]:
+            del self.silences[silence_id]
+        holding = {fingerprint(c.labels): c for c in conditions if c.holds}
+        for condition in conditions:
+            key = fingerprint(condition.labels)
+            holds = key in holding and not self._inhibited(condition.labels, holding)
+            alert = self.alerts.get(key)
+            if holds:
+                events.extend(self._hold(now, key, alert, condition))
+            elif alert is not None and alert.firing:
+                events.append(self._resolve(now, alert))
+        events.extend(self._refresh_silences(now))
+        events.extend(self._escalate(now))
+        return events
+
+    def _inhibited(self, labels: dict[str, str], holding: dict[str, Condition]) -> bool:
+        for source, target in INHIBITIONS:
+            if labels.get("severity") != target:
+                continue
+            for condition in holding.values():
+                if condition.labels.get("severity") == source and condition.labels.get("slo") == labels.get("slo"):
+                    return True
+        return False
+
+    def _hold(self, now: float, key: str, alert: _Alert | None, condition: Condition) -> list[AlertEvent]:
+        if alert is not None and alert.firing:
+            alert.annotations = dict(condition.annotations)
+            return []
+        if alert is not None and alert.ends_at is not None and now - alert.ends_at < self.cooldown_s:
+            return []  # flapping: wait out the cooldown before a new episode
+        alert = _Alert(dict(condition.labels), dict(condition.annotations), starts_at=now)
+        self.alerts[key] = alert
+        silence = self._silence_for(alert.labels)
+        if silence is not None:
+            alert.silenced_by = silence.id
+            return [AlertEvent("silenced", now, alert.model())]
+        return [AlertEvent("firing", now, alert.model())]
+
+    def _resolve(self, now: float, alert: _Alert) -> AlertEvent:
+        alert.ends_at = now
+        return AlertEvent("resolved", now, alert.model())
+
+    def _silence_for(self, labels: dict[str, str]) -> Silence | None:
+        return next((s for s in self.silences.values() if s.matches(labels)), None)
+
+    def _refresh_silences(self, now: float) -> list[AlertEvent]:
+        events = []
+        for alert in self.alerts.values():
+            if not alert.firing:
+                continue
+            silence = self._silence_for(alert.labels)
+            if silence is not None and alert.silenced_by is None:
+                alert.silenced_by = silence.id
+                events.append(AlertEvent("silenced", now, alert.model()))
+            elif silence is None and alert.silenced_by is not None:
+                alert.silenced_by = None  # silence over, still firing: tell on-call now
+                events.append(AlertEvent("firing", now, alert.model()))
+        return events
+
+    def _escalate(self, now: float) -> list[AlertEvent]:
+        if self.escalate_after_s is None:
+            return []
+        events = []
+        for key, alert in list(self.alerts.items()):
+            if not alert.firing or alert.acknowledged_by or alert.silenced_by:
+                continue
+            higher = escalated(alert.labels.get("severity", ""))
+            if higher is None or now - alert.starts_at < self.escalate_after_s:
+                continue
+            events.append(self._resolve(now, alert))
+            labels = {**alert.labels, "severity": higher}
+            raised = _Alert(labels, {**alert.annotations, "escalated_from": alert.labels["severity"]}, now)
+            self.alerts[fingerprint(labels)] = raised
+            events.append(AlertEvent("firing", now, raised.model()))
+        return events
+
+    # --- operator commands ------------------------------------------------
+
+    def silence(self, now: float, silence: Silence) -> list[AlertEvent]:
+        self.silences[silence.id] = silence
+        return self._refresh_silences(now)
+
+    def unsilence(self, now: float, silence_id: str) -> list[AlertEvent]:
+        self.silences.pop(silence_id, None)
+        return self._refresh_silences(now)
+
+    def acknowledge(self, now: float, key: str, by: str) -> list[AlertEvent]:
+        alert = self.alerts.get(key)
+        if alert is None or not alert.firing or alert.acknowledged_by:
+            return []
+        alert.acknowledged_by = by
+        alert.annotations = {**alert.annotations, "acknowledged_by": by}
+        return [AlertEvent("acknowledged", now, alert.model())]
+
+    # --- state ------------------------------------------------------------
+
+    def to_state(self) -> dict:
+        return {
+            "v": STATE_VERSION,
+            "cooldown_s": self.cooldown_s,
+            "escalate_after_s": self.escalate_after_s,
+            "alerts": {k: vars(a).copy() for k, a in self.alerts.items()},
+            "silences": {k: vars(s).copy() for k, s in self.silences.items()},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "AlertBook":
+        if state.get("v") != STATE_VERSION:
+            raise ValueError(f"unsupported alert state version {state.get('v')!r}")
+        book = cls(state["cooldown_s"], state["escalate_after_s"])
+        book.alerts = {k: _Alert(**a) for k, a in state["alerts"].items()}
+        book.silences = {k: Silence(**s) for k, s in state["silences"].items()}
+        return book
