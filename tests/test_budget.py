@@ -7,7 +7,13 @@ import pytest
 from scipy import stats
 
 from slostream.core.budget import (
-    Budget, BurnTier, burn_rate, default_tiers, detection_seconds, evaluate_tiers, time_to_exhaustion,
+    Budget,
+    BurnTier,
+    burn_rate,
+    default_tiers,
+    detection_seconds,
+    evaluate_tiers,
+    time_to_exhaustion,
 )
 from slostream.core.windows import OK_KNOWN, SeriesWindows
 

@@ -98,7 +98,8 @@ def test_duplicate_names_and_missing_section(tmp_path):
 
 def test_validate_command_exit_codes(tmp_path):
     good = _write(tmp_path, VALID)
-    bad = _write(tmp_path, "slos:\n  - {name: x, service: s, metric: m, objective: 2, window: 1d, good: ok}\n", "bad.yaml")
+    bad = _write(tmp_path, "slos:\n  - {name: x, service: s, metric: m, objective: 2, window: 1d, good: ok}\n",
+                 "bad.yaml")
     ok = subprocess.run([sys.executable, "-m", "slostream", "validate", good], capture_output=True, text=True)
     assert ok.returncode == 0 and "3 SLO(s) valid" in ok.stdout
     failed = subprocess.run([sys.executable, "-m", "slostream", "validate", good, bad], capture_output=True, text=True)

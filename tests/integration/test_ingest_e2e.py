@@ -93,7 +93,8 @@ def test_every_dead_letter_reason_is_produced_and_the_worker_survives(kafka, mak
         deadletter_schema.validate(letter)
     strings = base64.b64encode(bad["not_an_object"]).decode()
     assert sorted(e["data"]["index"] for e in letters if e["data"]["value_b64"] == strings) == [0, 1]
-    invalid = next(e["data"] for e in letters if e["data"]["value_b64"] == base64.b64encode(bad["invalid_json"]).decode())
+    truncated_json = base64.b64encode(bad["invalid_json"]).decode()
+    invalid = next(e["data"] for e in letters if e["data"]["value_b64"] == truncated_json)
     assert invalid["reason"] == "invalid_json" and invalid["topic"] == f"{make_worker.prefix}measurements"
     assert isinstance(invalid["offset"], int) and invalid["message"]
     assert next(e["data"] for e in letters if e["data"]["reason"] == "too_large")["value_truncated"] is True

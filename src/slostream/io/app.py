@@ -20,8 +20,8 @@ from typing import Any
 
 import faust
 import mode
-from aiokafka import AIOKafkaProducer
 import orjson
+from aiokafka import AIOKafkaProducer
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 
