@@ -54,3 +54,14 @@ def test_run_without_broker_starts_the_embedded_one_and_stops_on_sigterm(tmp_pat
         if worker.poll() is None:
             worker.kill()
             worker.wait(10)
+
+
+def test_demo_prints_closed_windows_for_every_service_and_exits_cleanly():
+    result = subprocess.run([sys.executable, "-m", "slostream", "demo", "--duration", "25"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = [line for line in result.stdout.splitlines() if " ms" in line and "/s" in line]
+    for service in ("checkout", "search", "payments"):
+        assert any(f" {service} " in line for line in lines), result.stdout
+    assert "embedded broker at kafka://127.0.0.1:" in result.stdout
+    assert "worker exited with code 0" in result.stdout
