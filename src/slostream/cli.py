@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -102,14 +103,14 @@ def run_worker(settings: Settings) -> int:
     broker = None
     if settings.broker is None:
         broker = EmbeddedBroker().start()
-        settings = _replace(settings, broker=broker.url)
+        settings = dataclasses.replace(settings, broker=broker.url)
         log.warning("embedded broker at %s (memory-only: state lasts as long as this process)", broker.url)
     try:
         cluster_id = asyncio.run(ensure_topics(settings))
         if settings.single_record_batches is None:
             # Tansu misreports end offsets after multi-record batches (see README).
             tansu = cluster_id.startswith("tansu")
-            settings = _replace(settings, single_record_batches=tansu)
+            settings = dataclasses.replace(settings, single_record_batches=tansu)
             if tansu:
                 log.info("broker is Tansu (cluster id %r): one record per changelog batch", cluster_id)
         app = create_app(settings)
@@ -119,9 +120,3 @@ def run_worker(settings: Settings) -> int:
         if broker is not None:
             broker.stop()
     return 0
-
-
-def _replace(settings: Settings, **changes) -> Settings:
-    import dataclasses
-
-    return dataclasses.replace(settings, **changes)

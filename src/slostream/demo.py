@@ -94,7 +94,7 @@ async def _print(bootstrap: str, topic: str, stop: asyncio.Event, started: float
         await consumer.stop()
 
 
-async def _main(duration: float | None, bootstrap: str, settings, worker: subprocess.Popen) -> None:
+async def _main(duration: float | None, bootstrap: str, settings) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -121,8 +121,7 @@ def run_demo(duration: float | None, web_port: int | None) -> int:
                 "SLOSTREAM_LOG_LEVEL": "warning"}
     with EmbeddedBroker() as broker:
         print(f"embedded broker at {broker.url}", flush=True)
-        settings = load_settings(None, demo_env, {"broker": broker.url, "web_port": port,
-                                                  "single_record_batches": True})
+        settings = load_settings(None, demo_env, {"broker": broker.url, "web_port": port})
         asyncio.run(ensure_topics(settings))
         log_path = os.path.join(tempfile.mkdtemp(prefix="slostream-demo-"), "worker.log")
         worker = subprocess.Popen(
@@ -133,7 +132,7 @@ def run_demo(duration: float | None, web_port: int | None) -> int:
         print(f"services {', '.join(SERVICES)} at {RATE_PER_SERVICE}/s each; every {CYCLE_S}s: "
               "search latency x4 for 30s, payments 30% errors for 20s", flush=True)
         try:
-            asyncio.run(_main(duration, broker.bootstrap, settings, worker))
+            asyncio.run(_main(duration, broker.bootstrap, settings))
         finally:
             worker.send_signal(signal.SIGTERM)
             try:

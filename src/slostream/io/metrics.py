@@ -35,10 +35,8 @@ class PipelineMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
-        self._ingest: "IngestService | None" = None
 
     def attach(self, ingest: "IngestService") -> None:
-        self._ingest = ingest
         self.registry.register(_StateCollector(ingest))
 
     def observe_batch(self, seconds: float) -> None:

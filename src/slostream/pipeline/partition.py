@@ -63,7 +63,7 @@ class Output:
 
 class Series:
     __slots__ = ("ident", "key", "service", "metric", "labels", "windows",
-                 "reported_until", "pending_reports", "last_report")
+                 "pending_reports", "last_report")
 
     def __init__(self, ident: tuple, key: str, service: str, metric: str, labels: dict,
                  windows: SeriesWindows):
@@ -73,7 +73,6 @@ class Series:
         self.metric = metric
         self.labels = labels
         self.windows = windows
-        self.reported_until = 0
         self.pending_reports: set[int] = set()
         self.last_report: dict | None = None
 
@@ -83,7 +82,6 @@ class Series:
             "service": self.service,
             "metric": self.metric,
             "labels": self.labels,
-            "reported_until": self.reported_until,
             "pending_reports": sorted(self.pending_reports),
             "last_report": self.last_report,
             "windows": self.windows.header_state(),
@@ -130,7 +128,6 @@ class PartitionProcessor:
         horizon = np.floor(before / width) * width
         late = cols.ts < horizon
         offsets = np.asarray([r.offset for r in records], dtype=np.int64)[cols.record]
-        series_ids, series_list = self._series_ids(cols)
         for i in np.flatnonzero(late).tolist():
             m = cols.measurements[i]
             rejection = Rejection(
@@ -142,8 +139,9 @@ class PartitionProcessor:
         idx = np.flatnonzero(~late)
         if not idx.size:
             return
+        accepted = cols.measurements if idx.size == len(cols) else [cols.measurements[i] for i in idx.tolist()]
+        sids, series_list = self._series_ids(accepted)
         starts = (np.floor(cols.ts[idx] / width) * width).astype(np.int64)
-        sids = series_ids[idx]
         order = np.lexsort((offsets[idx], starts, sids))
         sids, starts, idx = sids[order], starts[order], idx[order]
         boundaries = np.flatnonzero((np.diff(sids) != 0) | (np.diff(starts) != 0)) + 1
@@ -158,7 +156,7 @@ class PartitionProcessor:
         out.accepted += added
         out.skipped_replay += len(idx) - added
 
-    def _series_ids(self, cols: Columns) -> tuple[np.ndarray, list[Series]]:
+    def _series_ids(self, ms: list) -> tuple[np.ndarray, list[Series]]:
         """A dense series number per measurement, and the series in that order.
 
         Each element maps to the position of the first occurrence of its key, all
@@ -166,7 +164,6 @@ class PartitionProcessor:
         Without label keys, service and metric are numbered apart, which avoids a
         tuple per measurement.
         """
-        ms = cols.measurements
         n = len(ms)
         positions = range(n)
         label_keys = self.config.label_keys
@@ -219,7 +216,6 @@ class PartitionProcessor:
             for start in due:
                 series.pending_reports.discard(start)
                 out.sli.append(self._sli_event(series, start, start + report))
-                series.reported_until = max(series.reported_until, start + report)
             self._dirty.add(key)
 
     def _sli_event(self, series: Series, start: int, end: int) -> tuple[bytes, dict]:
@@ -293,7 +289,6 @@ class PartitionProcessor:
             "v": STATE_VERSION,
             "applied_offset": self.applied_offset,
             "watermark": self.watermark.to_state(),
-            "closed_horizon": self._closed_horizon,
         }
         writes.append((f"{p}{SEP}c", orjson.dumps(partition_state)))
         return writes, self.applied_offset
@@ -313,7 +308,8 @@ class PartitionProcessor:
                 state = orjson.loads(value)
                 proc.applied_offset = state["applied_offset"]
                 proc.watermark = Watermark.from_state(state["watermark"])
-                proc._closed_horizon = state["closed_horizon"]
+                if proc.watermark.value > -np.inf:
+                    proc._closed_horizon = bucket_start(proc.watermark.value, config.resolutions[0].width)
             elif kind == "h":
                 headers[rest] = orjson.loads(value)
             elif kind == "b":
@@ -325,7 +321,6 @@ class PartitionProcessor:
             ident = (header["service"], header["metric"], labels) if config.label_keys else (
                 header["service"], header["metric"])
             series = Series(ident, series_key, header["service"], header["metric"], header["labels"], windows)
-            series.reported_until = header["reported_until"]
             series.pending_reports = set(header["pending_reports"])
             series.last_report = header["last_report"]
             proc.series[ident] = series
