@@ -49,6 +49,15 @@ class Settings:
     data_dir: str | None = None
     log_level: str = "info"
     source: str = "urn:slostream"
+    definition_files: tuple[str, ...] = ()
+    alertmanager_url: str | None = None
+    webhook_urls: tuple[str, ...] = ()
+    alert_cooldown_s: float = 300.0
+    escalate_after_s: float | None = None
+    alert_resend_s: float = 60.0
+    # Parsed from the YAML's slos:/policies: lists and from definition_files.
+    slos: tuple = ()
+    policies: tuple = ()
     config_file: str | None = field(default=None, compare=False)
 
     def topic(self, name: str) -> str:
@@ -78,8 +87,11 @@ _HELP = {
 }
 
 
+STRUCTURED = ("slos", "policies", "alertmanager")
+
+
 def _fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(Settings) if f.name != "config_file"}
+    return {f.name: f for f in dataclasses.fields(Settings) if f.name not in ("config_file", "slos", "policies")}
 
 
 def _coerce(name: str, raw: Any, where: str) -> Any:
@@ -133,8 +145,9 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
 ) -> Settings:
     values: dict[str, Any] = {}
+    definitions = None
     if config_file:
-        values.update(_read_yaml(config_file))
+        values, definitions = _read_yaml(config_file)
     for key, raw in (env or {}).items():
         if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}TEST_KAFKA":
             continue
@@ -145,12 +158,33 @@ def load_settings(
     for name, raw in (flags or {}).items():
         if raw is not None:
             values[name] = _coerce(name, raw, f"flag --{name.replace('_', '-')}")
+    values.update(_definitions(config_file, definitions, values.get("definition_files", ())))
     settings = Settings(**values, config_file=config_file)
     validate(settings)
     return settings
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
+def _definitions(config_file: str | None, inline, files: tuple[str, ...]) -> dict[str, tuple]:
+    """SLOs and policies from the config file and every definition file; all problems at once."""
+    from slostream.slo import check_unique, load_definition_file, merge
+
+    parts, problems = [], []
+    if inline is not None:
+        parts.append(inline[0])
+        problems.extend(inline[1])
+    for path in files:
+        found, errors = load_definition_file(path)
+        parts.append(found)
+        problems.extend(errors)
+    merged = merge(*parts)
+    problems.extend(check_unique(merged, config_file or "definitions"))
+    if problems:
+        raise ConfigError(f"{len(problems)} problem(s) in SLO/policy definitions:\n" +
+                          "\n".join(f"  {p}" for p in problems))
+    return {"slos": merged.slos, "policies": merged.policies}
+
+
+def _read_yaml(path: str) -> tuple[dict[str, Any], Any]:
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -160,15 +194,26 @@ def _read_yaml(path: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc}). Fix: correct the syntax at the position shown.")
     if document is None:
-        return {}
+        return {}, None
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of field: value. Fix: see README, Configuration.")
+    from slostream.slo import parse_document
+
     out = {}
+    alertmanager = document.get("alertmanager")
+    if alertmanager is not None:
+        if not isinstance(alertmanager, dict) or set(alertmanager) - {"url"}:
+            raise ConfigError(f"{path}: field 'alertmanager' is {alertmanager!r}. "
+                              "Fix: write alertmanager: {url: http://host:9093}.")
+        out["alertmanager_url"] = _coerce("alertmanager_url", alertmanager.get("url"), path)
     for name, raw in document.items():
+        if name in STRUCTURED:
+            continue
         if name not in _fields():
             raise _unknown(str(name), path)
         out[name] = _coerce(name, raw, path)
-    return out
+    definitions = parse_document({k: document[k] for k in ("slos", "policies") if k in document}, path, 0)
+    return out, definitions
 
 
 def validate(s: Settings) -> None:
@@ -206,5 +251,23 @@ def validate(s: Settings) -> None:
         fail("max_record_bytes", f"is {s.max_record_bytes}, it must be at least 64")
     if s.log_level not in ("debug", "info", "warning", "error"):
         fail("log_level", f"is {s.log_level!r}")
+    if s.alertmanager_url is not None and not re.match(r"^https?://[^/\s]+", s.alertmanager_url):
+        fail("alertmanager_url", f"is {s.alertmanager_url!r}, not an http(s) URL")
+    for url in s.webhook_urls:
+        if not re.match(r"^https?://[^/\s]+", url):
+            fail("webhook_urls", f"holds {url!r}, not an http(s) URL")
+    if s.alert_cooldown_s < 0 or s.alert_resend_s <= 0 or (s.escalate_after_s is not None and s.escalate_after_s <= 0):
+        fail("alert_cooldown_s", "or alert_resend_s or escalate_after_s is out of range; they must be positive")
+    for slo in s.slos:
+        spans = [t.long_s for t in slo.tiers] + [t.short_s for t in slo.tiers]
+        if slo.budgeting != "occurrences":
+            spans.append(slo.budgeting.slice_s)
+        if any(span % s.bucket_s for span in spans):
+            raise ConfigError(f"{where}: slo '{slo.name}': alerting windows and slices must be multiples of "
+                              f"bucket_s ({s.bucket_s}s). Fix: change the windows or bucket_s.")
+    for policy in s.policies:
+        if policy.window_s % s.bucket_s:
+            raise ConfigError(f"{where}: policy '{policy.name}': field 'window' ({policy.window_s}s) must be a "
+                              f"multiple of bucket_s ({s.bucket_s}s). Fix: change the window or bucket_s.")
     if not s.topic_prefix or not re.match(r"^[A-Za-z0-9._\-]+$", s.topic_prefix):
         fail("topic_prefix", f"is {s.topic_prefix!r}; topic names allow letters, digits, '.', '_' and '-'")

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from slostream.core.budget import BurnTier, default_tiers
+from slostream.core.objectives import AGGREGATES, GoodRule, Policy, Slo, SloWindow, Timeslices
 
 DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -23,63 +24,16 @@ SEVERITIES = ("page", "ticket", "info", "warning", "critical", "emergency")
 CALENDARS = ("week", "month", "quarter")
 SLO_FIELDS = {"name", "service", "metric", "objective", "window", "good", "budgeting", "alerting",
               "description", "runbook_url", "labels"}
+POLICY_FIELDS = {"name", "service", "metric", "aggregate", "window", "direction", "warning", "critical",
+                 "consecutive", "min", "max", "runbook_url"}
+DEFAULT_NO_DATA = {"after": "15m", "severity": "ticket"}
+MAX_POLICY_WINDOW_S = 6 * 3600  # quantile sketches are kept for 6 hours
 
 
 @dataclass(frozen=True)
-class GoodRule:
-    """``ok`` (ok == true is good) or a threshold on the value."""
-
-    kind: str
-    threshold: float | None = None
-
-    def is_good(self, value: float | None, ok: bool | None) -> bool | None:
-        """Whether one measurement is good; None when it carries nothing to judge."""
-        if self.kind == "ok":
-            return ok
-        if value is None:
-            return None
-        return {
-            "value_le": value <= self.threshold,
-            "value_lt": value < self.threshold,
-            "value_ge": value >= self.threshold,
-            "value_gt": value > self.threshold,
-        }[self.kind]
-
-
-@dataclass(frozen=True)
-class SloWindow:
-    rolling_s: int | None = None
-    calendar: str | None = None
-    timezone: str = "UTC"
-
-    @property
-    def period_s(self) -> int:
-        """Length used to scale burn-rate thresholds (a calendar month counts as 30 days)."""
-        if self.rolling_s is not None:
-            return self.rolling_s
-        return {"week": 7, "month": 30, "quarter": 91}[self.calendar] * 86400
-
-
-@dataclass(frozen=True)
-class Timeslices:
-    slice_s: int
-    good_if_ratio_ge: float
-
-
-@dataclass(frozen=True)
-class Slo:
-    name: str
-    service: str
-    metric: str
-    objective: float
-    window: SloWindow
-    good: GoodRule
-    budgeting: str | Timeslices = "occurrences"
-    tiers: tuple[BurnTier, ...] = ()
-    min_events: int = 0
-    description: str = ""
-    runbook_url: str | None = None
-    labels: dict[str, str] = field(default_factory=dict)
+class Definitions:
+    slos: tuple[Slo, ...] = ()
+    policies: tuple[Policy, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -240,8 +194,9 @@ def parse_slo(doc: Any, file: str, position: int) -> tuple[Slo | None, list[SloP
     if not isinstance(alerting, dict):
         check.fail("alerting", f"is {alerting!r}. Fix: give a mapping with tiers and min_events")
         alerting = {}
-    for unknown in sorted(set(alerting) - {"tiers", "min_events"}):
-        check.fail(f"alerting.{unknown}", "is not a field of alerting. Fix: use tiers or min_events")
+    for unknown in sorted(set(alerting) - {"tiers", "min_events", "no_data"}):
+        check.fail(f"alerting.{unknown}", "is not a field of alerting. Fix: use tiers, min_events or no_data")
+    no_data_s, no_data_severity = _no_data(check, alerting.get("no_data", DEFAULT_NO_DATA))
     tiers = _tiers(check, alerting.get("tiers"), window.period_s if window else None)
     min_events = alerting.get("min_events", 0)
     if isinstance(min_events, bool) or not isinstance(min_events, int) or min_events < 0:
@@ -254,37 +209,150 @@ def parse_slo(doc: Any, file: str, position: int) -> tuple[Slo | None, list[SloP
     if check.problems:
         return None, check.problems
     return Slo(name, service, metric, float(objective), window, good, budgeting, tiers, min_events,
-               str(doc.get("description", "")), doc.get("runbook_url"), labels), []
+               no_data_s, no_data_severity, str(doc.get("description", "")), doc.get("runbook_url"), labels), []
 
 
-def load_slo_file(path: str) -> tuple[list[Slo], list[SloProblem]]:
-    try:
-        with open(path) as handle:
-            documents = list(yaml.safe_load_all(handle))
-    except OSError as exc:
-        return [], [SloProblem(path, "file", "-", f"cannot be read ({exc.strerror}). Fix: pass an existing file")]
-    except yaml.YAMLError as exc:
-        return [], [SloProblem(path, "file", "-", f"is not valid YAML ({exc}). Fix: correct the syntax shown")]
-    slos: list[Slo] = []
-    problems: list[SloProblem] = []
-    for number, document in enumerate(d for d in documents if d is not None):
-        if not isinstance(document, dict) or "slos" not in document:
-            problems.append(SloProblem(path, f"document {number}", "slos",
-                                       "is missing. Fix: put the definitions under a top-level 'slos:' list"))
+def _no_data(check: _Checker, raw: Any) -> tuple[int | None, str]:
+    if raw in ("off", False):
+        return None, "ticket"
+    if isinstance(raw, str):
+        raw = {"after": raw}
+    if not isinstance(raw, dict) or set(raw) - {"after", "severity"}:
+        check.fail("alerting.no_data", f"is {raw!r}. Fix: give off, a duration like 15m, "
+                                       "or {after: 15m, severity: ticket}")
+        return None, "ticket"
+    after = check.duration(raw.get("after", DEFAULT_NO_DATA["after"]), "alerting.no_data.after")
+    severity = raw.get("severity", DEFAULT_NO_DATA["severity"])
+    if severity not in SEVERITIES:
+        check.fail("alerting.no_data.severity", f"is {severity!r}. Fix: use one of {', '.join(SEVERITIES)}")
+    return after, severity
+
+
+def _number(check: _Checker, doc: dict, name: str) -> float | None:
+    value = doc.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        check.fail(name, f"is {value!r}. Fix: give a number")
+        return None
+    return float(value)
+
+
+def parse_policy(doc: Any, file: str, position: int) -> tuple[Policy | None, list[SloProblem]]:
+    name = doc.get("name") if isinstance(doc, dict) else None
+    check = _Checker(file, f"policy '{name}'" if isinstance(name, str) and name else f"policies[{position}]")
+    if not isinstance(doc, dict):
+        check.fail("policies", f"entry {position} is {doc!r}. Fix: each policy is a mapping")
+        return None, check.problems
+    for unknown in sorted(set(doc) - POLICY_FIELDS):
+        check.fail(unknown, f"is not a field of a policy. Fix: remove it or use one of {', '.join(sorted(POLICY_FIELDS))}")
+    name, service, metric = check.text(doc, "name"), check.text(doc, "service"), check.text(doc, "metric")
+    aggregate = doc.get("aggregate")
+    if aggregate not in AGGREGATES:
+        check.fail("aggregate", f"is {aggregate!r}. Fix: use one of {', '.join(AGGREGATES)}")
+    window_s = check.duration(doc.get("window", "1m"), "window")
+    if window_s is not None and (window_s > MAX_POLICY_WINDOW_S or window_s % 10):
+        check.fail("window", f"is {doc.get('window')!r}. Fix: use a multiple of 10s up to 6h")
+    direction = doc.get("direction", "above")
+    if direction not in ("above", "below"):
+        check.fail("direction", f"is {direction!r}. Fix: use above (larger is worse) or below (smaller is worse)")
+    warning, critical = _number(check, doc, "warning"), _number(check, doc, "critical")
+    if warning is None and critical is None and "warning" not in doc and "critical" not in doc:
+        check.fail("critical", "and warning are both missing. Fix: give at least one level")
+    if warning is not None and critical is not None and direction in ("above", "below"):
+        safe = warning < critical if direction == "above" else warning > critical
+        if not safe:
+            side = "below" if direction == "above" else "above"
+            check.fail("warning", f"({warning:g}) is not on the safe side of critical ({critical:g}) for direction "
+                                  f"{direction}. Fix: make warning {side} critical, or swap them")
+    low = _number(check, doc, "min")
+    high = _number(check, doc, "max")
+    if aggregate == "error_ratio":
+        low = 0.0 if low is None else low
+        high = 1.0 if high is None else high
+    elif aggregate == "throughput":
+        low = 0.0 if low is None else low
+    for level_name, level in (("warning", warning), ("critical", critical)):
+        if level is None:
             continue
-        entries = document["slos"]
+        if low is not None and level < low or high is not None and level > high:
+            check.fail(level_name, f"({level:g}) is outside the bounds [{_bound(low)}, {_bound(high)}] of "
+                                   f"{aggregate}. Fix: choose a level within the bounds")
+    consecutive = doc.get("consecutive", 1)
+    if isinstance(consecutive, bool) or not isinstance(consecutive, int) or consecutive < 1:
+        check.fail("consecutive", f"is {consecutive!r}. Fix: give a whole number of windows, 1 or more")
+    if check.problems:
+        return None, check.problems
+    return Policy(name, service, metric, aggregate, window_s, direction, warning, critical, consecutive,
+                  doc.get("runbook_url")), []
+
+
+def _bound(value: float | None) -> str:
+    return "-inf" if value is None else f"{value:g}"
+
+
+def parse_document(document: dict, path: str, number: int) -> tuple[Definitions, list[SloProblem]]:
+    """The ``slos:`` and ``policies:`` lists of one YAML document."""
+    problems: list[SloProblem] = []
+    found: dict[str, list] = {"slos": [], "policies": []}
+    for key, parse in (("slos", parse_slo), ("policies", parse_policy)):
+        entries = document.get(key, [])
         if not isinstance(entries, list):
-            problems.append(SloProblem(path, f"document {number}", "slos", "must be a list of SLOs"))
+            problems.append(SloProblem(path, f"document {number}", key, f"must be a list. Fix: write {key}: [...]"))
             continue
         for position, entry in enumerate(entries):
-            slo, found = parse_slo(entry, path, position)
+            item, errors = parse(entry, path, position)
+            problems.extend(errors)
+            if item is not None:
+                found[key].append(item)
+    return Definitions(tuple(found["slos"]), tuple(found["policies"])), problems
+
+
+def check_unique(definitions: Definitions, path: str) -> list[SloProblem]:
+    problems = []
+    for kind, items in (("slo", definitions.slos), ("policy", definitions.policies)):
+        seen: set[str] = set()
+        for item in items:
+            if item.name in seen:
+                problems.append(SloProblem(path, f"{kind} '{item.name}'", "name",
+                                           f"is used twice. Fix: give every {kind} its own name"))
+            seen.add(item.name)
+    return problems
+
+
+def merge(*parts: Definitions) -> Definitions:
+    return Definitions(tuple(s for p in parts for s in p.slos), tuple(q for p in parts for q in p.policies))
+
+
+def load_definition_file(path: str) -> tuple[Definitions, list[SloProblem]]:
+    """A file of slostream documents (``slos:``/``policies:``) and/or OpenSLO v1 documents."""
+    from slostream.openslo import is_openslo, parse_openslo
+
+    try:
+        with open(path) as handle:
+            documents = [d for d in yaml.safe_load_all(handle) if d is not None]
+    except OSError as exc:
+        return Definitions(), [SloProblem(path, "file", "-", f"cannot be read ({exc.strerror}). "
+                                                             "Fix: pass an existing file")]
+    except yaml.YAMLError as exc:
+        return Definitions(), [SloProblem(path, "file", "-", f"is not valid YAML ({exc}). Fix: correct the syntax shown")]
+    problems: list[SloProblem] = []
+    parts: list[Definitions] = []
+    openslo_docs = []
+    for number, document in enumerate(documents):
+        if isinstance(document, dict) and is_openslo(document):
+            openslo_docs.append((number, document))
+        elif isinstance(document, dict) and ("slos" in document or "policies" in document):
+            definitions, found = parse_document(document, path, number)
+            parts.append(definitions)
             problems.extend(found)
-            if slo is not None:
-                slos.append(slo)
-    seen: set[str] = set()
-    for slo in slos:
-        if slo.name in seen:
-            problems.append(SloProblem(path, f"slo '{slo.name}'", "name",
-                                       "is used twice. Fix: give every SLO its own name"))
-        seen.add(slo.name)
-    return slos, problems
+        else:
+            problems.append(SloProblem(path, f"document {number}", "slos",
+                                       "is missing. Fix: put definitions under 'slos:' or 'policies:', "
+                                       "or write an OpenSLO v1 document (apiVersion: openslo/v1)"))
+    if openslo_docs:
+        definitions, found = parse_openslo(openslo_docs, path)
+        parts.append(definitions)
+        problems.extend(found)
+    merged = merge(*parts)
+    return merged, problems + check_unique(merged, path)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from .events import rfc3339
 
 STATE_VERSION = 1
+RESOLVED_KEEP_S = 3600.0
 LADDERS = (("info", "warning", "critical", "emergency"), ("ticket", "page"))
 # (source severity, target severity): a firing source silences targets with the same slo.
 INHIBITIONS = (("page", "ticket"), ("emergency", "critical"), ("critical", "warning"))
@@ -79,6 +80,7 @@ class _Alert:
     ends_at: float | None = None
     acknowledged_by: str | None = None
     silenced_by: str | None = None
+    escalated_to: str | None = None  # fingerprint of the alert this one was raised to
 
     @property
     def firing(self) -> bool:
@@ -110,11 +112,23 @@ class AlertBook:
         events: list[AlertEvent] = []
         for silence_id in [s.id for s in self.silences.values() if s.until <= now]:
             del self.silences[silence_id]
+        # Resolved alerts are kept only as long as the cooldown needs them.
+        forget = now - max(self.cooldown_s, RESOLVED_KEEP_S)
+        for key in [k for k, a in self.alerts.items()
+                    if a.ends_at is not None and a.ends_at < forget and self._raised(a) is None]:
+            del self.alerts[key]
         holding = {fingerprint(c.labels): c for c in conditions if c.holds}
         for condition in conditions:
             key = fingerprint(condition.labels)
             holds = key in holding and not self._inhibited(condition.labels, holding)
             alert = self.alerts.get(key)
+            raised = self._raised(alert)
+            if raised is not None:  # escalated: the raised alert lives and ends with this condition
+                if holds:
+                    raised.annotations = {**condition.annotations, "escalated_from": raised.labels["escalated_from"]}
+                else:
+                    events.append(self._resolve(now, raised))
+                continue
             if holds:
                 events.extend(self._hold(now, key, alert, condition))
             elif alert is not None and alert.firing:
@@ -122,6 +136,14 @@ class AlertBook:
         events.extend(self._refresh_silences(now))
         events.extend(self._escalate(now))
         return events
+
+    def _raised(self, alert: _Alert | None) -> _Alert | None:
+        """The firing end of an alert's escalation chain, if it was escalated."""
+        while alert is not None and alert.escalated_to is not None:
+            alert = self.alerts.get(alert.escalated_to)
+            if alert is not None and alert.firing:
+                return alert
+        return None
 
     def _inhibited(self, labels: dict[str, str], holding: dict[str, Condition]) -> bool:
         for source, target in INHIBITIONS:
@@ -178,9 +200,11 @@ class AlertBook:
             if higher is None or now - alert.starts_at < self.escalate_after_s:
                 continue
             events.append(self._resolve(now, alert))
-            labels = {**alert.labels, "severity": higher}
+            # Its own label, so the raised alert never collides with that severity's own condition.
+            labels = {**alert.labels, "severity": higher, "escalated_from": alert.labels["severity"]}
             raised = _Alert(labels, {**alert.annotations, "escalated_from": alert.labels["severity"]}, now)
-            self.alerts[fingerprint(labels)] = raised
+            alert.escalated_to = fingerprint(labels)
+            self.alerts[alert.escalated_to] = raised
             events.append(AlertEvent("firing", now, raised.model()))
         return events
 
@@ -193,6 +217,28 @@ class AlertBook:
     def unsilence(self, now: float, silence_id: str) -> list[AlertEvent]:
         self.silences.pop(silence_id, None)
         return self._refresh_silences(now)
+
+    def acknowledge_matching(self, now: float, key: str | None, matchers: dict[str, str] | None,
+                             by: str) -> list[AlertEvent]:
+        """Acknowledge one alert by fingerprint, or every firing alert the matchers select."""
+        if key is not None:
+            return self.acknowledge(now, key, by)
+        probe = Silence("", matchers or {}, 0.0)
+        events = []
+        for fp in [fp for fp, a in self.alerts.items() if a.firing and probe.matches(a.labels)]:
+            events.extend(self.acknowledge(now, fp, by))
+        return events
+
+    def firing(self) -> list[dict]:
+        """Every alert firing now (silenced ones included, marked), as Alertmanager models."""
+        out = []
+        for alert in self.alerts.values():
+            if alert.firing:
+                model = alert.model()
+                model["silencedBy"] = [alert.silenced_by] if alert.silenced_by else []
+                model["acknowledgedBy"] = alert.acknowledged_by
+                out.append(model)
+        return out
 
     def acknowledge(self, now: float, key: str, by: str) -> list[AlertEvent]:
         alert = self.alerts.get(key)
@@ -214,10 +260,13 @@ class AlertBook:
         }
 
     @classmethod
-    def from_state(cls, state: dict) -> "AlertBook":
+    def from_state(cls, state: dict, cooldown_s: float | None = None,
+                   escalate_after_s: float | None = None) -> "AlertBook":
+        """Restore; the given settings (today's configuration) win over the stored ones."""
         if state.get("v") != STATE_VERSION:
             raise ValueError(f"unsupported alert state version {state.get('v')!r}")
-        book = cls(state["cooldown_s"], state["escalate_after_s"])
+        book = cls(state["cooldown_s"] if cooldown_s is None else cooldown_s,
+                   state["escalate_after_s"] if escalate_after_s is None else escalate_after_s)
         book.alerts = {k: _Alert(**a) for k, a in state["alerts"].items()}
         book.silences = {k: Silence(**s) for k, s in state["silences"].items()}
         return book

@@ -16,6 +16,7 @@ workbook's for a 30-day period, scaled to other periods the way Sloth does it:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -113,15 +114,22 @@ def time_to_exhaustion(remaining_events: float, bad_in_window: int, window_s: fl
     """
     if remaining_events <= 0:
         return Exhaustion(0.0, 0.0, 0.0)
-    alpha = 1.0 - confidence
-    rate_low = 0.0 if bad_in_window == 0 else stats.chi2.ppf(alpha / 2, 2 * bad_in_window) / 2 / window_s
-    rate_high = stats.chi2.ppf(1 - alpha / 2, 2 * bad_in_window + 2) / 2 / window_s
+    count_low, count_high = _poisson_interval(bad_in_window, confidence)
+    rate_low, rate_high = count_low / window_s, count_high / window_s
     rate = bad_in_window / window_s
     return Exhaustion(
         seconds=math.inf if rate == 0 else remaining_events / rate,
         low=remaining_events / rate_high,
         high=math.inf if rate_low == 0 else remaining_events / rate_low,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _poisson_interval(count: int, confidence: float) -> tuple[float, float]:
+    """Exact (Garwood) interval on a Poisson mean; cached, as the chi-square quantiles cost ~0.1 ms."""
+    alpha = 1.0 - confidence
+    low = 0.0 if count == 0 else stats.chi2.ppf(alpha / 2, 2 * count) / 2
+    return low, stats.chi2.ppf(1 - alpha / 2, 2 * count + 2) / 2
 
 
 @dataclass(frozen=True)

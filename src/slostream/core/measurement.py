@@ -30,6 +30,7 @@ class Reason(enum.StrEnum):
     BAD_TIMESTAMP = "bad_timestamp"
     TOO_LARGE = "too_large"
     TOO_LATE = "too_late"
+    BAD_COMMAND = "bad_command"  # a control-topic command that cannot be applied
 
 
 AwareDatetime = Annotated[dt.datetime, msgspec.Meta(tz=True)]

@@ -216,6 +216,11 @@ class _Level:
             return None
         return self.stats[slot], self.sketches[slot]
 
+    def range_sum(self, first: int, last: int) -> np.ndarray:
+        """Additive columns summed over the held buckets starting in [first, last)."""
+        held = (self.starts >= first) & (self.starts < last)
+        return self.stats[held, :MIN].sum(axis=0)
+
     def slot_state(self, slot: int) -> dict:
         sketch = self.sketches[slot]
         return {
@@ -256,6 +261,7 @@ class SeriesWindows:
         self.levels = [_Level(r) for r in resolutions]
         self.closed_until = 0
         self.open_starts: set[int] = set()
+        self._closed_sums: dict[tuple[int, int], np.ndarray] = {}
 
     @property
     def base_width(self) -> int:
@@ -290,6 +296,8 @@ class SeriesWindows:
         slot = base._claim(start)
         if slot is None:
             raise ValueError(f"bucket {start} is older than the base retention")
+        if start < self.closed_until:
+            self._closed_sums.clear()
         if offsets is not None and offsets.size:
             base.marks[slot] = max(base.marks[slot], int(offsets.max()))
         merge_stats_into(base.stats[slot], row)
@@ -308,6 +316,7 @@ class SeriesWindows:
         if horizon <= self.closed_until:
             return []
         closing = sorted(s for s in self.open_starts if s < horizon)
+        self._closed_sums.clear()
         base = self.levels[0]
         for start in closing:
             self.open_starts.discard(start)
@@ -341,6 +350,43 @@ class SeriesWindows:
             elif held[0][VALUES] > 0:
                 sketch = None  # this bucket kept no sketch: no honest quantile for the span
         return Aggregate(start, end, stats, sketch)
+
+    def totals(self, lo: int, hi: int) -> np.ndarray:
+        """Additive columns (COUNT to SUM) over [lo, hi), open base buckets included.
+
+        The same buckets as ``aggregate`` for closed time, but each level's inner
+        run is summed in numpy, so a 30-day span costs a few masks, not a loop
+        over 720 buckets. Both ends on base-width boundaries.
+        """
+        row = np.zeros(MIN)
+        closed = min(hi, self.closed_until)
+        if lo < closed:
+            # Closed buckets never change, so their sum holds until the next close.
+            key = (lo, closed)
+            part = self._closed_sums.get(key)
+            if part is None:
+                part = self._closed_sums[key] = self._sum(lo, closed)
+            row += part
+        if hi > self.closed_until:
+            row += self.levels[0].range_sum(max(lo, self.closed_until), hi)
+        return row
+
+    def _sum(self, lo: int, hi: int) -> np.ndarray:
+        for index in range(len(self.levels) - 1, -1, -1):
+            level = self.levels[index]
+            w = level.width
+            first = -(-lo // w) * w
+            last = (hi // w) * w
+            if first >= last:
+                continue
+            row = level.range_sum(first, last)
+            for edge_level, start in self._edge(lo, first, index) + self._edge(last, hi, index):
+                held = edge_level.bucket(start)
+                if held is not None:
+                    row += held[0][:MIN]
+            return row
+        base = self.levels[0]
+        return base.range_sum(bucket_start(lo, base.width), hi)
 
     def _cover(self, lo: int, hi: int, top: int) -> list[tuple[_Level, int]]:
         """Buckets that tile [lo, hi), coarsest first, finer levels for the edges."""

@@ -21,12 +21,14 @@ from typing import Any
 import faust
 import mode
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 
 from slostream.config import Settings
+from slostream.core.control import Command, CommandError, parse_command
 from slostream.io.metrics import PipelineMetrics
+from slostream.io.sinks import AlertSinks
 from slostream.pipeline.partition import Output, PartitionProcessor, PipelineConfig, SourceRecord
 
 log = logging.getLogger("slostream")
@@ -131,7 +133,16 @@ class IngestService:
             max_record_bytes=settings.max_record_bytes,
             max_future_skew_s=settings.max_future_skew_s,
             source=settings.source,
+            slos=settings.slos,
+            policies=settings.policies,
+            alert_cooldown_s=settings.alert_cooldown_s,
+            escalate_after_s=settings.escalate_after_s,
         )
+        self.sinks: AlertSinks | None = None
+        # Every control command since the start of the topic, for partitions restored later.
+        self.control_log: list[tuple[SourceRecord, Command | CommandError]] = []
+        self.alerts_emitted: Counter[str] = Counter()
+        self.breaches_emitted = 0
         self.processors: dict[int, PartitionProcessor] = {}
         self.lock = asyncio.Lock()
         self._checkpoint_lock = asyncio.Lock()
@@ -142,6 +153,7 @@ class IngestService:
         self.sli_emitted = 0
         self.checkpoints = 0
         self._uncheckpointed: set[int] = set()
+        self._pending_control: set[int] = set()
         self.state = app.Table(
             STATE_TABLE,
             partitions=settings.partitions,
@@ -152,6 +164,9 @@ class IngestService:
                                       key_serializer="raw", value_serializer="raw")
         self.sli_topic = settings.topic("sli")
         self.deadletter_topic = settings.topic("deadletter")
+        self.alerts_topic = settings.topic("alerts")
+        self.breaches_topic = settings.topic("breaches")
+        self.control_topic = settings.topic("control")
 
     def processor(self, partition: int) -> PartitionProcessor:
         proc = self.processors.get(partition)
@@ -162,9 +177,20 @@ class IngestService:
             ]
             proc = PartitionProcessor.restore(partition, self.pipeline_config, items, time.time())
             self.processors[partition] = proc
-            log.info("partition %d: restored %d series, resuming after offset %d",
-                     partition, len(proc.series), proc.applied_offset)
+            log.info("partition %d: restored %d series and %d SLOs, resuming after offset %d",
+                     partition, len(proc.series), len(proc.trackers), proc.applied_offset)
+            self._pending_control.add(partition)
         return proc
+
+    async def catch_up_control(self) -> None:
+        """Apply the control commands a newly restored partition has not seen (under the lock)."""
+        for partition in sorted(self._pending_control):
+            proc = self.processors.get(partition)
+            if proc is None:
+                continue
+            for record, command in self.control_log:
+                await self._emit(proc.apply_control(record, command))
+        self._pending_control.clear()
 
     async def handle(self, partition: int, batch: list[Any]) -> None:
         for chunk in _chunks(batch):
@@ -174,7 +200,9 @@ class IngestService:
                 for r in chunk
             ]
             async with self.lock:
-                out = self.processor(partition).process(records, time.time())
+                proc = self.processor(partition)
+                await self.catch_up_control()
+                out = proc.process(records, time.time())
                 self._uncheckpointed.add(partition)
                 await self._emit(out)
             self.records_consumed += len(records)
@@ -182,16 +210,44 @@ class IngestService:
 
     async def tick(self) -> None:
         async with self.lock:
+            if self.ready():
+                # Partitions without traffic still evaluate their SLOs and take control commands.
+                for tp in self.app.consumer.assignment():
+                    if tp.topic == self.topic:
+                        self.processor(tp.partition)
+            await self.catch_up_control()
             now = time.time()
             for partition, proc in list(self.processors.items()):
                 out = proc.tick(now)
-                if out.sli:
-                    self._uncheckpointed.add(partition)
+                self._uncheckpointed.add(partition)
                 await self._emit(out)
+
+    async def apply_control(self, record: SourceRecord) -> None:
+        command = parse_command(record.value, record.offset, record.timestamp)
+        async with self.lock:
+            self.control_log.append((record, command))
+            for partition, proc in self.processors.items():
+                await self._emit(proc.apply_control(record, command))
+                self._uncheckpointed.add(partition)
+
+    def firing_alerts(self) -> list[dict]:
+        return [alert for proc in self.processors.values() for alert in proc.book.firing()]
+
+    def slo_statuses(self) -> list[dict]:
+        return sorted((t.status for proc in self.processors.values() for t in proc.trackers.values()
+                       if t.status is not None), key=lambda status: status["slo"])
 
     async def _emit(self, out: Output) -> None:
         for key, event in out.sli:
             await self.outputs.send(self.sli_topic, key, orjson.dumps(event))
+        for key, event in out.alerts:
+            await self.outputs.send(self.alerts_topic, key, orjson.dumps(event))
+            self.alerts_emitted[event["type"]] += 1
+            if self.sinks is not None:
+                self.sinks.submit(event)
+        for key, event in out.breaches:
+            await self.outputs.send(self.breaches_topic, key, orjson.dumps(event))
+            self.breaches_emitted += 1
         for key, event in out.deadletter:
             await self.outputs.send(self.deadletter_topic, key, orjson.dumps(event))
             self.rejected[event["data"]["reason"]] += 1
@@ -248,6 +304,22 @@ class IngestService:
             for partition in mine:
                 self.processors.pop(partition, None)
                 self._uncheckpointed.discard(partition)
+
+    async def read_control(self) -> None:
+        """Every worker reads the whole control topic (no group): commands apply to all partitions."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.broker_hosts, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=self.settings.fetch_max_wait_ms)
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(self.control_topic, 0)])
+            await consumer.seek_to_beginning()
+            while True:
+                for tp, batch in (await consumer.getmany(timeout_ms=1000)).items():
+                    for r in batch:
+                        await self.apply_control(SourceRecord(r.topic, r.partition, r.offset,
+                                                              (r.timestamp or 0) / 1000.0, r.key, r.value))
+        finally:
+            await consumer.stop()
 
     def lag(self) -> dict[int, int]:
         lags = {}
@@ -318,6 +390,14 @@ def create_app(settings: Settings) -> SloApp:
     metrics.attach(ingest)
     app.ingest = ingest
     app.topics.add(ingest.measurements)
+    if settings.alertmanager_url or settings.webhook_urls:
+        ingest.sinks = AlertSinks(settings.alertmanager_url, settings.webhook_urls, settings.alert_resend_s,
+                                  ingest.firing_alerts)
+        app.add_dependency(ingest.sinks)
+
+    @app.task
+    async def control_reader() -> None:
+        await ingest.read_control()
 
     @app.timer(settings.tick_interval_s)
     async def advance_idle_partitions() -> None:
@@ -336,6 +416,18 @@ def create_app(settings: Settings) -> SloApp:
         body, content_type = metrics.render()
         # aiohttp wants the charset apart from the media type.
         return web.bytes(body, content_type=content_type.split("; charset")[0])
+
+    @app.page("/api/slos")
+    async def slos_view(web, request):
+        return web.json({"slos": ingest.slo_statuses(), "configured": [s.name for s in settings.slos]})
+
+    @app.page("/api/alerts")
+    async def alerts_view(web, request):
+        silences = {}
+        for proc in ingest.processors.values():
+            for silence in proc.book.silences.values():
+                silences[silence.id] = vars(silence)
+        return web.json({"alerts": ingest.firing_alerts(), "silences": list(silences.values())})
 
     @app.page("/health")
     async def health_view(web, request):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -111,6 +112,51 @@ class _StateCollector(Collector):
         yield window_end
         yield from gauges.values()
         yield summary
+        yield from _slo_metrics(ingest)
+
+
+def _slo_metrics(ingest: "IngestService"):
+    labels = ["slo", "service"]
+    objective = GaugeMetricFamily("slostream_slo_objective_ratio", "Target good ratio of the SLO.", labels=labels)
+    sli = GaugeMetricFamily("slostream_slo_sli_ratio", "Good ratio over the SLO window so far.", labels=labels)
+    remaining = GaugeMetricFamily("slostream_slo_error_budget_remaining_ratio",
+                                  "Share of the error budget left in the SLO window (negative when overspent).",
+                                  labels=labels)
+    events = GaugeMetricFamily("slostream_slo_window_events", "Judged events (or slices) in the SLO window.",
+                               labels=labels)
+    burn = GaugeMetricFamily("slostream_slo_burn_rate", "Error-budget burn rate over an alerting window.",
+                             labels=[*labels, "window"])
+    for status in ingest.slo_statuses():
+        names = [status["slo"], status["service"]]
+        objective.add_metric(names, status["objective"])
+        events.add_metric(names, status["events"])
+        if status["sli"] is not None:
+            sli.add_metric(names, status["sli"])
+        if status["error_budget"]["remaining_ratio"] is not None:
+            remaining.add_metric(names, status["error_budget"]["remaining_ratio"])
+        for window, rate in status["burn_rates"].items():
+            if rate is not None:
+                burn.add_metric([*names, window], rate)
+    firing = GaugeMetricFamily("slostream_alerts_firing", "Alerts firing now, by severity (silenced included).",
+                               labels=["severity"])
+    by_severity = Counter(a["labels"].get("severity", "") for a in ingest.firing_alerts())
+    for severity in sorted(set(by_severity) | {"page", "ticket", "warning", "critical"}):
+        firing.add_metric([severity], by_severity.get(severity, 0))
+    emitted = CounterMetricFamily("slostream_alert_events", "Alert events emitted, by type.", labels=["type"])
+    for kind in ("firing", "resolved", "silenced", "acknowledged"):
+        emitted.add_metric([kind], ingest.alerts_emitted.get(f"slostream.alert.{kind}", 0))
+    breaches = CounterMetricFamily("slostream_breach_events", "Threshold-policy breach and recovery events.",
+                                   value=ingest.breaches_emitted)
+    yield from (objective, sli, remaining, events, burn, firing, emitted, breaches)
+    if ingest.sinks is not None:
+        sink = CounterMetricFamily("slostream_sink_deliveries", "Alert deliveries to sinks, by outcome.",
+                                   labels=["sink", "outcome"])
+        for target in sorted(set(ingest.sinks.delivered) | set(ingest.sinks.failed)):
+            sink.add_metric([target, "delivered"], ingest.sinks.delivered.get(target, 0))
+            sink.add_metric([target, "failed"], ingest.sinks.failed.get(target, 0))
+        yield sink
+        yield _counter("slostream_sink_dropped", "Alert deliveries dropped because the sink queue was full.",
+                       ingest.sinks.dropped)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

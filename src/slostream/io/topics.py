@@ -7,7 +7,9 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from slostream.config import ConfigError, Settings
 
-TOPIC_NAMES = ("measurements", "sli", "deadletter", "control")
+TOPIC_NAMES = ("measurements", "sli", "deadletter", "alerts", "breaches", "control")
+# Operator commands need one total order, so every worker applies them alike.
+SINGLE_PARTITION = ("control",)
 
 
 async def ensure_topics(settings: Settings) -> str:
@@ -17,8 +19,8 @@ async def ensure_topics(settings: Settings) -> str:
     try:
         cluster_id = (await admin.describe_cluster()).get("cluster_id") or ""
         existing = set(await admin.list_topics())
-        wanted = [settings.topic(name) for name in TOPIC_NAMES]
-        missing = [NewTopic(t, settings.partitions, 1) for t in wanted if t not in existing]
+        missing = [NewTopic(settings.topic(name), 1 if name in SINGLE_PARTITION else settings.partitions, 1)
+                   for name in TOPIC_NAMES if settings.topic(name) not in existing]
         if missing:
             try:
                 await admin.create_topics(missing)

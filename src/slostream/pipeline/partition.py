@@ -19,8 +19,13 @@ import msgspec
 import numpy as np
 import orjson
 
+from slostream.core.alerts import AlertBook, AlertEvent, Condition
+from slostream.core.control import Command, CommandError
 from slostream.core.events import cloud_event, event_id
 from slostream.core.measurement import Columns, MeasurementDecoder, Reason, Rejection
+from slostream.core.objectives import Policy, Slo
+from slostream.core.policy import PolicyWatch, aggregate_value
+from slostream.core.tracker import SloTracker
 from slostream.core.watermark import Watermark
 from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Resolution, SeriesWindows, bucket_start
 
@@ -51,19 +56,25 @@ class PipelineConfig:
     max_future_skew_s: float = 300.0
     max_deadletter_bytes: int = 64 << 10
     source: str = "urn:slostream"
+    slos: tuple[Slo, ...] = ()
+    policies: tuple[Policy, ...] = ()
+    alert_cooldown_s: float = 300.0
+    escalate_after_s: float | None = None
 
 
 @dataclass
 class Output:
     sli: list[tuple[bytes, dict]] = field(default_factory=list)  # (key, event)
     deadletter: list[tuple[bytes, dict]] = field(default_factory=list)
+    alerts: list[tuple[bytes, dict]] = field(default_factory=list)
+    breaches: list[tuple[bytes, dict]] = field(default_factory=list)
     accepted: int = 0
     skipped_replay: int = 0
 
 
 class Series:
     __slots__ = ("ident", "key", "service", "metric", "labels", "windows",
-                 "pending_reports", "last_report")
+                 "pending_reports", "last_report", "trackers", "watches")
 
     def __init__(self, ident: tuple, key: str, service: str, metric: str, labels: dict,
                  windows: SeriesWindows):
@@ -75,6 +86,8 @@ class Series:
         self.windows = windows
         self.pending_reports: set[int] = set()
         self.last_report: dict | None = None
+        self.trackers: list[SloTracker] = []  # SLOs this series feeds
+        self.watches: list[PolicyWatch] = []  # policies watching this series
 
     def header(self) -> dict:
         return {
@@ -84,6 +97,7 @@ class Series:
             "labels": self.labels,
             "pending_reports": sorted(self.pending_reports),
             "last_report": self.last_report,
+            "watches": {w.policy.name: w.to_state() for w in self.watches},
             "windows": self.windows.header_state(),
         }
 
@@ -103,6 +117,17 @@ class PartitionProcessor:
         self.last_activity = now
         self._dirty: set[tuple] = set()
         self._closed_horizon = 0
+        self.slos_for: dict[tuple[str, str], list[Slo]] = {}
+        for slo in config.slos:
+            self.slos_for.setdefault((slo.service, slo.metric), []).append(slo)
+        self.policies_for: dict[tuple[str, str], list[Policy]] = {}
+        for policy in config.policies:
+            self.policies_for.setdefault((policy.service, policy.metric), []).append(policy)
+        self.trackers: dict[str, SloTracker] = {}
+        self.book = AlertBook(config.alert_cooldown_s, config.escalate_after_s)
+        self.control_offset = -1  # last control command applied
+        self._book_dirty = False
+        self._touched: set[str] = set()  # trackers with measurements since their last evaluation
 
     # --- processing -------------------------------------------------------
 
@@ -119,7 +144,9 @@ class PartitionProcessor:
         if len(cols):
             self._ingest(fresh, cols, out)
         self.applied_offset = fresh[-1].offset
-        self._close_and_report(out)
+        if self._close_and_report(out):
+            self._touched.update(self.trackers)
+        self._evaluate(out, self._touched)
         return out
 
     def _ingest(self, records: list[SourceRecord], cols: Columns, out: Output) -> None:
@@ -147,14 +174,32 @@ class PartitionProcessor:
         boundaries = np.flatnonzero((np.diff(sids) != 0) | (np.diff(starts) != 0)) + 1
         values, oks = cols.values, cols.oks
         added = 0
+        slo_members: dict[str, list[np.ndarray]] = {}
         for group in np.split(np.arange(len(idx)), boundaries):
             first = group[0]
             series = series_list[sids[first]]
             members = idx[group]
             added += series.windows.add(int(starts[first]), values[members], oks[members], offsets[members])
             self._dirty.add(series.ident)
+            for tracker in series.trackers:
+                slo_members.setdefault(tracker.slo.name, []).append(members)
         out.accepted += added
         out.skipped_replay += len(idx) - added
+        for name, parts in slo_members.items():
+            self._feed(self.trackers[name], np.concatenate(parts), cols, offsets)
+
+    def _feed(self, tracker: SloTracker, members: np.ndarray, cols: Columns, offsets: np.ndarray) -> None:
+        """One SLO gathers every series it covers; each base bucket is fed once, in offset order,
+        so its replay mark stays exact."""
+        width = self.config.resolutions[0].width
+        starts = (np.floor(cols.ts[members] / width) * width).astype(np.int64)
+        order = np.lexsort((offsets[members], starts))
+        members, starts = members[order], starts[order]
+        for group in np.split(np.arange(len(members)), np.flatnonzero(np.diff(starts)) + 1):
+            chosen = members[group]
+            tracker.feed(int(starts[group[0]]), cols.values[chosen], cols.oks[chosen], offsets[chosen],
+                         float(cols.ts[chosen].max()))
+        self._touched.add(tracker.slo.name)
 
     def _series_ids(self, ms: list) -> tuple[np.ndarray, list[Series]]:
         """A dense series number per measurement, and the series in that order.
@@ -188,27 +233,49 @@ class PartitionProcessor:
             labels = dict(zip(self.config.label_keys, key[2])) if len(key) > 2 else {}
             windows = SeriesWindows(self.config.resolutions, self.config.relative_accuracy)
             series = Series(key, _series_key(service, metric, labels), service, metric, labels, windows)
+            self._attach(series)
             self.series[key] = series
         return series
+
+    def _attach(self, series: Series) -> None:
+        """Wire a series to the SLOs it feeds and the policies that watch it."""
+        for slo in self.slos_for.get((series.service, series.metric), ()):
+            tracker = self.trackers.get(slo.name)
+            if tracker is None:
+                tracker = self.trackers[slo.name] = SloTracker(slo, self.config.resolutions)
+            series.trackers.append(tracker)
+        series.watches = [PolicyWatch(p) for p in self.policies_for.get((series.service, series.metric), ())]
 
     def tick(self, now: float) -> Output:
         """Advance event time for a quiet partition and close what is due."""
         out = Output()
         if self.watermark.advance_idle(now, self.last_activity, self.config.idle_after_s):
             self._close_and_report(out)
+            self._evaluate(out, self.trackers)
         return out
 
-    def _close_and_report(self, out: Output) -> None:
+    @property
+    def event_now(self) -> float:
+        """Event time now: the newest event seen, or the idle-advanced time when quiet."""
+        return max(self.watermark.max_event_ts, self.watermark.value + self.watermark.grace)
+
+    def _close_and_report(self, out: Output) -> bool:
+        """Close what the watermark passed; report due SLI windows; judge policies.
+        Returns whether the closed horizon moved."""
         width = self.config.resolutions[0].width
         if self.watermark.value == -np.inf:
-            return
+            return False
         horizon = bucket_start(self.watermark.value, width)
         if horizon <= self._closed_horizon:
-            return
+            return False
         self._closed_horizon = horizon
         report = self.config.report_window_s
+        for tracker in self.trackers.values():
+            tracker.close_until(self.watermark.value)
         for key, series in self.series.items():
             closed = series.windows.close_until(self.watermark.value)
+            if series.watches:
+                self._judge_policies(series, out)
             if not closed and not series.pending_reports:
                 continue
             series.pending_reports.update(bucket_start(s, report) for s in closed)
@@ -217,6 +284,109 @@ class PartitionProcessor:
                 series.pending_reports.discard(start)
                 out.sli.append(self._sli_event(series, start, start + report))
             self._dirty.add(key)
+        return True
+
+    def _judge_policies(self, series: Series, out: Output) -> None:
+        closed_until = series.windows.closed_until
+        conditions: list[Condition] = []
+        for watch in series.watches:
+            policy = watch.policy
+            window = policy.window_s
+            last = (closed_until // window) * window
+            first = max(watch.evaluated_until + window, last - 10 * window) if watch.evaluated_until else last
+            changed = False
+            for end in range(first, last + 1, window):
+                if end <= watch.evaluated_until:
+                    continue
+                agg = series.windows.aggregate(end - window, end, with_sketch=policy.aggregate.startswith("p"))
+                value = aggregate_value(agg, policy.aggregate) if agg.count else (
+                    0.0 if policy.aggregate == "throughput" else None)
+                transition = watch.observe(value)
+                watch.evaluated_until = end
+                changed = True
+                if transition is not None:
+                    out.breaches.append(self._breach_event(series, watch, transition, end))
+            if changed:
+                self._dirty.add(series.ident)
+                conditions.extend(watch.conditions(series.labels))
+        if conditions:
+            self._alert_events(self.book.evaluate(self.event_now, conditions), out)
+
+    def _breach_event(self, series: Series, watch: PolicyWatch, transition: tuple[str, str],
+                      end: int) -> tuple[bytes, dict]:
+        policy = watch.policy
+        previous, level = transition
+        kind = "recovered" if level == "ok" else "started"
+        data = {
+            "policy": policy.name,
+            "service": series.service,
+            "metric": series.metric,
+            "labels": series.labels,
+            "aggregate": policy.aggregate,
+            "direction": policy.direction,
+            "warning": policy.warning,
+            "critical": policy.critical,
+            "consecutive": policy.consecutive,
+            "level": level,
+            "previous_level": previous,
+            "value": watch.last_value,
+            "window_start": end - policy.window_s,
+            "window_end": end,
+        }
+        event = cloud_event(f"slostream.breach.{kind}", self.config.source,
+                            event_id("breach", policy.name, series.key, end, level), end, data, subject=series.key)
+        return series.service.encode(), event
+
+    def _evaluate(self, out: Output, names) -> None:
+        """Budgets, burn rates and alert conditions of the named SLOs at event time now."""
+        if not names or self.watermark.max_event_ts == -np.inf:
+            return
+        now = self.event_now
+        conditions: list[Condition] = []
+        for name in list(names):
+            _, found = self.trackers[name].evaluate(now)
+            conditions.extend(found)
+        self._touched.clear()
+        self._alert_events(self.book.evaluate(now, conditions), out)
+
+    def _alert_events(self, events: list[AlertEvent], out: Output) -> None:
+        for alert_event in events:
+            alert = alert_event.alert
+            # Event time is replayed exactly, so a repeat after a crash keeps its id.
+            id_ = event_id("alert", alert_event.type, alert["fingerprint"], alert["startsAt"], alert_event.time)
+            event = cloud_event(f"slostream.alert.{alert_event.type}", self.config.source, id_,
+                                alert_event.time, alert, subject=alert["fingerprint"])
+            out.alerts.append((alert["labels"].get("service", "").encode(), event))
+        if events:
+            self._book_dirty = True
+
+    # --- operator commands --------------------------------------------------
+
+    def apply_control(self, record: SourceRecord, command: Command | CommandError) -> Output:
+        """Apply one control command once (its offset is persisted with the state).
+
+        Every partition applies every command; only partition 0 dead-letters a
+        malformed one, so it is reported once.
+        """
+        out = Output()
+        if record.offset <= self.control_offset:
+            return out
+        self.control_offset = record.offset
+        self._book_dirty = True
+        if isinstance(command, CommandError):
+            if self.partition == 0:
+                rejection = Rejection(0, None, Reason.BAD_COMMAND, command.message, None)
+                out.deadletter.append(self._deadletter(record, rejection))
+            return out
+        now = self.event_now if self.watermark.max_event_ts > -np.inf else command.time
+        if command.kind == "silence":
+            events = self.book.silence(now, command.silence)
+        elif command.kind == "unsilence":
+            events = self.book.unsilence(now, command.silence_id)
+        else:
+            events = self.book.acknowledge_matching(now, command.fingerprint, command.matchers, command.by)
+        self._alert_events(events, out)
+        return out
 
     def _sli_event(self, series: Series, start: int, end: int) -> tuple[bytes, dict]:
         agg = series.windows.aggregate(start, end)
@@ -285,10 +455,20 @@ class PartitionProcessor:
                 writes.append((f"{p}{SEP}b{SEP}{level}{SEP}{slot}{SEP}{series.key}", orjson.dumps(state)))
             writes.append((f"{p}{SEP}h{SEP}{series.key}", orjson.dumps(series.header())))
         self._dirty.clear()
+        for name, tracker in self.trackers.items():
+            if not tracker.dirty:
+                continue
+            for kind, level, slot, state in tracker.drain_dirty():
+                writes.append((f"{p}{SEP}s{SEP}{kind}{SEP}{level}{SEP}{slot}{SEP}{name}", orjson.dumps(state)))
+            writes.append((f"{p}{SEP}S{SEP}{name}", orjson.dumps(tracker.header_state())))
+        if self._book_dirty:
+            writes.append((f"{p}{SEP}a", orjson.dumps(self.book.to_state())))
+            self._book_dirty = False
         partition_state = {
             "v": STATE_VERSION,
             "applied_offset": self.applied_offset,
             "watermark": self.watermark.to_state(),
+            "control_offset": self.control_offset,
         }
         writes.append((f"{p}{SEP}c", orjson.dumps(partition_state)))
         return writes, self.applied_offset
@@ -299,6 +479,8 @@ class PartitionProcessor:
         proc = cls(partition, config, now)
         headers: dict[str, dict] = {}
         slots: dict[str, list] = {}
+        tracker_headers: dict[str, dict] = {}
+        tracker_slots: dict[str, list] = {}
         prefix = f"{partition}{SEP}"
         for key, value in items:
             if not key.startswith(prefix):
@@ -307,6 +489,7 @@ class PartitionProcessor:
             if kind == "c":
                 state = orjson.loads(value)
                 proc.applied_offset = state["applied_offset"]
+                proc.control_offset = state.get("control_offset", -1)
                 proc.watermark = Watermark.from_state(state["watermark"])
                 if proc.watermark.value > -np.inf:
                     proc._closed_horizon = bucket_start(proc.watermark.value, config.resolutions[0].width)
@@ -315,6 +498,21 @@ class PartitionProcessor:
             elif kind == "b":
                 level, slot, series_key = rest.split(SEP, 2)
                 slots.setdefault(series_key, []).append((int(level), int(slot), orjson.loads(value)))
+            elif kind == "S":
+                tracker_headers[rest] = orjson.loads(value)
+            elif kind == "s":
+                windows_kind, level, slot, name = rest.split(SEP, 3)
+                tracker_slots.setdefault(name, []).append((windows_kind, int(level), int(slot), orjson.loads(value)))
+            elif kind == "a":
+                proc.book = AlertBook.from_state(orjson.loads(value), config.alert_cooldown_s,
+                                                 config.escalate_after_s)
+        for slo in config.slos:
+            header = tracker_headers.get(slo.name)
+            if header is None:
+                continue
+            tracker = SloTracker.restore(slo, config.resolutions, header, tracker_slots.get(slo.name, []))
+            if tracker is not None:
+                proc.trackers[slo.name] = tracker
         for series_key, header in headers.items():
             windows = SeriesWindows.from_states(header["windows"], slots.get(series_key, []))
             labels = tuple(header["labels"].get(k, "") for k in config.label_keys)
@@ -323,6 +521,10 @@ class PartitionProcessor:
             series = Series(ident, series_key, header["service"], header["metric"], header["labels"], windows)
             series.pending_reports = set(header["pending_reports"])
             series.last_report = header["last_report"]
+            proc._attach(series)
+            watched = header.get("watches", {})
+            series.watches = [PolicyWatch.from_state(w.policy, watched[w.policy.name])
+                              if w.policy.name in watched else w for w in series.watches]
             proc.series[ident] = series
         return proc
 

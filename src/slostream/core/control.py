@@ -1,0 +1,107 @@
+"""Operator commands from the control topic: silence, unsilence, ack.
+
+>>> cmd = parse_command(b'{"command": "silence", "matchers": {"slo": "checkout"}, "for": "2h", "by": "ana"}',
+...                     offset=7, record_time=1000.0)
+>>> (cmd.kind, cmd.silence.until, cmd.silence.id)
+('silence', 8200.0, 'control-7')
+>>> parse_command(b'{"command": "ack"}', offset=8, record_time=0.0)
+CommandError('ack needs a fingerprint (from the alert event) or matchers')
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from .alerts import Silence
+
+DURATION_RE = re.compile(r"^(\d+)([smhd])$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+COMMANDS = ("silence", "unsilence", "ack")
+
+
+@dataclass(frozen=True)
+class Command:
+    kind: str
+    time: float
+    by: str
+    silence: Silence | None = None
+    silence_id: str | None = None
+    fingerprint: str | None = None
+    matchers: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class CommandError:
+    message: str
+
+    def __repr__(self) -> str:
+        return f"CommandError({self.message!r})"
+
+
+def parse_command(raw: bytes | None, offset: int, record_time: float) -> Command | CommandError:
+    try:
+        doc = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError as exc:
+        return CommandError(f"not JSON: {exc}")
+    if not isinstance(doc, dict):
+        return CommandError(f"a command is a JSON object, got {type(doc).__name__}")
+    kind = doc.get("command")
+    if kind not in COMMANDS:
+        return CommandError(f"'command' is {kind!r}; use one of {', '.join(COMMANDS)}")
+    by = doc.get("by", "")
+    if not isinstance(by, str):
+        return CommandError("'by' must be a string (who sent the command)")
+    matchers = doc.get("matchers")
+    if matchers is not None and (not isinstance(matchers, dict) or not matchers or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in matchers.items())):
+        return CommandError("'matchers' must be a non-empty object of label: value strings")
+    if kind == "silence":
+        if matchers is None:
+            return CommandError("silence needs 'matchers' (labels the silenced alerts must carry)")
+        until = _until(doc, record_time)
+        if isinstance(until, CommandError):
+            return until
+        reason = doc.get("reason", "")
+        silence_id = doc.get("id", f"control-{offset}")
+        if not isinstance(silence_id, str) or not silence_id or not isinstance(reason, str):
+            return CommandError("'id' and 'reason' must be strings")
+        return Command(kind, record_time, by, silence=Silence(silence_id, matchers, until, by, reason))
+    if kind == "unsilence":
+        silence_id = doc.get("id")
+        if not isinstance(silence_id, str) or not silence_id:
+            return CommandError("unsilence needs the silence's 'id'")
+        return Command(kind, record_time, by, silence_id=silence_id)
+    fingerprint = doc.get("fingerprint")
+    if fingerprint is None and matchers is None:
+        return CommandError("ack needs a fingerprint (from the alert event) or matchers")
+    if fingerprint is not None and not isinstance(fingerprint, str):
+        return CommandError("'fingerprint' must be a string")
+    if not by:
+        return CommandError("ack needs 'by' (who takes the alert)")
+    return Command(kind, record_time, by, fingerprint=fingerprint, matchers=matchers)
+
+
+def _until(doc: dict, record_time: float) -> float | CommandError:
+    if "until" in doc and "for" in doc:
+        return CommandError("give either 'until' or 'for', not both")
+    if "for" in doc:
+        match = DURATION_RE.match(str(doc["for"]))
+        if not match or int(match.group(1)) == 0:
+            return CommandError(f"'for' is {doc['for']!r}; use a duration like 30m, 2h or 1d")
+        return record_time + int(match.group(1)) * UNIT_SECONDS[match.group(2)]
+    until = doc.get("until")
+    if isinstance(until, (int, float)) and not isinstance(until, bool):
+        return float(until)
+    if isinstance(until, str):
+        try:
+            parsed = dt.datetime.fromisoformat(until.replace("Z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return parsed.timestamp()
+    return CommandError(f"'until' is {until!r}; use RFC 3339 with a zone (2026-11-22T18:00:00Z), "
+                        "Unix seconds, or give 'for' instead")

@@ -1,0 +1,245 @@
+"""One SLO's good/bad event counts, error budget, burn rates and alert conditions.
+
+Good and bad are decided at ingest by the SLO's own rule, so counts are exact
+for threshold SLOs too (sketches are approximate and short-lived). Counts live
+in the same multi-resolution windows as the SLIs, without sketches. With
+timeslices budgeting, each closed slice becomes one good or bad event of a
+second window set, and budget and burn rates count slices.
+
+Evaluation is in event time: ``now`` is the newest event time the partition has
+seen (or the idle-advanced one), and every window ends at the end of the base
+bucket holding ``now``, open buckets included, so an alert can fire on the
+batch that makes its tier hold instead of a grace period later.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .alerts import Condition
+from .budget import Budget, BurnTier, evaluate_tiers, time_to_exhaustion
+from .objectives import Slo, Timeslices
+from .windows import OK, OK_KNOWN, Resolution, SeriesWindows, bucket_start
+
+STATE_VERSION = 1
+NAN = np.nan
+BURN_ALERT = "SLOErrorBudgetBurn"
+NO_DATA_ALERT = "SLONoData"
+FORECAST_WINDOW_S = 3600
+
+
+def counting_resolutions(resolutions: tuple[Resolution, ...]) -> tuple[Resolution, ...]:
+    """The SLI resolutions without quantile sketches: an SLO needs counts only."""
+    return tuple(Resolution(r.width, r.slots, 0) for r in resolutions)
+
+
+class SloTracker:
+    def __init__(self, slo: Slo, resolutions: tuple[Resolution, ...]):
+        self.slo = slo
+        counting = counting_resolutions(resolutions)
+        self.events = SeriesWindows(counting)
+        self.slices = SeriesWindows(counting) if isinstance(slo.budgeting, Timeslices) else None
+        self.slices_until = -1  # end of the newest slice judged
+        self.last_seen = -math.inf  # newest event time of a matching measurement
+        self.status: dict | None = None
+        self.dirty = True
+
+    @property
+    def base_width(self) -> int:
+        return self.events.base_width
+
+    def feed(self, start: int, values: np.ndarray, oks: np.ndarray, offsets: np.ndarray, newest_ts: float) -> int:
+        """Judge and count the measurements of one base bucket (offsets ascending)."""
+        added = self.events.add(start, values, self.slo.good.flags(values, oks), offsets)
+        self.last_seen = max(self.last_seen, newest_ts)
+        self.dirty = True
+        return added
+
+    def close_until(self, watermark: float) -> None:
+        closed = self.events.close_until(watermark)
+        if closed:
+            self.dirty = True
+        if self.slices is None:
+            return
+        slice_s = self.slo.budgeting.slice_s
+        ratio = self.slo.budgeting.good_if_ratio_ge
+        judged_until = (self.events.closed_until // slice_s) * slice_s
+        oldest = judged_until - self.events.levels[0].slots * self.base_width + slice_s
+        for start in range(max(self.slices_until, oldest, 0), judged_until, slice_s):
+            if start < self.slices_until:
+                continue
+            row = self.events.totals(start, start + slice_s)
+            if row[OK_KNOWN] > 0:
+                good = int(row[OK] / row[OK_KNOWN] >= ratio)
+                # The mark makes a replayed slice a no-op.
+                self.slices.add(bucket_start(start, self.base_width), np.array([NAN]),
+                                np.array([good], dtype=np.int8), np.array([start + slice_s]))
+        if judged_until > self.slices_until:
+            self.slices_until = judged_until
+            self.slices.close_until(watermark)
+            self.dirty = True
+
+    def counts(self, start: float, end: int) -> tuple[float, float]:
+        """(bad, total) judged events over [start, end), to the base width."""
+        lo = bucket_start(start, self.base_width)
+        row = (self.slices or self.events).totals(lo, end)
+        return float(row[OK_KNOWN] - row[OK]), float(row[OK_KNOWN])
+
+    def evaluate(self, now: float) -> tuple[dict, list[Condition]]:
+        """Budget, burn rates and the alert conditions at event time ``now``."""
+        slo = self.slo
+        end = bucket_start(now, self.base_width) + self.base_width
+        memo: dict[int, tuple[float, float]] = {}
+
+        def over(span_s: int) -> tuple[float, float]:
+            if span_s not in memo:
+                memo[span_s] = self.counts(end - span_s, end)
+            return memo[span_s]
+
+        window_start = slo.window.start(end)
+        bad, total = self.counts(window_start, end)
+        budget = Budget(slo.objective, total, bad)
+        results = evaluate_tiers(slo.tiers, over, slo.objective, slo.min_events)
+        forecast_bad, _ = over(FORECAST_WINDOW_S)
+        exhaustion = time_to_exhaustion(budget.remaining_events, int(forecast_bad), FORECAST_WINDOW_S)
+        burn_rates = {}
+        for result in results:
+            burn_rates[_span(result.tier.long_s)] = result.long_burn
+            burn_rates[_span(result.tier.short_s)] = result.short_burn
+        status = {
+            "slo": slo.name,
+            "service": slo.service,
+            "metric": slo.metric,
+            "objective": slo.objective,
+            "window": slo.window.describe(),
+            "window_start": window_start,
+            "evaluated_at": end,
+            "budgeting": "occurrences" if self.slices is None else "timeslices",
+            "events": total,
+            "bad_events": bad,
+            "sli": budget.sli,
+            "error_budget": {
+                "total_events": budget.allowed_bad,
+                "consumed_events": bad,
+                "remaining_events": budget.remaining_events,
+                "consumed_ratio": budget.consumed_ratio,
+                "remaining_ratio": budget.remaining_ratio,
+            },
+            "burn_rates": burn_rates,
+            "exhaustion": {
+                "seconds": _finite(exhaustion.seconds),
+                "low_s": _finite(exhaustion.low),
+                "high_s": _finite(exhaustion.high),
+                "confidence": 0.9,
+                "rate_window_s": FORECAST_WINDOW_S,
+            },
+            "tiers": [
+                {"severity": r.tier.severity, "long": _span(r.tier.long_s), "short": _span(r.tier.short_s),
+                 "threshold": r.tier.burn_rate, "long_burn": r.long_burn, "short_burn": r.short_burn,
+                 "long_events": r.long_events, "holds": r.holds, "low_traffic": r.low_traffic}
+                for r in results
+            ],
+            "last_seen": _finite(self.last_seen),
+        }
+        self.status = status
+        conditions = []
+        for severity in dict.fromkeys(t.severity for t in slo.tiers):
+            mine = [r for r in results if r.tier.severity == severity]
+            holding = [r for r in mine if r.holds]
+            shown = holding[0] if holding else mine[0]
+            conditions.append(Condition(
+                self.labels(BURN_ALERT, severity), bool(holding),
+                self._burn_annotations(shown, budget, exhaustion.seconds, bool(holding)),
+            ))
+        if slo.no_data_s is not None and self.last_seen > -math.inf:
+            silent_for = now - self.last_seen
+            conditions.append(Condition(
+                self.labels(NO_DATA_ALERT, slo.no_data_severity), silent_for >= slo.no_data_s,
+                self._annotations(
+                    f"{slo.service} sends no {slo.metric} measurements",
+                    f"No measurement for SLO {slo.name} for {silent_for:.0f}s "
+                    f"(alerting after {slo.no_data_s}s).",
+                ),
+            ))
+        return status, conditions
+
+    def labels(self, alertname: str, severity: str) -> dict[str, str]:
+        return {**self.slo.labels, "alertname": alertname, "service": self.slo.service, "slo": self.slo.name,
+                "severity": severity}
+
+    def _annotations(self, summary: str, description: str, **extra: str) -> dict[str, str]:
+        notes = {"summary": summary, "description": description, **extra}
+        if self.slo.runbook_url:
+            notes["runbook_url"] = self.slo.runbook_url
+        return notes
+
+    def _burn_annotations(self, result, budget: Budget, exhaustion_s: float, holds: bool) -> dict[str, str]:
+        slo = self.slo
+        tier: BurnTier = result.tier
+        name = f"{tier.severity} {_span(tier.long_s)}/{_span(tier.short_s)} >= {tier.burn_rate:g}x"
+        remaining = budget.remaining_ratio
+        return self._annotations(
+            f"{slo.name}: error budget burning {_fmt(result.long_burn)}x over {_span(tier.long_s)}",
+            f"SLO {slo.name} ({slo.objective:.4%} of {slo.service} {slo.metric} {slo.good.describe()}, "
+            f"{slo.window.describe()}): tier {name} {'holds' if holds else 'does not hold'}; "
+            f"burn rate {_fmt(result.long_burn)}x over {_span(tier.long_s)} and "
+            f"{_fmt(result.short_burn)}x over {_span(tier.short_s)}.",
+            tier=name,
+            burn_rate_long=_fmt(result.long_burn),
+            burn_rate_short=_fmt(result.short_burn),
+            budget_remaining="n/a" if remaining is None else f"{remaining:.4f}",
+            exhaustion_s="never" if math.isinf(exhaustion_s) else f"{exhaustion_s:.0f}",
+        )
+
+    # --- state ------------------------------------------------------------
+
+    def header_state(self) -> dict:
+        return {
+            "v": STATE_VERSION,
+            "signature": self.slo.counting_signature,
+            "events": self.events.header_state(),
+            "slices": None if self.slices is None else self.slices.header_state(),
+            "slices_until": self.slices_until,
+            "last_seen": _finite(self.last_seen),
+        }
+
+    def drain_dirty(self) -> list[tuple[str, int, int, dict]]:
+        changed = [("e", level, slot, state) for level, slot, state in self.events.drain_dirty()]
+        if self.slices is not None:
+            changed += [("t", level, slot, state) for level, slot, state in self.slices.drain_dirty()]
+        self.dirty = False
+        return changed
+
+    @classmethod
+    def restore(cls, slo: Slo, resolutions: tuple[Resolution, ...], header: dict,
+                slots: list[tuple[str, int, int, dict]]) -> "SloTracker | None":
+        """None when the stored counts were made under another rule (they would mislead)."""
+        if header.get("v") != STATE_VERSION or header["signature"] != slo.counting_signature:
+            return None
+        tracker = cls(slo, resolutions)
+        tracker.events = SeriesWindows.from_states(
+            header["events"], [(lv, sl, st) for kind, lv, sl, st in slots if kind == "e"])
+        if tracker.slices is not None and header["slices"] is not None:
+            tracker.slices = SeriesWindows.from_states(
+                header["slices"], [(lv, sl, st) for kind, lv, sl, st in slots if kind == "t"])
+            tracker.slices_until = header["slices_until"]
+        tracker.last_seen = -math.inf if header["last_seen"] is None else header["last_seen"]
+        return tracker
+
+
+def _span(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isinf(value) else float(value)
+
