@@ -4,7 +4,15 @@ import textwrap
 
 import pytest
 
-from slostream.slo import GoodRule, Timeslices, load_slo_file
+import numpy as np
+
+from slostream.core.objectives import GoodRule, Timeslices
+from slostream.slo import load_definition_file
+
+
+def load_slo_file(path):
+    definitions, problems = load_definition_file(path)
+    return list(definitions.slos), problems
 
 VALID = textwrap.dedent("""
     slos:
@@ -50,7 +58,7 @@ def test_the_issue_example_loads(tmp_path):
     assert [t.burn_rate for t in availability.tiers] == pytest.approx([14.4, 6, 3, 1])
     assert [t.burn_rate for t in latency.tiers] == pytest.approx([13.44, 5.6, 2.8, 28 / 30])
     assert latency.budgeting == Timeslices(60, 0.95) and latency.min_events == 100
-    assert latency.good.is_good(300.0, None) is True and latency.good.is_good(300.1, True) is False
+    assert latency.good.flags(np.array([300.0, 300.1]), np.array([-1, 1], dtype=np.int8)).tolist() == [1, 0]
     assert monthly.window.calendar == "month" and monthly.window.timezone == "Europe/Berlin"
     assert [(t.severity, t.long_s, t.short_s, t.burn_rate) for t in monthly.tiers] == [("page", 3600, 300, 10.0)]
 
@@ -101,6 +109,6 @@ def test_validate_command_exit_codes(tmp_path):
     bad = _write(tmp_path, "slos:\n  - {name: x, service: s, metric: m, objective: 2, window: 1d, good: ok}\n",
                  "bad.yaml")
     ok = subprocess.run([sys.executable, "-m", "slostream", "validate", good], capture_output=True, text=True)
-    assert ok.returncode == 0 and "3 SLO(s) valid" in ok.stdout
+    assert ok.returncode == 0 and "3 SLO(s) and 0 policies valid" in ok.stdout
     failed = subprocess.run([sys.executable, "-m", "slostream", "validate", good, bad], capture_output=True, text=True)
     assert failed.returncode == 1 and f"{bad}: slo 'x': field 'objective'" in failed.stderr

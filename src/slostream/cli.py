@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="embedded broker, a worker and synthetic services with an incident")
     demo.add_argument("--duration", type=float, help="seconds to run (default: until Ctrl-C)")
     demo.add_argument("--web-port", type=int, default=None)
-    validate = sub.add_parser("validate", help="check SLO definition files and print every problem")
+    validate = sub.add_parser("validate", help="check SLO and policy definition files (slostream YAML or "
+                                               "OpenSLO v1) and print every problem")
     validate.add_argument("files", nargs="+", metavar="FILE")
     bench = sub.add_parser("bench", help="measure throughput against the embedded broker")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
@@ -78,17 +79,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def validate_files(files: list[str]) -> int:
-    from slostream.slo import load_slo_file
+    from slostream.slo import load_definition_file
 
     failed = False
     for path in files:
-        slos, problems = load_slo_file(path)
+        definitions, problems = load_definition_file(path)
         for problem in problems:
             print(problem, file=sys.stderr)
         if problems:
             failed = True
         else:
-            print(f"{path}: {len(slos)} SLO(s) valid")
+            print(f"{path}: {len(definitions.slos)} SLO(s) and {len(definitions.policies)} policies valid")
     return 1 if failed else 0
 
 

@@ -410,9 +410,13 @@ class SeriesWindows:
         finer = self._cover(lo, hi, index - 1) if index > 0 else []
         if finer and all(self._retained(level, s) for level, s in finer):
             return finer
-        # Finer levels no longer hold this edge: round out to the coarse bucket.
-        level = self.levels[index]
-        return [(level, bucket_start(lo, level.width))]
+        # The edge is older than the finest levels: round it out at the finest
+        # level that still holds it (1 minute, rather than a whole hour).
+        for level in self.levels[:index + 1]:
+            start = bucket_start(lo, level.width)
+            if level is self.levels[index] or self._retained(level, start):
+                return [(level, s) for s in range(start, hi, level.width)]
+        raise AssertionError("unreachable: the edge's own level always answers")
 
     def _retained(self, level: "_Level", start: int, sketches: bool = False) -> bool:
         """Whether ``level`` still holds the bucket at ``start`` (held or empty, not expired)."""

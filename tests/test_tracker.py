@@ -1,0 +1,222 @@
+"""SLO tracking: exact counts, budget, burn rates and workbook fire/reset times, checked by brute force."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slostream.core.budget import BurnTier, default_tiers, detection_seconds
+from slostream.core.objectives import GoodRule, Slo, SloWindow, Timeslices, calendar_start
+from slostream.core.tracker import SloTracker
+from slostream.core.windows import COUNT, DEFAULT_RESOLUTIONS, OK, OK_KNOWN, SeriesWindows
+from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+
+T0 = 1_700_000_000 - 1_700_000_000 % 86400  # a UTC midnight
+
+
+def _slo(**changes) -> Slo:
+    base = dict(name="co", service="checkout", metric="http", objective=0.999, window=SloWindow(rolling_s=30 * 86400),
+                good=GoodRule("ok"), tiers=default_tiers(30 * 86400))
+    base.update(changes)
+    return Slo(**base)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 5 * 86400), st.booleans()), min_size=1, max_size=300),
+       st.integers(0, 5 * 86400), st.integers(10, 4 * 86400))
+def test_totals_match_aggregate_and_brute_force(events, lo_raw, span_raw):
+    windows = SeriesWindows(DEFAULT_RESOLUTIONS)
+    events.sort()
+    for ts, ok in events:  # closing as the pipeline does: everything before the event's bucket
+        windows.close_until(T0 + ts - ts % 10)
+        windows.add(T0 + ts - ts % 10, np.array([1.0]), np.array([int(ok)], dtype=np.int8))
+    last = T0 + events[-1][0]
+    windows.close_until(last - last % 10)  # the newest bucket stays open
+    lo = T0 + lo_raw - lo_raw % 10
+    hi = lo + span_raw - span_raw % 10 + 10
+    totals = windows.totals(lo, hi)
+    closed_hi = min(hi, windows.closed_until)
+    if lo < closed_hi:
+        agg = windows.aggregate(lo, closed_hi, with_sketch=False)
+        open_part = sum(1 for ts, _ in events if closed_hi <= T0 + ts - ts % 10 < hi)
+        assert totals[COUNT] == agg.stats[COUNT] + open_part
+    # Every span within the finest retention (1h) is exact against brute force.
+    if hi - lo <= 3600 and lo >= last - 3600:
+        inside = [(ts, ok) for ts, ok in events if lo <= T0 + ts - ts % 10 < hi]
+        assert totals[COUNT] == len(inside)
+        assert totals[OK] == sum(ok for _, ok in inside)
+
+
+def _processor(*slos, **config) -> PartitionProcessor:
+    return PartitionProcessor(0, PipelineConfig(slos=slos, grace_s=2, **config), now=0)
+
+
+class Feed:
+    """One measurement per record through the real partition pipeline."""
+
+    def __init__(self, proc: PartitionProcessor):
+        self.proc = proc
+        self.offset = 0
+        self.alerts: list[dict] = []
+
+    def send(self, ts: float, ok: bool | None = None, value: float | None = None, metric: str = "http") -> None:
+        doc = {"service": "checkout", "metric": metric, "ts": ts}
+        if ok is not None:
+            doc["ok"] = ok
+        if value is not None:
+            doc["value"] = value
+        out = self.proc.process([SourceRecord("m", 0, self.offset, ts, b"checkout", orjson.dumps(doc))], 0.0)
+        self.offset += 1
+        self.alerts.extend(event for _, event in out.alerts)
+
+    def times(self, kind: str, severity: str) -> list[float]:
+        return [dt.datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() - T0
+                for e in self.alerts if e["type"] == f"slostream.alert.{kind}"
+                and e["data"]["labels"]["severity"] == severity and "escalated_from" not in e["data"]["labels"]]
+
+
+def test_total_outage_fires_the_page_at_the_workbook_time_and_resets_when_the_short_window_clears():
+    # 1 good request a second for two hours, then a total outage of 10 minutes, then good again.
+    slo = _slo(tiers=(BurnTier("page", 3600, 300, 14.4),))
+    feed = Feed(_processor(slo))
+    for t in range(0, 7200):
+        feed.send(T0 + t, True)
+    for t in range(7200, 7800):
+        feed.send(T0 + t, False)
+    for t in range(7800, 8400):
+        feed.send(T0 + t, True)
+    # The long window holds 3600 events: it reaches 14.4x after 0.0144 * 3600 bad ones.
+    fire = detection_seconds(0.999, 14.4, 3600, 1.0)
+    assert fire == pytest.approx(51.84)
+    fired = feed.times("firing", "page")
+    assert len(fired) == 1 and abs(fired[0] - (7200 + fire)) <= 10
+    # It resets when the 5m window holds under 14.4 * 0.001 * 300 = 4.32 bad events.
+    reset = 7800 + 300 - 4.32
+    resolved = feed.times("resolved", "page")
+    assert len(resolved) == 1 and abs(resolved[0] - reset) <= 10
+
+
+def test_half_outage_at_99_percent_fires_at_the_workbook_time():
+    slo = _slo(objective=0.99, tiers=(BurnTier("page", 3600, 300, 14.4),))
+    feed = Feed(_processor(slo))
+    for t in range(0, 3600):
+        feed.send(T0 + t, True)
+    for t in range(3600, 5400):
+        feed.send(T0 + t, t % 2 == 0)
+    fired = feed.times("firing", "page")
+    assert len(fired) == 1 and abs(fired[0] - (3600 + detection_seconds(0.99, 14.4, 3600, 0.5))) <= 10
+
+
+def test_budget_and_burn_rates_equal_brute_force_counts():
+    rng = np.random.default_rng(7)
+    slo = _slo(good=GoodRule("value_le", 300.0))
+    feed = Feed(_processor(slo))
+    times = np.sort(rng.uniform(0, 2 * 86400, 20_000))
+    values = rng.lognormal(5, 0.5, times.size)
+    for t, v in zip(times, values):
+        feed.send(T0 + float(t), value=float(v))
+    tracker = feed.proc.trackers["co"]
+    status, _ = tracker.evaluate(T0 + float(times[-1]))
+    end = status["evaluated_at"]
+    bad = values > 300
+    for tier in status["tiers"]:
+        for key, span in (("long_burn", tier["long"]), ("short_burn", tier["short"])):
+            seconds = {"m": 60, "h": 3600, "d": 86400}[span[-1]] * int(span[:-1])
+            # Bucket starts, as the tracker counts them.
+            starts = T0 + times - (T0 + times) % 10
+            inside = starts >= end - seconds
+            expected = bad[inside].sum() / inside.sum() / 0.001
+            if seconds <= 3600:
+                assert tier[key] == pytest.approx(expected, rel=1e-12)
+            else:  # edges older than an hour are rounded out to 1-minute or 10-minute buckets
+                assert tier[key] == pytest.approx(expected, rel=0.02)
+    assert status["events"] == times.size and status["bad_events"] == bad.sum()
+    budget = status["error_budget"]
+    assert budget["total_events"] == pytest.approx(0.001 * times.size)
+    assert budget["remaining_events"] == pytest.approx(0.001 * times.size - bad.sum())
+    assert status["sli"] == pytest.approx(1 - bad.mean())
+
+
+def test_timeslices_count_slices_judged_by_their_good_ratio():
+    slo = _slo(budgeting=Timeslices(60, 0.9), tiers=(BurnTier("page", 3600, 300, 14.4),))
+    feed = Feed(_processor(slo))
+    rng = np.random.default_rng(3)
+    good_ratio_per_minute = rng.uniform(0.8, 1.0, 120)
+    for minute, ratio in enumerate(good_ratio_per_minute):
+        for second in range(60):
+            feed.send(T0 + minute * 60 + second, bool(second < round(ratio * 60)))
+    feed.send(T0 + 120 * 60 + 30, True)  # moves the watermark past the last full minute
+    status, _ = feed.proc.trackers["co"].evaluate(T0 + 7230)
+    judged = np.array([round(r * 60) / 60 >= 0.9 for r in good_ratio_per_minute])
+    assert status["budgeting"] == "timeslices"
+    assert status["events"] == 120 and status["bad_events"] == (~judged).sum()
+
+
+@pytest.mark.parametrize(("moment", "calendar", "zone", "expected"), [
+    # Berlin: CET (UTC+1) until 29 March 2026, CEST (UTC+2) after.
+    ("2026-03-31T12:00:00+00:00", "month", "Europe/Berlin", "2026-02-28T23:00:00+00:00"),
+    ("2026-04-01T12:00:00+00:00", "month", "Europe/Berlin", "2026-03-31T22:00:00+00:00"),
+    ("2026-03-31T22:30:00+00:00", "month", "Europe/Berlin", "2026-03-31T22:00:00+00:00"),
+    # New York: EST (UTC-5) until 8 March 2026, EDT (UTC-4) after; weeks start on Monday.
+    ("2026-03-05T12:00:00+00:00", "week", "America/New_York", "2026-03-02T05:00:00+00:00"),
+    ("2026-03-10T12:00:00+00:00", "week", "America/New_York", "2026-03-09T04:00:00+00:00"),
+    ("2026-03-09T03:59:00+00:00", "week", "America/New_York", "2026-03-02T05:00:00+00:00"),
+    ("2026-05-15T00:00:00+00:00", "quarter", "Asia/Kathmandu", "2026-03-31T18:15:00+00:00"),
+    ("2026-01-01T00:00:00+00:00", "quarter", "UTC", "2026-01-01T00:00:00+00:00"),
+])
+def test_calendar_windows_start_at_local_midnight_across_dst(moment, calendar, zone, expected):
+    start = calendar_start(dt.datetime.fromisoformat(moment).timestamp(), calendar, zone)
+    assert start == dt.datetime.fromisoformat(expected).timestamp()
+
+
+def test_calendar_window_budget_resets_at_the_boundary_in_its_time_zone():
+    slo = _slo(window=SloWindow(calendar="month", timezone="Europe/Berlin"), tiers=())
+    feed = Feed(_processor(slo))
+    boundary = dt.datetime.fromisoformat("2026-03-31T22:00:00+00:00").timestamp()
+    for t in range(-1800, 0, 10):  # bad events in the last half hour of March, Berlin time
+        feed.send(boundary + t, False)
+    for t in range(0, 600, 10):
+        feed.send(boundary + t, True)
+    before, _ = feed.proc.trackers["co"].evaluate(boundary - 20)
+    after, _ = feed.proc.trackers["co"].evaluate(boundary + 590)
+    assert before["bad_events"] > 0 and before["window_start"] == dt.datetime.fromisoformat(
+        "2026-02-28T23:00:00+00:00").timestamp()
+    assert after["window_start"] == boundary and after["bad_events"] == 0 and after["events"] == 60
+
+
+def test_low_traffic_guard_and_no_data_alert():
+    slo = _slo(tiers=(BurnTier("page", 3600, 300, 14.4),), min_events=100, no_data_s=120)
+    feed = Feed(_processor(slo))
+    for t in range(0, 500, 10):  # 50 events, all bad: burn is huge but the long window is thin
+        feed.send(T0 + t, False)
+    assert feed.times("firing", "page") == []
+    assert feed.proc.trackers["co"].status["tiers"][0]["low_traffic"] is True
+    feed.send(T0 + 700, True, metric="other")  # the partition moves on; checkout stays quiet
+    assert feed.times("firing", "ticket") and feed.alerts[-1]["data"]["labels"]["alertname"] == "SLONoData"
+
+
+def test_state_round_trip_keeps_counts_and_alerts_without_repeats():
+    slo = _slo(tiers=(BurnTier("page", 3600, 300, 14.4),))
+    config = PipelineConfig(slos=(slo,), grace_s=2)
+    feed = Feed(PartitionProcessor(0, config, now=0))
+    for t in range(0, 3600):
+        feed.send(T0 + t, True)
+    for t in range(3600, 3700):
+        feed.send(T0 + t, False)
+    assert len(feed.times("firing", "page")) == 1
+    writes, _ = feed.proc.checkpoint()
+    restored = PartitionProcessor.restore(0, config, writes, now=0)
+    feed.proc = restored
+    for t in range(3700, 3720):
+        feed.send(T0 + t, False)
+    assert len(feed.times("firing", "page")) == 1
+    assert restored.trackers["co"].status["bad_events"] == 120
+    # A changed good rule invalidates the stored counts instead of misreading them.
+    changed = PipelineConfig(slos=(_slo(good=GoodRule("value_le", 1.0)),), grace_s=2)
+    fresh = PartitionProcessor.restore(0, changed, writes, now=0).trackers["co"]
+    assert fresh.counts(T0, T0 + 4000) == (0.0, 0.0)
