@@ -220,3 +220,19 @@ def test_state_round_trip_keeps_counts_and_alerts_without_repeats():
     changed = PipelineConfig(slos=(_slo(good=GoodRule("value_le", 1.0)),), grace_s=2)
     fresh = PartitionProcessor.restore(0, changed, writes, now=0).trackers["co"]
     assert fresh.counts(T0, T0 + 4000) == (0.0, 0.0)
+
+
+def test_a_backlog_in_one_batch_fires_when_it_would_have_live_with_the_same_event_id():
+    slo = _slo(tiers=(BurnTier("page", 3600, 300, 14.4),))
+    live = Feed(_processor(slo))
+    docs = [(T0 + t, t < 3600) for t in range(3700)]
+    for ts, ok in docs:
+        live.send(ts, ok)
+    backlog = _processor(slo)
+    records = [SourceRecord("m", 0, i, ts, b"checkout", orjson.dumps({"service": "checkout", "metric": "http",
+                                                                       "ts": ts, "ok": ok}))
+               for i, (ts, ok) in enumerate(docs)]
+    out = backlog.process(records, 0.0)
+    fired = [e for _, e in out.alerts if e["type"] == "slostream.alert.firing"]
+    assert len(fired) == 1
+    assert [e["id"] for e in live.alerts] == [fired[0]["id"]]

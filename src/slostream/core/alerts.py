@@ -70,6 +70,7 @@ class AlertEvent:
     type: str  # firing, resolved, silenced, acknowledged
     time: float
     alert: dict  # Alertmanager's alert model
+    alert_start: float = 0.0  # startsAt, as Unix seconds
 
 
 @dataclass
@@ -165,12 +166,12 @@ class AlertBook:
         silence = self._silence_for(alert.labels)
         if silence is not None:
             alert.silenced_by = silence.id
-            return [AlertEvent("silenced", now, alert.model())]
-        return [AlertEvent("firing", now, alert.model())]
+            return [AlertEvent("silenced", now, alert.model(), alert.starts_at)]
+        return [AlertEvent("firing", now, alert.model(), alert.starts_at)]
 
     def _resolve(self, now: float, alert: _Alert) -> AlertEvent:
         alert.ends_at = now
-        return AlertEvent("resolved", now, alert.model())
+        return AlertEvent("resolved", now, alert.model(), alert.starts_at)
 
     def _silence_for(self, labels: dict[str, str]) -> Silence | None:
         return next((s for s in self.silences.values() if s.matches(labels)), None)
@@ -183,10 +184,10 @@ class AlertBook:
             silence = self._silence_for(alert.labels)
             if silence is not None and alert.silenced_by is None:
                 alert.silenced_by = silence.id
-                events.append(AlertEvent("silenced", now, alert.model()))
+                events.append(AlertEvent("silenced", now, alert.model(), alert.starts_at))
             elif silence is None and alert.silenced_by is not None:
                 alert.silenced_by = None  # silence over, still firing: tell on-call now
-                events.append(AlertEvent("firing", now, alert.model()))
+                events.append(AlertEvent("firing", now, alert.model(), alert.starts_at))
         return events
 
     def _escalate(self, now: float) -> list[AlertEvent]:
@@ -205,7 +206,7 @@ class AlertBook:
             raised = _Alert(labels, {**alert.annotations, "escalated_from": alert.labels["severity"]}, now)
             alert.escalated_to = fingerprint(labels)
             self.alerts[alert.escalated_to] = raised
-            events.append(AlertEvent("firing", now, raised.model()))
+            events.append(AlertEvent("firing", now, raised.model(), raised.starts_at))
         return events
 
     # --- operator commands ------------------------------------------------
@@ -246,7 +247,7 @@ class AlertBook:
             return []
         alert.acknowledged_by = by
         alert.annotations = {**alert.annotations, "acknowledged_by": by}
-        return [AlertEvent("acknowledged", now, alert.model())]
+        return [AlertEvent("acknowledged", now, alert.model(), alert.starts_at)]
 
     # --- state ------------------------------------------------------------
 
