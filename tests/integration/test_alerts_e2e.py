@@ -1,0 +1,142 @@
+"""SLO alerts, threshold breaches and control commands end to end: real broker, real workers."""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import orjson
+import pytest
+
+from slostream.core.alerts import fingerprint
+from tests.conftest import consume, produce
+from tests.test_schemas import validator
+
+DEFINITIONS = """
+slos:
+  - name: checkout-availability
+    service: checkout
+    metric: http
+    objective: 0.999
+    window: 30d
+    good: ok
+    runbook_url: https://runbooks.example/checkout
+policies:
+  - name: checkout-p99
+    service: checkout
+    metric: latency_ms
+    aggregate: p99
+    window: 1m
+    warning: 300
+    critical: 800
+    consecutive: 2
+"""
+
+
+def _history(base: float, start: int, stop: int, outage: tuple[int, int]) -> list[tuple[bytes, bytes]]:
+    """One request a second, all failing during ``outage``; latency every 10 s, slow during the outage."""
+    records = []
+    for t in range(start, stop):
+        bad = outage[0] <= t < outage[1]
+        records.append((b"checkout", orjson.dumps({"service": "checkout", "metric": "http", "ts": base + t,
+                                                   "ok": not bad})))
+        if t % 10 == 0:
+            records.append((b"checkout", orjson.dumps({"service": "checkout", "metric": "latency_ms",
+                                                       "ts": base + t, "value": 1000.0 if bad else 120.0})))
+    return records
+
+
+def _control(kafka, prefix: str, *commands: bytes) -> None:
+    produce(kafka.bootstrap, f"{prefix}control", list(commands), key=b"ops")
+
+
+def _of(events, kind: str, severity: str) -> list[dict]:
+    return [e for e in events if e["type"] == f"slostream.alert.{kind}" and e["data"]["labels"]["severity"] == severity]
+
+
+def test_incident_fires_pages_resolves_once_across_a_restart(kafka, make_worker, tmp_path):
+    definitions = tmp_path / "slos.yaml"
+    definitions.write_text(DEFINITIONS)
+    env = {"SLOSTREAM_DEFINITION_FILES": str(definitions)}
+    prefix = make_worker.prefix
+    alerts_topic = f"{prefix}alerts"
+    worker = make_worker("alerts", **env).start()
+    # Event time in the past, so the 30 minutes of recovery need no waiting: two hours good,
+    # five minutes of total outage, then 40 minutes good again.
+    base = float(int(time.time()) - 3 * 3600)
+    outage = (7200, 7500)
+    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=_history(base, 0, 7400, outage))
+    events = consume(kafka.bootstrap, alerts_topic, lambda ev: len(_of(ev, "firing", "page")) >= 1)
+    page = _of(events, "firing", "page")[0]
+    alert = page["data"]
+    assert alert["labels"] == {"alertname": "SLOErrorBudgetBurn", "service": "checkout",
+                               "slo": "checkout-availability", "severity": "page"}
+    assert alert["fingerprint"] == fingerprint(alert["labels"]) and alert["status"] == "firing"
+    # With two hours of history the 6h window holds 7200 requests, so the 6x tier is first:
+    # 6 x 0.1% x 7200 = 43.2 failures, one a second (the 1h tier needs 51.84). Judged at bucket
+    # ends, both tiers may already hold when the page fires; it must be within a bucket of 43.2 s.
+    assert alert["annotations"]["tier"] in ("page 6h/30m >= 6x", "page 1h/5m >= 14.4x")
+    assert alert["annotations"]["runbook_url"] == "https://runbooks.example/checkout"
+    assert float(alert["annotations"]["burn_rate_long"]) >= 6
+    starts = _ts(alert["startsAt"]) - base - outage[0]
+    assert 43.2 - 10 <= starts <= 43.2 + 10
+    # The ticket tier (1x over 3d/6h) fired first and is inhibited by the page.
+    assert _of(events, "firing", "ticket") and _of(events, "resolved", "ticket")
+    for event in events:
+        validator("alert-event.schema.json").validate(event)
+
+    # Operators: acknowledge the page, silence the policy, and send two bad commands.
+    _control(kafka, prefix,
+             orjson.dumps({"command": "ack", "fingerprint": alert["fingerprint"], "by": "ana"}),
+             orjson.dumps({"command": "silence", "matchers": {"policy": "checkout-p99"}, "for": "2h",
+                           "by": "ana", "reason": "known slow dependency"}),
+             b'{"command": "silence", "matchers": {}}', b"\xff not json")
+    events = consume(kafka.bootstrap, alerts_topic, lambda ev: _of(ev, "acknowledged", "page"))
+    acked = _of(events, "acknowledged", "page")[0]["data"]
+    assert acked["annotations"]["acknowledged_by"] == "ana" and acked["fingerprint"] == alert["fingerprint"]
+    dead = consume(kafka.bootstrap, f"{prefix}deadletter",
+                   lambda ev: sum(e["data"]["reason"] == "bad_command" for e in ev) >= 2)
+    bad_commands = [e for e in dead if e["data"]["reason"] == "bad_command"]
+    assert len(bad_commands) == 2 and "matchers" in bad_commands[0]["data"]["message"]
+    status, body = worker.get("/api/alerts")
+    listed = orjson.loads(body)
+    assert status == 200 and any(a["fingerprint"] == alert["fingerprint"] and a["acknowledgedBy"] == "ana"
+                                 for a in listed["alerts"])
+    assert listed["silences"][0]["matchers"] == {"policy": "checkout-p99"}
+
+    # Restart in the middle of the incident, then let it recover.
+    assert worker.stop() == 0
+    second = make_worker("alerts", **env).start()
+    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=_history(base, 7400, 9900, outage))
+    events = consume(kafka.bootstrap, alerts_topic, lambda ev: _of(ev, "resolved", "page"), timeout=90)
+    assert len(_of(events, "firing", "page")) == 1 and len(_of(events, "resolved", "page")) == 1
+    assert len(_of(events, "acknowledged", "page")) == 1
+    ids = collections.Counter(e["id"] for e in events)
+    assert max(ids.values()) == 1, "an alert event was emitted twice"
+    # It resets once the 30m short window of the 6h tier holds under 6 x 0.1% x 1800 = 10.8 failures.
+    resolved = _of(events, "resolved", "page")[0]["data"]
+    assert abs(_ts(resolved["endsAt"]) - base - (outage[1] + 1800 - 10.8)) <= 10
+    assert resolved["status"] == "resolved" and resolved["fingerprint"] == alert["fingerprint"]
+
+    # The policy breached (critical after two slow minutes) and recovered, silenced meanwhile.
+    breaches = consume(kafka.bootstrap, f"{prefix}breaches",
+                       lambda ev: any(e["type"] == "slostream.breach.recovered" for e in ev))
+    kinds = [(e["type"], e["data"]["level"]) for e in breaches]
+    assert ("slostream.breach.started", "critical") in kinds and ("slostream.breach.recovered", "ok") in kinds
+    for event in breaches:
+        validator("breach-event.schema.json").validate(event)
+
+    status, body = second.get("/api/slos")
+    slo = orjson.loads(body)["slos"][0]
+    assert slo["slo"] == "checkout-availability" and slo["events"] == 9900 and slo["bad_events"] == 300
+    assert slo["error_budget"]["remaining_events"] == pytest.approx(0.001 * 9900 - 300)
+    status, metrics = second.get("/metrics")
+    assert b'slostream_slo_error_budget_remaining_ratio{service="checkout",slo="checkout-availability"}' in metrics
+    assert b'slostream_slo_burn_rate{service="checkout",slo="checkout-availability",window="1h"}' in metrics
+    assert second.stop() == 0
+
+
+def _ts(text: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
