@@ -1,8 +1,11 @@
 """``slostream demo``: embedded broker, a real worker, synthetic services with an incident.
 
-Prints one line per closed window per service. The demo uses 10-second report
-windows so that the first lines appear within seconds; the incident cycle is a
-latency regression on ``search`` and an error burst on ``payments``.
+Prints one line per closed window per service, and every alert and breach as it
+happens. The demo uses 10-second report windows so that the first lines appear
+within seconds; the incident cycle is a latency regression on ``search`` (the
+``search-p99`` policy breaches) and an error burst on ``payments`` (the
+``payments-availability`` page fires within seconds and resolves about 30 s
+after the burst). Definitions: ``demo-definitions.yaml`` in the package.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from importlib.resources import files
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -39,7 +44,7 @@ def incident(service: str, t: float) -> tuple[float, float, str]:
     phase = t % CYCLE_S
     if service == "search" and 20 <= phase < 50:
         return 4.0, 0.0, "latency regression"
-    if service == "payments" and 40 <= phase < 60:
+    if service == "payments" and 15 <= phase < 35:
         return 1.0, 0.3, "error burst"
     return 1.0, 0.0, ""
 
@@ -81,15 +86,30 @@ def _line(data: dict, started: float) -> str:
             f"p99 {data['p99']:7.1f} ms{flag}")
 
 
-async def _print(bootstrap: str, topic: str, stop: asyncio.Event, started: float) -> None:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+def _alert_line(event: dict) -> str:
+    data = event["data"]
+    kind = event["type"].rsplit(".", 1)[1].upper()
+    if event["type"].startswith("slostream.breach"):
+        return (f"{event['time'][11:19]}  BREACH {kind:<9} policy {data['policy']}: {data['aggregate']} "
+                f"{data['value']:.1f} -> {data['level']}")
+    labels = data["labels"]
+    name = labels.get("slo") or labels.get("policy")
+    return (f"{event['time'][11:19]}  ALERT  {kind:<9} {labels['severity']:<8} {name}: "
+            f"{data['annotations']['summary']}")
+
+
+async def _print(bootstrap: str, settings, stop: asyncio.Event, started: float) -> None:
+    topics = [settings.topic(name) for name in ("sli", "alerts", "breaches")]
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
                                 group_id=None)
     await consumer.start()
     try:
         while not stop.is_set():
-            for batch in (await consumer.getmany(timeout_ms=300)).values():
+            for tp, batch in (await consumer.getmany(timeout_ms=300)).items():
                 for record in batch:
-                    print(_line(orjson.loads(record.value)["data"], started), flush=True)
+                    event = orjson.loads(record.value)
+                    text = _line(event["data"], started) if tp.topic == topics[0] else _alert_line(event)
+                    print(text, flush=True)
     finally:
         await consumer.stop()
 
@@ -102,7 +122,7 @@ async def _main(duration: float | None, bootstrap: str, settings) -> None:
     started = time.time()
     tasks = [
         asyncio.create_task(_produce(bootstrap, settings.topic("measurements"), stop, started)),
-        asyncio.create_task(_print(bootstrap, settings.topic("sli"), stop, started)),
+        asyncio.create_task(_print(bootstrap, settings, stop, started)),
     ]
     try:
         if duration is None:
@@ -117,8 +137,10 @@ async def _main(duration: float | None, bootstrap: str, settings) -> None:
 
 def run_demo(duration: float | None, web_port: int | None) -> int:
     port = web_port or free_port()
+    definitions = str(files("slostream") / "demo-definitions.yaml")
     demo_env = {"SLOSTREAM_REPORT_WINDOW_S": "10", "SLOSTREAM_GRACE_S": "2", "SLOSTREAM_IDLE_AFTER_S": "3",
-                "SLOSTREAM_LOG_LEVEL": "warning"}
+                "SLOSTREAM_LOG_LEVEL": "warning", "SLOSTREAM_DEFINITION_FILES": definitions,
+                "SLOSTREAM_ALERT_COOLDOWN_S": "30"}
     with EmbeddedBroker() as broker:
         print(f"embedded broker at {broker.url}", flush=True)
         settings = load_settings(None, demo_env, {"broker": broker.url, "web_port": port})
@@ -131,6 +153,7 @@ def run_demo(duration: float | None, web_port: int | None) -> int:
         print(f"worker pid {worker.pid}: metrics at http://127.0.0.1:{port}/metrics, log {log_path}", flush=True)
         print(f"services {', '.join(SERVICES)} at {RATE_PER_SERVICE}/s each; every {CYCLE_S}s: "
               "search latency x4 for 30s, payments 30% errors for 20s", flush=True)
+        print(f"SLOs and policies: {definitions}; SLO status at http://127.0.0.1:{port}/api/slos", flush=True)
         try:
             asyncio.run(_main(duration, broker.bootstrap, settings))
         finally:

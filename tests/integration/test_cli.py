@@ -56,12 +56,18 @@ def test_run_without_broker_starts_the_embedded_one_and_stops_on_sigterm(tmp_pat
             worker.wait(10)
 
 
-def test_demo_prints_closed_windows_for_every_service_and_exits_cleanly():
-    result = subprocess.run([sys.executable, "-m", "slostream", "demo", "--duration", "25"],
-                            capture_output=True, text=True, timeout=120)
+def test_demo_prints_windows_and_a_page_that_fires_and_resolves_then_exits_cleanly():
+    result = subprocess.run([sys.executable, "-m", "slostream", "demo", "--duration", "75"],
+                            capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if " ms" in line and "/s" in line]
     for service in ("checkout", "search", "payments"):
         assert any(f" {service} " in line for line in lines), result.stdout
     assert "embedded broker at kafka://127.0.0.1:" in result.stdout
     assert "worker exited with code 0" in result.stdout
+    fired = [n for n, line in enumerate(result.stdout.splitlines())
+             if "ALERT  FIRING    page     payments-availability" in line]
+    resolved = [n for n, line in enumerate(result.stdout.splitlines())
+                if "ALERT  RESOLVED  page     payments-availability" in line]
+    assert fired and resolved and fired[0] < resolved[0], result.stdout
+    assert "BREACH STARTED   policy search-p99" in result.stdout

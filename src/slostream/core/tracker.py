@@ -181,7 +181,8 @@ class SloTracker:
         name = f"{tier.severity} {_span(tier.long_s)}/{_span(tier.short_s)} >= {tier.burn_rate:g}x"
         remaining = budget.remaining_ratio
         return self._annotations(
-            f"{slo.name}: error budget burning {_fmt(result.long_burn)}x over {_span(tier.long_s)}",
+            f"{slo.name}: error budget burn {_fmt(result.long_burn)}x over {_span(tier.long_s)}, "
+            f"{_fmt(result.short_burn)}x over {_span(tier.short_s)} ({tier.severity} at {tier.burn_rate:g}x both)",
             f"SLO {slo.name} ({slo.objective:.4%} of {slo.service} {slo.metric} {slo.good.describe()}, "
             f"{slo.window.describe()}): tier {name} {'holds' if holds else 'does not hold'}; "
             f"burn rate {_fmt(result.long_burn)}x over {_span(tier.long_s)} and "
