@@ -24,7 +24,6 @@ from .objectives import Slo, Timeslices
 from .windows import OK, OK_KNOWN, Resolution, SeriesWindows, bucket_start
 
 STATE_VERSION = 1
-NAN = np.nan
 BURN_ALERT = "SLOErrorBudgetBurn"
 NO_DATA_ALERT = "SLONoData"
 FORECAST_WINDOW_S = 3600
@@ -45,6 +44,7 @@ class SloTracker:
         self.last_seen = -math.inf  # newest event time of a matching measurement
         self.status: dict | None = None
         self.dirty = True
+        self.sources = 0  # series feeding this SLO in this partition (label sets)
 
     @property
     def base_width(self) -> int:
@@ -52,7 +52,7 @@ class SloTracker:
 
     def feed(self, start: int, values: np.ndarray, oks: np.ndarray, offsets: np.ndarray, newest_ts: float) -> int:
         """Judge and count the measurements of one base bucket (offsets ascending)."""
-        added = self.events.add(start, values, self.slo.good.flags(values, oks), offsets)
+        added = self.events.add_flags(start, self.slo.good.flags(values, oks), offsets)
         self.last_seen = max(self.last_seen, newest_ts)
         self.dirty = True
         return added
@@ -74,8 +74,8 @@ class SloTracker:
             if row[OK_KNOWN] > 0:
                 good = int(row[OK] / row[OK_KNOWN] >= ratio)
                 # The mark makes a replayed slice a no-op.
-                self.slices.add(bucket_start(start, self.base_width), np.array([NAN]),
-                                np.array([good], dtype=np.int8), np.array([start + slice_s]))
+                self.slices.add_flags(bucket_start(start, self.base_width), np.array([good], dtype=np.int8),
+                                      np.array([start + slice_s]))
         if judged_until > self.slices_until:
             self.slices_until = judged_until
             self.slices.close_until(watermark)

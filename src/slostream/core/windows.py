@@ -309,6 +309,30 @@ class SeriesWindows:
         self.open_starts.add(start)
         return int(values.size)
 
+    def add_flags(self, start: int, flags: np.ndarray, offsets: np.ndarray) -> int:
+        """Count-only ``add`` for judged events (1 good, 0 bad, -1 not judged); no values, no sketch."""
+        base = self.levels[0]
+        slot = base.slot_of(start)
+        if offsets.size and base.starts[slot] == start and base.marks[slot] >= offsets[0]:
+            fresh = offsets > base.marks[slot]
+            flags, offsets = flags[fresh], offsets[fresh]
+            if not flags.size:
+                return 0
+        slot = base._claim(start)
+        if slot is None:
+            raise ValueError(f"bucket {start} is older than the base retention")
+        if start < self.closed_until:
+            self._closed_sums.clear()
+        if offsets.size:
+            base.marks[slot] = max(base.marks[slot], int(offsets[-1]))
+        good = np.count_nonzero(flags == 1)
+        row = base.stats[slot]
+        row[COUNT] += flags.size
+        row[OK_KNOWN] += good + np.count_nonzero(flags == 0)
+        row[OK] += good
+        self.open_starts.add(start)
+        return int(flags.size)
+
     def close_until(self, watermark: float) -> list[int]:
         """Close base buckets ending at or before ``watermark``; return their starts."""
         width = self.base_width
@@ -354,9 +378,11 @@ class SeriesWindows:
     def totals(self, lo: int, hi: int) -> np.ndarray:
         """Additive columns (COUNT to SUM) over [lo, hi), open base buckets included.
 
-        The same buckets as ``aggregate`` for closed time, but each level's inner
-        run is summed in numpy, so a 30-day span costs a few masks, not a loop
-        over 720 buckets. Both ends on base-width boundaries.
+        For closed time, the start is rounded out at the finest level that still
+        holds it (exact within the base level's hour, to a minute within 6 hours,
+        and so on), and each level's run is summed in numpy, so a 30-day span
+        costs a few masks, not a loop over 720 buckets. Both ends on base-width
+        boundaries.
         """
         row = np.zeros(MIN)
         closed = min(hi, self.closed_until)
@@ -372,21 +398,27 @@ class SeriesWindows:
         return row
 
     def _sum(self, lo: int, hi: int) -> np.ndarray:
-        for index in range(len(self.levels) - 1, -1, -1):
-            level = self.levels[index]
-            w = level.width
-            first = -(-lo // w) * w
-            last = (hi // w) * w
-            if first >= last:
+        """Closed [lo, hi): the finest level that still holds ``lo`` sums the bulk, finer
+        levels the newest tail. Same buckets' worth as ``aggregate``'s cover (the start
+        rounded out at the finest level holding it), in one numpy mask per level."""
+        for index, level in enumerate(self.levels):
+            start = bucket_start(lo, level.width)
+            if index < len(self.levels) - 1 and not self._retained(level, start):
                 continue
-            row = level.range_sum(first, last)
-            for edge_level, start in self._edge(lo, first, index) + self._edge(last, hi, index):
-                held = edge_level.bucket(start)
-                if held is not None:
-                    row += held[0][:MIN]
+            if index == 0:
+                return level.range_sum(start, hi)
+            tail = bucket_start(hi, level.width)
+            row = level.range_sum(start, tail)
+            current = level
+            for finer_index in range(index - 1, -1, -1):
+                finer = self.levels[finer_index]
+                stop = hi if finer_index == 0 else bucket_start(hi, finer.width)
+                if tail < stop and not self._retained(finer, tail):
+                    return row + current.range_sum(tail, tail + current.width)  # an old end: round it out
+                row += finer.range_sum(tail, stop)
+                tail, current = stop, finer
             return row
-        base = self.levels[0]
-        return base.range_sum(bucket_start(lo, base.width), hi)
+        raise AssertionError("unreachable: the coarsest level always answers")
 
     def _cover(self, lo: int, hi: int, top: int) -> list[tuple[_Level, int]]:
         """Buckets that tile [lo, hi), coarsest first, finer levels for the edges."""
@@ -408,7 +440,9 @@ class SeriesWindows:
         if lo >= hi:
             return []
         finer = self._cover(lo, hi, index - 1) if index > 0 else []
-        if finer and all(self._retained(level, s) for level, s in finer):
+        # The first bucket of a cover is its oldest, at the finest level used on the left,
+        # which has the shortest retention: if it is held, every other bucket is.
+        if finer and self._retained(*finer[0]):
             return finer
         # The edge is older than the finest levels: round it out at the finest
         # level that still holds it (1 minute, rather than a whole hour).

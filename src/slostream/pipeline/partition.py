@@ -60,6 +60,7 @@ class PipelineConfig:
     policies: tuple[Policy, ...] = ()
     alert_cooldown_s: float = 300.0
     escalate_after_s: float | None = None
+    evaluation_interval_s: float = 0.1
 
 
 @dataclass
@@ -128,6 +129,7 @@ class PartitionProcessor:
         self.control_offset = -1  # last control command applied
         self._book_dirty = False
         self._touched: set[str] = set()  # trackers with measurements since their last evaluation
+        self._last_evaluation = -np.inf  # wall time
 
     # --- processing -------------------------------------------------------
 
@@ -141,38 +143,55 @@ class PartitionProcessor:
         for rejection in batch.rejections:
             out.deadletter.append(self._deadletter(fresh[rejection.record], rejection))
         cols = batch.columns
-        for part in self._evaluation_slices(cols):
-            self._ingest(fresh, part, out)
-            self._close_and_evaluate(out)
+        record_offsets = np.fromiter((r.offset for r in fresh), dtype=np.int64, count=len(fresh))
+        for part, enters_bucket in self._evaluation_slices(cols):
+            if enters_bucket:  # the bucket before is complete: judge it, as live would have
+                self._close_and_evaluate(out, now, force=True)
+            self._ingest(fresh, record_offsets, part, out)
         self.applied_offset = fresh[-1].offset
-        self._close_and_evaluate(out)
+        self._close_and_evaluate(out, now)
         return out
 
-    def _close_and_evaluate(self, out: Output) -> None:
+    def _close_and_evaluate(self, out: Output, now: float, force: bool = False) -> None:
+        """Close and report; judge the SLOs at bucket ends and, within a bucket, at most every
+        ``evaluation_interval_s`` of wall time (a busy stream gets many batches per second)."""
         if self._close_and_report(out):
-            self._touched.update(self.trackers)
-        self._evaluate(out, self._touched)
+            # Closing moves no count, but it judges timeslices and lets time pass for SLOs
+            # that got no data (no-data alerts, burn windows sliding past old errors).
+            horizon = self._closed_horizon
+            stale = [name for name, t in self.trackers.items()
+                     if t.slices is not None or t.status is None or t.status["evaluated_at"] < horizon]
+            self._touched.update(stale)
+            force = force or bool(stale)
+        if force or now - self._last_evaluation >= self.config.evaluation_interval_s:
+            self._evaluate(out, self._touched)
+            self._last_evaluation = now
 
     def _evaluation_slices(self, cols: Columns):
-        """Cut a batch where its event time enters a new base bucket, when SLOs are tracked,
-        so a backlog is judged bucket by bucket (as it would have been live), not once at its end."""
+        """Cut a batch where its event time enters a new base bucket (when SLOs are tracked),
+        saying which parts start such a bucket. SLOs are judged at every such point, so a
+        backlog is judged bucket by bucket and a replay judges exactly where the original
+        run did, however the records were batched."""
         if not len(cols):
             return
         if not self.slos_for:
-            yield cols
+            yield cols, False
             return
         width = self.config.resolutions[0].width
-        seen = np.maximum.accumulate(np.concatenate(([self.watermark.max_event_ts], cols.ts)))[1:]
-        cuts = (np.flatnonzero(np.diff(np.floor(seen / width))) + 1).tolist()
-        for start, stop in zip([0, *cuts], [*cuts, len(cols)]):
-            yield cols if (start, stop) == (0, len(cols)) else cols.slice(start, stop)
+        seen = np.maximum.accumulate(np.concatenate(([self.watermark.max_event_ts], cols.ts)))
+        with np.errstate(invalid="ignore"):
+            cuts = np.flatnonzero(np.diff(np.floor(seen / width)) > 0).tolist()
+        starts = cuts if cuts and cuts[0] == 0 else [0, *cuts]
+        for start, stop in zip(starts, [*starts[1:], len(cols)]):
+            part = cols if (start, stop) == (0, len(cols)) else cols.slice(start, stop)
+            yield part, start in cuts and self.watermark.max_event_ts > -np.inf
 
-    def _ingest(self, records: list[SourceRecord], cols: Columns, out: Output) -> None:
+    def _ingest(self, records: list[SourceRecord], record_offsets: np.ndarray, cols: Columns, out: Output) -> None:
         width = self.config.resolutions[0].width
         before = self.watermark.observe(cols.ts)
         horizon = np.floor(before / width) * width
         late = cols.ts < horizon
-        offsets = np.asarray([r.offset for r in records], dtype=np.int64)[cols.record]
+        offsets = record_offsets[cols.record]
         for i in np.flatnonzero(late).tolist():
             m = cols.measurements[i]
             rejection = Rejection(
@@ -200,7 +219,12 @@ class PartitionProcessor:
             added += series.windows.add(int(starts[first]), values[members], oks[members], offsets[members])
             self._dirty.add(series.ident)
             for tracker in series.trackers:
-                slo_members.setdefault(tracker.slo.name, []).append(members)
+                if tracker.sources == 1:  # already in (bucket, offset) order
+                    tracker.feed(int(starts[first]), values[members], oks[members], offsets[members],
+                                 float(cols.ts[members].max()))
+                    self._touched.add(tracker.slo.name)
+                else:
+                    slo_members.setdefault(tracker.slo.name, []).append(members)
         out.accepted += added
         out.skipped_replay += len(idx) - added
         for name, parts in slo_members.items():
@@ -261,6 +285,7 @@ class PartitionProcessor:
             tracker = self.trackers.get(slo.name)
             if tracker is None:
                 tracker = self.trackers[slo.name] = SloTracker(slo, self.config.resolutions)
+            tracker.sources += 1
             series.trackers.append(tracker)
         series.watches = [PolicyWatch(p) for p in self.policies_for.get((series.service, series.metric), ())]
 
@@ -270,6 +295,9 @@ class PartitionProcessor:
         if self.watermark.advance_idle(now, self.last_activity, self.config.idle_after_s):
             self._close_and_report(out)
             self._evaluate(out, self.trackers)
+            self._last_evaluation = now
+        elif self._touched:  # the tail of the last batch, if the rate limit held it back
+            self._close_and_evaluate(out, now, force=True)
         return out
 
     @property
