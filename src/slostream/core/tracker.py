@@ -91,15 +91,26 @@ class SloTracker:
         """Budget, burn rates and the alert conditions at event time ``now``."""
         slo = self.slo
         end = bucket_start(now, self.base_width) + self.base_width
+        windows = self.slices or self.events
+        closed = windows.closed_until
+        # Every window longer than the grace period shares the open tail [closed, end).
+        open_row = windows.levels[0].range_sum(closed, end) if end > closed else None
         memo: dict[int, tuple[float, float]] = {}
+
+        def counts(start: float) -> tuple[float, float]:
+            lo = bucket_start(start, self.base_width)
+            if open_row is None or lo >= closed:
+                return self.counts(lo, end)
+            row = windows.closed_totals(lo, closed) + open_row
+            return float(row[OK_KNOWN] - row[OK]), float(row[OK_KNOWN])
 
         def over(span_s: int) -> tuple[float, float]:
             if span_s not in memo:
-                memo[span_s] = self.counts(end - span_s, end)
+                memo[span_s] = counts(end - span_s)
             return memo[span_s]
 
         window_start = slo.window.start(end)
-        bad, total = self.counts(window_start, end)
+        bad, total = counts(window_start)
         budget = Budget(slo.objective, total, bad)
         results = evaluate_tiers(slo.tiers, over, slo.objective, slo.min_events)
         forecast_bad, _ = over(FORECAST_WINDOW_S)

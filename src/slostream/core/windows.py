@@ -387,15 +387,18 @@ class SeriesWindows:
         row = np.zeros(MIN)
         closed = min(hi, self.closed_until)
         if lo < closed:
-            # Closed buckets never change, so their sum holds until the next close.
-            key = (lo, closed)
-            part = self._closed_sums.get(key)
-            if part is None:
-                part = self._closed_sums[key] = self._sum(lo, closed)
-            row += part
+            row += self.closed_totals(lo, closed)
         if hi > self.closed_until:
             row += self.levels[0].range_sum(max(lo, self.closed_until), hi)
         return row
+
+    def closed_totals(self, lo: int, hi: int) -> np.ndarray:
+        """``totals`` of closed time; cached, as closed buckets change only at the next close."""
+        key = (lo, hi)
+        part = self._closed_sums.get(key)
+        if part is None:
+            part = self._closed_sums[key] = self._sum(lo, hi)
+        return part
 
     def _sum(self, lo: int, hi: int) -> np.ndarray:
         """Closed [lo, hi): the finest level that still holds ``lo`` sums the bulk, finer

@@ -163,7 +163,9 @@ class PartitionProcessor:
                      if t.slices is not None or t.status is None or t.status["evaluated_at"] < horizon]
             self._touched.update(stale)
             force = force or bool(stale)
-        if force or now - self._last_evaluation >= self.config.evaluation_interval_s:
+        if force:
+            self._evaluate(out, self._touched)
+        elif now - self._last_evaluation >= self.config.evaluation_interval_s:
             self._evaluate(out, self._touched)
             self._last_evaluation = now
 
