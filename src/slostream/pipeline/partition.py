@@ -302,6 +302,13 @@ class PartitionProcessor:
             self._close_and_evaluate(out, now, force=True)
         return out
 
+    def evaluate_pending(self, now: float) -> Output:
+        """Judge SLOs the wall-clock limiter held back, once the interval has passed."""
+        out = Output()
+        if self._touched:
+            self._close_and_evaluate(out, now)
+        return out
+
     @property
     def event_now(self) -> float:
         """Event time now: the newest event seen, or the idle-advanced time when quiet."""
