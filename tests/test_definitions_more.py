@@ -205,3 +205,20 @@ def test_flags_vectorised_match_the_scalar_rule():
     assert GoodRule("ok").flags(values, oks).tolist() == [1, 0, 1, -1]
     assert GoodRule("value_gt", 2.0).flags(values, oks).tolist() == [0, 0, -1, 1]
     assert GoodRule("value_lt", 2.0).flags(values, oks).tolist() == [1, 0, -1, 0]
+
+
+def test_the_definitions_schema_accepts_what_the_loader_accepts(tmp_path):
+    import yaml
+    from importlib.resources import files
+
+    from tests.test_schemas import validator
+    from tests.test_slo_definitions import VALID
+
+    schema = validator("slo-definitions.schema.json")
+    demo = (files("slostream") / "demo-definitions.yaml").read_text()
+    for text in (VALID, POLICIES, demo):
+        schema.validate(yaml.safe_load(text))
+        _, problems = load_definition_file(_file(tmp_path, text))
+        assert problems == []
+    assert not schema.is_valid({"slos": [{"name": "x", "service": "s", "metric": "m", "objective": 2,
+                                          "window": "1d", "good": "ok"}]})
