@@ -46,7 +46,8 @@ OPENSLO = textwrap.dedent("""
             counter: true
             good: {metricSource: {type: slostream, spec: {service: checkout, metric: http}}}
             total: {metricSource: {type: slostream, spec: {service: checkout, metric: http}}}
-      timeWindow: [{duration: 1M, isRolling: false, calendar: {startTime: "2022-01-01 00:00:00", timeZone: Europe/Berlin}}]
+      timeWindow:
+        - {duration: 1M, isRolling: false, calendar: {startTime: "2022-01-01 00:00:00", timeZone: Europe/Berlin}}
       budgetingMethod: Occurrences
       objectives: [{target: 0.999}]
     ---
@@ -70,7 +71,8 @@ PUBLIC_EXAMPLE_WITH_OP_ON_RATIO = textwrap.dedent("""
           ratioMetric:
             good: {metricSource: {type: slostream, spec: {service: web, metric: http}}}
             total: {metricSource: {type: slostream, spec: {service: web, metric: http}}}
-      timeWindow: [{duration: 1M, isRolling: false, calendar: {startTime: "2022-01-01 12:00:00", timeZone: America/New_York}}]
+      timeWindow:
+        - {duration: 1M, isRolling: false, calendar: {startTime: "2022-01-01 12:00:00", timeZone: America/New_York}}
       budgetingMethod: Timeslices
       objectives:
         - {displayName: Internal objective, op: gt, target: 0.995, timeSliceTarget: 0.99, timeSliceWindow: 1m}
@@ -208,8 +210,9 @@ def test_flags_vectorised_match_the_scalar_rule():
 
 
 def test_the_definitions_schema_accepts_what_the_loader_accepts(tmp_path):
-    import yaml
     from importlib.resources import files
+
+    import yaml
 
     from tests.test_schemas import validator
     from tests.test_slo_definitions import VALID

@@ -112,7 +112,8 @@ def test_fire_and_reset_times_match_promtool(tmp_path, outage):
     }
     (tmp_path / "test.yml").write_text(yaml.safe_dump(tests))
     result = subprocess.run([promtool, "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True)
-    assert result.returncode == 0, f"slostream fired at {fired}, resolved at {resolved}\n{result.stdout}\n{result.stderr}"
+    assert result.returncode == 0, (f"slostream fired at {fired}, resolved at {resolved}\n"
+                                    f"{result.stdout}\n{result.stderr}")
 
 
 def test_the_comparison_can_fail(tmp_path):

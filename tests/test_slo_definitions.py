@@ -2,9 +2,8 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 import numpy as np
+import pytest
 
 from slostream.core.objectives import GoodRule, Timeslices
 from slostream.slo import load_definition_file

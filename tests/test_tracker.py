@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from slostream.core.budget import BurnTier, default_tiers, detection_seconds
 from slostream.core.objectives import GoodRule, Slo, SloWindow, Timeslices, calendar_start
-from slostream.core.tracker import SloTracker
 from slostream.core.windows import COUNT, DEFAULT_RESOLUTIONS, OK, OK_KNOWN, SeriesWindows
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -245,7 +245,8 @@ def parse_policy(doc: Any, file: str, position: int) -> tuple[Policy | None, lis
         check.fail("policies", f"entry {position} is {doc!r}. Fix: each policy is a mapping")
         return None, check.problems
     for unknown in sorted(set(doc) - POLICY_FIELDS):
-        check.fail(unknown, f"is not a field of a policy. Fix: remove it or use one of {', '.join(sorted(POLICY_FIELDS))}")
+        check.fail(unknown, "is not a field of a policy. "
+                            f"Fix: remove it or use one of {', '.join(sorted(POLICY_FIELDS))}")
     name, service, metric = check.text(doc, "name"), check.text(doc, "service"), check.text(doc, "metric")
     aggregate = doc.get("aggregate")
     if aggregate not in AGGREGATES:
@@ -335,7 +336,8 @@ def load_definition_file(path: str) -> tuple[Definitions, list[SloProblem]]:
         return Definitions(), [SloProblem(path, "file", "-", f"cannot be read ({exc.strerror}). "
                                                              "Fix: pass an existing file")]
     except yaml.YAMLError as exc:
-        return Definitions(), [SloProblem(path, "file", "-", f"is not valid YAML ({exc}). Fix: correct the syntax shown")]
+        return Definitions(), [SloProblem(path, "file", "-",
+                                          f"is not valid YAML ({exc}). Fix: correct the syntax shown")]
     problems: list[SloProblem] = []
     parts: list[Definitions] = []
     openslo_docs = []

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import shutil
+import subprocess
 import time
 
 import orjson
@@ -91,8 +93,10 @@ def test_incident_fires_pages_resolves_once_across_a_restart(kafka, make_worker,
              orjson.dumps({"command": "silence", "matchers": {"policy": "checkout-p99"}, "for": "2h",
                            "by": "ana", "reason": "known slow dependency"}),
              b'{"command": "silence", "matchers": {}}', b"\xff not json")
-    events = consume(kafka.bootstrap, alerts_topic, lambda ev: _of(ev, "acknowledged", "page"))
+    events = consume(kafka.bootstrap, alerts_topic,
+                     lambda ev: _of(ev, "acknowledged", "page") and _of(ev, "silenced", "critical"))
     acked = _of(events, "acknowledged", "page")[0]["data"]
+    assert _of(events, "silenced", "critical")[0]["data"]["labels"]["policy"] == "checkout-p99"
     assert acked["annotations"]["acknowledged_by"] == "ana" and acked["fingerprint"] == alert["fingerprint"]
     dead = consume(kafka.bootstrap, f"{prefix}deadletter",
                    lambda ev: sum(e["data"]["reason"] == "bad_command" for e in ev) >= 2)
@@ -133,6 +137,8 @@ def test_incident_fires_pages_resolves_once_across_a_restart(kafka, make_worker,
     status, metrics = second.get("/metrics")
     assert b'slostream_slo_error_budget_remaining_ratio{service="checkout",slo="checkout-availability"}' in metrics
     assert b'slostream_slo_burn_rate{service="checkout",slo="checkout-availability",window="1h"}' in metrics
+    check = subprocess.run([shutil.which("promtool"), "check", "metrics"], input=metrics, capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
     assert second.stop() == 0
 
 
@@ -140,3 +146,41 @@ def _ts(text: str) -> float:
     import datetime as dt
 
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def test_a_rebalance_mid_incident_neither_repeats_nor_loses_alert_events(kafka, make_worker, tmp_path):
+    """Two SLOs on services in different partitions; a second worker joins mid-incident,
+    so one partition (and its alert book) moves to it."""
+    definitions = tmp_path / "slos.yaml"
+    definitions.write_text(DEFINITIONS + "  - {name: cart-availability, service: cart, metric: http, "
+                                         "objective: 0.999, window: 30d, good: ok}\n")
+    env = {"SLOSTREAM_DEFINITION_FILES": str(definitions)}
+    prefix = make_worker.prefix
+    base = float(int(time.time()) - 3 * 3600)
+    outage = (7200, 7500)
+
+    def both(start: int, stop: int) -> list[tuple[bytes, bytes]]:
+        records = _history(base, start, stop, outage)
+        cart = [(b"cart", value.replace(b'"checkout"', b'"cart"')) for key, value in records]
+        return records + cart
+
+    first = make_worker("rebalance", **env).start()
+    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=both(0, 7400))
+    consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(_of(ev, "firing", "page")) >= 2)
+    second = make_worker("rebalance", **env).start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until the group has split the partitions
+        owned = [orjson.loads(w.get("/ready")[1]).get("partitions", []) for w in (first, second)]
+        if all(len(p) == 1 for p in owned):
+            break
+        time.sleep(0.5)
+    assert all(len(p) == 1 for p in owned), owned
+    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=both(7400, 9900))
+    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(_of(ev, "resolved", "page")) >= 2,
+                     timeout=120)
+    for slo in ("checkout-availability", "cart-availability"):
+        mine = [e for e in events if e["data"]["labels"]["slo"] == slo]
+        assert len(_of(mine, "firing", "page")) == 1 and len(_of(mine, "resolved", "page")) == 1, slo
+    ids = collections.Counter(e["id"] for e in events)
+    assert max(ids.values()) == 1, "an alert event was emitted twice"
+    assert first.stop() == 0 and second.stop() == 0

@@ -47,7 +47,8 @@ class GoodRule:
     def describe(self) -> str:
         if self.kind == "ok":
             return "ok"
-        return {"value_le": "<=", "value_lt": "<", "value_ge": ">=", "value_gt": ">"}[self.kind] + f" {self.threshold:g}"
+        symbol = {"value_le": "<=", "value_lt": "<", "value_ge": ">=", "value_gt": ">"}[self.kind]
+        return f"{symbol} {self.threshold:g}"
 
 
 @dataclass(frozen=True)
