@@ -146,7 +146,7 @@ def _bench_definitions(path: str) -> str:
     lines = ["slos:"]
     for i in range(SERVICES):
         lines.append(f"  - {{name: svc-{i}-latency, service: svc-{i}, metric: latency_ms, objective: 0.99, "
-                     "window: 30d, good: {value_le: 150}}")
+                     "window: 30d, good: {value_le: 300}}")
     lines.append("policies:")
     for i in range(SERVICES):
         lines.append(f"  - {{name: svc-{i}-p99, service: svc-{i}, metric: latency_ms, aggregate: p99, "

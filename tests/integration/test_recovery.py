@@ -68,7 +68,8 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(kafka, make_worker):
     letters = consume(kafka.bootstrap, f"{make_worker.prefix}deadletter", lambda ev: False, timeout=2)
     assert [(d["data"]["reason"], d["data"]["message"]) for d in letters][:3] == []
     assert counts == truth
-    restored = re.findall(rb"restored (\d+) series and \d+ SLOs, resuming after offset (-?\d+)", second.log_path.read_bytes())
+    restored = re.findall(rb"restored (\d+) series and \d+ SLOs, resuming after offset (-?\d+)",
+                          second.log_path.read_bytes())
     assert any(int(n) > 0 and int(offset) > 0 for n, offset in restored)
     assert second.stop() == 0
 

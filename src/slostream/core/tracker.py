@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from .alerts import Condition
-from .budget import Budget, BurnTier, evaluate_tiers, time_to_exhaustion
+from .budget import Budget, BurnTier, burn_rate, evaluate_tiers, time_to_exhaustion
 from .objectives import Slo, Timeslices
 from .windows import OK, OK_KNOWN, Resolution, SeriesWindows, bucket_start
 
@@ -42,7 +42,8 @@ class SloTracker:
         self.slices = SeriesWindows(counting) if isinstance(slo.budgeting, Timeslices) else None
         self.slices_until = -1  # end of the newest slice judged
         self.last_seen = -math.inf  # newest event time of a matching measurement
-        self.status: dict | None = None
+        self._status: dict | None = None
+        self.evaluated_at = -1  # end of the windows of the last evaluation
         self.dirty = True
         self.sources = 0  # series feeding this SLO in this partition (label sets)
 
@@ -89,29 +90,83 @@ class SloTracker:
 
     def evaluate(self, now: float) -> tuple[dict, list[Condition]]:
         """Budget, burn rates and the alert conditions at event time ``now``."""
+        conditions = self.judge(now)
+        return self.status, conditions
+
+    def judge(self, now: float) -> list[Condition]:
+        """The alert conditions at event time ``now``. Cheap on purpose (it runs at every base
+        bucket of every SLO): a tier's long window is read only when its short one reaches the
+        threshold, and the status (SLO window, forecast) is computed only when read."""
         slo = self.slo
         end = bucket_start(now, self.base_width) + self.base_width
+        over = self._window_counts(end)
+        self.evaluated_at = end
+        self._status = None
+        conditions = []
+        for severity in dict.fromkeys(t.severity for t in slo.tiers):
+            holding = None
+            for tier in slo.tiers:
+                if tier.severity != severity:
+                    continue
+                short = burn_rate(*over(tier.short_s), slo.objective)
+                if short is None or short < tier.burn_rate:
+                    continue
+                long_bad, long_total = over(tier.long_s)
+                long = burn_rate(long_bad, long_total, slo.objective)
+                if long is not None and long >= tier.burn_rate and long_total >= slo.min_events:
+                    holding = (tier, long, short)
+                    break
+            # Annotations are read only when an alert fires or holds: build them only then.
+            notes = self._burn_annotations(*holding, end, over) if holding else {}
+            conditions.append(Condition(self.labels(BURN_ALERT, severity), holding is not None, notes))
+        if slo.no_data_s is not None and self.last_seen > -math.inf:
+            silent_for = now - self.last_seen
+            silent = silent_for >= slo.no_data_s
+            notes = self._annotations(
+                f"{slo.service} sends no {slo.metric} measurements",
+                f"No measurement for SLO {slo.name} for {silent_for:.0f}s (alerting after {slo.no_data_s}s).",
+            ) if silent else {}
+            conditions.append(Condition(self.labels(NO_DATA_ALERT, slo.no_data_severity), silent, notes))
+        return conditions
+
+    def _window_counts(self, end: int):
+        """``over(span_s)`` -> (bad, total) over [end - span_s, end), memoised."""
         windows = self.slices or self.events
         closed = windows.closed_until
         # Every window longer than the grace period shares the open tail [closed, end).
         open_row = windows.levels[0].range_sum(closed, end) if end > closed else None
-        memo: dict[int, tuple[float, float]] = {}
+        memo: dict[float, tuple[float, float]] = {}
 
-        def counts(start: float) -> tuple[float, float]:
-            lo = bucket_start(start, self.base_width)
-            if open_row is None or lo >= closed:
-                return self.counts(lo, end)
-            row = windows.closed_totals(lo, closed) + open_row
-            return float(row[OK_KNOWN] - row[OK]), float(row[OK_KNOWN])
-
-        def over(span_s: int) -> tuple[float, float]:
+        def over(span_s: float) -> tuple[float, float]:
             if span_s not in memo:
-                memo[span_s] = counts(end - span_s)
+                lo = bucket_start(end - span_s, self.base_width)
+                if open_row is None or lo >= closed:
+                    memo[span_s] = self.counts(lo, end)
+                else:
+                    row = windows.closed_totals(lo, closed) + open_row
+                    memo[span_s] = float(row[OK_KNOWN] - row[OK]), float(row[OK_KNOWN])
             return memo[span_s]
 
-        window_start = slo.window.start(end)
-        bad, total = counts(window_start)
-        budget = Budget(slo.objective, total, bad)
+        return over
+
+    def _budget(self, end: int, over) -> tuple[float, Budget]:
+        window_start = self.slo.window.start(end)
+        bad, total = over(end - window_start)
+        return window_start, Budget(self.slo.objective, total, bad)
+
+    @property
+    def status(self) -> dict | None:
+        """The last evaluation's windows, for the status API and the metrics (computed when read)."""
+        if self.evaluated_at < 0:
+            return None
+        if self._status is None or self._status["evaluated_at"] != self.evaluated_at:
+            self._status = self._build_status(self.evaluated_at)
+        return self._status
+
+    def _build_status(self, end: int) -> dict:
+        slo = self.slo
+        over = self._window_counts(end)
+        window_start, budget = self._budget(end, over)
         results = evaluate_tiers(slo.tiers, over, slo.objective, slo.min_events)
         forecast_bad, _ = over(FORECAST_WINDOW_S)
         exhaustion = time_to_exhaustion(budget.remaining_events, int(forecast_bad), FORECAST_WINDOW_S)
@@ -119,7 +174,7 @@ class SloTracker:
         for result in results:
             burn_rates[_span(result.tier.long_s)] = result.long_burn
             burn_rates[_span(result.tier.short_s)] = result.short_burn
-        status = {
+        return {
             "slo": slo.name,
             "service": slo.service,
             "metric": slo.metric,
@@ -128,12 +183,12 @@ class SloTracker:
             "window_start": window_start,
             "evaluated_at": end,
             "budgeting": "occurrences" if self.slices is None else "timeslices",
-            "events": total,
-            "bad_events": bad,
+            "events": budget.total,
+            "bad_events": budget.bad,
             "sli": budget.sli,
             "error_budget": {
                 "total_events": budget.allowed_bad,
-                "consumed_events": bad,
+                "consumed_events": budget.bad,
                 "remaining_events": budget.remaining_events,
                 "consumed_ratio": budget.consumed_ratio,
                 "remaining_ratio": budget.remaining_ratio,
@@ -154,27 +209,6 @@ class SloTracker:
             ],
             "last_seen": _finite(self.last_seen),
         }
-        self.status = status
-        conditions = []
-        for severity in dict.fromkeys(t.severity for t in slo.tiers):
-            mine = [r for r in results if r.tier.severity == severity]
-            holding = [r for r in mine if r.holds]
-            shown = holding[0] if holding else mine[0]
-            conditions.append(Condition(
-                self.labels(BURN_ALERT, severity), bool(holding),
-                self._burn_annotations(shown, budget, exhaustion.seconds, bool(holding)),
-            ))
-        if slo.no_data_s is not None and self.last_seen > -math.inf:
-            silent_for = now - self.last_seen
-            conditions.append(Condition(
-                self.labels(NO_DATA_ALERT, slo.no_data_severity), silent_for >= slo.no_data_s,
-                self._annotations(
-                    f"{slo.service} sends no {slo.metric} measurements",
-                    f"No measurement for SLO {slo.name} for {silent_for:.0f}s "
-                    f"(alerting after {slo.no_data_s}s).",
-                ),
-            ))
-        return status, conditions
 
     def labels(self, alertname: str, severity: str) -> dict[str, str]:
         return {**self.slo.labels, "alertname": alertname, "service": self.slo.service, "slo": self.slo.name,
@@ -186,21 +220,22 @@ class SloTracker:
             notes["runbook_url"] = self.slo.runbook_url
         return notes
 
-    def _burn_annotations(self, result, budget: Budget, exhaustion_s: float, holds: bool) -> dict[str, str]:
+    def _burn_annotations(self, tier: BurnTier, long: float, short: float, end: int, over) -> dict[str, str]:
         slo = self.slo
-        tier: BurnTier = result.tier
         name = f"{tier.severity} {_span(tier.long_s)}/{_span(tier.short_s)} >= {tier.burn_rate:g}x"
+        _, budget = self._budget(end, over)
         remaining = budget.remaining_ratio
+        forecast_bad, _ = over(FORECAST_WINDOW_S)
+        exhaustion_s = time_to_exhaustion(budget.remaining_events, int(forecast_bad), FORECAST_WINDOW_S).seconds
         return self._annotations(
-            f"{slo.name}: error budget burn {_fmt(result.long_burn)}x over {_span(tier.long_s)}, "
-            f"{_fmt(result.short_burn)}x over {_span(tier.short_s)} ({tier.severity} at {tier.burn_rate:g}x both)",
+            f"{slo.name}: error budget burn {_fmt(long)}x over {_span(tier.long_s)}, "
+            f"{_fmt(short)}x over {_span(tier.short_s)} ({tier.severity} at {tier.burn_rate:g}x both)",
             f"SLO {slo.name} ({slo.objective:.4%} of {slo.service} {slo.metric} {slo.good.describe()}, "
-            f"{slo.window.describe()}): tier {name} {'holds' if holds else 'does not hold'}; "
-            f"burn rate {_fmt(result.long_burn)}x over {_span(tier.long_s)} and "
-            f"{_fmt(result.short_burn)}x over {_span(tier.short_s)}.",
+            f"{slo.window.describe()}): tier {name} holds; burn rate {_fmt(long)}x over {_span(tier.long_s)} "
+            f"and {_fmt(short)}x over {_span(tier.short_s)}.",
             tier=name,
-            burn_rate_long=_fmt(result.long_burn),
-            burn_rate_short=_fmt(result.short_burn),
+            burn_rate_long=_fmt(long),
+            burn_rate_short=_fmt(short),
             budget_remaining="n/a" if remaining is None else f"{remaining:.4f}",
             exhaustion_s="never" if math.isinf(exhaustion_s) else f"{exhaustion_s:.0f}",
         )

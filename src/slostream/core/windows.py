@@ -262,6 +262,7 @@ class SeriesWindows:
         self.closed_until = 0
         self.open_starts: set[int] = set()
         self._closed_sums: dict[tuple[int, int], np.ndarray] = {}
+        self._prefixes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
     def base_width(self) -> int:
@@ -298,6 +299,7 @@ class SeriesWindows:
             raise ValueError(f"bucket {start} is older than the base retention")
         if start < self.closed_until:
             self._closed_sums.clear()
+            self._prefixes.clear()
         if offsets is not None and offsets.size:
             base.marks[slot] = max(base.marks[slot], int(offsets.max()))
         merge_stats_into(base.stats[slot], row)
@@ -323,6 +325,7 @@ class SeriesWindows:
             raise ValueError(f"bucket {start} is older than the base retention")
         if start < self.closed_until:
             self._closed_sums.clear()
+            self._prefixes.clear()
         if offsets.size:
             base.marks[slot] = max(base.marks[slot], int(offsets[-1]))
         good = np.count_nonzero(flags == 1)
@@ -341,6 +344,7 @@ class SeriesWindows:
             return []
         closing = sorted(s for s in self.open_starts if s < horizon)
         self._closed_sums.clear()
+        self._prefixes.clear()
         base = self.levels[0]
         for start in closing:
             self.open_starts.discard(start)
@@ -400,6 +404,20 @@ class SeriesWindows:
             part = self._closed_sums[key] = self._sum(lo, hi)
         return part
 
+    def _closed_range(self, index: int, first: int, last: int) -> np.ndarray:
+        """Sum of a level's buckets starting in [first, last), from prefix sums kept until the
+        next close: every window of every evaluation in a bucket shares one sort per level."""
+        prefix = self._prefixes.get(index)
+        if prefix is None:
+            level = self.levels[index]
+            order = np.argsort(level.starts, kind="stable")
+            cumulative = np.zeros((level.slots + 1, MIN))
+            np.cumsum(level.stats[order, :MIN], axis=0, out=cumulative[1:])
+            prefix = self._prefixes[index] = (level.starts[order], cumulative)
+        starts, cumulative = prefix
+        i, j = np.searchsorted(starts, (first, last))
+        return cumulative[j] - cumulative[i]
+
     def _sum(self, lo: int, hi: int) -> np.ndarray:
         """Closed [lo, hi): the finest level that still holds ``lo`` sums the bulk, finer
         levels the newest tail. Same buckets' worth as ``aggregate``'s cover (the start
@@ -409,17 +427,17 @@ class SeriesWindows:
             if index < len(self.levels) - 1 and not self._retained(level, start):
                 continue
             if index == 0:
-                return level.range_sum(start, hi)
+                return self._closed_range(0, start, hi)
             tail = bucket_start(hi, level.width)
-            row = level.range_sum(start, tail)
-            current = level
+            row = self._closed_range(index, start, tail)
+            current = index
             for finer_index in range(index - 1, -1, -1):
                 finer = self.levels[finer_index]
                 stop = hi if finer_index == 0 else bucket_start(hi, finer.width)
-                if tail < stop and not self._retained(finer, tail):
-                    return row + current.range_sum(tail, tail + current.width)  # an old end: round it out
-                row += finer.range_sum(tail, stop)
-                tail, current = stop, finer
+                if tail < stop and not self._retained(finer, tail):  # an old end: round it out
+                    return row + self._closed_range(current, tail, tail + self.levels[current].width)
+                row = row + self._closed_range(finer_index, tail, stop)
+                tail, current = stop, finer_index
             return row
         raise AssertionError("unreachable: the coarsest level always answers")
 

@@ -160,7 +160,7 @@ class PartitionProcessor:
             # that got no data (no-data alerts, burn windows sliding past old errors).
             horizon = self._closed_horizon
             stale = [name for name, t in self.trackers.items()
-                     if t.slices is not None or t.status is None or t.status["evaluated_at"] < horizon]
+                     if t.slices is not None or t.evaluated_at < horizon]
             self._touched.update(stale)
             force = force or bool(stale)
         if force:
@@ -399,8 +399,7 @@ class PartitionProcessor:
         now = self.event_now
         conditions: list[Condition] = []
         for name in list(names):
-            _, found = self.trackers[name].evaluate(now)
-            conditions.extend(found)
+            conditions.extend(self.trackers[name].judge(now))
         self._touched.clear()
         self._alert_events(self.book.evaluate(now, conditions), out)
 
