@@ -184,3 +184,46 @@ def test_a_rebalance_mid_incident_neither_repeats_nor_loses_alert_events(kafka, 
     ids = collections.Counter(e["id"] for e in events)
     assert max(ids.values()) == 1, "an alert event was emitted twice"
     assert first.stop() == 0 and second.stop() == 0
+
+
+def test_escalation_cooldown_and_unsilence_end_to_end(kafka, make_worker, tmp_path):
+    definitions = tmp_path / "slos.yaml"
+    definitions.write_text(
+        "slos:\n  - {name: cart-errors, service: cart, metric: http, objective: 0.99, window: 1d, good: ok,\n"
+        "     alerting: {tiers: [{severity: ticket, long: 5m, short: 30s, burn_rate: 14.4}], no_data: off}}\n")
+    worker = make_worker("lifecycle", SLOSTREAM_DEFINITION_FILES=str(definitions),
+                         SLOSTREAM_ESCALATE_AFTER_S="60", SLOSTREAM_ALERT_COOLDOWN_S="600").start()
+    prefix = make_worker.prefix
+    base = float(int(time.time()) - 3 * 3600)
+
+    def traffic(start: int, stop: int, bad: tuple[int, int]) -> list[tuple[bytes, bytes]]:
+        return [(b"cart", orjson.dumps({"service": "cart", "metric": "http", "ts": base + t,
+                                        "ok": not bad[0] <= t < bad[1]})) for t in range(start, stop)]
+
+    # 10 minutes good, 2 minutes of errors: the ticket fires, and 60 s later, unacknowledged,
+    # escalates to a page; the page ends with the condition.
+    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=traffic(0, 1200, (600, 720)))
+    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: _of(ev, "resolved", "page"))
+    ticket, page = _of(events, "firing", "ticket")[0]["data"], _of(events, "firing", "page")[0]["data"]
+    assert page["labels"]["escalated_from"] == "ticket" and page["labels"]["slo"] == "cart-errors"
+    assert 55 <= _ts(page["startsAt"]) - _ts(ticket["startsAt"]) <= 70
+    assert [e["type"] for e in events].count("slostream.alert.firing") == 2
+
+    # Errors again within the 600 s cooldown after the episode: no new episode.
+    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=traffic(1200, 1500, (1250, 1300)))
+    time.sleep(3)
+    seen = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: False, timeout=3)
+    assert len(_of(seen, "firing", "ticket")) == 1, [(e["type"], e["data"]["labels"]["severity"], _ts(e["time"]) - base) for e in seen]
+
+    # After the cooldown a new episode fires; silence it, then lift the silence: firing again.
+    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=traffic(1500, 2500, (2400, 2500)))
+    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(_of(ev, "firing", "ticket")) >= 2)
+    second = _of(events, "firing", "ticket")[1]["data"]
+    assert _ts(second["startsAt"]) - base >= 2400
+    _control(kafka, prefix, orjson.dumps({"command": "silence", "id": "maint", "matchers": {"slo": "cart-errors"},
+                                          "for": "1h", "by": "ana"}))
+    consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: _of(ev, "silenced", "ticket"))
+    _control(kafka, prefix, orjson.dumps({"command": "unsilence", "id": "maint", "by": "ana"}))
+    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(_of(ev, "firing", "ticket")) >= 3)
+    assert _of(events, "firing", "ticket")[2]["data"]["fingerprint"] == second["fingerprint"]
+    assert worker.stop() == 0

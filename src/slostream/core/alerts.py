@@ -129,6 +129,7 @@ class AlertBook:
                     raised.annotations = {**condition.annotations, "escalated_from": raised.labels["escalated_from"]}
                 else:
                     events.append(self._resolve(now, raised))
+                    alert.ends_at = now  # the episode ends here: the cooldown counts from now
                 continue
             if holds:
                 events.extend(self._hold(now, key, alert, condition))
