@@ -213,7 +213,8 @@ def test_escalation_cooldown_and_unsilence_end_to_end(kafka, make_worker, tmp_pa
     produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=traffic(1200, 1500, (1250, 1300)))
     time.sleep(3)
     seen = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: False, timeout=3)
-    assert len(_of(seen, "firing", "ticket")) == 1, [(e["type"], e["data"]["labels"]["severity"], _ts(e["time"]) - base) for e in seen]
+    timeline = [(e["type"], e["data"]["labels"]["severity"], _ts(e["time"]) - base) for e in seen]
+    assert len(_of(seen, "firing", "ticket")) == 1, timeline
 
     # After the cooldown a new episode fires; silence it, then lift the silence: firing again.
     produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=traffic(1500, 2500, (2400, 2500)))
