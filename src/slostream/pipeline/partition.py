@@ -144,10 +144,11 @@ class PartitionProcessor:
             out.deadletter.append(self._deadletter(fresh[rejection.record], rejection))
         cols = batch.columns
         record_offsets = np.fromiter((r.offset for r in fresh), dtype=np.int64, count=len(fresh))
-        for part, enters_bucket in self._evaluation_slices(cols):
+        numbering = self._number(cols.measurements) if len(cols) else None
+        for start, stop, part, enters_bucket in self._evaluation_slices(cols):
             if enters_bucket:  # the bucket before is complete: judge it, as live would have
                 self._close_and_evaluate(out, now, force=True)
-            self._ingest(fresh, record_offsets, part, out)
+            self._ingest(fresh, record_offsets, part, out, numbering[0][start:stop], numbering[1])
         self.applied_offset = fresh[-1].offset
         self._close_and_evaluate(out, now)
         return out
@@ -177,7 +178,7 @@ class PartitionProcessor:
         if not len(cols):
             return
         if not self.slos_for:
-            yield cols, False
+            yield 0, len(cols), cols, False
             return
         width = self.config.resolutions[0].width
         seen = np.maximum.accumulate(np.concatenate(([self.watermark.max_event_ts], cols.ts)))
@@ -186,9 +187,11 @@ class PartitionProcessor:
         starts = cuts if cuts and cuts[0] == 0 else [0, *cuts]
         for start, stop in zip(starts, [*starts[1:], len(cols)]):
             part = cols if (start, stop) == (0, len(cols)) else cols.slice(start, stop)
-            yield part, start in cuts and self.watermark.max_event_ts > -np.inf
+            yield start, stop, part, start in cuts and self.watermark.max_event_ts > -np.inf
 
-    def _ingest(self, records: list[SourceRecord], record_offsets: np.ndarray, cols: Columns, out: Output) -> None:
+    def _ingest(self, records: list[SourceRecord], record_offsets: np.ndarray, cols: Columns, out: Output,
+                ids: np.ndarray, keys: list[tuple]) -> None:
+        """Window one slice of a batch; ``ids``/``keys`` number its series (see ``_number``)."""
         width = self.config.resolutions[0].width
         before = self.watermark.observe(cols.ts)
         horizon = np.floor(before / width) * width
@@ -205,8 +208,9 @@ class PartitionProcessor:
         idx = np.flatnonzero(~late)
         if not idx.size:
             return
-        accepted = cols.measurements if idx.size == len(cols) else [cols.measurements[i] for i in idx.tolist()]
-        sids, series_list = self._series_ids(accepted)
+        sids = ids[idx]
+        # Series are made only for accepted measurements: a late-only key creates none.
+        series_of = {i: self._get_series(keys[i]) for i in np.unique(sids).tolist()}
         starts = (np.floor(cols.ts[idx] / width) * width).astype(np.int64)
         order = np.lexsort((offsets[idx], starts, sids))
         sids, starts, idx = sids[order], starts[order], idx[order]
@@ -216,7 +220,7 @@ class PartitionProcessor:
         slo_members: dict[str, list[np.ndarray]] = {}
         for group in np.split(np.arange(len(idx)), boundaries):
             first = group[0]
-            series = series_list[sids[first]]
+            series = series_of[sids[first]]
             members = idx[group]
             added += series.windows.add(int(starts[first]), values[members], oks[members], offsets[members])
             self._dirty.add(series.ident)
@@ -245,13 +249,13 @@ class PartitionProcessor:
                          float(cols.ts[chosen].max()))
         self._touched.add(tracker.slo.name)
 
-    def _series_ids(self, ms: list) -> tuple[np.ndarray, list[Series]]:
-        """A dense series number per measurement, and the series in that order.
+    def _number(self, ms: list) -> tuple[np.ndarray, list[tuple]]:
+        """A dense series number per measurement, and each number's series key.
 
         Each element maps to the position of the first occurrence of its key, all
         in C (``map`` over ``dict.setdefault``); np.unique then numbers the keys.
         Without label keys, service and metric are numbered apart, which avoids a
-        tuple per measurement.
+        tuple per measurement. Done once per batch, however the batch is cut.
         """
         n = len(ms)
         positions = range(n)
@@ -265,10 +269,8 @@ class PartitionProcessor:
             codes = services * n + metrics
         _, first, ids = np.unique(codes, return_index=True, return_inverse=True)
         if label_keys:
-            series = [self._get_series(keys[i]) for i in first.tolist()]
-        else:
-            series = [self._get_series((ms[i].service, ms[i].metric)) for i in first.tolist()]
-        return ids, series
+            return ids, [keys[i] for i in first.tolist()]
+        return ids, [(ms[i].service, ms[i].metric) for i in first.tolist()]
 
     def _get_series(self, key: tuple) -> Series:
         series = self.series.get(key)
