@@ -18,6 +18,7 @@ restored) emit nothing twice.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
@@ -32,7 +33,12 @@ INHIBITIONS = (("page", "ticket"), ("emergency", "critical"), ("critical", "warn
 
 def fingerprint(labels: dict[str, str]) -> str:
     """Stable hash of a label set (order-free)."""
-    text = "\x1f".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return _fingerprint(tuple(sorted(labels.items())))
+
+
+@functools.lru_cache(maxsize=65536)
+def _fingerprint(items: tuple[tuple[str, str], ...]) -> str:
+    text = "\x1f".join(f"{k}={v}" for k, v in items)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
