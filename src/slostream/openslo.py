@@ -15,16 +15,14 @@ cannot honour, is reported with file, document and field.
 from __future__ import annotations
 
 import re
-import zoneinfo
 from typing import Any
 
 from slostream.core.budget import default_tiers
 from slostream.core.objectives import GoodRule, Slo, SloWindow, Timeslices
-from slostream.slo import DEFAULT_NO_DATA, Definitions, SloProblem, parse_duration
+from slostream.slo import DEFAULT_NO_DATA, Definitions, SloProblem, known_time_zone, parse_duration
 
 API_VERSION = "openslo/v1"
 SHORTHAND_RE = re.compile(r"^(\d+)([smhdwMQY])$")
-SHORTHAND_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 CALENDAR_UNITS = {"w": "week", "M": "month", "Q": "quarter"}
 OPS = {"lte": "value_le", "lt": "value_lt", "gte": "value_ge", "gt": "value_gt"}
 SOURCE_TYPE = "slostream"
@@ -194,19 +192,12 @@ def _timeslices(where: _Doc, field: str, objective: dict) -> Timeslices | None:
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         where.fail(f"{field}.timeSliceTarget", f"is {target!r}. Fix: Timeslices needs a ratio in (0, 1]")
         ok = False
-    seconds = _shorthand_seconds(window)
+    seconds = parse_duration(window)
     if seconds is None or seconds % 10:
         where.fail(f"{field}.timeSliceWindow", f"is {window!r}. Fix: give a duration like 1m or 5m "
                                                "(a multiple of 10s)")
         ok = False
     return Timeslices(seconds, float(target)) if ok else None
-
-
-def _shorthand_seconds(text: Any) -> int | None:
-    match = SHORTHAND_RE.match(str(text)) if isinstance(text, (str, int)) else None
-    if not match or match.group(2) not in SHORTHAND_SECONDS or int(match.group(1)) == 0:
-        return None
-    return int(match.group(1)) * SHORTHAND_SECONDS[match.group(2)]
 
 
 def _time_window(where: _Doc, raw: Any) -> SloWindow | None:
@@ -216,7 +207,7 @@ def _time_window(where: _Doc, raw: Any) -> SloWindow | None:
     window = raw[0]
     duration = window.get("duration")
     if window.get("isRolling") is True:
-        seconds = _shorthand_seconds(duration)
+        seconds = parse_duration(duration)
         if seconds is None:
             where.fail("spec.timeWindow[0].duration", f"is {duration!r}. Fix: a rolling window needs a duration "
                                                       "in s, m, h, d or w, like 28d")
@@ -229,9 +220,7 @@ def _time_window(where: _Doc, raw: Any) -> SloWindow | None:
         return None
     calendar = window.get("calendar") if isinstance(window.get("calendar"), dict) else {}
     zone = calendar.get("timeZone", "UTC")
-    try:
-        zoneinfo.ZoneInfo(str(zone))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    if not known_time_zone(zone):
         where.fail("spec.timeWindow[0].calendar.timeZone", f"is {zone!r}. Fix: use an IANA name like Europe/Berlin")
         return None
     return SloWindow(calendar=CALENDAR_UNITS[match.group(2)], timezone=str(zone))

@@ -47,6 +47,14 @@ class SloProblem:
         return f"{self.file}: {self.document}: field '{self.field}': {self.message}"
 
 
+def known_time_zone(name: Any) -> bool:
+    try:
+        zoneinfo.ZoneInfo(str(name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
 def parse_duration(text: Any) -> int | None:
     if not isinstance(text, str):
         return None
@@ -97,9 +105,7 @@ def _window(check: _Checker, raw: Any) -> SloWindow | None:
             check.fail("window.calendar", f"is {calendar!r}. Fix: use one of {', '.join(CALENDARS)}")
             return None
         timezone = raw.get("timezone", "UTC")
-        try:
-            zoneinfo.ZoneInfo(str(timezone))
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        if not known_time_zone(timezone):
             check.fail("window.timezone", f"is {timezone!r}, not a known time zone. "
                                           "Fix: use an IANA name such as Europe/Berlin or UTC")
             return None

@@ -275,14 +275,9 @@ class SeriesWindows:
         or -1 where a measurement had no ``ok``. With ``offsets`` (source offsets,
         ascending), measurements the bucket already holds are skipped.
         """
-        base = self.levels[0]
-        if offsets is not None and offsets.size:
-            slot = base.slot_of(start)
-            if base.starts[slot] == start and base.marks[slot] >= offsets[0]:
-                fresh = offsets > base.marks[slot]
-                values, oks, offsets = values[fresh], oks[fresh], offsets[fresh]
-                if not values.size:
-                    return 0
+        offsets, (values, oks) = self._unheld(start, offsets, values, oks)
+        if not values.size:
+            return 0
         has_value = ~np.isnan(values)
         present = values[has_value]
         row = empty_stats()
@@ -294,47 +289,54 @@ class SeriesWindows:
             row[SUM] = present.sum()
             row[MIN] = present.min()
             row[MAX] = present.max()
-        slot = base._claim(start)
-        if slot is None:
-            raise ValueError(f"bucket {start} is older than the base retention")
-        if start < self.closed_until:
-            self._closed_sums.clear()
-            self._prefixes.clear()
-        if offsets is not None and offsets.size:
-            base.marks[slot] = max(base.marks[slot], int(offsets.max()))
+        base = self.levels[0]
+        slot = self._open_slot(start, offsets)
         merge_stats_into(base.stats[slot], row)
         if present.size:
             sketch = base.sketches[slot]
             if sketch is None:
                 sketch = base.sketches[slot] = QuantileSketch(self.relative_accuracy)
             sketch.add_values(present)
-        self.open_starts.add(start)
         return int(values.size)
 
     def add_flags(self, start: int, flags: np.ndarray, offsets: np.ndarray) -> int:
         """Count-only ``add`` for judged events (1 good, 0 bad, -1 not judged); no values, no sketch."""
+        offsets, (flags,) = self._unheld(start, offsets, flags)
+        if not flags.size:
+            return 0
+        row = self.levels[0].stats[self._open_slot(start, offsets)]
+        good = np.count_nonzero(flags == 1)
+        row[COUNT] += flags.size
+        row[OK_KNOWN] += good + np.count_nonzero(flags == 0)
+        row[OK] += good
+        return int(flags.size)
+
+    def _unheld(self, start: int, offsets: np.ndarray | None, *columns: np.ndarray):
+        """Drop the measurements the base bucket already holds (a replay after a torn checkpoint)."""
         base = self.levels[0]
-        slot = base.slot_of(start)
-        if offsets.size and base.starts[slot] == start and base.marks[slot] >= offsets[0]:
-            fresh = offsets > base.marks[slot]
-            flags, offsets = flags[fresh], offsets[fresh]
-            if not flags.size:
-                return 0
+        if offsets is not None and offsets.size:
+            slot = base.slot_of(start)
+            if base.starts[slot] == start and base.marks[slot] >= offsets[0]:
+                fresh = offsets > base.marks[slot]
+                return offsets[fresh], tuple(c[fresh] for c in columns)
+        return offsets, columns
+
+    def _open_slot(self, start: int, offsets: np.ndarray | None) -> int:
+        """Claim the base slot of ``start`` for new measurements and move its replay mark."""
+        base = self.levels[0]
         slot = base._claim(start)
         if slot is None:
             raise ValueError(f"bucket {start} is older than the base retention")
         if start < self.closed_until:
-            self._closed_sums.clear()
-            self._prefixes.clear()
-        if offsets.size:
-            base.marks[slot] = max(base.marks[slot], int(offsets[-1]))
-        good = np.count_nonzero(flags == 1)
-        row = base.stats[slot]
-        row[COUNT] += flags.size
-        row[OK_KNOWN] += good + np.count_nonzero(flags == 0)
-        row[OK] += good
+            self._closed_changed()
+        if offsets is not None and offsets.size:
+            base.marks[slot] = max(base.marks[slot], int(offsets.max()))
         self.open_starts.add(start)
-        return int(flags.size)
+        return slot
+
+    def _closed_changed(self) -> None:
+        self._closed_sums.clear()
+        self._prefixes.clear()
 
     def close_until(self, watermark: float) -> list[int]:
         """Close base buckets ending at or before ``watermark``; return their starts."""
@@ -343,8 +345,7 @@ class SeriesWindows:
         if horizon <= self.closed_until:
             return []
         closing = sorted(s for s in self.open_starts if s < horizon)
-        self._closed_sums.clear()
-        self._prefixes.clear()
+        self._closed_changed()
         base = self.levels[0]
         for start in closing:
             self.open_starts.discard(start)
@@ -533,6 +534,7 @@ class SeriesWindows:
                 mine.add_row(int(theirs.starts[slot]), theirs.stats[slot], theirs.sketches[slot])
         self.open_starts |= other.open_starts
         self.closed_until = min(self.closed_until, other.closed_until)
+        self._closed_changed()
 
     def nbytes(self) -> int:
         return sum(level.nbytes() for level in self.levels)
