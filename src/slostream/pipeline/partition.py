@@ -145,15 +145,11 @@ class PartitionProcessor:
         cols = batch.columns
         record_offsets = np.fromiter((r.offset for r in fresh), dtype=np.int64, count=len(fresh))
         numbering = self._number(cols.measurements) if len(cols) else None
-        judged = False
         for start, stop, part, enters_bucket in self._evaluation_slices(cols):
             if enters_bucket:  # the bucket before is complete: judge it, as live would have
                 self._close_and_evaluate(out, now, force=True)
-                judged = True
             self._ingest(fresh, record_offsets, part, out, numbering[0][start:stop], numbering[1])
         self.applied_offset = fresh[-1].offset
-        if judged:  # a backlog: the tail waits for the next boundary, the limiter or the timer
-            self._last_evaluation = now
         self._close_and_evaluate(out, now)
         return out
 
