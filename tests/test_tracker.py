@@ -61,6 +61,33 @@ def test_totals_equal_brute_force_with_the_start_rounded_at_the_finest_level_hol
         assert windows.totals(lo, closed_hi)[COUNT] == windows.aggregate(lo, closed_hi, with_sketch=False).count
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4 * 86400), st.booleans(), st.booleans()), min_size=1, max_size=120),
+       st.lists(st.integers(10, 4 * 86400), min_size=1, max_size=6))
+def test_running_totals_carried_across_closes_equal_a_fresh_sum_and_brute_force(events, spans):
+    """Closed totals up to the newest close come from running totals made early and carried on
+    by every close (gaps of days included); they must equal summing the levels afresh."""
+    windows = SeriesWindows(DEFAULT_RESOLUTIONS)
+    events.sort()
+    for ts, ok, ask in events:
+        start = T0 + ts - ts % 10
+        windows.close_until(start)
+        windows.add(start, np.array([1.0]), np.array([int(ok)], dtype=np.int8))
+        if not ask:
+            continue
+        closed = windows.closed_until
+        # Random spans, and windows starting exactly at every earlier bucket's start and end.
+        edges = {T0 + t - t % 10 + d for t, _, _ in events if T0 + t < closed for d in (0, 10)}
+        for lo in sorted({max(closed - span + span % 10, T0) for span in spans} | edges):
+            running = windows.closed_totals(lo, closed)
+            assert windows._running is not None
+            fresh = windows._sum(lo, closed)
+            assert running[COUNT] == fresh[COUNT] and running[OK] == fresh[OK] and running[OK_KNOWN] == fresh[OK_KNOWN]
+            first = _rounded_start(windows, lo)
+            inside = [(t, o) for t, o, _ in events if first <= T0 + t - t % 10 < closed]
+            assert running[COUNT] == len(inside) and running[OK] == sum(o for _, o in inside)
+
+
 def _processor(*slos, **config) -> PartitionProcessor:
     return PartitionProcessor(0, PipelineConfig(slos=slos, grace_s=2, **config), now=0)
 

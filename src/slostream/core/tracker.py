@@ -134,7 +134,7 @@ class SloTracker:
         windows = self.slices or self.events
         closed = windows.closed_until
         # Every window longer than the grace period shares the open tail [closed, end).
-        open_row = windows.levels[0].range_sum(closed, end) if end > closed else None
+        open_row = windows.open_totals(closed, end) if end > closed else None
         memo: dict[float, tuple[float, float]] = {}
 
         def over(span_s: float) -> tuple[float, float]:

@@ -216,11 +216,6 @@ class _Level:
             return None
         return self.stats[slot], self.sketches[slot]
 
-    def range_sum(self, first: int, last: int) -> np.ndarray:
-        """Additive columns summed over the held buckets starting in [first, last)."""
-        held = (self.starts >= first) & (self.starts < last)
-        return self.stats[held, :MIN].sum(axis=0)
-
     def slot_state(self, slot: int) -> dict:
         sketch = self.sketches[slot]
         return {
@@ -240,6 +235,74 @@ class _Level:
     def nbytes(self) -> int:
         sketches = sum(s.nbytes() for s in self.sketches if s is not None)
         return self.starts.nbytes + self.stats.nbytes + self.marks.nbytes + sketches + 8 * self.slots
+
+
+class _RunningTotals:
+    """The additive columns summed over all closed time, and that running total as it stood at
+    every bucket boundary each level still holds: closed time since a boundary is ``now`` minus
+    its mark, O(1), and a close only appends. Counts stay exact (integers in float64); SUM may
+    differ from a fresh sum in its last bits."""
+
+    __slots__ = ("now", "widths", "boundaries", "values")
+
+    def __init__(self, levels: list[_Level]):
+        self.now = np.zeros(MIN)
+        self.widths = [level.width for level in levels]
+        # One slot more than the level holds: the boundary at the newest close is kept too.
+        self.boundaries = [np.full(level.slots + 1, -1, dtype=np.int64) for level in levels]
+        self.values = [np.zeros((level.slots + 1, MIN)) for level in levels]
+
+    @classmethod
+    def of(cls, windows: "SeriesWindows") -> "_RunningTotals":
+        """Rebuilt from the levels. Data reaches a coarser level only when its base bucket closes,
+        so a level's closed buckets from a boundary on sum to all closed time since it."""
+        running = cls(windows.levels)
+        closed = windows.closed_until
+        for index, level in enumerate(windows.levels):
+            width = level.width
+            newest = bucket_start(max(closed - 1, 0), width)
+            held = (level.starts >= 0) & (level.starts < closed)
+            order = np.argsort(level.starts[held])
+            starts = level.starts[held][order]
+            suffix = np.zeros((starts.size + 1, MIN))
+            suffix[:-1] = np.cumsum(level.stats[held][order, :MIN][::-1], axis=0)[::-1]
+            marks = np.arange(newest - (level.slots - 1) * width, bucket_start(closed, width) + 1, width)
+            running._record(index, marks, -suffix[np.searchsorted(starts, marks)])
+        return running
+
+    def _record(self, index: int, marks: np.ndarray | int, values: np.ndarray) -> None:
+        slots = (marks // self.widths[index]) % len(self.boundaries[index])
+        self.boundaries[index][slots] = marks
+        self.values[index][slots] = values
+
+    def advance(self, old: int, new: int, closing: list[int], rows: list[np.ndarray]) -> None:
+        """Closed time moved from ``old`` to ``new``, closing the base buckets ``closing`` (ascending)."""
+        base_width = self.widths[0]
+        after = self.now + np.sum(rows, axis=0) if rows else self.now
+        cumulative = None
+        for index, width in enumerate(self.widths):
+            last = bucket_start(new, width)
+            first = max(bucket_start(old, width) + width, last - (len(self.boundaries[index]) - 1) * width)
+            if first > last:
+                continue
+            if first == last and (not closing or closing[-1] + base_width <= last):
+                self._record(index, last, after)  # the usual close: one new boundary, after every bucket
+                continue
+            if cumulative is None:
+                cumulative = np.zeros((len(rows) + 1, MIN))
+                if rows:
+                    np.cumsum(rows, axis=0, out=cumulative[1:])
+                ends = np.asarray(closing, dtype=np.int64) + base_width
+            marks = np.arange(first, last + 1, width)
+            self._record(index, marks, self.now + cumulative[np.searchsorted(ends, marks, side="right")])
+        self.now = after
+
+    def since(self, index: int, boundary: int) -> np.ndarray | None:
+        """Closed time from ``boundary`` (a bucket start of level ``index``) on; None if not marked."""
+        slot = (boundary // self.widths[index]) % len(self.boundaries[index])
+        if self.boundaries[index][slot] != boundary:
+            return None
+        return self.now - self.values[index][slot]
 
 
 class SeriesWindows:
@@ -263,6 +326,7 @@ class SeriesWindows:
         self.open_starts: set[int] = set()
         self._closed_sums: dict[tuple[int, int], np.ndarray] = {}
         self._prefixes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._running: _RunningTotals | None = None  # made by the first ``closed_totals`` up to now
 
     @property
     def base_width(self) -> int:
@@ -337,6 +401,7 @@ class SeriesWindows:
     def _closed_changed(self) -> None:
         self._closed_sums.clear()
         self._prefixes.clear()
+        self._running = None
 
     def close_until(self, watermark: float) -> list[int]:
         """Close base buckets ending at or before ``watermark``; return their starts."""
@@ -345,13 +410,19 @@ class SeriesWindows:
         if horizon <= self.closed_until:
             return []
         closing = sorted(s for s in self.open_starts if s < horizon)
+        running = self._running
         self._closed_changed()
         base = self.levels[0]
+        rows = []
         for start in closing:
             self.open_starts.discard(start)
             stats, sketch = base.bucket(start)
+            rows.append(stats[:MIN])
             for level in self.levels[1:]:
                 level.add_row(bucket_start(start, level.width), stats, sketch, mark=start + width)
+        if running is not None:  # closing only appends to closed time: carry the running totals on
+            running.advance(self.closed_until, horizon, closing, rows)
+            self._running = running
         self.closed_until = horizon
         return closing
 
@@ -394,11 +465,29 @@ class SeriesWindows:
         if lo < closed:
             row += self.closed_totals(lo, closed)
         if hi > self.closed_until:
-            row += self.levels[0].range_sum(max(lo, self.closed_until), hi)
+            row += self.open_totals(lo, hi)
+        return row
+
+    def open_totals(self, lo: int, hi: int) -> np.ndarray:
+        """Additive columns of the open base buckets starting in [lo, hi) (a handful, not a ring scan)."""
+        row = np.zeros(MIN)
+        base = self.levels[0]
+        for start in self.open_starts:
+            if lo <= start < hi:
+                row += base.stats[base.slot_of(start), :MIN]
         return row
 
     def closed_totals(self, lo: int, hi: int) -> np.ndarray:
-        """``totals`` of closed time; cached, as closed buckets change only at the next close."""
+        """``totals`` of closed time. Up to the newest close (what every SLO window asks) it is a
+        difference of running totals, O(1); other spans are summed and cached until the next close."""
+        if hi == self.closed_until:
+            running = self._running
+            if running is None:
+                running = self._running = _RunningTotals.of(self)
+            index, start = self._answering_level(lo)
+            part = running.since(index, start)
+            if part is not None:
+                return part
         key = (lo, hi)
         part = self._closed_sums.get(key)
         if part is None:
@@ -419,28 +508,33 @@ class SeriesWindows:
         i, j = np.searchsorted(starts, (first, last))
         return cumulative[j] - cumulative[i]
 
+    def _answering_level(self, lo: int) -> tuple[int, int]:
+        """The finest level that still holds ``lo``'s bucket (the coarsest if none), and that bucket."""
+        top = len(self.levels) - 1
+        for index, level in enumerate(self.levels):
+            start = bucket_start(lo, level.width)
+            if index == top or self._retained(level, start):
+                return index, start
+        raise AssertionError("unreachable: the coarsest level always answers")
+
     def _sum(self, lo: int, hi: int) -> np.ndarray:
         """Closed [lo, hi): the finest level that still holds ``lo`` sums the bulk, finer
         levels the newest tail. Same buckets' worth as ``aggregate``'s cover (the start
         rounded out at the finest level holding it), in one numpy mask per level."""
-        for index, level in enumerate(self.levels):
-            start = bucket_start(lo, level.width)
-            if index < len(self.levels) - 1 and not self._retained(level, start):
-                continue
-            if index == 0:
-                return self._closed_range(0, start, hi)
-            tail = bucket_start(hi, level.width)
-            row = self._closed_range(index, start, tail)
-            current = index
-            for finer_index in range(index - 1, -1, -1):
-                finer = self.levels[finer_index]
-                stop = hi if finer_index == 0 else bucket_start(hi, finer.width)
-                if tail < stop and not self._retained(finer, tail):  # an old end: round it out
-                    return row + self._closed_range(current, tail, tail + self.levels[current].width)
-                row = row + self._closed_range(finer_index, tail, stop)
-                tail, current = stop, finer_index
-            return row
-        raise AssertionError("unreachable: the coarsest level always answers")
+        index, start = self._answering_level(lo)
+        if index == 0:
+            return self._closed_range(0, start, hi)
+        tail = bucket_start(hi, self.levels[index].width)
+        row = self._closed_range(index, start, tail)
+        current = index
+        for finer_index in range(index - 1, -1, -1):
+            finer = self.levels[finer_index]
+            stop = hi if finer_index == 0 else bucket_start(hi, finer.width)
+            if tail < stop and not self._retained(finer, tail):  # an old end: round it out
+                return row + self._closed_range(current, tail, tail + self.levels[current].width)
+            row = row + self._closed_range(finer_index, tail, stop)
+            tail, current = stop, finer_index
+        return row
 
     def _cover(self, lo: int, hi: int, top: int) -> list[tuple[_Level, int]]:
         """Buckets that tile [lo, hi), coarsest first, finer levels for the edges."""
