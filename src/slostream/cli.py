@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--batched-records", type=int, default=20_000)
     bench.add_argument("--single-records", type=int, default=300_000)
+    bench.add_argument("--rounds", type=int, default=3, help="interleaved runs with and without SLOs")
     return parser
 
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from slostream.bench import run_bench
 
-            return run_bench(args.batched_records, args.single_records, args.json)
+            return run_bench(args.batched_records, args.single_records, args.json, args.rounds)
     except ConfigError as exc:
         print(f"slostream: configuration error: {exc}", file=sys.stderr)
         return 2
