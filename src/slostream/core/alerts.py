@@ -57,6 +57,11 @@ class Condition:
     labels: dict[str, str]
     holds: bool
     annotations: dict[str, str] = field(default_factory=dict)
+    key: str = ""  # the labels' fingerprint, when the caller has it at hand
+
+    @property
+    def fingerprint(self) -> str:
+        return self.key or fingerprint(self.labels)
 
 
 @dataclass(frozen=True)
@@ -124,9 +129,9 @@ class AlertBook:
         for key in [k for k, a in self.alerts.items()
                     if a.ends_at is not None and a.ends_at < forget and self._raised(a) is None]:
             del self.alerts[key]
-        holding = {fingerprint(c.labels): c for c in conditions if c.holds}
+        holding = {c.fingerprint: c for c in conditions if c.holds}
         for condition in conditions:
-            key = fingerprint(condition.labels)
+            key = condition.fingerprint
             holds = key in holding and not self._inhibited(condition.labels, holding)
             alert = self.alerts.get(key)
             raised = self._raised(alert)

@@ -26,6 +26,9 @@ from .budget import BurnTier
 AGGREGATES = ("p50", "p90", "p95", "p99", "mean", "max", "error_ratio", "throughput")
 
 
+_COMPARE = {"value_le": np.less_equal, "value_lt": np.less, "value_ge": np.greater_equal, "value_gt": np.greater}
+
+
 @dataclass(frozen=True)
 class GoodRule:
     """``ok`` (ok == true is good) or a threshold on the value."""
@@ -37,10 +40,7 @@ class GoodRule:
         """1 good, 0 bad, -1 nothing to judge (no ok, or no value), per measurement."""
         if self.kind == "ok":
             return oks
-        compare = {"value_le": np.less_equal, "value_lt": np.less,
-                   "value_ge": np.greater_equal, "value_gt": np.greater}[self.kind]
-        with np.errstate(invalid="ignore"):
-            good = compare(values, self.threshold).astype(np.int8)
+        good = _COMPARE[self.kind](values, self.threshold).astype(np.int8)  # NaN compares False, silently
         good[np.isnan(values)] = -1
         return good
 
@@ -49,6 +49,20 @@ class GoodRule:
             return "ok"
         symbol = {"value_le": "<=", "value_lt": "<", "value_ge": ">=", "value_gt": ">"}[self.kind]
         return f"{symbol} {self.threshold:g}"
+
+
+class Tally:
+    """Good and judged counts of any run of a batch's flags, from two running sums."""
+
+    __slots__ = ("good", "judged")
+
+    def __init__(self, flags: np.ndarray):
+        self.good = np.concatenate(([0], np.cumsum(flags == 1)))
+        self.judged = np.concatenate(([0], np.cumsum(flags >= 0)))
+
+    def counts(self, first: int, stop: int) -> tuple[int, int]:
+        """(good, judged) among flags[first:stop]."""
+        return int(self.good[stop] - self.good[first]), int(self.judged[stop] - self.judged[first])
 
 
 @dataclass(frozen=True)

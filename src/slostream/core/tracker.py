@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from .alerts import Condition
+from .alerts import Condition, fingerprint
 from .budget import Budget, BurnTier, burn_rate, evaluate_tiers, time_to_exhaustion
 from .objectives import Slo, Timeslices
 from .windows import OK, OK_KNOWN, Resolution, SeriesWindows, bucket_start
@@ -46,14 +46,20 @@ class SloTracker:
         self.evaluated_at = -1  # end of the windows of the last evaluation
         self.dirty = True
         self.sources = 0  # series feeding this SLO in this partition (label sets)
+        self._labels: dict[tuple[str, str], tuple[dict[str, str], str]] = {}
 
     @property
     def base_width(self) -> int:
         return self.events.base_width
 
-    def feed(self, start: int, values: np.ndarray, oks: np.ndarray, offsets: np.ndarray, newest_ts: float) -> int:
-        """Judge and count the measurements of one base bucket (offsets ascending)."""
-        added = self.events.add_flags(start, self.slo.good.flags(values, oks), offsets)
+    def feed(self, start: int, values: np.ndarray, oks: np.ndarray, offsets: np.ndarray, newest_ts: float,
+             counts: tuple[int, int] | None = None) -> int:
+        """Judge and count the measurements of one base bucket (offsets ascending); ``counts``
+        is (good, judged) when the caller has judged them already."""
+        if counts is not None and self.events.add_counts(start, offsets, *counts):
+            added = int(offsets.size)
+        else:
+            added = self.events.add_flags(start, self.slo.good.flags(values, oks), offsets)
         self.last_seen = max(self.last_seen, newest_ts)
         self.dirty = True
         return added
@@ -118,7 +124,7 @@ class SloTracker:
                     break
             # Annotations are read only when an alert fires or holds: build them only then.
             notes = self._burn_annotations(*holding, end, over) if holding else {}
-            conditions.append(Condition(self.labels(BURN_ALERT, severity), holding is not None, notes))
+            conditions.append(self._condition(BURN_ALERT, severity, holding is not None, notes))
         if slo.no_data_s is not None and self.last_seen > -math.inf:
             silent_for = now - self.last_seen
             silent = silent_for >= slo.no_data_s
@@ -126,7 +132,7 @@ class SloTracker:
                 f"{slo.service} sends no {slo.metric} measurements",
                 f"No measurement for SLO {slo.name} for {silent_for:.0f}s (alerting after {slo.no_data_s}s).",
             ) if silent else {}
-            conditions.append(Condition(self.labels(NO_DATA_ALERT, slo.no_data_severity), silent, notes))
+            conditions.append(self._condition(NO_DATA_ALERT, slo.no_data_severity, silent, notes))
         return conditions
 
     def _window_counts(self, end: int):
@@ -213,6 +219,14 @@ class SloTracker:
     def labels(self, alertname: str, severity: str) -> dict[str, str]:
         return {**self.slo.labels, "alertname": alertname, "service": self.slo.service, "slo": self.slo.name,
                 "severity": severity}
+
+    def _condition(self, alertname: str, severity: str, holds: bool, notes: dict[str, str]) -> Condition:
+        """Labels and fingerprint are made once per alert: judging runs at every bucket."""
+        made = self._labels.get((alertname, severity))
+        if made is None:
+            labels = self.labels(alertname, severity)
+            made = self._labels[(alertname, severity)] = (labels, fingerprint(labels))
+        return Condition(made[0], holds, notes, made[1])
 
     def _annotations(self, summary: str, description: str, **extra: str) -> dict[str, str]:
         notes = {"summary": summary, "description": description, **extra}

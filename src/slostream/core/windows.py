@@ -58,8 +58,9 @@ def empty_stats() -> np.ndarray:
 
 def merge_stats_into(target: np.ndarray, other: np.ndarray) -> None:
     target[:MIN] += other[:MIN]
-    target[MIN] = min(target[MIN], other[MIN])
-    target[MAX] = max(target[MAX], other[MAX])
+    if other[VALUES]:  # a row without values (every count-only SLO row) leaves min and max alone
+        target[MIN] = min(target[MIN], other[MIN])
+        target[MAX] = max(target[MAX], other[MAX])
 
 
 def bucket_start(ts: float, width: int) -> int:
@@ -327,6 +328,7 @@ class SeriesWindows:
         self._closed_sums: dict[tuple[int, int], np.ndarray] = {}
         self._prefixes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._running: _RunningTotals | None = None  # made by the first ``closed_totals`` up to now
+        self._oldest_held: tuple[int, list[int]] = (-1, [])  # (closed_until, oldest bucket each level holds)
 
     @property
     def base_width(self) -> int:
@@ -368,12 +370,21 @@ class SeriesWindows:
         offsets, (flags,) = self._unheld(start, offsets, flags)
         if not flags.size:
             return 0
-        row = self.levels[0].stats[self._open_slot(start, offsets)]
-        good = np.count_nonzero(flags == 1)
-        row[COUNT] += flags.size
-        row[OK_KNOWN] += good + np.count_nonzero(flags == 0)
-        row[OK] += good
+        self.add_counts(start, offsets, int(np.count_nonzero(flags == 1)), int(np.count_nonzero(flags >= 0)))
         return int(flags.size)
+
+    def add_counts(self, start: int, offsets: np.ndarray, good: int, judged: int) -> bool:
+        """``add_flags`` with the counting done by the caller: False, adding nothing, when the
+        bucket already holds some of ``offsets`` (a replay), which only ``add_flags`` can sort out."""
+        base = self.levels[0]
+        slot = base.slot_of(start)
+        if base.starts[slot] == start and base.marks[slot] >= offsets[0]:
+            return False
+        row = base.stats[self._open_slot(start, offsets)]
+        row[COUNT] += offsets.size
+        row[OK_KNOWN] += judged
+        row[OK] += good
+        return True
 
     def _unheld(self, start: int, offsets: np.ndarray | None, *columns: np.ndarray):
         """Drop the measurements the base bucket already holds (a replay after a torn checkpoint)."""
@@ -394,7 +405,7 @@ class SeriesWindows:
         if start < self.closed_until:
             self._closed_changed()
         if offsets is not None and offsets.size:
-            base.marks[slot] = max(base.marks[slot], int(offsets.max()))
+            base.marks[slot] = max(base.marks[slot], int(offsets[-1]))  # ascending
         self.open_starts.add(start)
         return slot
 
@@ -510,12 +521,16 @@ class SeriesWindows:
 
     def _answering_level(self, lo: int) -> tuple[int, int]:
         """The finest level that still holds ``lo``'s bucket (the coarsest if none), and that bucket."""
-        top = len(self.levels) - 1
-        for index, level in enumerate(self.levels):
-            start = bucket_start(lo, level.width)
-            if index == top or self._retained(level, start):
+        if self._oldest_held[0] != self.closed_until:
+            self._oldest_held = (self.closed_until, [
+                bucket_start(max(self.closed_until - 1, 0), level.width) - (level.slots - 1) * level.width
+                for level in self.levels[:-1]])
+        for index, oldest in enumerate(self._oldest_held[1]):  # what _retained says, per level
+            width = self.levels[index].width
+            start = int(lo // width) * width
+            if start >= oldest:
                 return index, start
-        raise AssertionError("unreachable: the coarsest level always answers")
+        return len(self.levels) - 1, bucket_start(lo, self.levels[-1].width)
 
     def _sum(self, lo: int, hi: int) -> np.ndarray:
         """Closed [lo, hi): the finest level that still holds ``lo`` sums the bulk, finer

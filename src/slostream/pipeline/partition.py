@@ -23,7 +23,7 @@ from slostream.core.alerts import AlertBook, AlertEvent, Condition
 from slostream.core.control import Command, CommandError
 from slostream.core.events import cloud_event, event_id
 from slostream.core.measurement import Columns, MeasurementDecoder, Reason, Rejection
-from slostream.core.objectives import Policy, Slo
+from slostream.core.objectives import GoodRule, Policy, Slo, Tally
 from slostream.core.policy import PolicyWatch, aggregate_value
 from slostream.core.tracker import SloTracker
 from slostream.core.watermark import Watermark
@@ -214,23 +214,27 @@ class PartitionProcessor:
         starts = (np.floor(cols.ts[idx] / width) * width).astype(np.int64)
         order = np.lexsort((offsets[idx], starts, sids))
         sids, starts, idx = sids[order], starts[order], idx[order]
-        boundaries = np.flatnonzero((np.diff(sids) != 0) | (np.diff(starts) != 0)) + 1
-        values, oks = cols.values, cols.oks
+        bounds = [0, *(np.flatnonzero((np.diff(sids) != 0) | (np.diff(starts) != 0)) + 1).tolist(), len(idx)]
+        # In (series, bucket, offset) order every group is a contiguous run, read through views.
+        values, oks, run_offsets = cols.values[idx], cols.oks[idx], offsets[idx]
+        newest = np.maximum.reduceat(cols.ts[idx], bounds[:-1]) if self.trackers else None
+        tallies: dict[GoodRule, Tally] = {}  # each SLO rule judges the whole slice once
         added = 0
         slo_members: dict[str, list[np.ndarray]] = {}
-        for group in np.split(np.arange(len(idx)), boundaries):
-            first = group[0]
-            series = series_of[sids[first]]
-            members = idx[group]
-            added += series.windows.add(int(starts[first]), values[members], oks[members], offsets[members])
+        for number, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            series = series_of[sids[a]]
+            start = int(starts[a])
+            added += series.windows.add(start, values[a:b], oks[a:b], run_offsets[a:b])
             self._dirty.add(series.ident)
             for tracker in series.trackers:
-                if tracker.sources == 1:  # already in (bucket, offset) order
-                    tracker.feed(int(starts[first]), values[members], oks[members], offsets[members],
-                                 float(cols.ts[members].max()))
+                if tracker.sources == 1:
+                    rule = tracker.slo.good
+                    tally = tallies.get(rule) or tallies.setdefault(rule, Tally(rule.flags(values, oks)))
+                    tracker.feed(start, values[a:b], oks[a:b], run_offsets[a:b], float(newest[number]),
+                                 tally.counts(a, b))
                     self._touched.add(tracker.slo.name)
                 else:
-                    slo_members.setdefault(tracker.slo.name, []).append(members)
+                    slo_members.setdefault(tracker.slo.name, []).append(idx[a:b])
         out.accepted += added
         out.skipped_replay += len(idx) - added
         for name, parts in slo_members.items():
@@ -349,6 +353,8 @@ class PartitionProcessor:
         for watch in series.watches:
             policy = watch.policy
             window = policy.window_s
+            if closed_until < watch.evaluated_until + window:
+                continue  # no new window closed
             last = (closed_until // window) * window
             first = max(watch.evaluated_until + window, last - 10 * window) if watch.evaluated_until else last
             changed = False
