@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--batched-records", type=int, default=20_000)
     bench.add_argument("--single-records", type=int, default=300_000)
-    bench.add_argument("--rounds", type=int, default=3, help="interleaved runs with and without SLOs")
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved runs with and without SLOs")
     return parser
 
 
