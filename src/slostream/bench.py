@@ -318,7 +318,8 @@ def _evaluation_us() -> float:
 def _core_evaluation_cost(payloads: list[bytes], chunk: int, definitions: str, repeats: int = 3) -> float:
     """Extra pipeline time that SLOs and policies cost, measured in one process: a processor with
     and one without them take the same chunks in turn (order flipped each chunk), so machine noise
-    hits both alike. The end-to-end pairs cannot resolve a few percent on two shared cores."""
+    hits both alike. The end-to-end pairs cannot resolve a few percent on two shared cores. With
+    the collector off the baseline is smaller than in the worker, so this errs high."""
     from slostream.slo import load_definition_file
 
     loaded, problems = load_definition_file(definitions)
@@ -330,12 +331,15 @@ def _core_evaluation_cost(payloads: list[bytes], chunk: int, definitions: str, r
     for _ in range(repeats):
         processors = [PartitionProcessor(0, config, now=0.0) for config in configs]
         wall = 0.0
+        gc.collect()
+        gc.disable()  # a collection would be billed to whichever processor happened to trigger it
         for number, first in enumerate(range(0, len(records), chunk)):
             wall += 0.05  # ~20 chunks a second, so the 100 ms limiter judges every other chunk
             for which in ((0, 1) if number % 2 == 0 else (1, 0)):
                 started = time.perf_counter()
                 processors[which].process(records[first:first + chunk], now=wall)
                 spent[which] += time.perf_counter() - started
+        gc.enable()
     return spent[1] / spent[0] - 1
 
 

@@ -140,17 +140,19 @@ class SloTracker:
         windows = self.slices or self.events
         closed = windows.closed_until
         # Every window longer than the grace period shares the open tail [closed, end).
-        open_row = windows.open_totals(closed, end) if end > closed else None
+        if end > closed:
+            open_row = windows.open_totals(closed, end)
+            open_bad, open_total = float(open_row[OK_KNOWN] - open_row[OK]), float(open_row[OK_KNOWN])
         memo: dict[float, tuple[float, float]] = {}
 
         def over(span_s: float) -> tuple[float, float]:
             if span_s not in memo:
                 lo = bucket_start(end - span_s, self.base_width)
-                if open_row is None or lo >= closed:
+                if end <= closed or lo >= closed:
                     memo[span_s] = self.counts(lo, end)
                 else:
-                    row = windows.closed_totals(lo, closed) + open_row
-                    memo[span_s] = float(row[OK_KNOWN] - row[OK]), float(row[OK_KNOWN])
+                    row = windows.closed_totals(lo, closed).tolist()  # Python floats: cheaper arithmetic
+                    memo[span_s] = row[OK_KNOWN] - row[OK] + open_bad, row[OK_KNOWN] + open_total
             return memo[span_s]
 
         return over

@@ -279,7 +279,7 @@ class _RunningTotals:
     def advance(self, old: int, new: int, closing: list[int], rows: list[np.ndarray]) -> None:
         """Closed time moved from ``old`` to ``new``, closing the base buckets ``closing`` (ascending)."""
         base_width = self.widths[0]
-        after = self.now + np.sum(rows, axis=0) if rows else self.now
+        after = self.now + (rows[0] if len(rows) == 1 else np.sum(rows, axis=0)) if rows else self.now
         cumulative = None
         for index, width in enumerate(self.widths):
             last = bucket_start(new, width)
@@ -489,21 +489,23 @@ class SeriesWindows:
         return row
 
     def closed_totals(self, lo: int, hi: int) -> np.ndarray:
-        """``totals`` of closed time. Up to the newest close (what every SLO window asks) it is a
-        difference of running totals, O(1); other spans are summed and cached until the next close."""
-        if hi == self.closed_until:
-            running = self._running
-            if running is None:
-                running = self._running = _RunningTotals.of(self)
-            index, start = self._answering_level(lo)
-            part = running.since(index, start)
-            if part is not None:
-                return part
+        """``totals`` of closed time, cached until the next close. Up to the newest close (what
+        every SLO window asks) it is a difference of running totals, O(1); other spans are summed."""
         key = (lo, hi)
         part = self._closed_sums.get(key)
         if part is None:
-            part = self._closed_sums[key] = self._sum(lo, hi)
+            if hi == self.closed_until:
+                part = self._running_since(lo)
+            if part is None:
+                part = self._sum(lo, hi)
+            self._closed_sums[key] = part
         return part
+
+    def _running_since(self, lo: int) -> np.ndarray | None:
+        running = self._running
+        if running is None:
+            running = self._running = _RunningTotals.of(self)
+        return running.since(*self._answering_level(lo))
 
     def _closed_range(self, index: int, first: int, last: int) -> np.ndarray:
         """Sum of a level's buckets starting in [first, last), from prefix sums kept until the
