@@ -109,12 +109,12 @@ def run_worker(settings: Settings) -> int:
         log.warning("embedded broker at %s (memory-only: state lasts as long as this process)", broker.url)
     try:
         cluster_id = asyncio.run(ensure_topics(settings))
-        if settings.single_record_batches is None:
+        if settings.changelog_fence is None:
             # Tansu misreports end offsets after multi-record batches (see README).
             tansu = cluster_id.startswith("tansu")
-            settings = dataclasses.replace(settings, single_record_batches=tansu)
+            settings = dataclasses.replace(settings, changelog_fence=tansu)
             if tansu:
-                log.info("broker is Tansu (cluster id %r): one record per changelog batch", cluster_id)
+                log.info("broker is Tansu (cluster id %r): checkpoints end with a one-record batch", cluster_id)
         app = create_app(settings)
         worker = faust.Worker(app, loglevel=settings.log_level.upper(), quiet=True)
         worker.execute_from_commandline()

@@ -45,7 +45,7 @@ class Settings:
     tick_interval_s: float = 1.0
     rebalance_timeout_s: float = 5.0
     fetch_max_wait_ms: int = 100
-    single_record_batches: bool | None = None
+    changelog_fence: bool | None = None
     data_dir: str | None = None
     log_level: str = "info"
     source: str = "urn:slostream"
