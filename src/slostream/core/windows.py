@@ -279,7 +279,10 @@ class _RunningTotals:
     def advance(self, old: int, new: int, closing: list[int], rows: list[np.ndarray]) -> None:
         """Closed time moved from ``old`` to ``new``, closing the base buckets ``closing`` (ascending)."""
         base_width = self.widths[0]
-        after = self.now + (rows[0] if len(rows) == 1 else np.sum(rows, axis=0)) if rows else self.now
+        if not rows:
+            after = self.now
+        else:  # one row is the usual close; np.sum over a list of one costs more than the add
+            after = self.now + (rows[0] if len(rows) == 1 else np.sum(rows, axis=0))
         cumulative = None
         for index, width in enumerate(self.widths):
             last = bucket_start(new, width)
@@ -376,11 +379,9 @@ class SeriesWindows:
     def add_counts(self, start: int, offsets: np.ndarray, good: int, judged: int) -> bool:
         """``add_flags`` with the counting done by the caller: False, adding nothing, when the
         bucket already holds some of ``offsets`` (a replay), which only ``add_flags`` can sort out."""
-        base = self.levels[0]
-        slot = base.slot_of(start)
-        if base.starts[slot] == start and base.marks[slot] >= offsets[0]:
+        if self._holds_some(start, offsets):
             return False
-        row = base.stats[self._open_slot(start, offsets)]
+        row = self.levels[0].stats[self._open_slot(start, offsets)]
         row[COUNT] += offsets.size
         row[OK_KNOWN] += judged
         row[OK] += good
@@ -388,13 +389,16 @@ class SeriesWindows:
 
     def _unheld(self, start: int, offsets: np.ndarray | None, *columns: np.ndarray):
         """Drop the measurements the base bucket already holds (a replay after a torn checkpoint)."""
-        base = self.levels[0]
-        if offsets is not None and offsets.size:
-            slot = base.slot_of(start)
-            if base.starts[slot] == start and base.marks[slot] >= offsets[0]:
-                fresh = offsets > base.marks[slot]
-                return offsets[fresh], tuple(c[fresh] for c in columns)
+        if offsets is not None and offsets.size and self._holds_some(start, offsets):
+            fresh = offsets > self.levels[0].marks[self.levels[0].slot_of(start)]
+            return offsets[fresh], tuple(c[fresh] for c in columns)
         return offsets, columns
+
+    def _holds_some(self, start: int, offsets: np.ndarray) -> bool:
+        """Whether the base bucket at ``start`` already holds the first of ``offsets`` (ascending)."""
+        base = self.levels[0]
+        slot = base.slot_of(start)
+        return bool(base.starts[slot] == start and base.marks[slot] >= offsets[0])
 
     def _open_slot(self, start: int, offsets: np.ndarray | None) -> int:
         """Claim the base slot of ``start`` for new measurements and move its replay mark."""

@@ -29,12 +29,11 @@ from slostream.config import Settings
 from slostream.core.control import Command, CommandError, parse_command
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.sinks import AlertSinks
-from slostream.pipeline.partition import SEP, Output, PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.partition import Output, PartitionProcessor, PipelineConfig, SourceRecord, fence_key
 
 log = logging.getLogger("slostream")
 
 STATE_TABLE = "sli-state"
-FENCE = f"{SEP}fence"  # the key, after the partition, that ends each checkpoint on Tansu
 
 
 class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
@@ -300,7 +299,7 @@ class IngestService:
                 # Tansu reports a partition's end offset from the first record of its last batch,
                 # and Faust recovers a changelog only up to the end offset: a last batch of one
                 # record makes the end right. Restore ignores the key.
-                fences = [await self.app.producer.send(changelog, f"{partition}{FENCE}".encode(), b"", partition,
+                fences = [await self.app.producer.send(changelog, fence_key(partition).encode(), b"", partition,
                                                        None, None)
                           for partition in sorted({partition for partition, _, _ in snapshot})]
                 await asyncio.gather(*fences)
@@ -390,7 +389,6 @@ def create_app(settings: Settings) -> SloApp:
         web_port=settings.web_port,
         web_in_thread=False,
         datadir=settings.data_dir or tempfile.mkdtemp(prefix="slostream-"),
-        producer_max_batch_size=16384,
         producer_linger_ms=1,
         broker_commit_every=10_000,
         broker_max_poll_records=5_000,

@@ -594,6 +594,12 @@ class PartitionProcessor:
         return proc
 
 
+def fence_key(partition: int) -> str:
+    """A changelog key that ends a checkpoint on brokers that need it (see the worker); restore
+    skips it like any key it does not know."""
+    return f"{partition}{SEP}fence"
+
+
 def _series_key(service: str, metric: str, labels: dict) -> str:
     return orjson.dumps([service, metric, labels], option=orjson.OPT_SORT_KEYS).decode()
 
