@@ -141,7 +141,9 @@ def test_label_keys_split_series_and_other_labels_do_not():
     config = PipelineConfig(grace_s=0.0, label_keys=("region",))
     items = [{"service": "api", "metric": "http", "ok": i % 2 == 0, "ts": T0 + i,
               "labels": {"region": "eu" if i % 3 else "us", "pod": f"p{i}"}} for i in range(60)]
-    items.append({"service": "api", "metric": "http", "ok": True, "ts": T0 + 70})
+    # Each series closes on its own clock: one later measurement per region.
+    items += [{"service": "api", "metric": "http", "ok": True, "ts": T0 + 70, "labels": {"region": region}}
+              for region in ("eu", "us")]
     proc = PartitionProcessor(0, config, 0.0)
     out = proc.process([SourceRecord("m", 0, 0, T0 + 100, None, orjson.dumps(items))], 0.0)
     got = {e["data"]["labels"].get("region"): e["data"]["count"] for _, e in out.sli}

@@ -232,7 +232,11 @@ def test_low_traffic_guard_and_no_data_alert():
         feed.send(T0 + t, False)
     assert feed.times("firing", "page") == []
     assert feed.proc.trackers["co"].status["tiers"][0]["low_traffic"] is True
-    feed.send(T0 + 700, True, metric="other")  # the partition moves on; checkout stays quiet
+    feed.send(T0 + 700, True, metric="other")  # another series moves on: checkout's clock does not
+    assert feed.times("firing", "ticket") == []
+    # Checkout stays quiet: after idle_after_s (5 s) of wall time its clock runs on at wall speed.
+    assert feed.proc.tick(100.0).alerts == []  # 95 s on: not yet silent for 120 s
+    feed.alerts.extend(event for _, event in feed.proc.tick(200.0).alerts)
     assert feed.times("firing", "ticket") and feed.alerts[-1]["data"]["labels"]["alertname"] == "SLONoData"
 
 

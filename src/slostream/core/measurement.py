@@ -31,6 +31,7 @@ class Reason(enum.StrEnum):
     TOO_LARGE = "too_large"
     TOO_LATE = "too_late"
     BAD_COMMAND = "bad_command"  # a control-topic command that cannot be applied
+    UNDECODABLE_BATCH = "undecodable_batch"  # a fetched batch that is corrupt or uses an unknown codec
 
 
 AwareDatetime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
@@ -42,7 +43,7 @@ _EMPTY_ARRAY = "empty array: a record must hold at least one measurement"
 MAX_PLAUSIBLE_TS = 1e11
 
 
-class Measurement(msgspec.Struct, gc=False):
+class Measurement(msgspec.Struct, gc=False, omit_defaults=True):
     service: NonEmpty
     metric: NonEmpty
     value: float | None = None

@@ -1,19 +1,22 @@
-"""Per-partition event-time watermark with grace and idle advance.
+"""Per-series event time: running maxima in record order, watermarks with grace, idle advance.
 
-The watermark trails the largest event time seen by ``grace`` seconds. Each
-element is judged against the watermark left by the elements *before* it, so a
-record sequence gives the same verdicts however it is split into batches (which
-is what makes a replay after a crash reproduce the original run).
+Each series keeps its own clock: the newest event time it has seen, and a
+watermark that trails it by the grace period. A measurement is judged against
+the watermark its own series had before it, never against unrelated series that
+share its partition, so a service whose clock runs ahead, or that flushes a
+minute at a time, cannot make its neighbours late.
 
->>> w = Watermark(grace=30)
->>> w.observe(np.array([100.0, 200.0, 150.0])).tolist()
-[-inf, 70.0, 170.0]
->>> w.value
-170.0
->>> w.advance_idle(now=1005.0, last_activity=1000.0, idle_after=5.0)
-True
->>> w.value
-175.0
+``running_max_before`` computes, for every element of a batch at once, the
+largest event time its group (series) had seen before it. The verdicts depend
+only on the record order, so a record sequence gets the same verdicts however it
+is cut into fetch batches, and a replay reproduces the original run.
+
+>>> before, final = running_max_before(np.array([0, 1, 0, 1]), np.array([100.0, 500.0, 90.0, 510.0]),
+...                                    np.array([-np.inf, 450.0]))
+>>> before.tolist(), final.tolist()
+([-inf, 450.0, 100.0, 500.0], [100.0, 510.0])
+>>> idle_watermark(max_ts=1000.0, watermark=970.0, quiet=12.0, grace=30.0, idle_after=5.0)
+977.0
 """
 
 from __future__ import annotations
@@ -23,50 +26,43 @@ import numpy as np
 STATE_VERSION = 1
 
 
-class Watermark:
-    def __init__(self, grace: float = 30.0):
-        self.grace = grace
-        self.max_event_ts = -np.inf
-        self.value = -np.inf
-
-    def observe(self, ts: np.ndarray) -> np.ndarray:
-        """Watermark in force before each element; then advance past all of them."""
-        if ts.size == 0:
-            return np.zeros(0)
-        seen = np.maximum.accumulate(np.concatenate(([self.max_event_ts], ts)))
-        before = np.maximum(seen[:-1] - self.grace, self.value)
-        self.max_event_ts = float(seen[-1])
-        self.value = max(self.value, self.max_event_ts - self.grace)
-        return before
-
-    def advance_idle(self, now: float, last_activity: float, idle_after: float) -> bool:
-        """Let event time run at wall speed while the partition is quiet.
-
-        An idle service still burns error budget, so its windows must close even
-        when nothing arrives. Returns whether the watermark moved.
-        """
-        quiet = now - last_activity
-        if quiet < idle_after or self.max_event_ts == -np.inf:
-            return False
-        target = self.max_event_ts + quiet - self.grace
-        if target <= self.value:
-            return False
-        self.value = target
-        return True
-
-    def to_state(self) -> dict:
-        return {"v": STATE_VERSION, "grace": self.grace, "max_event_ts": _finite_or_none(self.max_event_ts),
-                "value": _finite_or_none(self.value)}
-
-    @classmethod
-    def from_state(cls, state: dict) -> "Watermark":
-        if state.get("v") != STATE_VERSION:
-            raise ValueError(f"unsupported watermark state version {state.get('v')!r}")
-        mark = cls(state["grace"])
-        mark.max_event_ts = -np.inf if state["max_event_ts"] is None else state["max_event_ts"]
-        mark.value = -np.inf if state["value"] is None else state["value"]
-        return mark
+def running_max_before(groups: np.ndarray, values: np.ndarray, initial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each element, the largest of ``initial[group]`` and the values of the elements before it
+    in its group; and each group's largest value after all of them. ``groups`` are dense integers
+    indexing ``initial``. Exact (ranks, not float offsets), O(n log n) in numpy."""
+    n = values.size
+    final = initial.astype(np.float64, copy=True)
+    if n == 0:
+        return np.zeros(0), final
+    order = np.argsort(groups, kind="stable")
+    sorted_groups = groups[order].astype(np.int64)
+    levels, ranks = np.unique(values[order], return_inverse=True)
+    # Group g's keys lie in [g * m, (g + 1) * m): a running maximum never leaks across groups.
+    m = levels.size
+    keys = sorted_groups * m + ranks.reshape(-1)
+    running = np.maximum.accumulate(keys) - sorted_groups * m
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
+    previous = np.empty(n, dtype=np.int64)
+    previous[0] = -1
+    previous[1:] = running[:-1]
+    previous[starts] = -1
+    before_sorted = np.where(previous >= 0, levels[np.maximum(previous, 0)], -np.inf)
+    before_sorted = np.maximum(before_sorted, initial[sorted_groups])
+    before = np.empty(n)
+    before[order] = before_sorted
+    ends = np.flatnonzero(np.append(starts[1:], True))
+    np.maximum.at(final, sorted_groups[ends], levels[running[ends]])
+    return before, final
 
 
-def _finite_or_none(x: float) -> float | None:
-    return None if x == -np.inf else float(x)
+def idle_watermark(max_ts: float, watermark: float, quiet: float, grace: float, idle_after: float) -> float:
+    """The watermark of a series that has sent nothing for ``quiet`` seconds of wall time.
+
+    After ``idle_after`` seconds of quiet, its event time runs on at wall speed from where the
+    watermark stood, so an idle service still has its windows closed (and still burns budget).
+    A producer that flushes every F seconds loses nothing as long as F <= idle_after + grace.
+    """
+    if quiet < idle_after or max_ts == -np.inf:
+        return watermark
+    return max(watermark, max_ts - grace + (quiet - idle_after))

@@ -27,9 +27,12 @@ from faust.types import TP
 
 from slostream.config import Settings
 from slostream.core.control import Command, CommandError, parse_command
+from slostream.core.measurement import Reason, Rejection
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.sinks import AlertSinks
-from slostream.pipeline.partition import Output, PartitionProcessor, PipelineConfig, SourceRecord, fence_key
+from slostream.io import undecodable
+from slostream.pipeline.partition import (Output, PartitionProcessor, PipelineConfig, SourceRecord, deadletter_event,
+                                          fence_key)
 
 log = logging.getLogger("slostream")
 
@@ -108,8 +111,9 @@ class OutputProducer(mode.Service):
     async def on_stop(self) -> None:
         await self.producer.stop()
 
-    async def send(self, topic: str, key: bytes, value: bytes) -> None:
-        await self.producer.send(topic, value, key=key)
+    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
+                   headers: list[tuple[str, bytes]] | None = None) -> None:
+        await self.producer.send(topic, value, key=key, partition=partition, headers=headers)
 
     async def flush(self) -> None:
         await self.producer.flush()
@@ -138,6 +142,7 @@ class IngestService:
             alert_cooldown_s=settings.alert_cooldown_s,
             escalate_after_s=settings.escalate_after_s,
             evaluation_interval_s=EVALUATION_INTERVAL_S,
+            partitions=settings.partitions,
         )
         self.sinks: AlertSinks | None = None
         # Every control command since the start of the topic, for partitions restored later.
@@ -151,6 +156,10 @@ class IngestService:
         self.accepted = 0
         self.records_consumed = 0
         self.skipped_replay = 0
+        self.forwarded = 0
+        self.forward_duplicates = 0
+        self.undecodable_batches = 0
+        self._undecodable_letters: list[tuple[bytes, dict]] = []
         self.sli_emitted = 0
         self.checkpoints = 0
         self._uncheckpointed: set[int] = set()
@@ -197,7 +206,7 @@ class IngestService:
         for chunk in _chunks(batch):
             started = time.perf_counter()
             records = [
-                SourceRecord(r.topic, r.partition, r.offset, (r.timestamp or 0) / 1000.0, r.key, r.value)
+                SourceRecord(r.topic, r.partition, r.offset, (r.timestamp or 0) / 1000.0, r.key, r.value, r.headers)
                 for r in chunk
             ]
             async with self.lock:
@@ -209,8 +218,20 @@ class IngestService:
             self.records_consumed += len(records)
             self.metrics.observe_batch(time.perf_counter() - started)
 
+    def skipped_batch(self, topic: str, partition: int, first: int, after: int, error: str) -> None:
+        """A fetched batch that could not be decoded was skipped (see ``io.undecodable``): count it and
+        dead-letter a note of it (its bytes cannot be read, so none are attached)."""
+        self.undecodable_batches += 1
+        record = SourceRecord(topic, partition, first, time.time(), None, None)
+        message = f"record batch at offsets {first}-{after - 1} could not be decoded and was skipped: {error}"
+        self._undecodable_letters.append(deadletter_event(
+            self.pipeline_config, record, Rejection(0, None, Reason.UNDECODABLE_BATCH, message)))
+
     async def tick(self) -> None:
         async with self.lock:
+            if self._undecodable_letters:
+                letters, self._undecodable_letters = self._undecodable_letters, []
+                await self._emit(Output(deadletter=letters))
             if self.ready():
                 # Partitions without traffic still evaluate their SLOs and take control commands.
                 for tp in self.app.consumer.assignment():
@@ -258,18 +279,24 @@ class IngestService:
         for key, event in out.breaches:
             await self.outputs.send(self.breaches_topic, key, orjson.dumps(event))
             self.breaches_emitted += 1
+        for forward in out.forwards:
+            await self.outputs.send(self.topic, None, forward.value, forward.partition, forward.headers)
         for key, event in out.deadletter:
             await self.outputs.send(self.deadletter_topic, key, orjson.dumps(event))
             self.rejected[event["data"]["reason"]] += 1
         self.accepted += out.accepted
         self.skipped_replay += out.skipped_replay
+        self.forwarded += out.forwarded
+        self.forward_duplicates += out.forward_duplicates
         self.sli_emitted += len(out.sli)
 
     async def checkpoint(self, partitions: set[int] | None = None) -> None:
-        """Persist changed state, wait until it is durable, then commit its offsets.
+        """Make the output events (forwarded measurements included) durable, then the changed state,
+        then commit its offsets: neither the state nor the committed offset ever runs ahead of what
+        was produced, so a crash can only make a source forward (and emit) again, never lose it.
 
-        The snapshot is taken under the processing lock; the wait for the broker
-        is not, so ingest goes on while the changelog drains.
+        The snapshot is taken under the processing lock; the waits for the broker
+        are not, so ingest goes on while they drain.
         """
         async with self._checkpoint_lock:
             snapshot: list[tuple[int, bytes, bytes]] = []
@@ -288,6 +315,7 @@ class IngestService:
                     if offset >= 0:
                         offsets[TP(self.topic, partition)] = offset + 1
                 self._uncheckpointed -= due
+            await self.outputs.flush()
             # Straight to the producer, not Faust's send_soon buffer, whose flush()
             # gives up after 0.1 s without a send and would let the commit run
             # ahead of the changelog. Checkpoints are serialised, so order holds.
@@ -303,7 +331,6 @@ class IngestService:
                                                        None, None)
                           for partition in sorted({partition for partition, _, _ in snapshot})]
                 await asyncio.gather(*fences)
-            await self.outputs.flush()
             if offsets:
                 committed = await self.app.consumer._commit(offsets)
                 if not committed:
@@ -404,6 +431,7 @@ def create_app(settings: Settings) -> SloApp:
     outputs = OutputProducer(settings.broker_hosts)
     app.add_dependency(outputs)
     ingest = IngestService(app, settings, metrics, outputs)
+    undecodable.install(ingest.skipped_batch)
     metrics.attach(ingest)
     app.ingest = ingest
     app.topics.add(ingest.measurements)

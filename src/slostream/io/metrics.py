@@ -25,6 +25,10 @@ SLI_GAUGES = (
 )
 
 
+# As client_python writes them (str of the float): quantile="0.5", not "0.50".
+QUANTILE_LABELS = {"p50": "0.5", "p90": "0.9", "p95": "0.95", "p99": "0.99"}
+
+
 class PipelineMetrics:
     """One registry per worker (and per test), never the global default."""
 
@@ -68,6 +72,15 @@ class _StateCollector(Collector):
         for reason in Reason:
             rejected.add_metric([reason.value], ingest.rejected.get(reason.value, 0))
         yield rejected
+        yield _counter("slostream_ingest_measurements_forwarded",
+                       "Measurements read here and forwarded to the partition that owns their service.",
+                       ingest.forwarded)
+        yield _counter("slostream_ingest_forward_duplicates",
+                       "Forwarded measurements dropped because this owner already held them (a source replayed).",
+                       ingest.forward_duplicates)
+        yield _counter("slostream_ingest_undecodable_batches",
+                       "Fetched record batches that could not be decoded (corrupt, or an unknown codec) and "
+                       "were skipped.", ingest.undecodable_batches)
         yield _counter("slostream_sli_events", "SLI window events emitted.", ingest.sli_emitted)
         yield _counter("slostream_checkpoints", "State checkpoints completed.", ingest.checkpoints)
         lag = GaugeMetricFamily("slostream_consumer_lag_records",
@@ -77,7 +90,8 @@ class _StateCollector(Collector):
             lag.add_metric([str(partition)], value)
         yield lag
         watermark = GaugeMetricFamily("slostream_watermark_seconds",
-                                      "Event-time watermark per partition (Unix seconds).",
+                                      "Newest event time in the partition minus the grace period (Unix "
+                                      "seconds); each series has its own watermark.",
                                       labels=["partition"])
         label_keys = list(ingest.settings.label_keys)
         series_labels = ["service", "metric", *label_keys]
@@ -90,8 +104,8 @@ class _StateCollector(Collector):
                                        "End of the last closed report window (Unix seconds).",
                                        labels=series_labels)
         for partition, proc in sorted(ingest.processors.items()):
-            if proc.watermark.value > float("-inf"):
-                watermark.add_metric([str(partition)], proc.watermark.value)
+            if proc.newest_event_ts > float("-inf"):
+                watermark.add_metric([str(partition)], proc.newest_event_ts - ingest.settings.grace_s)
             for series in proc.series.values():
                 report = series.last_report
                 if report is None:
@@ -104,7 +118,7 @@ class _StateCollector(Collector):
                 named = dict(zip(series_labels, labels))
                 for q in ("p50", "p90", "p95", "p99"):
                     if report.get(q) is not None:
-                        summary.add_sample("slostream_sli_window_value", {**named, "quantile": f"0.{q[1:]}"},
+                        summary.add_sample("slostream_sli_window_value", {**named, "quantile": QUANTILE_LABELS[q]},
                                            report[q])
                 summary.add_sample("slostream_sli_window_value_count", named, report.get("value_count", 0))
                 summary.add_sample("slostream_sli_window_value_sum", named, report.get("value_sum", 0.0))

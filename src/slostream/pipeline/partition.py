@@ -1,4 +1,9 @@
-"""Per-partition orchestration: records in, SLI and dead-letter events out. No I/O.
+"""Per-partition orchestration: records in, SLI, alert, breach, dead-letter and forwarded records out. No I/O.
+
+Each series has its own event-time clock (``core.watermark``): lateness and window closing follow
+the series' own newest event time, never that of other services sharing the partition. Each
+series and SLO is owned by one partition (``ownership``); measurements read elsewhere are
+forwarded to their owner.
 
 Effectively-once state: every base bucket remembers the last source offset it
 holds and every coarser bucket the last base bucket it absorbed; the partition
@@ -26,12 +31,13 @@ from slostream.core.measurement import Columns, MeasurementDecoder, Reason, Reje
 from slostream.core.objectives import GoodRule, Policy, Slo, Tally
 from slostream.core.policy import PolicyWatch, aggregate_value
 from slostream.core.tracker import SloTracker
-from slostream.core.watermark import Watermark
+from slostream.core.watermark import idle_watermark, running_max_before
 from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Resolution, SeriesWindows, bucket_start
+from slostream.pipeline.ownership import MAX_FORWARD_BYTES, Owners, forward_header, forwarded_from
 
 SEP = "\x1f"
 _SERVICE, _METRIC = operator.attrgetter("service"), operator.attrgetter("metric")
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: a clock per series, forward marks per partition
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
 
 
@@ -42,6 +48,7 @@ class SourceRecord(NamedTuple):
     timestamp: float  # Unix seconds
     key: bytes | None
     value: bytes | None
+    headers: tuple = ()  # (name, bytes) pairs
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,14 @@ class PipelineConfig:
     alert_cooldown_s: float = 300.0
     escalate_after_s: float | None = None
     evaluation_interval_s: float = 0.1
+    partitions: int = 1  # of the measurement topic: who owns which service
+
+    @property
+    def max_source_skew_s(self) -> float:
+        """How far a series' source partitions may lag its newest one before their measurements
+        count as late: open buckets must fit the base ring, with a report window to spare."""
+        base = self.resolutions[0]
+        return base.retention - self.report_window_s - self.grace_s - base.width
 
 
 @dataclass
@@ -69,13 +84,26 @@ class Output:
     deadletter: list[tuple[bytes, dict]] = field(default_factory=list)
     alerts: list[tuple[bytes, dict]] = field(default_factory=list)
     breaches: list[tuple[bytes, dict]] = field(default_factory=list)
+    forwards: list["Forward"] = field(default_factory=list)
     accepted: int = 0
     skipped_replay: int = 0
+    forwarded: int = 0  # measurements sent on to their owner
+    forward_duplicates: int = 0  # forwarded measurements this owner already held (a source replayed)
+
+
+class Forward(NamedTuple):
+    """A record to produce to partition ``partition`` of the measurement topic."""
+
+    partition: int
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    measurements: int
 
 
 class Series:
     __slots__ = ("ident", "key", "service", "metric", "labels", "windows",
-                 "pending_reports", "last_report", "trackers", "watches")
+                 "pending_reports", "last_report", "trackers", "watches", "max_ts", "watermark", "last_activity",
+                 "clocks", "heard")
 
     def __init__(self, ident: tuple, key: str, service: str, metric: str, labels: dict,
                  windows: SeriesWindows):
@@ -89,6 +117,11 @@ class Series:
         self.last_report: dict | None = None
         self.trackers: list[SloTracker] = []  # SLOs this series feeds
         self.watches: list[PolicyWatch] = []  # policies watching this series
+        self.max_ts = -np.inf  # newest event time seen
+        self.watermark = -np.inf  # max_ts - grace, or later when idle
+        self.last_activity = 0.0  # wall time of the last measurement
+        self.clocks: dict[int, float] = {}  # source partition -> newest event time read from it
+        self.heard: dict[int, float] = {}  # source partition -> wall time it last sent this series
 
     def header(self) -> dict:
         return {
@@ -99,12 +132,14 @@ class Series:
             "pending_reports": sorted(self.pending_reports),
             "last_report": self.last_report,
             "watches": {w.policy.name: w.to_state() for w in self.watches},
+            "clock": [_finite_or_none(self.max_ts), _finite_or_none(self.watermark)],
+            "clocks": {str(p): t for p, t in self.clocks.items()},
             "windows": self.windows.header_state(),
         }
 
 
 class PartitionProcessor:
-    """All series of one measurement partition, their watermark and offsets."""
+    """The series and SLOs one measurement partition owns, their clocks, and the offsets applied."""
 
     def __init__(self, partition: int, config: PipelineConfig, now: float):
         if config.report_window_s % config.resolutions[0].width:
@@ -112,12 +147,13 @@ class PartitionProcessor:
         self.partition = partition
         self.config = config
         self.decoder = MeasurementDecoder(config.max_record_bytes, config.max_future_skew_s)
+        self.owners = Owners(config.partitions)
         self.series: dict[tuple, Series] = {}
-        self.watermark = Watermark(config.grace_s)
         self.applied_offset = -1  # last source offset fully processed
-        self.last_activity = now
+        self.forward_marks: dict[int, int] = {}  # source partition -> highest forwarded offset applied
+        self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
+        self.now = now  # wall time of the last batch or tick
         self._dirty: set[tuple] = set()
-        self._closed_horizon = 0
         self.slos_for: dict[tuple[str, str], list[Slo]] = {}
         for slo in config.slos:
             self.slos_for.setdefault((slo.service, slo.metric), []).append(slo)
@@ -125,10 +161,11 @@ class PartitionProcessor:
         for policy in config.policies:
             self.policies_for.setdefault((policy.service, policy.metric), []).append(policy)
         self.trackers: dict[str, SloTracker] = {}
+        self.slo_sources: dict[tuple[str, str], list[Series]] = {}  # (service, metric) -> series feeding SLOs
         self.book = AlertBook(config.alert_cooldown_s, config.escalate_after_s)
         self.control_offset = -1  # last control command applied
         self._book_dirty = False
-        self._touched: set[str] = set()  # trackers with measurements since their last evaluation
+        self._touched: set[str] = set()  # trackers with news since their last evaluation
         self._last_evaluation = -np.inf  # wall time
 
     # --- processing -------------------------------------------------------
@@ -138,77 +175,206 @@ class PartitionProcessor:
         fresh = [r for r in records if r.offset > self.applied_offset]
         if not fresh:
             return out
-        self.last_activity = now
+        self.now = now
         batch = self.decoder.decode([(r.value, r.timestamp) for r in fresh])
         for rejection in batch.rejections:
             out.deadletter.append(self._deadletter(fresh[rejection.record], rejection))
-        cols = batch.columns
         record_offsets = np.fromiter((r.offset for r in fresh), dtype=np.int64, count=len(fresh))
-        numbering = self._number(cols.measurements) if len(cols) else None
-        for start, stop, part, enters_bucket in self._evaluation_slices(cols):
-            if enters_bucket:  # the bucket before is complete: judge it, as live would have
-                self._close_and_evaluate(out, now, force=True)
-            self._ingest(fresh, record_offsets, part, out, numbering[0][start:stop], numbering[1])
+        cols, sources = self._route(fresh, record_offsets, batch.columns, out)
+        if len(cols):
+            self._window(fresh, record_offsets, cols, sources, out, now)
         self.applied_offset = fresh[-1].offset
-        self._close_and_evaluate(out, now)
-        return out
-
-    def _close_and_evaluate(self, out: Output, now: float, force: bool = False) -> None:
-        """Close and report; judge the SLOs at bucket ends and, within a bucket, at most every
-        ``evaluation_interval_s`` of wall time (a busy stream gets many batches per second)."""
-        if self._close_and_report(out):
-            # Closing moves no count, but it judges timeslices and lets time pass for SLOs
-            # that got no data (no-data alerts, burn windows sliding past old errors).
-            horizon = self._closed_horizon
-            stale = [name for name, t in self.trackers.items()
-                     if t.slices is not None or t.evaluated_at < horizon]
-            self._touched.update(stale)
-            force = force or bool(stale)
-        if force:
-            self._evaluate(out, self._touched)
-        elif now - self._last_evaluation >= self.config.evaluation_interval_s:
+        if self._touched and now - self._last_evaluation >= self.config.evaluation_interval_s:
             self._evaluate(out, self._touched)
             self._last_evaluation = now
+        return out
 
-    def _evaluation_slices(self, cols: Columns):
-        """Cut a batch where its event time enters a new base bucket (when SLOs are tracked),
-        saying which parts start such a bucket. SLOs are judged at every such point, so a
-        backlog is judged bucket by bucket and a replay judges exactly where the original
-        run did, however the records were batched."""
+    def _route(self, records: list[SourceRecord], record_offsets: np.ndarray, cols: Columns,
+               out: Output) -> tuple[Columns, np.ndarray]:
+        """Keep what this partition owns, with the partition each measurement was first read on.
+        Forward the rest to its owner; drop forwarded measurements this partition already applied
+        (the source replayed after a crash)."""
+        sources = np.full(len(cols), self.partition, dtype=np.int64)
         if not len(cols):
-            return
-        if not self.slos_for:
-            yield 0, len(cols), cols, False
-            return
-        width = self.config.resolutions[0].width
-        seen = np.maximum.accumulate(np.concatenate(([self.watermark.max_event_ts], cols.ts)))
-        with np.errstate(invalid="ignore"):
-            cuts = np.flatnonzero(np.diff(np.floor(seen / width)) > 0).tolist()
-        starts = cuts if cuts and cuts[0] == 0 else [0, *cuts]
-        for start, stop in zip(starts, [*starts[1:], len(cols)]):
-            part = cols if (start, stop) == (0, len(cols)) else cols.slice(start, stop)
-            yield start, stop, part, start in cuts and self.watermark.max_event_ts > -np.inf
+            return cols, sources
+        keep = np.ones(len(cols), dtype=bool)
+        received = np.zeros(len(cols), dtype=bool)
+        for number, record in enumerate(records):
+            if not record.headers:
+                continue
+            origin = forwarded_from(record.headers)
+            if origin is None:
+                continue
+            source, offsets = origin
+            members = np.flatnonzero(cols.record == number)
+            positions = cols.position[members]
+            if positions.size and (positions.min() < 0 or positions.max() >= len(offsets)):
+                continue  # not a record slostream made: treat it as any other
+            received[members] = True
+            sources[members] = source
+            source_offsets = np.asarray(offsets, dtype=np.int64)[positions]
+            mark = self.forward_marks.get(source, -1)
+            duplicate = source_offsets <= mark
+            keep[members[duplicate]] = False
+            out.forward_duplicates += int(duplicate.sum())
+            if source_offsets.size:
+                self.forward_marks[source] = max(mark, int(source_offsets.max()))
+        if self.config.partitions > 1:
+            owners = self._owners(cols.measurements)
+            foreign = (owners != self.partition) & ~received & keep
+            if foreign.any():
+                self._forward(cols, record_offsets, owners, foreign, out)
+                keep &= ~foreign
+        if keep.all():
+            return cols, sources
+        return cols.select(keep), sources[keep]
 
-    def _ingest(self, records: list[SourceRecord], record_offsets: np.ndarray, cols: Columns, out: Output,
-                ids: np.ndarray, keys: list[tuple]) -> None:
-        """Window one slice of a batch; ``ids``/``keys`` number its series (see ``_number``)."""
+    def _owners(self, ms: list) -> np.ndarray:
+        """The owning partition of each measurement, computed once per distinct service."""
+        n = len(ms)
+        first = np.fromiter(map({}.setdefault, map(_SERVICE, ms), range(n)), dtype=np.int64, count=n)
+        distinct, inverse = np.unique(first, return_inverse=True)
+        return np.fromiter((self.owners(ms[i].service) for i in distinct.tolist()), dtype=np.int64,
+                           count=distinct.size)[inverse.reshape(-1)]
+
+    def _forward(self, cols: Columns, record_offsets: np.ndarray, owners: np.ndarray, foreign: np.ndarray,
+                 out: Output) -> None:
+        """One record per owner (split when large), in source order, each element with its event time
+        made explicit (the forwarded record's own timestamp is not the original's)."""
+        limit = min(MAX_FORWARD_BYTES, self.config.max_record_bytes)
+        for owner in np.unique(owners[foreign]).tolist():
+            idx = np.flatnonzero(foreign & (owners == owner))
+            elements = [m if m.ts is not None else msgspec.structs.replace(m, ts=float(t))
+                        for m, t in zip([cols.measurements[i] for i in idx.tolist()], cols.ts[idx].tolist())]
+            offsets = record_offsets[cols.record[idx]].tolist()
+            out.forwards.extend(_forward_records(owner, self.partition, elements, offsets, limit))
+            out.forwarded += idx.size
+
+    def _window(self, records: list[SourceRecord], record_offsets: np.ndarray, cols: Columns, sources: np.ndarray,
+                out: Output, now: float) -> None:
+        """Judge lateness per series, then window the batch part by part (cut where an SLO's clock
+        enters a new base bucket, so it is judged there as a live run would)."""
         width = self.config.resolutions[0].width
-        before = self.watermark.observe(cols.ts)
-        horizon = np.floor(before / width) * width
+        grace = self.config.grace_s
+        ids, keys = self._number(cols.measurements)
+        known = [self.series.get(key) for key in keys]
+        before, after, newest = self._marks(ids, known, cols.ts, sources, now)
+        with np.errstate(invalid="ignore"):
+            horizon = np.floor(before / width) * width
         late = cols.ts < horizon
-        offsets = record_offsets[cols.record]
         for i in np.flatnonzero(late).tolist():
-            m = cols.measurements[i]
             rejection = Rejection(
                 int(cols.record[i]), None if cols.position[i] < 0 else int(cols.position[i]), Reason.TOO_LATE,
-                f"ts {cols.ts[i]:.3f} is before the watermark's closed horizon {horizon[i]:.0f}",
-                msgspec.to_builtins(m),
+                f"ts {cols.ts[i]:.3f} is before its series' closed horizon {horizon[i]:.0f} "
+                f"(newest event time of the series {newest[i]:.3f}, grace {grace:g}s)",
+                msgspec.to_builtins(cols.measurements[i]),
             )
             out.deadletter.append(self._deadletter(records[rejection.record], rejection))
-        idx = np.flatnonzero(~late)
-        if not idx.size:
+        self.newest_event_ts = max(self.newest_event_ts, float(cols.ts.max()))
+        offsets = record_offsets[cols.record]
+        for start, stop, crossings in self._slices(ids, keys, cols.ts):
+            for key, slo_now in crossings:  # this SLO's clock enters a new bucket: judge the one before
+                self._evaluate(out, [t.slo.name for t in self._trackers_of(key)], slo_now)
+            accepted = np.flatnonzero(~late[start:stop]) + start
+            if accepted.size:
+                self._ingest(accepted, cols, offsets, ids, keys, after, out, now)
+        self._remember_sources(ids, known, keys, cols.ts, sources, now)
+
+    def _marks(self, ids: np.ndarray, known: list, ts: np.ndarray, sources: np.ndarray,
+               now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The watermark of each element's series before and after it, and the series' newest event
+        time before it.
+
+        A series read from several partitions (unkeyed producers: forwarded measurements) has one
+        clock per source partition, and its watermark follows the slowest source still sending
+        (heard within ``idle_after_s``): an owner that reads its own partition ahead of the
+        forwards from a lagging one (a catch-up, a restarted worker) does not make them late. The
+        spread is capped (``max_source_skew_s``) so open buckets always fit the base ring.
+        """
+        grace, skew = self.config.grace_s, self.config.max_source_skew_s
+        n_ids = len(known)
+        mark0 = np.array([-np.inf if s is None else s.watermark for s in known])
+        newest0 = np.array([-np.inf if s is None else s.max_ts for s in known])
+        present = np.unique(sources).tolist()
+        # Sources a series heard from lately but that send nothing in this batch: their clocks stand still.
+        others = np.full(n_ids, np.inf)
+        for i, s in enumerate(known):
+            if s is not None:
+                for p, clock in s.clocks.items():
+                    if p not in present and now - s.heard[p] < self.config.idle_after_s:
+                        others[i] = min(others[i], clock)
+        slowest_before = others[ids]
+        slowest_after = others[ids]
+        newest_before = newest0[ids]
+        for p in present:
+            initial = np.array([-np.inf if s is None else s.clocks.get(p, -np.inf) for s in known])
+            values = ts if len(present) == 1 else np.where(sources == p, ts, -np.inf)
+            clock_before, _ = running_max_before(ids, values, initial)
+            clock_after = np.maximum(clock_before, values)
+            newest_before = np.maximum(newest_before, clock_before)
+            # A source not heard yet holds nothing back.
+            slowest_before = np.minimum(slowest_before, np.where(clock_before > -np.inf, clock_before, np.inf))
+            slowest_after = np.minimum(slowest_after, np.where(clock_after > -np.inf, clock_after, np.inf))
+        newest_after = np.maximum(newest_before, ts)
+
+        def mark(slowest: np.ndarray, newest: np.ndarray) -> np.ndarray:
+            following = np.where(slowest < np.inf, slowest, -np.inf) - grace
+            return np.maximum(np.maximum(mark0[ids], following), newest - skew)
+
+        return mark(slowest_before, newest_before), mark(slowest_after, newest_after), newest_before
+
+    def _remember_sources(self, ids: np.ndarray, known: list, keys: list[tuple], ts: np.ndarray,
+                          sources: np.ndarray, now: float) -> None:
+        """Each series' clock per source partition, and when it last heard from each."""
+        for p in np.unique(sources).tolist():
+            chosen = sources == p
+            top = np.full(len(keys), -np.inf)
+            np.maximum.at(top, ids[chosen], ts[chosen])
+            for i in np.flatnonzero(top > -np.inf).tolist():
+                series = known[i] or self.series.get(keys[i])
+                if series is None:
+                    continue  # every measurement of it was late: no series was made
+                series.clocks[p] = max(series.clocks.get(p, -np.inf), float(top[i]))
+                series.heard[p] = now
+
+    def _slices(self, ids: np.ndarray, keys: list[tuple], ts: np.ndarray):
+        """(start, stop, crossings) parts of a batch: a part starts where the clocks of SLOs (the
+        newest event time of the series they read) enter a new base bucket; ``crossings`` are
+        those SLOs' (service, metric) with their clock before the part."""
+        n = ts.size
+        if not self.slos_for:
+            yield 0, n, []
             return
-        sids = ids[idx]
+        groups = {key[:2] for key in keys if key[:2] in self.slos_for}
+        if not groups:
+            yield 0, n, []
+            return
+        group_keys = sorted(groups)
+        number = {key: g for g, key in enumerate(group_keys)}
+        group_of_id = np.array([number.get(key[:2], -1) for key in keys], dtype=np.int64)
+        members = np.flatnonzero(group_of_id[ids] >= 0)
+        initial = np.array([self._slo_now(key) for key in group_keys])
+        member_groups = group_of_id[ids[members]]
+        before, _ = running_max_before(member_groups, ts[members], initial)
+        after = np.maximum(before, ts[members])
+        width = self.config.resolutions[0].width
+        with np.errstate(invalid="ignore"):
+            crossing = (before > -np.inf) & (np.floor(after / width) > np.floor(before / width))
+        cuts: dict[int, list] = {}
+        for i in np.flatnonzero(crossing).tolist():
+            cuts.setdefault(int(members[i]), []).append((group_keys[member_groups[i]], float(before[i])))
+        bounds = sorted(cuts)
+        if not bounds or bounds[0] != 0:
+            bounds = [0, *bounds]
+        for start, stop in zip(bounds, [*bounds[1:], n]):
+            yield start, stop, cuts.get(start, [])
+
+    def _ingest(self, idx: np.ndarray, cols: Columns, offsets: np.ndarray, all_ids: np.ndarray,
+                keys: list[tuple], marks_after: np.ndarray, out: Output, now: float) -> None:
+        """Window the accepted measurements ``idx`` (ascending) of one part of a batch."""
+        width = self.config.resolutions[0].width
+        grace = self.config.grace_s
+        sids = all_ids[idx]
         # Series are made only for accepted measurements: a late-only key creates none.
         series_of = {i: self._get_series(keys[i]) for i in np.unique(sids).tolist()}
         starts = (np.floor(cols.ts[idx] / width) * width).astype(np.int64)
@@ -217,13 +383,31 @@ class PartitionProcessor:
         bounds = [0, *(np.flatnonzero((np.diff(sids) != 0) | (np.diff(starts) != 0)) + 1).tolist(), len(idx)]
         # In (series, bucket, offset) order every group is a contiguous run, read through views.
         values, oks, run_offsets = cols.values[idx], cols.oks[idx], offsets[idx]
-        newest = np.maximum.reduceat(cols.ts[idx], bounds[:-1]) if self.trackers else None
-        tallies: dict[GoodRule, Tally] = {}  # each SLO rule judges the whole slice once
+        newest = np.maximum.reduceat(cols.ts[idx], bounds[:-1])
+        group_marks = np.maximum.reduceat(marks_after[idx], bounds[:-1])
+        # The watermark each series will have after this part: buckets below it (and below the one
+        # being added) hold everything of this part they will ever hold, so they close as the run
+        # goes. A backlog of hours then never laps the base ring with open buckets.
+        series_max: dict[int, float] = {}
+        series_mark: dict[int, float] = {}
+        group_series = sids[bounds[:-1]]
+        for sid, top, mark in zip(group_series.tolist(), newest.tolist(), group_marks.tolist()):
+            series_max[sid] = max(series_max.get(sid, -np.inf), top)
+            series_mark[sid] = max(series_mark.get(sid, -np.inf), mark)
+        tallies: dict[GoodRule, Tally] = {}  # each SLO rule judges the whole part once
         added = 0
         slo_members: dict[str, list[np.ndarray]] = {}
+        touched: list[tuple[int, Series]] = []
         for number, (a, b) in enumerate(zip(bounds, bounds[1:])):
-            series = series_of[sids[a]]
+            sid = int(group_series[number])
+            series = series_of[sid]
             start = int(starts[a])
+            if a == 0 or group_series[number - 1] != sid:
+                touched.append((sid, series))
+                series.last_activity = now
+                target = max(series.watermark, series_mark[sid])
+            if start > series.windows.closed_until and target > series.windows.closed_until:
+                self._close_series(series, min(start, target), out)
             added += series.windows.add(start, values[a:b], oks[a:b], run_offsets[a:b])
             self._dirty.add(series.ident)
             for tracker in series.trackers:
@@ -239,7 +423,15 @@ class PartitionProcessor:
         out.skipped_replay += len(idx) - added
         for name, parts in slo_members.items():
             self._feed(self.trackers[name], np.concatenate(parts), cols, offsets)
-
+        slo_keys = set()
+        for sid, series in touched:
+            series.max_ts = max(series.max_ts, series_max[sid])
+            series.watermark = max(series.watermark, series_mark[sid])
+            self._close_series(series, series.watermark, out)
+            if series.trackers:
+                slo_keys.add((series.service, series.metric))
+        for key in slo_keys:
+            self._close_slos(key)
     def _feed(self, tracker: SloTracker, members: np.ndarray, cols: Columns, offsets: np.ndarray) -> None:
         """One SLO gathers every series it covers; each base bucket is fed once, in offset order,
         so its replay mark stays exact."""
@@ -276,6 +468,42 @@ class PartitionProcessor:
             return ids, [keys[i] for i in first.tolist()]
         return ids, [(ms[i].service, ms[i].metric) for i in first.tolist()]
 
+    def _close_series(self, series: Series, until: float, out: Output) -> None:
+        """Close what ``until`` (the series' watermark, or less) passed; report due SLI windows at
+        once (their base buckets are still held, however far the clock jumps next); judge policies."""
+        closed = series.windows.close_until(until)
+        if not closed:
+            return
+        report = self.config.report_window_s
+        series.pending_reports.update(bucket_start(s, report) for s in closed)
+        due = sorted(r for r in series.pending_reports if r + report <= series.windows.closed_until)
+        for start in due:
+            series.pending_reports.discard(start)
+            out.sli.append(self._sli_event(series, start, start + report))
+        if series.watches:
+            self._judge_policies(series, out)
+        self._dirty.add(series.ident)
+
+    def _close_slos(self, key: tuple[str, str]) -> None:
+        """An SLO's counts close when every series it reads has passed them (the slowest watermark),
+        so whatever a series accepts its SLOs can still count."""
+        until = min(s.watermark for s in self.slo_sources[key])
+        for tracker in self._trackers_of(key):
+            before = tracker.events.closed_until
+            tracker.close_until(until)
+            if tracker.events.closed_until != before:
+                self._touched.add(tracker.slo.name)  # time passed: burn windows slide, slices judged
+
+    def _trackers_of(self, key: tuple[str, str]) -> list[SloTracker]:
+        return [self.trackers[slo.name] for slo in self.slos_for.get(key, ()) if slo.name in self.trackers]
+
+    def _slo_now(self, key: tuple[str, str]) -> float:
+        """An SLO's clock: the newest event time of the series it reads (or their idle-advanced time)."""
+        return max((self._event_now(s) for s in self.slo_sources.get(key, ())), default=-np.inf)
+
+    def _event_now(self, series: Series) -> float:
+        return max(series.max_ts, series.watermark + self.config.grace_s)
+
     def _get_series(self, key: tuple) -> Series:
         series = self.series.get(key)
         if series is None:
@@ -289,63 +517,50 @@ class PartitionProcessor:
 
     def _attach(self, series: Series) -> None:
         """Wire a series to the SLOs it feeds and the policies that watch it."""
-        for slo in self.slos_for.get((series.service, series.metric), ()):
+        slos = self.slos_for.get((series.service, series.metric), ())
+        for slo in slos:
             tracker = self.trackers.get(slo.name)
             if tracker is None:
                 tracker = self.trackers[slo.name] = SloTracker(slo, self.config.resolutions)
             tracker.sources += 1
             series.trackers.append(tracker)
+        if slos:
+            self.slo_sources.setdefault((series.service, series.metric), []).append(series)
         series.watches = [PolicyWatch(p) for p in self.policies_for.get((series.service, series.metric), ())]
 
     def tick(self, now: float) -> Output:
-        """Advance event time for a quiet partition and close what is due."""
+        """Let event time run on for series that have gone quiet, close what is due, judge their SLOs."""
         out = Output()
-        if self.watermark.advance_idle(now, self.last_activity, self.config.idle_after_s):
-            self._close_and_report(out)
-            self._evaluate(out, self.trackers)
+        self.now = now
+        config = self.config
+        slo_keys = set()
+        for series in self.series.values():
+            sending = [clock for p, clock in series.clocks.items() if now - series.heard[p] < config.idle_after_s]
+            if sending:  # a source that went quiet no longer holds the series back
+                mark = max(series.watermark, min(sending) - config.grace_s)
+            else:
+                mark = idle_watermark(series.max_ts, series.watermark, now - series.last_activity, config.grace_s,
+                                      config.idle_after_s)
+            if mark > series.watermark:
+                series.watermark = mark
+                self._close_series(series, mark, out)
+                if series.trackers:
+                    slo_keys.add((series.service, series.metric))
+        for key in slo_keys:
+            self._close_slos(key)
+            self._touched.update(t.slo.name for t in self._trackers_of(key))
+        if self._touched:
+            self._evaluate(out, self._touched)
             self._last_evaluation = now
-        elif self._touched:  # the tail of the last batch, if the rate limit held it back
-            self._close_and_evaluate(out, now, force=True)
         return out
 
     def evaluate_pending(self, now: float) -> Output:
         """Judge SLOs the wall-clock limiter held back, once the interval has passed."""
         out = Output()
-        if self._touched:
-            self._close_and_evaluate(out, now)
+        if self._touched and now - self._last_evaluation >= self.config.evaluation_interval_s:
+            self._evaluate(out, self._touched)
+            self._last_evaluation = now
         return out
-
-    @property
-    def event_now(self) -> float:
-        """Event time now: the newest event seen, or the idle-advanced time when quiet."""
-        return max(self.watermark.max_event_ts, self.watermark.value + self.watermark.grace)
-
-    def _close_and_report(self, out: Output) -> bool:
-        """Close what the watermark passed; report due SLI windows; judge policies.
-        Returns whether the closed horizon moved."""
-        width = self.config.resolutions[0].width
-        if self.watermark.value == -np.inf:
-            return False
-        horizon = bucket_start(self.watermark.value, width)
-        if horizon <= self._closed_horizon:
-            return False
-        self._closed_horizon = horizon
-        report = self.config.report_window_s
-        for tracker in self.trackers.values():
-            tracker.close_until(self.watermark.value)
-        for key, series in self.series.items():
-            closed = series.windows.close_until(self.watermark.value)
-            if series.watches:
-                self._judge_policies(series, out)
-            if not closed and not series.pending_reports:
-                continue
-            series.pending_reports.update(bucket_start(s, report) for s in closed)
-            due = sorted(r for r in series.pending_reports if r + report <= series.windows.closed_until)
-            for start in due:
-                series.pending_reports.discard(start)
-                out.sli.append(self._sli_event(series, start, start + report))
-            self._dirty.add(key)
-        return True
 
     def _judge_policies(self, series: Series, out: Output) -> None:
         closed_until = series.windows.closed_until
@@ -373,7 +588,7 @@ class PartitionProcessor:
                 self._dirty.add(series.ident)
                 conditions.extend(watch.conditions(series.labels))
         if conditions:
-            self._alert_events(self.book.evaluate(self.event_now, conditions), out)
+            self._alert_events(self.book.evaluate(self._event_now(series), conditions), out)
 
     def _breach_event(self, series: Series, watch: PolicyWatch, transition: tuple[str, str],
                       end: int) -> tuple[bytes, dict]:
@@ -400,16 +615,16 @@ class PartitionProcessor:
                             event_id("breach", policy.name, series.key, end, level), end, data, subject=series.key)
         return series.service.encode(), event
 
-    def _evaluate(self, out: Output, names) -> None:
-        """Budgets, burn rates and alert conditions of the named SLOs at event time now."""
-        if not names or self.watermark.max_event_ts == -np.inf:
-            return
-        now = self.event_now
-        conditions: list[Condition] = []
+    def _evaluate(self, out: Output, names, now: float | None = None) -> None:
+        """Budgets, burn rates and alert conditions of the named SLOs, each at its own clock (or at
+        ``now``, the clock before the part of a batch that moves it into a new bucket)."""
         for name in list(names):
-            conditions.extend(self.trackers[name].judge(now))
-        self._touched.clear()
-        self._alert_events(self.book.evaluate(now, conditions), out)
+            tracker = self.trackers[name]
+            self._touched.discard(name)
+            at = self._slo_now((tracker.slo.service, tracker.slo.metric)) if now is None else now
+            if at == -np.inf:
+                continue
+            self._alert_events(self.book.evaluate(at, tracker.judge(at)), out)
 
     def _alert_events(self, events: list[AlertEvent], out: Output) -> None:
         for alert_event in events:
@@ -443,7 +658,7 @@ class PartitionProcessor:
                 rejection = Rejection(0, None, Reason.BAD_COMMAND, command.message, None)
                 out.deadletter.append(self._deadletter(record, rejection))
             return out
-        now = self.event_now if self.watermark.max_event_ts > -np.inf else command.time
+        now = self.newest_event_ts if self.newest_event_ts > -np.inf else command.time
         if command.kind == "silence":
             events = self.book.silence(now, command.silence)
         elif command.kind == "unsilence":
@@ -481,28 +696,7 @@ class PartitionProcessor:
         return series.service.encode(), event
 
     def _deadletter(self, record: SourceRecord, rejection: Rejection) -> tuple[bytes, dict]:
-        raw = record.value or b""
-        limit = self.config.max_deadletter_bytes
-        data = {
-            "reason": rejection.reason.value,
-            "message": rejection.message,
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "index": rejection.index,
-            "timestamp": record.timestamp,
-            "key_b64": None if record.key is None else base64.b64encode(record.key).decode(),
-            "value_b64": base64.b64encode(raw[:limit]).decode(),
-            "value_size": len(raw),
-            "value_truncated": len(raw) > limit,
-            "element": _jsonable(rejection.element),
-        }
-        event = cloud_event(
-            "slostream.deadletter", self.config.source,
-            event_id("deadletter", record.topic, record.partition, record.offset, rejection.index),
-            record.timestamp, data,
-        )
-        return rejection.reason.value.encode(), event
+        return deadletter_event(self.config, record, rejection)
 
     # --- state ------------------------------------------------------------
 
@@ -532,8 +726,9 @@ class PartitionProcessor:
         partition_state = {
             "v": STATE_VERSION,
             "applied_offset": self.applied_offset,
-            "watermark": self.watermark.to_state(),
             "control_offset": self.control_offset,
+            "forward_marks": {str(p): o for p, o in self.forward_marks.items()},
+            "newest_event_ts": _finite_or_none(self.newest_event_ts),
         }
         writes.append((f"{p}{SEP}c", orjson.dumps(partition_state)))
         return writes, self.applied_offset
@@ -542,6 +737,7 @@ class PartitionProcessor:
     def restore(cls, partition: int, config: PipelineConfig, items, now: float) -> "PartitionProcessor":
         """Rebuild from persisted (key, value) pairs of this partition."""
         proc = cls(partition, config, now)
+        partition_clock = [None, None]
         headers: dict[str, dict] = {}
         slots: dict[str, list] = {}
         tracker_headers: dict[str, dict] = {}
@@ -555,9 +751,13 @@ class PartitionProcessor:
                 state = orjson.loads(value)
                 proc.applied_offset = state["applied_offset"]
                 proc.control_offset = state.get("control_offset", -1)
-                proc.watermark = Watermark.from_state(state["watermark"])
-                if proc.watermark.value > -np.inf:
-                    proc._closed_horizon = bucket_start(proc.watermark.value, config.resolutions[0].width)
+                proc.forward_marks = {int(p): o for p, o in state.get("forward_marks", {}).items()}
+                if state.get("v") == 1:  # one clock for the whole partition: every series starts from it
+                    old = state["watermark"]
+                    partition_clock = [old["max_event_ts"], old["value"]]
+                    proc.newest_event_ts = _from_finite(old["max_event_ts"])
+                else:
+                    proc.newest_event_ts = _from_finite(state["newest_event_ts"])
             elif kind == "h":
                 headers[rest] = orjson.loads(value)
             elif kind == "b":
@@ -585,6 +785,11 @@ class PartitionProcessor:
                 header["service"], header["metric"])
             series = Series(ident, series_key, header["service"], header["metric"], header["labels"], windows)
             series.pending_reports = set(header["pending_reports"])
+            max_ts, watermark = header.get("clock", partition_clock)
+            series.max_ts, series.watermark = _from_finite(max_ts), _from_finite(watermark)
+            series.clocks = {int(p): t for p, t in header.get("clocks", {}).items()}
+            series.heard = dict.fromkeys(series.clocks, now)
+            series.last_activity = now
             series.last_report = header["last_report"]
             proc._attach(series)
             watched = header.get("watches", {})
@@ -592,6 +797,32 @@ class PartitionProcessor:
                               if w.policy.name in watched else w for w in series.watches]
             proc.series[ident] = series
         return proc
+
+
+def deadletter_event(config: PipelineConfig, record: SourceRecord, rejection: Rejection) -> tuple[bytes, dict]:
+    """The dead-letter event of a rejected record (or element), keyed by the reason."""
+    raw = record.value or b""
+    limit = config.max_deadletter_bytes
+    data = {
+        "reason": rejection.reason.value,
+        "message": rejection.message,
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "index": rejection.index,
+        "timestamp": record.timestamp,
+        "key_b64": None if record.key is None else base64.b64encode(record.key).decode(),
+        "value_b64": base64.b64encode(raw[:limit]).decode(),
+        "value_size": len(raw),
+        "value_truncated": len(raw) > limit,
+        "element": _jsonable(rejection.element),
+    }
+    event = cloud_event(
+        "slostream.deadletter", config.source,
+        event_id("deadletter", record.topic, record.partition, record.offset, rejection.index),
+        record.timestamp, data,
+    )
+    return rejection.reason.value.encode(), event
 
 
 def fence_key(partition: int) -> str:
@@ -602,6 +833,24 @@ def fence_key(partition: int) -> str:
 
 def _series_key(service: str, metric: str, labels: dict) -> str:
     return orjson.dumps([service, metric, labels], option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _forward_records(owner: int, source: int, elements: list, offsets: list[int], limit: int) -> list[Forward]:
+    """Forwarded records of at most ``limit`` bytes (halved until they fit; one element always goes)."""
+    value = msgspec.json.encode(elements)
+    if len(value) > limit and len(elements) > 1:
+        half = len(elements) // 2
+        return (_forward_records(owner, source, elements[:half], offsets[:half], limit)
+                + _forward_records(owner, source, elements[half:], offsets[half:], limit))
+    return [Forward(owner, value, [forward_header(source, offsets)], len(elements))]
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if x == -np.inf else float(x)
+
+
+def _from_finite(x: float | None) -> float:
+    return -np.inf if x is None else x
 
 
 def _jsonable(element):

@@ -1,0 +1,213 @@
+"""Ownership and forwarding over the pure pipeline: partitions exchange forwarded records through
+in-memory logs that stand for the measurement topic's partitions (append, read by offset)."""
+
+import random
+
+import numpy as np
+import orjson
+import pytest
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slostream.pipeline.ownership import murmur2, owner_of
+from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+
+T0 = 1_800_000_000 // 60 * 60
+PARTITIONS = 4
+
+
+@given(st.binary(max_size=64))
+def test_murmur2_is_kafkas(data):
+    assert murmur2(data) & 0xFFFFFFFF == aiokafka_murmur2(data)  # Java's is signed, aiokafka's unsigned
+
+
+def test_owner_is_where_kafkas_default_partitioner_puts_a_service_key():
+    for service in ("checkout", "search", "ads", "payments", "é-service", "x" * 40):
+        expected = (aiokafka_murmur2(service.encode()) & 0x7FFFFFFF) % PARTITIONS
+        assert owner_of(service, PARTITIONS) == expected
+
+
+class Cluster:
+    """One processor per partition; each partition's log is a list of records, read in chunks."""
+
+    def __init__(self, config: PipelineConfig, rng: random.Random):
+        self.config = config
+        self.rng = rng
+        self.logs: list[list[SourceRecord]] = [[] for _ in range(config.partitions)]
+        self.read = [0] * config.partitions
+        self.procs = [PartitionProcessor(p, config, now=0.0) for p in range(config.partitions)]
+        self.sli: list[dict] = []
+        self.deadletter: list[dict] = []
+        self.alerts: list[dict] = []
+
+    def append(self, partition: int, value: bytes, key: bytes | None = None, headers=()) -> None:
+        log = self.logs[partition]
+        log.append(SourceRecord("m", partition, len(log), T0 + 10_000, key, value, tuple(headers)))
+
+    def step(self, partition: int, max_records: int) -> bool:
+        """Read the next chunk of one partition; its forwards are appended to the owners' logs."""
+        start = self.read[partition]
+        chunk = self.logs[partition][start:start + max_records]
+        if not chunk:
+            return False
+        self.read[partition] += len(chunk)
+        self.collect(self.procs[partition].process(chunk, 0.0))
+        return True
+
+    def collect(self, out) -> None:
+        self.sli += [e for _, e in out.sli]
+        self.deadletter += [e for _, e in out.deadletter]
+        self.alerts += [e for _, e in out.alerts]
+        for forward in out.forwards:
+            self.append(forward.partition, forward.value, headers=forward.headers)
+
+    def drain(self, produced: list[tuple[int, bytes, bytes | None]] = ()) -> None:
+        """Produce ``produced`` (partition, value, key) a few records at a time while the partitions
+        are read in turn, each in random chunk sizes, until all are read: live producers, and
+        consumers of different partitions about as fast as each other."""
+        pending = list(produced)
+        while pending or any(self.read[p] < len(self.logs[p]) for p in range(len(self.logs))):
+            count = self.rng.randint(1, 12)
+            for partition, value, key in pending[:count]:
+                self.append(partition, value, key)
+            del pending[:count]
+            for partition in range(len(self.logs)):
+                self.step(partition, self.rng.randint(1, 7))
+
+
+def _measurements(n: int, services: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    return [{"service": f"svc-{rng.randrange(services)}", "metric": "latency_ms",
+             "value": round(rng.lognormvariate(3, 0.5), 3), "ok": rng.random() > 0.1, "ts": T0 + i * 0.5}
+            for i in range(n)]
+
+
+def _closers(services: int) -> list[dict]:
+    return [{"service": f"svc-{s}", "metric": "latency_ms", "ok": True, "ts": T0 + 10_000} for s in range(services)]
+
+
+def _truth(items: list[dict], until: float) -> dict:
+    truth: dict = {}
+    for m in items:
+        start = int(m["ts"] // 60 * 60)
+        if start + 60 <= until:
+            key = (m["service"], start)
+            truth[key] = truth.get(key, 0) + 1
+    return truth
+
+
+def _windows(events: list[dict]) -> dict:
+    """(service, window start) -> count; fails if one event id carries two different payloads."""
+    by_id: dict[str, dict] = {}
+    for event in events:
+        assert by_id.setdefault(event["id"], event) == event, "two payloads under one event id"
+    counts: dict = {}
+    for event in by_id.values():
+        key = (event["data"]["service"], event["data"]["window_start"])
+        assert key not in counts, f"two SLI events for one window {key}"
+        counts[key] = event["data"]["count"]
+    return counts
+
+
+@pytest.mark.parametrize("keying", ["by_service", "unkeyed", "by_host", "round_robin"])
+def test_any_partitioning_counts_every_measurement_once_in_its_own_series(keying):
+    rng = random.Random(4)
+    items = _measurements(3000, 7, seed=9)
+    cluster = Cluster(PipelineConfig(partitions=PARTITIONS, grace_s=30.0), rng)
+    per_record = 5
+    produced = []
+    for number, first in enumerate(range(0, len(items), per_record)):
+        group = items[first:first + per_record]
+        if keying == "by_service":  # one service per record, keyed and partitioned by it
+            produced += [(owner_of(m["service"], PARTITIONS), orjson.dumps(m), m["service"].encode()) for m in group]
+            continue
+        partition = {"unkeyed": rng.randrange(PARTITIONS), "round_robin": number % PARTITIONS,
+                     "by_host": owner_of(f"host-{number % 3}", PARTITIONS)}[keying]
+        produced.append((partition, orjson.dumps(group), None))
+    cluster.drain(produced)
+    for closer in _closers(7):  # later measurements move every series' clock past its windows
+        owner = owner_of(closer["service"], PARTITIONS)
+        cluster.append(owner if keying == "by_service" else rng.randrange(PARTITIONS), orjson.dumps(closer))
+    cluster.drain()
+    assert cluster.deadletter == []
+    assert _windows(cluster.sli) == _truth(items, T0 + 10_000 - 30)
+    for proc in cluster.procs:  # each series lives only where it is owned
+        assert all(owner_of(service, PARTITIONS) == proc.partition for service, _ in proc.series)
+    if keying == "by_service":
+        assert sum(len(log) for log in cluster.logs) == len(items) + 7  # the fast path forwards nothing
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_forwarding_is_independent_of_batching_and_interleaving(seed):
+    items = _measurements(600, 5, seed=seed % 97)
+    results = []
+    for run in range(2):
+        rng = random.Random(seed * 2 + run)
+        cluster = Cluster(PipelineConfig(partitions=3, grace_s=60.0), rng)
+        cluster.drain([(first // 4 % 3, orjson.dumps(items[first:first + 4]), None)
+                       for first in range(0, len(items), 4)])
+        for closer in _closers(5):
+            cluster.append(0, orjson.dumps(closer))
+        cluster.drain()
+        results.append(_windows(cluster.sli))
+    assert results[0] == results[1] == _truth(items, T0 + 10_000 - 60)
+
+
+def test_a_source_that_replays_after_a_crash_forwards_again_and_the_owner_adds_nothing_twice():
+    rng = random.Random(1)
+    config = PipelineConfig(partitions=2, grace_s=30.0)
+    items = _measurements(1200, 6, seed=3)
+    cluster = Cluster(config, rng)
+    for first in range(0, len(items), 6):
+        cluster.append(0, orjson.dumps(items[first:first + 6]))  # everything arrives on partition 0
+    source = cluster.procs[0]
+    cluster.step(0, 40)
+    cluster.step(1, 1000)
+    writes, offset = source.checkpoint()  # the last durable state of the source
+    cluster.step(0, 60)
+    cluster.step(1, 1000)  # the owner applies forwards made after that checkpoint
+    # Crash: the source restarts from its checkpoint and reads (and forwards) those records again.
+    cluster.procs[0] = PartitionProcessor.restore(0, config, [(k, v) for k, v in writes], 0.0)
+    cluster.read[0] = offset + 1
+    cluster.drain()
+    for closer in _closers(6):
+        cluster.append(0, orjson.dumps(closer))
+    cluster.drain()
+    assert _windows(cluster.sli) == _truth(items, T0 + 10_000 - 30)
+    last_foreign = max(r.offset for r in cluster.logs[0]
+                       if any(owner_of(m["service"], 2) == 1 for m in _elements(r.value)))
+    assert cluster.procs[1].forward_marks[0] == last_foreign
+
+
+def _elements(value: bytes) -> list[dict]:
+    decoded = orjson.loads(value)
+    return decoded if isinstance(decoded, list) else [decoded]
+
+
+def test_dead_letters_stay_where_the_record_was_read():
+    cluster = Cluster(PipelineConfig(partitions=PARTITIONS), random.Random(2))
+    foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, PARTITIONS) != 0)
+    cluster.append(0, orjson.dumps([{"service": foreign, "metric": "m", "ok": True, "ts": T0},
+                                    {"service": foreign, "metric": "m", "ok": "yes", "ts": T0}]))
+    cluster.drain()
+    assert [(e["data"]["partition"], e["data"]["reason"]) for e in cluster.deadletter] == [(0, "wrong_type")]
+    owner = cluster.procs[owner_of(foreign, PARTITIONS)]
+    assert owner.series[(foreign, "m")].windows.levels[0].stats[:, 0].sum() == 1
+
+
+def test_forwarded_records_are_split_to_fit_the_record_limit():
+    config = PipelineConfig(partitions=2, max_record_bytes=4096)
+    proc = PartitionProcessor(0, config, now=0.0)
+    foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
+    items = [{"service": foreign, "metric": "m", "value": float(i), "ts": T0 + i} for i in range(500)]
+    records = [SourceRecord("m", 0, n, T0 + 600, None, orjson.dumps(items[i:i + 50]))
+               for n, i in enumerate(range(0, 500, 50))]
+    assert all(len(r.value) <= 4096 for r in records)
+    out = proc.process(records, 0.0)
+    assert sum(f.measurements for f in out.forwards) == 500 and len(out.forwards) > 1
+    assert all(len(f.value) <= 4096 for f in out.forwards)
+    values = [m["value"] for f in out.forwards for m in orjson.loads(f.value)]
+    assert values == [float(i) for i in range(500)]
+    assert np.all(np.diff([o for f in out.forwards for o in orjson.loads(f.headers[0][1])["offsets"]]) >= 0)
