@@ -1,5 +1,4 @@
-"""Ownership and forwarding over the pure pipeline: partitions exchange forwarded records through
-in-memory logs that stand for the measurement topic's partitions (append, read by offset)."""
+"""Ownership and forwarding over the pure pipeline (``tests.pipeline_sim``)."""
 
 import random
 
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 
 from slostream.pipeline.ownership import murmur2, owner_of
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from tests.pipeline_sim import Cluster
 
 T0 = 1_800_000_000 // 60 * 60
 PARTITIONS = 4
@@ -26,54 +26,6 @@ def test_owner_is_where_kafkas_default_partitioner_puts_a_service_key():
     for service in ("checkout", "search", "ads", "payments", "é-service", "x" * 40):
         expected = (aiokafka_murmur2(service.encode()) & 0x7FFFFFFF) % PARTITIONS
         assert owner_of(service, PARTITIONS) == expected
-
-
-class Cluster:
-    """One processor per partition; each partition's log is a list of records, read in chunks."""
-
-    def __init__(self, config: PipelineConfig, rng: random.Random):
-        self.config = config
-        self.rng = rng
-        self.logs: list[list[SourceRecord]] = [[] for _ in range(config.partitions)]
-        self.read = [0] * config.partitions
-        self.procs = [PartitionProcessor(p, config, now=0.0) for p in range(config.partitions)]
-        self.sli: list[dict] = []
-        self.deadletter: list[dict] = []
-        self.alerts: list[dict] = []
-
-    def append(self, partition: int, value: bytes, key: bytes | None = None, headers=()) -> None:
-        log = self.logs[partition]
-        log.append(SourceRecord("m", partition, len(log), T0 + 10_000, key, value, tuple(headers)))
-
-    def step(self, partition: int, max_records: int) -> bool:
-        """Read the next chunk of one partition; its forwards are appended to the owners' logs."""
-        start = self.read[partition]
-        chunk = self.logs[partition][start:start + max_records]
-        if not chunk:
-            return False
-        self.read[partition] += len(chunk)
-        self.collect(self.procs[partition].process(chunk, 0.0))
-        return True
-
-    def collect(self, out) -> None:
-        self.sli += [e for _, e in out.sli]
-        self.deadletter += [e for _, e in out.deadletter]
-        self.alerts += [e for _, e in out.alerts]
-        for forward in out.forwards:
-            self.append(forward.partition, forward.value, headers=forward.headers)
-
-    def drain(self, produced: list[tuple[int, bytes, bytes | None]] = ()) -> None:
-        """Produce ``produced`` (partition, value, key) a few records at a time while the partitions
-        are read in turn, each in random chunk sizes, until all are read: live producers, and
-        consumers of different partitions about as fast as each other."""
-        pending = list(produced)
-        while pending or any(self.read[p] < len(self.logs[p]) for p in range(len(self.logs))):
-            count = self.rng.randint(1, 12)
-            for partition, value, key in pending[:count]:
-                self.append(partition, value, key)
-            del pending[:count]
-            for partition in range(len(self.logs)):
-                self.step(partition, self.rng.randint(1, 7))
 
 
 def _measurements(n: int, services: int, seed: int) -> list[dict]:
@@ -97,19 +49,6 @@ def _truth(items: list[dict], until: float) -> dict:
     return truth
 
 
-def _windows(events: list[dict]) -> dict:
-    """(service, window start) -> count; fails if one event id carries two different payloads."""
-    by_id: dict[str, dict] = {}
-    for event in events:
-        assert by_id.setdefault(event["id"], event) == event, "two payloads under one event id"
-    counts: dict = {}
-    for event in by_id.values():
-        key = (event["data"]["service"], event["data"]["window_start"])
-        assert key not in counts, f"two SLI events for one window {key}"
-        counts[key] = event["data"]["count"]
-    return counts
-
-
 @pytest.mark.parametrize("keying", ["by_service", "unkeyed", "by_host", "round_robin"])
 def test_any_partitioning_counts_every_measurement_once_in_its_own_series(keying):
     rng = random.Random(4)
@@ -131,7 +70,7 @@ def test_any_partitioning_counts_every_measurement_once_in_its_own_series(keying
         cluster.append(owner if keying == "by_service" else rng.randrange(PARTITIONS), orjson.dumps(closer))
     cluster.drain()
     assert cluster.deadletter == []
-    assert _windows(cluster.sli) == _truth(items, T0 + 10_000 - 30)
+    assert cluster.windows() == _truth(items, T0 + 10_000 - 30)
     for proc in cluster.procs:  # each series lives only where it is owned
         assert all(owner_of(service, PARTITIONS) == proc.partition for service, _ in proc.series)
     if keying == "by_service":
@@ -151,7 +90,7 @@ def test_forwarding_is_independent_of_batching_and_interleaving(seed):
         for closer in _closers(5):
             cluster.append(0, orjson.dumps(closer))
         cluster.drain()
-        results.append(_windows(cluster.sli))
+        results.append(cluster.windows())
     assert results[0] == results[1] == _truth(items, T0 + 10_000 - 60)
 
 
@@ -175,7 +114,7 @@ def test_a_source_that_replays_after_a_crash_forwards_again_and_the_owner_adds_n
     for closer in _closers(6):
         cluster.append(0, orjson.dumps(closer))
     cluster.drain()
-    assert _windows(cluster.sli) == _truth(items, T0 + 10_000 - 30)
+    assert cluster.windows() == _truth(items, T0 + 10_000 - 30)
     last_foreign = max(r.offset for r in cluster.logs[0]
                        if any(owner_of(m["service"], 2) == 1 for m in _elements(r.value)))
     assert cluster.procs[1].forward_marks[0] == last_foreign

@@ -156,3 +156,12 @@ def test_bad_resolutions_are_refused():
     with pytest.raises(ValueError):
         check_resolutions((Resolution(10, 6), Resolution(15, 4)))
     assert COUNT == 0 and OK_KNOWN == 1 and OK == 2
+
+
+def test_a_bucket_a_whole_ring_ahead_closes_the_open_one_it_would_overwrite():
+    w = SeriesWindows()
+    ring = w.levels[0].width * w.levels[0].slots
+    w.add(0, np.array([1.0, 2.0]), np.array([1, 0], dtype=np.int8))
+    w.add(ring, np.array([5.0]), np.array([1], dtype=np.int8))  # same base slot as bucket 0
+    assert w.closed_until == 10 and w.aggregate(0, 60).count == 2
+    assert w.close_until(ring + 10) == [ring] and w.aggregate(ring, ring + 10).count == 1

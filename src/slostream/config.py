@@ -247,8 +247,10 @@ def validate(s: Settings) -> None:
             fail(name, f"is {getattr(s, name)}, it must be positive")
     if not 1 <= s.fetch_max_wait_ms <= 30_000:
         fail("fetch_max_wait_ms", f"is {s.fetch_max_wait_ms}, it must be 1 to 30000")
-    if s.max_record_bytes < 64:
-        fail("max_record_bytes", f"is {s.max_record_bytes}, it must be at least 64")
+    if not 64 <= s.max_record_bytes <= 1 << 28:
+        # The upper bound keeps a record's elements (at least ~37 bytes each) under 2**24, which
+        # per-element replay marks assume.
+        fail("max_record_bytes", f"is {s.max_record_bytes}, it must be from 64 to 268435456 (256 MiB)")
     if s.log_level not in ("debug", "info", "warning", "error"):
         fail("log_level", f"is {s.log_level!r}")
     if s.alertmanager_url is not None and not re.match(r"^https?://[^/\s]+", s.alertmanager_url):

@@ -403,6 +403,11 @@ class SeriesWindows:
     def _open_slot(self, start: int, offsets: np.ndarray | None) -> int:
         """Claim the base slot of ``start`` for new measurements and move its replay mark."""
         base = self.levels[0]
+        held = int(base.starts[base.slot_of(start)])
+        if held in self.open_starts and held < start:
+            # A whole ring ahead of a bucket still open: close it (and all before it) rather than
+            # overwrite it. The pipeline closes as it goes, so this is a last resort, never silent loss.
+            self.close_until(held + base.width)
         slot = base._claim(start)
         if slot is None:
             raise ValueError(f"bucket {start} is older than the base retention")

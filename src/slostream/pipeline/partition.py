@@ -37,7 +37,9 @@ from slostream.pipeline.ownership import MAX_FORWARD_BYTES, Owners, forward_head
 
 SEP = "\x1f"
 _SERVICE, _METRIC = operator.attrgetter("service"), operator.attrgetter("metric")
-STATE_VERSION = 2  # 2: a clock per series, forward marks per partition
+STATE_VERSION = 2  # 2: a clock per series, forward marks per partition, replay marks per element
+# A bucket's replay mark is (source offset, element index) as one number: offset * this + index.
+ELEMENTS_PER_RECORD = 1 << 24
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
 
 
@@ -271,7 +273,8 @@ class PartitionProcessor:
             )
             out.deadletter.append(self._deadletter(records[rejection.record], rejection))
         self.newest_event_ts = max(self.newest_event_ts, float(cols.ts.max()))
-        offsets = record_offsets[cols.record]
+        # Replay marks count elements, not records: a record can be cut between parts of a batch.
+        offsets = record_offsets[cols.record] * ELEMENTS_PER_RECORD + np.maximum(cols.position, 0)
         for start, stop, crossings in self._slices(ids, keys, cols.ts):
             for key, slo_now in crossings:  # this SLO's clock enters a new bucket: judge the one before
                 self._evaluate(out, [t.slo.name for t in self._trackers_of(key)], slo_now)
@@ -412,6 +415,7 @@ class PartitionProcessor:
             self._dirty.add(series.ident)
             for tracker in series.trackers:
                 if tracker.sources == 1:
+                    self._close_slo_before(tracker, start, target)
                     rule = tracker.slo.good
                     tally = tallies.get(rule) or tallies.setdefault(rule, Tally(rule.flags(values, oks)))
                     tracker.feed(start, values[a:b], oks[a:b], run_offsets[a:b], float(newest[number]),
@@ -421,8 +425,6 @@ class PartitionProcessor:
                     slo_members.setdefault(tracker.slo.name, []).append(idx[a:b])
         out.accepted += added
         out.skipped_replay += len(idx) - added
-        for name, parts in slo_members.items():
-            self._feed(self.trackers[name], np.concatenate(parts), cols, offsets)
         slo_keys = set()
         for sid, series in touched:
             series.max_ts = max(series.max_ts, series_max[sid])
@@ -430,6 +432,8 @@ class PartitionProcessor:
             self._close_series(series, series.watermark, out)
             if series.trackers:
                 slo_keys.add((series.service, series.metric))
+        for name, parts in slo_members.items():
+            self._feed(self.trackers[name], np.concatenate(parts), cols, offsets)
         for key in slo_keys:
             self._close_slos(key)
     def _feed(self, tracker: SloTracker, members: np.ndarray, cols: Columns, offsets: np.ndarray) -> None:
@@ -439,8 +443,10 @@ class PartitionProcessor:
         starts = (np.floor(cols.ts[members] / width) * width).astype(np.int64)
         order = np.lexsort((offsets[members], starts))
         members, starts = members[order], starts[order]
+        until = min(s.watermark for s in self.slo_sources[(tracker.slo.service, tracker.slo.metric)])
         for group in np.split(np.arange(len(members)), np.flatnonzero(np.diff(starts)) + 1):
             chosen = members[group]
+            self._close_slo_before(tracker, int(starts[group[0]]), until)
             tracker.feed(int(starts[group[0]]), cols.values[chosen], cols.oks[chosen], offsets[chosen],
                          float(cols.ts[chosen].max()))
         self._touched.add(tracker.slo.name)
@@ -471,8 +477,9 @@ class PartitionProcessor:
     def _close_series(self, series: Series, until: float, out: Output) -> None:
         """Close what ``until`` (the series' watermark, or less) passed; report due SLI windows at
         once (their base buckets are still held, however far the clock jumps next); judge policies."""
+        before = series.windows.closed_until
         closed = series.windows.close_until(until)
-        if not closed:
+        if series.windows.closed_until == before:
             return
         report = self.config.report_window_s
         series.pending_reports.update(bucket_start(s, report) for s in closed)
@@ -493,6 +500,15 @@ class PartitionProcessor:
             tracker.close_until(until)
             if tracker.events.closed_until != before:
                 self._touched.add(tracker.slo.name)  # time passed: burn windows slide, slices judged
+
+    def _close_slo_before(self, tracker: SloTracker, start: int, until: float) -> None:
+        """Before counting into the bucket at ``start``, close what the sources' watermark ``until``
+        passed below it: an SLO whose clock jumps hours ahead never laps its base ring."""
+        closed = tracker.events.closed_until
+        if start > closed and until > closed:
+            tracker.close_until(min(start, until))
+            if tracker.events.closed_until != closed:
+                self._touched.add(tracker.slo.name)
 
     def _trackers_of(self, key: tuple[str, str]) -> list[SloTracker]:
         return [self.trackers[slo.name] for slo in self.slos_for.get(key, ()) if slo.name in self.trackers]
@@ -588,7 +604,7 @@ class PartitionProcessor:
                 self._dirty.add(series.ident)
                 conditions.extend(watch.conditions(series.labels))
         if conditions:
-            self._alert_events(self.book.evaluate(self._event_now(series), conditions), out)
+            self._alert_events(self.book.evaluate(closed_until, conditions), out)
 
     def _breach_event(self, series: Series, watch: PolicyWatch, transition: tuple[str, str],
                       end: int) -> tuple[bytes, dict]:

@@ -1,0 +1,72 @@
+"""A partitioned measurement topic over the pure pipeline: one processor per partition, each
+partition's log an in-memory list (append, read by offset), forwarded records appended to the
+owner's log as the broker would."""
+
+import random
+
+from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+
+RECORD_TS = 1_800_010_000.0  # record timestamps: late enough that no ts is "in the future"
+
+
+class Cluster:
+    """One processor per partition; each partition's log is a list of records, read in chunks."""
+
+    def __init__(self, config: PipelineConfig, rng: random.Random):
+        self.config = config
+        self.rng = rng
+        self.logs: list[list[SourceRecord]] = [[] for _ in range(config.partitions)]
+        self.read = [0] * config.partitions
+        self.procs = [PartitionProcessor(p, config, now=0.0) for p in range(config.partitions)]
+        self.sli: list[dict] = []
+        self.deadletter: list[dict] = []
+        self.alerts: list[dict] = []
+
+    def append(self, partition: int, value: bytes, key: bytes | None = None, headers=()) -> None:
+        log = self.logs[partition]
+        log.append(SourceRecord("m", partition, len(log), RECORD_TS, key, value, tuple(headers)))
+
+    def step(self, partition: int, max_records: int) -> bool:
+        """Read the next chunk of one partition; its forwards are appended to the owners' logs."""
+        start = self.read[partition]
+        chunk = self.logs[partition][start:start + max_records]
+        if not chunk:
+            return False
+        self.read[partition] += len(chunk)
+        self.collect(self.procs[partition].process(chunk, 0.0))
+        return True
+
+    def collect(self, out) -> None:
+        self.sli += [e for _, e in out.sli]
+        self.deadletter += [e for _, e in out.deadletter]
+        self.alerts += [e for _, e in out.alerts]
+        for forward in out.forwards:
+            self.append(forward.partition, forward.value, headers=forward.headers)
+
+    def drain(self, produced: list[tuple[int, bytes, bytes | None]] = ()) -> None:
+        """Produce ``produced`` (partition, value, key) a few records at a time while the partitions
+        are read in turn, each in random chunk sizes, until all are read: live producers, and
+        consumers of different partitions about as fast as each other."""
+        pending = list(produced)
+        while pending or any(self.read[p] < len(self.logs[p]) for p in range(len(self.logs))):
+            count = self.rng.randint(1, 12)
+            for partition, value, key in pending[:count]:
+                self.append(partition, value, key)
+            del pending[:count]
+            for partition in range(len(self.logs)):
+                self.step(partition, self.rng.randint(1, 7))
+
+    def windows(self) -> dict:
+        """(service, window start) -> count of the SLI events; fails on two payloads under one id or
+        two events for one window."""
+        by_id: dict[str, dict] = {}
+        for event in self.sli:
+            assert by_id.setdefault(event["id"], event) == event, "two payloads under one event id"
+        counts: dict = {}
+        for event in by_id.values():
+            key = (event["data"]["service"], event["data"]["window_start"])
+            assert key not in counts, f"two SLI events for one window {key}"
+            counts[key] = event["data"]["count"]
+        return counts
+
+
