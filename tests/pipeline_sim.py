@@ -17,6 +17,7 @@ class Cluster:
         self.rng = rng
         self.logs: list[list[SourceRecord]] = [[] for _ in range(config.partitions)]
         self.read = [0] * config.partitions
+        self.clock = 0.0  # wall time: each read of a chunk takes 10 ms
         self.procs = [PartitionProcessor(p, config, now=0.0) for p in range(config.partitions)]
         self.sli: list[dict] = []
         self.deadletter: list[dict] = []
@@ -33,7 +34,8 @@ class Cluster:
         if not chunk:
             return False
         self.read[partition] += len(chunk)
-        self.collect(self.procs[partition].process(chunk, 0.0))
+        self.clock += 0.01
+        self.collect(self.procs[partition].process(chunk, self.clock))
         return True
 
     def collect(self, out) -> None:
@@ -55,6 +57,14 @@ class Cluster:
             del pending[:count]
             for partition in range(len(self.logs)):
                 self.step(partition, self.rng.randint(1, 7))
+
+    def settle(self) -> None:
+        """Let wall time pass (new series stop waiting for unheard sources, quiet series run on) and
+        tick every partition."""
+        self.clock += self.config.idle_after_s + 1
+        for proc in self.procs:
+            self.collect(proc.tick(self.clock))
+        self.drain()
 
     def windows(self) -> dict:
         """(service, window start) -> count of the SLI events; fails on two payloads under one id or

@@ -61,6 +61,7 @@ def test_services_flushing_a_minute_at_a_time_lose_nothing_to_each_other():
     flushes, items = _flushes(services, minutes=6, per_s=2, stagger_s=4.0, seed=1)
     cluster = Cluster(PipelineConfig(partitions=4, grace_s=30.0), random.Random(5))
     cluster.drain([(owner_of(service, 4), orjson.dumps(batch), service.encode()) for _, service, batch in flushes])
+    cluster.settle()
     assert cluster.deadletter == []
     series = {key[0]: s for proc in cluster.procs for key, s in proc.series.items()}
     assert len({owner_of(s, 4) for s in services}) > 1 and len(series) == 12

@@ -65,10 +65,12 @@ def test_any_partitioning_counts_every_measurement_once_in_its_own_series(keying
                      "by_host": owner_of(f"host-{number % 3}", PARTITIONS)}[keying]
         produced.append((partition, orjson.dumps(group), None))
     cluster.drain(produced)
+    cluster.settle()
     for closer in _closers(7):  # later measurements move every series' clock past its windows
         owner = owner_of(closer["service"], PARTITIONS)
         cluster.append(owner if keying == "by_service" else rng.randrange(PARTITIONS), orjson.dumps(closer))
     cluster.drain()
+    cluster.settle()
     assert cluster.deadletter == []
     assert cluster.windows() == _truth(items, T0 + 10_000 - 30)
     for proc in cluster.procs:  # each series lives only where it is owned
@@ -87,9 +89,11 @@ def test_forwarding_is_independent_of_batching_and_interleaving(seed):
         cluster = Cluster(PipelineConfig(partitions=3, grace_s=60.0), rng)
         cluster.drain([(first // 4 % 3, orjson.dumps(items[first:first + 4]), None)
                        for first in range(0, len(items), 4)])
+        cluster.settle()
         for closer in _closers(5):
             cluster.append(0, orjson.dumps(closer))
         cluster.drain()
+        cluster.settle()
         results.append(cluster.windows())
     assert results[0] == results[1] == _truth(items, T0 + 10_000 - 60)
 
@@ -111,9 +115,11 @@ def test_a_source_that_replays_after_a_crash_forwards_again_and_the_owner_adds_n
     cluster.procs[0] = PartitionProcessor.restore(0, config, [(k, v) for k, v in writes], 0.0)
     cluster.read[0] = offset + 1
     cluster.drain()
+    cluster.settle()
     for closer in _closers(6):
         cluster.append(0, orjson.dumps(closer))
     cluster.drain()
+    cluster.settle()
     assert cluster.windows() == _truth(items, T0 + 10_000 - 30)
     last_foreign = max(r.offset for r in cluster.logs[0]
                        if any(owner_of(m["service"], 2) == 1 for m in _elements(r.value)))
@@ -150,3 +156,21 @@ def test_forwarded_records_are_split_to_fit_the_record_limit():
     values = [m["value"] for f in out.forwards for m in orjson.loads(f.value)]
     assert values == [float(i) for i in range(500)]
     assert np.all(np.diff([o for f in out.forwards for o in orjson.loads(f.headers[0][1])["offsets"]]) >= 0)
+
+
+def test_a_catch_up_over_full_partitions_loses_nothing_to_the_owners_reading_ahead():
+    """Every partition already holds its whole backlog when the owners start: each owner reads its
+    own partition far ahead (in event time) of the forwards that land behind it in its log."""
+    rng = random.Random(8)
+    items = _measurements(4000, 9, seed=12)
+    cluster = Cluster(PipelineConfig(partitions=PARTITIONS, grace_s=30.0), rng)
+    for first in range(0, len(items), 5):
+        cluster.append(rng.randrange(PARTITIONS), orjson.dumps(items[first:first + 5]))
+    cluster.drain()
+    cluster.settle()
+    for closer in _closers(9):
+        cluster.append(rng.randrange(PARTITIONS), orjson.dumps(closer))
+    cluster.drain()
+    cluster.settle()
+    assert cluster.deadletter == []
+    assert cluster.windows() == _truth(items, T0 + 10_000 - 30)

@@ -1,4 +1,4 @@
-"""The ``slostream`` command: run, demo, bench."""
+"""The ``slostream`` command: run, demo, validate, produce, tail, bench."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import os
 import sys
 
 from slostream.config import ConfigError, Settings, load_settings
+
+CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 
 log = logging.getLogger("slostream")
 
@@ -39,6 +41,20 @@ def _settings(args: argparse.Namespace, **overrides) -> Settings:
     return load_settings(args.config, os.environ, flags)
 
 
+def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML settings file")
+    parser.add_argument("--broker", help="kafka://host:port[,host:port] (the worker logs the embedded broker's)")
+    parser.add_argument("--topic-prefix", help="prefix of every topic name (default 'slostream.')")
+
+
+def _client_settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config, os.environ, {"broker": args.broker, "topic_prefix": args.topic_prefix})
+    if settings.broker is None:
+        raise ConfigError("field 'broker' is not set. Fix: pass --broker kafka://host:port (a worker started "
+                          "without one logs the embedded broker's address) or set SLOSTREAM_BROKER.")
+    return settings
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slostream", description="Streaming SLO daemon")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="check SLO and policy definition files (slostream YAML or "
                                                "OpenSLO v1) and print every problem")
     validate.add_argument("files", nargs="+", metavar="FILE")
+    produce = sub.add_parser("produce", help="send measurements (JSON lines, or a JSON array) from a file or stdin "
+                                             "to the measurement topic, keyed by service, batched")
+    _add_client_flags(produce)
+    produce.add_argument("file", nargs="?", default="-", help="input file (default: stdin)")
+    produce.add_argument("--per-record", type=int, default=100, help="measurements per Kafka record (default 100)")
+    produce.add_argument("--compression", choices=CODECS, default="none")
+    tail = sub.add_parser("tail", help="print the events of an output topic, one JSON per line")
+    _add_client_flags(tail)
+    tail.add_argument("topic", help="sli, alerts, breaches, deadletter, ... (or a full topic name)")
+    tail.add_argument("--from-beginning", action="store_true", help="start at the oldest event, not the newest")
+    tail.add_argument("--count", type=int, help="exit after this many events")
+    tail.add_argument("--idle-exit", type=float, metavar="SECONDS", help="exit after this long without an event")
     bench = sub.add_parser("bench", help="measure throughput against the embedded broker")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--batched-records", type=int, default=20_000)
@@ -69,6 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(args.duration, args.web_port)
         if args.command == "validate":
             return validate_files(args.files)
+        if args.command == "produce":
+            from slostream.io.clients import run_produce
+
+            return run_produce(_client_settings(args), args.file, args.per_record, args.compression)
+        if args.command == "tail":
+            from slostream.io.clients import run_tail
+
+            return run_tail(_client_settings(args), args.topic, args.from_beginning, args.count, args.idle_exit)
         if args.command == "bench":
             from slostream.bench import run_bench
 

@@ -37,7 +37,7 @@ class Settings:
     bucket_s: int = 10
     report_window_s: int = 60
     grace_s: float = 30.0
-    idle_after_s: float = 5.0
+    idle_after_s: float = 30.0
     label_keys: tuple[str, ...] = ()
     max_record_bytes: int = 1 << 20
     max_future_skew_s: float = 300.0

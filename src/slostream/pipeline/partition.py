@@ -105,7 +105,7 @@ class Forward(NamedTuple):
 class Series:
     __slots__ = ("ident", "key", "service", "metric", "labels", "windows",
                  "pending_reports", "last_report", "trackers", "watches", "max_ts", "watermark", "last_activity",
-                 "clocks", "heard")
+                 "clocks", "heard", "created")
 
     def __init__(self, ident: tuple, key: str, service: str, metric: str, labels: dict,
                  windows: SeriesWindows):
@@ -124,6 +124,7 @@ class Series:
         self.last_activity = 0.0  # wall time of the last measurement
         self.clocks: dict[int, float] = {}  # source partition -> newest event time read from it
         self.heard: dict[int, float] = {}  # source partition -> wall time it last sent this series
+        self.created = 0.0  # wall time this partition first saw the series
 
     def header(self) -> dict:
         return {
@@ -292,7 +293,10 @@ class PartitionProcessor:
         clock per source partition, and its watermark follows the slowest source still sending
         (heard within ``idle_after_s``): an owner that reads its own partition ahead of the
         forwards from a lagging one (a catch-up, a restarted worker) does not make them late. The
-        spread is capped (``max_source_skew_s``) so open buckets always fit the base ring.
+        spread is capped (``max_source_skew_s``) so open buckets always fit the base ring. When
+        other partitions may forward (more than one partition), a new series waits ``idle_after_s``
+        of wall time for sources it has not heard yet: at a cold start or a catch-up the owner may
+        read its own partition far ahead of the first forwards.
         """
         grace, skew = self.config.grace_s, self.config.max_source_skew_s
         n_ids = len(known)
@@ -306,6 +310,9 @@ class PartitionProcessor:
                 for p, clock in s.clocks.items():
                     if p not in present and now - s.heard[p] < self.config.idle_after_s:
                         others[i] = min(others[i], clock)
+        if self.config.partitions > 1:
+            waiting = np.array([s is None or now - s.created < self.config.idle_after_s for s in known])
+            others[waiting] = -np.inf
         slowest_before = others[ids]
         slowest_after = others[ids]
         newest_before = newest0[ids]
@@ -321,7 +328,7 @@ class PartitionProcessor:
         newest_after = np.maximum(newest_before, ts)
 
         def mark(slowest: np.ndarray, newest: np.ndarray) -> np.ndarray:
-            following = np.where(slowest < np.inf, slowest, -np.inf) - grace
+            following = np.where(slowest < np.inf, slowest, -np.inf) - grace  # -inf: holds everything
             return np.maximum(np.maximum(mark0[ids], following), newest - skew)
 
         return mark(slowest_before, newest_before), mark(slowest_after, newest_after), newest_before
@@ -527,6 +534,7 @@ class PartitionProcessor:
             labels = dict(zip(self.config.label_keys, key[2])) if len(key) > 2 else {}
             windows = SeriesWindows(self.config.resolutions, self.config.relative_accuracy)
             series = Series(key, _series_key(service, metric, labels), service, metric, labels, windows)
+            series.created = self.now
             self._attach(series)
             self.series[key] = series
         return series
@@ -551,6 +559,8 @@ class PartitionProcessor:
         config = self.config
         slo_keys = set()
         for series in self.series.values():
+            if config.partitions > 1 and now - series.created < config.idle_after_s:
+                continue  # a new series still waits for sources it has not heard from
             sending = [clock for p, clock in series.clocks.items() if now - series.heard[p] < config.idle_after_s]
             if sending:  # a source that went quiet no longer holds the series back
                 mark = max(series.watermark, min(sending) - config.grace_s)
