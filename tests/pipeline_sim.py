@@ -61,7 +61,7 @@ class Cluster:
     def settle(self) -> None:
         """Let wall time pass (new series stop waiting for unheard sources, quiet series run on) and
         tick every partition."""
-        self.clock += self.config.idle_after_s + 1
+        self.clock += max(self.config.idle_after_s, self.config.forward_wait_s) + 1
         for proc in self.procs:
             self.collect(proc.tick(self.clock))
         self.drain()

@@ -1,5 +1,6 @@
 """`slostream run` with no broker configured starts the embedded one and says so."""
 
+import json
 import os
 import re
 import signal
@@ -71,3 +72,30 @@ def test_demo_prints_windows_and_a_page_that_fires_and_resolves_then_exits_clean
                 if "ALERT  RESOLVED  page     payments-availability" in line]
     assert fired and resolved and fired[0] < resolved[0], result.stdout
     assert "BREACH STARTED   policy search-p99" in result.stdout
+
+
+def test_produce_and_tail_feed_and_read_a_worker_without_kcat(kafka, make_worker, tmp_path):
+    make_worker().start()
+    t0 = (time.time() - 600) // 60 * 60
+    lines = [f'{{"service": "cli-{k % 2}", "metric": "http", "ok": {str(k % 5 != 0).lower()}, "ts": {t0 + k}}}'
+             for k in range(120)]
+    lines.append('[{"service": "cli-0", "metric": "http", "ok": true, "ts": %d},'
+                 ' {"service": "cli-1", "metric": "http", "ok": true, "ts": %d}]' % (t0 + 200, t0 + 200))
+    lines.append("this line is not JSON")
+    source = tmp_path / "measurements.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    flags = ["--broker", kafka.url, "--topic-prefix", make_worker.prefix]
+    sent = subprocess.run([sys.executable, "-m", "slostream", "produce", *flags, "--compression", "zstd",
+                           "--per-record", "25", str(source)], capture_output=True, text=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
+    assert "123 measurement(s) in 7 record(s)" in sent.stderr  # 2 services x ceil(61/25) records + 1 unread line
+    tailed = subprocess.run([sys.executable, "-m", "slostream", "tail", *flags, "sli", "--from-beginning",
+                             "--count", "4", "--idle-exit", "60"], capture_output=True, text=True, timeout=90)
+    assert tailed.returncode == 0, tailed.stderr
+    events = [json.loads(line) for line in tailed.stdout.splitlines()]
+    windows = sorted((e["data"]["service"], e["data"]["window_start"], e["data"]["count"], e["data"]["errors"])
+                     for e in events)
+    assert windows == [("cli-0", t0, 30, 6), ("cli-0", t0 + 60, 30, 6), ("cli-1", t0, 30, 6), ("cli-1", t0 + 60, 30, 6)]
+    letters = subprocess.run([sys.executable, "-m", "slostream", "tail", *flags, "deadletter", "--from-beginning",
+                              "--count", "1"], capture_output=True, text=True, timeout=60)
+    assert json.loads(letters.stdout)["data"]["reason"] == "invalid_json"

@@ -17,26 +17,29 @@ T0 = 1_790_000_000 // 60 * 60
 SERVICES = ("checkout", "search", "ads")
 
 
-def _records(n_records, per_record, seed=5):
+def _records(n_records, per_record, unkeyed=False, seed=5):
     rng = random.Random(seed)
     records, items = [], []
     for r in range(n_records):
         batch = []
         for j in range(per_record):
             i = r * per_record + j
-            # Records are keyed by service, as producers must (see README).
-            batch.append({"service": SERVICES[r % 3], "metric": "latency_ms",
+            # Keyed: one service per record, keyed by it. Unkeyed: services mixed in every record.
+            service = SERVICES[i % 3] if unkeyed else SERVICES[r % 3]
+            batch.append({"service": service, "metric": "latency_ms",
                           "value": round(rng.lognormvariate(4, 0.5), 3), "ok": rng.random() > 0.05,
                           "ts": T0 + i * 0.02})
         items.extend(batch)
-        records.append((SERVICES[r % 3].encode(), orjson.dumps(batch)))
+        records.append((None if unkeyed else SERVICES[r % 3].encode(), orjson.dumps(batch)))
     return records, items
 
 
-def test_sigkill_mid_stream_loses_and_doubles_nothing(kafka, make_worker):
-    records, items = _records(3000, 10)
+@pytest.mark.parametrize("keying", ["by_service", "unkeyed"])
+def test_sigkill_mid_stream_loses_and_doubles_nothing(kafka, make_worker, keying):
+    records, items = _records(3000, 10, unkeyed=keying == "unkeyed")
     topic = f"{make_worker.prefix}measurements"
-    first = make_worker(SLOSTREAM_CHECKPOINT_INTERVAL_S="0.2").start()
+    env = {"SLOSTREAM_CHECKPOINT_INTERVAL_S": "0.2", "SLOSTREAM_PARTITIONS": "4"}
+    first = make_worker(**env).start()
 
     def feed(chunk):
         produce(kafka.bootstrap, topic, [], keyed=chunk)
@@ -50,10 +53,10 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(kafka, make_worker):
     assert _metric(body, "slostream_ingest_records_total") > 0  # killed mid-stream, not before it
     first.stop(signal.SIGKILL)
     feeder.join()
-    second = make_worker(SLOSTREAM_CHECKPOINT_INTERVAL_S="0.2").start()
+    second = make_worker(**env).start()
     feed(records[2000:])
     closer = [{"service": s, "metric": "latency_ms", "ok": True, "ts": T0 + 3000 * 10 * 0.02 + 70} for s in SERVICES]
-    feed([(s["service"].encode(), orjson.dumps(s)) for s in closer])
+    feed([(None if keying == "unkeyed" else s["service"].encode(), orjson.dumps(s)) for s in closer])
 
     truth = {}
     for m in items:

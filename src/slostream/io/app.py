@@ -143,6 +143,7 @@ class IngestService:
             escalate_after_s=settings.escalate_after_s,
             evaluation_interval_s=EVALUATION_INTERVAL_S,
             partitions=settings.partitions,
+            forward_wait_s=settings.forward_wait_s,
         )
         self.sinks: AlertSinks | None = None
         # Every control command since the start of the topic, for partitions restored later.

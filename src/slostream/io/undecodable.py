@@ -14,7 +14,7 @@ import logging
 from typing import Callable
 
 from aiokafka.consumer import fetcher
-from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
+from aiokafka.errors import CorruptRecordException
 
 log = logging.getLogger("slostream")
 
@@ -41,7 +41,7 @@ class SkippingPartitionRecords(fetcher.PartitionRecords):
                     continue
                 decoded = [self._consumer_record(tp, record) for record in batch
                            if record.offset >= self.next_fetch_offset]
-            except (CorruptRecordException, UnsupportedCodecError, KafkaError, ValueError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - any codec or parser error: skip the batch, never crash-loop
                 first, after = batch.base_offset, batch.next_offset
                 log.error("skipping undecodable record batch of %s partition %d, offsets %d-%d: %s",
                           tp.topic, tp.partition, first, after - 1, exc)

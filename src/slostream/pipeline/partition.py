@@ -71,6 +71,7 @@ class PipelineConfig:
     escalate_after_s: float | None = None
     evaluation_interval_s: float = 0.1
     partitions: int = 1  # of the measurement topic: who owns which service
+    forward_wait_s: float = 5.0  # a new series waits this long for sources it has not heard yet
 
     @property
     def max_source_skew_s(self) -> float:
@@ -294,7 +295,7 @@ class PartitionProcessor:
         (heard within ``idle_after_s``): an owner that reads its own partition ahead of the
         forwards from a lagging one (a catch-up, a restarted worker) does not make them late. The
         spread is capped (``max_source_skew_s``) so open buckets always fit the base ring. When
-        other partitions may forward (more than one partition), a new series waits ``idle_after_s``
+        other partitions may forward (more than one partition), a new series waits ``forward_wait_s``
         of wall time for sources it has not heard yet: at a cold start or a catch-up the owner may
         read its own partition far ahead of the first forwards.
         """
@@ -311,7 +312,7 @@ class PartitionProcessor:
                     if p not in present and now - s.heard[p] < self.config.idle_after_s:
                         others[i] = min(others[i], clock)
         if self.config.partitions > 1:
-            waiting = np.array([s is None or now - s.created < self.config.idle_after_s for s in known])
+            waiting = np.array([s is None or now - s.created < self.config.forward_wait_s for s in known])
             others[waiting] = -np.inf
         slowest_before = others[ids]
         slowest_after = others[ids]
@@ -559,7 +560,7 @@ class PartitionProcessor:
         config = self.config
         slo_keys = set()
         for series in self.series.values():
-            if config.partitions > 1 and now - series.created < config.idle_after_s:
+            if config.partitions > 1 and now - series.created < config.forward_wait_s:
                 continue  # a new series still waits for sources it has not heard from
             sending = [clock for p, clock in series.clocks.items() if now - series.heard[p] < config.idle_after_s]
             if sending:  # a source that went quiet no longer holds the series back

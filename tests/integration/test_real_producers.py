@@ -1,0 +1,241 @@
+"""Real producers through the real broker: any keying, services flushing a minute at a time, a
+clock running ahead, a five-hour backlog, every compression codec, a corrupt batch."""
+
+import asyncio
+import random
+import re
+import subprocess
+import sys
+import time
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from slostream.pipeline.ownership import owner_of
+from tests.conftest import consume
+
+pytestmark = pytest.mark.broker
+
+PARTITIONS = 4
+
+
+def _send(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]], compression: str | None = None,
+          pause_every: int = 0, pause_s: float = 0.0) -> None:
+    """Produce (key, value) records in order; unkeyed ones go where aiokafka's partitioner puts them
+    (a random partition), keyed ones to murmur2(key) as with any Kafka client."""
+
+    async def run():
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, compression_type=compression, linger_ms=5,
+                                    max_request_size=8 << 20)
+        await producer.start()
+        try:
+            for number, (key, value) in enumerate(records):
+                await producer.send(topic, value, key=key)
+                if pause_every and number % pause_every == pause_every - 1:
+                    await producer.flush()
+                    await asyncio.sleep(pause_s)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def _windows(events: list[dict]) -> dict:
+    by_id: dict[str, dict] = {}
+    for event in events:
+        assert by_id.setdefault(event["id"], event) == event, "two payloads under one event id"
+    counts: dict = {}
+    for data in (e["data"] for e in by_id.values()):
+        key = (data["service"], data["window_start"])
+        assert key not in counts, f"two SLI events for one window {key}"
+        counts[key] = data["count"]
+    return counts
+
+
+def _truth(items: list[dict]) -> dict:
+    truth: dict = {}
+    for m in items:
+        key = (m["service"], int(m["ts"] // 60 * 60))
+        truth[key] = truth.get(key, 0) + 1
+    return truth
+
+
+def _sli(bootstrap: str, prefix: str, expected: int, timeout: float = 90) -> dict:
+    events = consume(bootstrap, f"{prefix}sli", lambda ev: len({e["id"] for e in ev}) >= expected, timeout=timeout)
+    return _windows(events)
+
+
+def _letters(bootstrap: str, prefix: str) -> list[dict]:
+    return consume(bootstrap, f"{prefix}deadletter", lambda ev: False, timeout=2)
+
+
+SERVICES = ["payments", "search", "ads", "cart", "login", "feed"]
+SLO_YAML = """slos:
+  - name: payments-availability
+    service: payments
+    metric: http
+    objective: 0.99
+    window: 1d
+    good: ok
+    alerting:
+      tiers: [{severity: page, long: 2m, short: 30s, burn_rate: 14.4}]
+      no_data: off
+"""
+
+
+def _incident(t0: float, seed: int = 7) -> list[dict]:
+    """Eight minutes of six services at 4/s each; payments fails half its requests in minutes 3-4."""
+    rng = random.Random(seed)
+    items = []
+    for step in range(8 * 60 * 4):
+        ts = t0 + step / 4
+        for service in SERVICES:
+            failing = service == "payments" and 180 <= step / 4 < 300
+            items.append({"service": service, "metric": "http", "ok": rng.random() > (0.5 if failing else 0.002),
+                          "ts": round(ts + rng.random() / 4, 3)})
+    return items
+
+
+def _closers(t_end: float) -> list[dict]:
+    return [{"service": s, "metric": "http", "ok": True, "ts": t_end + 90} for s in SERVICES]
+
+
+@pytest.mark.parametrize("keying", ["by_service", "unkeyed", "by_host"])
+def test_any_keying_gives_the_exact_windows_and_a_single_alert_episode(kafka, make_worker, tmp_path, keying):
+    definitions = tmp_path / "slo.yaml"
+    definitions.write_text(SLO_YAML)
+    worker = make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS), SLOSTREAM_DEFINITION_FILES=str(definitions)).start()
+    t0 = (time.time() - 3600) // 60 * 60
+    items = _incident(t0)
+    records: list[tuple[bytes | None, bytes]] = []
+    for first in range(0, len(items), 60):  # ten seconds of every service per flush, as a shipper would
+        chunk = items[first:first + 60]
+        if keying == "by_service":
+            for service in SERVICES:
+                records.append((service.encode(), orjson.dumps([m for m in chunk if m["service"] == service])))
+        else:
+            key = None if keying == "unkeyed" else f"host-{first // 60 % 5}".encode()
+            records.append((key, orjson.dumps(chunk)))
+    records += [(None if keying != "by_service" else m["service"].encode(), orjson.dumps(m))
+                for m in _closers(t0 + 480)]
+    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records, pause_every=6, pause_s=0.05)
+    truth = _truth(items)
+    assert _sli(kafka.bootstrap, make_worker.prefix, len(truth)) == truth
+    assert _letters(kafka.bootstrap, make_worker.prefix) == []
+    alerts = consume(kafka.bootstrap, f"{make_worker.prefix}alerts",
+                     lambda ev: any(e["type"] == "slostream.alert.resolved" for e in ev), timeout=60)
+    kinds = sorted({e["id"]: e["type"] for e in alerts}.values())
+    assert kinds == ["slostream.alert.firing", "slostream.alert.resolved"]
+    assert {e["data"]["labels"]["slo"] for e in alerts} == {"payments-availability"}
+    status, body = worker.get("/metrics")
+    forwarded = float(re.search(rb"^slostream_ingest_measurements_forwarded_total (\S+)$", body, re.M).group(1))
+    assert (forwarded == 0) == (keying == "by_service")
+    assert worker.stop() == 0
+
+
+def _flushes(services: list[str], t0: float, minutes: int, stagger_s: float) -> tuple[list, list[dict]]:
+    """Every service sends its last minute at once, every minute, the services in turn."""
+    rng = random.Random(3)
+    flushes, items = [], []
+    for minute in range(1, minutes + 1):
+        for i, service in enumerate(services):
+            end = t0 + minute * 60 + i * stagger_s
+            batch = [{"service": service, "metric": "http", "ok": rng.random() > 0.1, "ts": round(end - 60 + k / 2, 3)}
+                     for k in range(120)]
+            flushes.append((end, service, batch))
+            items += batch
+    flushes.sort(key=lambda flush: flush[0])
+    return flushes, items
+
+
+def test_services_flushing_a_minute_at_a_time_with_the_default_grace_lose_nothing(kafka, make_worker):
+    make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS), SLOSTREAM_GRACE_S="30").start()
+    services = [f"svc-{i:02d}" for i in range(12)]
+    assert len({owner_of(s, PARTITIONS) for s in services}) == PARTITIONS  # shared partitions, all in use
+    t0 = (time.time() - 1800) // 60 * 60
+    flushes, items = _flushes(services, t0, minutes=6, stagger_s=4.5)
+    records = [(service.encode(), orjson.dumps(batch)) for _, service, batch in flushes]
+    records += [(s.encode(), orjson.dumps({"service": s, "metric": "http", "ok": True, "ts": t0 + 7 * 60 + 120}))
+                for s in services]
+    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records, pause_every=12, pause_s=0.1)
+    truth = _truth(items)
+    assert _sli(kafka.bootstrap, make_worker.prefix, len(truth)) == truth
+    assert _letters(kafka.bootstrap, make_worker.prefix) == []  # no too_late at all
+
+
+def test_a_producer_clock_five_minutes_ahead_leaves_its_neighbours_exact(kafka, make_worker):
+    make_worker(SLOSTREAM_PARTITIONS="1", SLOSTREAM_GRACE_S="30").start()
+    now = time.time()
+    t0 = (now - 900) // 60 * 60
+    rng = random.Random(4)
+    neighbours = [{"service": s, "metric": "http", "ok": rng.random() > 0.05, "ts": t0 + k / 4}
+                  for k in range(10 * 60 * 4) for s in ("a", "b", "c")]
+    # Its ts run 290 s ahead of the others (within max_future_skew_s of the record time, so accepted).
+    ahead = [{"service": "skewed", "metric": "http", "ok": True, "ts": t0 + k + 290} for k in range(10 * 60)]
+    mixed = sorted(neighbours + ahead, key=lambda m: m["ts"] - (290 if m["service"] == "skewed" else 0))
+    records = [(None, orjson.dumps(mixed[i:i + 50])) for i in range(0, len(mixed), 50)]
+    records += [(None, orjson.dumps({"service": s, "metric": "http", "ok": True, "ts": t0 + 10 * 60 + 90}))
+                for s in ("a", "b", "c")]
+    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records)
+    truth = {key: n for key, n in _truth(neighbours).items()}
+    got = _sli(kafka.bootstrap, make_worker.prefix, len(truth) + 10)
+    assert {key: n for key, n in got.items() if key[0] != "skewed"} == truth
+    assert _letters(kafka.bootstrap, make_worker.prefix) == []
+
+
+def test_a_five_hour_backlog_gives_every_window_exactly(kafka, make_worker):
+    worker = make_worker().start()
+    t0 = (time.time() - 6 * 3600) // 60 * 60
+    rng = random.Random(5)
+    items = [{"service": "backfill", "metric": "latency_ms", "value": round(rng.lognormvariate(3, 0.5), 3),
+              "ok": rng.random() > 0.01, "ts": t0 + k / 2} for k in range(5 * 3600 * 2)]
+    records = [(b"backfill", orjson.dumps(items[i:i + 500])) for i in range(0, len(items), 500)]
+    records.append((b"backfill", orjson.dumps({"service": "backfill", "metric": "latency_ms", "value": 1.0,
+                                               "ts": t0 + 5 * 3600 + 90})))
+    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records)
+    truth = _truth(items)
+    assert len(truth) == 300
+    assert _sli(kafka.bootstrap, make_worker.prefix, len(truth), timeout=120) == truth
+    assert _letters(kafka.bootstrap, make_worker.prefix) == []
+    assert worker.process.poll() is None
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_records_are_read_exactly(kafka, make_worker, codec):
+    make_worker().start()
+    t0 = (time.time() - 1200) // 60 * 60
+    rng = random.Random(6)
+    items = [{"service": f"{codec}-{k % 3}", "metric": "http", "ok": rng.random() > 0.1, "ts": t0 + k / 10}
+             for k in range(5 * 60 * 10)]
+    records = [(None, orjson.dumps(items[i:i + 200])) for i in range(0, len(items), 200)]
+    records += [(None, orjson.dumps({"service": f"{codec}-{k}", "metric": "http", "ok": True, "ts": t0 + 400}))
+                for k in range(3)]
+    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records, compression=codec)
+    truth = _truth(items)
+    assert _sli(kafka.bootstrap, make_worker.prefix, len(truth)) == truth
+
+
+def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the_rest_goes_on(kafka, make_worker):
+    worker = make_worker().start()
+    topic = f"{make_worker.prefix}measurements"
+    t0 = (time.time() - 600) // 60 * 60
+    good = orjson.dumps({"service": "after-corruption", "metric": "http", "ok": True, "ts": t0})
+    subprocess.run([sys.executable, "-m", "tests.integration.corrupt_batch", kafka.bootstrap, topic, "0",
+                    good.decode()], check=True, timeout=60)
+    other = [(b"other", orjson.dumps({"service": "other", "metric": "http", "ok": True, "ts": t0 + k}))
+             for k in range(0, 200, 5)]
+    closer = {"service": "after-corruption", "metric": "http", "ok": True, "ts": t0 + 200}
+    _send(kafka.bootstrap, topic, other)
+    subprocess.run([sys.executable, "-m", "tests.integration.corrupt_batch", kafka.bootstrap, topic, "0",
+                    orjson.dumps(closer).decode()], check=True, timeout=60)
+    letters = consume(kafka.bootstrap, f"{make_worker.prefix}deadletter", lambda ev: len(ev) >= 2, timeout=30)
+    assert sorted(e["data"]["reason"] for e in letters) == ["undecodable_batch"] * 2
+    assert {e["data"]["partition"] for e in letters} == {0} and all("offsets" in e["data"]["message"] for e in letters)
+    events = consume(kafka.bootstrap, f"{make_worker.prefix}sli",
+                     lambda ev: {e["data"]["service"] for e in ev} >= {"after-corruption", "other"}, timeout=30)
+    assert {e["data"]["service"] for e in events} >= {"after-corruption", "other"}
+    status, body = worker.get("/metrics")
+    assert b"slostream_ingest_undecodable_batches_total 2.0" in body
+    assert worker.process.poll() is None
