@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slostream.pipeline.ownership import murmur2, owner_of
-from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
-from tests.pipeline_sim import Cluster
+from slostream.pipeline.partition import ELEMENTS_PER_RECORD, PartitionProcessor, PipelineConfig, SourceRecord
+from tests.pipeline_sim import RECORD_TS, Cluster
 
 T0 = 1_800_000_000 // 60 * 60
 PARTITIONS = 4
@@ -123,7 +123,7 @@ def test_a_source_that_replays_after_a_crash_forwards_again_and_the_owner_adds_n
     assert cluster.windows() == _truth(items, T0 + 10_000 - 30)
     last_foreign = max(r.offset for r in cluster.logs[0]
                        if any(owner_of(m["service"], 2) == 1 for m in _elements(r.value)))
-    assert cluster.procs[1].forward_marks[0] == last_foreign
+    assert cluster.procs[1].forward_marks[0] // ELEMENTS_PER_RECORD == last_foreign
 
 
 def _elements(value: bytes) -> list[dict]:
@@ -174,3 +174,19 @@ def test_a_catch_up_over_full_partitions_loses_nothing_to_the_owners_reading_ahe
     cluster.settle()
     assert cluster.deadletter == []
     assert cluster.windows() == _truth(items, T0 + 10_000 - 30)
+
+
+def test_a_record_split_over_several_forwards_is_applied_whole():
+    config = PipelineConfig(partitions=2, max_record_bytes=4096)
+    foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
+    # No ts: the record timestamp is the event time, and forwarding writes it into every element.
+    items = [{"service": foreign, "metric": "m", "ok": True} for _ in range(90)]
+    cluster = Cluster(config, random.Random(3))
+    cluster.append(0, orjson.dumps(items))
+    assert len(cluster.logs[0][0].value) <= 4096
+    cluster.drain()
+    assert len(cluster.logs[1]) > 1  # the forwarded copy did not fit one record
+    cluster.settle()
+    windows = cluster.procs[1].series[(foreign, "m")].windows
+    start = int(RECORD_TS // 60 * 60)
+    assert windows.aggregate(start, start + 60).count + windows.open_totals(start, start + 60)[0] == 90

@@ -9,9 +9,10 @@ with ``partitioner=murmur2_random``) does with the service as the record key. Re
 way are read by their owner and take the fast path. A measurement read anywhere else is forwarded
 to its owner through the measurement topic itself, in a record marked with the header
 ``slostream-forwarded-from``: JSON ``{"partition": P, "offsets": [...]}``, the source partition and
-each element's source offset. The receiver applies a forwarded element only if its source offset
-is above the highest it has applied from that partition, so a source that replays after a crash
-(and forwards again, perhaps cut differently) adds nothing twice.
+each element's source position (offset * 2**24 + index in its array). The receiver applies a
+forwarded element only if its position is above the highest it has applied from that partition, so
+a source that replays after a crash (and forwards again, perhaps cut differently) adds nothing
+twice.
 
 Forwarding goes into the same topic, not a repartition topic of its own, so that each partition
 has one log order: per-series lateness and SLO judgements depend on the order measurements arrive

@@ -154,7 +154,7 @@ class PartitionProcessor:
         self.owners = Owners(config.partitions)
         self.series: dict[tuple, Series] = {}
         self.applied_offset = -1  # last source offset fully processed
-        self.forward_marks: dict[int, int] = {}  # source partition -> highest forwarded offset applied
+        self.forward_marks: dict[int, int] = {}  # source partition -> highest forwarded element applied
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
         self._dirty: set[tuple] = set()
@@ -250,7 +250,8 @@ class PartitionProcessor:
             idx = np.flatnonzero(foreign & (owners == owner))
             elements = [m if m.ts is not None else msgspec.structs.replace(m, ts=float(t))
                         for m, t in zip([cols.measurements[i] for i in idx.tolist()], cols.ts[idx].tolist())]
-            offsets = record_offsets[cols.record[idx]].tolist()
+            # Per element, not per record: a large record's elements may go out in several forwards.
+            offsets = (record_offsets[cols.record[idx]] * ELEMENTS_PER_RECORD + np.maximum(cols.position[idx], 0)).tolist()
             out.forwards.extend(_forward_records(owner, self.partition, elements, offsets, limit))
             out.forwarded += idx.size
 
