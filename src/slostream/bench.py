@@ -38,9 +38,6 @@ from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, Sou
 
 SERVICES = 10
 UNKEYED_PARTITIONS = 4
-# A new series waits this long for forwards from partitions it has not heard (a cold start over a
-# full topic, as here); the default is 5 s, which would bill a one-time wait to a run of seconds.
-FORWARD_WAIT_S = 0.5
 SPAN_S = 600  # event time covered by each data set
 REPORT_S = 60
 GRACE_S = 30
@@ -79,14 +76,19 @@ def _expected_windows(t0: float) -> int:
     return SERVICES * ((last - first) // REPORT_S + 1)
 
 
-async def _produce(bootstrap: str, topic: str, payloads: list[bytes], partitions: int = 1) -> None:
-    """Records round-robin over the topic's partitions, as unkeyed producers spread them."""
+async def _produce(bootstrap: str, topic: str, payloads: list[bytes], partitions: int = 1,
+                   markers: list[bytes] = ()) -> None:
+    """Records round-robin over the topic's partitions, as unkeyed producers spread them; then every
+    marker to every partition."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20,
                                 max_request_size=8 << 20)
     await producer.start()
     try:
         for number, payload in enumerate(payloads):
             await producer.send(topic, payload, partition=number % partitions)
+        for partition in range(partitions):
+            for marker in markers:
+                await producer.send(topic, marker, partition=partition)
         await producer.flush()
     finally:
         await producer.stop()
@@ -166,7 +168,7 @@ def _bench_definitions(path: str) -> str:
 def _end_to_end(broker: EmbeddedBroker, prefix: str, expected: int, definitions: str | None = None,
                 partitions: int = 1) -> float:
     port = free_port()
-    env = dict(os.environ, SLOSTREAM_LOG_LEVEL="warning", SLOSTREAM_FORWARD_WAIT_S=str(FORWARD_WAIT_S))
+    env = dict(os.environ, SLOSTREAM_LOG_LEVEL="warning")
     if definitions:
         env["SLOSTREAM_DEFINITION_FILES"] = definitions
     worker = subprocess.Popen(
@@ -177,6 +179,12 @@ def _end_to_end(broker: EmbeddedBroker, prefix: str, expected: int, definitions:
     try:
         ready_at = _wait_ready(port, worker)
         last = asyncio.run(_last_sli_time(broker.bootstrap, f"{prefix}sli", expected, timeout=300))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        rejected = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                       if line.startswith("slostream_ingest_measurements_rejected_total{"))
+        if rejected:  # a fast run that loses measurements measures nothing
+            raise RuntimeError(f"run {prefix} rejected {rejected:.0f} measurements")
         return last - ready_at
     finally:
         worker.terminate()
@@ -225,7 +233,10 @@ async def _prepare(broker: EmbeddedBroker, sets: dict[str, tuple[list[bytes], in
     prefix -> (payloads, partitions of its measurement topic)."""
     await _create_topics(broker, tuple(sets), {prefix: partitions for prefix, (_, partitions) in sets.items()})
     for prefix, (payloads, partitions) in sets.items():
-        await _produce(broker.bootstrap, f"{prefix}.measurements", payloads, partitions)
+        # The markers go to every partition: a series read from several partitions closes a window
+        # when all of them have passed it (or after idle_after_s, 30 s, for one that stopped).
+        await _produce(broker.bootstrap, f"{prefix}.measurements", payloads[:-SERVICES], partitions,
+                       markers=payloads[-SERVICES:])
 
 
 LATENCY_TRIALS = 60
@@ -402,7 +413,6 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         "series": SERVICES,
         "rounds": rounds,
         "unkeyed_partitions": UNKEYED_PARTITIONS,
-        "forward_wait_s": FORWARD_WAIT_S,
     }
     for kind, name in (("b", "batched"), ("s", "single")):
         # Unkeyed: the records spread over 4 partitions, every series read on all of them, so about

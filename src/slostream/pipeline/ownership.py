@@ -6,8 +6,9 @@ Every series of a service, and every SLO on it, is owned by one partition::
 
 which is what Kafka's default partitioner (the Java client, kafka-python, aiokafka; librdkafka
 with ``partitioner=murmur2_random``) does with the service as the record key. Records keyed that
-way are read by their owner and take the fast path. A measurement read anywhere else is forwarded
-to its owner through the measurement topic itself, in a record marked with the header
+way are read by their owner and take the fast path. Every other measurement (unkeyed records,
+records keyed by host, a record read on the wrong partition) is forwarded to its owner, even when
+that is the partition it was read on, through the measurement topic itself, in a record marked with the header
 ``slostream-forwarded-from``: JSON ``{"partition": P, "offsets": [...]}``, the source partition and
 each element's source position (offset * 2**24 + index in its array). The receiver applies a
 forwarded element only if its position is above the highest it has applied from that partition, so

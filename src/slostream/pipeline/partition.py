@@ -40,6 +40,8 @@ _SERVICE, _METRIC = operator.attrgetter("service"), operator.attrgetter("metric"
 STATE_VERSION = 2  # 2: a clock per series, forward marks per partition, replay marks per element
 # A bucket's replay mark is (source offset, element index) as one number: offset * this + index.
 ELEMENTS_PER_RECORD = 1 << 24
+# The source of measurements windowed where they were read (forwarded ones: their source partition).
+DIRECT = -1
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
 
 
@@ -155,6 +157,8 @@ class PartitionProcessor:
         self.series: dict[tuple, Series] = {}
         self.applied_offset = -1  # last source offset fully processed
         self.forward_marks: dict[int, int] = {}  # source partition -> highest forwarded element applied
+        self.link_clocks: dict[int, float] = {}  # source partition -> newest event time it forwarded here
+        self.link_heard: dict[int, float] = {}  # source partition -> wall time of its last forward here
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
         self._dirty: set[tuple] = set()
@@ -195,10 +199,16 @@ class PartitionProcessor:
 
     def _route(self, records: list[SourceRecord], record_offsets: np.ndarray, cols: Columns,
                out: Output) -> tuple[Columns, np.ndarray]:
-        """Keep what this partition owns, with the partition each measurement was first read on.
-        Forward the rest to its owner; drop forwarded measurements this partition already applied
-        (the source replayed after a crash)."""
-        sources = np.full(len(cols), self.partition, dtype=np.int64)
+        """What this partition windows now, and where each of it came from (``DIRECT`` or the
+        source partition of a forward).
+
+        Records keyed by their service and read on its owner are windowed directly (the fast path).
+        Every other measurement goes to its owner through the topic, this partition included: then
+        all of a series' measurements reach the owner in the order their source partitions read
+        them, interleaved as they are read, so an owner catching up on a long backlog of its own
+        partition does not run ahead of the other partitions' share of the same series. Forwarded
+        measurements this partition already applied (a source replayed after a crash) are dropped."""
+        sources = np.full(len(cols), DIRECT, dtype=np.int64)
         if not len(cols):
             return cols, sources
         keep = np.ones(len(cols), dtype=bool)
@@ -225,13 +235,22 @@ class PartitionProcessor:
                 self.forward_marks[source] = max(mark, int(source_offsets.max()))
         if self.config.partitions > 1:
             owners = self._owners(cols.measurements)
-            foreign = (owners != self.partition) & ~received & keep
-            if foreign.any():
-                self._forward(cols, record_offsets, owners, foreign, out)
-                keep &= ~foreign
+            direct = (owners == self.partition) & self._keyed_by_service(records, cols)
+            sources[direct] = DIRECT
+            routed = ~direct & ~received & keep
+            if routed.any():
+                self._forward(cols, record_offsets, owners, routed, out)
+                keep &= ~routed
         if keep.all():
             return cols, sources
         return cols.select(keep), sources[keep]
+
+    @staticmethod
+    def _keyed_by_service(records: list[SourceRecord], cols: Columns) -> np.ndarray:
+        """Whether each measurement came in a record keyed by its own service."""
+        keys = np.array([None if r.key is None else r.key.decode("utf-8", "replace") for r in records], dtype=object)
+        services = np.array(list(map(_SERVICE, cols.measurements)), dtype=object)
+        return keys[cols.record] == services
 
     def _owners(self, ms: list) -> np.ndarray:
         """The owning partition of each measurement, computed once per distinct service."""
@@ -274,7 +293,10 @@ class PartitionProcessor:
                 f"(newest event time of the series {newest[i]:.3f}, grace {grace:g}s)",
                 msgspec.to_builtins(cols.measurements[i]),
             )
-            out.deadletter.append(self._deadletter(records[rejection.record], rejection))
+            record = records[rejection.record]
+            if sources[i] != DIRECT:  # a forwarded record holds many measurements: letter this one alone
+                record = record._replace(value=msgspec.json.encode(cols.measurements[i]))
+            out.deadletter.append(self._deadletter(record, rejection))
         self.newest_event_ts = max(self.newest_event_ts, float(cols.ts.max()))
         # Replay marks count elements, not records: a record can be cut between parts of a batch.
         offsets = record_offsets[cols.record] * ELEMENTS_PER_RECORD + np.maximum(cols.position, 0)
@@ -291,27 +313,22 @@ class PartitionProcessor:
         """The watermark of each element's series before and after it, and the series' newest event
         time before it.
 
-        A series read from several partitions (unkeyed producers: forwarded measurements) has one
-        clock per source partition, and its watermark follows the slowest source still sending
-        (heard within ``idle_after_s``): an owner that reads its own partition ahead of the
-        forwards from a lagging one (a catch-up, a restarted worker) does not make them late. The
-        spread is capped (``max_source_skew_s``) so open buckets always fit the base ring. When
-        other partitions may forward (more than one partition), a new series waits ``forward_wait_s``
-        of wall time for sources it has not heard yet: at a cold start or a catch-up the owner may
-        read its own partition far ahead of the first forwards.
+        A series fed through forwards has one clock per source partition, and its watermark follows
+        the slowest source still sending (heard within ``idle_after_s``). A source that forwards to
+        this partition but has not yet sent this series counts with the newest event time it has
+        forwarded at all (its *link* clock): it reads its log in order, so the series' share is
+        not far behind. Then an owner never runs ahead of a lagging source (a catch-up, a
+        restarted worker), however long the backlog. Before the first forward from a source has
+        arrived, a new series waits ``forward_wait_s`` of wall time (a cold start). The spread is
+        capped (``max_source_skew_s``) so open buckets always fit the base ring.
         """
-        grace, skew = self.config.grace_s, self.config.max_source_skew_s
-        n_ids = len(known)
+        grace, skew, idle = self.config.grace_s, self.config.max_source_skew_s, self.config.idle_after_s
         mark0 = np.array([-np.inf if s is None else s.watermark for s in known])
         newest0 = np.array([-np.inf if s is None else s.max_ts for s in known])
         present = np.unique(sources).tolist()
-        # Sources a series heard from lately but that send nothing in this batch: their clocks stand still.
-        others = np.full(n_ids, np.inf)
-        for i, s in enumerate(known):
-            if s is not None:
-                for p, clock in s.clocks.items():
-                    if p not in present and now - s.heard[p] < self.config.idle_after_s:
-                        others[i] = min(others[i], clock)
+        links = {p: clock for p, clock in self.link_clocks.items() if now - self.link_heard[p] < idle}
+        # Sources that send nothing in this batch: their clocks stand still (inf: no bound).
+        others = np.array([self._standing_clock(s, links, now, skip=present) for s in known])
         if self.config.partitions > 1:
             waiting = np.array([s is None or now - s.created < self.config.forward_wait_s for s in known])
             others[waiting] = -np.inf
@@ -324,9 +341,10 @@ class PartitionProcessor:
             clock_before, _ = running_max_before(ids, values, initial)
             clock_after = np.maximum(clock_before, values)
             newest_before = np.maximum(newest_before, clock_before)
-            # A source not heard yet holds nothing back.
-            slowest_before = np.minimum(slowest_before, np.where(clock_before > -np.inf, clock_before, np.inf))
-            slowest_after = np.minimum(slowest_after, np.where(clock_after > -np.inf, clock_after, np.inf))
+            # Not heard from this source yet: its link clock, or no bound at all.
+            link = links.get(p, np.inf)
+            slowest_before = np.minimum(slowest_before, np.where(clock_before > -np.inf, clock_before, link))
+            slowest_after = np.minimum(slowest_after, np.where(clock_after > -np.inf, clock_after, link))
         newest_after = np.maximum(newest_before, ts)
 
         def mark(slowest: np.ndarray, newest: np.ndarray) -> np.ndarray:
@@ -335,11 +353,28 @@ class PartitionProcessor:
 
         return mark(slowest_before, newest_before), mark(slowest_after, newest_after), newest_before
 
+    def _standing_clock(self, series: "Series | None", links: dict[int, float], now: float, skip=()) -> float:
+        """The slowest clock among a series' sources still sending (its own clock from each, or the
+        link clock of a forwarding partition it has not heard from); inf when none bounds it."""
+        slowest = np.inf
+        heard = {} if series is None else series.clocks
+        for p, clock in heard.items():
+            if p not in skip and now - series.heard[p] < self.config.idle_after_s:
+                slowest = min(slowest, clock)
+        for p, clock in links.items():
+            if p not in skip and p not in heard:
+                slowest = min(slowest, clock)
+        return slowest
+
     def _remember_sources(self, ids: np.ndarray, known: list, keys: list[tuple], ts: np.ndarray,
                           sources: np.ndarray, now: float) -> None:
-        """Each series' clock per source partition, and when it last heard from each."""
+        """Each series' clock per source, when it last heard from each; and each forwarding
+        partition's link clock."""
         for p in np.unique(sources).tolist():
             chosen = sources == p
+            if p != DIRECT:
+                self.link_clocks[p] = max(self.link_clocks.get(p, -np.inf), float(ts[chosen].max()))
+                self.link_heard[p] = now
             top = np.full(len(keys), -np.inf)
             np.maximum.at(top, ids[chosen], ts[chosen])
             for i in np.flatnonzero(top > -np.inf).tolist():
@@ -560,12 +595,13 @@ class PartitionProcessor:
         self.now = now
         config = self.config
         slo_keys = set()
+        links = {p: clock for p, clock in self.link_clocks.items() if now - self.link_heard[p] < config.idle_after_s}
         for series in self.series.values():
             if config.partitions > 1 and now - series.created < config.forward_wait_s:
                 continue  # a new series still waits for sources it has not heard from
-            sending = [clock for p, clock in series.clocks.items() if now - series.heard[p] < config.idle_after_s]
-            if sending:  # a source that went quiet no longer holds the series back
-                mark = max(series.watermark, min(sending) - config.grace_s)
+            slowest = self._standing_clock(series, links, now)
+            if slowest < np.inf:  # a source that went quiet no longer holds the series back
+                mark = max(series.watermark, slowest - config.grace_s)
             else:
                 mark = idle_watermark(series.max_ts, series.watermark, now - series.last_activity, config.grace_s,
                                       config.idle_after_s)
@@ -756,6 +792,7 @@ class PartitionProcessor:
             "applied_offset": self.applied_offset,
             "control_offset": self.control_offset,
             "forward_marks": {str(p): o for p, o in self.forward_marks.items()},
+            "link_clocks": {str(p): t for p, t in self.link_clocks.items()},
             "newest_event_ts": _finite_or_none(self.newest_event_ts),
         }
         writes.append((f"{p}{SEP}c", orjson.dumps(partition_state)))
@@ -780,6 +817,8 @@ class PartitionProcessor:
                 proc.applied_offset = state["applied_offset"]
                 proc.control_offset = state.get("control_offset", -1)
                 proc.forward_marks = {int(p): o for p, o in state.get("forward_marks", {}).items()}
+                proc.link_clocks = {int(p): t for p, t in state.get("link_clocks", {}).items()}
+                proc.link_heard = dict.fromkeys(proc.link_clocks, now)
                 if state.get("v") == 1:  # one clock for the whole partition: every series starts from it
                     old = state["watermark"]
                     partition_clock = [old["max_event_ts"], old["value"]]
