@@ -9,8 +9,9 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slostream.pipeline.ownership import murmur2, owner_of
-from slostream.pipeline.partition import ELEMENTS_PER_RECORD, PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.ownership import decode_forwarded, murmur2, owner_of
+from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.rows import ELEMENTS_PER_RECORD
 from tests.pipeline_sim import RECORD_TS, Cluster
 
 T0 = 1_800_000_000 // 60 * 60
@@ -125,7 +126,7 @@ def test_a_source_that_replays_after_a_crash_forwards_again_and_the_owner_adds_n
     cluster.settle()
     assert cluster.windows() == _truth(items, T0 + 10_000 - 30)
     last_foreign = max(r.offset for r in cluster.logs[0]
-                       if any(owner_of(m["service"], 2) == 1 for m in _elements(r.value)))
+                       if not r.headers and any(owner_of(m["service"], 2) == 1 for m in _elements(r.value)))
     assert cluster.procs[1].forward_marks[0] // ELEMENTS_PER_RECORD == last_foreign
 
 
@@ -156,9 +157,10 @@ def test_forwarded_records_are_split_to_fit_the_record_limit():
     out = proc.process(records, 0.0)
     assert sum(f.measurements for f in out.forwards) == 500 and len(out.forwards) > 1
     assert all(len(f.value) <= 4096 for f in out.forwards)
-    values = [m["value"] for f in out.forwards for m in orjson.loads(f.value)]
-    assert values == [float(i) for i in range(500)]
-    assert np.all(np.diff([o for f in out.forwards for o in orjson.loads(f.headers[0][1])["offsets"]]) >= 0)
+    columns = [decode_forwarded(f.value).columns() for f in out.forwards]
+    assert np.concatenate([c["value"] for c in columns]).tolist() == [float(i) for i in range(500)]
+    assert np.all(np.diff(np.concatenate([c["positions"] for c in columns])) > 0)
+    assert {f.headers[0] for f in out.forwards} == {("slostream-forwarded-from", b"0")}
 
 
 def test_a_catch_up_over_full_partitions_loses_nothing_to_the_owners_reading_ahead():
@@ -184,14 +186,10 @@ def test_a_catch_up_over_full_partitions_loses_nothing_to_the_owners_reading_ahe
 def test_a_record_split_over_several_forwards_is_applied_whole():
     config = PipelineConfig(partitions=2, max_record_bytes=4096)
     foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
-    # No ts: the record timestamp is the event time, and forwarding writes it into every element.
-    items = [{"service": foreign, "metric": "m", "ok": True} for _ in range(90)]
     cluster = Cluster(config, random.Random(3))
-    cluster.append(0, orjson.dumps(items))
-    assert len(cluster.logs[0][0].value) <= 4096
-    cluster.drain()
-    assert len(cluster.logs[1]) > 1  # the forwarded copy did not fit one record
+    for _ in range(2):  # read in one chunk: the second record straddles two forwards
+        cluster.append(0, orjson.dumps([{"service": foreign, "metric": "m", "ok": True, "ts": T0 + 1}] * 60))
+    cluster.step(0, 10)
+    assert len(cluster.logs[1]) == 2  # 120 measurements, at most 102 per forward
     cluster.settle()
-    windows = cluster.procs[1].series[(foreign, "m")].windows
-    start = int(RECORD_TS // 60 * 60)
-    assert windows.aggregate(start, start + 60).count + windows.open_totals(start, start + 60)[0] == 90
+    assert cluster.procs[1].series[(foreign, "m")].windows.open_totals(T0, T0 + 60)[0] == 120

@@ -90,33 +90,45 @@ class SloApp(faust.App):
 
 
 class OutputProducer(mode.Service):
-    """Producer for the output topics, batched normally.
+    """Producers for the output topics and for forwarded measurements, batched normally, apart
+    from the app's own producer (the changelog's, fenced at each checkpoint).
 
-    The app's own producer sends one record per batch on the embedded broker
-    (changelog recovery needs it); output events need no such care, and
-    sending them one round trip at a time would stall ingest.
+    Tansu reports a partition's end offset from the first record of its last batch and then holds
+    each fetch for the whole wait: with ``lone_forwards`` every forwarded record (many measurements
+    already) goes in a batch of its own, so the owner reading them is not stalled by that quirk.
     """
 
-    def __init__(self, hosts: list[str], **kwargs: Any):
+    def __init__(self, hosts: list[str], lone_forwards: bool, **kwargs: Any):
         super().__init__(**kwargs)
         self.hosts = hosts
+        self.lone_forwards = lone_forwards
         self.producer: AIOKafkaProducer | None = None
+        self.forwards: AIOKafkaProducer | None = None
 
     async def on_start(self) -> None:
-        # aiokafka binds to the running loop, so the producer is made here.
+        # aiokafka binds to the running loop, so the producers are made here.
         self.producer = AIOKafkaProducer(bootstrap_servers=self.hosts, linger_ms=2, acks="all",
                                          max_batch_size=1 << 20, max_request_size=4 << 20)
+        # A record larger than max_batch_size gets a batch of its own.
+        self.forwards = AIOKafkaProducer(bootstrap_servers=self.hosts, linger_ms=2, acks="all",
+                                         max_batch_size=64 if self.lone_forwards else 1 << 20,
+                                         max_request_size=4 << 20)
         await self.producer.start()
+        await self.forwards.start()
 
     async def on_stop(self) -> None:
         await self.producer.stop()
+        await self.forwards.stop()
 
-    async def send(self, topic: str, key: bytes | None, value: bytes, partition: int | None = None,
-                   headers: list[tuple[str, bytes]] | None = None) -> None:
-        await self.producer.send(topic, value, key=key, partition=partition, headers=headers)
+    async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        await self.producer.send(topic, value, key=key)
+
+    async def forward(self, topic: str, partition: int, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        await self.forwards.send(topic, value, partition=partition, headers=headers)
 
     async def flush(self) -> None:
         await self.producer.flush()
+        await self.forwards.flush()
 
 
 class IngestService:
@@ -281,7 +293,7 @@ class IngestService:
             await self.outputs.send(self.breaches_topic, key, orjson.dumps(event))
             self.breaches_emitted += 1
         for forward in out.forwards:
-            await self.outputs.send(self.topic, None, forward.value, forward.partition, forward.headers)
+            await self.outputs.forward(self.topic, forward.partition, forward.value, forward.headers)
         for key, event in out.deadletter:
             await self.outputs.send(self.deadletter_topic, key, orjson.dumps(event))
             self.rejected[event["data"]["reason"]] += 1
@@ -429,7 +441,7 @@ def create_app(settings: Settings) -> SloApp:
         table_standby_replicas=0,
     )
     metrics = PipelineMetrics()
-    outputs = OutputProducer(settings.broker_hosts)
+    outputs = OutputProducer(settings.broker_hosts, lone_forwards=bool(settings.changelog_fence))
     app.add_dependency(outputs)
     ingest = IngestService(app, settings, metrics, outputs)
     undecodable.install(ingest.skipped_batch)

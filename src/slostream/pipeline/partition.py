@@ -33,15 +33,15 @@ from slostream.core.policy import PolicyWatch, aggregate_value
 from slostream.core.tracker import SloTracker
 from slostream.core.watermark import idle_watermark, running_max_before
 from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Resolution, SeriesWindows, bucket_start
-from slostream.pipeline.ownership import MAX_FORWARD_BYTES, Owners, forward_header, forwarded_from
+from slostream.pipeline import rows
+from slostream.pipeline.ownership import (MAX_FORWARD_BYTES, Owners, decode_forwarded, encode_forwarded,
+                                          forward_header, forwarded_from)
 
 SEP = "\x1f"
-_SERVICE, _METRIC = operator.attrgetter("service"), operator.attrgetter("metric")
+_SERVICE, _METRIC, _OUTCOME, _ID = (operator.attrgetter(name) for name in ("service", "metric", "outcome", "id"))
 STATE_VERSION = 2  # 2: a clock per series, forward marks per partition, replay marks per element
-# A bucket's replay mark is (source offset, element index) as one number: offset * this + index.
-ELEMENTS_PER_RECORD = 1 << 24
-# The source of measurements windowed where they were read (forwarded ones: their source partition).
-DIRECT = -1
+# Forwarded records are cut to hold at most this many bytes' worth of measurements each.
+FORWARD_BYTES_PER_MEASUREMENT = 40
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
 
 
@@ -184,70 +184,81 @@ class PartitionProcessor:
         if not fresh:
             return out
         self.now = now
-        batch = self.decoder.decode([(r.value, r.timestamp) for r in fresh])
-        for rejection in batch.rejections:
-            out.deadletter.append(self._deadletter(fresh[rejection.record], rejection))
         record_offsets = np.fromiter((r.offset for r in fresh), dtype=np.int64, count=len(fresh))
-        cols, sources = self._route(fresh, record_offsets, batch.columns, out)
-        if len(cols):
-            self._window(fresh, record_offsets, cols, sources, out, now)
+        origins = [forwarded_from(r.headers) if r.headers else None for r in fresh]
+        parts = []
+        read_here = [i for i, origin in enumerate(origins) if origin is None]
+        if read_here:
+            parts += self._read(fresh, read_here, record_offsets, out)
+        for i, origin in enumerate(origins):
+            if origin is not None:
+                parts += self._receive(fresh[i], i, origin, out)
+        if parts:
+            self._window(fresh, rows.merge(parts), out, now)
         self.applied_offset = fresh[-1].offset
         if self._touched and now - self._last_evaluation >= self.config.evaluation_interval_s:
             self._evaluate(out, self._touched)
             self._last_evaluation = now
         return out
 
-    def _route(self, records: list[SourceRecord], record_offsets: np.ndarray, cols: Columns,
-               out: Output) -> tuple[Columns, np.ndarray]:
-        """What this partition windows now, and where each of it came from (``DIRECT`` or the
-        source partition of a forward).
+    def _read(self, records: list[SourceRecord], chosen: list[int], record_offsets: np.ndarray,
+              out: Output) -> list[rows.Rows]:
+        """Decode the records read from producers; window what this partition takes directly and
+        forward the rest to its owner.
 
         Records keyed by their service and read on its owner are windowed directly (the fast path).
         Every other measurement goes to its owner through the topic, this partition included: then
         all of a series' measurements reach the owner in the order their source partitions read
         them, interleaved as they are read, so an owner catching up on a long backlog of its own
-        partition does not run ahead of the other partitions' share of the same series. Forwarded
-        measurements this partition already applied (a source replayed after a crash) are dropped."""
-        sources = np.full(len(cols), DIRECT, dtype=np.int64)
+        partition does not run ahead of the other partitions' share of the same series."""
+        whole = len(chosen) == len(records)
+        batch = self.decoder.decode([(records[i].value, records[i].timestamp) for i in chosen])
+        cols = batch.columns
+        if not whole:  # record numbers of the batch, not of the decoded subset
+            index = np.asarray(chosen, dtype=np.int64)
+            cols.record = index[cols.record]
+        for rejection in batch.rejections:
+            record = chosen[rejection.record]
+            out.deadletter.append(self._deadletter(records[record], rejection))
         if not len(cols):
-            return cols, sources
-        keep = np.ones(len(cols), dtype=bool)
-        received = np.zeros(len(cols), dtype=bool)
-        for number, record in enumerate(records):
-            if not record.headers:
-                continue
-            origin = forwarded_from(record.headers)
-            if origin is None:
-                continue
-            source, offsets = origin
-            members = np.flatnonzero(cols.record == number)
-            positions = cols.position[members]
-            if positions.size and (positions.min() < 0 or positions.max() >= len(offsets)):
-                continue  # not a record slostream made: treat it as any other
-            received[members] = True
-            sources[members] = source
-            source_offsets = np.asarray(offsets, dtype=np.int64)[positions]
-            mark = self.forward_marks.get(source, -1)
-            duplicate = source_offsets <= mark
-            keep[members[duplicate]] = False
-            out.forward_duplicates += int(duplicate.sum())
-            if source_offsets.size:
-                self.forward_marks[source] = max(mark, int(source_offsets.max()))
+            return []
         if self.config.partitions > 1:
             owners = self._owners(cols.measurements)
             direct = (owners == self.partition) & self._keyed_by_service(records, cols)
-            sources[direct] = DIRECT
-            routed = ~direct & ~received & keep
-            if routed.any():
-                self._forward(cols, record_offsets, owners, routed, out)
-                keep &= ~routed
-        if keep.all():
-            return cols, sources
-        return cols.select(keep), sources[keep]
+            if not direct.all():
+                self._forward(cols, record_offsets, owners, ~direct, out)
+                cols = cols.select(direct)
+                if not len(cols):
+                    return []
+        ids, keys = self._number(cols.measurements)
+        return [rows.from_columns(cols, np.full(len(cols), rows.DIRECT, dtype=np.int64), ids, keys, record_offsets)]
+
+    def _receive(self, record: SourceRecord, number: int, source: int, out: Output) -> list[rows.Rows]:
+        """The measurements another partition (or this one) forwarded, less those already applied
+        (the source replayed after a crash)."""
+        try:
+            forwarded = decode_forwarded(record.value)
+        except ValueError as exc:
+            rejection = Rejection(0, None, Reason.INVALID_JSON, f"record marked as forwarded from partition "
+                                                                f"{source} cannot be read: {exc}")
+            out.deadletter.append(self._deadletter(record, rejection))
+            return []
+        columns = forwarded.columns()
+        positions = columns["positions"]
+        mark = self.forward_marks.get(source, -1)
+        fresh = positions > mark
+        out.forward_duplicates += int(positions.size - fresh.sum())
+        if positions.size:
+            self.forward_marks[source] = max(mark, int(positions.max()))
+        if not fresh.any():
+            return []
+        return [rows.from_forwarded(forwarded, columns, fresh, number, record.offset, source, self.config.label_keys)]
 
     @staticmethod
     def _keyed_by_service(records: list[SourceRecord], cols: Columns) -> np.ndarray:
         """Whether each measurement came in a record keyed by its own service."""
+        if all(r.key is None for r in records):
+            return np.zeros(len(cols), dtype=bool)
         keys = np.array([None if r.key is None else r.key.decode("utf-8", "replace") for r in records], dtype=object)
         services = np.array(list(map(_SERVICE, cols.measurements)), dtype=object)
         return keys[cols.record] == services
@@ -260,53 +271,60 @@ class PartitionProcessor:
         return np.fromiter((self.owners(ms[i].service) for i in distinct.tolist()), dtype=np.int64,
                            count=distinct.size)[inverse.reshape(-1)]
 
-    def _forward(self, cols: Columns, record_offsets: np.ndarray, owners: np.ndarray, foreign: np.ndarray,
+    def _forward(self, cols: Columns, record_offsets: np.ndarray, owners: np.ndarray, routed: np.ndarray,
                  out: Output) -> None:
-        """One record per owner (split when large), in source order, each element with its event time
-        made explicit (the forwarded record's own timestamp is not the original's)."""
-        limit = min(MAX_FORWARD_BYTES, self.config.max_record_bytes)
-        for owner in np.unique(owners[foreign]).tolist():
-            idx = np.flatnonzero(foreign & (owners == owner))
-            elements = [m if m.ts is not None else msgspec.structs.replace(m, ts=float(t))
-                        for m, t in zip([cols.measurements[i] for i in idx.tolist()], cols.ts[idx].tolist())]
-            # Per element, not per record: a large record's elements may go out in several forwards.
-            offsets = (record_offsets[cols.record[idx]] * ELEMENTS_PER_RECORD + np.maximum(cols.position[idx], 0)).tolist()
-            out.forwards.extend(_forward_records(owner, self.partition, elements, offsets, limit))
-            out.forwarded += idx.size
+        """Records of columns per owner (split when large), in source order. Event times are
+        explicit: the forwarded record's own timestamp is not the original's."""
+        per_record = max(1, min(MAX_FORWARD_BYTES, self.config.max_record_bytes) // FORWARD_BYTES_PER_MEASUREMENT)
+        label_keys = self.config.label_keys
+        for owner in np.unique(owners[routed]).tolist():
+            every = np.flatnonzero(routed & (owners == owner))
+            for first in range(0, every.size, per_record):
+                idx = every[first:first + per_record]
+                chosen = [cols.measurements[i] for i in idx.tolist()]
+                ids, keys = self._number(chosen)
+                table = [(key[0], key[1], list(key[2]) if label_keys else []) for key in keys]
+                outcomes = list(map(_OUTCOME, chosen))
+                outcomes = np.full(len(chosen), -1, dtype=np.int8) if outcomes.count(None) == len(outcomes) else \
+                    np.array([-1 if o is None else o for o in outcomes], dtype=np.int8)
+                names = list(map(_ID, chosen))
+                positions = record_offsets[cols.record[idx]] * rows.ELEMENTS_PER_RECORD + np.maximum(cols.position[idx], 0)
+                value = encode_forwarded(table, ids, cols.ts[idx], cols.values[idx], cols.oks[idx], outcomes,
+                                         positions, None if names.count(None) == len(names) else names)
+                out.forwards.append(Forward(owner, value, [forward_header(self.partition)], idx.size))
+            out.forwarded += every.size
 
-    def _window(self, records: list[SourceRecord], record_offsets: np.ndarray, cols: Columns, sources: np.ndarray,
-                out: Output, now: float) -> None:
+    def _window(self, records: list[SourceRecord], batch: rows.Rows, out: Output, now: float) -> None:
         """Judge lateness per series, then window the batch part by part (cut where an SLO's clock
         enters a new base bucket, so it is judged there as a live run would)."""
         width = self.config.resolutions[0].width
         grace = self.config.grace_s
-        ids, keys = self._number(cols.measurements)
+        ids, keys = batch.ids, batch.keys
         known = [self.series.get(key) for key in keys]
-        before, after, newest = self._marks(ids, known, cols.ts, sources, now)
+        before, after, newest = self._marks(ids, known, batch.ts, batch.sources, now)
         with np.errstate(invalid="ignore"):
             horizon = np.floor(before / width) * width
-        late = cols.ts < horizon
+        late = batch.ts < horizon
         for i in np.flatnonzero(late).tolist():
+            element = batch.element(i)
             rejection = Rejection(
-                int(cols.record[i]), None if cols.position[i] < 0 else int(cols.position[i]), Reason.TOO_LATE,
-                f"ts {cols.ts[i]:.3f} is before its series' closed horizon {horizon[i]:.0f} "
+                int(batch.record[i]), None if batch.position[i] < 0 else int(batch.position[i]), Reason.TOO_LATE,
+                f"ts {batch.ts[i]:.3f} is before its series' closed horizon {horizon[i]:.0f} "
                 f"(newest event time of the series {newest[i]:.3f}, grace {grace:g}s)",
-                msgspec.to_builtins(cols.measurements[i]),
+                element,
             )
             record = records[rejection.record]
-            if sources[i] != DIRECT:  # a forwarded record holds many measurements: letter this one alone
-                record = record._replace(value=msgspec.json.encode(cols.measurements[i]))
+            if batch.sources[i] != rows.DIRECT:  # a forwarded record holds many measurements: letter this one
+                record = record._replace(value=orjson.dumps(element))
             out.deadletter.append(self._deadletter(record, rejection))
-        self.newest_event_ts = max(self.newest_event_ts, float(cols.ts.max()))
-        # Replay marks count elements, not records: a record can be cut between parts of a batch.
-        offsets = record_offsets[cols.record] * ELEMENTS_PER_RECORD + np.maximum(cols.position, 0)
-        for start, stop, crossings in self._slices(ids, keys, cols.ts):
+        self.newest_event_ts = max(self.newest_event_ts, float(batch.ts.max()))
+        for start, stop, crossings in self._slices(ids, keys, batch.ts):
             for key, slo_now in crossings:  # this SLO's clock enters a new bucket: judge the one before
                 self._evaluate(out, [t.slo.name for t in self._trackers_of(key)], slo_now)
             accepted = np.flatnonzero(~late[start:stop]) + start
             if accepted.size:
-                self._ingest(accepted, cols, offsets, ids, keys, after, out, now)
-        self._remember_sources(ids, known, keys, cols.ts, sources, now)
+                self._ingest(accepted, batch, after, out, now)
+        self._remember_sources(ids, known, keys, batch.ts, batch.sources, now)
 
     def _marks(self, ids: np.ndarray, known: list, ts: np.ndarray, sources: np.ndarray,
                now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -372,7 +390,7 @@ class PartitionProcessor:
         partition's link clock."""
         for p in np.unique(sources).tolist():
             chosen = sources == p
-            if p != DIRECT:
+            if p != rows.DIRECT:
                 self.link_clocks[p] = max(self.link_clocks.get(p, -np.inf), float(ts[chosen].max()))
                 self.link_heard[p] = now
             top = np.full(len(keys), -np.inf)
@@ -416,21 +434,20 @@ class PartitionProcessor:
         for start, stop in zip(bounds, [*bounds[1:], n]):
             yield start, stop, cuts.get(start, [])
 
-    def _ingest(self, idx: np.ndarray, cols: Columns, offsets: np.ndarray, all_ids: np.ndarray,
-                keys: list[tuple], marks_after: np.ndarray, out: Output, now: float) -> None:
+    def _ingest(self, idx: np.ndarray, batch: rows.Rows, marks_after: np.ndarray, out: Output, now: float) -> None:
         """Window the accepted measurements ``idx`` (ascending) of one part of a batch."""
         width = self.config.resolutions[0].width
         grace = self.config.grace_s
-        sids = all_ids[idx]
+        sids = batch.ids[idx]
         # Series are made only for accepted measurements: a late-only key creates none.
-        series_of = {i: self._get_series(keys[i]) for i in np.unique(sids).tolist()}
-        starts = (np.floor(cols.ts[idx] / width) * width).astype(np.int64)
-        order = np.lexsort((offsets[idx], starts, sids))
+        series_of = {i: self._get_series(batch.keys[i]) for i in np.unique(sids).tolist()}
+        starts = (np.floor(batch.ts[idx] / width) * width).astype(np.int64)
+        order = np.lexsort((batch.marks[idx], starts, sids))
         sids, starts, idx = sids[order], starts[order], idx[order]
         bounds = [0, *(np.flatnonzero((np.diff(sids) != 0) | (np.diff(starts) != 0)) + 1).tolist(), len(idx)]
         # In (series, bucket, offset) order every group is a contiguous run, read through views.
-        values, oks, run_offsets = cols.values[idx], cols.oks[idx], offsets[idx]
-        newest = np.maximum.reduceat(cols.ts[idx], bounds[:-1])
+        values, oks, run_offsets = batch.values[idx], batch.oks[idx], batch.marks[idx]
+        newest = np.maximum.reduceat(batch.ts[idx], bounds[:-1])
         group_marks = np.maximum.reduceat(marks_after[idx], bounds[:-1])
         # The watermark each series will have after this part: buckets below it (and below the one
         # being added) hold everything of this part they will ever hold, so they close as the run
@@ -477,22 +494,23 @@ class PartitionProcessor:
             if series.trackers:
                 slo_keys.add((series.service, series.metric))
         for name, parts in slo_members.items():
-            self._feed(self.trackers[name], np.concatenate(parts), cols, offsets)
+            self._feed(self.trackers[name], np.concatenate(parts), batch)
         for key in slo_keys:
             self._close_slos(key)
-    def _feed(self, tracker: SloTracker, members: np.ndarray, cols: Columns, offsets: np.ndarray) -> None:
+
+    def _feed(self, tracker: SloTracker, members: np.ndarray, batch: rows.Rows) -> None:
         """One SLO gathers every series it covers; each base bucket is fed once, in offset order,
         so its replay mark stays exact."""
         width = self.config.resolutions[0].width
-        starts = (np.floor(cols.ts[members] / width) * width).astype(np.int64)
-        order = np.lexsort((offsets[members], starts))
+        starts = (np.floor(batch.ts[members] / width) * width).astype(np.int64)
+        order = np.lexsort((batch.marks[members], starts))
         members, starts = members[order], starts[order]
         until = min(s.watermark for s in self.slo_sources[(tracker.slo.service, tracker.slo.metric)])
         for group in np.split(np.arange(len(members)), np.flatnonzero(np.diff(starts)) + 1):
             chosen = members[group]
             self._close_slo_before(tracker, int(starts[group[0]]), until)
-            tracker.feed(int(starts[group[0]]), cols.values[chosen], cols.oks[chosen], offsets[chosen],
-                         float(cols.ts[chosen].max()))
+            tracker.feed(int(starts[group[0]]), batch.values[chosen], batch.oks[chosen], batch.marks[chosen],
+                         float(batch.ts[chosen].max()))
         self._touched.add(tracker.slo.name)
 
     def _number(self, ms: list) -> tuple[np.ndarray, list[tuple]]:
@@ -900,16 +918,6 @@ def fence_key(partition: int) -> str:
 
 def _series_key(service: str, metric: str, labels: dict) -> str:
     return orjson.dumps([service, metric, labels], option=orjson.OPT_SORT_KEYS).decode()
-
-
-def _forward_records(owner: int, source: int, elements: list, offsets: list[int], limit: int) -> list[Forward]:
-    """Forwarded records of at most ``limit`` bytes (halved until they fit; one element always goes)."""
-    value = msgspec.json.encode(elements)
-    if len(value) > limit and len(elements) > 1:
-        half = len(elements) // 2
-        return (_forward_records(owner, source, elements[:half], offsets[:half], limit)
-                + _forward_records(owner, source, elements[half:], offsets[half:], limit))
-    return [Forward(owner, value, [forward_header(source, offsets)], len(elements))]
 
 
 def _finite_or_none(x: float) -> float | None:
