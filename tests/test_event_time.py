@@ -193,3 +193,19 @@ def test_any_jumps_and_any_batching_report_every_window_as_brute_force_counts_it
         assert got == expected
         assert late == len(items) - sum(counts.values())
     assert results[0] == results[1]
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(1, 6))
+@settings(max_examples=30, deadline=None)
+def test_running_max_before_on_long_runs_equals_a_loop(seed, n_groups):
+    """Long runs per group take the one-accumulate-per-run path; it must agree with a loop too."""
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, n_groups, 1000)
+    values = np.round(rng.normal(0, 100, 1000), 1)
+    initial = np.where(rng.random(n_groups) < 0.5, -np.inf, rng.normal(0, 100, n_groups))
+    before, final = running_max_before(groups, values, initial)
+    seen = initial.tolist()
+    for i, (g, v) in enumerate(zip(groups.tolist(), values.tolist())):
+        assert before[i] == seen[g]
+        seen[g] = max(seen[g], v)
+    assert final.tolist() == seen

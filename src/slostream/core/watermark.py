@@ -29,30 +29,39 @@ STATE_VERSION = 1
 def running_max_before(groups: np.ndarray, values: np.ndarray, initial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each element, the largest of ``initial[group]`` and the values of the elements before it
     in its group; and each group's largest value after all of them. ``groups`` are dense integers
-    indexing ``initial``. Exact (ranks, not float offsets), O(n log n) in numpy."""
+    indexing ``initial``. Exact: a running maximum per group, never a float offset trick."""
     n = values.size
     final = initial.astype(np.float64, copy=True)
     if n == 0:
         return np.zeros(0), final
-    order = np.argsort(groups, kind="stable")
+    # Small group numbers sort by radix, in linear time.
+    keys = groups.astype(np.int16) if initial.size < 1 << 15 else groups
+    order = np.argsort(keys, kind="stable")
     sorted_groups = groups[order].astype(np.int64)
-    levels, ranks = np.unique(values[order], return_inverse=True)
-    # Group g's keys lie in [g * m, (g + 1) * m): a running maximum never leaks across groups.
-    m = levels.size
-    keys = sorted_groups * m + ranks.reshape(-1)
-    running = np.maximum.accumulate(keys) - sorted_groups * m
-    starts = np.ones(n, dtype=bool)
-    starts[1:] = sorted_groups[1:] != sorted_groups[:-1]
-    previous = np.empty(n, dtype=np.int64)
-    previous[0] = -1
-    previous[1:] = running[:-1]
-    previous[starts] = -1
-    before_sorted = np.where(previous >= 0, levels[np.maximum(previous, 0)], -np.inf)
-    before_sorted = np.maximum(before_sorted, initial[sorted_groups])
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.concatenate(([True], sorted_groups[1:] != sorted_groups[:-1])))
+    ends = np.append(starts[1:], n)
+    before_sorted = np.empty(n)
+    if starts.size * 64 <= n:  # few groups, long runs: one accumulate per run
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            group = sorted_groups[a]
+            running = np.maximum.accumulate(sorted_values[a:b])
+            before_sorted[a] = initial[group]
+            np.maximum(running[:-1], initial[group], out=before_sorted[a + 1:b])
+            final[group] = max(final[group], running[-1])
+    else:  # many groups: ranks make every group's values one increasing band of integers
+        levels, ranks = np.unique(sorted_values, return_inverse=True)
+        m = levels.size
+        running = np.maximum.accumulate(sorted_groups * m + ranks.reshape(-1)) - sorted_groups * m
+        previous = np.empty(n, dtype=np.int64)
+        previous[0] = -1
+        previous[1:] = running[:-1]
+        previous[starts] = -1
+        before_sorted = np.where(previous >= 0, levels[np.maximum(previous, 0)], -np.inf)
+        before_sorted = np.maximum(before_sorted, initial[sorted_groups])
+        np.maximum.at(final, sorted_groups[ends - 1], levels[running[ends - 1]])
     before = np.empty(n)
     before[order] = before_sorted
-    ends = np.flatnonzero(np.append(starts[1:], True))
-    np.maximum.at(final, sorted_groups[ends], levels[running[ends]])
     return before, final
 
 

@@ -222,15 +222,17 @@ class PartitionProcessor:
             out.deadletter.append(self._deadletter(records[record], rejection))
         if not len(cols):
             return []
+        ids, keys = self._number(cols.measurements)
         if self.config.partitions > 1:
-            owners = self._owners(cols.measurements)
+            owners = np.fromiter((self.owners(key[0]) for key in keys), dtype=np.int64, count=len(keys))[ids]
             direct = (owners == self.partition) & self._keyed_by_service(records, cols)
             if not direct.all():
-                self._forward(cols, record_offsets, owners, ~direct, out)
+                self._forward(cols, record_offsets, owners, ~direct, ids, keys, out)
                 cols = cols.select(direct)
                 if not len(cols):
                     return []
-        ids, keys = self._number(cols.measurements)
+                used, ids = np.unique(ids[direct], return_inverse=True)
+                ids, keys = ids.reshape(-1), [keys[i] for i in used.tolist()]
         return [rows.from_columns(cols, np.full(len(cols), rows.DIRECT, dtype=np.int64), ids, keys, record_offsets)]
 
     def _receive(self, record: SourceRecord, number: int, source: int, out: Output) -> list[rows.Rows]:
@@ -263,16 +265,8 @@ class PartitionProcessor:
         services = np.array(list(map(_SERVICE, cols.measurements)), dtype=object)
         return keys[cols.record] == services
 
-    def _owners(self, ms: list) -> np.ndarray:
-        """The owning partition of each measurement, computed once per distinct service."""
-        n = len(ms)
-        first = np.fromiter(map({}.setdefault, map(_SERVICE, ms), range(n)), dtype=np.int64, count=n)
-        distinct, inverse = np.unique(first, return_inverse=True)
-        return np.fromiter((self.owners(ms[i].service) for i in distinct.tolist()), dtype=np.int64,
-                           count=distinct.size)[inverse.reshape(-1)]
-
     def _forward(self, cols: Columns, record_offsets: np.ndarray, owners: np.ndarray, routed: np.ndarray,
-                 out: Output) -> None:
+                 ids: np.ndarray, keys: list[tuple], out: Output) -> None:
         """Records of columns per owner (split when large), in source order. Event times are
         explicit: the forwarded record's own timestamp is not the original's."""
         per_record = max(1, min(MAX_FORWARD_BYTES, self.config.max_record_bytes) // FORWARD_BYTES_PER_MEASUREMENT)
@@ -282,14 +276,14 @@ class PartitionProcessor:
             for first in range(0, every.size, per_record):
                 idx = every[first:first + per_record]
                 chosen = [cols.measurements[i] for i in idx.tolist()]
-                ids, keys = self._number(chosen)
-                table = [(key[0], key[1], list(key[2]) if label_keys else []) for key in keys]
+                used, local = np.unique(ids[idx], return_inverse=True)
+                table = [(keys[i][0], keys[i][1], list(keys[i][2]) if label_keys else []) for i in used.tolist()]
                 outcomes = list(map(_OUTCOME, chosen))
                 outcomes = np.full(len(chosen), -1, dtype=np.int8) if outcomes.count(None) == len(outcomes) else \
                     np.array([-1 if o is None else o for o in outcomes], dtype=np.int8)
                 names = list(map(_ID, chosen))
                 positions = record_offsets[cols.record[idx]] * rows.ELEMENTS_PER_RECORD + np.maximum(cols.position[idx], 0)
-                value = encode_forwarded(table, ids, cols.ts[idx], cols.values[idx], cols.oks[idx], outcomes,
+                value = encode_forwarded(table, local.reshape(-1), cols.ts[idx], cols.values[idx], cols.oks[idx], outcomes,
                                          positions, None if names.count(None) == len(names) else names)
                 out.forwards.append(Forward(owner, value, [forward_header(self.partition)], idx.size))
             out.forwarded += every.size
