@@ -13,7 +13,7 @@ from slostream.core.objectives import GoodRule, Policy, Slo, SloWindow
 from slostream.core.watermark import running_max_before
 from slostream.pipeline.ownership import owner_of
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
-from tests.pipeline_sim import RECORD_TS, Cluster
+from tests.pipeline_sim import Cluster
 
 T0 = 1_800_000_000 // 60 * 60
 

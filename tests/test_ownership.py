@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from slostream.pipeline.ownership import decode_forwarded, murmur2, owner_of
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
 from slostream.pipeline.rows import ELEMENTS_PER_RECORD
-from tests.pipeline_sim import RECORD_TS, Cluster
+from tests.pipeline_sim import Cluster
 
 T0 = 1_800_000_000 // 60 * 60
 PARTITIONS = 4

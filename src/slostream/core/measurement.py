@@ -82,11 +82,6 @@ class Columns:
     def __len__(self) -> int:
         return len(self.measurements)
 
-    def slice(self, start: int, stop: int) -> "Columns":
-        return Columns(self.measurements[start:stop], self.record[start:stop], self.ts[start:stop],
-                       self.values[start:stop], self.oks[start:stop], self.record_ts[start:stop],
-                       self.position[start:stop])
-
     def select(self, keep: np.ndarray) -> "Columns":
         idx = np.flatnonzero(keep)
         return Columns(

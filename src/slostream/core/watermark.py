@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import numpy as np
 
-STATE_VERSION = 1
-
 
 def running_max_before(groups: np.ndarray, values: np.ndarray, initial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For each element, the largest of ``initial[group]`` and the values of the elements before it

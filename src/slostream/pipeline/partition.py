@@ -20,7 +20,6 @@ import operator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-import msgspec
 import numpy as np
 import orjson
 
@@ -334,11 +333,11 @@ class PartitionProcessor:
         arrived, a new series waits ``forward_wait_s`` of wall time (a cold start). The spread is
         capped (``max_source_skew_s``) so open buckets always fit the base ring.
         """
-        grace, skew, idle = self.config.grace_s, self.config.max_source_skew_s, self.config.idle_after_s
+        grace, skew = self.config.grace_s, self.config.max_source_skew_s
         mark0 = np.array([-np.inf if s is None else s.watermark for s in known])
         newest0 = np.array([-np.inf if s is None else s.max_ts for s in known])
         present = np.unique(sources).tolist()
-        links = {p: clock for p, clock in self.link_clocks.items() if now - self.link_heard[p] < idle}
+        links = self._active_links(now)
         # Sources that send nothing in this batch: their clocks stand still (inf: no bound).
         others = np.array([self._standing_clock(s, links, now, skip=present) for s in known])
         if self.config.partitions > 1:
@@ -364,6 +363,11 @@ class PartitionProcessor:
             return np.maximum(np.maximum(mark0[ids], following), newest - skew)
 
         return mark(slowest_before, newest_before), mark(slowest_after, newest_after), newest_before
+
+    def _active_links(self, now: float) -> dict[int, float]:
+        """Link clocks of the partitions that forwarded here within ``idle_after_s``."""
+        return {p: clock for p, clock in self.link_clocks.items()
+                if now - self.link_heard[p] < self.config.idle_after_s}
 
     def _standing_clock(self, series: "Series | None", links: dict[int, float], now: float, skip=()) -> float:
         """The slowest clock among a series' sources still sending (its own clock from each, or the
@@ -431,7 +435,6 @@ class PartitionProcessor:
     def _ingest(self, idx: np.ndarray, batch: rows.Rows, marks_after: np.ndarray, out: Output, now: float) -> None:
         """Window the accepted measurements ``idx`` (ascending) of one part of a batch."""
         width = self.config.resolutions[0].width
-        grace = self.config.grace_s
         sids = batch.ids[idx]
         # Series are made only for accepted measurements: a late-only key creates none.
         series_of = {i: self._get_series(batch.keys[i]) for i in np.unique(sids).tolist()}
@@ -607,7 +610,7 @@ class PartitionProcessor:
         self.now = now
         config = self.config
         slo_keys = set()
-        links = {p: clock for p, clock in self.link_clocks.items() if now - self.link_heard[p] < config.idle_after_s}
+        links = self._active_links(now)
         for series in self.series.values():
             if config.partitions > 1 and now - series.created < config.forward_wait_s:
                 continue  # a new series still waits for sources it has not heard from
