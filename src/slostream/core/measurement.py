@@ -117,8 +117,9 @@ class MeasurementDecoder:
     def decode(self, records: list[tuple[bytes | None, float]]) -> DecodedBatch:
         """``records`` are (value bytes, record timestamp in Unix seconds)."""
         elements: list[Measurement] = []
-        owners: list[int] = []
-        positions: list[int | None] = []
+        # One segment per run of elements: (record number, element count, index of the first in its
+        # array or -1 for a lone object); owners and positions are then built in numpy.
+        segments: list[tuple[int, int, int]] = []
         rejections: list[Rejection] = []
         for number, (raw, _) in enumerate(records):
             if raw is None or len(raw) == 0:
@@ -137,27 +138,26 @@ class MeasurementDecoder:
             try:
                 decoded = _FAST_DECODER.decode(raw)
             except Exception:  # anything the fast path refuses gets an exact reason below
-                self._slow_path(number, raw, elements, owners, positions, rejections)
+                self._slow_path(number, raw, elements, segments, rejections)
                 continue
             if type(decoded) is list:
                 if not decoded:
                     rejections.append(Rejection(number, None, Reason.MISSING_FIELD, _EMPTY_ARRAY))
                     continue
                 elements.extend(decoded)
-                owners.extend([number] * len(decoded))
-                positions.extend(range(len(decoded)))
+                segments.append((number, len(decoded), 0))
             else:
                 elements.append(decoded)
-                owners.append(number)
-                positions.append(None)
+                segments.append((number, 1, -1))
+        owners, positions = _owners_and_positions(segments)
         columns = self._columns(records, elements, owners)
-        columns.position = np.asarray([-1 if p is None else p for p in positions], dtype=np.int64)
-        keep = self._check_values(columns, positions, rejections)
+        columns.position = positions
+        keep = self._check_values(columns, rejections)
         if not keep.all():
             columns = columns.select(keep)
         return DecodedBatch(columns, rejections)
 
-    def _slow_path(self, number, raw, elements, owners, positions, rejections) -> None:
+    def _slow_path(self, number, raw, elements, segments, rejections) -> None:
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -181,15 +181,13 @@ class MeasurementDecoder:
             outcome = _validate_structure(item)
             if isinstance(outcome, Measurement):
                 elements.append(outcome)
-                owners.append(number)
-                positions.append(position)
+                segments.append((number, 1, -1 if position is None else position))
             else:
                 reason, message = outcome
                 rejections.append(Rejection(number, position, reason, message, item))
 
     @staticmethod
-    def _columns(records, elements: list[Measurement], owners: list[int]) -> Columns:
-        owner = np.asarray(owners, dtype=np.int64)
+    def _columns(records, elements: list[Measurement], owner: np.ndarray) -> Columns:
         record_ts = np.asarray([ts for _, ts in records], dtype=np.float64)
         ts_raw = list(map(_TS, elements))
         try:
@@ -204,7 +202,7 @@ class MeasurementDecoder:
         oks = np.where(np.isnan(ok_float), -1, ok_float).astype(np.int8)
         return Columns(elements, owner, ts, values, oks, record_ts[owner])
 
-    def _check_values(self, columns: Columns, positions, rejections: list[Rejection]) -> np.ndarray:
+    def _check_values(self, columns: Columns, rejections: list[Rejection]) -> np.ndarray:
         values, ts = columns.values, columns.ts
         missing = np.isnan(values)
         explicit_nan = np.zeros(len(values), dtype=bool)
@@ -233,8 +231,21 @@ class MeasurementDecoder:
                 reason = Reason.BAD_TIMESTAMP
                 message = f"ts {ts[i]:.3f} is more than {self.max_future_skew_s:g}s after the record timestamp"
             element = msgspec.to_builtins(m)
-            rejections.append(Rejection(int(columns.record[i]), positions[i], reason, message, element))
+            position = int(columns.position[i])
+            rejections.append(Rejection(int(columns.record[i]), None if position < 0 else position, reason, message,
+                                        element))
         return ~bad
+
+
+def _owners_and_positions(segments: list[tuple[int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per element: its record number, and its index in the record's array (-1: a lone object)."""
+    if not segments:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    numbers, counts, firsts = np.asarray(segments, dtype=np.int64).T
+    owners = np.repeat(numbers, counts)
+    begins = np.cumsum(counts) - counts
+    within = np.arange(owners.size) - np.repeat(begins, counts)
+    return owners, np.repeat(firsts, counts) + within
 
 
 def _validate_structure(item: Any) -> Measurement | tuple[Reason, str]:

@@ -36,7 +36,9 @@ class _DenseBins:
     def total(self) -> float:
         return 0.0 if self.counts is None else float(self.counts.sum())
 
-    def add(self, keys: np.ndarray, weights: np.ndarray, max_bins: int) -> None:
+    def add(self, keys: np.ndarray, weights: np.ndarray | None, max_bins: int) -> None:
+        """Add ``weights`` (None: one each) at ``keys``; the lowest bins collapse beyond ``max_bins``.
+        Counting is a bincount over the covered range: no sort, whatever the order of ``keys``."""
         lo, hi = int(keys.min()), int(keys.max())
         if self.counts is not None:
             lo = min(lo, self.offset)
@@ -44,15 +46,15 @@ class _DenseBins:
         if hi - lo + 1 > max_bins:
             lo = hi - max_bins + 1
             keys = np.maximum(keys, lo)
+        size = hi - lo + 1
         if self.counts is None:
-            grown = np.zeros(hi - lo + 1)
-        elif lo != self.offset or hi != self.offset + len(self.counts) - 1:
-            grown = np.zeros(hi - lo + 1)
+            grown = np.zeros(size)
+        elif lo != self.offset or size != len(self.counts):
             old_keys = np.arange(self.offset, self.offset + len(self.counts))
-            np.add.at(grown, np.maximum(old_keys, lo) - lo, self.counts)
+            grown = np.bincount(np.maximum(old_keys, lo) - lo, weights=self.counts, minlength=size)
         else:
             grown = self.counts
-        np.add.at(grown, keys - lo, weights)
+        grown += np.bincount(keys - lo, weights=weights, minlength=size)
         self.offset, self.counts = lo, grown
 
     def key_at_rank(self, rank: float, lower: bool) -> int:
@@ -110,8 +112,7 @@ class QuantileSketch:
         self.zero_count += float(values.size - positive.size - negative.size)
         for bins, magnitudes in ((self._positive, positive), (self._negative, negative)):
             if magnitudes.size:
-                keys, weights = np.unique(self.keys_for(magnitudes), return_counts=True)
-                bins.add(keys, weights.astype(np.float64), self.max_bins)
+                bins.add(self.keys_for(magnitudes), None, self.max_bins)
 
     def merge(self, other: "QuantileSketch") -> None:
         if other.relative_accuracy != self.relative_accuracy:
