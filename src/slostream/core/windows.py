@@ -331,7 +331,8 @@ class SeriesWindows:
         self._closed_sums: dict[tuple[int, int], np.ndarray] = {}
         self._prefixes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._running: _RunningTotals | None = None  # made by the first ``closed_totals`` up to now
-        self._oldest_held: tuple[int, list[int]] = (-1, [])  # (closed_until, oldest bucket each level holds)
+        # ((closed_until, newest open start), oldest bucket each level holds)
+        self._oldest_held: tuple[tuple[int, int], list[int]] = ((-1, -1), [])
 
     @property
     def base_width(self) -> int:
@@ -532,10 +533,10 @@ class SeriesWindows:
 
     def _answering_level(self, lo: int) -> tuple[int, int]:
         """The finest level that still holds ``lo``'s bucket (the coarsest if none), and that bucket."""
-        if self._oldest_held[0] != self.closed_until:
-            self._oldest_held = (self.closed_until, [
-                bucket_start(max(self.closed_until - 1, 0), level.width) - (level.slots - 1) * level.width
-                for level in self.levels[:-1]])
+        state = (self.closed_until, max(self.open_starts, default=-1))
+        if self._oldest_held[0] != state:
+            self._oldest_held = (state, [self._newest_held(level) - (level.slots - 1) * level.width
+                                         for level in self.levels[:-1]])
         for index, oldest in enumerate(self._oldest_held[1]):  # what _retained says, per level
             width = self.levels[index].width
             start = int(lo // width) * width
@@ -596,9 +597,17 @@ class SeriesWindows:
 
     def _retained(self, level: "_Level", start: int, sketches: bool = False) -> bool:
         """Whether ``level`` still holds the bucket at ``start`` (held or empty, not expired)."""
-        newest = bucket_start(max(self.closed_until - 1, 0), level.width)
+        newest = self._newest_held(level)
         kept = level.sketch_slots if sketches else level.slots
         return start > newest - kept * level.width
+
+    def _newest_held(self, level: "_Level") -> int:
+        """The newest bucket ``level`` holds: the one before closed time, or on the base ring an open
+        bucket past it (which may have taken the slot of the oldest closed one)."""
+        newest = bucket_start(max(self.closed_until - 1, 0), level.width)
+        if level is self.levels[0] and self.open_starts:
+            newest = max(newest, max(self.open_starts))
+        return newest
 
     def drain_dirty(self) -> list[tuple[int, int, dict]]:
         """(level, slot, state) of every slot changed since the last drain."""
