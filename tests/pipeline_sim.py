@@ -45,35 +45,25 @@ class Cluster:
         for forward in out.forwards:
             self.append(forward.partition, forward.value, headers=forward.headers)
 
-    def drain(self, produced: list[tuple[int, bytes, bytes | None]] = (), readers=None) -> None:
+    def drain(self, produced: list[tuple[int, bytes, bytes | None]] = ()) -> None:
         """Produce ``produced`` (partition, value, key) a few records at a time while the partitions
         are read in turn, each in random chunk sizes, until all are read: live producers, and
-        consumers of different partitions about as fast as each other. Every few rounds each
-        partition ticks, told whether it has read its whole log (its progress records go out).
-        ``readers``: the partitions read (default all); the others stand still, as if not started."""
-        readers = range(len(self.logs)) if readers is None else readers
+        consumers of different partitions about as fast as each other."""
         pending = list(produced)
-        while pending or any(self.read[p] < len(self.logs[p]) for p in readers):
+        while pending or any(self.read[p] < len(self.logs[p]) for p in range(len(self.logs))):
             count = self.rng.randint(1, 12)
             for partition, value, key in pending[:count]:
                 self.append(partition, value, key)
             del pending[:count]
-            for partition in readers:
+            for partition in range(len(self.logs)):
                 self.step(partition, self.rng.randint(1, 7))
-            if self.rng.random() < 0.2:
-                self.tick(readers)
-
-    def tick(self, partitions=None) -> None:
-        for p in range(len(self.logs)) if partitions is None else partitions:
-            self.collect(self.procs[p].tick(self.clock, caught_up=self.read[p] >= len(self.logs[p])))
 
     def settle(self) -> None:
-        """Let wall time pass (quiet series run on) and tick every partition, until every progress
-        record has been read."""
-        self.clock += self.config.idle_after_s + 1
-        self.tick()
-        self.drain()
-        self.tick()
+        """Let wall time pass (new series stop waiting for unheard sources, quiet series run on) and
+        tick every partition."""
+        self.clock += max(self.config.idle_after_s, self.config.forward_wait_s) + 1
+        for proc in self.procs:
+            self.collect(proc.tick(self.clock))
         self.drain()
 
     def windows(self) -> dict:

@@ -23,7 +23,6 @@ import mode
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from faust.transport.drivers import aiokafka as aiokafka_driver
-from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from slostream.config import Settings
@@ -156,6 +155,7 @@ class IngestService:
             escalate_after_s=settings.escalate_after_s,
             evaluation_interval_s=EVALUATION_INTERVAL_S,
             partitions=settings.partitions,
+            forward_wait_s=settings.forward_wait_s,
         )
         self.sinks: AlertSinks | None = None
         # Every control command since the start of the topic, for partitions restored later.
@@ -176,7 +176,6 @@ class IngestService:
         self.sli_emitted = 0
         self.checkpoints = 0
         self._uncheckpointed: set[int] = set()
-        self._log_ends: dict[int, int | None] = {}  # measurement partition -> end offset at the last tick
         self._pending_control: set[int] = set()
         self.state = app.Table(
             STATE_TABLE,
@@ -254,19 +253,9 @@ class IngestService:
             await self.catch_up_control()
             now = time.time()
             for partition, proc in list(self.processors.items()):
-                out = proc.tick(now, self._caught_up(partition, proc))
+                out = proc.tick(now)
                 self._uncheckpointed.add(partition)
                 await self._emit(out)
-
-    def _caught_up(self, partition: int, proc: PartitionProcessor) -> bool:
-        """Whether the partition has read what its log held at the previous tick (the end offset
-        then): a lag under a tick is live, more is a backlog that its progress records announce."""
-        try:
-            end = self.app.consumer.highwater(TP(self.topic, partition))
-        except (AssertionError, AttributeError, ConsumerNotStarted):  # not assigned (yet), or not started
-            end = None
-        previous, self._log_ends[partition] = self._log_ends.get(partition), end
-        return previous is not None and proc.applied_offset + 1 >= previous
 
     async def evaluate_pending(self) -> None:
         async with self.lock:
@@ -372,7 +361,6 @@ class IngestService:
         async with self.lock:
             for partition in mine:
                 self.processors.pop(partition, None)
-                self._log_ends.pop(partition, None)
                 self._uncheckpointed.discard(partition)
 
     async def read_control(self) -> None:

@@ -19,12 +19,6 @@ Forwarding goes into the same topic, not a repartition topic of its own, so that
 has one log order: per-series lateness and SLO judgements depend on the order measurements arrive
 in, and one log replays exactly as it was first read.
 
-Each partition also tells every other one how far it has read (a *progress* record: a ``Forwarded``
-without measurements, with the newest event time it has read and whether it is caught up), the
-way stream processors propagate per-source watermarks. An owner holds the series it owns until
-every partition has reported, and while a partition is behind, its clock bounds them: a source
-that starts late or catches up on a backlog cannot find its share of a series already closed.
-
 >>> owner_of("checkout", 8), owner_of("checkout", 1)
 (1, 0)
 """
@@ -103,9 +97,6 @@ class Forwarded(msgspec.Struct, frozen=True):
     positions: bytes
     ids: list[str | None] | None = None
     v: int = FORMAT_VERSION
-    # Progress records only: the newest event time the source has read, and whether it is caught up.
-    clock: float | None = None
-    caught_up: bool | None = None
 
     def columns(self) -> dict[str, np.ndarray]:
         return {
@@ -127,12 +118,6 @@ def encode_forwarded(keys: list[tuple[str, str, list[str]]], series: np.ndarray,
     return _ENCODER.encode(Forwarded(
         keys, series.astype("<i4").tobytes(), ts.astype("<f8").tobytes(), value.astype("<f8").tobytes(),
         ok.astype(np.int8).tobytes(), outcome.astype(np.int8).tobytes(), positions.astype("<i8").tobytes(), ids))
-
-
-def encode_progress(clock: float, caught_up: bool) -> bytes:
-    empty = b""
-    return _ENCODER.encode(Forwarded([], empty, empty, empty, empty, empty, empty,
-                                     clock=clock if np.isfinite(clock) else None, caught_up=caught_up))
 
 
 def decode_forwarded(value: bytes | None) -> Forwarded:

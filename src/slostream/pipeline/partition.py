@@ -34,7 +34,7 @@ from slostream.core.tracker import SloTracker
 from slostream.core.watermark import idle_watermark, running_max_before
 from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Resolution, SeriesWindows, bucket_start
 from slostream.pipeline import rows
-from slostream.pipeline.ownership import (MAX_FORWARD_BYTES, Owners, decode_forwarded, encode_forwarded, encode_progress,
+from slostream.pipeline.ownership import (MAX_FORWARD_BYTES, Owners, decode_forwarded, encode_forwarded,
                                           forward_header, forwarded_from)
 
 SEP = "\x1f"
@@ -77,6 +77,7 @@ class PipelineConfig:
     escalate_after_s: float | None = None
     evaluation_interval_s: float = 0.1
     partitions: int = 1  # of the measurement topic: who owns which service
+    forward_wait_s: float = 5.0  # a new series waits this long for sources it has not heard yet
 
     @property
     def max_source_skew_s(self) -> float:
@@ -111,7 +112,7 @@ class Forward(NamedTuple):
 class Series:
     __slots__ = ("ident", "key", "service", "metric", "labels", "windows",
                  "pending_reports", "last_report", "trackers", "watches", "max_ts", "watermark", "last_activity",
-                 "clocks", "heard")
+                 "clocks", "heard", "created")
 
     def __init__(self, ident: tuple, key: str, service: str, metric: str, labels: dict,
                  windows: SeriesWindows):
@@ -130,6 +131,7 @@ class Series:
         self.last_activity = 0.0  # wall time of the last measurement
         self.clocks: dict[int, float] = {}  # source partition -> newest event time read from it
         self.heard: dict[int, float] = {}  # source partition -> wall time it last sent this series
+        self.created = 0.0  # wall time this partition first saw the series
 
     def header(self) -> dict:
         return {
@@ -159,14 +161,8 @@ class PartitionProcessor:
         self.series: dict[tuple, Series] = {}
         self.applied_offset = -1  # last source offset fully processed
         self.forward_marks: dict[int, int] = {}  # source partition -> highest forwarded element applied
-        # Per source partition: the newest event time it has read (its progress records) or forwarded
-        # here, and whether its last progress record said it was caught up.
-        self.link_clocks: dict[int, float] = {}
-        self.link_caught_up: dict[int, bool] = {}
-        self.read_clock = -np.inf  # newest event time read from producers on this partition
-        self.caught_up = False  # whether this partition had read what its log held a tick ago
-        self.self_forwarded = -1  # highest source position this partition forwarded to itself
-        self._progress_sent: tuple[float, bool] | None = None
+        self.link_clocks: dict[int, float] = {}  # source partition -> newest event time it forwarded here
+        self.link_heard: dict[int, float] = {}  # source partition -> wall time of its last forward here
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
         self._dirty: set[tuple] = set()
@@ -230,7 +226,6 @@ class PartitionProcessor:
             out.deadletter.append(self._deadletter(records[record], rejection))
         if not len(cols):
             return []
-        self.read_clock = max(self.read_clock, float(cols.ts.max()))
         ids, keys = self._number(cols.measurements)
         if self.config.partitions > 1:
             owners = np.fromiter((self.owners(key[0]) for key in keys), dtype=np.int64, count=len(keys))[ids]
@@ -253,13 +248,6 @@ class PartitionProcessor:
             rejection = Rejection(0, None, Reason.INVALID_JSON, f"record marked as forwarded from partition "
                                                                 f"{source} cannot be read: {exc}")
             out.deadletter.append(self._deadletter(record, rejection))
-            return []
-        if forwarded.caught_up is not None:  # a progress record
-            if forwarded.clock is not None:
-                self.link_clocks[source] = max(self.link_clocks.get(source, -np.inf), forwarded.clock)
-            else:
-                self.link_clocks.setdefault(source, -np.inf)
-            self.link_caught_up[source] = forwarded.caught_up
             return []
         columns = forwarded.columns()
         positions = columns["positions"]
@@ -301,8 +289,6 @@ class PartitionProcessor:
                 positions = record_offsets[cols.record[idx]] * rows.ELEMENTS_PER_RECORD + np.maximum(cols.position[idx], 0)
                 value = encode_forwarded(table, local.reshape(-1), cols.ts[idx], cols.values[idx], cols.oks[idx], outcomes,
                                          positions, None if names.count(None) == len(names) else names)
-                if owner == self.partition:
-                    self.self_forwarded = max(self.self_forwarded, int(positions.max()))
                 out.forwards.append(Forward(owner, value, [forward_header(self.partition)], idx.size))
             out.forwarded += every.size
 
@@ -344,19 +330,24 @@ class PartitionProcessor:
         time before it.
 
         A series fed through forwards has one clock per source partition, and its watermark follows
-        the slowest source still sending (heard within ``idle_after_s``). Besides, every partition
-        that may still send it bounds it (``_link_bounds``): one not heard from yet holds it, one
-        that is behind bounds it with its link clock. Then an owner never runs ahead of a lagging
-        or late-starting source (a catch-up, a restarted worker), however long the backlog. The
-        spread is capped (``max_source_skew_s``) so open buckets always fit the base ring.
+        the slowest source still sending (heard within ``idle_after_s``). A source that forwards to
+        this partition but has not yet sent this series counts with the newest event time it has
+        forwarded at all (its *link* clock): it reads its log in order, so the series' share is
+        not far behind. Then an owner never runs ahead of a lagging source (a catch-up, a
+        restarted worker), however long the backlog. Before the first forward from a source has
+        arrived, a new series waits ``forward_wait_s`` of wall time (a cold start). The spread is
+        capped (``max_source_skew_s``) so open buckets always fit the base ring.
         """
         grace, skew = self.config.grace_s, self.config.max_source_skew_s
         mark0 = np.array([-np.inf if s is None else s.watermark for s in known])
         newest0 = np.array([-np.inf if s is None else s.max_ts for s in known])
         present = np.unique(sources).tolist()
-        links = self._link_bounds()
+        links = self._active_links(now)
         # Sources that send nothing in this batch: their clocks stand still (inf: no bound).
         others = np.array([self._standing_clock(s, links, now, skip=present) for s in known])
+        if self.config.partitions > 1:
+            waiting = np.array([s is None or now - s.created < self.config.forward_wait_s for s in known])
+            others[waiting] = -np.inf
         slowest_before = others[ids]
         slowest_after = others[ids]
         newest_before = newest0[ids]
@@ -366,7 +357,7 @@ class PartitionProcessor:
             clock_before, _ = running_max_before(ids, values, initial)
             clock_after = np.maximum(clock_before, values)
             newest_before = np.maximum(newest_before, clock_before)
-            # Not heard from this source yet: its link bound, or no bound at all.
+            # Not heard from this source yet: its link clock, or no bound at all.
             link = links.get(p, np.inf)
             slowest_before = np.minimum(slowest_before, np.where(clock_before > -np.inf, clock_before, link))
             slowest_after = np.minimum(slowest_after, np.where(clock_after > -np.inf, clock_after, link))
@@ -378,43 +369,22 @@ class PartitionProcessor:
 
         return mark(slowest_before, newest_before), mark(slowest_after, newest_after), newest_before
 
-    def _link_bounds(self) -> dict[int, float]:
-        """How far each partition that may still send measurements here bounds the series here.
-
-        Another partition: -inf (hold) until its first progress record or forward arrives; then
-        its link clock while it is behind; nothing once it reports it is caught up. This one: the
-        newest event time it has forwarded to itself and received, while some of those forwards
-        are still on their way through its log; and the newest it has read while it is behind.
-        One partition: nothing is forwarded, nothing bounds."""
-        if self.config.partitions == 1:
-            return {}
-        bounds = {}
-        for p in range(self.config.partitions):
-            if p == self.partition:
-                bound = np.inf
-                if self.forward_marks.get(p, -1) < self.self_forwarded:
-                    bound = self.link_clocks.get(p, -np.inf)
-                if not self.caught_up:
-                    bound = min(bound, self.read_clock)
-                if bound < np.inf:
-                    bounds[p] = bound
-            elif p not in self.link_clocks:
-                bounds[p] = -np.inf
-            elif not self.link_caught_up.get(p, False):
-                bounds[p] = self.link_clocks[p]
-        return bounds
+    def _active_links(self, now: float) -> dict[int, float]:
+        """Link clocks of the partitions that forwarded here within ``idle_after_s``."""
+        return {p: clock for p, clock in self.link_clocks.items()
+                if now - self.link_heard[p] < self.config.idle_after_s}
 
     def _standing_clock(self, series: "Series | None", links: dict[int, float], now: float, skip=()) -> float:
-        """The slowest clock among a series' sources still sending (its own clock from each) and the
-        partitions that bound every series (``_link_bounds``); inf when none bounds it."""
+        """The slowest clock among a series' sources still sending (its own clock from each, or the
+        link clock of a forwarding partition it has not heard from); inf when none bounds it."""
         slowest = np.inf
-        if series is not None:
-            for p, clock in series.clocks.items():
-                if p not in skip and now - series.heard[p] < self.config.idle_after_s:
-                    slowest = min(slowest, clock)
-        for p, bound in links.items():
-            if p not in skip:
-                slowest = min(slowest, bound)
+        heard = {} if series is None else series.clocks
+        for p, clock in heard.items():
+            if p not in skip and now - series.heard[p] < self.config.idle_after_s:
+                slowest = min(slowest, clock)
+        for p, clock in links.items():
+            if p not in skip and p not in heard:
+                slowest = min(slowest, clock)
         return slowest
 
     def _remember_sources(self, ids: np.ndarray, known: list, keys: list[tuple], ts: np.ndarray,
@@ -425,6 +395,7 @@ class PartitionProcessor:
             chosen = sources == p
             if p != rows.DIRECT:
                 self.link_clocks[p] = max(self.link_clocks.get(p, -np.inf), float(ts[chosen].max()))
+                self.link_heard[p] = now
             top = np.full(len(keys), -np.inf)
             np.maximum.at(top, ids[chosen], ts[chosen])
             for i in np.flatnonzero(top > -np.inf).tolist():
@@ -618,6 +589,7 @@ class PartitionProcessor:
             labels = dict(zip(self.config.label_keys, key[2])) if len(key) > 2 else {}
             windows = SeriesWindows(self.config.resolutions, self.config.relative_accuracy)
             series = Series(key, _series_key(service, metric, labels), service, metric, labels, windows)
+            series.created = self.now
             self._attach(series)
             self.series[key] = series
         return series
@@ -635,25 +607,16 @@ class PartitionProcessor:
             self.slo_sources.setdefault((series.service, series.metric), []).append(series)
         series.watches = [PolicyWatch(p) for p in self.policies_for.get((series.service, series.metric), ())]
 
-    def tick(self, now: float, caught_up: bool = True) -> Output:
-        """Let event time run on for series that have gone quiet, close what is due, judge their SLOs.
-
-        ``caught_up``: whether this partition has read everything its log held at the previous
-        tick. With several partitions, a change of it or of the newest event time read here is
-        told to every other partition (a progress record)."""
+    def tick(self, now: float) -> Output:
+        """Let event time run on for series that have gone quiet, close what is due, judge their SLOs."""
         out = Output()
         self.now = now
         config = self.config
-        self.caught_up = caught_up
-        progress = (self.read_clock, caught_up)
-        if config.partitions > 1 and progress != self._progress_sent:
-            value = encode_progress(*progress)
-            out.forwards += [Forward(p, value, [forward_header(self.partition)], 0)
-                             for p in range(config.partitions) if p != self.partition]
-            self._progress_sent = progress
         slo_keys = set()
-        links = self._link_bounds()
+        links = self._active_links(now)
         for series in self.series.values():
+            if config.partitions > 1 and now - series.created < config.forward_wait_s:
+                continue  # a new series still waits for sources it has not heard from
             slowest = self._standing_clock(series, links, now)
             if slowest < np.inf:  # a source that went quiet no longer holds the series back
                 mark = max(series.watermark, slowest - config.grace_s)
@@ -847,10 +810,7 @@ class PartitionProcessor:
             "applied_offset": self.applied_offset,
             "control_offset": self.control_offset,
             "forward_marks": {str(p): o for p, o in self.forward_marks.items()},
-            "link_clocks": {str(p): _finite_or_none(t) for p, t in self.link_clocks.items()},
-            "link_caught_up": {str(p): flag for p, flag in self.link_caught_up.items()},
-            "read_clock": _finite_or_none(self.read_clock),
-            "self_forwarded": self.self_forwarded,
+            "link_clocks": {str(p): t for p, t in self.link_clocks.items()},
             "newest_event_ts": _finite_or_none(self.newest_event_ts),
         }
         writes.append((f"{p}{SEP}c", orjson.dumps(partition_state)))
@@ -875,10 +835,8 @@ class PartitionProcessor:
                 proc.applied_offset = state["applied_offset"]
                 proc.control_offset = state.get("control_offset", -1)
                 proc.forward_marks = {int(p): o for p, o in state.get("forward_marks", {}).items()}
-                proc.link_clocks = {int(p): _from_finite(t) for p, t in state.get("link_clocks", {}).items()}
-                proc.link_caught_up = {int(p): flag for p, flag in state.get("link_caught_up", {}).items()}
-                proc.read_clock = _from_finite(state.get("read_clock"))
-                proc.self_forwarded = state.get("self_forwarded", -1)
+                proc.link_clocks = {int(p): t for p, t in state.get("link_clocks", {}).items()}
+                proc.link_heard = dict.fromkeys(proc.link_clocks, now)
                 if state.get("v") == 1:  # one clock for the whole partition: every series starts from it
                     old = state["watermark"]
                     partition_clock = [old["max_event_ts"], old["value"]]
