@@ -183,6 +183,21 @@ def test_a_catch_up_over_full_partitions_loses_nothing_to_the_owners_reading_ahe
     assert cluster.windows() == _truth(items, T0 + 10_000 - 30)
 
 
+def test_outcome_and_id_travel_with_a_forward_only_when_some_measurement_has_them():
+    proc = PartitionProcessor(0, PipelineConfig(partitions=2), now=0.0)
+    foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
+    plain = [{"service": foreign, "metric": "m", "ok": True, "ts": T0 + i} for i in range(3)]
+    marked = [{**plain[0], "outcome": 1, "id": "req-1"}, plain[1], {**plain[2], "outcome": 0}]
+    for n, items in enumerate((plain, marked)):
+        out = proc.process([SourceRecord("m", 0, n, T0 + 600, None, orjson.dumps(items))], 0.0)
+        forwarded = decode_forwarded(out.forwards[0].value)
+        outcomes = forwarded.columns()["outcome"].tolist()
+        if items is plain:
+            assert (outcomes, forwarded.ids) == ([-1, -1, -1], None)
+        else:
+            assert (outcomes, forwarded.ids) == ([1, -1, 0], ["req-1", None, None])
+
+
 def test_a_record_split_over_several_forwards_is_applied_whole():
     config = PipelineConfig(partitions=2, max_record_bytes=4096)
     foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)

@@ -38,7 +38,7 @@ from slostream.pipeline.ownership import (MAX_FORWARD_BYTES, Owners, decode_forw
                                           forward_header, forwarded_from)
 
 SEP = "\x1f"
-_SERVICE, _OUTCOME, _ID = (operator.attrgetter(name) for name in ("service", "outcome", "id"))
+_OUTCOME, _ID = (operator.attrgetter(name) for name in ("outcome", "id"))
 _SERIES_KEY = operator.attrgetter("service", "metric")
 STATE_VERSION = 2  # 2: a clock per series, forward marks per partition, replay marks per element
 # Forwarded records are cut to hold at most this many bytes' worth of measurements each.
@@ -229,7 +229,7 @@ class PartitionProcessor:
         ids, keys = self._number(cols.measurements)
         if self.config.partitions > 1:
             owners = np.fromiter((self.owners(key[0]) for key in keys), dtype=np.int64, count=len(keys))[ids]
-            direct = (owners == self.partition) & self._keyed_by_service(records, cols)
+            direct = (owners == self.partition) & self._keyed_by_service(records, cols, ids, keys)
             if not direct.all():
                 self._forward(cols, record_offsets, owners, ~direct, ids, keys, out)
                 cols = cols.select(direct)
@@ -261,12 +261,14 @@ class PartitionProcessor:
         return [rows.from_forwarded(forwarded, columns, fresh, number, record.offset, source, self.config.label_keys)]
 
     @staticmethod
-    def _keyed_by_service(records: list[SourceRecord], cols: Columns) -> np.ndarray:
-        """Whether each measurement came in a record keyed by its own service."""
+    def _keyed_by_service(records: list[SourceRecord], cols: Columns, ids: np.ndarray,
+                          series_keys: list[tuple]) -> np.ndarray:
+        """Whether each measurement came in a record keyed by its own service (the services come
+        from the batch's series numbering, not from another pass over the measurements)."""
         if all(r.key is None for r in records):
             return np.zeros(len(cols), dtype=bool)
         keys = np.array([None if r.key is None else r.key.decode("utf-8", "replace") for r in records], dtype=object)
-        services = np.array(list(map(_SERVICE, cols.measurements)), dtype=object)
+        services = np.array([key[0] for key in series_keys], dtype=object)[ids]
         return keys[cols.record] == services
 
     def _forward(self, cols: Columns, record_offsets: np.ndarray, owners: np.ndarray, routed: np.ndarray,
@@ -275,20 +277,22 @@ class PartitionProcessor:
         explicit: the forwarded record's own timestamp is not the original's."""
         per_record = max(1, min(MAX_FORWARD_BYTES, self.config.max_record_bytes) // FORWARD_BYTES_PER_MEASUREMENT)
         label_keys = self.config.label_keys
+        # Outcome and id are rare: each is read once for the batch, and sent only when present.
+        outcomes = list(map(_OUTCOME, cols.measurements))
+        outcome_column = np.full(len(cols), -1, dtype=np.int8) if outcomes.count(None) == len(outcomes) else \
+            np.array([-1 if o is None else o for o in outcomes], dtype=np.int8)
+        names = list(map(_ID, cols.measurements))
+        with_names = names.count(None) < len(names)
         for owner in np.unique(owners[routed]).tolist():
             every = np.flatnonzero(routed & (owners == owner))
             for first in range(0, every.size, per_record):
                 idx = every[first:first + per_record]
-                chosen = [cols.measurements[i] for i in idx.tolist()]
                 used, local = np.unique(ids[idx], return_inverse=True)
                 table = [(keys[i][0], keys[i][1], list(keys[i][2]) if label_keys else []) for i in used.tolist()]
-                outcomes = list(map(_OUTCOME, chosen))
-                outcomes = np.full(len(chosen), -1, dtype=np.int8) if outcomes.count(None) == len(outcomes) else \
-                    np.array([-1 if o is None else o for o in outcomes], dtype=np.int8)
-                names = list(map(_ID, chosen))
                 positions = record_offsets[cols.record[idx]] * rows.ELEMENTS_PER_RECORD + np.maximum(cols.position[idx], 0)
-                value = encode_forwarded(table, local.reshape(-1), cols.ts[idx], cols.values[idx], cols.oks[idx], outcomes,
-                                         positions, None if names.count(None) == len(names) else names)
+                value = encode_forwarded(table, local.reshape(-1), cols.ts[idx], cols.values[idx], cols.oks[idx],
+                                         outcome_column[idx], positions,
+                                         [names[i] for i in idx.tolist()] if with_names else None)
                 out.forwards.append(Forward(owner, value, [forward_header(self.partition)], idx.size))
             out.forwarded += every.size
 
