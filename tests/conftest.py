@@ -68,7 +68,6 @@ class Worker:
 
     def start(self, wait_ready: bool = True) -> "Worker":
         env = {**os.environ, "SLOSTREAM_GRACE_S": "2", "SLOSTREAM_IDLE_AFTER_S": "3",
-               "SLOSTREAM_FORWARD_WAIT_S": "2",
                "SLOSTREAM_PARTITIONS": "2", "SLOSTREAM_LOG_LEVEL": "info", **self.env}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "slostream", "run", "--broker", self.broker.url,

@@ -1,6 +1,7 @@
 """A partitioned measurement topic over the pure pipeline: one processor per partition, each
-partition's log an in-memory list (append, read by offset), forwarded records appended to the
-owner's log as the broker would."""
+partition's log an in-memory list (append, read by offset), forwarded and progress records appended
+to the owner's log as the broker would. Every few reads each partition ticks and reports how far it
+has read, as a worker does every ``tick_interval_s``."""
 
 import random
 
@@ -12,11 +13,14 @@ RECORD_TS = 1_800_010_000.0  # record timestamps: late enough that no ts is "in 
 class Cluster:
     """One processor per partition; each partition's log is a list of records, read in chunks."""
 
-    def __init__(self, config: PipelineConfig, rng: random.Random):
+    def __init__(self, config: PipelineConfig, rng: random.Random, tick_every: int = 10):
         self.config = config
         self.rng = rng
+        self.tick_every = tick_every  # rounds of reads between ticks
         self.logs: list[list[SourceRecord]] = [[] for _ in range(config.partitions)]
         self.read = [0] * config.partitions
+        self.read_until: list[float | None] = [None] * config.partitions  # wall time each was at its log's end
+        self.paused: set[int] = set()  # partitions nobody reads (a worker not started yet)
         self.clock = 0.0  # wall time: each read of a chunk takes 10 ms
         self.procs = [PartitionProcessor(p, config, now=0.0) for p in range(config.partitions)]
         self.sli: list[dict] = []
@@ -32,11 +36,21 @@ class Cluster:
         start = self.read[partition]
         chunk = self.logs[partition][start:start + max_records]
         if not chunk:
+            self.read_until[partition] = self.clock  # later appends come at this clock or after
             return False
         self.read[partition] += len(chunk)
         self.clock += 0.01
         self.collect(self.procs[partition].process(chunk, self.clock))
+        if self.read[partition] == len(self.logs[partition]):
+            self.read_until[partition] = self.clock
         return True
+
+    def tick(self) -> None:
+        """Every read partition reports its progress (behind its forwards) and ticks."""
+        for partition, proc in enumerate(self.procs):
+            if partition not in self.paused:
+                self.collect(proc.progress(self.read_until[partition]))
+                self.collect(proc.tick(self.clock))
 
     def collect(self, out) -> None:
         self.sli += [e for _, e in out.sli]
@@ -50,20 +64,28 @@ class Cluster:
         are read in turn, each in random chunk sizes, until all are read: live producers, and
         consumers of different partitions about as fast as each other."""
         pending = list(produced)
-        while pending or any(self.read[p] < len(self.logs[p]) for p in range(len(self.logs))):
+        rounds = 0
+        while pending or any(self.read[p] < len(self.logs[p]) for p in self.active()):
             count = self.rng.randint(1, 12)
             for partition, value, key in pending[:count]:
                 self.append(partition, value, key)
             del pending[:count]
-            for partition in range(len(self.logs)):
+            for partition in self.active():
                 self.step(partition, self.rng.randint(1, 7))
+            rounds += 1
+            if rounds % self.tick_every == 0:
+                self.tick()
+
+    def active(self) -> list[int]:
+        return [p for p in range(len(self.logs)) if p not in self.paused]
 
     def settle(self) -> None:
-        """Let wall time pass (new series stop waiting for unheard sources, quiet series run on) and
-        tick every partition."""
-        self.clock += max(self.config.idle_after_s, self.config.forward_wait_s) + 1
-        for proc in self.procs:
-            self.collect(proc.tick(self.clock))
+        """Let wall time pass (quiet series run on); every partition reports and ticks, twice: the
+        second time the owners have read the first reports."""
+        self.clock += self.config.idle_after_s + 1
+        for _ in range(2):
+            self.drain()
+            self.tick()
         self.drain()
 
     def windows(self) -> dict:

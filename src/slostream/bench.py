@@ -38,9 +38,6 @@ from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, Sou
 
 SERVICES = 10
 UNKEYED_PARTITIONS = 4
-# Workers run with the default forward_wait_s (5 s): 0.5 s and then 1 s, tried to keep a cold start
-# from dominating a run of a few seconds, lost measurements to too_late in some runs (every run
-# fails when anything is rejected), so the bench measures what a user gets.
 SPAN_S = 600  # event time covered by each data set
 REPORT_S = 60
 GRACE_S = 30

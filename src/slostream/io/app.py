@@ -22,7 +22,9 @@ import faust
 import mode
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import ConsumerStoppedError
 from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from slostream.config import Settings
@@ -49,12 +51,29 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = self.app.ingest.settings.fetch_max_wait_ms
         return consumer
 
+    def read_until(self, tp: TP, next_offset: int) -> float | None:
+        """A wall time before which everything appended to ``tp`` has been read, if the last fetch
+        response showed its end at or before ``next_offset``; else None. The poll time is read
+        before the end offset: a fetch landing in between only makes the answer older."""
+        try:
+            consumer = self._ensure_consumer()
+            polled_ms = consumer.last_poll_timestamp(tp)
+            end = consumer.highwater(tp)
+        except (AssertionError, AttributeError, ConsumerNotStarted, ConsumerStoppedError, KeyError):
+            return None  # not assigned (any more), or not fetched yet
+        if polled_ms is None or end is None or next_offset < end:
+            return None
+        return polled_ms / 1000.0 - PROGRESS_SLACK_S
+
 
 class BatchingConsumer(aiokafka_driver.Consumer):
     """Faust consumer that delivers the measurement topic a fetch batch at a time."""
 
     def _new_consumer_thread(self):
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def read_until(self, tp: TP, next_offset: int) -> float | None:
+        return self._thread.read_until(tp, next_offset)
 
     async def getmany(self, timeout: float):
         records, active = await self._wait_next_records(timeout)
@@ -155,7 +174,6 @@ class IngestService:
             escalate_after_s=settings.escalate_after_s,
             evaluation_interval_s=EVALUATION_INTERVAL_S,
             partitions=settings.partitions,
-            forward_wait_s=settings.forward_wait_s,
         )
         self.sinks: AlertSinks | None = None
         # Every control command since the start of the topic, for partitions restored later.
@@ -242,6 +260,7 @@ class IngestService:
 
     async def tick(self) -> None:
         async with self.lock:
+            await self._send_progress()
             if self._undecodable_letters:
                 letters, self._undecodable_letters = self._undecodable_letters, []
                 await self._emit(Output(deadletter=letters))
@@ -256,6 +275,15 @@ class IngestService:
                 out = proc.tick(now)
                 self._uncheckpointed.add(partition)
                 await self._emit(out)
+
+    async def _send_progress(self) -> None:
+        """Tell every partition how far each of ours has read (``pipeline.alignment``), behind the
+        forwards already sent: a partition owner closes a series only when all have read past it."""
+        if self.settings.partitions == 1:
+            return
+        for partition, proc in list(self.processors.items()):
+            read_until = self.app.consumer.read_until(TP(self.topic, partition), proc.applied_offset + 1)
+            await self._emit(proc.progress(read_until))
 
     async def evaluate_pending(self) -> None:
         async with self.lock:
@@ -395,6 +423,10 @@ class IngestService:
         return bool(recovery is not None and recovery.completed.is_set() and not self.app.rebalancing)
 
 
+# A progress record claims a little less than the fetch showed: the broker took the end offset a
+# moment before the response arrived, and a producer's records for different partitions reach
+# the broker a moment apart.
+PROGRESS_SLACK_S = 0.25
 # Measured: the pipeline is fastest on slices of a few MB (about 50,000 measurements);
 # larger ones fall out of the CPU caches, smaller ones pay per-call overhead.
 CHUNK_BYTES = 2 << 20

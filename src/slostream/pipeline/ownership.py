@@ -136,10 +136,10 @@ def decode_forwarded(value: bytes | None) -> Forwarded:
     return forwarded
 
 
-def forwarded_from(headers) -> int | None:
-    """The source partition of a forwarded record, else None."""
+def header_partition(headers, name: str) -> int | None:
+    """The partition named by header ``name`` (the source of a forward or of progress), else None."""
     for key, value in headers or ():
-        if key == FORWARD_HEADER:
+        if key == name:
             try:
                 return int(value)
             except ValueError:

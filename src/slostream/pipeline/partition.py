@@ -3,7 +3,8 @@
 Each series has its own event-time clock (``core.watermark``): lateness and window closing follow
 the series' own newest event time, never that of other services sharing the partition. Each
 series and SLO is owned by one partition (``ownership``); measurements read elsewhere are
-forwarded to their owner.
+forwarded to their owner, and a series closes only what every partition has read past
+(``alignment``).
 
 Effectively-once state: every base bucket remembers the last source offset it
 holds and every coarser bucket the last base bucket it absorbed; the partition
@@ -34,15 +35,19 @@ from slostream.core.tracker import SloTracker
 from slostream.core.watermark import idle_watermark, running_max_before
 from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Resolution, SeriesWindows, bucket_start
 from slostream.pipeline import rows
-from slostream.pipeline.ownership import (MAX_FORWARD_BYTES, Owners, decode_forwarded, encode_forwarded,
-                                          forward_header, forwarded_from)
+from slostream.pipeline.alignment import (PROGRESS_HEADER, Alignment, decode_progress, encode_progress, note_time,
+                                          progress_header)
+from slostream.pipeline.ownership import (FORWARD_HEADER, MAX_FORWARD_BYTES, Owners, decode_forwarded,
+                                          encode_forwarded, forward_header, header_partition)
 
 SEP = "\x1f"
 _OUTCOME, _ID = (operator.attrgetter(name) for name in ("outcome", "id"))
 _SERIES_KEY = operator.attrgetter("service", "metric")
-STATE_VERSION = 2  # 2: a clock per series, forward marks per partition, replay marks per element
+STATE_VERSION = 3  # 3: reads awaiting alignment per series, progress per partition
 # Forwarded records are cut to hold at most this many bytes' worth of measurements each.
 FORWARD_BYTES_PER_MEASUREMENT = 40
+# Reads of a series kept awaiting alignment (later ones absorb the oldest: it aligns a little later).
+MAX_READS = 16
 QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
 
 
@@ -77,7 +82,6 @@ class PipelineConfig:
     escalate_after_s: float | None = None
     evaluation_interval_s: float = 0.1
     partitions: int = 1  # of the measurement topic: who owns which service
-    forward_wait_s: float = 5.0  # a new series waits this long for sources it has not heard yet
 
     @property
     def max_source_skew_s(self) -> float:
@@ -93,7 +97,7 @@ class Output:
     deadletter: list[tuple[bytes, dict]] = field(default_factory=list)
     alerts: list[tuple[bytes, dict]] = field(default_factory=list)
     breaches: list[tuple[bytes, dict]] = field(default_factory=list)
-    forwards: list["Forward"] = field(default_factory=list)
+    forwards: list["Forward"] = field(default_factory=list)  # forwarded measurements and progress
     accepted: int = 0
     skipped_replay: int = 0
     forwarded: int = 0  # measurements sent on to their owner
@@ -112,7 +116,7 @@ class Forward(NamedTuple):
 class Series:
     __slots__ = ("ident", "key", "service", "metric", "labels", "windows",
                  "pending_reports", "last_report", "trackers", "watches", "max_ts", "watermark", "last_activity",
-                 "clocks", "heard", "created")
+                 "reads", "aligned_ts")
 
     def __init__(self, ident: tuple, key: str, service: str, metric: str, labels: dict,
                  windows: SeriesWindows):
@@ -129,9 +133,8 @@ class Series:
         self.max_ts = -np.inf  # newest event time seen
         self.watermark = -np.inf  # max_ts - grace, or later when idle
         self.last_activity = 0.0  # wall time of the last measurement
-        self.clocks: dict[int, float] = {}  # source partition -> newest event time read from it
-        self.heard: dict[int, float] = {}  # source partition -> wall time it last sent this series
-        self.created = 0.0  # wall time this partition first saw the series
+        self.reads: list[list[float]] = []  # [noted wall time, max_ts then] not yet aligned (``alignment``)
+        self.aligned_ts = -np.inf  # max_ts as of the newest aligned read
 
     def header(self) -> dict:
         return {
@@ -143,7 +146,8 @@ class Series:
             "last_report": self.last_report,
             "watches": {w.policy.name: w.to_state() for w in self.watches},
             "clock": [_finite_or_none(self.max_ts), _finite_or_none(self.watermark)],
-            "clocks": {str(p): t for p, t in self.clocks.items()},
+            "reads": self.reads,
+            "aligned_ts": _finite_or_none(self.aligned_ts),
             "windows": self.windows.header_state(),
         }
 
@@ -161,8 +165,9 @@ class PartitionProcessor:
         self.series: dict[tuple, Series] = {}
         self.applied_offset = -1  # last source offset fully processed
         self.forward_marks: dict[int, int] = {}  # source partition -> highest forwarded element applied
-        self.link_clocks: dict[int, float] = {}  # source partition -> newest event time it forwarded here
-        self.link_heard: dict[int, float] = {}  # source partition -> wall time of its last forward here
+        self.alignment = Alignment(config.partitions)  # every partition's progress, as read here
+        self.read_clock = -np.inf  # newest event time read from this partition's own log
+        self._awaiting: dict[tuple, Series] = {}  # series with reads not yet aligned
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
         self._dirty: set[tuple] = set()
@@ -188,21 +193,58 @@ class PartitionProcessor:
         if not fresh:
             return out
         self.now = now
-        record_offsets = np.fromiter((r.offset for r in fresh), dtype=np.int64, count=len(fresh))
-        origins = [forwarded_from(r.headers) if r.headers else None for r in fresh]
-        parts = []
-        read_here = [i for i, origin in enumerate(origins) if origin is None]
-        if read_here:
-            parts += self._read(fresh, read_here, record_offsets, out)
-        for i, origin in enumerate(origins):
-            if origin is not None:
-                parts += self._receive(fresh[i], i, origin, out)
-        if parts:
-            self._window(fresh, rows.merge(parts), out, now)
+        # Cut at progress records: what follows one is judged with it applied, however the log is
+        # cut into batches.
+        start = 0
+        for i, record in enumerate(fresh):
+            source = header_partition(record.headers, PROGRESS_HEADER) if record.headers else None
+            if source is not None:
+                self._measurements(fresh[start:i], out, now)
+                self._progress(record, source, out, now)
+                start = i + 1
+        self._measurements(fresh[start:], out, now)
         self.applied_offset = fresh[-1].offset
         if self._touched and now - self._last_evaluation >= self.config.evaluation_interval_s:
             self._evaluate(out, self._touched)
             self._last_evaluation = now
+        return out
+
+    def _measurements(self, records: list[SourceRecord], out: Output, now: float) -> None:
+        if not records:
+            return
+        record_offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
+        origins = [header_partition(r.headers, FORWARD_HEADER) if r.headers else None for r in records]
+        parts = []
+        read_here = [i for i, origin in enumerate(origins) if origin is None]
+        if read_here:
+            parts += self._read(records, read_here, record_offsets, out)
+        for i, origin in enumerate(origins):
+            if origin is not None:
+                parts += self._receive(records[i], i, origin, out)
+        if parts:
+            self._window(records, rows.merge(parts), out, now)
+
+    def _progress(self, record: SourceRecord, source: int, out: Output, now: float) -> None:
+        """Another partition's (or this one's) progress: close what every partition has now read past."""
+        try:
+            progress = decode_progress(record.value)
+        except ValueError as exc:
+            rejection = Rejection(0, None, Reason.INVALID_JSON, f"record marked as progress of partition "
+                                                                f"{source} cannot be read: {exc}")
+            out.deadletter.append(self._deadletter(record, rejection))
+            return
+        if self.alignment.report(source, progress):
+            self._advance(list(self._awaiting.values()), out, now, idle=False)
+
+    def progress(self, read_until: float | None) -> Output:
+        """Progress records of this partition for every partition (itself included): it has read
+        everything its log held at wall time ``read_until`` (None: not known yet), and the forwards
+        of it were sent before these."""
+        out = Output()
+        if self.config.partitions > 1:
+            value = encode_progress(read_until, _finite_or_none(self.read_clock))
+            header = [progress_header(self.partition)]
+            out.forwards = [Forward(p, value, header, 0) for p in range(self.config.partitions)]
         return out
 
     def _read(self, records: list[SourceRecord], chosen: list[int], record_offsets: np.ndarray,
@@ -226,6 +268,7 @@ class PartitionProcessor:
             out.deadletter.append(self._deadletter(records[record], rejection))
         if not len(cols):
             return []
+        self.read_clock = max(self.read_clock, float(cols.ts.max()))
         ids, keys = self._number(cols.measurements)
         if self.config.partitions > 1:
             owners = np.fromiter((self.owners(key[0]) for key in keys), dtype=np.int64, count=len(keys))[ids]
@@ -303,7 +346,7 @@ class PartitionProcessor:
         grace = self.config.grace_s
         ids, keys = batch.ids, batch.keys
         known = [self.series.get(key) for key in keys]
-        before, after, newest = self._marks(ids, known, batch.ts, batch.sources, now)
+        before, after, newest = self._marks(ids, known, batch.ts, now)
         with np.errstate(invalid="ignore"):
             horizon = np.floor(before / width) * width
         late = batch.ts < horizon
@@ -326,88 +369,56 @@ class PartitionProcessor:
             accepted = np.flatnonzero(~late[start:stop]) + start
             if accepted.size:
                 self._ingest(accepted, batch, after, out, now)
-        self._remember_sources(ids, known, keys, batch.ts, batch.sources, now)
 
-    def _marks(self, ids: np.ndarray, known: list, ts: np.ndarray, sources: np.ndarray,
+    def _marks(self, ids: np.ndarray, known: list, ts: np.ndarray,
                now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The watermark of each element's series before and after it, and the series' newest event
         time before it.
 
-        A series fed through forwards has one clock per source partition, and its watermark follows
-        the slowest source still sending (heard within ``idle_after_s``). A source that forwards to
-        this partition but has not yet sent this series counts with the newest event time it has
-        forwarded at all (its *link* clock): it reads its log in order, so the series' share is
-        not far behind. Then an owner never runs ahead of a lagging source (a catch-up, a
-        restarted worker), however long the backlog. Before the first forward from a source has
-        arrived, a new series waits ``forward_wait_s`` of wall time (a cold start). The spread is
-        capped (``max_source_skew_s``) so open buckets always fit the base ring.
+        A series' watermark trails its newest event time by the grace, but only as far as every
+        partition has read (``alignment``): data read before the aligned time counts in full, newer
+        data only up to the slowest clock of the partitions still behind. The spread is capped
+        (``max_source_skew_s``) so open buckets always fit the base ring.
         """
         grace, skew = self.config.grace_s, self.config.max_source_skew_s
-        mark0 = np.array([-np.inf if s is None else s.watermark for s in known])
+        mark0 = np.array([-np.inf if s is None else s.watermark for s in known])[ids]
         newest0 = np.array([-np.inf if s is None else s.max_ts for s in known])
-        present = np.unique(sources).tolist()
-        links = self._active_links(now)
-        # Sources that send nothing in this batch: their clocks stand still (inf: no bound).
-        others = np.array([self._standing_clock(s, links, now, skip=present) for s in known])
-        if self.config.partitions > 1:
-            waiting = np.array([s is None or now - s.created < self.config.forward_wait_s for s in known])
-            others[waiting] = -np.inf
-        slowest_before = others[ids]
-        slowest_after = others[ids]
-        newest_before = newest0[ids]
-        for p in present:
-            initial = np.array([-np.inf if s is None else s.clocks.get(p, -np.inf) for s in known])
-            values = ts if len(present) == 1 else np.where(sources == p, ts, -np.inf)
-            clock_before, _ = running_max_before(ids, values, initial)
-            clock_after = np.maximum(clock_before, values)
-            newest_before = np.maximum(newest_before, clock_before)
-            # Not heard from this source yet: its link clock, or no bound at all.
-            link = links.get(p, np.inf)
-            slowest_before = np.minimum(slowest_before, np.where(clock_before > -np.inf, clock_before, link))
-            slowest_after = np.minimum(slowest_after, np.where(clock_after > -np.inf, clock_after, link))
+        newest_before, _ = running_max_before(ids, ts, newest0)
         newest_after = np.maximum(newest_before, ts)
+        alignment = self.alignment
+        aligned_until = alignment.aligned_until
+        if aligned_until >= now:
+            safe_before, safe_after = newest_before, newest_after
+        else:
+            aligned = np.array([-np.inf if s is None else self._aligned_ts(s, aligned_until) for s in known])[ids]
+            behind = alignment.behind_clock(now)
+            safe_before = np.maximum(aligned, np.minimum(newest_before, behind))
+            safe_after = np.maximum(aligned, np.minimum(newest_after, behind))
 
-        def mark(slowest: np.ndarray, newest: np.ndarray) -> np.ndarray:
-            following = np.where(slowest < np.inf, slowest, -np.inf) - grace  # -inf: holds everything
-            return np.maximum(np.maximum(mark0[ids], following), newest - skew)
+        def mark(safe: np.ndarray, newest: np.ndarray) -> np.ndarray:
+            return np.maximum(np.maximum(mark0, safe - grace), newest - skew)
 
-        return mark(slowest_before, newest_before), mark(slowest_after, newest_after), newest_before
+        return mark(safe_before, newest_before), mark(safe_after, newest_after), newest_before
 
-    def _active_links(self, now: float) -> dict[int, float]:
-        """Link clocks of the partitions that forwarded here within ``idle_after_s``."""
-        return {p: clock for p, clock in self.link_clocks.items()
-                if now - self.link_heard[p] < self.config.idle_after_s}
+    @staticmethod
+    def _aligned_ts(series: Series, aligned_until: float) -> float:
+        """The series' newest event time as of its newest read that every partition has read past."""
+        reads = series.reads
+        while reads and reads[0][0] <= aligned_until:
+            series.aligned_ts = max(series.aligned_ts, reads.pop(0)[1])
+        return series.aligned_ts
 
-    def _standing_clock(self, series: "Series | None", links: dict[int, float], now: float, skip=()) -> float:
-        """The slowest clock among a series' sources still sending (its own clock from each, or the
-        link clock of a forwarding partition it has not heard from); inf when none bounds it."""
-        slowest = np.inf
-        heard = {} if series is None else series.clocks
-        for p, clock in heard.items():
-            if p not in skip and now - series.heard[p] < self.config.idle_after_s:
-                slowest = min(slowest, clock)
-        for p, clock in links.items():
-            if p not in skip and p not in heard:
-                slowest = min(slowest, clock)
-        return slowest
-
-    def _remember_sources(self, ids: np.ndarray, known: list, keys: list[tuple], ts: np.ndarray,
-                          sources: np.ndarray, now: float) -> None:
-        """Each series' clock per source, when it last heard from each; and each forwarding
-        partition's link clock."""
-        for p in np.unique(sources).tolist():
-            chosen = sources == p
-            if p != rows.DIRECT:
-                self.link_clocks[p] = max(self.link_clocks.get(p, -np.inf), float(ts[chosen].max()))
-                self.link_heard[p] = now
-            top = np.full(len(keys), -np.inf)
-            np.maximum.at(top, ids[chosen], ts[chosen])
-            for i in np.flatnonzero(top > -np.inf).tolist():
-                series = known[i] or self.series.get(keys[i])
-                if series is None:
-                    continue  # every measurement of it was late: no series was made
-                series.clocks[p] = max(series.clocks.get(p, -np.inf), float(top[i]))
-                series.heard[p] = now
+    def _note_read(self, series: Series, now: float) -> None:
+        """Remember that data of the series up to its newest event time was read at ``now``."""
+        at = note_time(now)
+        reads = series.reads
+        if reads and reads[-1][0] == at:
+            reads[-1][1] = series.max_ts
+        else:
+            reads.append([at, series.max_ts])
+            if len(reads) > MAX_READS:  # a partition stopped reporting: the oldest note waits for the next
+                del reads[0]
+        self._awaiting[series.ident] = series
 
     def _slices(self, ids: np.ndarray, keys: list[tuple], ts: np.ndarray):
         """(start, stop, crossings) parts of a batch: a part starts where the clocks of SLOs (the
@@ -493,8 +504,11 @@ class PartitionProcessor:
         out.accepted += added
         out.skipped_replay += len(idx) - added
         slo_keys = set()
+        aligning = self.config.partitions > 1
         for sid, series in touched:
             series.max_ts = max(series.max_ts, series_max[sid])
+            if aligning:
+                self._note_read(series, now)
             series.watermark = max(series.watermark, series_mark[sid])
             self._close_series(series, series.watermark, out)
             if series.trackers:
@@ -593,7 +607,6 @@ class PartitionProcessor:
             labels = dict(zip(self.config.label_keys, key[2])) if len(key) > 2 else {}
             windows = SeriesWindows(self.config.resolutions, self.config.relative_accuracy)
             series = Series(key, _series_key(service, metric, labels), service, metric, labels, windows)
-            series.created = self.now
             self._attach(series)
             self.series[key] = series
         return series
@@ -615,18 +628,32 @@ class PartitionProcessor:
         """Let event time run on for series that have gone quiet, close what is due, judge their SLOs."""
         out = Output()
         self.now = now
+        self._advance(self.series.values(), out, now, idle=True)
+        if self._touched:
+            self._evaluate(out, self._touched)
+            self._last_evaluation = now
+        return out
+
+    def _advance(self, series_list, out: Output, now: float, idle: bool) -> None:
+        """Move the watermarks of ``series_list`` as far as alignment (and, with ``idle``, quiet)
+        allows; close what they pass."""
         config = self.config
+        aligned_until = self.alignment.aligned_until
         slo_keys = set()
-        links = self._active_links(now)
-        for series in self.series.values():
-            if config.partitions > 1 and now - series.created < config.forward_wait_s:
-                continue  # a new series still waits for sources it has not heard from
-            slowest = self._standing_clock(series, links, now)
-            if slowest < np.inf:  # a source that went quiet no longer holds the series back
-                mark = max(series.watermark, slowest - config.grace_s)
+        for series in series_list:
+            mark = series.watermark
+            if series.reads:
+                self._aligned_ts(series, aligned_until)
+            if series.reads:  # read from a partition that is not yet past it: up to the slowest clock
+                behind = self.alignment.behind_clock(series.reads[-1][0])
+                safe = max(series.aligned_ts, min(series.max_ts, behind))
+                mark = max(mark, safe - config.grace_s, series.max_ts - config.max_source_skew_s)
             else:
-                mark = idle_watermark(series.max_ts, series.watermark, now - series.last_activity, config.grace_s,
-                                      config.idle_after_s)
+                self._awaiting.pop(series.ident, None)
+                mark = max(mark, series.max_ts - config.grace_s)
+                if idle:
+                    mark = idle_watermark(series.max_ts, mark, now - series.last_activity, config.grace_s,
+                                          config.idle_after_s)
             if mark > series.watermark:
                 series.watermark = mark
                 self._close_series(series, mark, out)
@@ -635,10 +662,6 @@ class PartitionProcessor:
         for key in slo_keys:
             self._close_slos(key)
             self._touched.update(t.slo.name for t in self._trackers_of(key))
-        if self._touched:
-            self._evaluate(out, self._touched)
-            self._last_evaluation = now
-        return out
 
     def evaluate_pending(self, now: float) -> Output:
         """Judge SLOs the wall-clock limiter held back, once the interval has passed."""
@@ -814,7 +837,8 @@ class PartitionProcessor:
             "applied_offset": self.applied_offset,
             "control_offset": self.control_offset,
             "forward_marks": {str(p): o for p, o in self.forward_marks.items()},
-            "link_clocks": {str(p): t for p, t in self.link_clocks.items()},
+            "alignment": self.alignment.to_state(),
+            "read_clock": _finite_or_none(self.read_clock),
             "newest_event_ts": _finite_or_none(self.newest_event_ts),
         }
         writes.append((f"{p}{SEP}c", orjson.dumps(partition_state)))
@@ -839,8 +863,8 @@ class PartitionProcessor:
                 proc.applied_offset = state["applied_offset"]
                 proc.control_offset = state.get("control_offset", -1)
                 proc.forward_marks = {int(p): o for p, o in state.get("forward_marks", {}).items()}
-                proc.link_clocks = {int(p): t for p, t in state.get("link_clocks", {}).items()}
-                proc.link_heard = dict.fromkeys(proc.link_clocks, now)
+                proc.alignment = Alignment.from_state(config.partitions, state.get("alignment"))
+                proc.read_clock = _from_finite(state.get("read_clock"))
                 if state.get("v") == 1:  # one clock for the whole partition: every series starts from it
                     old = state["watermark"]
                     partition_clock = [old["max_event_ts"], old["value"]]
@@ -876,8 +900,10 @@ class PartitionProcessor:
             series.pending_reports = set(header["pending_reports"])
             max_ts, watermark = header.get("clock", partition_clock)
             series.max_ts, series.watermark = _from_finite(max_ts), _from_finite(watermark)
-            series.clocks = {int(p): t for p, t in header.get("clocks", {}).items()}
-            series.heard = dict.fromkeys(series.clocks, now)
+            series.reads = header.get("reads", [])
+            series.aligned_ts = _from_finite(header.get("aligned_ts"))
+            if series.reads:
+                proc._awaiting[ident] = series
             series.last_activity = now
             series.last_report = header["last_report"]
             proc._attach(series)
