@@ -4,6 +4,7 @@ clock running ahead, a five-hour backlog, every compression codec, a corrupt bat
 import asyncio
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -239,3 +240,37 @@ def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the_rest_
     status, body = worker.get("/metrics")
     assert b"slostream_ingest_undecodable_batches_total 2.0" in body
     assert worker.process.poll() is None
+
+
+def test_a_worker_frozen_while_unkeyed_bursts_arrive_loses_nothing(kafka, make_worker):
+    """Two workers, one partition each; one is frozen (SIGSTOP: a long GC pause, a stalled VM) for
+    longer than idle_after_s + grace_s while unkeyed bursts, each a minute of event time, land on
+    both partitions. The other owner must hold its series until the frozen partition has been read
+    and reported, not close them on its own share."""
+    prefix = make_worker.prefix
+    first = make_worker("frozen").start()
+    second = make_worker("frozen").start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # wait until the group has split the two partitions
+        owned = [orjson.loads(w.get("/ready")[1]).get("partitions", []) for w in (first, second)]
+        if all(len(p) == 1 for p in owned):
+            break
+        time.sleep(0.5)
+    assert all(len(p) == 1 for p in owned), owned
+    rng = random.Random(11)
+    t0 = float(int(time.time()) // 60 * 60 - 3600)
+    items = [{"service": SERVICES[i % 3], "metric": "http", "ok": rng.random() > 0.05, "ts": t0 + i / 12}
+             for i in range(6 * 60 * 12)]  # six minutes, 4/s per service
+    records = [(None, orjson.dumps(items[i:i + 24])) for i in range(0, len(items), 24)]
+    second.process.send_signal(signal.SIGSTOP)
+    try:
+        # One minute of event time per burst, 1.5 s apart: 9 s frozen (idle 3 s, grace 2 s here).
+        _send(kafka.bootstrap, f"{prefix}measurements", records, pause_every=30, pause_s=1.5)
+    finally:
+        second.process.send_signal(signal.SIGCONT)
+    closers = [(None, orjson.dumps(c)) for c in _closers(t0 + 360)[:3] for _ in range(PARTITIONS)]
+    _send(kafka.bootstrap, f"{prefix}measurements", closers)
+    truth = _truth(items)
+    assert _sli(kafka.bootstrap, prefix, len(truth)) == truth
+    assert _letters(kafka.bootstrap, prefix) == []
+    assert first.stop() == 0 and second.stop() == 0
