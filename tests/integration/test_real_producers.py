@@ -273,4 +273,8 @@ def test_a_worker_frozen_while_unkeyed_bursts_arrive_loses_nothing(kafka, make_w
     truth = _truth(items)
     assert _sli(kafka.bootstrap, prefix, len(truth)) == truth
     assert _letters(kafka.bootstrap, prefix) == []
+    for worker in (first, second):  # every partition reports again: alignment is recent
+        aligned = re.findall(rb'^slostream_aligned_until_timestamp_seconds{partition="\d"} (\S+)$',
+                             worker.get("/metrics")[1], re.M)
+        assert len(aligned) == 1 and time.time() - 30 < float(aligned[0]) <= time.time()
     assert first.stop() == 0 and second.stop() == 0

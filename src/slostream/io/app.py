@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import tempfile
 import time
 from collections import Counter
@@ -417,6 +418,12 @@ class IngestService:
             if high is not None:
                 lags[partition] = max(0, high - (proc.applied_offset + 1))
         return lags
+
+    def aligned_until(self) -> dict[int, float]:
+        """Per owned partition, the wall time every partition has reported reading past (finite only:
+        one partition needs no alignment, and before every partition has reported there is none)."""
+        return {partition: proc.alignment.aligned_until for partition, proc in self.processors.items()
+                if math.isfinite(proc.alignment.aligned_until)}
 
     def ready(self) -> bool:
         recovery = getattr(self.app.tables, "recovery", None)

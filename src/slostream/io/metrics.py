@@ -89,6 +89,13 @@ class _StateCollector(Collector):
         for partition, value in sorted(ingest.lag().items()):
             lag.add_metric([str(partition)], value)
         yield lag
+        aligned = GaugeMetricFamily("slostream_aligned_until_timestamp_seconds",
+                                    "Wall time (Unix seconds) before which every partition has reported reading "
+                                    "everything; series of this owner close only data read before it. Far behind "
+                                    "now: a partition is not being read.", labels=["partition"])
+        for partition, value in sorted(ingest.aligned_until().items()):
+            aligned.add_metric([str(partition)], value)
+        yield aligned
         watermark = GaugeMetricFamily("slostream_watermark_seconds",
                                       "Newest event time in the partition minus the grace period (Unix "
                                       "seconds); each series has its own watermark.",
