@@ -12,7 +12,7 @@ GOOD = {"service": "checkout", "metric": "latency_ms", "value": 12.5, "ok": True
 
 
 def _decode(*raws, **kw):
-    return MeasurementDecoder(**kw).decode([(r, NOW) for r in raws])
+    return MeasurementDecoder(**kw).decode(raws, [NOW] * len(raws))
 
 
 @pytest.mark.parametrize(
@@ -87,3 +87,22 @@ json_values = st.recursive(
 def test_no_input_raises_and_every_input_is_accounted_for(raw):
     batch = _decode(raw)
     assert len(batch.columns) + len(batch.rejections) >= 1
+
+
+_PIECES = [orjson.dumps(GOOD), orjson.dumps([GOOD, {**GOOD, "value": 3.0}]), orjson.dumps(GOOD) + b"," + orjson.dumps(GOOD),
+           b"[" + orjson.dumps(GOOD), orjson.dumps(GOOD) + b"]", b"{\n" + orjson.dumps(GOOD)[1:], b"  ", b"", b"[]",
+           orjson.dumps({**GOOD, "ok": "yes"}), orjson.dumps(GOOD) + b"\r", b"null", orjson.dumps({**GOOD, "ts": None})]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(_PIECES), min_size=1, max_size=8))
+def test_decoding_many_records_at_once_equals_decoding_each_alone(raws):
+    """Records decoded in one call (small ones) give what each decoded alone gives, including
+    records that would make valid JSON only when joined with their neighbours."""
+    together = _decode(*raws)
+    alone = [_decode(raw) for raw in raws]
+    assert together.columns.values.tolist() == [v for one in alone for v in one.columns.values.tolist()]
+    assert together.columns.record.tolist() == [n for n, one in enumerate(alone) for _ in range(len(one.columns))]
+    assert together.columns.position.tolist() == [p for one in alone for p in one.columns.position.tolist()]
+    assert [(r.record, r.index, r.reason, r.message) for r in together.rejections] == [
+        (n, r.index, r.reason, r.message) for n, one in enumerate(alone) for r in one.rejections]

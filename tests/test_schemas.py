@@ -39,7 +39,7 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
 )
 def test_measurement_schema_agrees_with_the_decoder(document):
     raw = orjson.dumps(document)
-    accepted = len(MeasurementDecoder().decode([(raw, 1_900_000_000.0)]).columns) > 0
+    accepted = len(MeasurementDecoder().decode([raw], [1_900_000_000.0]).columns) > 0
     assert validator("measurement.schema.json").is_valid(document) == accepted
 
 

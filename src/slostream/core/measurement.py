@@ -55,6 +55,9 @@ class Measurement(msgspec.Struct, gc=False, omit_defaults=True):
 
 
 _FAST_DECODER = msgspec.json.Decoder(list[Measurement] | Measurement)
+# Records this small on average are decoded in one call (the per-call cost dominates them); larger
+# ones one by one (joining them would copy and scan every byte once more for little gain).
+AT_ONCE_MAX_MEAN_BYTES = 1024
 _TS, _VALUE, _OK = (operator.attrgetter(name) for name in ("ts", "value", "ok"))
 
 
@@ -105,7 +108,7 @@ class MeasurementDecoder:
     """Turns raw record values into validated columns plus rejections.
 
     >>> d = MeasurementDecoder()
-    >>> batch = d.decode([(b'[{"service":"a","metric":"m","value":1}, 5]', 100.0)])
+    >>> batch = d.decode([b'[{"service":"a","metric":"m","value":1}, 5]'], [100.0])
     >>> len(batch.columns), batch.rejections[0].reason.value, batch.columns.ts.tolist()
     (1, 'not_an_object', [100.0])
     """
@@ -114,14 +117,61 @@ class MeasurementDecoder:
         self.max_record_bytes = max_record_bytes
         self.max_future_skew_s = max_future_skew_s
 
-    def decode(self, records: list[tuple[bytes | None, float]]) -> DecodedBatch:
-        """``records`` are (value bytes, record timestamp in Unix seconds)."""
+    def decode(self, values: list[bytes | None], timestamps: list[float]) -> DecodedBatch:
+        """Record ``values`` and their record ``timestamps`` (Unix seconds)."""
+        at_once = self._decode_at_once(values)
+        if at_once is None:
+            elements, owners, positions, rejections = self._decode_each(values)
+        else:
+            elements, owners, positions = at_once
+            rejections = []
+        columns = self._columns(timestamps, elements, owners)
+        columns.position = positions
+        keep = self._check_values(columns, rejections)
+        if not keep.all():
+            columns = columns.select(keep)
+        return DecodedBatch(columns, rejections)
+
+    def _decode_at_once(self, values: list[bytes | None]):
+        """Every record in one msgspec call, a line each; None when any record needs a closer look
+        (then each is decoded alone, and a refused one gets its exact reason)."""
+        if not values or None in values:
+            return None
+        sizes = list(map(len, values))
+        if min(sizes) == 0 or max(sizes) > self.max_record_bytes or sum(sizes) > AT_ONCE_MAX_MEAN_BYTES * len(sizes):
+            return None
+        joined = b"\n".join(values)
+        if joined.count(b"\n") != len(values) - 1:  # a record spans lines
+            return None
+        try:
+            decoded = _FAST_DECODER.decode_lines(joined)
+        except Exception:
+            return None
+        n = len(values)
+        if len(decoded) != n:  # a blank record
+            return None
+        if list not in map(type, decoded):  # one lone object per record
+            return decoded, np.arange(n, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+        elements: list[Measurement] = []
+        segments: list[tuple[int, int, int]] = []
+        for number, item in enumerate(decoded):
+            if type(item) is list:
+                if not item:  # an empty array is rejected with its reason
+                    return None
+                elements.extend(item)
+                segments.append((number, len(item), 0))
+            else:
+                elements.append(item)
+                segments.append((number, 1, -1))
+        return (elements, *_owners_and_positions(segments))
+
+    def _decode_each(self, values: list[bytes | None]):
         elements: list[Measurement] = []
         # One segment per run of elements: (record number, element count, index of the first in its
         # array or -1 for a lone object); owners and positions are then built in numpy.
         segments: list[tuple[int, int, int]] = []
         rejections: list[Rejection] = []
-        for number, (raw, _) in enumerate(records):
+        for number, raw in enumerate(values):
             if raw is None or len(raw) == 0:
                 rejections.append(Rejection(number, None, Reason.INVALID_JSON, "empty record"))
                 continue
@@ -149,13 +199,7 @@ class MeasurementDecoder:
             else:
                 elements.append(decoded)
                 segments.append((number, 1, -1))
-        owners, positions = _owners_and_positions(segments)
-        columns = self._columns(records, elements, owners)
-        columns.position = positions
-        keep = self._check_values(columns, rejections)
-        if not keep.all():
-            columns = columns.select(keep)
-        return DecodedBatch(columns, rejections)
+        return (elements, *_owners_and_positions(segments), rejections)
 
     def _slow_path(self, number, raw, elements, segments, rejections) -> None:
         try:
@@ -187,8 +231,8 @@ class MeasurementDecoder:
                 rejections.append(Rejection(number, position, reason, message, item))
 
     @staticmethod
-    def _columns(records, elements: list[Measurement], owner: np.ndarray) -> Columns:
-        record_ts = np.asarray([ts for _, ts in records], dtype=np.float64)
+    def _columns(timestamps: list[float], elements: list[Measurement], owner: np.ndarray) -> Columns:
+        record_ts = np.asarray(timestamps, dtype=np.float64)
         ts_raw = list(map(_TS, elements))
         try:
             ts = np.asarray(ts_raw, dtype=np.float64)

@@ -41,7 +41,7 @@ from slostream.pipeline.ownership import (FORWARD_HEADER, MAX_FORWARD_BYTES, Own
                                           encode_forwarded, forward_header, header_partition)
 
 SEP = "\x1f"
-_OUTCOME, _ID = (operator.attrgetter(name) for name in ("outcome", "id"))
+_OUTCOME, _ID, _VALUE, _TIMESTAMP = (operator.attrgetter(name) for name in ("outcome", "id", "value", "timestamp"))
 _SERIES_KEY = operator.attrgetter("service", "metric")
 STATE_VERSION = 3  # 3: reads awaiting alignment per series, progress per partition
 # Forwarded records are cut to hold at most this many bytes' worth of measurements each.
@@ -258,7 +258,8 @@ class PartitionProcessor:
         them, interleaved as they are read, so an owner catching up on a long backlog of its own
         partition does not run ahead of the other partitions' share of the same series."""
         whole = len(chosen) == len(records)
-        batch = self.decoder.decode([(records[i].value, records[i].timestamp) for i in chosen])
+        chosen_records = records if whole else [records[i] for i in chosen]
+        batch = self.decoder.decode(list(map(_VALUE, chosen_records)), list(map(_TIMESTAMP, chosen_records)))
         cols = batch.columns
         if not whole:  # record numbers of the batch, not of the decoded subset
             index = np.asarray(chosen, dtype=np.int64)
