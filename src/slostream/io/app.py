@@ -234,13 +234,10 @@ class IngestService:
                 await self._emit(proc.apply_control(record, command))
         self._pending_control.clear()
 
-    async def handle(self, partition: int, batch: list[Any]) -> None:
-        for chunk in _chunks(batch):
+    async def handle(self, partition: int, batch: list[SourceRecord]) -> None:
+        """A fetched batch of the measurement topic (built as ``SourceRecord`` by ``io.undecodable``)."""
+        for records in _chunks(batch):
             started = time.perf_counter()
-            records = [
-                SourceRecord(r.topic, r.partition, r.offset, (r.timestamp or 0) / 1000.0, r.key, r.value, r.headers)
-                for r in chunk
-            ]
             async with self.lock:
                 proc = self.processor(partition)
                 await self.catch_up_control()
@@ -442,7 +439,12 @@ CHUNK_BYTES = 2 << 20
 EVALUATION_INTERVAL_S = 0.1
 
 
-def _chunks(batch: list[Any]):
+def _source_record(topic: str, partition: int, offset: int, timestamp_ms: int | None, key: bytes | None,
+                   value: bytes | None, headers: tuple) -> SourceRecord:
+    return SourceRecord(topic, partition, offset, (timestamp_ms or 0) / 1000.0, key, value, headers)
+
+
+def _chunks(batch: list[SourceRecord]):
     start = size = 0
     for index, record in enumerate(batch):
         size += len(record.value or b"")
@@ -483,7 +485,7 @@ def create_app(settings: Settings) -> SloApp:
     outputs = OutputProducer(settings.broker_hosts, lone_forwards=bool(settings.changelog_fence))
     app.add_dependency(outputs)
     ingest = IngestService(app, settings, metrics, outputs)
-    undecodable.install(ingest.skipped_batch)
+    undecodable.install(ingest.skipped_batch, ingest.topic, _source_record)
     metrics.attach(ingest)
     app.ingest = ingest
     app.topics.add(ingest.measurements)

@@ -6,12 +6,16 @@ every restart. Worse, the records of other partitions drained in the same call a
 exception. This replaces aiokafka's per-partition record iterator with one that decodes batch by
 batch, skips a batch that fails, and reports it (topic, partition, offsets, error), so the
 partition moves on past it and every other partition keeps working.
+
+It also builds the records of one topic (the measurement topic) with a factory of the caller's
+instead of aiokafka's ``ConsumerRecord`` (a dataclass of eleven fields, about a microsecond each:
+a fifth of the cost of a one-measurement record).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from aiokafka.consumer import fetcher
 from aiokafka.errors import CorruptRecordException
@@ -20,6 +24,8 @@ log = logging.getLogger("slostream")
 
 # (topic, partition, first offset, next offset, error)
 SkipReport = Callable[[str, int, int, int, str], None]
+# (topic, partition, offset, timestamp in ms, key, value, headers) -> the record handed on
+RecordFactory = Callable[[str, int, int, int, Any, Any, tuple], Any]
 
 
 class SkippingPartitionRecords(fetcher.PartitionRecords):
@@ -27,6 +33,8 @@ class SkippingPartitionRecords(fetcher.PartitionRecords):
     decoding each batch whole before yielding it, so a batch that fails is skipped as a unit."""
 
     report: SkipReport | None = None
+    own_topic: str | None = None
+    make_record: RecordFactory | None = None
 
     def _unpack_records(self):
         tp = self._tp
@@ -39,8 +47,14 @@ class SkippingPartitionRecords(fetcher.PartitionRecords):
                 if batch.is_control_batch:
                     self.next_fetch_offset = batch.next_offset
                     continue
-                decoded = [self._consumer_record(tp, record) for record in batch
-                           if record.offset >= self.next_fetch_offset]
+                if tp.topic == SkippingPartitionRecords.own_topic:
+                    make, topic, partition = SkippingPartitionRecords.make_record, tp.topic, tp.partition
+                    decoded = [make(topic, partition, record.offset, record.timestamp, record.key, record.value,
+                                    tuple(record.headers))
+                               for record in batch if record.offset >= self.next_fetch_offset]
+                else:
+                    decoded = [self._consumer_record(tp, record) for record in batch
+                               if record.offset >= self.next_fetch_offset]
             except Exception as exc:  # noqa: BLE001 - any codec or parser error: skip the batch, never crash-loop
                 first, after = batch.base_offset, batch.next_offset
                 log.error("skipping undecodable record batch of %s partition %d, offsets %d-%d: %s",
@@ -55,7 +69,10 @@ class SkippingPartitionRecords(fetcher.PartitionRecords):
             self.next_fetch_offset = batch.next_offset
 
 
-def install(report: SkipReport) -> None:
-    """Make aiokafka's fetcher use the skipping iterator (process-wide: one worker per process)."""
+def install(report: SkipReport, own_topic: str, make_record: RecordFactory) -> None:
+    """Make aiokafka's fetcher use the skipping iterator, with ``make_record`` building the records
+    of ``own_topic`` (process-wide: one worker per process)."""
     SkippingPartitionRecords.report = staticmethod(report)
+    SkippingPartitionRecords.own_topic = own_topic
+    SkippingPartitionRecords.make_record = staticmethod(make_record)
     fetcher.PartitionRecords = SkippingPartitionRecords
