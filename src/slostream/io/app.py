@@ -258,7 +258,6 @@ class IngestService:
 
     async def tick(self) -> None:
         async with self.lock:
-            await self._send_progress()
             if self._undecodable_letters:
                 letters, self._undecodable_letters = self._undecodable_letters, []
                 await self._emit(Output(deadletter=letters))
@@ -268,6 +267,7 @@ class IngestService:
                     if tp.topic == self.topic:
                         self.processor(tp.partition)
             await self.catch_up_control()
+            await self._send_progress()  # from every assigned partition, traffic or not
             now = time.time()
             for partition, proc in list(self.processors.items()):
                 out = proc.tick(now)
