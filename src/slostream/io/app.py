@@ -196,6 +196,7 @@ class IngestService:
         self.checkpoints = 0
         self._uncheckpointed: set[int] = set()
         self._pending_control: set[int] = set()
+        self._progress_sent: dict[int, float] = {}  # partition -> wall time of its last progress
         self.state = app.Table(
             STATE_TABLE,
             partitions=settings.partitions,
@@ -246,6 +247,9 @@ class IngestService:
                 await self._emit(out)
             self.records_consumed += len(records)
             self.metrics.observe_batch(time.perf_counter() - started)
+        if self.settings.partitions > 1 and time.time() - self._progress_sent.get(partition, 0.0) >= PROGRESS_MIN_INTERVAL_S:
+            async with self.lock:  # at the end of its log: say so now, not at the next tick
+                await self._send_progress([partition], only_at_end=True)
 
     def skipped_batch(self, topic: str, partition: int, first: int, after: int, error: str) -> None:
         """A fetched batch that could not be decoded was skipped (see ``io.undecodable``): count it and
@@ -267,21 +271,28 @@ class IngestService:
                     if tp.topic == self.topic:
                         self.processor(tp.partition)
             await self.catch_up_control()
-            await self._send_progress()  # from every assigned partition, traffic or not
+            await self._send_progress(list(self.processors))  # from every assigned partition, traffic or not
             now = time.time()
             for partition, proc in list(self.processors.items()):
                 out = proc.tick(now)
                 self._uncheckpointed.add(partition)
                 await self._emit(out)
 
-    async def _send_progress(self) -> None:
-        """Tell every partition how far each of ours has read (``pipeline.alignment``), behind the
-        forwards already sent: a partition owner closes a series only when all have read past it."""
+    async def _send_progress(self, partitions: list[int], only_at_end: bool = False) -> None:
+        """Tell every partition how far each of ``partitions`` has read (``pipeline.alignment``),
+        behind the forwards already sent: a partition owner closes a series only when all have read
+        past it. With ``only_at_end``, only a partition at the end of its log reports."""
         if self.settings.partitions == 1:
             return
-        for partition, proc in list(self.processors.items()):
+        for partition in partitions:
+            proc = self.processors.get(partition)
+            if proc is None:
+                continue
             read_until = self.app.consumer.read_until(TP(self.topic, partition), proc.applied_offset + 1)
+            if read_until is None and only_at_end:
+                continue
             await self._emit(proc.progress(read_until))
+            self._progress_sent[partition] = time.time()
 
     async def evaluate_pending(self) -> None:
         async with self.lock:
@@ -431,6 +442,9 @@ class IngestService:
 # moment before the response arrived, and a producer's records for different partitions reach
 # the broker a moment apart.
 PROGRESS_SLACK_S = 0.25
+# A partition that reaches the end of its log reports at once, but at most this often (each report
+# is one record to every partition); every tick it reports regardless.
+PROGRESS_MIN_INTERVAL_S = 0.25
 # Measured: the pipeline is fastest on slices of a few MB (about 50,000 measurements);
 # larger ones fall out of the CPU caches, smaller ones pay per-call overhead.
 CHUNK_BYTES = 2 << 20

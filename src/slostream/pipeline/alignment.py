@@ -17,8 +17,8 @@ follow it. While a partition is behind (catching up, or a worker not started yet
 series is assumed near its clock, so the series may close up to the slowest such clock (less the
 grace). Before every partition has reported once, nothing closes (a cold start waits for the slowest
 partition to be read, not a guessed time). Like Flink's watermark alignment, this costs close
-latency (a tick and a fetch, about 1-2 s) and one small record per partition pair per tick, not
-exactness; a topic of one partition needs none of it.
+latency (a report and a fetch: the worker reports every tick, and at once when a partition reaches
+the end of its log) and small records from every partition to every partition, not exactness; a topic of one partition needs none of it.
 """
 
 from __future__ import annotations
