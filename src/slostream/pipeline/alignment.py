@@ -27,6 +27,8 @@ import math
 
 import msgspec
 
+from slostream.pipeline.ownership import decode_versioned
+
 PROGRESS_HEADER = "slostream-progress-from"
 FORMAT_VERSION = 1
 # Reads are noted on a grid of this many seconds (rounded up, so never early): a series then keeps a
@@ -50,13 +52,7 @@ def encode_progress(read_until: float | None, clock: float | None) -> bytes:
 
 def decode_progress(value: bytes | None) -> Progress:
     """Raises ValueError when the record is not progress this version of slostream can read."""
-    try:
-        progress = _DECODER.decode(value or b"")
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"not a slostream progress record: {exc}") from None
-    if progress.v != FORMAT_VERSION:
-        raise ValueError(f"progress record format {progress.v} is not {FORMAT_VERSION}")
-    return progress
+    return decode_versioned(_DECODER, value, "progress", FORMAT_VERSION)
 
 
 def progress_header(partition: int) -> tuple[str, bytes]:

@@ -120,14 +120,20 @@ def encode_forwarded(keys: list[tuple[str, str, list[str]]], series: np.ndarray,
         ok.astype(np.int8).tobytes(), outcome.astype(np.int8).tobytes(), positions.astype("<i8").tobytes(), ids))
 
 
+def decode_versioned(decoder: msgspec.msgpack.Decoder, value: bytes | None, kind: str, version: int):
+    """One of slostream's own records (a ``v`` field); ValueError when this version cannot read it."""
+    try:
+        decoded = decoder.decode(value or b"")
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"not a slostream {kind} record: {exc}") from None
+    if decoded.v != version:
+        raise ValueError(f"{kind} record format {decoded.v} is not {version}")
+    return decoded
+
+
 def decode_forwarded(value: bytes | None) -> Forwarded:
     """Raises ValueError when the record is not a forward this version of slostream can read."""
-    try:
-        forwarded = _DECODER.decode(value or b"")
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"not a slostream forwarded record: {exc}") from None
-    if forwarded.v != FORMAT_VERSION:
-        raise ValueError(f"forwarded record format {forwarded.v} is not {FORMAT_VERSION}")
+    forwarded = decode_versioned(_DECODER, value, "forwarded", FORMAT_VERSION)
     n = len(forwarded.ts) // 8
     sizes = (len(forwarded.series) // 4, len(forwarded.value) // 8, len(forwarded.ok), len(forwarded.outcome),
              len(forwarded.positions) // 8)

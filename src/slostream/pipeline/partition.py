@@ -229,12 +229,15 @@ class PartitionProcessor:
         try:
             progress = decode_progress(record.value)
         except ValueError as exc:
-            rejection = Rejection(0, None, Reason.INVALID_JSON, f"record marked as progress of partition "
-                                                                f"{source} cannot be read: {exc}")
-            out.deadletter.append(self._deadletter(record, rejection))
+            self._unreadable(record, f"progress of partition {source}", exc, out)
             return
         if self.alignment.report(source, progress):
             self._advance(list(self._awaiting.values()), out, now, idle=False)
+
+    def _unreadable(self, record: SourceRecord, marked_as: str, exc: ValueError, out: Output) -> None:
+        """Dead-letter a record whose header marks it as slostream's own but whose value is not."""
+        message = f"record marked as {marked_as} cannot be read: {exc}"
+        out.deadletter.append(self._deadletter(record, Rejection(0, None, Reason.INVALID_JSON, message)))
 
     def progress(self, read_until: float | None) -> Output:
         """Progress records of this partition for every partition (itself included): it has read
@@ -289,9 +292,7 @@ class PartitionProcessor:
         try:
             forwarded = decode_forwarded(record.value)
         except ValueError as exc:
-            rejection = Rejection(0, None, Reason.INVALID_JSON, f"record marked as forwarded from partition "
-                                                                f"{source} cannot be read: {exc}")
-            out.deadletter.append(self._deadletter(record, rejection))
+            self._unreadable(record, f"forwarded from partition {source}", exc, out)
             return []
         columns = forwarded.columns()
         positions = columns["positions"]
@@ -643,8 +644,7 @@ class PartitionProcessor:
         slo_keys = set()
         for series in series_list:
             mark = series.watermark
-            if series.reads:
-                self._aligned_ts(series, aligned_until)
+            self._aligned_ts(series, aligned_until)
             if series.reads:  # read from a partition that is not yet past it: up to the slowest clock
                 behind = self.alignment.behind_clock(series.reads[-1][0])
                 safe = max(series.aligned_ts, min(series.max_ts, behind))
