@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 import urllib.error
 import urllib.request
 
@@ -32,7 +33,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from slostream.core.windows import SeriesWindows
+from slostream.core.objectives import Policy
 from slostream.io.broker import EmbeddedBroker, free_port
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
 
@@ -166,9 +167,13 @@ def _bench_definitions(path: str) -> str:
 
 
 def _end_to_end(broker: EmbeddedBroker, prefix: str, expected: int, definitions: str | None = None,
-                partitions: int = 1) -> float:
+                partitions: int = 1, source: str | None = None) -> float:
+    """Seconds from a fresh worker's readiness to its last SLI event; ``source``: run the worker
+    from another checkout's ``src`` (``bench/compare``)."""
     port = free_port()
     env = dict(os.environ, SLOSTREAM_LOG_LEVEL="warning")
+    if source:
+        env["PYTHONPATH"] = source
     if definitions:
         env["SLOSTREAM_DEFINITION_FILES"] = definitions
     worker = subprocess.Popen(
@@ -201,16 +206,39 @@ def _core_mps(payloads: list[bytes]) -> float:
     return accepted / (time.perf_counter() - started)
 
 
-def _bytes_per_series() -> int:
-    """Steady state: after 6 h every level that keeps sketches is full."""
+MEMORY_SERIES = 200
+
+
+def _bytes_per_series(policy_window_s: int | None = None) -> int:
+    """Memory a busy latency series holds in a processor (Python objects and arrays, measured with
+    tracemalloc), after 20 minutes of event time at 10 measurements per 10 s bucket; with
+    ``policy_window_s``, every series is also watched by a p99 policy over that window."""
+    services = [f"svc-{i}" for i in range(MEMORY_SERIES)]
+    policies = () if policy_window_s is None else tuple(
+        Policy(f"{service}-p99", service, "latency_ms", "p99", policy_window_s, "above", 500.0, 1000.0)
+        for service in services)
     rng = np.random.default_rng(3)
-    windows = SeriesWindows()
     t0 = 1_700_000_000
-    for bucket in range(0, 6 * 3600, 10):
-        values = rng.lognormal(4.0, 0.6, 100)
-        windows.add(t0 + bucket, values, np.ones(100, dtype=np.int8))
-        windows.close_until(t0 + bucket + 10)
-    return windows.nbytes()
+    steps = []
+    for step in range(120):
+        values = rng.lognormal(4.0, 0.6, (MEMORY_SERIES, 10)).round(3).tolist()
+        steps.append(orjson.dumps([{"service": service, "metric": "latency_ms", "value": v, "ok": True,
+                                    "ts": t0 + step * 10 + i} for service, row in zip(services, values)
+                                   for i, v in enumerate(row)]))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        proc = PartitionProcessor(0, PipelineConfig(policies=policies), now=0.0)
+        for offset, payload in enumerate(steps):
+            proc.process([SourceRecord("bench", 0, offset, t0 + offset * 10, None, payload)], now=0.0)
+            proc.checkpoint()  # as the worker does: what is written is not kept
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(proc.series) == MEMORY_SERIES
+    return round(held / MEMORY_SERIES)
 
 
 TOPICS = ("measurements", "sli", "deadletter", "alerts", "breaches", "control")
@@ -439,6 +467,7 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
     result.update({
         "core_mps": round(_core_mps(batched)),
         "bytes_per_series": _bytes_per_series(),
+        "bytes_per_series_6h_p99_policy": _bytes_per_series(6 * 3600),
         "evaluation_us_per_slo": round(_evaluation_us(), 1),
         "alert_trials": len(latencies),
         "alert_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),

@@ -349,7 +349,7 @@ class IngestService:
         are not, so ingest goes on while they drain.
         """
         async with self._checkpoint_lock:
-            snapshot: list[tuple[int, bytes, bytes]] = []
+            snapshot: list[tuple[int, bytes, bytes | None]] = []
             async with self.lock:
                 due = self._uncheckpointed if partitions is None else self._uncheckpointed & partitions
                 offsets: dict[TP, int] = {}
@@ -360,7 +360,10 @@ class IngestService:
                     writes, offset = proc.checkpoint()
                     for key, value in writes:
                         raw_key = key.encode()
-                        self.state.data[raw_key] = value
+                        if value is None:  # a tombstone: compaction drops the key
+                            self.state.data.pop(raw_key, None)
+                        else:
+                            self.state.data[raw_key] = value
                         snapshot.append((partition, raw_key, value))
                     if offset >= 0:
                         offsets[TP(self.topic, partition)] = offset + 1

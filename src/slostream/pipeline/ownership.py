@@ -20,7 +20,7 @@ has one log order: per-series lateness and SLO judgements depend on the order me
 in, and one log replays exactly as it was first read.
 
 >>> owner_of("checkout", 8), owner_of("checkout", 1)
-(1, 0)
+(2, 0)
 """
 
 from __future__ import annotations

@@ -33,7 +33,9 @@ from slostream.core.objectives import GoodRule, Policy, Slo, Tally
 from slostream.core.policy import PolicyWatch, aggregate_value
 from slostream.core.tracker import SloTracker
 from slostream.core.watermark import idle_watermark, running_max_before
-from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Resolution, SeriesWindows, bucket_start
+from slostream.core.tumbling import TumblingWindows
+from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Aggregate, Resolution, SeriesWindows, \
+    bucket_start
 from slostream.pipeline import rows
 from slostream.pipeline.alignment import (PROGRESS_HEADER, Alignment, decode_progress, encode_progress, note_time,
                                           progress_header)
@@ -43,7 +45,7 @@ from slostream.pipeline.ownership import (FORWARD_HEADER, MAX_FORWARD_BYTES, Own
 SEP = "\x1f"
 _OUTCOME, _ID, _VALUE, _TIMESTAMP = (operator.attrgetter(name) for name in ("outcome", "id", "value", "timestamp"))
 _SERIES_KEY = operator.attrgetter("service", "metric")
-STATE_VERSION = 3  # 3: reads awaiting alignment per series, progress per partition
+STATE_VERSION = 4  # 3: reads awaiting alignment per series, progress per partition; 4: tumbling windows in the header
 # Forwarded records are cut to hold at most this many bytes' worth of measurements each.
 FORWARD_BYTES_PER_MEASUREMENT = 40
 # Reads of a series kept awaiting alignment (later ones absorb the oldest: it aligns a little later).
@@ -114,19 +116,17 @@ class Forward(NamedTuple):
 
 
 class Series:
-    __slots__ = ("ident", "key", "service", "metric", "labels", "windows",
-                 "pending_reports", "last_report", "trackers", "watches", "max_ts", "watermark", "last_activity",
+    __slots__ = ("ident", "key", "service", "metric", "labels", "windows", "last_report", "trackers", "watches", "max_ts", "watermark", "last_activity",
                  "reads", "aligned_ts")
 
     def __init__(self, ident: tuple, key: str, service: str, metric: str, labels: dict,
-                 windows: SeriesWindows):
+                 windows: TumblingWindows):
         self.ident = ident  # the in-memory lookup key
         self.key = key
         self.service = service
         self.metric = metric
         self.labels = labels
         self.windows = windows
-        self.pending_reports: set[int] = set()
         self.last_report: dict | None = None
         self.trackers: list[SloTracker] = []  # SLOs this series feeds
         self.watches: list[PolicyWatch] = []  # policies watching this series
@@ -142,13 +142,12 @@ class Series:
             "service": self.service,
             "metric": self.metric,
             "labels": self.labels,
-            "pending_reports": sorted(self.pending_reports),
             "last_report": self.last_report,
             "watches": {w.policy.name: w.to_state() for w in self.watches},
             "clock": [_finite_or_none(self.max_ts), _finite_or_none(self.watermark)],
             "reads": self.reads,
             "aligned_ts": _finite_or_none(self.aligned_ts),
-            "windows": self.windows.header_state(),
+            "windows": self.windows.to_state(),
         }
 
 
@@ -183,6 +182,7 @@ class PartitionProcessor:
         self.control_offset = -1  # last control command applied
         self._book_dirty = False
         self._touched: set[str] = set()  # trackers with news since their last evaluation
+        self._obsolete_keys: list[str] = []  # state keys of an older layout, deleted at the next checkpoint
         self._last_evaluation = -np.inf  # wall time
 
     # --- processing -------------------------------------------------------
@@ -560,17 +560,15 @@ class PartitionProcessor:
         """Close what ``until`` (the series' watermark, or less) passed; report due SLI windows at
         once (their base buckets are still held, however far the clock jumps next); judge policies."""
         before = series.windows.closed_until
-        closed = series.windows.close_until(until)
+        completed = series.windows.close_until(until)
         if series.windows.closed_until == before:
             return
         report = self.config.report_window_s
-        series.pending_reports.update(bucket_start(s, report) for s in closed)
-        due = sorted(r for r in series.pending_reports if r + report <= series.windows.closed_until)
-        for start in due:
-            series.pending_reports.discard(start)
-            out.sli.append(self._sli_event(series, start, start + report))
+        for agg in completed:
+            if agg.end - agg.start == report:
+                out.sli.append(self._sli_event(series, agg))
         if series.watches:
-            self._judge_policies(series, out)
+            self._judge_policies(series, completed, out)
         self._dirty.add(series.ident)
 
     def _close_slos(self, key: tuple[str, str]) -> None:
@@ -607,11 +605,20 @@ class PartitionProcessor:
         if series is None:
             service, metric = key[0], key[1]
             labels = dict(zip(self.config.label_keys, key[2])) if len(key) > 2 else {}
-            windows = SeriesWindows(self.config.resolutions, self.config.relative_accuracy)
+            windows = TumblingWindows(self.config.resolutions[0].width, self._window_lengths(service, metric),
+                                      self.config.relative_accuracy)
             series = Series(key, _series_key(service, metric, labels), service, metric, labels, windows)
             self._attach(series)
             self.series[key] = series
         return series
+
+    def _window_lengths(self, service: str, metric: str) -> dict[int, bool]:
+        """The tumbling window lengths a series' readers need, and whether each needs quantiles: the
+        SLI report window (it reports quantiles), and each policy watching the series."""
+        lengths = {self.config.report_window_s: True}
+        for policy in self.policies_for.get((service, metric), ()):
+            lengths[policy.window_s] = lengths.get(policy.window_s, False) or policy.aggregate.startswith("p")
+        return lengths
 
     def _attach(self, series: Series) -> None:
         """Wire a series to the SLOs it feeds and the policies that watch it."""
@@ -672,8 +679,11 @@ class PartitionProcessor:
             self._last_evaluation = now
         return out
 
-    def _judge_policies(self, series: Series, out: Output) -> None:
+    def _judge_policies(self, series: Series, completed: list[Aggregate], out: Output) -> None:
+        """Judge every policy window the close completed (a window without data, too: no value, or
+        throughput 0), at most the newest ten per policy after a jump."""
         closed_until = series.windows.closed_until
+        aggregates = {(agg.start, agg.end): agg for agg in completed}
         conditions: list[Condition] = []
         for watch in series.watches:
             policy = watch.policy
@@ -686,8 +696,8 @@ class PartitionProcessor:
             for end in range(first, last + 1, window):
                 if end <= watch.evaluated_until:
                     continue
-                agg = series.windows.aggregate(end - window, end, with_sketch=policy.aggregate.startswith("p"))
-                value = aggregate_value(agg, policy.aggregate) if agg.count else (
+                agg = aggregates.get((end - window, end))
+                value = aggregate_value(agg, policy.aggregate) if agg is not None and agg.count else (
                     0.0 if policy.aggregate == "throughput" else None)
                 transition = watch.observe(value)
                 watch.evaluated_until = end
@@ -778,8 +788,8 @@ class PartitionProcessor:
         self._alert_events(events, out)
         return out
 
-    def _sli_event(self, series: Series, start: int, end: int) -> tuple[bytes, dict]:
-        agg = series.windows.aggregate(start, end)
+    def _sli_event(self, series: Series, agg: Aggregate) -> tuple[bytes, dict]:
+        start, end = agg.start, agg.end
         data = {
             "service": series.service,
             "metric": series.metric,
@@ -810,18 +820,17 @@ class PartitionProcessor:
 
     # --- state ------------------------------------------------------------
 
-    def checkpoint(self) -> tuple[list[tuple[str, bytes]], int]:
-        """Changed state as (key, value) writes, and the offset they make safe.
+    def checkpoint(self) -> tuple[list[tuple[str, bytes | None]], int]:
+        """Changed state as (key, value) writes (None: delete the key), and the offset they make safe.
 
         Everything up to and including the returned offset is in the writes, so
         the consumer may commit ``offset + 1`` once they are durable.
         """
         p = self.partition
-        writes: list[tuple[str, bytes]] = []
+        writes: list[tuple[str, bytes | None]] = [(key, None) for key in self._obsolete_keys]
+        self._obsolete_keys = []
         for key in sorted(self._dirty):
             series = self.series[key]
-            for level, slot, state in series.windows.drain_dirty():
-                writes.append((f"{p}{SEP}b{SEP}{level}{SEP}{slot}{SEP}{series.key}", orjson.dumps(state)))
             writes.append((f"{p}{SEP}h{SEP}{series.key}", orjson.dumps(series.header())))
         self._dirty.clear()
         for name, tracker in self.trackers.items():
@@ -874,9 +883,10 @@ class PartitionProcessor:
                     proc.newest_event_ts = _from_finite(state["newest_event_ts"])
             elif kind == "h":
                 headers[rest] = orjson.loads(value)
-            elif kind == "b":
+            elif kind == "b":  # a window slot of state version 3 and before
                 level, slot, series_key = rest.split(SEP, 2)
                 slots.setdefault(series_key, []).append((int(level), int(slot), orjson.loads(value)))
+                proc._obsolete_keys.append(key)
             elif kind == "S":
                 tracker_headers[rest] = orjson.loads(value)
             elif kind == "s":
@@ -893,12 +903,16 @@ class PartitionProcessor:
             if tracker is not None:
                 proc.trackers[slo.name] = tracker
         for series_key, header in headers.items():
-            windows = SeriesWindows.from_states(header["windows"], slots.get(series_key, []))
+            lengths = proc._window_lengths(header["service"], header["metric"])
+            if "resolutions" in header["windows"]:
+                ring = SeriesWindows.from_states(header["windows"], slots.get(series_key, []))
+                windows = TumblingWindows.from_ring(ring, lengths)
+            else:
+                windows = TumblingWindows.from_state(header["windows"], lengths)
             labels = tuple(header["labels"].get(k, "") for k in config.label_keys)
             ident = (header["service"], header["metric"], labels) if config.label_keys else (
                 header["service"], header["metric"])
             series = Series(ident, series_key, header["service"], header["metric"], header["labels"], windows)
-            series.pending_reports = set(header["pending_reports"])
             max_ts, watermark = header.get("clock", partition_clock)
             series.max_ts, series.watermark = _from_finite(max_ts), _from_finite(watermark)
             series.reads = header.get("reads", [])

@@ -1,0 +1,126 @@
+"""Tumbling windows against a brute-force count of the same measurements."""
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slostream.core.sketch import QuantileSketch
+from slostream.core.tumbling import TumblingWindows
+from slostream.core.windows import SeriesWindows
+
+WIDTH = 10
+LENGTHS = {60: True, 300: False, 3600: True}
+
+
+def _brute(items, start, end):
+    chosen = [(v, ok) for ts, v, ok in items if start <= ts < end]
+    values = np.array([v for v, _ in chosen])
+    oks = [ok for _, ok in chosen]
+    return len(chosen), sum(o == 1 for o in oks), sum(o == 0 for o in oks), values
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 7200), st.floats(0.1, 1e4), st.sampled_from([1, 0, -1])), min_size=1,
+             max_size=300),
+    st.lists(st.integers(1, 900), min_size=1, max_size=30),
+    st.integers(0, 29),
+)
+def test_every_completed_window_equals_a_brute_force_count(items, steps, restore_at):
+    """Buckets arrive in time order with closes at random steps, a state round trip in the middle;
+    each completed window holds exactly its measurements, and its quantiles are the sketch of them."""
+    items.sort()
+    windows = TumblingWindows(WIDTH, LENGTHS)
+    completed = []
+    watermark, position, step = 0, 0, 0
+    while position < len(items) or watermark <= 7200 + 3600:
+        watermark += steps[step % len(steps)]
+        step += 1
+        upto = position
+        while upto < len(items) and items[upto][0] < (watermark // WIDTH) * WIDTH + WIDTH:
+            upto += 1
+        for ts, value, ok in items[position:upto]:
+            start = ts // WIDTH * WIDTH
+            if start >= windows.closed_until:
+                windows.add(start, np.array([value]), np.array([ok], dtype=np.int8))
+        position = upto
+        completed += windows.close_until(watermark)
+        if step == restore_at:
+            windows = TumblingWindows.from_state(orjson.loads(orjson.dumps(windows.to_state())), LENGTHS)
+    seen = {(agg.start, agg.end - agg.start) for agg in completed}
+    assert len(seen) == len(completed)  # each window handed out once
+    for length, quantiles in LENGTHS.items():
+        starts = {ts // length * length for ts, _, _ in items}
+        assert {s for s, n in seen if n == length} == starts  # every window with data, and only those
+    for agg in completed:
+        count, good, bad, values = _brute(items, agg.start, agg.end)
+        assert (agg.count, agg.ok, agg.errors) == (count, good, bad)
+        assert agg.max == pytest.approx(values.max()) and agg.min == pytest.approx(values.min())
+        assert agg.mean == pytest.approx(values.mean())
+        if LENGTHS[agg.end - agg.start]:
+            direct = QuantileSketch()
+            direct.add_values(values)
+            for q in (0.5, 0.99):
+                expected = min(max(direct.quantile(q), values.min()), values.max())
+                assert agg.quantile(q) == pytest.approx(expected, rel=1e-9)
+        else:
+            assert agg.sketch is None  # no reader of this length asks for quantiles
+
+
+def test_an_open_bucket_skips_offsets_it_holds():
+    windows = TumblingWindows(WIDTH, {60: True})
+    values, oks = np.arange(1.0, 6.0), np.ones(5, dtype=np.int8)
+    assert windows.add(0, values, oks, np.arange(5)) == 5
+    assert windows.add(0, values, oks, np.arange(5)) == 0  # replayed
+    assert windows.add(0, values, oks, np.arange(3, 8)) == 3  # partly replayed
+    assert windows.close_until(60)[0].count == 8
+
+
+def test_a_closed_bucket_refuses_measurements():
+    windows = TumblingWindows(WIDTH, {60: True})
+    windows.add(0, np.array([1.0]), np.array([1], dtype=np.int8))
+    windows.close_until(20)
+    with pytest.raises(ValueError, match="closed"):
+        windows.add(10, np.array([1.0]), np.array([1], dtype=np.int8))
+
+
+def test_unknown_state_version_is_refused():
+    state = TumblingWindows(WIDTH, {60: True}).to_state()
+    with pytest.raises(ValueError, match="version"):
+        TumblingWindows.from_state({**state, "v": 99}, {60: True})
+
+
+def test_a_length_no_longer_read_is_dropped_and_a_new_one_starts_empty():
+    windows = TumblingWindows(WIDTH, {60: True, 300: False})
+    windows.add(0, np.array([1.0]), np.array([1], dtype=np.int8))
+    windows.close_until(30)
+    restored = TumblingWindows.from_state(windows.to_state(), {60: True, 600: True})
+    windows_done = restored.close_until(600)
+    assert [(a.start, a.end) for a in windows_done] == [(0, 60)]
+
+
+def test_ring_state_migrates_to_the_same_windows():
+    """A series persisted as ring buckets (state version 3) completes the same windows after migration."""
+    rng = np.random.default_rng(5)
+    ring = SeriesWindows()
+    items = []
+    for start in range(0, 330, WIDTH):
+        values = rng.lognormal(4.0, 0.6, 20)
+        oks = rng.integers(0, 2, 20).astype(np.int8)
+        ring.add(start, values, oks, np.arange(20) + start * 100)
+        items += [(start + 1, v, o) for v, o in zip(values, oks)]
+    ring.close_until(290)  # 290..330 still open
+    migrated = TumblingWindows.from_ring(SeriesWindows.from_state(orjson.loads(orjson.dumps(ring.to_state()))),
+                                         {60: True, 300: False})
+    assert sorted(migrated.open) == [290, 300, 310, 320]
+    done = migrated.close_until(360)
+    assert [(a.start, a.end) for a in done] == [(240, 300), (0, 300), (300, 360)]
+    for agg in done:
+        count, good, bad, values = _brute(items, agg.start, agg.end)
+        assert (agg.count, agg.ok, agg.errors) == (count, good, bad)
+        if agg.end - agg.start == 60:
+            direct = QuantileSketch()
+            direct.add_values(values)
+            assert agg.quantile(0.9) == pytest.approx(min(max(direct.quantile(0.9), values.min()), values.max()))
