@@ -241,6 +241,63 @@ def _bytes_per_series(policy_window_s: int | None = None) -> int:
     return round(held / MEMORY_SERIES)
 
 
+CARDINALITY_SERIES = (10_000, 100_000)
+CARDINALITY_SPAN_S = 600  # event time of each cardinality run
+CARDINALITY_STEP_S = 15  # each series sends one measurement per step: 4 a minute
+CARDINALITY_RECORD = 5000  # measurements per record
+
+
+def _cardinality(series: int) -> dict:
+    """``_cardinality_run`` in a fresh process, so its RSS growth is the pipeline's alone."""
+    code = f"import json; from slostream.bench import _cardinality_run; print(json.dumps(_cardinality_run({series})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def _cardinality_run(series: int) -> dict:
+    """A backlog of ``series`` latency series, 4 measurements a minute each over 10 minutes of event
+    time, through one processor: RSS growth per series, processing time per closed SLI window
+    (ingest, closes, sketch merges, SLI events, checkpoints once a second), and catch-up rate."""
+    rng = np.random.default_rng(11)
+    t0 = 1_700_000_000
+    names = [f"svc-{i}" for i in range(series)]
+    payloads = []
+    for step in range(CARDINALITY_SPAN_S // CARDINALITY_STEP_S):
+        values = rng.lognormal(4.0, 0.6, series).round(3).tolist()
+        items = [{"service": name, "metric": "latency_ms", "value": value, "ok": True,
+                  "ts": t0 + step * CARDINALITY_STEP_S + i % CARDINALITY_STEP_S}
+                 for i, (name, value) in enumerate(zip(names, values))]
+        payloads += [orjson.dumps(items[i:i + CARDINALITY_RECORD]) for i in range(0, series, CARDINALITY_RECORD)]
+    gc.collect()
+    base = _rss()
+    proc = PartitionProcessor(0, PipelineConfig(), now=0.0)
+    busy = 0.0
+    windows = 0
+    last_checkpoint = time.perf_counter()
+    for offset, payload in enumerate(payloads):
+        started = time.perf_counter()
+        out = proc.process([SourceRecord("bench", 0, offset, t0 + CARDINALITY_SPAN_S, None, payload)], now=0.0)
+        if started - last_checkpoint >= 1.0:
+            proc.checkpoint()
+            last_checkpoint = started
+        busy += time.perf_counter() - started
+        windows += len(out.sli)
+    gc.collect()
+    measurements = series * (CARDINALITY_SPAN_S // CARDINALITY_STEP_S)
+    return {
+        "series": series,
+        "rss_growth_per_series": round((_rss() - base) / series),
+        "closed_windows": windows,
+        "us_per_closed_window": round(busy / windows * 1e6, 1),
+        "catchup_mps": round(measurements / busy),
+    }
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 TOPICS = ("measurements", "sli", "deadletter", "alerts", "breaches", "control")
 
 
@@ -468,6 +525,7 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         "core_mps": round(_core_mps(batched)),
         "bytes_per_series": _bytes_per_series(),
         "bytes_per_series_6h_p99_policy": _bytes_per_series(6 * 3600),
+        "cardinality": [_cardinality(n) for n in CARDINALITY_SERIES],
         "evaluation_us_per_slo": round(_evaluation_us(), 1),
         "alert_trials": len(latencies),
         "alert_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),

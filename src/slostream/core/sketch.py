@@ -21,6 +21,7 @@ import numpy as np
 from ddsketch.mapping import LogarithmicMapping
 
 STATE_VERSION = 1
+SMALL_ADD = 16  # values added one by one (below numpy's per-call cost) when they fit the held bins
 
 
 class _DenseBins:
@@ -39,6 +40,14 @@ class _DenseBins:
     def add(self, keys: np.ndarray, weights: np.ndarray | None, max_bins: int) -> None:
         """Add ``weights`` (None: one each) at ``keys``; the lowest bins collapse beyond ``max_bins``.
         Counting is a bincount over the covered range: no sort, whatever the order of ``keys``."""
+        if weights is None and keys.size <= SMALL_ADD:
+            # A few values (a sparse series): element by element beats numpy's per-call cost.
+            few = keys.tolist()
+            if self._cover(min(few), max(few), max_bins):
+                offset, counts = self.offset, self.counts
+                for key in few:
+                    counts[key - offset] += 1
+                return
         lo, hi = int(keys.min()), int(keys.max())
         if self.counts is not None:
             lo = min(lo, self.offset)
@@ -57,12 +66,43 @@ class _DenseBins:
         grown += np.bincount(keys - lo, weights=weights, minlength=size)
         self.offset, self.counts = lo, grown
 
-    def key_at_rank(self, rank: float, lower: bool) -> int:
-        cumulative = np.cumsum(self.counts)
-        if lower:
-            index = int(np.searchsorted(cumulative, rank, side="right"))
-        else:
-            index = int(np.searchsorted(cumulative, rank + 1, side="left"))
+    def _cover(self, lo: int, hi: int, max_bins: int) -> bool:
+        """Grow the bins to hold keys ``lo``..``hi``; False (nothing done) when that needs a collapse."""
+        if self.counts is None:
+            if hi - lo + 1 > max_bins:
+                return False
+            self.offset, self.counts = lo, np.zeros(hi - lo + 1)
+            return True
+        held_hi = self.offset + len(self.counts) - 1
+        if lo >= self.offset and hi <= held_hi:
+            return True
+        lo, hi = min(lo, self.offset), max(hi, held_hi)
+        if hi - lo + 1 > max_bins:
+            return False
+        grown = np.zeros(hi - lo + 1)
+        start = self.offset - lo
+        grown[start:start + len(self.counts)] = self.counts
+        self.offset, self.counts = lo, grown
+        return True
+
+    def merge(self, other: "_DenseBins", max_bins: int) -> None:
+        if other.counts is None:
+            return
+        if self._cover(other.offset, other.offset + len(other.counts) - 1, max_bins):  # one slice add
+            start = other.offset - self.offset
+            self.counts[start:start + len(other.counts)] += other.counts
+            return
+        keys = np.arange(other.offset, other.offset + len(other.counts))
+        nonzero = other.counts > 0
+        if nonzero.any():
+            self.add(keys[nonzero], other.counts[nonzero], max_bins)
+
+    def copy(self) -> "_DenseBins":
+        return _DenseBins(self.offset, None if self.counts is None else self.counts.copy())
+
+    def key_of_upper_rank(self, rank: float) -> int:
+        """The key holding the value of ``rank`` counted from the top (negative values' magnitudes)."""
+        index = int(np.searchsorted(np.cumsum(self.counts), rank + 1, side="left"))
         return self.offset + min(index, len(self.counts) - 1)
 
     def to_state(self) -> list | None:
@@ -99,8 +139,22 @@ class QuantileSketch:
 
     def keys_for(self, magnitudes: np.ndarray) -> np.ndarray:
         """DDSketch keys of positive values, vectorised (``LogarithmicMapping.key``)."""
-        mapping = self._mapping
+        return QuantileSketch.positive_keys(magnitudes, self.relative_accuracy)
+
+    @staticmethod
+    def positive_keys(magnitudes: np.ndarray, relative_accuracy: float) -> np.ndarray:
+        mapping = _mapping(relative_accuracy)
         return (np.ceil(np.log2(magnitudes) * mapping._multiplier) + mapping._offset).astype(np.int64)
+
+    @staticmethod
+    def zero_threshold(relative_accuracy: float) -> float:
+        """Values at or below this magnitude count as zero."""
+        return _mapping(relative_accuracy).min_possible
+
+    def add_keys(self, keys: np.ndarray) -> None:
+        """Insert positive values given by their ``keys`` (``positive_keys``), one weight each."""
+        if keys.size:
+            self._positive.add(keys, None, self.max_bins)
 
     def add_values(self, values: np.ndarray) -> None:
         """Insert finite values (one weight each)."""
@@ -117,31 +171,48 @@ class QuantileSketch:
     def merge(self, other: "QuantileSketch") -> None:
         if other.relative_accuracy != self.relative_accuracy:
             raise ValueError("cannot merge sketches with different relative accuracy")
-        for mine, theirs in ((self._positive, other._positive), (self._negative, other._negative)):
-            if theirs.counts is not None:
-                keys = np.arange(theirs.offset, theirs.offset + len(theirs.counts))
-                nonzero = theirs.counts > 0
-                if nonzero.any():
-                    mine.add(keys[nonzero], theirs.counts[nonzero], self.max_bins)
+        self._positive.merge(other._positive, self.max_bins)
+        self._negative.merge(other._negative, self.max_bins)
         self.zero_count += other.zero_count
 
     def quantile(self, q: float) -> float | None:
         """Value at quantile ``q`` (0..1), by DDSketch's rank rule; None when empty."""
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs) -> list[float | None]:
+        """``quantile`` of each of ``qs``, sharing one pass over the bins."""
         total = self.count
-        if not 0.0 <= q <= 1.0 or total == 0:
-            return None
-        rank = q * (total - 1)
         negatives = self._negative.total
-        if rank < negatives:
-            key = self._negative.key_at_rank(negatives - rank - 1, lower=False)
-            return -self._mapping.value(key)
-        if rank < negatives + self.zero_count:
-            return 0.0
-        key = self._positive.key_at_rank(rank - self.zero_count - negatives, lower=True)
-        return self._mapping.value(key)
+        found: list[float | None] = []
+        positive_at: list[int] = []  # positions in ``found`` answered by the positive bins, in one search
+        positive_ranks: list[float] = []
+        for q in qs:
+            if not 0.0 <= q <= 1.0 or total == 0:
+                found.append(None)
+                continue
+            rank = q * (total - 1)
+            if rank < negatives:
+                key = self._negative.key_of_upper_rank(negatives - rank - 1)
+                found.append(-self._mapping.value(key))
+            elif rank < negatives + self.zero_count:
+                found.append(0.0)
+            else:
+                positive_at.append(len(found))
+                positive_ranks.append(rank - self.zero_count - negatives)
+                found.append(None)
+        if positive_at:
+            bins = self._positive
+            index = np.searchsorted(np.cumsum(bins.counts), positive_ranks, side="right")
+            last = len(bins.counts) - 1
+            for position, i in zip(positive_at, index.tolist()):
+                found[position] = self._mapping.value(bins.offset + min(i, last))
+        return found
 
     def copy(self) -> "QuantileSketch":
-        return QuantileSketch.from_state(self.to_state())
+        sketch = QuantileSketch(self.relative_accuracy, self.max_bins)
+        sketch._positive, sketch._negative = self._positive.copy(), self._negative.copy()
+        sketch.zero_count = self.zero_count
+        return sketch
 
     def nbytes(self) -> int:
         return self._positive.nbytes() + self._negative.nbytes() + 64

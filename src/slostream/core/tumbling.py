@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .sketch import QuantileSketch
-from .windows import COUNT, MAX, MIN, OK, OK_KNOWN, SUM, VALUES, Aggregate, SeriesWindows, bucket_start, \
+from .windows import COUNT, MAX, MIN, N_STATS, OK, OK_KNOWN, SUM, VALUES, Aggregate, SeriesWindows, bucket_start, \
     empty_stats, merge_stats_into
 
 STATE_VERSION = 1
@@ -59,6 +59,35 @@ class _Bucket:
         return self.stats.nbytes + 112 + 64 + (0 if self.sketch is None else self.sketch.nbytes())
 
 
+class Summaries:
+    """Stats rows and sketch keys of the runs of a batch, computed once for all runs: the
+    per-run cost of a sparse series (a few measurements per bucket) is then a few scalar updates,
+    not a dozen numpy calls.
+
+    ``bounds`` are the run boundaries (0, ..., len(values)); ``rows[i]`` is run i's stats row;
+    ``keys`` the sketch keys of every value, valid in the runs flagged ``positive`` (all values
+    present and above the sketch's zero threshold).
+    """
+
+    __slots__ = ("rows", "keys", "positive")
+
+    def __init__(self, values: np.ndarray, oks: np.ndarray, bounds: list[int], relative_accuracy: float):
+        firsts = bounds[:-1]
+        has_value = ~np.isnan(values)
+        rows = np.empty((len(firsts), N_STATS))
+        rows[:, COUNT] = np.diff(bounds)
+        rows[:, OK_KNOWN] = np.add.reduceat(oks >= 0, firsts)
+        rows[:, OK] = np.add.reduceat(oks == 1, firsts)
+        rows[:, VALUES] = np.add.reduceat(has_value, firsts)
+        rows[:, SUM] = np.add.reduceat(np.where(has_value, values, 0.0), firsts)
+        rows[:, MIN] = np.minimum.reduceat(np.where(has_value, values, np.inf), firsts)
+        rows[:, MAX] = np.maximum.reduceat(np.where(has_value, values, -np.inf), firsts)
+        self.rows = rows
+        sketchable = values > QuantileSketch.zero_threshold(relative_accuracy)  # False for NaN
+        self.positive = np.add.reduceat(sketchable, firsts) == rows[:, COUNT]
+        self.keys = QuantileSketch.positive_keys(np.where(sketchable, values, 1.0), relative_accuracy)
+
+
 class TumblingWindows:
     """Open base buckets and partial tumbling windows of one series.
 
@@ -77,6 +106,8 @@ class TumblingWindows:
         self.closed_until = 0
         self.open: dict[int, _Bucket] = {}  # base bucket start -> bucket
         self.partial: dict[int, dict[int, _Bucket]] = {length: {} for length in self.lengths}
+        # The bucket is dropped after its fold: the last length to take its sketch may take it whole.
+        self._last_with_quantiles = max((n for n, quantiles in self.lengths.items() if quantiles), default=None)
 
     def add(self, start: int, values: np.ndarray, oks: np.ndarray, offsets: np.ndarray | None = None) -> int:
         """Add the measurements of the open base bucket at ``start``; return how many were new.
@@ -113,6 +144,29 @@ class TumblingWindows:
             bucket.mark = max(bucket.mark, int(offsets[-1]))
         return int(values.size)
 
+    def add_run(self, start: int, summaries: Summaries, run: int, a: int, b: int, values: np.ndarray,
+                oks: np.ndarray, offsets: np.ndarray) -> int:
+        """``add`` of the elements [a, b) of a batch, which form run ``run`` of ``summaries``."""
+        bucket = self.open.get(start)
+        if bucket is not None and bucket.mark >= offsets[a]:  # a replay: the element path sorts it out
+            return self.add(start, values[a:b], oks[a:b], offsets[a:b])
+        if start < self.closed_until:
+            raise ValueError(f"bucket {start} is closed (closed until {self.closed_until})")
+        if bucket is None:
+            bucket = self.open[start] = _Bucket(summaries.rows[run].copy(), None, -1)
+        else:
+            merge_stats_into(bucket.stats, summaries.rows[run])
+        if summaries.rows[run, VALUES]:
+            if bucket.sketch is None:
+                bucket.sketch = QuantileSketch(self.relative_accuracy)
+            if summaries.positive[run]:
+                bucket.sketch.add_keys(summaries.keys[a:b])
+            else:
+                present = values[a:b]
+                bucket.sketch.add_values(present[~np.isnan(present)])
+        bucket.mark = max(bucket.mark, int(offsets[b - 1]))
+        return b - a
+
     def close_until(self, watermark: float) -> list[Aggregate]:
         """Close the base buckets ending at or before ``watermark``; return the windows completed,
         ordered by end, then length."""
@@ -139,7 +193,7 @@ class TumblingWindows:
             merge_stats_into(window.stats, bucket.stats)
             if quantiles and bucket.sketch is not None:
                 if window.sketch is None:
-                    window.sketch = bucket.sketch.copy()
+                    window.sketch = bucket.sketch if length == self._last_with_quantiles else bucket.sketch.copy()
                 else:
                     window.sketch.merge(bucket.sketch)
 

@@ -149,10 +149,14 @@ class Aggregate:
 
     def quantile(self, q: float) -> float | None:
         """Sketch quantile clamped to the exact min and max seen."""
+        return self.quantiles((q,))[0]
+
+    def quantiles(self, qs) -> list[float | None]:
+        """``quantile`` of each of ``qs``, in one pass over the sketch."""
         if self.sketch is None or self.stats[VALUES] == 0:
-            return None
-        value = self.sketch.quantile(q)
-        return float(min(max(value, self.stats[MIN]), self.stats[MAX]))
+            return [None] * len(qs)
+        low, high = float(self.stats[MIN]), float(self.stats[MAX])
+        return [min(max(value, low), high) for value in self.sketch.quantiles(qs)]
 
 
 class _Level:

@@ -33,7 +33,7 @@ from slostream.core.objectives import GoodRule, Policy, Slo, Tally
 from slostream.core.policy import PolicyWatch, aggregate_value
 from slostream.core.tracker import SloTracker
 from slostream.core.watermark import idle_watermark, running_max_before
-from slostream.core.tumbling import TumblingWindows
+from slostream.core.tumbling import Summaries, TumblingWindows
 from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Aggregate, Resolution, SeriesWindows, \
     bucket_start
 from slostream.pipeline import rows
@@ -50,7 +50,7 @@ STATE_VERSION = 4  # 3: reads awaiting alignment per series, progress per partit
 FORWARD_BYTES_PER_MEASUREMENT = 40
 # Reads of a series kept awaiting alignment (later ones absorb the oldest: it aligns a little later).
 MAX_READS = 16
-QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99))
+QUANTILE_NAMES, QUANTILE_LEVELS = ("p50", "p90", "p95", "p99"), (0.5, 0.9, 0.95, 0.99)
 
 
 class SourceRecord(msgspec.Struct, frozen=True, gc=False):
@@ -467,6 +467,7 @@ class PartitionProcessor:
         # In (series, bucket, offset) order every group is a contiguous run, read through views.
         values, oks, run_offsets = batch.values[idx], batch.oks[idx], batch.marks[idx]
         newest = np.maximum.reduceat(batch.ts[idx], bounds[:-1])
+        summaries = Summaries(values, oks, bounds, self.config.relative_accuracy)
         group_marks = np.maximum.reduceat(marks_after[idx], bounds[:-1])
         # The watermark each series will have after this part: buckets below it (and below the one
         # being added) hold everything of this part they will ever hold, so they close as the run
@@ -491,7 +492,7 @@ class PartitionProcessor:
                 target = max(series.watermark, series_mark[sid])
             if start > series.windows.closed_until and target > series.windows.closed_until:
                 self._close_series(series, min(start, target), out)
-            added += series.windows.add(start, values[a:b], oks[a:b], run_offsets[a:b])
+            added += series.windows.add_run(start, summaries, number, a, b, values, oks, run_offsets)
             self._dirty.add(series.ident)
             for tracker in series.trackers:
                 if tracker.sources == 1:
@@ -805,8 +806,7 @@ class PartitionProcessor:
             "min": agg.min,
             "max": agg.max,
         }
-        for name, q in QUANTILES:
-            data[name] = agg.quantile(q)
+        data.update(zip(QUANTILE_NAMES, agg.quantiles(QUANTILE_LEVELS)))
         # The summary on /metrics needs the value count and sum, not part of the event.
         series.last_report = {**data, "value_count": int(agg.stats[VALUES]), "value_sum": float(agg.stats[SUM])}
         event = cloud_event(
