@@ -149,3 +149,35 @@ def test_label_keys_split_series_and_other_labels_do_not():
     got = {e["data"]["labels"].get("region"): e["data"]["count"] for _, e in out.sli}
     assert got == {"eu": 40, "us": 20}
     assert all(set(e["data"]["labels"]) == {"region"} for _, e in out.sli)
+
+
+def test_eviction_deletes_a_quiet_series_and_its_state_restores_exactly():
+    config = PipelineConfig(grace_s=5.0, idle_after_s=2.0, series_ttl_s=100.0)
+
+    def record(offset, service, ts):
+        return SourceRecord("m", 0, offset, ts, None, orjson.dumps({"service": service, "metric": "m", "ok": True,
+                                                                    "value": 1.0, "ts": ts}))
+
+    proc = PartitionProcessor(0, config, now=0.0)
+    store: dict[str, bytes | None] = {}
+    offset = 0
+    for step in range(30):  # "quiet" sends for 100 s of wall time, "busy" throughout
+        now = float(step * 10)
+        batch = [record(offset, "busy", T0 + step * 10)]
+        if step < 10:
+            batch.append(record(offset + 1, "quiet", T0 + step * 10))
+        proc.process(batch, now)
+        offset += len(batch)
+        assert proc.tick(now).evicted == (1 if now == 190.0 else 0)  # 100 s after its last measurement
+        store.update(proc.checkpoint()[0])
+    assert [s.service for s in proc.series.values()] == ["busy"]
+    assert sum(value is None for value in store.values()) == 1
+    restored = PartitionProcessor.restore(0, config, store.items(), now=300.0)
+    assert restored.series.keys() == proc.series.keys()
+    assert restored.series[("busy", "m")].header() == proc.series[("busy", "m")].header()
+    # Both go on alike; the evicted service comes back as a new series with exact windows.
+    later = [record(offset + i, service, T0 + 300 + i * 20) for i, service in enumerate(["quiet", "busy"] * 6)]
+    outs = [p.process(later, 300.0).sli + p.tick(400.0).sli for p in (proc, restored)]
+    assert outs[0] == outs[1]
+    quiet = [event["data"]["count"] for _, event in outs[0] if event["data"]["service"] == "quiet"]
+    assert quiet == [2, 1, 2, 1]  # 0 and 40 s, 80, 120 and 160, 200: every window, once

@@ -279,3 +279,23 @@ def test_a_backlog_in_one_batch_fires_when_it_would_have_live_with_the_same_even
     fired = [e for _, e in out.alerts if e["type"] == "slostream.alert.firing"]
     assert len(fired) == 1
     assert [e["id"] for e in live.alerts] == [fired[0]["id"]]
+
+
+def test_an_slo_whose_series_was_evicted_still_raises_its_no_data_alert_after_a_restart():
+    slo = _slo(tiers=(BurnTier("page", 3600, 300, 14.4),), no_data_s=600)
+    config = PipelineConfig(slos=(slo,), grace_s=2, series_ttl_s=120)
+    feed = Feed(PartitionProcessor(0, config, now=0))
+    for t in range(0, 300, 10):
+        feed.send(T0 + t, True)
+    store: dict[str, bytes | None] = {}
+    for now in range(30, 300, 30):  # quiet: after idle_after_s its clock runs at wall speed
+        feed.alerts.extend(event for _, event in feed.proc.tick(float(now)).alerts)
+        store.update(feed.proc.checkpoint()[0])
+    assert ("checkout", "http") not in feed.proc.series  # evicted after 120 s of quiet
+    header_key = next(key for key in store if "\x1fh\x1f" in key)
+    assert store[header_key] is None  # a tombstone deletes its state
+    assert feed.times("firing", "ticket") == []  # silent for less than 600 s so far
+    restored = PartitionProcessor.restore(0, config, store.items(), now=300.0)
+    assert restored.series == {} and ("checkout", "http") in restored.idle_clocks
+    fired = [event for now in range(330, 1200, 30) for _, event in restored.tick(float(now)).alerts]
+    assert [e["data"]["labels"]["alertname"] for e in fired if e["type"] == "slostream.alert.firing"] == ["SLONoData"]

@@ -38,6 +38,7 @@ class Settings:
     report_window_s: int = 60
     grace_s: float = 30.0
     idle_after_s: float = 30.0
+    series_ttl_s: float = 86400.0
     label_keys: tuple[str, ...] = ()
     max_record_bytes: int = 1 << 20
     max_future_skew_s: float = 300.0
@@ -242,7 +243,7 @@ def validate(s: Settings) -> None:
             f"for which base buckets keep quantile sketches. Fix: lower max_future_skew_s or grace_s."
         )
     for name in ("idle_after_s", "checkpoint_interval_s", "tick_interval_s", "max_future_skew_s",
-                 "rebalance_timeout_s"):
+                 "rebalance_timeout_s", "series_ttl_s"):
         if getattr(s, name) <= 0:
             fail(name, f"is {getattr(s, name)}, it must be positive")
     if not 1 <= s.fetch_max_wait_ms <= 30_000:

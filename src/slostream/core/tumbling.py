@@ -197,6 +197,10 @@ class TumblingWindows:
                 else:
                     window.sketch.merge(bucket.sketch)
 
+    def is_empty(self) -> bool:
+        """Nothing open and nothing partial: every measurement has been handed out."""
+        return not self.open and not any(self.partial.values())
+
     def pending_count(self, length: int) -> int:
         """Measurements not yet handed out in a complete window of ``length``: in open buckets, and in
         that length's partial windows."""

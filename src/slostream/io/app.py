@@ -175,6 +175,7 @@ class IngestService:
             escalate_after_s=settings.escalate_after_s,
             evaluation_interval_s=EVALUATION_INTERVAL_S,
             partitions=settings.partitions,
+            series_ttl_s=settings.series_ttl_s,
         )
         self.sinks: AlertSinks | None = None
         # Every control command since the start of the topic, for partitions restored later.
@@ -190,6 +191,7 @@ class IngestService:
         self.skipped_replay = 0
         self.forwarded = 0
         self.forward_duplicates = 0
+        self.series_evicted = 0
         self.undecodable_batches = 0
         self._undecodable_letters: list[tuple[bytes, dict]] = []
         self.sli_emitted = 0
@@ -338,6 +340,7 @@ class IngestService:
         self.skipped_replay += out.skipped_replay
         self.forwarded += out.forwarded
         self.forward_duplicates += out.forward_duplicates
+        self.series_evicted += out.evicted
         self.sli_emitted += len(out.sli)
 
     async def checkpoint(self, partitions: set[int] | None = None) -> None:

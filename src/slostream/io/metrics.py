@@ -82,6 +82,12 @@ class _StateCollector(Collector):
                        "Fetched record batches that could not be decoded (corrupt, or an unknown codec) and "
                        "were skipped.", ingest.undecodable_batches)
         yield _counter("slostream_sli_events", "SLI window events emitted.", ingest.sli_emitted)
+        yield _counter("slostream_series_evicted", "Series dropped after series_ttl_s of quiet (state deleted).",
+                       ingest.series_evicted)
+        held = GaugeMetricFamily("slostream_series", "Series held, by partition.", labels=["partition"])
+        for partition, proc in sorted(ingest.processors.items()):
+            held.add_metric([str(partition)], len(proc.series))
+        yield held
         yield _counter("slostream_checkpoints", "State checkpoints completed.", ingest.checkpoints)
         lag = GaugeMetricFamily("slostream_consumer_lag_records",
                                 "Records between the processed position and the partition end.",

@@ -84,6 +84,7 @@ class PipelineConfig:
     escalate_after_s: float | None = None
     evaluation_interval_s: float = 0.1
     partitions: int = 1  # of the measurement topic: who owns which service
+    series_ttl_s: float = 86400.0  # wall time of quiet after which a series with nothing pending is evicted
 
     @property
     def max_source_skew_s(self) -> float:
@@ -104,6 +105,7 @@ class Output:
     skipped_replay: int = 0
     forwarded: int = 0  # measurements sent on to their owner
     forward_duplicates: int = 0  # forwarded measurements this owner already held (a source replayed)
+    evicted: int = 0  # series dropped after series_ttl_s of quiet
 
 
 class Forward(NamedTuple):
@@ -151,6 +153,18 @@ class Series:
         }
 
 
+class IdleClock:
+    """The event-time clock of an SLO none of whose series is held any more (all evicted): it runs
+    on at wall speed like an idle series', so the SLO is still judged and its no-data alert fires."""
+
+    __slots__ = ("max_ts", "watermark", "last_activity")
+
+    def __init__(self, max_ts: float, watermark: float, last_activity: float):
+        self.max_ts = max_ts
+        self.watermark = watermark
+        self.last_activity = last_activity
+
+
 class PartitionProcessor:
     """The series and SLOs one measurement partition owns, their clocks, and the offsets applied."""
 
@@ -182,7 +196,8 @@ class PartitionProcessor:
         self.control_offset = -1  # last control command applied
         self._book_dirty = False
         self._touched: set[str] = set()  # trackers with news since their last evaluation
-        self._obsolete_keys: list[str] = []  # state keys of an older layout, deleted at the next checkpoint
+        self._deleted_keys: list[str] = []  # state keys to delete at the next checkpoint (evicted, old layout)
+        self.idle_clocks: dict[tuple[str, str], IdleClock] = {}  # SLOs whose series were all evicted
         self._last_evaluation = -np.inf  # wall time
 
     # --- processing -------------------------------------------------------
@@ -528,7 +543,7 @@ class PartitionProcessor:
         starts = (np.floor(batch.ts[members] / width) * width).astype(np.int64)
         order = np.lexsort((batch.marks[members], starts))
         members, starts = members[order], starts[order]
-        until = min(s.watermark for s in self.slo_sources[(tracker.slo.service, tracker.slo.metric)])
+        until = min(s.watermark for s in self._slo_clocks((tracker.slo.service, tracker.slo.metric)))
         for group in np.split(np.arange(len(members)), np.flatnonzero(np.diff(starts)) + 1):
             chosen = members[group]
             self._close_slo_before(tracker, int(starts[group[0]]), until)
@@ -575,7 +590,7 @@ class PartitionProcessor:
     def _close_slos(self, key: tuple[str, str]) -> None:
         """An SLO's counts close when every series it reads has passed them (the slowest watermark),
         so whatever a series accepts its SLOs can still count."""
-        until = min(s.watermark for s in self.slo_sources[key])
+        until = min(s.watermark for s in self._slo_clocks(key))
         for tracker in self._trackers_of(key):
             before = tracker.events.closed_until
             tracker.close_until(until)
@@ -596,9 +611,14 @@ class PartitionProcessor:
 
     def _slo_now(self, key: tuple[str, str]) -> float:
         """An SLO's clock: the newest event time of the series it reads (or their idle-advanced time)."""
-        return max((self._event_now(s) for s in self.slo_sources.get(key, ())), default=-np.inf)
+        return max((self._event_now(s) for s in self._slo_clocks(key)), default=-np.inf)
 
-    def _event_now(self, series: Series) -> float:
+    def _slo_clocks(self, key: tuple[str, str]) -> list:
+        """The clocks an SLO follows: its held series, or the idle clock they left when evicted."""
+        clock = self.idle_clocks.get(key)
+        return self.slo_sources.get(key, []) if clock is None else [clock]
+
+    def _event_now(self, series: Series | IdleClock) -> float:
         return max(series.max_ts, series.watermark + self.config.grace_s)
 
     def _get_series(self, key: tuple) -> Series:
@@ -632,6 +652,7 @@ class PartitionProcessor:
             series.trackers.append(tracker)
         if slos:
             self.slo_sources.setdefault((series.service, series.metric), []).append(series)
+            self.idle_clocks.pop((series.service, series.metric), None)
         series.watches = [PolicyWatch(p) for p in self.policies_for.get((series.service, series.metric), ())]
 
     def tick(self, now: float) -> Output:
@@ -639,6 +660,8 @@ class PartitionProcessor:
         out = Output()
         self.now = now
         self._advance(self.series.values(), out, now, idle=True)
+        self._advance_idle_clocks(now)
+        self._evict_quiet(now, out)
         if self._touched:
             self._evaluate(out, self._touched)
             self._last_evaluation = now
@@ -671,6 +694,37 @@ class PartitionProcessor:
         for key in slo_keys:
             self._close_slos(key)
             self._touched.update(t.slo.name for t in self._trackers_of(key))
+
+    def _advance_idle_clocks(self, now: float) -> None:
+        config = self.config
+        for key, clock in self.idle_clocks.items():
+            mark = idle_watermark(clock.max_ts, clock.watermark, now - clock.last_activity, config.grace_s,
+                                  config.idle_after_s)
+            if mark > clock.watermark:
+                clock.watermark = mark
+                self._close_slos(key)
+                self._touched.update(t.slo.name for t in self._trackers_of(key))
+
+    def _evict_quiet(self, now: float, out: Output) -> None:
+        """Drop the series quiet for ``series_ttl_s`` of wall time whose every window is reported
+        (a tombstone deletes its state); an SLO left without series keeps its clock running."""
+        ttl = self.config.series_ttl_s
+        for series in [s for s in self.series.values() if now - s.last_activity >= ttl and s.windows.is_empty()]:
+            del self.series[series.ident]
+            self._dirty.discard(series.ident)
+            self._awaiting.pop(series.ident, None)
+            self._deleted_keys.append(f"{self.partition}{SEP}h{SEP}{series.key}")
+            out.evicted += 1
+            if not series.trackers:
+                continue
+            key = (series.service, series.metric)
+            for tracker in series.trackers:
+                tracker.sources -= 1
+            sources = self.slo_sources[key]
+            sources.remove(series)
+            if not sources:
+                del self.slo_sources[key]
+                self.idle_clocks[key] = IdleClock(series.max_ts, series.watermark, series.last_activity)
 
     def evaluate_pending(self, now: float) -> Output:
         """Judge SLOs the wall-clock limiter held back, once the interval has passed."""
@@ -827,8 +881,8 @@ class PartitionProcessor:
         the consumer may commit ``offset + 1`` once they are durable.
         """
         p = self.partition
-        writes: list[tuple[str, bytes | None]] = [(key, None) for key in self._obsolete_keys]
-        self._obsolete_keys = []
+        writes: list[tuple[str, bytes | None]] = [(key, None) for key in self._deleted_keys]
+        self._deleted_keys = []
         for key in sorted(self._dirty):
             series = self.series[key]
             writes.append((f"{p}{SEP}h{SEP}{series.key}", orjson.dumps(series.header())))
@@ -850,6 +904,8 @@ class PartitionProcessor:
             "alignment": self.alignment.to_state(),
             "read_clock": _finite_or_none(self.read_clock),
             "newest_event_ts": _finite_or_none(self.newest_event_ts),
+            "idle_clocks": [[service, metric, _finite_or_none(clock.max_ts), _finite_or_none(clock.watermark)]
+                            for (service, metric), clock in sorted(self.idle_clocks.items())],
         }
         writes.append((f"{p}{SEP}c", orjson.dumps(partition_state)))
         return writes, self.applied_offset
@@ -865,7 +921,7 @@ class PartitionProcessor:
         tracker_slots: dict[str, list] = {}
         prefix = f"{partition}{SEP}"
         for key, value in items:
-            if not key.startswith(prefix):
+            if value is None or not key.startswith(prefix):  # None: deleted (a tombstone not compacted yet)
                 continue
             kind, _, rest = key[len(prefix):].partition(SEP)
             if kind == "c":
@@ -875,6 +931,8 @@ class PartitionProcessor:
                 proc.forward_marks = {int(p): o for p, o in state.get("forward_marks", {}).items()}
                 proc.alignment = Alignment.from_state(config.partitions, state.get("alignment"))
                 proc.read_clock = _from_finite(state.get("read_clock"))
+                proc.idle_clocks = {(service, metric): IdleClock(_from_finite(max_ts), _from_finite(watermark), now)
+                                    for service, metric, max_ts, watermark in state.get("idle_clocks", [])}
                 if state.get("v") == 1:  # one clock for the whole partition: every series starts from it
                     old = state["watermark"]
                     partition_clock = [old["max_event_ts"], old["value"]]
@@ -886,7 +944,7 @@ class PartitionProcessor:
             elif kind == "b":  # a window slot of state version 3 and before
                 level, slot, series_key = rest.split(SEP, 2)
                 slots.setdefault(series_key, []).append((int(level), int(slot), orjson.loads(value)))
-                proc._obsolete_keys.append(key)
+                proc._deleted_keys.append(key)
             elif kind == "S":
                 tracker_headers[rest] = orjson.loads(value)
             elif kind == "s":
