@@ -1,4 +1,4 @@
-"""Operator commands from the control topic: silence, unsilence, ack.
+"""Operator commands from the control topic: silence, unsilence, ack; and the log of those still in force.
 
 >>> cmd = parse_command(b'{"command": "silence", "matchers": {"slo": "checkout"}, "for": "2h", "by": "ana"}',
 ...                     offset=7, record_time=1000.0)
@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -105,3 +107,57 @@ def _until(doc: dict, record_time: float) -> float | CommandError:
             return parsed.timestamp()
     return CommandError(f"'until' is {until!r}; use RFC 3339 with a zone (2026-11-22T18:00:00Z), "
                         "Unix seconds, or give 'for' instead")
+
+
+# A command stays in the log at least this long (wall seconds): a partition restored shortly after
+# still gets it, whatever became of it meanwhile.
+CONTROL_MIN_AGE_S = 3600.0
+
+
+class ControlLog:
+    """The control commands a partition restored later must still apply, in topic order: not every
+    command since the start of the topic, only those in force.
+
+    After ``CONTROL_MIN_AGE_S`` a command is dropped once it no longer changes what a restored
+    partition would hold: a silence when it has expired (by its ``until``, with the same margin, so
+    a partition whose event time lags still has it) or a later unsilence lifted it; an unsilence
+    (what it lifted is as old, and gone); an ack when no alert it selects is firing; a malformed
+    command (its dead letter was sent when it was read).
+
+    >>> log = ControlLog()
+    >>> log.append("r1", parse_command(b'{"command": "silence", "matchers": {"slo": "a"}, "for": "1h"}', 1, 0.0), 0.0)
+    >>> log.append("r2", parse_command(b'{"command": "unsilence", "id": "control-1"}', 2, 10.0), 10.0)
+    >>> log.prune(10.0 + CONTROL_MIN_AGE_S, firing=lambda command: False)
+    >>> list(log)
+    []
+    """
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Any, Command | CommandError, float]] = []  # (record, command, wall time read)
+
+    def append(self, record: Any, command: Command | CommandError, read_at: float) -> None:
+        self._items.append((record, command, read_at))
+
+    def __iter__(self):
+        return ((record, command) for record, command, _ in self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def prune(self, now: float, firing: Callable[[Command], bool]) -> None:
+        """Drop what is no longer in force at wall time ``now``; ``firing(ack)``: whether an alert
+        the ack selects fires."""
+        last_unsilence = {c.silence_id: i for i, (_, c, _) in enumerate(self._items)
+                          if isinstance(c, Command) and c.kind == "unsilence"}
+        self._items = [(record, command, read_at) for i, (record, command, read_at) in enumerate(self._items)
+                       if now - read_at < CONTROL_MIN_AGE_S or _in_force(command, i, now, last_unsilence, firing)]
+
+
+def _in_force(command: Command | CommandError, index: int, now: float, last_unsilence: dict[str, int],
+              firing: Callable[[Command], bool]) -> bool:
+    if isinstance(command, CommandError) or command.kind == "unsilence":
+        return False
+    if command.kind == "silence":
+        lifted = last_unsilence.get(command.silence.id, -1) > index
+        return not lifted and command.silence.until + CONTROL_MIN_AGE_S > now
+    return firing(command)

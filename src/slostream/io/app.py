@@ -29,7 +29,7 @@ from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from slostream.config import Settings
-from slostream.core.control import Command, CommandError, parse_command
+from slostream.core.control import ControlLog, parse_command
 from slostream.core.measurement import Reason, Rejection
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.sinks import AlertSinks
@@ -178,8 +178,8 @@ class IngestService:
             series_ttl_s=settings.series_ttl_s,
         )
         self.sinks: AlertSinks | None = None
-        # Every control command since the start of the topic, for partitions restored later.
-        self.control_log: list[tuple[SourceRecord, Command | CommandError]] = []
+        # The control commands in force, for partitions restored later.
+        self.control_log = ControlLog()
         self.alerts_emitted: Counter[str] = Counter()
         self.breaches_emitted = 0
         self.processors: dict[int, PartitionProcessor] = {}
@@ -279,6 +279,8 @@ class IngestService:
                 out = proc.tick(now)
                 self._uncheckpointed.add(partition)
                 await self._emit(out)
+            self.control_log.prune(now, lambda ack: any(proc.book.fires_matching(ack.fingerprint, ack.matchers)
+                                                        for proc in self.processors.values()))
 
     async def _send_progress(self, partitions: list[int], only_at_end: bool = False) -> None:
         """Tell every partition how far each of ``partitions`` has read (``pipeline.alignment``),
@@ -308,7 +310,7 @@ class IngestService:
     async def apply_control(self, record: SourceRecord) -> None:
         command = parse_command(record.value, record.offset, record.timestamp)
         async with self.lock:
-            self.control_log.append((record, command))
+            self.control_log.append(record, command, time.time())
             for partition, proc in self.processors.items():
                 await self._emit(proc.apply_control(record, command))
                 self._uncheckpointed.add(partition)

@@ -84,6 +84,9 @@ class _StateCollector(Collector):
         yield _counter("slostream_sli_events", "SLI window events emitted.", ingest.sli_emitted)
         yield _counter("slostream_series_evicted", "Series dropped after series_ttl_s of quiet (state deleted).",
                        ingest.series_evicted)
+        yield GaugeMetricFamily("slostream_control_log_commands",
+                                "Control commands still in force, kept for partitions restored later.",
+                                value=len(ingest.control_log))
         held = GaugeMetricFamily("slostream_series", "Series held, by partition.", labels=["partition"])
         for partition, proc in sorted(ingest.processors.items()):
             held.add_metric([str(partition)], len(proc.series))
