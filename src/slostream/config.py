@@ -39,6 +39,7 @@ class Settings:
     grace_s: float = 30.0
     idle_after_s: float = 30.0
     series_ttl_s: float = 86400.0
+    metrics_series_limit: int = 10_000
     label_keys: tuple[str, ...] = ()
     max_record_bytes: int = 1 << 20
     max_future_skew_s: float = 300.0
@@ -246,6 +247,8 @@ def validate(s: Settings) -> None:
                  "rebalance_timeout_s", "series_ttl_s"):
         if getattr(s, name) <= 0:
             fail(name, f"is {getattr(s, name)}, it must be positive")
+    if s.metrics_series_limit < 0:
+        fail("metrics_series_limit", f"is {s.metrics_series_limit}, it must be 0 or more")
     if not 1 <= s.fetch_max_wait_ms <= 30_000:
         fail("fetch_max_wait_ms", f"is {s.fetch_max_wait_ms}, it must be 1 to 30000")
     if not 64 <= s.max_record_bytes <= 1 << 28:

@@ -137,3 +137,17 @@ def test_idle_series_still_has_its_last_window_closed(kafka, make_worker):
     assert windows == [(T0, 60, 15), (T0 + 60, 59, 15)]
     assert time.monotonic() - started < 30
     assert worker.process.poll() is None
+
+
+def test_per_series_metrics_stop_at_the_limit_and_count_the_rest(kafka, make_worker):
+    worker = make_worker(SLOSTREAM_METRICS_SERIES_LIMIT="1").start()
+    records, _ = _stream(minutes=2)
+    closers = [orjson.dumps({"service": s, "metric": "latency_ms", "ok": True, "ts": T0 + 200})
+               for s in ("checkout", "search")]
+    produce(kafka.bootstrap, f"{make_worker.prefix}measurements", records + closers)
+    consume(kafka.bootstrap, f"{make_worker.prefix}sli", lambda ev: len(ev) >= 4)
+    _, body = worker.get("/metrics")
+    text = body.decode()
+    exported = {s for s in ("checkout", "search") if f'slostream_sli_window_measurements{{metric="latency_ms",service="{s}"}}' in text}
+    assert len(exported) == 1
+    assert "slostream_sli_series_omitted 1.0" in text

@@ -119,6 +119,10 @@ class _StateCollector(Collector):
         window_end = GaugeMetricFamily("slostream_sli_window_end_timestamp_seconds",
                                        "End of the last closed report window (Unix seconds).",
                                        labels=series_labels)
+        # Per-series samples for at most metrics_series_limit series (in the order they were first
+        # seen), so a scrape stays small at any cardinality; the SLI topic carries every series.
+        room = ingest.settings.metrics_series_limit
+        omitted = 0
         for partition, proc in sorted(ingest.processors.items()):
             if proc.newest_event_ts > float("-inf"):
                 watermark.add_metric([str(partition)], proc.newest_event_ts - ingest.settings.grace_s)
@@ -126,6 +130,10 @@ class _StateCollector(Collector):
                 report = series.last_report
                 if report is None:
                     continue
+                if room == 0:
+                    omitted += 1
+                    continue
+                room -= 1
                 labels = [series.service, series.metric, *(series.labels.get(k, "") for k in label_keys)]
                 window_end.add_metric(labels, report["window_end"])
                 for name, gauge in gauges.items():
@@ -139,6 +147,9 @@ class _StateCollector(Collector):
                 summary.add_sample("slostream_sli_window_value_count", named, report.get("value_count", 0))
                 summary.add_sample("slostream_sli_window_value_sum", named, report.get("value_sum", 0.0))
         yield watermark
+        yield GaugeMetricFamily("slostream_sli_series_omitted",
+                                "Series with a reported window left out of the per-series SLI metrics "
+                                "(metrics_series_limit).", value=omitted)
         yield window_end
         yield from gauges.values()
         yield summary
