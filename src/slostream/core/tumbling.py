@@ -116,31 +116,14 @@ class TumblingWindows:
         measurement had no ``ok``. With ``offsets`` (replay marks, ascending), measurements the
         bucket already holds are skipped.
         """
-        if start < self.closed_until:
-            raise ValueError(f"bucket {start} is closed (closed until {self.closed_until})")
-        bucket = self.open.get(start)
-        if bucket is None:
-            bucket = self.open[start] = _Bucket(empty_stats(), None, -1)
-        elif offsets is not None and offsets.size and bucket.mark >= offsets[0]:
+        bucket = self._open_bucket(start)
+        if offsets is not None and offsets.size and bucket.mark >= offsets[0]:
             fresh = offsets > bucket.mark
             offsets, values, oks = offsets[fresh], values[fresh], oks[fresh]
         if not values.size:
             return 0
-        has_value = ~np.isnan(values)
-        present = values[has_value]
-        row = bucket.stats
-        row[COUNT] += values.size
-        row[OK_KNOWN] += np.count_nonzero(oks >= 0)
-        row[OK] += np.count_nonzero(oks == 1)
-        if present.size:
-            row[VALUES] += present.size
-            row[SUM] += present.sum()
-            row[MIN] = min(row[MIN], present.min())
-            row[MAX] = max(row[MAX], present.max())
-            if bucket.sketch is None:
-                bucket.sketch = QuantileSketch(self.relative_accuracy)
-            bucket.sketch.add_values(present)
-        if offsets is not None and offsets.size:
+        self._merge_run(bucket, Summaries(values, oks, [0, values.size], self.relative_accuracy), 0, 0, values)
+        if offsets is not None:
             bucket.mark = max(bucket.mark, int(offsets[-1]))
         return int(values.size)
 
@@ -148,24 +131,32 @@ class TumblingWindows:
                 oks: np.ndarray, offsets: np.ndarray) -> int:
         """``add`` of the elements [a, b) of a batch, which form run ``run`` of ``summaries``."""
         bucket = self.open.get(start)
-        if bucket is not None and bucket.mark >= offsets[a]:  # a replay: the element path sorts it out
+        if bucket is not None and bucket.mark >= offsets[a]:  # a replay: ``add`` drops what is held
             return self.add(start, values[a:b], oks[a:b], offsets[a:b])
-        if start < self.closed_until:
-            raise ValueError(f"bucket {start} is closed (closed until {self.closed_until})")
-        if bucket is None:
-            bucket = self.open[start] = _Bucket(summaries.rows[run].copy(), None, -1)
-        else:
-            merge_stats_into(bucket.stats, summaries.rows[run])
-        if summaries.rows[run, VALUES]:
-            if bucket.sketch is None:
-                bucket.sketch = QuantileSketch(self.relative_accuracy)
-            if summaries.positive[run]:
-                bucket.sketch.add_keys(summaries.keys[a:b])
-            else:
-                present = values[a:b]
-                bucket.sketch.add_values(present[~np.isnan(present)])
+        bucket = self._open_bucket(start)
+        self._merge_run(bucket, summaries, run, a, values[a:b])
         bucket.mark = max(bucket.mark, int(offsets[b - 1]))
         return b - a
+
+    def _open_bucket(self, start: int) -> _Bucket:
+        if start < self.closed_until:
+            raise ValueError(f"bucket {start} is closed (closed until {self.closed_until})")
+        bucket = self.open.get(start)
+        if bucket is None:
+            bucket = self.open[start] = _Bucket(empty_stats(), None, -1)
+        return bucket
+
+    def _merge_run(self, bucket: _Bucket, summaries: Summaries, run: int, a: int, values: np.ndarray) -> None:
+        """Merge run ``run`` of ``summaries`` (its ``values``, the batch's from index ``a``) into ``bucket``."""
+        merge_stats_into(bucket.stats, summaries.rows[run])
+        if not summaries.rows[run, VALUES]:
+            return
+        if bucket.sketch is None:
+            bucket.sketch = QuantileSketch(self.relative_accuracy)
+        if summaries.positive[run]:
+            bucket.sketch.add_keys(summaries.keys[a:a + values.size])
+        else:
+            bucket.sketch.add_values(values[~np.isnan(values)])
 
     def close_until(self, watermark: float) -> list[Aggregate]:
         """Close the base buckets ending at or before ``watermark``; return the windows completed,

@@ -1,4 +1,6 @@
-"""Event-time SLI windows for one series, kept at several resolutions.
+"""Event-time windows kept at several resolutions: the counts of SLO trackers, which read sliding
+spans up to 30 days (series windows are ``tumbling``; this layout also restores series state of
+version 3 and before).
 
 Measurements land in base buckets (10 s by default). When the watermark passes a
 base bucket's end the bucket *closes* and is rolled into every coarser level, so a

@@ -573,8 +573,8 @@ class PartitionProcessor:
         return dense[codes], list(first_of)
 
     def _close_series(self, series: Series, until: float, out: Output) -> None:
-        """Close what ``until`` (the series' watermark, or less) passed; report due SLI windows at
-        once (their base buckets are still held, however far the clock jumps next); judge policies."""
+        """Close what ``until`` (the series' watermark, or less) passed; report the SLI windows it
+        completed and judge policies at once (the windows are handed out only once)."""
         before = series.windows.closed_until
         completed = series.windows.close_until(until)
         if series.windows.closed_until == before:
