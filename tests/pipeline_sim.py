@@ -7,7 +7,7 @@ import random
 
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
 
-RECORD_TS = 1_800_010_000.0  # record timestamps: late enough that no ts is "in the future"
+START = 1_800_010_000.0  # wall time at the start: late enough that no measurement is "in the future"
 
 
 class Cluster:
@@ -19,37 +19,37 @@ class Cluster:
         self.tick_every = tick_every  # rounds of reads between ticks
         self.logs: list[list[SourceRecord]] = [[] for _ in range(config.partitions)]
         self.read = [0] * config.partitions
-        self.read_until: list[float | None] = [None] * config.partitions  # wall time each was at its log's end
+        self.end_known_at: list[float | None] = [None] * config.partitions  # wall time each was at its log's end
         self.paused: set[int] = set()  # partitions nobody reads (a worker not started yet)
-        self.clock = 0.0  # wall time: each read of a chunk takes 10 ms
-        self.procs = [PartitionProcessor(p, config, now=0.0) for p in range(config.partitions)]
+        self.clock = START  # wall time: each read of a chunk takes 10 ms
+        self.procs = [PartitionProcessor(p, config, now=START) for p in range(config.partitions)]
         self.sli: list[dict] = []
         self.deadletter: list[dict] = []
         self.alerts: list[dict] = []
 
     def append(self, partition: int, value: bytes, key: bytes | None = None, headers=()) -> None:
         log = self.logs[partition]
-        log.append(SourceRecord("m", partition, len(log), RECORD_TS, key, value, tuple(headers)))
+        log.append(SourceRecord("m", partition, len(log), self.clock, key, value, tuple(headers)))  # stamped as written
 
     def step(self, partition: int, max_records: int) -> bool:
         """Read the next chunk of one partition; its forwards are appended to the owners' logs."""
         start = self.read[partition]
         chunk = self.logs[partition][start:start + max_records]
         if not chunk:
-            self.read_until[partition] = self.clock  # later appends come at this clock or after
+            self.end_known_at[partition] = self.clock  # later appends come at this clock or after
             return False
         self.read[partition] += len(chunk)
         self.clock += 0.01
         self.collect(self.procs[partition].process(chunk, self.clock))
         if self.read[partition] == len(self.logs[partition]):
-            self.read_until[partition] = self.clock
+            self.end_known_at[partition] = self.clock
         return True
 
     def tick(self) -> None:
         """Every read partition reports its progress (behind its forwards) and ticks."""
         for partition, proc in enumerate(self.procs):
             if partition not in self.paused:
-                self.collect(proc.progress(self.read_until[partition]))
+                self.collect(proc.progress(self.end_known_at[partition]))
                 self.collect(proc.tick(self.clock))
 
     def collect(self, out) -> None:

@@ -9,7 +9,7 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slostream.pipeline.alignment import Alignment, Progress
+from slostream.pipeline.alignment import READ_SLACK_S, Alignment, Progress, read_until_claim, written_by
 from slostream.pipeline.ownership import decode_forwarded, murmur2, owner_of
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
 from slostream.pipeline.rows import ELEMENTS_PER_RECORD
@@ -222,6 +222,31 @@ def test_outcome_and_id_travel_with_a_forward_only_when_some_measurement_has_the
             assert (outcomes, forwarded.ids) == ([1, -1, 0], ["req-1", None, None])
 
 
+def test_partitions_read_at_different_speeds_lose_nothing_from_records_spanning_more_than_the_grace():
+    """A backlog of unkeyed records, each spanning 20 s of event time against a grace of 1 s, read
+    with one partition far behind the others: its records are older than what the others have
+    forwarded, and still count (alignment by when records were written, not by event time)."""
+    rng = random.Random(11)
+    config = PipelineConfig(partitions=PARTITIONS, grace_s=1.0, idle_after_s=2.0)
+    cluster = Cluster(config, rng)
+    items = [{"service": f"svc-{i}", "metric": "latency_ms", "ok": True, "ts": T0 + step * 20 + i % 20}
+             for step in range(9) for i in range(200)]
+    for first in range(0, len(items), 50):
+        cluster.clock += 0.05  # the producer writes the backlog over time, in order
+        cluster.append(rng.randrange(PARTITIONS), orjson.dumps(items[first:first + 50]))
+    for rounds in range(1, 400):
+        for partition in range(PARTITIONS):
+            if partition != 0 or rounds % 4 == 0:  # partition 0 reads one record in four rounds
+                cluster.step(partition, 1 if partition == 0 else 5)
+        if rounds % 2 == 0:
+            cluster.tick()
+    cluster.drain()
+    cluster.clock += 30  # quiet long enough for the idle series to close their last windows
+    cluster.settle()
+    assert cluster.deadletter == []
+    assert cluster.windows() == _truth(items, T0 + 180)
+
+
 def test_a_record_split_over_several_forwards_is_applied_whole():
     config = PipelineConfig(partitions=2, max_record_bytes=4096)
     foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
@@ -236,19 +261,23 @@ def test_a_record_split_over_several_forwards_is_applied_whole():
 
 def test_alignment_waits_for_every_partition_and_follows_the_slowest():
     alignment = Alignment(3)
-    assert alignment.aligned_until == -np.inf and alignment.behind_clock(5.0) == -np.inf  # cold start
-    assert not alignment.report(0, Progress(10.0, T0 + 50))
-    assert not alignment.report(1, Progress(None, T0 + 20))  # never yet at the end of its log
-    assert alignment.report(2, Progress(12.0, T0 + 70)) is False and alignment.aligned_until == -np.inf
-    assert alignment.report(1, Progress(8.0, None))
+    assert alignment.aligned_until == -np.inf  # cold start
+    assert not alignment.report(0, Progress(10.0))
+    assert not alignment.report(1, Progress(None))  # cannot say yet
+    assert alignment.report(2, Progress(12.0)) is False and alignment.aligned_until == -np.inf
+    assert alignment.report(1, Progress(8.0))
     assert alignment.aligned_until == 8.0
-    assert alignment.behind_clock(9.0) == T0 + 20  # partition 1 has not read up to 9 s
-    assert alignment.behind_clock(11.0) == T0 + 20 and alignment.behind_clock(7.0) == np.inf
-    assert not alignment.report(0, Progress(9.0, T0 + 10))  # reports never move back
+    assert not alignment.report(0, Progress(9.0))  # reports never move back
     restored = Alignment.from_state(3, orjson.loads(orjson.dumps(alignment.to_state())))
-    assert (restored.read_until, restored.clocks) == (alignment.read_until, alignment.clocks) == (
-        {0: 10.0, 1: 8.0, 2: 12.0}, {0: T0 + 50, 1: T0 + 20, 2: T0 + 70})
+    assert restored.read_until == alignment.read_until == {0: 10.0, 1: 8.0, 2: 12.0}
     assert Alignment(1).aligned_until == np.inf  # one partition: its own log is in order
+
+
+def test_a_partition_claims_the_later_of_its_end_and_its_newest_record_time_less_the_slack():
+    assert read_until_claim(None, -np.inf) is None  # never at its end, nothing read
+    assert read_until_claim(100.0, 90.0) == 100.0 - READ_SLACK_S
+    assert read_until_claim(None, 90.0) == read_until_claim(80.0, 90.0) == 90.0 - READ_SLACK_S  # catching up
+    assert written_by(200.0, 150.0) == 150.0 and written_by(140.0, 150.0) == 140.0  # a clock ahead: when read
 
 
 def test_a_progress_record_that_cannot_be_read_is_dead_lettered():

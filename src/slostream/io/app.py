@@ -33,7 +33,7 @@ from slostream.core.control import ControlLog, parse_command
 from slostream.core.measurement import Reason, Rejection
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.sinks import AlertSinks
-from slostream.io import undecodable
+from slostream.io import end_offsets, undecodable
 from slostream.pipeline.partition import (Output, PartitionProcessor, PipelineConfig, SourceRecord, deadletter_event,
                                           fence_key)
 
@@ -52,19 +52,18 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = self.app.ingest.settings.fetch_max_wait_ms
         return consumer
 
-    def read_until(self, tp: TP, next_offset: int) -> float | None:
+    def end_known_at(self, tp: TP, next_offset: int) -> float | None:
         """A wall time before which everything appended to ``tp`` has been read, if the last fetch
-        response showed its end at or before ``next_offset``; else None. The poll time is read
-        before the end offset: a fetch landing in between only makes the answer older."""
+        response showed its end at or before ``next_offset``; else None (``io.end_offsets``)."""
         try:
             consumer = self._ensure_consumer()
-            polled_ms = consumer.last_poll_timestamp(tp)
+            known_at = end_offsets.end_known_at(consumer, tp)
             end = consumer.highwater(tp)
         except (AssertionError, AttributeError, ConsumerNotStarted, ConsumerStoppedError, KeyError):
             return None  # not assigned (any more), or not fetched yet
-        if polled_ms is None or end is None or next_offset < end:
+        if known_at is None or end is None or next_offset < end:
             return None
-        return polled_ms / 1000.0 - PROGRESS_SLACK_S
+        return known_at
 
 
 class BatchingConsumer(aiokafka_driver.Consumer):
@@ -73,8 +72,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
     def _new_consumer_thread(self):
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    def read_until(self, tp: TP, next_offset: int) -> float | None:
-        return self._thread.read_until(tp, next_offset)
+    def end_known_at(self, tp: TP, next_offset: int) -> float | None:
+        return self._thread.end_known_at(tp, next_offset)
 
     async def getmany(self, timeout: float):
         records, active = await self._wait_next_records(timeout)
@@ -292,10 +291,10 @@ class IngestService:
             proc = self.processors.get(partition)
             if proc is None:
                 continue
-            read_until = self.app.consumer.read_until(TP(self.topic, partition), proc.applied_offset + 1)
-            if read_until is None and only_at_end:
+            end_known_at = self.app.consumer.end_known_at(TP(self.topic, partition), proc.applied_offset + 1)
+            if end_known_at is None and only_at_end:
                 continue
-            await self._emit(proc.progress(read_until))
+            await self._emit(proc.progress(end_known_at))
             self._progress_sent[partition] = time.time()
 
     async def evaluate_pending(self) -> None:
@@ -446,10 +445,6 @@ class IngestService:
         return bool(recovery is not None and recovery.completed.is_set() and not self.app.rebalancing)
 
 
-# A progress record claims a little less than the fetch showed: the broker took the end offset a
-# moment before the response arrived, and a producer's records for different partitions reach
-# the broker a moment apart.
-PROGRESS_SLACK_S = 0.25
 # A partition that reaches the end of its log reports at once, but at most this often (each report
 # is one record to every partition); every tick it reports regardless.
 PROGRESS_MIN_INTERVAL_S = 0.25
@@ -508,6 +503,7 @@ def create_app(settings: Settings) -> SloApp:
     app.add_dependency(outputs)
     ingest = IngestService(app, settings, metrics, outputs)
     undecodable.install(ingest.skipped_batch, ingest.topic, _source_record)
+    end_offsets.install()
     metrics.attach(ingest)
     app.ingest = ingest
     app.topics.add(ingest.measurements)

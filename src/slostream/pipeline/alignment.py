@@ -2,23 +2,28 @@
 
 A series read from several partitions (unkeyed producers spread it over all of them) must not close
 a window while a share of it still sits unread in another partition's log. So every partition tells
-every partition, through the measurement topic, how far it has read:
+every partition, through the measurement topic, how far it has read: ``read_until``, a time such
+that every record *written* to its log before it has been read and forwarded, or None while it
+cannot say yet. It knows that two ways:
 
-- ``read_until``: a wall time such that every record appended to its log before it has been read
-  and forwarded (it was at the end of its log then), or None while it has never been;
-- ``clock``: the newest event time it has read from its own log.
+- it was at the end of its log: every record appended before the fetch that showed that end was
+  sent has been read (``io.end_offsets``);
+- record timestamps: it has read a record written at t (its Kafka timestamp, the producer's
+  CreateTime or the broker's LogAppendTime), so it has read everything written before t. This is
+  what lets windows close while partitions catch up on a backlog at different speeds.
 
 A progress record goes to each owner behind the forwards made before it (one producer, in order per
-partition), so when an owner reads "partition P read everything up to wall time w", it already holds
-P's share of whatever P's producers had written by then. An owner notes, per series, the wall time
-it read each batch of it and the series' newest event time then. Data read at wall time r is
-*aligned* once every partition has reported ``read_until >= r``; only then may the series' watermark
-follow it. While a partition is behind (catching up, or a worker not started yet), its share of a
-series is assumed near its clock, so the series may close up to the slowest such clock (less the
-grace). Before every partition has reported once, nothing closes (a cold start waits for the slowest
-partition to be read, not a guessed time). Like Flink's watermark alignment, this costs close
-latency (a report and a fetch: the worker reports every tick, and at once when a partition reaches
-the end of its log) and small records from every partition to every partition, not exactness; a topic of one partition needs none of it.
+partition), so when an owner reads "partition P read everything written before t", it already holds
+P's share of it. An owner notes, per series, when the data it holds of the series was written and
+the series' newest event time then. Data written at w is *aligned* once every partition has reported
+``read_until >= w``; only then may the series' watermark follow it. Before every partition has
+reported once, nothing closes (a cold start waits for the slowest partition).
+
+Assumption: the clocks that stamp records (producers', or the broker's with LogAppendTime) agree
+within ``READ_SLACK_S``; a record is counted as written no later than when it was read. Like Flink's
+watermark alignment, this costs close latency (a report and a fetch: the worker reports every tick,
+and at once when a partition reaches the end of its log) and small records from every partition to
+every partition, not exactness; a topic of one partition needs none of it.
 """
 
 from __future__ import annotations
@@ -36,9 +41,13 @@ FORMAT_VERSION = 1
 READ_GRID_S = 0.25
 
 
+# A partition claims a little less than it has read: clocks stamping records differ a little, and a
+# producer's records for different partitions reach the broker a moment apart.
+READ_SLACK_S = 0.25
+
+
 class Progress(msgspec.Struct, frozen=True):
     read_until: float | None
-    clock: float | None
     v: int = FORMAT_VERSION
 
 
@@ -46,8 +55,8 @@ _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(Progress)
 
 
-def encode_progress(read_until: float | None, clock: float | None) -> bytes:
-    return _ENCODER.encode(Progress(read_until, clock))
+def encode_progress(read_until: float | None) -> bytes:
+    return _ENCODER.encode(Progress(read_until))
 
 
 def decode_progress(value: bytes | None) -> Progress:
@@ -59,6 +68,19 @@ def progress_header(partition: int) -> tuple[str, bytes]:
     return PROGRESS_HEADER, str(partition).encode()
 
 
+def written_by(timestamp: float, read_at: float) -> float:
+    """When a record stamped ``timestamp`` was written, at the latest: a clock running ahead is
+    trusted no further than the time the record was read."""
+    return min(timestamp, read_at)
+
+
+def read_until_claim(end_known_at: float | None, read_through: float) -> float | None:
+    """What a partition claims to have read: everything written before the later of the time its
+    end was last known (None: it has not been at its end) and the newest record time it has read."""
+    through = max(-math.inf if end_known_at is None else end_known_at, read_through)
+    return None if through == -math.inf else through - READ_SLACK_S
+
+
 def note_time(now: float) -> float:
     """The grid time a read at ``now`` is noted under (never before it)."""
     return math.ceil(now / READ_GRID_S) * READ_GRID_S
@@ -67,48 +89,34 @@ def note_time(now: float) -> float:
 class Alignment:
     """What each partition of the topic has reported of its reading, as one owner has read it."""
 
-    __slots__ = ("partitions", "read_until", "clocks")
+    __slots__ = ("partitions", "read_until")
 
     def __init__(self, partitions: int):
         self.partitions = partitions
-        self.read_until: dict[int, float] = {}  # partition -> wall time it had read everything before
-        self.clocks: dict[int, float] = {}  # partition -> newest event time read from its log
+        self.read_until: dict[int, float] = {}  # partition -> it has read everything written before
 
     def report(self, source: int, progress: Progress) -> bool:
         """Take one progress record; True when the aligned time moved."""
         before = self.aligned_until
         if progress.read_until is not None:
             self.read_until[source] = max(self.read_until.get(source, -math.inf), progress.read_until)
-        if progress.clock is not None:
-            self.clocks[source] = max(self.clocks.get(source, -math.inf), progress.clock)
         return self.aligned_until > before
 
     @property
     def aligned_until(self) -> float:
-        """Every partition has read everything written before this wall time."""
+        """Every partition has read everything written before this time."""
         if self.partitions == 1:
             return math.inf
         if len(self.read_until) < self.partitions:
             return -math.inf
         return min(self.read_until.values())
 
-    def behind_clock(self, now: float) -> float:
-        """The slowest clock of the partitions not yet read up to ``now`` (-inf for one never heard
-        from, inf when none is behind): a series read at ``now`` may close up to it."""
-        if self.partitions == 1:
-            return math.inf
-        return min((self.clocks.get(p, -math.inf) for p in range(self.partitions)
-                    if self.read_until.get(p, -math.inf) < now), default=math.inf)
-
     def to_state(self) -> dict:
-        return {"read_until": {str(p): t for p, t in self.read_until.items()},
-                "clocks": {str(p): t for p, t in self.clocks.items()}}
+        return {"read_until": {str(p): t for p, t in self.read_until.items()}}
 
     @classmethod
     def from_state(cls, partitions: int, state: dict | None) -> "Alignment":
         alignment = cls(partitions)
         for p, t in (state or {}).get("read_until", {}).items():
             alignment.read_until[int(p)] = t
-        for p, t in (state or {}).get("clocks", {}).items():
-            alignment.clocks[int(p)] = t
         return alignment

@@ -96,6 +96,7 @@ class Forwarded(msgspec.Struct, frozen=True):
     outcome: bytes
     positions: bytes
     ids: list[str | None] | None = None
+    written: float | None = None  # when the newest of its source records was written (alignment)
     v: int = FORMAT_VERSION
 
     def columns(self) -> dict[str, np.ndarray]:
@@ -114,10 +115,12 @@ _DECODER = msgspec.msgpack.Decoder(Forwarded)
 
 
 def encode_forwarded(keys: list[tuple[str, str, list[str]]], series: np.ndarray, ts: np.ndarray, value: np.ndarray,
-                     ok: np.ndarray, outcome: np.ndarray, positions: np.ndarray, ids: list | None) -> bytes:
+                     ok: np.ndarray, outcome: np.ndarray, positions: np.ndarray, ids: list | None,
+                     written: float | None) -> bytes:
     return _ENCODER.encode(Forwarded(
         keys, series.astype("<i4").tobytes(), ts.astype("<f8").tobytes(), value.astype("<f8").tobytes(),
-        ok.astype(np.int8).tobytes(), outcome.astype(np.int8).tobytes(), positions.astype("<i8").tobytes(), ids))
+        ok.astype(np.int8).tobytes(), outcome.astype(np.int8).tobytes(), positions.astype("<i8").tobytes(), ids,
+        written))
 
 
 def decode_versioned(decoder: msgspec.msgpack.Decoder, value: bytes | None, kind: str, version: int):

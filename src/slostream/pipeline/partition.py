@@ -38,7 +38,7 @@ from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Aggregate, 
     bucket_start
 from slostream.pipeline import rows
 from slostream.pipeline.alignment import (PROGRESS_HEADER, Alignment, decode_progress, encode_progress, note_time,
-                                          progress_header)
+                                          progress_header, read_until_claim, written_by)
 from slostream.pipeline.ownership import (FORWARD_HEADER, MAX_FORWARD_BYTES, Owners, decode_forwarded,
                                           encode_forwarded, forward_header, header_partition)
 
@@ -179,7 +179,7 @@ class PartitionProcessor:
         self.applied_offset = -1  # last source offset fully processed
         self.forward_marks: dict[int, int] = {}  # source partition -> highest forwarded element applied
         self.alignment = Alignment(config.partitions)  # every partition's progress, as read here
-        self.read_clock = -np.inf  # newest event time read from this partition's own log
+        self.read_through = -np.inf  # every record appended to this partition before it is read (alignment)
         self._awaiting: dict[tuple, Series] = {}  # series with reads not yet aligned
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
@@ -219,6 +219,7 @@ class PartitionProcessor:
                 start = i + 1
         self._measurements(fresh[start:], out, now)
         self.applied_offset = fresh[-1].offset
+        self.read_through = max(self.read_through, written_by(max(r.timestamp for r in fresh), now))
         if self._touched and now - self._last_evaluation >= self.config.evaluation_interval_s:
             self._evaluate(out, self._touched)
             self._last_evaluation = now
@@ -231,13 +232,17 @@ class PartitionProcessor:
         origins = [header_partition(r.headers, FORWARD_HEADER) if r.headers else None for r in records]
         parts = []
         read_here = [i for i, origin in enumerate(origins) if origin is None]
+        written = -np.inf  # when the data read here was written, for alignment
         if read_here:
             parts += self._read(records, read_here, record_offsets, out)
+            written = written_by(max(records[i].timestamp for i in read_here), now)
         for i, origin in enumerate(origins):
             if origin is not None:
-                parts += self._receive(records[i], i, origin, out)
+                received, forwarded_written = self._receive(records[i], i, origin, out)
+                parts += received
+                written = max(written, now if forwarded_written is None else written_by(forwarded_written, now))
         if parts:
-            self._window(records, rows.merge(parts), out, now)
+            self._window(records, rows.merge(parts), out, now, written)
 
     def _progress(self, record: SourceRecord, source: int, out: Output, now: float) -> None:
         """Another partition's (or this one's) progress: close what every partition has now read past."""
@@ -254,13 +259,13 @@ class PartitionProcessor:
         message = f"record marked as {marked_as} cannot be read: {exc}"
         out.deadletter.append(self._deadletter(record, Rejection(0, None, Reason.INVALID_JSON, message)))
 
-    def progress(self, read_until: float | None) -> Output:
-        """Progress records of this partition for every partition (itself included): it has read
-        everything its log held at wall time ``read_until`` (None: not known yet), and the forwards
-        of it were sent before these."""
+    def progress(self, end_known_at: float | None) -> Output:
+        """Progress records of this partition for every partition (itself included): how far it has
+        read (``alignment``), its log's end having been at or before its read position at
+        ``end_known_at`` (None: not known); the forwards of what it read were sent before these."""
         out = Output()
         if self.config.partitions > 1:
-            value = encode_progress(read_until, _finite_or_none(self.read_clock))
+            value = encode_progress(read_until_claim(end_known_at, self.read_through))
             header = [progress_header(self.partition)]
             out.forwards = [Forward(p, value, header, 0) for p in range(self.config.partitions)]
         return out
@@ -287,13 +292,12 @@ class PartitionProcessor:
             out.deadletter.append(self._deadletter(records[record], rejection))
         if not len(cols):
             return []
-        self.read_clock = max(self.read_clock, float(cols.ts.max()))
         ids, keys = self._number(cols.measurements)
         if self.config.partitions > 1:
             owners = np.fromiter((self.owners(key[0]) for key in keys), dtype=np.int64, count=len(keys))[ids]
             direct = (owners == self.partition) & self._keyed_by_service(records, cols, ids, keys)
             if not direct.all():
-                self._forward(cols, record_offsets, owners, ~direct, ids, keys, out)
+                self._forward(records, cols, record_offsets, owners, ~direct, ids, keys, out)
                 cols = cols.select(direct)
                 if not len(cols):
                     return []
@@ -301,14 +305,15 @@ class PartitionProcessor:
                 ids, keys = ids.reshape(-1), [keys[i] for i in used.tolist()]
         return [rows.from_columns(cols, np.full(len(cols), rows.DIRECT, dtype=np.int64), ids, keys, record_offsets)]
 
-    def _receive(self, record: SourceRecord, number: int, source: int, out: Output) -> list[rows.Rows]:
+    def _receive(self, record: SourceRecord, number: int, source: int,
+                 out: Output) -> tuple[list[rows.Rows], float | None]:
         """The measurements another partition (or this one) forwarded, less those already applied
-        (the source replayed after a crash)."""
+        (the source replayed after a crash), and when their source records were written."""
         try:
             forwarded = decode_forwarded(record.value)
         except ValueError as exc:
             self._unreadable(record, f"forwarded from partition {source}", exc, out)
-            return []
+            return [], None
         columns = forwarded.columns()
         positions = columns["positions"]
         mark = self.forward_marks.get(source, -1)
@@ -317,8 +322,9 @@ class PartitionProcessor:
         if positions.size:
             self.forward_marks[source] = max(mark, int(positions.max()))
         if not fresh.any():
-            return []
-        return [rows.from_forwarded(forwarded, columns, fresh, number, record.offset, source, self.config.label_keys)]
+            return [], None
+        return ([rows.from_forwarded(forwarded, columns, fresh, number, record.offset, source, self.config.label_keys)],
+                forwarded.written)
 
     @staticmethod
     def _keyed_by_service(records: list[SourceRecord], cols: Columns, ids: np.ndarray,
@@ -331,10 +337,12 @@ class PartitionProcessor:
         services = np.array([key[0] for key in series_keys], dtype=object)[ids]
         return keys[cols.record] == services
 
-    def _forward(self, cols: Columns, record_offsets: np.ndarray, owners: np.ndarray, routed: np.ndarray,
-                 ids: np.ndarray, keys: list[tuple], out: Output) -> None:
-        """Records of columns per owner (split when large), in source order. Event times are
-        explicit: the forwarded record's own timestamp is not the original's."""
+    def _forward(self, records: list[SourceRecord], cols: Columns, record_offsets: np.ndarray, owners: np.ndarray,
+                 routed: np.ndarray, ids: np.ndarray, keys: list[tuple], out: Output) -> None:
+        """Records of columns per owner (split when large), in source order. Event times and when
+        the source records were written are explicit: the forwarded record's own timestamp is not
+        the original's."""
+        record_times = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
         per_record = max(1, min(MAX_FORWARD_BYTES, self.config.max_record_bytes) // FORWARD_BYTES_PER_MEASUREMENT)
         label_keys = self.config.label_keys
         # Outcome and id are rare: each is read once for the batch, and sent only when present.
@@ -352,18 +360,20 @@ class PartitionProcessor:
                 positions = record_offsets[cols.record[idx]] * rows.ELEMENTS_PER_RECORD + np.maximum(cols.position[idx], 0)
                 value = encode_forwarded(table, local.reshape(-1), cols.ts[idx], cols.values[idx], cols.oks[idx],
                                          outcome_column[idx], positions,
-                                         [names[i] for i in idx.tolist()] if with_names else None)
+                                         [names[i] for i in idx.tolist()] if with_names else None,
+                                         written_by(float(record_times[cols.record[idx]].max()), self.now))
                 out.forwards.append(Forward(owner, value, [forward_header(self.partition)], idx.size))
             out.forwarded += every.size
 
-    def _window(self, records: list[SourceRecord], batch: rows.Rows, out: Output, now: float) -> None:
+    def _window(self, records: list[SourceRecord], batch: rows.Rows, out: Output, now: float, written: float) -> None:
         """Judge lateness per series, then window the batch part by part (cut where an SLO's clock
-        enters a new base bucket, so it is judged there as a live run would)."""
+        enters a new base bucket, so it is judged there as a live run would). Its records were
+        written by ``written`` (alignment)."""
         width = self.config.resolutions[0].width
         grace = self.config.grace_s
         ids, keys = batch.ids, batch.keys
         known = [self.series.get(key) for key in keys]
-        before, after, newest = self._marks(ids, known, batch.ts, now)
+        before, after, newest = self._marks(ids, known, batch.ts, written)
         with np.errstate(invalid="ignore"):
             horizon = np.floor(before / width) * width
         late = batch.ts < horizon
@@ -385,32 +395,29 @@ class PartitionProcessor:
                 self._evaluate(out, [t.slo.name for t in self._trackers_of(key)], slo_now)
             accepted = np.flatnonzero(~late[start:stop]) + start
             if accepted.size:
-                self._ingest(accepted, batch, after, out, now)
+                self._ingest(accepted, batch, after, out, now, written)
 
     def _marks(self, ids: np.ndarray, known: list, ts: np.ndarray,
-               now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               written: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The watermark of each element's series before and after it, and the series' newest event
         time before it.
 
         A series' watermark trails its newest event time by the grace, but only as far as every
-        partition has read (``alignment``): data read before the aligned time counts in full, newer
-        data only up to the slowest clock of the partitions still behind. The spread is capped
-        (``max_source_skew_s``) so open buckets always fit the base ring.
+        partition has read (``alignment``): data written before the aligned time counts, newer data
+        waits. The wait is capped (``max_source_skew_s``): a source partition that far behind the
+        series' newest data has its share of it judged late.
         """
         grace, skew = self.config.grace_s, self.config.max_source_skew_s
         mark0 = np.array([-np.inf if s is None else s.watermark for s in known])[ids]
         newest0 = np.array([-np.inf if s is None else s.max_ts for s in known])
         newest_before, _ = running_max_before(ids, ts, newest0)
         newest_after = np.maximum(newest_before, ts)
-        alignment = self.alignment
-        aligned_until = alignment.aligned_until
-        if aligned_until >= now:
+        aligned_until = self.alignment.aligned_until
+        if aligned_until >= written:
             safe_before, safe_after = newest_before, newest_after
         else:
-            aligned = np.array([-np.inf if s is None else self._aligned_ts(s, aligned_until) for s in known])[ids]
-            behind = alignment.behind_clock(now)
-            safe_before = np.maximum(aligned, np.minimum(newest_before, behind))
-            safe_after = np.maximum(aligned, np.minimum(newest_after, behind))
+            safe_before = safe_after = np.array(
+                [-np.inf if s is None else self._aligned_ts(s, aligned_until) for s in known])[ids]
 
         def mark(safe: np.ndarray, newest: np.ndarray) -> np.ndarray:
             return np.maximum(np.maximum(mark0, safe - grace), newest - skew)
@@ -425,9 +432,9 @@ class PartitionProcessor:
             series.aligned_ts = max(series.aligned_ts, reads.pop(0)[1])
         return series.aligned_ts
 
-    def _note_read(self, series: Series, now: float) -> None:
-        """Remember that data of the series up to its newest event time was read at ``now``."""
-        at = note_time(now)
+    def _note_read(self, series: Series, written: float) -> None:
+        """Remember that data of the series up to its newest event time was written by ``written``."""
+        at = note_time(written)
         reads = series.reads
         if reads and reads[-1][0] == at:
             reads[-1][1] = series.max_ts
@@ -469,7 +476,8 @@ class PartitionProcessor:
         for start, stop in zip(bounds, [*bounds[1:], n]):
             yield start, stop, cuts.get(start, [])
 
-    def _ingest(self, idx: np.ndarray, batch: rows.Rows, marks_after: np.ndarray, out: Output, now: float) -> None:
+    def _ingest(self, idx: np.ndarray, batch: rows.Rows, marks_after: np.ndarray, out: Output, now: float,
+                written: float) -> None:
         """Window the accepted measurements ``idx`` (ascending) of one part of a batch."""
         width = self.config.resolutions[0].width
         sids = batch.ids[idx]
@@ -526,7 +534,7 @@ class PartitionProcessor:
         for sid, series in touched:
             series.max_ts = max(series.max_ts, series_max[sid])
             if aligning:
-                self._note_read(series, now)
+                self._note_read(series, written)
             series.watermark = max(series.watermark, series_mark[sid])
             self._close_series(series, series.watermark, out)
             if series.trackers:
@@ -676,10 +684,8 @@ class PartitionProcessor:
         for series in series_list:
             mark = series.watermark
             self._aligned_ts(series, aligned_until)
-            if series.reads:  # read from a partition that is not yet past it: up to the slowest clock
-                behind = self.alignment.behind_clock(series.reads[-1][0])
-                safe = max(series.aligned_ts, min(series.max_ts, behind))
-                mark = max(mark, safe - config.grace_s, series.max_ts - config.max_source_skew_s)
+            if series.reads:  # data not every partition has read past yet: as far as the aligned data
+                mark = max(mark, series.aligned_ts - config.grace_s, series.max_ts - config.max_source_skew_s)
             else:
                 self._awaiting.pop(series.ident, None)
                 mark = max(mark, series.max_ts - config.grace_s)
@@ -902,7 +908,7 @@ class PartitionProcessor:
             "control_offset": self.control_offset,
             "forward_marks": {str(p): o for p, o in self.forward_marks.items()},
             "alignment": self.alignment.to_state(),
-            "read_clock": _finite_or_none(self.read_clock),
+            "read_through": _finite_or_none(self.read_through),
             "newest_event_ts": _finite_or_none(self.newest_event_ts),
             "idle_clocks": [[service, metric, _finite_or_none(clock.max_ts), _finite_or_none(clock.watermark)]
                             for (service, metric), clock in sorted(self.idle_clocks.items())],
@@ -930,7 +936,7 @@ class PartitionProcessor:
                 proc.control_offset = state.get("control_offset", -1)
                 proc.forward_marks = {int(p): o for p, o in state.get("forward_marks", {}).items()}
                 proc.alignment = Alignment.from_state(config.partitions, state.get("alignment"))
-                proc.read_clock = _from_finite(state.get("read_clock"))
+                proc.read_through = _from_finite(state.get("read_through"))
                 proc.idle_clocks = {(service, metric): IdleClock(_from_finite(max_ts), _from_finite(watermark), now)
                                     for service, metric, max_ts, watermark in state.get("idle_clocks", [])}
                 if state.get("v") == 1:  # one clock for the whole partition: every series starts from it
