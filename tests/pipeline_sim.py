@@ -41,6 +41,8 @@ class Cluster:
         self.read[partition] += len(chunk)
         self.clock += 0.01
         self.collect(self.procs[partition].process(chunk, self.clock))
+        for out in self.procs[partition].align_parts():  # as a worker does after each slice
+            self.collect(out)
         if self.read[partition] == len(self.logs[partition]):
             self.end_known_at[partition] = self.clock
         return True

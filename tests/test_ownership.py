@@ -116,6 +116,7 @@ def test_a_source_that_replays_after_a_crash_forwards_again_and_the_owner_adds_n
     cluster.step(0, 40)
     cluster.step(1, 1000)
     writes, offset = source.checkpoint()  # the last durable state of the source
+    writes = list(writes)
     cluster.step(0, 60)
     cluster.step(1, 1000)  # the owner applies forwards made after that checkpoint
     # Crash: the source restarts from its checkpoint and reads (and forwards) those records again.

@@ -27,6 +27,7 @@ import time
 import tracemalloc
 import urllib.error
 import urllib.request
+from collections import deque
 
 import numpy as np
 import orjson
@@ -34,6 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from slostream.core.objectives import Policy
+from slostream.io.app import keep_out_of_gc
 from slostream.io.broker import EmbeddedBroker, free_port
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
 
@@ -78,11 +80,11 @@ def _expected_windows(t0: float) -> int:
 
 
 async def _produce(bootstrap: str, topic: str, payloads: list[bytes], partitions: int = 1,
-                   markers: list[bytes] = ()) -> None:
+                   markers: list[bytes] = (), compression: str | None = None) -> None:
     """Records round-robin over the topic's partitions, as unkeyed producers spread them; then every
     marker to every partition."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20,
-                                max_request_size=8 << 20)
+                                max_request_size=8 << 20, compression_type=compression)
     await producer.start()
     try:
         for number, payload in enumerate(payloads):
@@ -170,30 +172,97 @@ def _end_to_end(broker: EmbeddedBroker, prefix: str, expected: int, definitions:
                 partitions: int = 1, source: str | None = None) -> float:
     """Seconds from a fresh worker's readiness to its last SLI event; ``source``: run the worker
     from another checkout's ``src`` (``bench/compare``)."""
-    port = free_port()
-    env = dict(os.environ, SLOSTREAM_LOG_LEVEL="warning")
-    if source:
-        env["PYTHONPATH"] = source
+    env = {"PYTHONPATH": source} if source else {}
     if definitions:
         env["SLOSTREAM_DEFINITION_FILES"] = definitions
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "slostream", "run", "--broker", broker.url, "--topic-prefix", prefix,
-         "--partitions", str(partitions), "--web-port", str(port), "--app-id", f"bench-{prefix.strip('.')}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    worker, port = _start_worker(broker, prefix, partitions, env)
     try:
         ready_at = _wait_ready(port, worker)
         last = asyncio.run(_last_sli_time(broker.bootstrap, f"{prefix}sli", expected, timeout=300))
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
-            metrics = response.read().decode()
-        rejected = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                       if line.startswith("slostream_ingest_measurements_rejected_total{"))
-        if rejected:  # a fast run that loses measurements measures nothing
-            raise RuntimeError(f"run {prefix} rejected {rejected:.0f} measurements")
+        _check_nothing_rejected(_scrape(port)[0], prefix)
         return last - ready_at
     finally:
         worker.terminate()
         worker.wait(30)
+
+
+def _start_worker(broker: EmbeddedBroker, prefix: str, partitions: int, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    port = free_port()
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "slostream", "run", "--broker", broker.url, "--topic-prefix", prefix,
+         "--partitions", str(partitions), "--web-port", str(port), "--app-id", f"bench-{prefix.strip('.')}"],
+        env=dict(os.environ, SLOSTREAM_LOG_LEVEL="warning", **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    return worker, port
+
+
+def _scrape(port: int) -> tuple[str, float]:
+    """The worker's /metrics page, and the seconds it took."""
+    started = time.perf_counter()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as response:
+        page = response.read().decode()
+    return page, time.perf_counter() - started
+
+
+def _metric(page: str, prefix: str) -> float:
+    """The sum of the samples whose line starts with ``prefix``."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in page.splitlines() if line.startswith(prefix))
+
+
+def _check_nothing_rejected(page: str, prefix: str) -> None:
+    rejected = _metric(page, "slostream_ingest_measurements_rejected_total{")
+    if rejected:  # a fast run that loses measurements measures nothing
+        raise RuntimeError(f"run {prefix} rejected {rejected:.0f} measurements")
+
+
+FLEET_SERIES = (10_000, 100_000)
+FLEET_STEPS = 9  # a measurement per series every 20 s: three one-minute windows each
+
+
+def _fleet(broker: EmbeddedBroker, series: int) -> dict:
+    """A fleet of ``series`` latency series through a worker on 4 partitions, in unkeyed zstd records
+    of 1,000 measurements (as a shipper sends them): catch-up rate, peak RSS, the longest the event
+    loop was held (timers, checkpoints, the web endpoints waiting), and one scrape of /metrics."""
+    prefix = f"fleet{series}"
+    t0 = (int(time.time()) - 3600) // 60 * 60
+    rng = np.random.default_rng(5)
+    names = [f"svc-{i}" for i in range(series)]
+    payloads = []
+    for step in range(FLEET_STEPS):
+        values = rng.lognormal(4.0, 0.5, series).round(3).tolist()
+        items = [{"service": name, "metric": "latency_ms", "value": value, "ok": True, "ts": t0 + step * 20 + i % 20}
+                 for i, (name, value) in enumerate(zip(names, values))]
+        payloads += [orjson.dumps(items[i:i + 1000]) for i in range(0, series, 1000)]
+    asyncio.run(_create_topics(broker, (prefix,), {prefix: UNKEYED_PARTITIONS}))
+    asyncio.run(_produce(broker.bootstrap, f"{prefix}.measurements", payloads, UNKEYED_PARTITIONS, compression="zstd"))
+    worker, port = _start_worker(broker, f"{prefix}.", UNKEYED_PARTITIONS,
+                                 {"SLOSTREAM_GRACE_S": "1", "SLOSTREAM_IDLE_AFTER_S": "2"})
+    try:
+        _wait_ready(port, worker)
+        ready_at = time.perf_counter()
+        measurements = series * FLEET_STEPS
+        while _metric(_scrape(port)[0], "slostream_ingest_measurements_accepted_total") < measurements:
+            time.sleep(0.5)
+        read_all = time.perf_counter() - ready_at
+        asyncio.run(_last_sli_time(broker.bootstrap, f"{prefix}.sli", 3 * series, timeout=600))
+        page, scrape_s = _scrape(port)
+        _check_nothing_rejected(page, prefix)
+        with open(f"/proc/{worker.pid}/status") as status:
+            peak_rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+        lags = [(float(line.split('le="')[1].split('"')[0]), float(line.rsplit(" ", 1)[1]))
+                for line in page.splitlines() if line.startswith("slostream_event_loop_lag_seconds_bucket")]
+        probes = max(count for _, count in lags)
+        return {
+            "series": series,
+            "catchup_mps": round(measurements / read_all),
+            "peak_rss_bytes": peak_rss,
+            "event_loop_lag_max_s_at_most": min(bound for bound, count in lags if count == probes),
+            "scrape_s": round(scrape_s, 3),
+            "scrape_bytes": len(page),
+        }
+    finally:
+        worker.terminate()
+        worker.wait(60)
 
 
 def _core_mps(payloads: list[bytes]) -> float:
@@ -232,7 +301,7 @@ def _bytes_per_series(policy_window_s: int | None = None) -> int:
         proc = PartitionProcessor(0, PipelineConfig(policies=policies), now=0.0)
         for offset, payload in enumerate(steps):
             proc.process([SourceRecord("bench", 0, offset, t0 + offset * 10, None, payload)], now=0.0)
-            proc.checkpoint()  # as the worker does: what is written is not kept
+            deque(proc.checkpoint()[0], maxlen=0)  # as the worker does: what is written is not kept
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
@@ -278,7 +347,8 @@ def _cardinality_run(series: int) -> dict:
         started = time.perf_counter()
         out = proc.process([SourceRecord("bench", 0, offset, t0 + CARDINALITY_SPAN_S, None, payload)], now=0.0)
         if started - last_checkpoint >= 1.0:
-            proc.checkpoint()
+            deque(proc.checkpoint()[0], maxlen=0)
+            keep_out_of_gc()  # as the worker does after a checkpoint
             last_checkpoint = started
         busy += time.perf_counter() - started
         windows += len(out.sli)
@@ -485,6 +555,7 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
     with EmbeddedBroker() as broker:
         runs = _throughput_rounds(broker, rounds, batched, single, definitions, expected)
         latencies = _alert_latency(broker, _latency_definitions(os.path.join(workdir, "latency.yaml")))
+        fleets = [_fleet(broker, n) for n in FLEET_SERIES]
 
     def mps(key: str) -> list[int]:
         return [round(measurements[key[-1] if key.startswith("ceiling") else key[0]] / s) for s in runs[key]]
@@ -526,6 +597,7 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         "bytes_per_series": _bytes_per_series(),
         "bytes_per_series_6h_p99_policy": _bytes_per_series(6 * 3600),
         "cardinality": [_cardinality(n) for n in CARDINALITY_SERIES],
+        "fleet": fleets,
         "evaluation_us_per_slo": round(_evaluation_us(), 1),
         "alert_trials": len(latencies),
         "alert_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),

@@ -39,7 +39,7 @@ class Settings:
     grace_s: float = 30.0
     idle_after_s: float = 30.0
     series_ttl_s: float = 86400.0
-    metrics_series_limit: int = 10_000
+    metrics_series_limit: int = 1_000
     label_keys: tuple[str, ...] = ()
     max_record_bytes: int = 1 << 20
     max_future_skew_s: float = 300.0

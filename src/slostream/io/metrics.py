@@ -40,12 +40,22 @@ class PipelineMetrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=self.registry,
         )
+        self.loop_lag_seconds = Histogram(
+            "slostream_event_loop_lag_seconds",
+            "How late the worker's event loop ran a probe due every 0.1 s: the longest time timers "
+            "(checkpoints, ticks) and the web endpoints waited behind processing.",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
 
     def attach(self, ingest: "IngestService") -> None:
         self.registry.register(_StateCollector(ingest))
 
     def observe_batch(self, seconds: float) -> None:
         self.batch_seconds.observe(seconds)
+
+    def observe_loop_lag(self, seconds: float) -> None:
+        self.loop_lag_seconds.observe(max(seconds, 0.0))
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import operator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import msgspec
 import numpy as np
@@ -39,7 +39,7 @@ from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Aggregate, 
 from slostream.pipeline import rows
 from slostream.pipeline.alignment import (PROGRESS_HEADER, Alignment, decode_progress, encode_progress, note_time,
                                           progress_header, read_until_claim, written_by)
-from slostream.pipeline.ownership import (FORWARD_HEADER, MAX_FORWARD_BYTES, Owners, decode_forwarded,
+from slostream.pipeline.ownership import (FORWARD_HEADER, MAX_FORWARD_BYTES, MAX_FORWARD_MEASUREMENTS, Owners, decode_forwarded,
                                           encode_forwarded, forward_header, header_partition)
 
 SEP = "\x1f"
@@ -48,6 +48,8 @@ _SERIES_KEY = operator.attrgetter("service", "metric")
 STATE_VERSION = 4  # 3: reads awaiting alignment per series, progress per partition; 4: tumbling windows in the header
 # Forwarded records are cut to hold at most this many bytes' worth of measurements each.
 FORWARD_BYTES_PER_MEASUREMENT = 40
+# Series a tick advances between yields to the worker's event loop (0.1-0.2 s of closes at most).
+TICK_SLICE_SERIES = 250
 # Reads of a series kept awaiting alignment (later ones absorb the oldest: it aligns a little later).
 MAX_READS = 16
 QUANTILE_NAMES, QUANTILE_LEVELS = ("p50", "p90", "p95", "p99"), (0.5, 0.9, 0.95, 0.99)
@@ -106,6 +108,10 @@ class Output:
     forwarded: int = 0  # measurements sent on to their owner
     forward_duplicates: int = 0  # forwarded measurements this owner already held (a source replayed)
     evicted: int = 0  # series dropped after series_ttl_s of quiet
+
+    def extend(self, other: "Output") -> None:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
 
 
 class Forward(NamedTuple):
@@ -181,6 +187,7 @@ class PartitionProcessor:
         self.alignment = Alignment(config.partitions)  # every partition's progress, as read here
         self.read_through = -np.inf  # every record appended to this partition before it is read (alignment)
         self._awaiting: dict[tuple, Series] = {}  # series with reads not yet aligned
+        self._aligned_applied = -np.inf  # the aligned time align_parts last closed the waiting series up to
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
         self._dirty: set[tuple] = set()
@@ -215,7 +222,7 @@ class PartitionProcessor:
             source = header_partition(record.headers, PROGRESS_HEADER) if record.headers else None
             if source is not None:
                 self._measurements(fresh[start:i], out, now)
-                self._progress(record, source, out, now)
+                self._progress(record, source, out)
                 start = i + 1
         self._measurements(fresh[start:], out, now)
         self.applied_offset = fresh[-1].offset
@@ -244,15 +251,29 @@ class PartitionProcessor:
         if parts:
             self._window(records, rows.merge(parts), out, now, written)
 
-    def _progress(self, record: SourceRecord, source: int, out: Output, now: float) -> None:
-        """Another partition's (or this one's) progress: close what every partition has now read past."""
+    def _progress(self, record: SourceRecord, source: int, out: Output) -> None:
+        """Another partition's (or this one's) progress. A series in the batch after it is judged
+        with it; the others close what it aligns in ``align_parts``."""
         try:
             progress = decode_progress(record.value)
         except ValueError as exc:
             self._unreadable(record, f"progress of partition {source}", exc, out)
             return
-        if self.alignment.report(source, progress):
-            self._advance(list(self._awaiting.values()), out, now, idle=False)
+        self.alignment.report(source, progress)
+
+    def align_parts(self) -> Iterator[Output]:
+        """Close what the progress read so far has aligned for the series waiting on it, a slice
+        of them at a time (a worker yields to its event loop between them, and reads them all
+        before this processor takes anything else)."""
+        aligned_until = self.alignment.aligned_until
+        if aligned_until <= self._aligned_applied:
+            return
+        self._aligned_applied = aligned_until
+        waiting = list(self._awaiting.values())
+        for first in range(0, len(waiting), TICK_SLICE_SERIES):
+            out = Output()
+            self._advance(waiting[first:first + TICK_SLICE_SERIES], out, self.now, idle=False)
+            yield out
 
     def _unreadable(self, record: SourceRecord, marked_as: str, exc: ValueError, out: Output) -> None:
         """Dead-letter a record whose header marks it as slostream's own but whose value is not."""
@@ -343,7 +364,8 @@ class PartitionProcessor:
         the source records were written are explicit: the forwarded record's own timestamp is not
         the original's."""
         record_times = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
-        per_record = max(1, min(MAX_FORWARD_BYTES, self.config.max_record_bytes) // FORWARD_BYTES_PER_MEASUREMENT)
+        per_record = max(1, min(MAX_FORWARD_MEASUREMENTS,
+                                min(MAX_FORWARD_BYTES, self.config.max_record_bytes) // FORWARD_BYTES_PER_MEASUREMENT))
         label_keys = self.config.label_keys
         # Outcome and id are rare: each is read once for the batch, and sent only when present.
         outcomes = list(map(_OUTCOME, cols.measurements))
@@ -666,14 +688,26 @@ class PartitionProcessor:
     def tick(self, now: float) -> Output:
         """Let event time run on for series that have gone quiet, close what is due, judge their SLOs."""
         out = Output()
+        for part in self.tick_parts(now):
+            out.extend(part)
+        return out
+
+    def tick_parts(self, now: float) -> Iterator[Output]:
+        """``tick`` a slice of the series at a time (a worker yields to its event loop between
+        them): read them all before this processor takes anything else."""
         self.now = now
-        self._advance(self.series.values(), out, now, idle=True)
+        held = list(self.series.values())
+        for first in range(0, len(held), TICK_SLICE_SERIES):
+            out = Output()
+            self._advance(held[first:first + TICK_SLICE_SERIES], out, now, idle=True)
+            yield out
+        out = Output()
         self._advance_idle_clocks(now)
         self._evict_quiet(now, out)
         if self._touched:
             self._evaluate(out, self._touched)
             self._last_evaluation = now
-        return out
+        yield out
 
     def _advance(self, series_list, out: Output, now: float, idle: bool) -> None:
         """Move the watermarks of ``series_list`` as far as alignment (and, with ``idle``, quiet)
@@ -880,19 +914,26 @@ class PartitionProcessor:
 
     # --- state ------------------------------------------------------------
 
-    def checkpoint(self) -> tuple[list[tuple[str, bytes | None]], int]:
+    def checkpoint(self) -> tuple[Iterator[tuple[str, bytes | None]], int]:
         """Changed state as (key, value) writes (None: delete the key), and the offset they make safe.
 
         Everything up to and including the returned offset is in the writes, so
-        the consumer may commit ``offset + 1`` once they are durable.
+        the consumer may commit ``offset + 1`` once they are durable. The series' states are
+        serialised as the writes are read (a worker yields to its event loop between them): read
+        them all before this processor takes anything else.
         """
-        p = self.partition
-        writes: list[tuple[str, bytes | None]] = [(key, None) for key in self._deleted_keys]
-        self._deleted_keys = []
-        for key in sorted(self._dirty):
-            series = self.series[key]
-            writes.append((f"{p}{SEP}h{SEP}{series.key}", orjson.dumps(series.header())))
+        deleted, self._deleted_keys = self._deleted_keys, []
+        dirty = [self.series[key] for key in sorted(self._dirty)]
         self._dirty.clear()
+        return self._checkpoint_writes(deleted, dirty), self.applied_offset
+
+    def _checkpoint_writes(self, deleted: list[str], dirty: list[Series]) -> Iterator[tuple[str, bytes | None]]:
+        p = self.partition
+        for key in deleted:
+            yield key, None
+        for series in dirty:
+            yield f"{p}{SEP}h{SEP}{series.key}", orjson.dumps(series.header())
+        writes: list[tuple[str, bytes | None]] = []
         for name, tracker in self.trackers.items():
             if not tracker.dirty:
                 continue
@@ -914,7 +955,7 @@ class PartitionProcessor:
                             for (service, metric), clock in sorted(self.idle_clocks.items())],
         }
         writes.append((f"{p}{SEP}c", orjson.dumps(partition_state)))
-        return writes, self.applied_offset
+        yield from writes
 
     @classmethod
     def restore(cls, partition: int, config: PipelineConfig, items, now: float) -> "PartitionProcessor":
