@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slostream.pipeline.alignment import READ_SLACK_S, Alignment, Progress, read_until_claim, written_by
-from slostream.pipeline.ownership import decode_forwarded, murmur2, owner_of
+from slostream.pipeline.ownership import MAX_FORWARD_SERIES, decode_forwarded, murmur2, owner_of
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
 from slostream.pipeline.rows import ELEMENTS_PER_RECORD
 from tests.pipeline_sim import Cluster
@@ -221,6 +221,17 @@ def test_outcome_and_id_travel_with_a_forward_only_when_some_measurement_has_the
             assert (outcomes, forwarded.ids) == ([-1, -1, -1], None)
         else:
             assert (outcomes, forwarded.ids) == ([1, -1, 0], ["req-1", None, None])
+
+
+def test_a_forward_holds_at_most_max_forward_series_series_and_every_measurement_arrives():
+    config = PipelineConfig(partitions=2)
+    cluster = Cluster(config, random.Random(5))
+    items = [{"service": f"svc-{i}", "metric": "m", "ok": True, "ts": T0 + t} for i in range(5000) for t in (1, 2)]
+    cluster.append(0, orjson.dumps(items))
+    cluster.step(0, 1)
+    forwards = [decode_forwarded(r.value) for log in cluster.logs for r in log[1 if log is cluster.logs[0] else 0:]]
+    assert len(forwards) > 2 and max(len(f.keys) for f in forwards) <= MAX_FORWARD_SERIES
+    assert sum(len(f.ts) // 8 for f in forwards) == len(items)
 
 
 def test_partitions_read_at_different_speeds_lose_nothing_from_records_spanning_more_than_the_grace():

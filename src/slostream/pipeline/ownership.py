@@ -32,9 +32,11 @@ FORWARD_HEADER = "slostream-forwarded-from"
 FORMAT_VERSION = 1
 # Forwarded records stay well under a broker's default 1 MB message limit.
 MAX_FORWARD_BYTES = 512 << 10
-# An owner applies a forwarded record at once: 2,000 measurements of sparse series (a window close
-# each) is about a quarter of a second with its event loop held.
-MAX_FORWARD_MEASUREMENTS = 2000
+# An owner applies a forwarded record at once, and its cost grows with the series in it (a bucket
+# opened and a window closed each): 2,000 series of sparse data are about a quarter of a second with
+# its event loop held. Dense series (many measurements each) are not cut by it. A series is counted
+# in the forward holding its first measurement of the batch.
+MAX_FORWARD_SERIES = 2000
 
 
 def murmur2(data: bytes) -> int:

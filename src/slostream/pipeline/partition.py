@@ -39,7 +39,7 @@ from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Aggregate, 
 from slostream.pipeline import rows
 from slostream.pipeline.alignment import (PROGRESS_HEADER, Alignment, decode_progress, encode_progress, note_time,
                                           progress_header, read_until_claim, written_by)
-from slostream.pipeline.ownership import (FORWARD_HEADER, MAX_FORWARD_BYTES, MAX_FORWARD_MEASUREMENTS, Owners, decode_forwarded,
+from slostream.pipeline.ownership import (FORWARD_HEADER, MAX_FORWARD_BYTES, MAX_FORWARD_SERIES, Owners, decode_forwarded,
                                           encode_forwarded, forward_header, header_partition)
 
 SEP = "\x1f"
@@ -364,8 +364,7 @@ class PartitionProcessor:
         the source records were written are explicit: the forwarded record's own timestamp is not
         the original's."""
         record_times = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
-        per_record = max(1, min(MAX_FORWARD_MEASUREMENTS,
-                                min(MAX_FORWARD_BYTES, self.config.max_record_bytes) // FORWARD_BYTES_PER_MEASUREMENT))
+        per_record = max(1, min(MAX_FORWARD_BYTES, self.config.max_record_bytes) // FORWARD_BYTES_PER_MEASUREMENT)
         label_keys = self.config.label_keys
         # Outcome and id are rare: each is read once for the batch, and sent only when present.
         outcomes = list(map(_OUTCOME, cols.measurements))
@@ -375,8 +374,15 @@ class PartitionProcessor:
         with_names = names.count(None) < len(names)
         for owner in np.unique(owners[routed]).tolist():
             every = np.flatnonzero(routed & (owners == owner))
-            for first in range(0, every.size, per_record):
-                idx = every[first:first + per_record]
+            opened = np.zeros(every.size, dtype=np.int64)
+            opened[np.unique(ids[every], return_index=True)[1]] = 1
+            series_seen = np.cumsum(opened)  # series first seen up to each measurement
+            first = 0
+            while first < every.size:
+                before = int(series_seen[first - 1]) if first else 0
+                stop = min(first + per_record, int(np.searchsorted(series_seen, before + MAX_FORWARD_SERIES, "right")))
+                idx = every[first:stop]
+                first = stop
                 used, local = np.unique(ids[idx], return_inverse=True)
                 table = [(keys[i][0], keys[i][1], list(keys[i][2]) if label_keys else []) for i in used.tolist()]
                 positions = record_offsets[cols.record[idx]] * rows.ELEMENTS_PER_RECORD + np.maximum(cols.position[idx], 0)
