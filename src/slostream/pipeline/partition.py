@@ -236,13 +236,14 @@ class PartitionProcessor:
         if not records:
             return
         record_offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
+        record_times = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
         origins = [header_partition(r.headers, FORWARD_HEADER) if r.headers else None for r in records]
         parts = []
         read_here = [i for i, origin in enumerate(origins) if origin is None]
         written = -np.inf  # when the data read here was written, for alignment
         if read_here:
-            parts += self._read(records, read_here, record_offsets, out)
-            written = written_by(max(records[i].timestamp for i in read_here), now)
+            parts += self._read(records, read_here, record_offsets, record_times, out)
+            written = written_by(float(record_times[read_here].max()), now)
         for i, origin in enumerate(origins):
             if origin is not None:
                 received, forwarded_written = self._receive(records[i], i, origin, out)
@@ -269,11 +270,7 @@ class PartitionProcessor:
         if aligned_until <= self._aligned_applied:
             return
         self._aligned_applied = aligned_until
-        waiting = list(self._awaiting.values())
-        for first in range(0, len(waiting), TICK_SLICE_SERIES):
-            out = Output()
-            self._advance(waiting[first:first + TICK_SLICE_SERIES], out, self.now, idle=False)
-            yield out
+        yield from self._advance_in_slices(list(self._awaiting.values()), self.now, idle=False)
 
     def _unreadable(self, record: SourceRecord, marked_as: str, exc: ValueError, out: Output) -> None:
         """Dead-letter a record whose header marks it as slostream's own but whose value is not."""
@@ -292,7 +289,7 @@ class PartitionProcessor:
         return out
 
     def _read(self, records: list[SourceRecord], chosen: list[int], record_offsets: np.ndarray,
-              out: Output) -> list[rows.Rows]:
+              record_times: np.ndarray, out: Output) -> list[rows.Rows]:
         """Decode the records read from producers; window what this partition takes directly and
         forward the rest to its owner.
 
@@ -318,7 +315,7 @@ class PartitionProcessor:
             owners = np.fromiter((self.owners(key[0]) for key in keys), dtype=np.int64, count=len(keys))[ids]
             direct = (owners == self.partition) & self._keyed_by_service(records, cols, ids, keys)
             if not direct.all():
-                self._forward(records, cols, record_offsets, owners, ~direct, ids, keys, out)
+                self._forward(cols, record_offsets, record_times, owners, ~direct, ids, keys, out)
                 cols = cols.select(direct)
                 if not len(cols):
                     return []
@@ -358,12 +355,11 @@ class PartitionProcessor:
         services = np.array([key[0] for key in series_keys], dtype=object)[ids]
         return keys[cols.record] == services
 
-    def _forward(self, records: list[SourceRecord], cols: Columns, record_offsets: np.ndarray, owners: np.ndarray,
+    def _forward(self, cols: Columns, record_offsets: np.ndarray, record_times: np.ndarray, owners: np.ndarray,
                  routed: np.ndarray, ids: np.ndarray, keys: list[tuple], out: Output) -> None:
         """Records of columns per owner (split when large), in source order. Event times and when
         the source records were written are explicit: the forwarded record's own timestamp is not
         the original's."""
-        record_times = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
         per_record = max(1, min(MAX_FORWARD_BYTES, self.config.max_record_bytes) // FORWARD_BYTES_PER_MEASUREMENT)
         label_keys = self.config.label_keys
         # Outcome and id are rare: each is read once for the batch, and sent only when present.
@@ -702,11 +698,7 @@ class PartitionProcessor:
         """``tick`` a slice of the series at a time (a worker yields to its event loop between
         them): read them all before this processor takes anything else."""
         self.now = now
-        held = list(self.series.values())
-        for first in range(0, len(held), TICK_SLICE_SERIES):
-            out = Output()
-            self._advance(held[first:first + TICK_SLICE_SERIES], out, now, idle=True)
-            yield out
+        yield from self._advance_in_slices(list(self.series.values()), now, idle=True)
         out = Output()
         self._advance_idle_clocks(now)
         self._evict_quiet(now, out)
@@ -714,6 +706,12 @@ class PartitionProcessor:
             self._evaluate(out, self._touched)
             self._last_evaluation = now
         yield out
+
+    def _advance_in_slices(self, series_list: list[Series], now: float, idle: bool) -> Iterator[Output]:
+        for first in range(0, len(series_list), TICK_SLICE_SERIES):
+            out = Output()
+            self._advance(series_list[first:first + TICK_SLICE_SERIES], out, now, idle)
+            yield out
 
     def _advance(self, series_list, out: Output, now: float, idle: bool) -> None:
         """Move the watermarks of ``series_list`` as far as alignment (and, with ``idle``, quiet)
