@@ -1,8 +1,9 @@
 import numpy as np
+import orjson
 import pytest
 from ddsketch import DDSketch
 
-from slostream.core.sketch import QuantileSketch
+from slostream.core.sketch import SPARSE_KEYS, QuantileSketch
 
 QS = (0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
 
@@ -40,6 +41,20 @@ def test_matches_reference_ddsketch():
         assert ours.quantile(q) == pytest.approx(reference.get_quantile_value(q), rel=0.0201)
 
 
+def test_small_positive_sketches_answer_exactly_as_ddsketch():
+    """Sketches of positive values only (every latency window) take a vectorised path: it must give
+    DDSketch's own bin values, not just values within the accuracy."""
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        values = rng.lognormal(rng.uniform(-3, 6), rng.uniform(0.05, 2), rng.integers(1, 200))
+        ours, reference = QuantileSketch(0.01), DDSketch(0.01)
+        ours.add_values(values)
+        for v in values:
+            reference.add(float(v))
+        expected = [reference.get_quantile_value(q) for q in (0.0, *QS, 1.0)]
+        assert ours.quantiles((0.0, *QS, 1.0)) == pytest.approx(expected, rel=1e-12)
+
+
 def test_merge_equals_sketch_of_union_and_is_order_free():
     values = _data("lognormal", 30_000)
     parts = np.array_split(values, 3)
@@ -54,6 +69,24 @@ def test_merge_equals_sketch_of_union_and_is_order_free():
     right.merge(_sketch(parts[1]))
     for q in QS:
         assert left.quantile(q) == whole.quantile(q) == right.quantile(q)
+
+
+@pytest.mark.parametrize("n", [1, 5, SPARSE_KEYS, SPARSE_KEYS + 1, 300])
+def test_sparse_and_binned_sketches_agree_through_merges_and_round_trips(n):
+    """Few positive values keep their keys; merges and state round trips, in any order and across
+    the switch to bins, answer as one sketch of all the values."""
+    values = np.random.default_rng(n).lognormal(3.0, 1.0, n)
+    whole = _sketch(values)
+    parts = [_sketch(part) for part in np.array_split(values, 3)]
+    for order in ((0, 1, 2), (2, 0, 1)):
+        merged = QuantileSketch.from_state(orjson.loads(orjson.dumps(parts[order[0]].to_state())))
+        for i in order[1:]:
+            merged.merge(QuantileSketch.from_state(orjson.loads(orjson.dumps(parts[i].to_state()))))
+        assert merged.count == n
+        assert merged.quantiles((0.0, *QS, 1.0)) == whole.quantiles((0.0, *QS, 1.0))
+    binned = _sketch(np.concatenate([values, [0.0]]))  # a zero turns a sketch into bins
+    binned.merge(whole)
+    assert binned.count == 2 * n + 1
 
 
 def test_state_round_trip_is_exact():

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slostream.core.sketch import QuantileSketch
-from slostream.core.tumbling import TumblingWindows
+from slostream.core.tumbling import Summaries, TumblingWindows
 from slostream.core.windows import SeriesWindows
 
 WIDTH = 10
@@ -78,6 +78,23 @@ def test_an_open_bucket_skips_offsets_it_holds():
     assert windows.close_until(60)[0].count == 8
 
 
+def test_the_replay_mark_spans_buckets_and_windows():
+    windows = TumblingWindows(WIDTH, {60: True})
+    assert windows.add(50, np.array([1.0, 2.0]), np.ones(2, dtype=np.int8), np.array([7, 8])) == 2
+    assert windows.add(60, np.array([3.0]), np.ones(1, dtype=np.int8), np.array([8])) == 0  # held in another window
+    assert windows.add(60, np.array([3.0]), np.ones(1, dtype=np.int8), np.array([9])) == 1
+
+
+def test_a_window_without_values_restores_its_empty_min_and_max():
+    """JSON has no infinity: a count-only window's empty min and max must not come back as NaN."""
+    windows = TumblingWindows(WIDTH, {60: True})
+    windows.add(0, np.array([np.nan]), np.ones(1, dtype=np.int8))
+    restored = TumblingWindows.from_state(orjson.loads(orjson.dumps(windows.to_state())), {60: True})
+    restored.add(10, np.array([5.0]), np.ones(1, dtype=np.int8))
+    done = restored.close_until(60)[0]
+    assert (done.count, done.min, done.max) == (2, 5.0, 5.0)
+
+
 def test_a_closed_bucket_refuses_measurements():
     windows = TumblingWindows(WIDTH, {60: True})
     windows.add(0, np.array([1.0]), np.array([1], dtype=np.int8))
@@ -114,7 +131,8 @@ def test_ring_state_migrates_to_the_same_windows():
     ring.close_until(290)  # 290..330 still open
     migrated = TumblingWindows.from_ring(SeriesWindows.from_state(orjson.loads(orjson.dumps(ring.to_state()))),
                                          {60: True, 300: False})
-    assert sorted(migrated.open) == [290, 300, 310, 320]
+    assert migrated.mark == 320 * 100 + 19  # the newest open bucket's mark
+    assert migrated.add(320, np.array([1.0]), np.ones(1, dtype=np.int8), np.array([320 * 100 + 19])) == 0
     done = migrated.close_until(360)
     assert [(a.start, a.end) for a in done] == [(240, 300), (0, 300), (300, 360)]
     for agg in done:
@@ -124,3 +142,30 @@ def test_ring_state_migrates_to_the_same_windows():
             direct = QuantileSketch()
             direct.add_values(values)
             assert agg.quantile(0.9) == pytest.approx(min(max(direct.quantile(0.9), values.min()), values.max()))
+
+
+def _sketch_state(values):
+    sketch = QuantileSketch()
+    sketch.add_values(np.array(values))
+    return sketch.to_state()
+
+
+def _stats(values, oks):
+    summaries = Summaries(np.array(values), np.array(oks, dtype=np.int8), [0, len(values)], 0.01)
+    return summaries.rows[0].tolist()
+
+
+def test_version_1_state_folds_its_open_buckets_into_the_windows():
+    """Version 1 kept open base buckets (each with a replay mark) apart from partial windows."""
+    v1 = {
+        "v": 1, "width": WIDTH, "accuracy": 0.01, "closed_until": 40,
+        "open": [[40, [_stats([4.0], [1]), _sketch_state([4.0]), 12]],
+                 [50, [_stats([5.0, 6.0], [0, 1]), _sketch_state([5.0, 6.0]), 15]]],
+        "partial": [[60, 0, [_stats([1.0, 2.0, 3.0], [1, 1, 1]), _sketch_state([1.0, 2.0, 3.0]), -1]],
+                    [300, 0, [_stats([1.0, 2.0, 3.0], [1, 1, 1]), None, -1]]],
+    }
+    windows = TumblingWindows.from_state(orjson.loads(orjson.dumps(v1)), {60: True, 300: False})
+    assert windows.mark == 15
+    done = windows.close_until(300)
+    assert [(a.start, a.end, a.count, a.errors) for a in done] == [(0, 60, 6, 1), (0, 300, 6, 1)]
+    assert done[0].quantile(1.0) == pytest.approx(6.0, rel=0.01) and done[1].sketch is None

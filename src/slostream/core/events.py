@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from typing import Any
 
@@ -15,6 +16,7 @@ def event_id(*parts: object) -> str:
     return digest[:32]
 
 
+@functools.lru_cache(maxsize=4096)  # every series' window ending at the same time shares it
 def rfc3339(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
 

@@ -3,7 +3,12 @@
 The bin layout and the quantile rule are DDSketch's (``ddsketch.LogarithmicMapping``
 and ``BaseDDSketch.get_quantile_value``); bins live in dense numpy arrays so a
 whole batch is inserted with one ``np.unique`` instead of one Python call per
-value, and the state is compact enough to keep one sketch per window bucket.
+value, and the state is compact enough to keep one sketch per window.
+
+A sketch of a few positive values (a sparse series' window: a handful of latencies) keeps just
+their keys, up to ``SPARSE_KEYS``: appending a key is cheaper than growing bins, and the quantile
+is the key at the same rank of the sorted keys, exactly what the bins would give. Past that, or
+at the first zero or negative value, it turns into bins.
 
 >>> s = QuantileSketch()
 >>> s.add_values(np.array([1.0, 2.0, 3.0, 4.0, 100.0]))
@@ -16,11 +21,14 @@ value, and the state is compact enough to keep one sketch per window bucket.
 from __future__ import annotations
 
 import functools
+import math
+from array import array
 
 import numpy as np
 from ddsketch.mapping import LogarithmicMapping
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the keys of a sparse sketch
+SPARSE_KEYS = 128  # a sketch keeps at most this many keys before it turns into bins
 SMALL_ADD = 16  # values added one by one (below numpy's per-call cost) when they fit the held bins
 
 
@@ -123,18 +131,21 @@ class _DenseBins:
 class QuantileSketch:
     """DDSketch-compatible sketch: relative accuracy ``relative_accuracy`` on every quantile."""
 
-    __slots__ = ("relative_accuracy", "max_bins", "_mapping", "_positive", "_negative", "zero_count")
+    __slots__ = ("relative_accuracy", "max_bins", "_mapping", "_keys", "_positive", "_negative", "zero_count")
 
     def __init__(self, relative_accuracy: float = 0.01, max_bins: int = 2048):
         self.relative_accuracy = relative_accuracy
         self.max_bins = max_bins
         self._mapping = _mapping(relative_accuracy)
+        self._keys: array | None = array("i")  # the keys of positive values while sparse; None once binned
         self._positive = _DenseBins()
         self._negative = _DenseBins()
         self.zero_count = 0.0
 
     @property
     def count(self) -> float:
+        if self._keys is not None:
+            return float(len(self._keys))
         return self._positive.total + self._negative.total + self.zero_count
 
     def keys_for(self, magnitudes: np.ndarray) -> np.ndarray:
@@ -153,8 +164,14 @@ class QuantileSketch:
 
     def add_keys(self, keys: np.ndarray) -> None:
         """Insert positive values given by their ``keys`` (``positive_keys``), one weight each."""
-        if keys.size:
-            self._positive.add(keys, None, self.max_bins)
+        if not keys.size:
+            return
+        if self._keys is not None:
+            if len(self._keys) + keys.size <= SPARSE_KEYS:
+                self._keys.extend(keys.tolist())
+                return
+            self._bin()
+        self._positive.add(keys, None, self.max_bins)
 
     def add_values(self, values: np.ndarray) -> None:
         """Insert finite values (one weight each)."""
@@ -162,15 +179,30 @@ class QuantileSketch:
             return
         floor = self._mapping.min_possible
         positive = values[values > floor]
+        if positive.size == values.size:
+            self.add_keys(self.keys_for(positive))
+            return
+        self._bin()
         negative = -values[values < -floor]
         self.zero_count += float(values.size - positive.size - negative.size)
         for bins, magnitudes in ((self._positive, positive), (self._negative, negative)):
             if magnitudes.size:
                 bins.add(self.keys_for(magnitudes), None, self.max_bins)
 
+    def _bin(self) -> None:
+        """Turn the sparse keys into bins (no-op once binned)."""
+        if self._keys is not None:
+            keys, self._keys = self._keys, None
+            if keys:
+                self._positive.add(np.frombuffer(keys, dtype=np.int32).astype(np.int64), None, self.max_bins)
+
     def merge(self, other: "QuantileSketch") -> None:
         if other.relative_accuracy != self.relative_accuracy:
             raise ValueError("cannot merge sketches with different relative accuracy")
+        if other._keys is not None:
+            self.add_keys(np.frombuffer(other._keys, dtype=np.int32))
+            return
+        self._bin()
         self._positive.merge(other._positive, self.max_bins)
         self._negative.merge(other._negative, self.max_bins)
         self.zero_count += other.zero_count
@@ -181,6 +213,17 @@ class QuantileSketch:
 
     def quantiles(self, qs) -> list[float | None]:
         """``quantile`` of each of ``qs``, sharing one pass over the bins."""
+        if self._keys is not None:
+            return self._sparse_quantiles(qs)
+        positive = self._positive.counts
+        if self._negative.counts is None and not self.zero_count and positive is not None and \
+                all(0.0 <= q <= 1.0 for q in qs):
+            # Only positive values (every latency): one search and one vectorised key-to-value map.
+            cumulative = np.cumsum(positive)
+            index = np.searchsorted(cumulative, np.asarray(qs) * (cumulative[-1] - 1), side="right")
+            keys = self._positive.offset + np.minimum(index, len(positive) - 1)
+            mapping = self._mapping
+            return (np.power(2.0, (keys - mapping._offset) / mapping._multiplier) * (2.0 / (1 + mapping.gamma))).tolist()
         total = self.count
         negatives = self._negative.total
         found: list[float | None] = []
@@ -208,30 +251,46 @@ class QuantileSketch:
                 found[position] = self._mapping.value(bins.offset + min(i, last))
         return found
 
+    def _sparse_quantiles(self, qs) -> list[float | None]:
+        """The bins' rule on the sorted keys: the bin whose running count first passes rank
+        ``q * (n - 1)`` holds the element at index ``floor(rank)``."""
+        n = len(self._keys)
+        if not n:
+            return [None] * len(qs)
+        ordered = sorted(self._keys)
+        mapping = self._mapping
+        scale, offset, factor = 1.0 / mapping._multiplier, mapping._offset, 2.0 / (1 + mapping.gamma)
+        return [math.pow(2.0, (ordered[int(q * (n - 1))] - offset) * scale) * factor if 0.0 <= q <= 1.0 else None
+                for q in qs]
+
     def copy(self) -> "QuantileSketch":
         sketch = QuantileSketch(self.relative_accuracy, self.max_bins)
+        sketch._keys = None if self._keys is None else array("i", self._keys)
         sketch._positive, sketch._negative = self._positive.copy(), self._negative.copy()
         sketch.zero_count = self.zero_count
         return sketch
 
     def nbytes(self) -> int:
-        return self._positive.nbytes() + self._negative.nbytes() + 64
+        keys = 0 if self._keys is None else 64 + self._keys.buffer_info()[1] * self._keys.itemsize
+        return keys + self._positive.nbytes() + self._negative.nbytes() + 64
 
     def to_state(self) -> dict:
-        return {
-            "v": STATE_VERSION,
-            "accuracy": self.relative_accuracy,
-            "max_bins": self.max_bins,
-            "pos": self._positive.to_state(),
-            "neg": self._negative.to_state(),
-            "zero": self.zero_count,
-        }
+        state = {"v": STATE_VERSION, "accuracy": self.relative_accuracy, "max_bins": self.max_bins}
+        if self._keys is not None:
+            state["keys"] = self._keys.tolist()
+            return state
+        state.update(pos=self._positive.to_state(), neg=self._negative.to_state(), zero=self.zero_count)
+        return state
 
     @classmethod
     def from_state(cls, state: dict) -> "QuantileSketch":
-        if state.get("v") != STATE_VERSION:
+        if state.get("v") not in (1, STATE_VERSION):
             raise ValueError(f"unsupported sketch state version {state.get('v')!r}")
         sketch = cls(state["accuracy"], state["max_bins"])
+        if "keys" in state:
+            sketch._keys.extend(state["keys"])
+            return sketch
+        sketch._keys = None  # version 1 was always binned
         sketch._positive = _DenseBins.from_state(state["pos"])
         sketch._negative = _DenseBins.from_state(state["neg"])
         sketch.zero_count = float(state["zero"])

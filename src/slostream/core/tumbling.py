@@ -1,17 +1,15 @@
 """Tumbling SLI windows of one series, holding only what their readers still need.
 
-Measurements land in open base buckets (``width`` seconds). When the series' watermark passes a
-base bucket's end the bucket *closes*: it is folded into one partial window per length that
-something reads (the SLI report window; each policy's window) and dropped. A partial window whose
-end the closed horizon has passed is complete: ``close_until`` hands it out and forgets it.
+Measurements go straight into the open window of each length that something reads (the SLI report
+window; each policy's window), so a sparse series keeps one row and one sketch per length, not one
+per base bucket. Lateness is still judged per base bucket (``width`` seconds): once the series'
+watermark passes a base bucket's end the bucket is *closed* and takes nothing more, and a window
+whose end that closed horizon has passed is complete: ``close_until`` hands it out and forgets it.
+Quantile sketches are kept only for lengths whose readers ask for quantiles.
 
-So a series holds its open buckets and one partial window per length (more only while its clock
-jumps), whatever the SLO trackers keep: a busy latency series costs a few sketches, not a month of
-buckets. Quantile sketches are kept only for lengths whose readers ask for quantiles.
-
-Open buckets carry a replay mark (the newest source offset they hold), so a log replayed after a
-crash adds nothing twice to them. The whole state is small, so it is persisted as one piece per
-series: a crash between two series' checkpoints never leaves one series half-written.
+The series carries one replay mark, the newest source mark it applied. Its state is persisted as
+one piece, always as of a prefix of its log, so after a crash every replayed measurement at or below
+the mark is held already and is skipped (the pipeline drops them for a whole batch at once).
 
 >>> w = TumblingWindows(10, {60: True})
 >>> w.add(0, np.array([1.0, 2.0, 3.0]), np.array([1, 1, 0], dtype=np.int8))
@@ -32,31 +30,31 @@ from .sketch import QuantileSketch
 from .windows import COUNT, MAX, MIN, N_STATS, OK, OK_KNOWN, SUM, VALUES, Aggregate, SeriesWindows, bucket_start, \
     empty_stats, merge_stats_into
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
-class _Bucket:
-    """Stats row and optional sketch of an open bucket or a partial window; an open bucket's replay mark."""
+def _stats_from_state(stats: list) -> np.ndarray:
+    """A stats row from JSON, which has no infinity: an empty min and max come back as null."""
+    row = np.asarray(stats, dtype=np.float64)
+    if np.isnan(row[MIN]):
+        row[MIN] = np.inf
+    if np.isnan(row[MAX]):
+        row[MAX] = -np.inf
+    return row
 
-    __slots__ = ("stats", "sketch", "mark")
 
-    def __init__(self, stats: np.ndarray, sketch: QuantileSketch | None, mark: int):
+class _Window:
+    """Stats row and optional quantile sketch of an open window."""
+
+    __slots__ = ("stats", "sketch")
+
+    def __init__(self, stats: np.ndarray, sketch: QuantileSketch | None):
         self.stats = stats
         self.sketch = sketch
-        self.mark = mark
-
-    def to_state(self) -> list:
-        return [self.stats.tolist(), None if self.sketch is None else self.sketch.to_state(), self.mark]
-
-    @classmethod
-    def from_state(cls, state: list) -> "_Bucket":
-        stats, sketch, mark = state
-        return cls(np.asarray(stats, dtype=np.float64), None if sketch is None else QuantileSketch.from_state(sketch),
-                   int(mark))
 
     def nbytes(self) -> int:
         # The row's data and array header, the slots object, and the sketch.
-        return self.stats.nbytes + 112 + 64 + (0 if self.sketch is None else self.sketch.nbytes())
+        return self.stats.nbytes + 112 + 56 + (0 if self.sketch is None else self.sketch.nbytes())
 
 
 class Summaries:
@@ -89,11 +87,11 @@ class Summaries:
 
 
 class TumblingWindows:
-    """Open base buckets and partial tumbling windows of one series.
+    """Open tumbling windows of one series, one set per length read.
 
     ``lengths`` maps each window length read (a multiple of ``width``) to whether its readers need
-    quantiles. ``add`` feeds open buckets; ``close_until`` closes what a watermark passed and
-    returns the windows it completed.
+    quantiles. ``add_run`` feeds the open windows; ``close_until`` closes what a watermark passed
+    and returns the windows it completed.
     """
 
     def __init__(self, width: int, lengths: Mapping[int, bool], relative_accuracy: float = 0.01):
@@ -104,59 +102,54 @@ class TumblingWindows:
         self.lengths = dict(sorted(lengths.items()))
         self.relative_accuracy = relative_accuracy
         self.closed_until = 0
-        self.open: dict[int, _Bucket] = {}  # base bucket start -> bucket
-        self.partial: dict[int, dict[int, _Bucket]] = {length: {} for length in self.lengths}
-        # The bucket is dropped after its fold: the last length to take its sketch may take it whole.
-        self._last_with_quantiles = max((n for n, quantiles in self.lengths.items() if quantiles), default=None)
+        self.mark = -1  # newest replay mark applied
+        self.open: dict[int, dict[int, _Window]] = {length: {} for length in self.lengths}
+        self.due = np.inf  # the earliest end of an open window: no close completes anything before it
 
     def add(self, start: int, values: np.ndarray, oks: np.ndarray, offsets: np.ndarray | None = None) -> int:
-        """Add the measurements of the open base bucket at ``start``; return how many were new.
+        """Add measurements of the base bucket at ``start``; return how many were new.
 
         ``values`` holds NaN where a measurement had no value; ``oks`` holds 1, 0, or -1 where a
-        measurement had no ``ok``. With ``offsets`` (replay marks, ascending), measurements the
-        bucket already holds are skipped.
+        measurement had no ``ok``. With ``offsets`` (replay marks, ascending), measurements at or
+        below the series' mark are held already and skipped.
         """
-        bucket = self._open_bucket(start)
-        if offsets is not None and offsets.size and bucket.mark >= offsets[0]:
-            fresh = offsets > bucket.mark
+        if offsets is not None:
+            fresh = offsets > self.mark
             offsets, values, oks = offsets[fresh], values[fresh], oks[fresh]
         if not values.size:
             return 0
-        self._merge_run(bucket, Summaries(values, oks, [0, values.size], self.relative_accuracy), 0, 0, values)
+        self.add_run(start, Summaries(values, oks, [0, values.size], self.relative_accuracy), 0, 0, values)
         if offsets is not None:
-            bucket.mark = max(bucket.mark, int(offsets[-1]))
+            self.mark = max(self.mark, int(offsets[-1]))
         return int(values.size)
 
-    def add_run(self, start: int, summaries: Summaries, run: int, a: int, b: int, values: np.ndarray,
-                oks: np.ndarray, offsets: np.ndarray) -> int:
-        """``add`` of the elements [a, b) of a batch, which form run ``run`` of ``summaries``."""
-        bucket = self.open.get(start)
-        if bucket is not None and bucket.mark >= offsets[a]:  # a replay: ``add`` drops what is held
-            return self.add(start, values[a:b], oks[a:b], offsets[a:b])
-        bucket = self._open_bucket(start)
-        self._merge_run(bucket, summaries, run, a, values[a:b])
-        bucket.mark = max(bucket.mark, int(offsets[b - 1]))
-        return b - a
-
-    def _open_bucket(self, start: int) -> _Bucket:
+    def add_run(self, start: int, summaries: Summaries, run: int, a: int, values: np.ndarray) -> None:
+        """Add run ``run`` of ``summaries``, the batch's ``values`` from index ``a``, all in the base
+        bucket at ``start``. Replays are the caller's to drop (``mark``)."""
         if start < self.closed_until:
             raise ValueError(f"bucket {start} is closed (closed until {self.closed_until})")
-        bucket = self.open.get(start)
-        if bucket is None:
-            bucket = self.open[start] = _Bucket(empty_stats(), None, -1)
-        return bucket
+        row = summaries.rows[run]
+        sketched = row[VALUES] > 0
+        for length, quantiles in self.lengths.items():
+            window = self._window_at(length, start)
+            merge_stats_into(window.stats, row)
+            if quantiles and sketched:
+                if window.sketch is None:
+                    window.sketch = QuantileSketch(self.relative_accuracy)
+                if summaries.positive[run]:
+                    window.sketch.add_keys(summaries.keys[a:a + values.size])
+                else:
+                    window.sketch.add_values(values[~np.isnan(values)])
 
-    def _merge_run(self, bucket: _Bucket, summaries: Summaries, run: int, a: int, values: np.ndarray) -> None:
-        """Merge run ``run`` of ``summaries`` (its ``values``, the batch's from index ``a``) into ``bucket``."""
-        merge_stats_into(bucket.stats, summaries.rows[run])
-        if not summaries.rows[run, VALUES]:
-            return
-        if bucket.sketch is None:
-            bucket.sketch = QuantileSketch(self.relative_accuracy)
-        if summaries.positive[run]:
-            bucket.sketch.add_keys(summaries.keys[a:a + values.size])
-        else:
-            bucket.sketch.add_values(values[~np.isnan(values)])
+    def _window_at(self, length: int, start: int) -> _Window:
+        """The open window of ``length`` holding the base bucket at ``start``, made if new."""
+        windows = self.open[length]
+        window_start = start - start % length
+        window = windows.get(window_start)
+        if window is None:
+            window = windows[window_start] = _Window(empty_stats(), None)
+            self.due = min(self.due, window_start + length)
+        return window
 
     def close_until(self, watermark: float) -> list[Aggregate]:
         """Close the base buckets ending at or before ``watermark``; return the windows completed,
@@ -164,39 +157,41 @@ class TumblingWindows:
         horizon = bucket_start(watermark, self.width)
         if horizon <= self.closed_until:
             return []
-        for start in sorted(s for s in self.open if s < horizon):
-            self._fold(start, self.open.pop(start))
         self.closed_until = horizon
+        if horizon < self.due:
+            return []
         completed = []
-        for length, windows in self.partial.items():
+        for length, windows in self.open.items():
             for start in sorted(s for s in windows if s + length <= horizon):
                 window = windows.pop(start)
                 completed.append(Aggregate(start, start + length, window.stats, window.sketch))
-        completed.sort(key=lambda agg: (agg.end, agg.end - agg.start))
+        if len(self.open) > 1:
+            completed.sort(key=lambda agg: (agg.end, agg.end - agg.start))
+        self._find_due()
         return completed
 
-    def _fold(self, start: int, bucket: _Bucket) -> None:
-        for length, quantiles in self.lengths.items():
-            window_start = bucket_start(start, length)
-            window = self.partial[length].get(window_start)
-            if window is None:
-                window = self.partial[length][window_start] = _Bucket(empty_stats(), None, -1)
-            merge_stats_into(window.stats, bucket.stats)
-            if quantiles and bucket.sketch is not None:
-                if window.sketch is None:
-                    window.sketch = bucket.sketch if length == self._last_with_quantiles else bucket.sketch.copy()
-                else:
-                    window.sketch.merge(bucket.sketch)
+    def _find_due(self) -> None:
+        self.due = min((start + length for length, windows in self.open.items() for start in windows),
+                       default=np.inf)
 
     def is_empty(self) -> bool:
-        """Nothing open and nothing partial: every measurement has been handed out."""
-        return not self.open and not any(self.partial.values())
+        """No open window: every measurement has been handed out."""
+        return not any(self.open.values())
 
     def pending_count(self, length: int) -> int:
-        """Measurements not yet handed out in a complete window of ``length``: in open buckets, and in
-        that length's partial windows."""
-        buckets = [*self.open.values(), *self.partial[length].values()]
-        return int(sum(bucket.stats[COUNT] for bucket in buckets))
+        """Measurements not yet handed out in a complete window of ``length``."""
+        return int(sum(window.stats[COUNT] for window in self.open[length].values()))
+
+    def _merge_bucket(self, start: int, stats: np.ndarray, sketch: QuantileSketch | None) -> None:
+        """Fold a whole base bucket (persisted by an older state) into the windows holding it."""
+        for length, quantiles in self.lengths.items():
+            window = self._window_at(length, start)
+            merge_stats_into(window.stats, stats)
+            if quantiles and sketch is not None:
+                if window.sketch is None:
+                    window.sketch = sketch.copy()
+                else:
+                    window.sketch.merge(sketch)
 
     # --- state ------------------------------------------------------------
 
@@ -206,43 +201,67 @@ class TumblingWindows:
             "width": self.width,
             "accuracy": self.relative_accuracy,
             "closed_until": self.closed_until,
-            "open": [[start, bucket.to_state()] for start, bucket in sorted(self.open.items())],
-            "partial": [[length, start, window.to_state()] for length, windows in self.partial.items()
-                        for start, window in sorted(windows.items())],
+            "mark": self.mark,
+            "open": [[length, start, window.stats.tolist(), None if window.sketch is None else window.sketch.to_state()]
+                     for length, windows in self.open.items() for start, window in sorted(windows.items())],
         }
 
     @classmethod
     def from_state(cls, state: dict, lengths: Mapping[int, bool]) -> "TumblingWindows":
-        """Rebuilt for the window lengths read now: partial windows of a length no longer read are
-        dropped, a length read for the first time starts empty."""
-        if state.get("v") != STATE_VERSION:
-            raise ValueError(f"unsupported tumbling window state version {state.get('v')!r}")
+        """Rebuilt for the window lengths read now: windows of a length no longer read are dropped,
+        a length read for the first time starts empty (so does a window not needing quantiles any
+        more lose its sketch)."""
+        version = state.get("v")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"unsupported tumbling window state version {version!r}")
         windows = cls(state["width"], lengths, state["accuracy"])
         windows.closed_until = state["closed_until"]
-        windows.open = {int(start): _Bucket.from_state(bucket) for start, bucket in state["open"]}
-        for length, start, window in state["partial"]:
-            if length in windows.partial:
-                windows.partial[length][int(start)] = _Bucket.from_state(window)
+        if version == 1:
+            windows._restore_v1(state)
+        else:
+            windows.mark = int(state["mark"])
+            for length, start, stats, sketch in state["open"]:
+                if length in windows.open:
+                    windows.open[length][int(start)] = _Window(
+                        _stats_from_state(stats),
+                        QuantileSketch.from_state(sketch) if sketch is not None and windows.lengths[length] else None)
+        windows._find_due()
         return windows
+
+    def _restore_v1(self, state: dict) -> None:
+        """Version 1 kept open base buckets, each with its replay mark, apart from partial windows:
+        the buckets fold into the windows, the newest bucket mark is the series' mark (the state
+        was a prefix of the log, so it holds everything up to it)."""
+        for length, start, (stats, sketch, _) in state["partial"]:
+            if length in self.open:
+                self.open[length][int(start)] = _Window(
+                    _stats_from_state(stats),
+                    QuantileSketch.from_state(sketch) if sketch is not None and self.lengths[length] else None)
+        for start, (stats, sketch, mark) in state["open"]:
+            self._merge_bucket(int(start), _stats_from_state(stats),
+                               None if sketch is None else QuantileSketch.from_state(sketch))
+            self.mark = max(self.mark, int(mark))
 
     @classmethod
     def from_ring(cls, ring: SeriesWindows, lengths: Mapping[int, bool]) -> "TumblingWindows":
-        """A series persisted as multi-level ring buckets (before tumbling windows): its open base
-        buckets, and the closed part of each window not complete yet."""
+        """A series persisted as multi-level ring buckets (before tumbling windows): the closed part
+        of each window not complete yet, and its open base buckets."""
         windows = cls(ring.base_width, lengths, ring.relative_accuracy)
         closed = windows.closed_until = ring.closed_until
-        base = ring.levels[0]
-        for start in sorted(ring.open_starts):
-            stats, sketch = base.bucket(start)
-            windows.open[start] = _Bucket(stats.copy(), sketch, int(base.marks[base.slot_of(start)]))
         for length, quantiles in windows.lengths.items():
             start = bucket_start(closed, length)
             if start < closed:
                 agg = ring.aggregate(start, closed, with_sketch=quantiles)
                 if agg.count:
-                    windows.partial[length][start] = _Bucket(agg.stats, agg.sketch, -1)
+                    windows.open[length][start] = _Window(agg.stats, agg.sketch)
+        base = ring.levels[0]
+        for start in sorted(ring.open_starts):
+            stats, sketch = base.bucket(start)
+            windows._merge_bucket(start, stats, sketch)
+            windows.mark = max(windows.mark, int(base.marks[base.slot_of(start)]))
+        windows._find_due()
         return windows
 
     def nbytes(self) -> int:
-        buckets = [*self.open.values(), *(w for windows in self.partial.values() for w in windows.values())]
-        return sum(bucket.nbytes() for bucket in buckets) + 64 * (len(self.open) + len(self.partial))
+        return sum(window.nbytes() for windows in self.open.values() for window in windows.values()) + \
+            64 * len(self.open)

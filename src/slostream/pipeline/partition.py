@@ -398,9 +398,12 @@ class PartitionProcessor:
         ids, keys = batch.ids, batch.keys
         known = [self.series.get(key) for key in keys]
         before, after, newest = self._marks(ids, known, batch.ts, written)
+        # Held already (the source replayed after a crash): skipped before lateness is judged.
+        replayed = batch.marks <= np.array([-1 if s is None else s.windows.mark for s in known], dtype=np.int64)[ids]
+        out.skipped_replay += int(replayed.sum())
         with np.errstate(invalid="ignore"):
             horizon = np.floor(before / width) * width
-        late = batch.ts < horizon
+        late = (batch.ts < horizon) & ~replayed
         for i in np.flatnonzero(late).tolist():
             element = batch.element(i)
             rejection = Rejection(
@@ -417,7 +420,7 @@ class PartitionProcessor:
         for start, stop, crossings in self._slices(ids, keys, batch.ts):
             for key, slo_now in crossings:  # this SLO's clock enters a new bucket: judge the one before
                 self._evaluate(out, [t.slo.name for t in self._trackers_of(key)], slo_now)
-            accepted = np.flatnonzero(~late[start:stop]) + start
+            accepted = np.flatnonzero(~(late[start:stop] | replayed[start:stop])) + start
             if accepted.size:
                 self._ingest(accepted, batch, after, out, now, written)
 
@@ -516,31 +519,36 @@ class PartitionProcessor:
         newest = np.maximum.reduceat(batch.ts[idx], bounds[:-1])
         summaries = Summaries(values, oks, bounds, self.config.relative_accuracy)
         group_marks = np.maximum.reduceat(marks_after[idx], bounds[:-1])
+        group_replay_marks = np.maximum.reduceat(run_offsets, bounds[:-1])
         # The watermark each series will have after this part: buckets below it (and below the one
         # being added) hold everything of this part they will ever hold, so they close as the run
         # goes. A backlog of hours then never laps the base ring with open buckets.
         series_max: dict[int, float] = {}
         series_mark: dict[int, float] = {}
+        series_replay_mark: dict[int, int] = {}
         group_series = sids[bounds[:-1]]
-        for sid, top, mark in zip(group_series.tolist(), newest.tolist(), group_marks.tolist()):
+        for sid, top, mark, replay_mark in zip(group_series.tolist(), newest.tolist(), group_marks.tolist(),
+                                               group_replay_marks.tolist()):
             series_max[sid] = max(series_max.get(sid, -np.inf), top)
             series_mark[sid] = max(series_mark.get(sid, -np.inf), mark)
+            series_replay_mark[sid] = max(series_replay_mark.get(sid, -1), replay_mark)
         tallies: dict[GoodRule, Tally] = {}  # each SLO rule judges the whole part once
-        added = 0
         slo_members: dict[str, list[np.ndarray]] = {}
         touched: list[tuple[int, Series]] = []
-        for number, (a, b) in enumerate(zip(bounds, bounds[1:])):
-            sid = int(group_series[number])
-            series = series_of[sid]
-            start = int(starts[a])
-            if a == 0 or group_series[number - 1] != sid:
+        previous = None
+        for number, (sid, start, a, b) in enumerate(zip(group_series.tolist(), starts[bounds[:-1]].tolist(), bounds,
+                                                        bounds[1:])):
+            if sid != previous:
+                previous = sid
+                series = series_of[sid]
+                windows = series.windows
                 touched.append((sid, series))
                 series.last_activity = now
+                self._dirty.add(series.ident)
                 target = max(series.watermark, series_mark[sid])
-            if start > series.windows.closed_until and target > series.windows.closed_until:
+            if start > windows.closed_until and target > windows.closed_until:
                 self._close_series(series, min(start, target), out)
-            added += series.windows.add_run(start, summaries, number, a, b, values, oks, run_offsets)
-            self._dirty.add(series.ident)
+            windows.add_run(start, summaries, number, a, values[a:b])
             for tracker in series.trackers:
                 if tracker.sources == 1:
                     self._close_slo_before(tracker, start, target)
@@ -551,12 +559,12 @@ class PartitionProcessor:
                     self._touched.add(tracker.slo.name)
                 else:
                     slo_members.setdefault(tracker.slo.name, []).append(idx[a:b])
-        out.accepted += added
-        out.skipped_replay += len(idx) - added
+        out.accepted += len(idx)
         slo_keys = set()
         aligning = self.config.partitions > 1
         for sid, series in touched:
             series.max_ts = max(series.max_ts, series_max[sid])
+            series.windows.mark = max(series.windows.mark, series_replay_mark[sid])
             if aligning:
                 self._note_read(series, written)
             series.watermark = max(series.watermark, series_mark[sid])
