@@ -546,7 +546,7 @@ class PartitionProcessor:
                 series.last_activity = now
                 self._dirty.add(series.ident)
                 target = max(series.watermark, series_mark[sid])
-            if start > windows.closed_until and target > windows.closed_until:
+            if start >= windows.due and target >= windows.due:  # a window ends before this bucket: close it first
                 self._close_series(series, min(start, target), out)
             windows.add_run(start, summaries, number, a, values[a:b])
             for tracker in series.trackers:
