@@ -518,20 +518,16 @@ class PartitionProcessor:
         values, oks, run_offsets = batch.values[idx], batch.oks[idx], batch.marks[idx]
         newest = np.maximum.reduceat(batch.ts[idx], bounds[:-1])
         summaries = Summaries(values, oks, bounds, self.config.relative_accuracy)
-        group_marks = np.maximum.reduceat(marks_after[idx], bounds[:-1])
-        group_replay_marks = np.maximum.reduceat(run_offsets, bounds[:-1])
-        # The watermark each series will have after this part: buckets below it (and below the one
-        # being added) hold everything of this part they will ever hold, so they close as the run
-        # goes. A backlog of hours then never laps the base ring with open buckets.
-        series_max: dict[int, float] = {}
-        series_mark: dict[int, float] = {}
-        series_replay_mark: dict[int, int] = {}
+        # Per series of this part: its newest event time, the watermark it will have after the part
+        # (buckets below it, and below the one being added, hold everything of this part they will
+        # ever hold, so they close as the run goes: a backlog of hours never keeps hours of windows
+        # open), and its newest replay mark.
+        series_firsts = [0, *(np.flatnonzero(np.diff(sids)) + 1).tolist()]
+        series_ids = sids[series_firsts].tolist()
+        series_max = dict(zip(series_ids, np.maximum.reduceat(batch.ts[idx], series_firsts).tolist()))
+        series_mark = dict(zip(series_ids, np.maximum.reduceat(marks_after[idx], series_firsts).tolist()))
+        series_replay_mark = dict(zip(series_ids, np.maximum.reduceat(run_offsets, series_firsts).tolist()))
         group_series = sids[bounds[:-1]]
-        for sid, top, mark, replay_mark in zip(group_series.tolist(), newest.tolist(), group_marks.tolist(),
-                                               group_replay_marks.tolist()):
-            series_max[sid] = max(series_max.get(sid, -np.inf), top)
-            series_mark[sid] = max(series_mark.get(sid, -np.inf), mark)
-            series_replay_mark[sid] = max(series_replay_mark.get(sid, -1), replay_mark)
         tallies: dict[GoodRule, Tally] = {}  # each SLO rule judges the whole part once
         slo_members: dict[str, list[np.ndarray]] = {}
         touched: list[tuple[int, Series]] = []
