@@ -35,6 +35,15 @@ def test_errors_name_file_field_and_fix(tmp_path, yaml_text, field, fix):
     assert str(path) in message and f"'{field}'" in message and fix in message and "Fix:" in message
 
 
+def test_future_skew_is_not_bounded_by_any_bucket_retention(tmp_path):
+    """SLI quantiles come from each window's own sketch, so producers whose clocks run an hour ahead
+    (and the longest grace) are a valid configuration."""
+    path = tmp_path / "skew.yaml"
+    path.write_text("max_future_skew_s: 3600\ngrace_s: 300\nreport_window_s: 300\n")
+    s = load_settings(str(path), {}, {})
+    assert (s.max_future_skew_s, s.grace_s, s.report_window_s) == (3600.0, 300.0, 300)
+
+
 def test_unknown_environment_variable_is_an_error():
     with pytest.raises(ConfigError, match="SLOSTREAM_PARTITONS.*did you mean 'partitions'"):
         load_settings(None, {"SLOSTREAM_PARTITONS": "2"}, {})

@@ -236,13 +236,6 @@ def validate(s: Settings) -> None:
         fail("report_window_s", f"is {s.report_window_s} (bucket_s is {s.bucket_s})")
     if not 0 <= s.grace_s <= 300:
         fail("grace_s", f"is {s.grace_s}")
-    base = s.resolutions[0]
-    sketch_retention = base.width * base.kept_sketches
-    if s.grace_s + s.report_window_s + s.max_future_skew_s >= sketch_retention:
-        raise ConfigError(
-            f"{where}: grace_s + report_window_s + max_future_skew_s must stay below the {sketch_retention}s "
-            f"for which base buckets keep quantile sketches. Fix: lower max_future_skew_s or grace_s."
-        )
     for name in ("idle_after_s", "checkpoint_interval_s", "tick_interval_s", "max_future_skew_s",
                  "rebalance_timeout_s", "series_ttl_s"):
         if getattr(s, name) <= 0:
