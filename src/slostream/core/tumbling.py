@@ -221,22 +221,24 @@ class TumblingWindows:
         else:
             windows.mark = int(state["mark"])
             for length, start, stats, sketch in state["open"]:
-                if length in windows.open:
-                    windows.open[length][int(start)] = _Window(
-                        _stats_from_state(stats),
-                        QuantileSketch.from_state(sketch) if sketch is not None and windows.lengths[length] else None)
+                windows._restore_window(length, start, stats, sketch)
         windows._find_due()
         return windows
+
+    def _restore_window(self, length: int, start: int, stats: list, sketch: dict | None) -> None:
+        """An open window from its state: dropped if its length is no longer read, its sketch
+        dropped if no reader of the length needs quantiles any more."""
+        if length in self.open:
+            self.open[length][int(start)] = _Window(
+                _stats_from_state(stats),
+                QuantileSketch.from_state(sketch) if sketch is not None and self.lengths[length] else None)
 
     def _restore_v1(self, state: dict) -> None:
         """Version 1 kept open base buckets, each with its replay mark, apart from partial windows:
         the buckets fold into the windows, the newest bucket mark is the series' mark (the state
         was a prefix of the log, so it holds everything up to it)."""
         for length, start, (stats, sketch, _) in state["partial"]:
-            if length in self.open:
-                self.open[length][int(start)] = _Window(
-                    _stats_from_state(stats),
-                    QuantileSketch.from_state(sketch) if sketch is not None and self.lengths[length] else None)
+            self._restore_window(length, start, stats, sketch)
         for start, (stats, sketch, mark) in state["open"]:
             self._merge_bucket(int(start), _stats_from_state(stats),
                                None if sketch is None else QuantileSketch.from_state(sketch))

@@ -35,7 +35,7 @@ from slostream.core.measurement import Reason, Rejection
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.sinks import AlertSinks
 from slostream.io import end_offsets, undecodable
-from slostream.pipeline.ownership import FORWARD_HEADER
+from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
 from slostream.pipeline.partition import (Output, PartitionProcessor, PipelineConfig, SourceRecord, deadletter_event,
                                           fence_key)
 
@@ -509,7 +509,7 @@ class Slicer:
         start = size = 0
         kind = False
         for index, record in enumerate(batch):
-            forwarded = any(name == FORWARD_HEADER for name, _ in record.headers or ())
+            forwarded = header_partition(record.headers, FORWARD_HEADER) is not None  # as the pipeline reads it
             if index > start and forwarded != kind:
                 yield kind, batch[start:index]
                 start, size = index, 0

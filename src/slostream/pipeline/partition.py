@@ -515,8 +515,8 @@ class PartitionProcessor:
         sids, starts, idx = sids[order], starts[order], idx[order]
         bounds = [0, *(np.flatnonzero((np.diff(sids) != 0) | (np.diff(starts) != 0)) + 1).tolist(), len(idx)]
         # In (series, bucket, offset) order every group is a contiguous run, read through views.
-        values, oks, run_offsets = batch.values[idx], batch.oks[idx], batch.marks[idx]
-        newest = np.maximum.reduceat(batch.ts[idx], bounds[:-1])
+        values, oks, run_offsets, ts = batch.values[idx], batch.oks[idx], batch.marks[idx], batch.ts[idx]
+        newest = np.maximum.reduceat(ts, bounds[:-1])
         summaries = Summaries(values, oks, bounds, self.config.relative_accuracy)
         # Per series of this part: its newest event time, the watermark it will have after the part
         # (buckets below it, and below the one being added, hold everything of this part they will
@@ -524,7 +524,7 @@ class PartitionProcessor:
         # open), and its newest replay mark.
         series_firsts = [0, *(np.flatnonzero(np.diff(sids)) + 1).tolist()]
         series_ids = sids[series_firsts].tolist()
-        series_max = dict(zip(series_ids, np.maximum.reduceat(batch.ts[idx], series_firsts).tolist()))
+        series_max = dict(zip(series_ids, np.maximum.reduceat(ts, series_firsts).tolist()))
         series_mark = dict(zip(series_ids, np.maximum.reduceat(marks_after[idx], series_firsts).tolist()))
         series_replay_mark = dict(zip(series_ids, np.maximum.reduceat(run_offsets, series_firsts).tolist()))
         group_series = sids[bounds[:-1]]
