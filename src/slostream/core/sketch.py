@@ -21,7 +21,6 @@ at the first zero or negative value, it turns into bins.
 from __future__ import annotations
 
 import functools
-import math
 from array import array
 
 import numpy as np
@@ -29,6 +28,7 @@ from ddsketch.mapping import LogarithmicMapping
 
 STATE_VERSION = 2  # 2: the keys of a sparse sketch
 SPARSE_KEYS = 128  # a sketch keeps at most this many keys before it turns into bins
+MAX_BINS = 2048  # bins kept per sign before the lowest collapse
 SMALL_ADD = 16  # values added one by one (below numpy's per-call cost) when they fit the held bins
 
 
@@ -133,7 +133,7 @@ class QuantileSketch:
 
     __slots__ = ("relative_accuracy", "max_bins", "_mapping", "_keys", "_positive", "_negative", "zero_count")
 
-    def __init__(self, relative_accuracy: float = 0.01, max_bins: int = 2048):
+    def __init__(self, relative_accuracy: float = 0.01, max_bins: int = MAX_BINS):
         self.relative_accuracy = relative_accuracy
         self.max_bins = max_bins
         self._mapping = _mapping(relative_accuracy)
@@ -156,6 +156,23 @@ class QuantileSketch:
     def positive_keys(magnitudes: np.ndarray, relative_accuracy: float) -> np.ndarray:
         mapping = _mapping(relative_accuracy)
         return (np.ceil(np.log2(magnitudes) * mapping._multiplier) + mapping._offset).astype(np.int64)
+
+    @staticmethod
+    def key_values(keys: np.ndarray, relative_accuracy: float) -> np.ndarray:
+        """The value each key stands for (``LogarithmicMapping.value``), vectorised."""
+        mapping = _mapping(relative_accuracy)
+        return np.power(2.0, (keys - mapping._offset) / mapping._multiplier) * (2.0 / (1 + mapping.gamma))
+
+    @classmethod
+    def from_keys(cls, keys: np.ndarray, relative_accuracy: float) -> "QuantileSketch":
+        """A sketch of the positive values given by their ``keys``."""
+        sketch = cls(relative_accuracy)
+        sketch.add_keys(keys)
+        return sketch
+
+    def sparse_keys(self) -> np.ndarray | None:
+        """The keys of a sparse sketch's values; None once binned."""
+        return None if self._keys is None else np.frombuffer(self._keys, dtype=np.int32).copy()
 
     @staticmethod
     def zero_threshold(relative_accuracy: float) -> float:
@@ -222,8 +239,7 @@ class QuantileSketch:
             cumulative = np.cumsum(positive)
             index = np.searchsorted(cumulative, np.asarray(qs) * (cumulative[-1] - 1), side="right")
             keys = self._positive.offset + np.minimum(index, len(positive) - 1)
-            mapping = self._mapping
-            return (np.power(2.0, (keys - mapping._offset) / mapping._multiplier) * (2.0 / (1 + mapping.gamma))).tolist()
+            return QuantileSketch.key_values(keys, self.relative_accuracy).tolist()
         total = self.count
         negatives = self._negative.total
         found: list[float | None] = []
@@ -257,11 +273,10 @@ class QuantileSketch:
         n = len(self._keys)
         if not n:
             return [None] * len(qs)
-        ordered = sorted(self._keys)
-        mapping = self._mapping
-        scale, offset, factor = 1.0 / mapping._multiplier, mapping._offset, 2.0 / (1 + mapping.gamma)
-        return [math.pow(2.0, (ordered[int(q * (n - 1))] - offset) * scale) * factor if 0.0 <= q <= 1.0 else None
-                for q in qs]
+        ordered = np.sort(np.frombuffer(self._keys, dtype=np.int32))
+        ranks = [int(q * (n - 1)) if 0.0 <= q <= 1.0 else 0 for q in qs]
+        values = QuantileSketch.key_values(ordered[ranks], self.relative_accuracy).tolist()
+        return [value if 0.0 <= q <= 1.0 else None for q, value in zip(qs, values)]
 
     def copy(self) -> "QuantileSketch":
         sketch = QuantileSketch(self.relative_accuracy, self.max_bins)
@@ -274,11 +289,15 @@ class QuantileSketch:
         keys = 0 if self._keys is None else 64 + self._keys.buffer_info()[1] * self._keys.itemsize
         return keys + self._positive.nbytes() + self._negative.nbytes() + 64
 
+    @staticmethod
+    def sparse_state(keys: list[int], relative_accuracy: float, max_bins: int = MAX_BINS) -> dict:
+        """The state of a sparse sketch holding ``keys``."""
+        return {"v": STATE_VERSION, "accuracy": relative_accuracy, "max_bins": max_bins, "keys": keys}
+
     def to_state(self) -> dict:
-        state = {"v": STATE_VERSION, "accuracy": self.relative_accuracy, "max_bins": self.max_bins}
         if self._keys is not None:
-            state["keys"] = self._keys.tolist()
-            return state
+            return QuantileSketch.sparse_state(self._keys.tolist(), self.relative_accuracy, self.max_bins)
+        state = {"v": STATE_VERSION, "accuracy": self.relative_accuracy, "max_bins": self.max_bins}
         state.update(pos=self._positive.to_state(), neg=self._negative.to_state(), zero=self.zero_count)
         return state
 

@@ -1,15 +1,24 @@
-"""Tumbling SLI windows of one series, holding only what their readers still need.
+"""Tumbling SLI windows of many series, held in columns, holding only what their readers still need.
 
 Measurements go straight into the open window of each length that something reads (the SLI report
-window; each policy's window), so a sparse series keeps one row and one sketch per length, not one
-per base bucket. Lateness is still judged per base bucket (``width`` seconds): once the series'
-watermark passes a base bucket's end the bucket is *closed* and takes nothing more, and a window
-whose end that closed horizon has passed is complete: ``close_until`` hands it out and forgets it.
-Quantile sketches are kept only for lengths whose readers ask for quantiles.
+window; each policy's window), so a sparse series keeps one row per length, not one per base
+bucket. Lateness is still judged per base bucket (``width`` seconds): once a series' watermark
+passes a base bucket's end the bucket is *closed* and takes nothing more, and a window whose end
+that closed horizon has passed is complete: ``close`` hands it out and forgets it.
 
-The series carries one replay mark, the newest source mark it applied. Its state is persisted as
+Every series of a partition shares one ``WindowStore``: one stats row per open window in one array,
+so a batch of thousands of series is windowed and closed with a few numpy calls, not a Python call
+per series. Quantile sketches are kept only for lengths whose readers ask for quantiles. A window
+of at most ``SPARSE_KEYS`` positive values keeps their DDSketch keys in a log shared by all windows
+(a few measurements a minute is the common case); its quantiles are read from the sorted keys for
+every closing window at once, exactly what the sketch's bins would give. Past that, or at the first
+zero or negative value, the window holds a ``QuantileSketch``.
+
+Each series carries one replay mark, the newest source mark it applied. Its state is persisted as
 one piece, always as of a prefix of its log, so after a crash every replayed measurement at or below
 the mark is held already and is skipped (the pipeline drops them for a whole batch at once).
+
+``TumblingWindows`` is one series' handle on a store (its own, when none is given):
 
 >>> w = TumblingWindows(10, {60: True})
 >>> w.add(0, np.array([1.0, 2.0, 3.0]), np.array([1, 1, 0], dtype=np.int8))
@@ -22,15 +31,17 @@ the mark is held already and is skipped (the pipeline drops them for a whole bat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .sketch import QuantileSketch
+from .sketch import SPARSE_KEYS, QuantileSketch
 from .windows import COUNT, MAX, MIN, N_STATS, OK, OK_KNOWN, SUM, VALUES, Aggregate, SeriesWindows, bucket_start, \
     empty_stats, merge_stats_into
 
 STATE_VERSION = 2
+_START_SHIFT, _OWNER_SHIFT = 8, 40  # a window's lookup key: owner, start in base buckets, length index
+STATS, QUANTILES = 1, 2  # what an owner's profile reads of a length
 
 
 def _stats_from_state(stats: list) -> np.ndarray:
@@ -43,195 +54,511 @@ def _stats_from_state(stats: list) -> np.ndarray:
     return row
 
 
-class _Window:
-    """Stats row and optional quantile sketch of an open window."""
+class Closed:
+    """Windows one close completed, in columns, ordered by owner, then end, then length.
 
-    __slots__ = ("stats", "sketch")
-
-    def __init__(self, stats: np.ndarray, sketch: QuantileSketch | None):
-        self.stats = stats
-        self.sketch = sketch
-
-    def nbytes(self) -> int:
-        # The row's data and array header, the slots object, and the sketch.
-        return self.stats.nbytes + 112 + 56 + (0 if self.sketch is None else self.sketch.nbytes())
-
-
-class Summaries:
-    """Stats rows and sketch keys of the runs of a batch, computed once for all runs: the
-    per-run cost of a sparse series (a few measurements per bucket) is then a few scalar updates,
-    not a dozen numpy calls.
-
-    ``bounds`` are the run boundaries (0, ..., len(values)); ``rows[i]`` is run i's stats row;
-    ``keys`` the sketch keys of every value, valid in the runs flagged ``positive`` (all values
-    present and above the sketch's zero threshold).
+    ``quantiles[i]`` holds the clamped quantiles asked for (NaN where none: no values, or no sketch
+    kept); ``aggregate(i)`` gives a window with its sketch, for readers of other quantiles.
     """
 
-    __slots__ = ("rows", "keys", "positive")
+    __slots__ = ("owners", "starts", "lengths", "stats", "quantiles", "_keys", "_key_bounds", "_sketches",
+                 "_accuracy")
 
-    def __init__(self, values: np.ndarray, oks: np.ndarray, bounds: list[int], relative_accuracy: float):
-        firsts = bounds[:-1]
+    def __init__(self, owners, starts, lengths, stats, quantiles, keys, key_bounds, sketches, accuracy):
+        self.owners, self.starts, self.lengths, self.stats, self.quantiles = owners, starts, lengths, stats, quantiles
+        self._keys, self._key_bounds, self._sketches, self._accuracy = keys, key_bounds, sketches, accuracy
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def aggregate(self, i: int) -> Aggregate:
+        sketch = self._sketches.get(i)
+        if sketch is None and self._key_bounds[i, 1] >= 0:
+            sketch = QuantileSketch.from_keys(self._keys[self._key_bounds[i, 0]:self._key_bounds[i, 1]], self._accuracy)
+        start = int(self.starts[i])
+        return Aggregate(start, start + int(self.lengths[i]), self.stats[i], sketch)
+
+
+class WindowStore:
+    """The open tumbling windows of many series (owners), in columns.
+
+    Each owner has a profile: the window lengths its readers need, and whether each needs
+    quantiles. ``add`` feeds measurements of many owners at once; ``close`` closes what their
+    watermarks passed and returns the completed windows.
+    """
+
+    def __init__(self, width: int, relative_accuracy: float = 0.01):
+        self.width = width
+        self.relative_accuracy = relative_accuracy
+        self._zero = QuantileSketch.zero_threshold(relative_accuracy)
+        self.lengths: list[int] = []  # every length any profile reads; a row's length index points here
+        self._profiles: dict[tuple, int] = {}
+        self._reads = np.zeros((0, 0), dtype=np.int8)  # profile x length index -> 0, STATS or QUANTILES
+        # Per owner.
+        self.closed_until = np.zeros(0, dtype=np.int64)
+        self.mark = np.zeros(0, dtype=np.int64)  # newest replay mark applied
+        self.due = np.zeros(0)  # earliest end of an open window: no close completes anything before it
+        self.open_count = np.zeros(0, dtype=np.int64)
+        self.profile = np.zeros(0, dtype=np.int64)
+        self._free_owners: list[int] = []
+        self._owners = 0
+        # Per row (an open window).
+        self.stats = np.zeros((0, N_STATS))
+        self.row_start = np.zeros(0, dtype=np.int64)
+        self.row_length = np.zeros(0, dtype=np.int64)
+        self.row_owner = np.zeros(0, dtype=np.int64)
+        self.row_key = np.zeros(0, dtype=np.int64)  # the window's lookup key
+        self.row_live = np.zeros(0, dtype=bool)
+        self.row_quantiles = np.zeros(0, dtype=bool)
+        self.row_log = np.zeros(0, dtype=np.int32)  # keys of the row in the log
+        self._row_of: dict[int, int] = {}
+        self._free_rows: list[int] = []
+        self._rows = 0
+        self.sketches: dict[int, QuantileSketch] = {}  # rows past the log: many values, or non-positive ones
+        # The key log of sparse windows.
+        self._log_row = np.zeros(0, dtype=np.int32)
+        self._log_key = np.zeros(0, dtype=np.int32)
+        self._log_size = 0
+
+    # --- owners -------------------------------------------------------------
+
+    def new_owner(self, lengths: Mapping[int, bool]) -> int:
+        for length in lengths:
+            if length <= 0 or length % self.width:
+                raise ValueError(f"window length {length}s is not a positive multiple of the bucket width {self.width}s")
+        if self._free_owners:
+            owner = self._free_owners.pop()
+        else:
+            owner = self._owners
+            self._owners += 1
+            if owner >= len(self.closed_until):
+                size = max(64, 2 * owner)
+                self.closed_until = _grown(self.closed_until, size)
+                self.mark = _grown(self.mark, size)
+                self.due = _grown(self.due, size)
+                self.open_count = _grown(self.open_count, size)
+                self.profile = _grown(self.profile, size)
+        self.closed_until[owner] = 0
+        self.mark[owner] = -1
+        self.due[owner] = np.inf
+        self.open_count[owner] = 0
+        self.profile[owner] = self._profile_of(lengths)
+        return owner
+
+    def release(self, owner: int) -> None:
+        """Forget an owner without open windows (evicted)."""
+        if self.open_count[owner]:
+            raise ValueError(f"owner {owner} still has {self.open_count[owner]} open windows")
+        self._free_owners.append(owner)
+
+    def _profile_of(self, lengths: Mapping[int, bool]) -> int:
+        key = tuple(sorted((int(length), bool(q)) for length, q in lengths.items()))
+        profile = self._profiles.get(key)
+        if profile is None:
+            profile = self._profiles[key] = len(self._profiles)
+            for length, _ in key:
+                if length not in self.lengths:
+                    self.lengths.append(length)
+            reads = np.zeros((len(self._profiles), len(self.lengths)), dtype=np.int8)
+            reads[:self._reads.shape[0], :self._reads.shape[1]] = self._reads
+            for length, quantiles in key:
+                reads[profile, self.lengths.index(length)] = QUANTILES if quantiles else STATS
+            self._reads = reads
+        return profile
+
+    def reads(self, owner: int) -> dict[int, bool]:
+        row = self._reads[self.profile[owner]]
+        return {length: bool(row[i] == QUANTILES) for i, length in enumerate(self.lengths) if row[i]}
+
+    # --- adding -------------------------------------------------------------
+
+    def add(self, owners: np.ndarray, starts: np.ndarray, values: np.ndarray, oks: np.ndarray) -> None:
+        """Add measurements: ``owners[i]``'s measurement in the base bucket at ``starts[i]``.
+
+        ``values`` holds NaN where a measurement had no value; ``oks`` holds 1, 0, or -1 where a
+        measurement had no ``ok``. Replays are the caller's to drop (``mark``).
+        """
+        if not owners.size:
+            return
+        closed = self.closed_until[owners]
+        if (starts < closed).any():
+            i = int(np.argmax(starts < closed))
+            raise ValueError(f"bucket {starts[i]} is closed (closed until {closed[i]})")
         has_value = ~np.isnan(values)
-        rows = np.empty((len(firsts), N_STATS))
-        rows[:, COUNT] = np.diff(bounds)
-        rows[:, OK_KNOWN] = np.add.reduceat(oks >= 0, firsts)
-        rows[:, OK] = np.add.reduceat(oks == 1, firsts)
-        rows[:, VALUES] = np.add.reduceat(has_value, firsts)
-        rows[:, SUM] = np.add.reduceat(np.where(has_value, values, 0.0), firsts)
-        rows[:, MIN] = np.minimum.reduceat(np.where(has_value, values, np.inf), firsts)
-        rows[:, MAX] = np.maximum.reduceat(np.where(has_value, values, -np.inf), firsts)
-        self.rows = rows
-        sketchable = values > QuantileSketch.zero_threshold(relative_accuracy)  # False for NaN
-        self.positive = np.add.reduceat(sketchable, firsts) == rows[:, COUNT]
-        self.keys = QuantileSketch.positive_keys(np.where(sketchable, values, 1.0), relative_accuracy)
+        sketchable = values > self._zero  # False for NaN
+        reads = self._reads[self.profile[owners]]
+        columns = _stat_columns(values, oks, has_value)
+        keys = None
+        for index, length in enumerate(self.lengths):
+            read = reads[:, index]
+            chosen = np.flatnonzero(read) if not read.all() else None
+            window_starts = starts - starts % length if chosen is None else starts[chosen] - starts[chosen] % length
+            chosen_owners = owners if chosen is None else owners[chosen]
+            lookup = (chosen_owners << _OWNER_SHIFT) | ((window_starts // self.width) << _START_SHIFT) | index
+            unique, first, inverse = np.unique(lookup, return_index=True, return_inverse=True)
+            quantiles = read[first] == QUANTILES if chosen is None else read[chosen[first]] == QUANTILES
+            rows = self._rows_for(unique, chosen_owners[first], window_starts[first], length, quantiles)
+            self._add_stats(rows, inverse, columns if chosen is None else [c[chosen] for c in columns])
+            wants = (read == QUANTILES) & has_value if chosen is None else (read[chosen] == QUANTILES) & has_value[chosen]
+            if wants.any():
+                if keys is None:
+                    keys = QuantileSketch.positive_keys(np.where(sketchable, values, 1.0), self.relative_accuracy)
+                at = np.flatnonzero(wants) if chosen is None else chosen[wants]
+                self._add_to_sketches(rows[inverse[np.flatnonzero(wants)]], values[at], keys[at], sketchable[at])
+
+    def _rows_for(self, lookup: np.ndarray, owners: np.ndarray, starts: np.ndarray, length: int,
+                  quantiles: np.ndarray) -> np.ndarray:
+        """The rows of the windows ``lookup`` (unique), made where new."""
+        row_of = self._row_of
+        rows = np.fromiter((row_of.get(k, -1) for k in lookup.tolist()), dtype=np.int64, count=lookup.size)
+        new = np.flatnonzero(rows < 0)
+        if new.size:
+            made = self._allocate(new.size)
+            rows[new] = made
+            self.stats[made] = empty_stats()
+            self.row_start[made] = starts[new]
+            self.row_length[made] = length
+            self.row_owner[made] = owners[new]
+            self.row_key[made] = lookup[new]
+            self.row_live[made] = True
+            self.row_quantiles[made] = quantiles[new]
+            self.row_log[made] = 0
+            row_of.update(zip(lookup[new].tolist(), made.tolist()))
+            np.add.at(self.open_count, owners[new], 1)
+            np.minimum.at(self.due, owners[new], (starts[new] + length).astype(np.float64))
+        return rows
+
+    def _allocate(self, n: int) -> np.ndarray:
+        reused = [self._free_rows.pop() for _ in range(min(n, len(self._free_rows)))]
+        fresh = n - len(reused)
+        first = self._rows
+        self._rows += fresh
+        if self._rows > len(self.row_start):
+            size = max(64, 2 * self._rows)
+            self.stats = _grown(self.stats, size)
+            self.row_start = _grown(self.row_start, size)
+            self.row_length = _grown(self.row_length, size)
+            self.row_owner = _grown(self.row_owner, size)
+            self.row_key = _grown(self.row_key, size)
+            self.row_live = _grown(self.row_live, size)
+            self.row_quantiles = _grown(self.row_quantiles, size)
+            self.row_log = _grown(self.row_log, size)
+        return np.concatenate([np.array(reused, dtype=np.int64), np.arange(first, first + fresh, dtype=np.int64)])
+
+    def _add_stats(self, rows: np.ndarray, inverse: np.ndarray, columns: list[np.ndarray]) -> None:
+        count, ok_known, ok, has_value, total, low, high = columns
+        groups = rows.size
+        stats = self.stats
+        stats[rows, COUNT] += np.bincount(inverse, minlength=groups)
+        stats[rows, OK_KNOWN] += np.bincount(inverse, ok_known, minlength=groups)
+        stats[rows, OK] += np.bincount(inverse, ok, minlength=groups)
+        stats[rows, VALUES] += np.bincount(inverse, has_value, minlength=groups)
+        stats[rows, SUM] += np.bincount(inverse, total, minlength=groups)
+        lowest = np.full(groups, np.inf)
+        np.minimum.at(lowest, inverse, low)
+        highest = np.full(groups, -np.inf)
+        np.maximum.at(highest, inverse, high)
+        stats[rows, MIN] = np.minimum(stats[rows, MIN], lowest)
+        stats[rows, MAX] = np.maximum(stats[rows, MAX], highest)
+
+    def _add_to_sketches(self, rows: np.ndarray, values: np.ndarray, keys: np.ndarray, sketchable: np.ndarray) -> None:
+        """Values with a value, for rows whose readers need quantiles: keys into the log while a
+        row has only a few positive ones, into its ``QuantileSketch`` past that."""
+        held = np.fromiter((r in self.sketches for r in rows.tolist()), dtype=bool, count=rows.size) \
+            if self.sketches else np.zeros(rows.size, dtype=bool)
+        outgrown = np.unique(rows[~held & ~sketchable])  # a zero or negative value: bins from now on
+        if outgrown.size:
+            self._move_to_sketches(outgrown)
+            held |= np.isin(rows, outgrown)
+        logged = ~held
+        if logged.any():
+            self._append_log(rows[logged], keys[logged])
+            counts = np.bincount(rows[logged])
+            touched = np.flatnonzero(counts)
+            self.row_log[touched] += counts[touched].astype(np.int32)
+            full = touched[self.row_log[touched] > SPARSE_KEYS]
+            if full.size:
+                self._move_to_sketches(full)
+        if held.any():
+            order = np.argsort(rows[held], kind="stable")
+            held_rows, held_values = rows[held][order], values[held][order]
+            bounds = np.flatnonzero(np.diff(held_rows)) + 1
+            for row, part in zip(held_rows[np.r_[0, bounds]].tolist(), np.split(held_values, bounds)):
+                self.sketches[row].add_values(part)
+
+    def _append_log(self, rows: np.ndarray, keys: np.ndarray) -> None:
+        end = self._log_size + rows.size
+        if end > len(self._log_row):
+            size = max(1024, 2 * end)
+            self._log_row = _grown(self._log_row, size)
+            self._log_key = _grown(self._log_key, size)
+        self._log_row[self._log_size:end] = rows
+        self._log_key[self._log_size:end] = keys
+        self._log_size = end
+
+    def _log_of(self, flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Log entries of the flagged rows: (rows, keys), ordered by row, then arrival."""
+        rows = self._log_row[:self._log_size]
+        chosen = np.flatnonzero(flags[rows])
+        order = np.argsort(rows[chosen], kind="stable")
+        return rows[chosen][order], self._log_key[chosen][order]
+
+    def _drop_log(self, flags: np.ndarray) -> None:
+        rows = self._log_row[:self._log_size]
+        keep = np.flatnonzero(~flags[rows])
+        self._log_size = keep.size
+        self._log_row[:keep.size] = rows[keep]
+        self._log_key[:keep.size] = self._log_key[keep]
+
+    def _flags(self, rows) -> np.ndarray:
+        flags = np.zeros(len(self.row_start), dtype=bool)
+        flags[rows] = True
+        return flags
+
+    def _move_to_sketches(self, rows: np.ndarray) -> None:
+        flags = self._flags(rows)
+        log_rows, log_keys = self._log_of(flags)
+        bounds = np.searchsorted(log_rows, rows)
+        ends = np.searchsorted(log_rows, rows, side="right")
+        for row, a, b in zip(rows.tolist(), bounds.tolist(), ends.tolist()):
+            self.sketches[row] = QuantileSketch.from_keys(log_keys[a:b], self.relative_accuracy)
+        self.row_log[rows] = 0
+        self._drop_log(flags)
+
+    # --- closing ------------------------------------------------------------
+
+    def close(self, owners: np.ndarray, watermarks: np.ndarray, levels: Sequence[float] = ()) -> Closed:
+        """Close the base buckets of each owner ending at or before its watermark; return the
+        windows completed, with their quantiles at ``levels``."""
+        with np.errstate(invalid="ignore"):
+            horizons = np.floor(watermarks / self.width) * self.width
+        moved = horizons > self.closed_until[owners]
+        owners, horizons = owners[moved], horizons[moved]
+        if owners.size:
+            np.maximum.at(self.closed_until, owners, horizons.astype(np.int64))
+        used = self._rows
+        ends = self.row_start[:used] + self.row_length[:used]
+        if not owners.size or not (horizons >= self.due[owners]).any():
+            return self._closed(np.zeros(0, dtype=np.int64), levels)
+        rows = np.flatnonzero(self.row_live[:used] & (ends <= self.closed_until[self.row_owner[:used]]))
+        rows = rows[np.lexsort((self.row_length[rows], ends[rows], self.row_owner[rows]))]
+        closed = self._closed(rows, levels)
+        flags = self._flags(rows)
+        if self._log_size:
+            self._drop_log(flags)
+        for row in rows.tolist():
+            self.sketches.pop(row, None)
+        row_of = self._row_of
+        for key in self.row_key[rows].tolist():
+            del row_of[key]
+        affected = self.row_owner[rows]
+        self.row_live[rows] = False
+        self._free_rows.extend(rows.tolist())
+        np.subtract.at(self.open_count, affected, 1)
+        touched = np.unique(affected)
+        self.due[touched] = np.inf
+        still = np.flatnonzero(self.row_live[:used] & np.isin(self.row_owner[:used], touched))
+        np.minimum.at(self.due, self.row_owner[still], ends[still].astype(np.float64))
+        return closed
+
+    def _closed(self, rows: np.ndarray, levels: Sequence[float]) -> Closed:
+        stats = self.stats[rows]
+        quantiles = np.full((rows.size, len(levels)), np.nan)
+        key_bounds = np.full((rows.size, 2), -1, dtype=np.int64)
+        keys = np.zeros(0, dtype=np.int32)
+        sketches: dict[int, QuantileSketch] = {}
+        wanted = self.row_quantiles[rows] & (stats[:, VALUES] > 0)
+        if wanted.any():
+            for i in np.flatnonzero(wanted).tolist():
+                sketch = self.sketches.get(int(rows[i]))
+                if sketch is not None:
+                    sketches[i] = sketch
+                    if levels:
+                        quantiles[i] = [np.nan if v is None else v for v in sketch.quantiles(levels)]
+            logged = np.flatnonzero(wanted & (self.row_log[rows] > 0))
+            if logged.size:
+                log_rows, log_keys = self._log_of(self._flags(rows[logged]))
+                # Sorted by row, then key: each row's keys in order, for ranks and lazy sketches.
+                order = np.lexsort((log_keys, log_rows))
+                log_rows, keys = log_rows[order], log_keys[order]
+                first = np.searchsorted(log_rows, rows[logged])
+                counts = np.searchsorted(log_rows, rows[logged], side="right") - first
+                key_bounds[logged, 0], key_bounds[logged, 1] = first, first + counts
+                if levels:
+                    at = first[:, None] + np.floor(np.asarray(levels)[None, :] * (counts[:, None] - 1)).astype(np.int64)
+                    quantiles[logged] = QuantileSketch.key_values(keys[at], self.relative_accuracy)
+            with np.errstate(invalid="ignore"):
+                np.clip(quantiles, stats[:, MIN, None], stats[:, MAX, None], out=quantiles)
+        return Closed(self.row_owner[rows], self.row_start[rows], self.row_length[rows], stats, quantiles, keys,
+                      key_bounds, sketches, self.relative_accuracy)
+
+    # --- reading ------------------------------------------------------------
+
+    def open_rows(self, owners: Sequence[int]) -> list[list[int]]:
+        """Each owner's open rows, ordered by length, then start."""
+        used = self._rows
+        chosen = np.flatnonzero(self.row_live[:used] & np.isin(self.row_owner[:used], np.asarray(owners, dtype=np.int64)))
+        chosen = chosen[np.lexsort((self.row_start[chosen], self.row_length[chosen], self.row_owner[chosen]))]
+        by_owner, wanted = self.row_owner[chosen], np.asarray(owners, dtype=np.int64)
+        firsts, lasts = np.searchsorted(by_owner, wanted), np.searchsorted(by_owner, wanted, side="right")
+        rows = chosen.tolist()
+        return [rows[a:b] for a, b in zip(firsts.tolist(), lasts.tolist())]
+
+    def states(self, owners: Sequence[int]) -> list[dict]:
+        """Each owner's persisted state."""
+        per_owner = self.open_rows(owners) if owners else []
+        every = [row for rows in per_owner for row in rows]
+        log_rows, log_keys = self._log_of(self._flags(every)) if every and self._log_size else (
+            np.zeros(0, np.int32), np.zeros(0, np.int32))
+        firsts = np.searchsorted(log_rows, every).tolist()
+        lasts = np.searchsorted(log_rows, every, side="right").tolist()
+        log_keys = log_keys.tolist()
+        keys_of = {row: log_keys[a:b] for row, a, b in zip(every, firsts, lasts)}
+        base = {"v": STATE_VERSION, "width": self.width, "accuracy": self.relative_accuracy}
+        states = []
+        for owner, rows in zip(owners, per_owner):
+            states.append({**base, "closed_until": int(self.closed_until[owner]), "mark": int(self.mark[owner]),
+                           "open": [[int(self.row_length[r]), int(self.row_start[r]), self.stats[r].tolist(),
+                                     self._sketch_state(r, keys_of[r])] for r in rows]})
+        return states
+
+    def _sketch_state(self, row: int, keys: list[int]) -> dict | None:
+        if not self.row_quantiles[row]:
+            return None
+        sketch = self.sketches.get(row)
+        if sketch is not None:
+            return sketch.to_state()
+        return QuantileSketch.sparse_state(keys, self.relative_accuracy) if keys else None
+
+    def put_window(self, owner: int, length: int, start: int, stats: np.ndarray, sketch: QuantileSketch | None) -> None:
+        """Merge a persisted window (or a base bucket of an older state) into the owner's open
+        window holding it; dropped if the owner's readers no longer read its length."""
+        reads = self.reads(owner)
+        if length not in reads:
+            return
+        window_start = start - start % length
+        index = self.lengths.index(length)
+        lookup = np.array([(owner << _OWNER_SHIFT) | ((window_start // self.width) << _START_SHIFT) | index])
+        row = int(self._rows_for(lookup, np.array([owner]), np.array([window_start]), length,
+                                 np.array([reads[length]]))[0])
+        merge_stats_into(self.stats[row], stats)
+        if not reads[length] or sketch is None or not sketch.count:
+            return
+        keys = sketch.sparse_keys()
+        if row not in self.sketches and keys is not None and self.row_log[row] + keys.size <= SPARSE_KEYS:
+            self._append_log(np.full(keys.size, row, dtype=np.int32), keys)
+            self.row_log[row] += keys.size
+            return
+        if row not in self.sketches:
+            self._move_to_sketches(np.array([row]))
+        self.sketches[row].merge(sketch)
+
+    def pending_count(self, owner: int, length: int) -> int:
+        used = self._rows
+        rows = self.row_live[:used] & (self.row_owner[:used] == owner) & (self.row_length[:used] == length)
+        return int(self.stats[:used][rows, COUNT].sum())
+
+
+def _stat_columns(values: np.ndarray, oks: np.ndarray, has_value: np.ndarray) -> list[np.ndarray]:
+    """Per measurement, its share of each stats column (min and max: its value, or the identity)."""
+    return [np.ones(values.size), (oks >= 0).astype(np.float64), (oks == 1).astype(np.float64),
+            has_value.astype(np.float64), np.where(has_value, values, 0.0), np.where(has_value, values, np.inf),
+            np.where(has_value, values, -np.inf)]
+
+
+def _grown(array: np.ndarray, size: int) -> np.ndarray:
+    grown = np.zeros((size, *array.shape[1:]), dtype=array.dtype)
+    grown[:len(array)] = array
+    return grown
 
 
 class TumblingWindows:
-    """Open tumbling windows of one series, one set per length read.
+    """One series' open windows: a handle on its ``WindowStore`` (its own, when none is given).
 
     ``lengths`` maps each window length read (a multiple of ``width``) to whether its readers need
-    quantiles. ``add_run`` feeds the open windows; ``close_until`` closes what a watermark passed
-    and returns the windows it completed.
+    quantiles.
     """
 
-    def __init__(self, width: int, lengths: Mapping[int, bool], relative_accuracy: float = 0.01):
-        for length in lengths:
-            if length <= 0 or length % width:
-                raise ValueError(f"window length {length}s is not a positive multiple of the bucket width {width}s")
-        self.width = width
+    __slots__ = ("store", "owner", "lengths")
+
+    def __init__(self, width: int, lengths: Mapping[int, bool], relative_accuracy: float = 0.01,
+                 store: WindowStore | None = None):
+        self.store = WindowStore(width, relative_accuracy) if store is None else store
         self.lengths = dict(sorted(lengths.items()))
-        self.relative_accuracy = relative_accuracy
-        self.closed_until = 0
-        self.mark = -1  # newest replay mark applied
-        self.open: dict[int, dict[int, _Window]] = {length: {} for length in self.lengths}
-        self.due = np.inf  # the earliest end of an open window: no close completes anything before it
+        self.owner = self.store.new_owner(self.lengths)
+
+    @property
+    def closed_until(self) -> int:
+        return int(self.store.closed_until[self.owner])
+
+    @property
+    def mark(self) -> int:
+        return int(self.store.mark[self.owner])
+
+    @mark.setter
+    def mark(self, value: int) -> None:
+        self.store.mark[self.owner] = value
+
+    @property
+    def due(self) -> float:
+        return float(self.store.due[self.owner])
 
     def add(self, start: int, values: np.ndarray, oks: np.ndarray, offsets: np.ndarray | None = None) -> int:
-        """Add measurements of the base bucket at ``start``; return how many were new.
-
-        ``values`` holds NaN where a measurement had no value; ``oks`` holds 1, 0, or -1 where a
-        measurement had no ``ok``. With ``offsets`` (replay marks, ascending), measurements at or
-        below the series' mark are held already and skipped.
-        """
+        """Add measurements of the base bucket at ``start``; return how many were new. With
+        ``offsets`` (replay marks, ascending), measurements at or below the series' mark are held
+        already and skipped."""
         if offsets is not None:
             fresh = offsets > self.mark
             offsets, values, oks = offsets[fresh], values[fresh], oks[fresh]
         if not values.size:
             return 0
-        self.add_run(start, Summaries(values, oks, [0, values.size], self.relative_accuracy), 0, 0, values)
+        self.store.add(np.full(values.size, self.owner, dtype=np.int64), np.full(values.size, start, dtype=np.int64),
+                       values, oks)
         if offsets is not None:
             self.mark = max(self.mark, int(offsets[-1]))
         return int(values.size)
 
-    def add_run(self, start: int, summaries: Summaries, run: int, a: int, values: np.ndarray) -> None:
-        """Add run ``run`` of ``summaries``, the batch's ``values`` from index ``a``, all in the base
-        bucket at ``start``. Replays are the caller's to drop (``mark``)."""
-        if start < self.closed_until:
-            raise ValueError(f"bucket {start} is closed (closed until {self.closed_until})")
-        row = summaries.rows[run]
-        sketched = row[VALUES] > 0
-        for length, quantiles in self.lengths.items():
-            window = self._window_at(length, start)
-            merge_stats_into(window.stats, row)
-            if quantiles and sketched:
-                if window.sketch is None:
-                    window.sketch = QuantileSketch(self.relative_accuracy)
-                if summaries.positive[run]:
-                    window.sketch.add_keys(summaries.keys[a:a + values.size])
-                else:
-                    window.sketch.add_values(values[~np.isnan(values)])
-
-    def _window_at(self, length: int, start: int) -> _Window:
-        """The open window of ``length`` holding the base bucket at ``start``, made if new."""
-        windows = self.open[length]
-        window_start = start - start % length
-        window = windows.get(window_start)
-        if window is None:
-            window = windows[window_start] = _Window(empty_stats(), None)
-            self.due = min(self.due, window_start + length)
-        return window
-
     def close_until(self, watermark: float) -> list[Aggregate]:
         """Close the base buckets ending at or before ``watermark``; return the windows completed,
         ordered by end, then length."""
-        horizon = bucket_start(watermark, self.width)
-        if horizon <= self.closed_until:
-            return []
-        self.closed_until = horizon
-        if horizon < self.due:
-            return []
-        completed = []
-        for length, windows in self.open.items():
-            for start in sorted(s for s in windows if s + length <= horizon):
-                window = windows.pop(start)
-                completed.append(Aggregate(start, start + length, window.stats, window.sketch))
-        if len(self.open) > 1:
-            completed.sort(key=lambda agg: (agg.end, agg.end - agg.start))
-        self._find_due()
-        return completed
-
-    def _find_due(self) -> None:
-        self.due = min((start + length for length, windows in self.open.items() for start in windows),
-                       default=np.inf)
+        closed = self.store.close(np.array([self.owner]), np.array([float(watermark)]))
+        return [closed.aggregate(i) for i in range(len(closed))]
 
     def is_empty(self) -> bool:
         """No open window: every measurement has been handed out."""
-        return not any(self.open.values())
+        return not self.store.open_count[self.owner]
 
     def pending_count(self, length: int) -> int:
         """Measurements not yet handed out in a complete window of ``length``."""
-        return int(sum(window.stats[COUNT] for window in self.open[length].values()))
-
-    def _merge_bucket(self, start: int, stats: np.ndarray, sketch: QuantileSketch | None) -> None:
-        """Fold a whole base bucket (persisted by an older state) into the windows holding it."""
-        for length, quantiles in self.lengths.items():
-            window = self._window_at(length, start)
-            merge_stats_into(window.stats, stats)
-            if quantiles and sketch is not None:
-                if window.sketch is None:
-                    window.sketch = sketch.copy()
-                else:
-                    window.sketch.merge(sketch)
-
-    # --- state ------------------------------------------------------------
+        return self.store.pending_count(self.owner, length)
 
     def to_state(self) -> dict:
-        return {
-            "v": STATE_VERSION,
-            "width": self.width,
-            "accuracy": self.relative_accuracy,
-            "closed_until": self.closed_until,
-            "mark": self.mark,
-            "open": [[length, start, window.stats.tolist(), None if window.sketch is None else window.sketch.to_state()]
-                     for length, windows in self.open.items() for start, window in sorted(windows.items())],
-        }
+        return self.store.states([self.owner])[0]
 
     @classmethod
-    def from_state(cls, state: dict, lengths: Mapping[int, bool]) -> "TumblingWindows":
+    def from_state(cls, state: dict, lengths: Mapping[int, bool], store: WindowStore | None = None) -> "TumblingWindows":
         """Rebuilt for the window lengths read now: windows of a length no longer read are dropped,
         a length read for the first time starts empty (so does a window not needing quantiles any
         more lose its sketch)."""
         version = state.get("v")
         if version not in (1, STATE_VERSION):
             raise ValueError(f"unsupported tumbling window state version {version!r}")
-        windows = cls(state["width"], lengths, state["accuracy"])
-        windows.closed_until = state["closed_until"]
+        if store is not None and (store.width, store.relative_accuracy) != (state["width"], state["accuracy"]):
+            raise ValueError(f"window state of width {state['width']}s and accuracy {state['accuracy']} does not "
+                             f"match the store's {store.width}s and {store.relative_accuracy}")
+        windows = cls(state["width"], lengths, state["accuracy"], store)
+        windows.store.closed_until[windows.owner] = state["closed_until"]
         if version == 1:
             windows._restore_v1(state)
         else:
             windows.mark = int(state["mark"])
             for length, start, stats, sketch in state["open"]:
                 windows._restore_window(length, start, stats, sketch)
-        windows._find_due()
         return windows
 
     def _restore_window(self, length: int, start: int, stats: list, sketch: dict | None) -> None:
-        """An open window from its state: dropped if its length is no longer read, its sketch
-        dropped if no reader of the length needs quantiles any more."""
-        if length in self.open:
-            self.open[length][int(start)] = _Window(
-                _stats_from_state(stats),
-                QuantileSketch.from_state(sketch) if sketch is not None and self.lengths[length] else None)
+        self.store.put_window(self.owner, int(length), int(start), _stats_from_state(stats),
+                              None if sketch is None else QuantileSketch.from_state(sketch))
 
     def _restore_v1(self, state: dict) -> None:
         """Version 1 kept open base buckets, each with its replay mark, apart from partial windows:
@@ -240,30 +567,28 @@ class TumblingWindows:
         for length, start, (stats, sketch, _) in state["partial"]:
             self._restore_window(length, start, stats, sketch)
         for start, (stats, sketch, mark) in state["open"]:
-            self._merge_bucket(int(start), _stats_from_state(stats),
-                               None if sketch is None else QuantileSketch.from_state(sketch))
+            for length in self.lengths:
+                self._restore_window(length, start, stats, sketch)
             self.mark = max(self.mark, int(mark))
 
     @classmethod
-    def from_ring(cls, ring: SeriesWindows, lengths: Mapping[int, bool]) -> "TumblingWindows":
+    def from_ring(cls, ring: SeriesWindows, lengths: Mapping[int, bool],
+                  store: WindowStore | None = None) -> "TumblingWindows":
         """A series persisted as multi-level ring buckets (before tumbling windows): the closed part
         of each window not complete yet, and its open base buckets."""
-        windows = cls(ring.base_width, lengths, ring.relative_accuracy)
-        closed = windows.closed_until = ring.closed_until
+        windows = cls(ring.base_width, lengths, ring.relative_accuracy, store)
+        closed = ring.closed_until
+        windows.store.closed_until[windows.owner] = closed
         for length, quantiles in windows.lengths.items():
             start = bucket_start(closed, length)
             if start < closed:
                 agg = ring.aggregate(start, closed, with_sketch=quantiles)
                 if agg.count:
-                    windows.open[length][start] = _Window(agg.stats, agg.sketch)
+                    windows.store.put_window(windows.owner, length, start, agg.stats, agg.sketch)
         base = ring.levels[0]
         for start in sorted(ring.open_starts):
             stats, sketch = base.bucket(start)
-            windows._merge_bucket(start, stats, sketch)
+            for length in windows.lengths:
+                windows.store.put_window(windows.owner, length, start, stats, sketch)
             windows.mark = max(windows.mark, int(base.marks[base.slot_of(start)]))
-        windows._find_due()
         return windows
-
-    def nbytes(self) -> int:
-        return sum(window.nbytes() for windows in self.open.values() for window in windows.values()) + \
-            64 * len(self.open)

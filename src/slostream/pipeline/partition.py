@@ -33,9 +33,9 @@ from slostream.core.objectives import GoodRule, Policy, Slo, Tally
 from slostream.core.policy import PolicyWatch, aggregate_value
 from slostream.core.tracker import SloTracker
 from slostream.core.watermark import idle_watermark, running_max_before
-from slostream.core.tumbling import Summaries, TumblingWindows
-from slostream.core.windows import DEFAULT_RESOLUTIONS, SUM, VALUES, Aggregate, Resolution, SeriesWindows, \
-    bucket_start
+from slostream.core.tumbling import Closed, TumblingWindows, WindowStore
+from slostream.core.windows import COUNT, DEFAULT_RESOLUTIONS, MAX, MIN, OK, OK_KNOWN, SUM, VALUES, Aggregate, \
+    Resolution, SeriesWindows, bucket_start
 from slostream.pipeline import rows
 from slostream.pipeline.alignment import (PROGRESS_HEADER, Alignment, decode_progress, encode_progress, note_time,
                                           progress_header, read_until_claim, written_by)
@@ -49,7 +49,9 @@ STATE_VERSION = 4  # 3: reads awaiting alignment per series, progress per partit
 # Forwarded records are cut to hold at most this many bytes' worth of measurements each.
 FORWARD_BYTES_PER_MEASUREMENT = 40
 # Series a tick advances between yields to the worker's event loop (0.1-0.2 s of closes at most).
-TICK_SLICE_SERIES = 250
+TICK_SLICE_SERIES = 2000
+# Dirty series whose state a checkpoint serialises between yields to the worker's event loop.
+CHECKPOINT_SLICE_SERIES = 2000
 # Reads of a series kept awaiting alignment (later ones absorb the oldest: it aligns a little later).
 MAX_READS = 16
 QUANTILE_NAMES, QUANTILE_LEVELS = ("p50", "p90", "p95", "p99"), (0.5, 0.9, 0.95, 0.99)
@@ -144,7 +146,8 @@ class Series:
         self.reads: list[list[float]] = []  # [noted wall time, max_ts then] not yet aligned (``alignment``)
         self.aligned_ts = -np.inf  # max_ts as of the newest aligned read
 
-    def header(self) -> dict:
+    def header(self, windows_state: dict | None = None) -> dict:
+        """The persisted state; ``windows_state`` when the caller read many series' windows at once."""
         return {
             "v": STATE_VERSION,
             "service": self.service,
@@ -155,7 +158,7 @@ class Series:
             "clock": [_finite_or_none(self.max_ts), _finite_or_none(self.watermark)],
             "reads": self.reads,
             "aligned_ts": _finite_or_none(self.aligned_ts),
-            "windows": self.windows.to_state(),
+            "windows": self.windows.to_state() if windows_state is None else windows_state,
         }
 
 
@@ -182,6 +185,8 @@ class PartitionProcessor:
         self.decoder = MeasurementDecoder(config.max_record_bytes, config.max_future_skew_s)
         self.owners = Owners(config.partitions)
         self.series: dict[tuple, Series] = {}
+        self.store = WindowStore(config.resolutions[0].width, config.relative_accuracy)  # every series' windows
+        self._series_of_owner: dict[int, Series] = {}
         self.applied_offset = -1  # last source offset fully processed
         self.forward_marks: dict[int, int] = {}  # source partition -> highest forwarded element applied
         self.alignment = Alignment(config.partitions)  # every partition's progress, as read here
@@ -399,7 +404,10 @@ class PartitionProcessor:
         known = [self.series.get(key) for key in keys]
         before, after, newest = self._marks(ids, known, batch.ts, written)
         # Held already (the source replayed after a crash): skipped before lateness is judged.
-        replayed = batch.marks <= np.array([-1 if s is None else s.windows.mark for s in known], dtype=np.int64)[ids]
+        owners = np.array([-1 if s is None else s.windows.owner for s in known], dtype=np.int64)
+        marks = np.full(owners.size, -1, dtype=np.int64)
+        marks[owners >= 0] = self.store.mark[owners[owners >= 0]]
+        replayed = batch.marks <= marks[ids]
         out.skipped_replay += int(replayed.sum())
         with np.errstate(invalid="ignore"):
             horizon = np.floor(before / width) * width
@@ -513,38 +521,52 @@ class PartitionProcessor:
         starts = (np.floor(batch.ts[idx] / width) * width).astype(np.int64)
         order = np.lexsort((batch.marks[idx], starts, sids))
         sids, starts, idx = sids[order], starts[order], idx[order]
-        bounds = [0, *(np.flatnonzero((np.diff(sids) != 0) | (np.diff(starts) != 0)) + 1).tolist(), len(idx)]
-        # In (series, bucket, offset) order every group is a contiguous run, read through views.
         values, oks, run_offsets, ts = batch.values[idx], batch.oks[idx], batch.marks[idx], batch.ts[idx]
+        # Per series of this part: its newest event time, the watermark it will have after the part,
+        # and its newest replay mark.
+        series_firsts = np.r_[0, np.flatnonzero(np.diff(sids)) + 1]
+        touched = [series_of[sid] for sid in sids[series_firsts].tolist()]
+        owners = np.array([series.windows.owner for series in touched], dtype=np.int64)
+        self.store.add(np.repeat(owners, np.diff(np.r_[series_firsts, sids.size])), starts, values, oks)
+        newest_ts = np.maximum.reduceat(ts, series_firsts).tolist()
+        newest_marks = np.maximum.reduceat(marks_after[idx], series_firsts).tolist()
+        np.maximum.at(self.store.mark, owners, np.maximum.reduceat(run_offsets, series_firsts))
+        closes: dict[int, list[int]] = {}
+        if any(series.trackers or series.watches for series in touched):
+            closes = self._feed_runs(sids, starts, idx, values, oks, run_offsets, ts, series_of, newest_marks,
+                                     series_firsts, batch)
+        out.accepted += len(idx)
+        aligning = self.config.partitions > 1
+        for series, max_ts, mark in zip(touched, newest_ts, newest_marks):
+            series.max_ts = max(series.max_ts, max_ts)
+            series.last_activity = now
+            if aligning:
+                self._note_read(series, written)
+            if mark > series.watermark:
+                series.watermark = mark
+        self._dirty.update(series.ident for series in touched)
+        self._close(touched, owners, out, closes)
+        slo_keys = {(series.service, series.metric) for series in touched if series.trackers}
+        for key in slo_keys:
+            self._close_slos(key)
+
+    def _feed_runs(self, sids, starts, idx, values, oks, run_offsets, ts, series_of, newest_marks, series_firsts,
+                   batch: rows.Rows) -> dict[int, list[int]]:
+        """Feed each run (a series' measurements in one base bucket) of the series that feed SLOs,
+        in order; return, for each series watched by policies, the horizons at which a live run
+        would have closed it within the part (``_close`` judges its windows in those steps)."""
+        bounds = [0, *(np.flatnonzero((np.diff(sids) != 0) | (np.diff(starts) != 0)) + 1).tolist(), len(idx)]
+        target_of = dict(zip(sids[series_firsts].tolist(), newest_marks))
         newest = np.maximum.reduceat(ts, bounds[:-1])
-        summaries = Summaries(values, oks, bounds, self.config.relative_accuracy)
-        # Per series of this part: its newest event time, the watermark it will have after the part
-        # (buckets below it, and below the one being added, hold everything of this part they will
-        # ever hold, so they close as the run goes: a backlog of hours never keeps hours of windows
-        # open), and its newest replay mark.
-        series_firsts = [0, *(np.flatnonzero(np.diff(sids)) + 1).tolist()]
-        series_ids = sids[series_firsts].tolist()
-        series_max = dict(zip(series_ids, np.maximum.reduceat(ts, series_firsts).tolist()))
-        series_mark = dict(zip(series_ids, np.maximum.reduceat(marks_after[idx], series_firsts).tolist()))
-        series_replay_mark = dict(zip(series_ids, np.maximum.reduceat(run_offsets, series_firsts).tolist()))
-        group_series = sids[bounds[:-1]]
         tallies: dict[GoodRule, Tally] = {}  # each SLO rule judges the whole part once
         slo_members: dict[str, list[np.ndarray]] = {}
-        touched: list[tuple[int, Series]] = []
-        previous = None
-        for number, (sid, start, a, b) in enumerate(zip(group_series.tolist(), starts[bounds[:-1]].tolist(), bounds,
-                                                        bounds[1:])):
-            if sid != previous:
-                previous = sid
-                series = series_of[sid]
-                windows = series.windows
-                touched.append((sid, series))
-                series.last_activity = now
-                self._dirty.add(series.ident)
-                target = max(series.watermark, series_mark[sid])
-            if start >= windows.due and target >= windows.due:  # a window ends before this bucket: close it first
-                self._close_series(series, min(start, target), out)
-            windows.add_run(start, summaries, number, a, values[a:b])
+        closes: dict[int, list[int]] = {}
+        for number, (sid, start, a, b) in enumerate(zip(sids[bounds[:-1]].tolist(), starts[bounds[:-1]].tolist(),
+                                                        bounds, bounds[1:])):
+            series = series_of[sid]
+            target = max(series.watermark, target_of[sid])
+            if series.watches:
+                closes.setdefault(series.windows.owner, []).append(bucket_start(min(start, target), self.config.resolutions[0].width))
             for tracker in series.trackers:
                 if tracker.sources == 1:
                     self._close_slo_before(tracker, start, target)
@@ -555,22 +577,9 @@ class PartitionProcessor:
                     self._touched.add(tracker.slo.name)
                 else:
                     slo_members.setdefault(tracker.slo.name, []).append(idx[a:b])
-        out.accepted += len(idx)
-        slo_keys = set()
-        aligning = self.config.partitions > 1
-        for sid, series in touched:
-            series.max_ts = max(series.max_ts, series_max[sid])
-            series.windows.mark = max(series.windows.mark, series_replay_mark[sid])
-            if aligning:
-                self._note_read(series, written)
-            series.watermark = max(series.watermark, series_mark[sid])
-            self._close_series(series, series.watermark, out)
-            if series.trackers:
-                slo_keys.add((series.service, series.metric))
         for name, parts in slo_members.items():
             self._feed(self.trackers[name], np.concatenate(parts), batch)
-        for key in slo_keys:
-            self._close_slos(key)
+        return closes
 
     def _feed(self, tracker: SloTracker, members: np.ndarray, batch: rows.Rows) -> None:
         """One SLO gathers every series it covers; each base bucket is fed once, in offset order,
@@ -608,20 +617,77 @@ class PartitionProcessor:
         dense[np.fromiter(first_of.values(), dtype=np.int64, count=len(first_of))] = np.arange(len(first_of))
         return dense[codes], list(first_of)
 
-    def _close_series(self, series: Series, until: float, out: Output) -> None:
-        """Close what ``until`` (the series' watermark, or less) passed; report the SLI windows it
-        completed and judge policies at once (the windows are handed out only once)."""
-        before = series.windows.closed_until
-        completed = series.windows.close_until(until)
-        if series.windows.closed_until == before:
+    def _close(self, series_list: list[Series], owners: np.ndarray, out: Output,
+               steps: dict[int, list[int]] | None = None) -> None:
+        """Close what the watermarks of ``series_list`` (their window ``owners``) passed; report the
+        SLI windows completed and judge their policies (the windows are handed out only once).
+
+        ``steps`` holds, for a series watched by policies, the horizons at which a live run would
+        have closed it before its final one: its windows are judged in those steps, so a backlog
+        read in one batch judges (and alerts) window by window as a live run does.
+        """
+        if not series_list:
             return
+        store = self.store
+        before = store.closed_until[owners].copy()
+        closed = store.close(owners, np.array([series.watermark for series in series_list]), QUANTILE_LEVELS)
+        moved = np.flatnonzero(store.closed_until[owners] != before).tolist()
+        self._dirty.update(series_list[i].ident for i in moved)
+        if len(closed):
+            self._report(closed, out)
+        for i in moved:
+            series = series_list[i]
+            if series.watches:
+                self._judge_in_steps(series, closed, int(before[i]), (steps or {}).get(int(owners[i]), []), out)
+
+    def _report(self, closed: Closed, out: Output) -> None:
+        """The SLI event of each completed report window."""
         report = self.config.report_window_s
-        for agg in completed:
-            if agg.end - agg.start == report:
-                out.sli.append(self._sli_event(series, agg))
-        if series.watches:
-            self._judge_policies(series, completed, out)
-        self._dirty.add(series.ident)
+        chosen = np.flatnonzero(closed.lengths == report)
+        if not chosen.size:
+            return
+        stats, quantiles = closed.stats[chosen], closed.quantiles[chosen]
+        count, ok_known, ok, n_values = (stats[:, column] for column in (COUNT, OK_KNOWN, OK, VALUES))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            error_ratio = np.where(ok_known > 0, (ok_known - ok) / ok_known, np.nan)
+            mean = np.where(n_values > 0, stats[:, SUM] / n_values, np.nan)
+        no_values = n_values == 0
+        low, high = np.where(no_values, np.nan, stats[:, MIN]), np.where(no_values, np.nan, stats[:, MAX])
+        columns = zip(closed.owners[chosen].tolist(), closed.starts[chosen].tolist(), count.astype(np.int64).tolist(),
+                      ok.astype(np.int64).tolist(), (ok_known - ok).astype(np.int64).tolist(), _nullable(error_ratio),
+                      (count / report).tolist(), _nullable(mean), _nullable(low), _nullable(high),
+                      n_values.astype(np.int64).tolist(), stats[:, SUM].tolist(), *map(_nullable, quantiles.T))
+        series_of, source = self._series_of_owner, self.config.source
+        for owner, start, n, good, bad, ratio, throughput, avg, lowest, highest, value_count, value_sum, *qs in columns:
+            series = series_of[owner]
+            end = start + report
+            data = {"service": series.service, "metric": series.metric, "labels": series.labels,
+                    "window_start": start, "window_end": end, "count": n, "ok": good, "errors": bad,
+                    "error_ratio": ratio, "throughput_per_s": throughput, "mean": avg, "min": lowest, "max": highest,
+                    **dict(zip(QUANTILE_NAMES, qs))}
+            # The summary on /metrics needs the value count and sum, not part of the event.
+            series.last_report = {**data, "value_count": value_count, "value_sum": value_sum}
+            event = cloud_event("slostream.sli.window", source, event_id("sli", series.key, start), end, data,
+                                subject=series.key)
+            out.sli.append((series.service.encode(), event))
+
+    def _judge_in_steps(self, series: Series, closed: Closed, before: int, steps: list[int], out: Output) -> None:
+        """Judge the series' policies on its windows in ``closed``: first at each step that completed
+        a window, then at its final horizon (moved from ``before``)."""
+        mine = np.flatnonzero(closed.owners == series.windows.owner).tolist()
+        ends = [int(closed.starts[i] + closed.lengths[i]) for i in mine]
+        aggregates = [closed.aggregate(i) for i in mine]
+        final = series.windows.closed_until
+        taken, last = 0, before
+        for horizon in steps:
+            upto = taken
+            while upto < len(ends) and ends[upto] <= horizon:
+                upto += 1
+            if upto > taken:
+                self._judge_policies(series, aggregates[taken:upto], horizon, out)
+                taken, last = upto, horizon
+        if final > last:
+            self._judge_policies(series, aggregates[taken:], final, out)
 
     def _close_slos(self, key: tuple[str, str]) -> None:
         """An SLO's counts close when every series it reads has passed them (the slowest watermark),
@@ -663,11 +729,15 @@ class PartitionProcessor:
             service, metric = key[0], key[1]
             labels = dict(zip(self.config.label_keys, key[2])) if len(key) > 2 else {}
             windows = TumblingWindows(self.config.resolutions[0].width, self._window_lengths(service, metric),
-                                      self.config.relative_accuracy)
+                                      self.config.relative_accuracy, self.store)
             series = Series(key, _series_key(service, metric, labels), service, metric, labels, windows)
-            self._attach(series)
-            self.series[key] = series
+            self._hold(series)
         return series
+
+    def _hold(self, series: Series) -> None:
+        self._attach(series)
+        self.series[series.ident] = series
+        self._series_of_owner[series.windows.owner] = series
 
     def _window_lengths(self, service: str, metric: str) -> dict[int, bool]:
         """The tumbling window lengths a series' readers need, and whether each needs quantiles: the
@@ -722,7 +792,7 @@ class PartitionProcessor:
         allows; close what they pass."""
         config = self.config
         aligned_until = self.alignment.aligned_until
-        slo_keys = set()
+        moved = []
         for series in series_list:
             mark = series.watermark
             self._aligned_ts(series, aligned_until)
@@ -736,10 +806,9 @@ class PartitionProcessor:
                                           config.idle_after_s)
             if mark > series.watermark:
                 series.watermark = mark
-                self._close_series(series, mark, out)
-                if series.trackers:
-                    slo_keys.add((series.service, series.metric))
-        for key in slo_keys:
+                moved.append(series)
+        self._close(moved, np.array([series.windows.owner for series in moved], dtype=np.int64), out)
+        for key in {(series.service, series.metric) for series in moved if series.trackers}:
             self._close_slos(key)
             self._touched.update(t.slo.name for t in self._trackers_of(key))
 
@@ -759,6 +828,8 @@ class PartitionProcessor:
         ttl = self.config.series_ttl_s
         for series in [s for s in self.series.values() if now - s.last_activity >= ttl and s.windows.is_empty()]:
             del self.series[series.ident]
+            del self._series_of_owner[series.windows.owner]
+            self.store.release(series.windows.owner)
             self._dirty.discard(series.ident)
             self._awaiting.pop(series.ident, None)
             self._deleted_keys.append(f"{self.partition}{SEP}h{SEP}{series.key}")
@@ -782,10 +853,9 @@ class PartitionProcessor:
             self._last_evaluation = now
         return out
 
-    def _judge_policies(self, series: Series, completed: list[Aggregate], out: Output) -> None:
-        """Judge every policy window the close completed (a window without data, too: no value, or
-        throughput 0), at most the newest ten per policy after a jump."""
-        closed_until = series.windows.closed_until
+    def _judge_policies(self, series: Series, completed: list[Aggregate], closed_until: int, out: Output) -> None:
+        """Judge every policy window a close up to ``closed_until`` completed (a window without data,
+        too: no value, or throughput 0), at most the newest ten per policy after a jump."""
         aggregates = {(agg.start, agg.end): agg for agg in completed}
         conditions: list[Condition] = []
         for watch in series.watches:
@@ -891,32 +961,6 @@ class PartitionProcessor:
         self._alert_events(events, out)
         return out
 
-    def _sli_event(self, series: Series, agg: Aggregate) -> tuple[bytes, dict]:
-        start, end = agg.start, agg.end
-        data = {
-            "service": series.service,
-            "metric": series.metric,
-            "labels": series.labels,
-            "window_start": start,
-            "window_end": end,
-            "count": agg.count,
-            "ok": agg.ok,
-            "errors": agg.errors,
-            "error_ratio": agg.error_ratio,
-            "throughput_per_s": agg.throughput_per_s,
-            "mean": agg.mean,
-            "min": agg.min,
-            "max": agg.max,
-        }
-        data.update(zip(QUANTILE_NAMES, agg.quantiles(QUANTILE_LEVELS)))
-        # The summary on /metrics needs the value count and sum, not part of the event.
-        series.last_report = {**data, "value_count": int(agg.stats[VALUES]), "value_sum": float(agg.stats[SUM])}
-        event = cloud_event(
-            "slostream.sli.window", self.config.source, event_id("sli", series.key, start),
-            end, data, subject=series.key,
-        )
-        return series.service.encode(), event
-
     def _deadletter(self, record: SourceRecord, rejection: Rejection) -> tuple[bytes, dict]:
         return deadletter_event(self.config, record, rejection)
 
@@ -939,8 +983,10 @@ class PartitionProcessor:
         p = self.partition
         for key in deleted:
             yield key, None
-        for series in dirty:
-            yield f"{p}{SEP}h{SEP}{series.key}", orjson.dumps(series.header())
+        for first in range(0, len(dirty), CHECKPOINT_SLICE_SERIES):
+            part = dirty[first:first + CHECKPOINT_SLICE_SERIES]
+            for series, windows_state in zip(part, self.store.states([series.windows.owner for series in part])):
+                yield f"{p}{SEP}h{SEP}{series.key}", orjson.dumps(series.header(windows_state))
         writes: list[tuple[str, bytes | None]] = []
         for name, tracker in self.trackers.items():
             if not tracker.dirty:
@@ -1019,9 +1065,9 @@ class PartitionProcessor:
             lengths = proc._window_lengths(header["service"], header["metric"])
             if "resolutions" in header["windows"]:
                 ring = SeriesWindows.from_states(header["windows"], slots.get(series_key, []))
-                windows = TumblingWindows.from_ring(ring, lengths)
+                windows = TumblingWindows.from_ring(ring, lengths, proc.store)
             else:
-                windows = TumblingWindows.from_state(header["windows"], lengths)
+                windows = TumblingWindows.from_state(header["windows"], lengths, proc.store)
             labels = tuple(header["labels"].get(k, "") for k in config.label_keys)
             ident = (header["service"], header["metric"], labels) if config.label_keys else (
                 header["service"], header["metric"])
@@ -1034,11 +1080,10 @@ class PartitionProcessor:
                 proc._awaiting[ident] = series
             series.last_activity = now
             series.last_report = header["last_report"]
-            proc._attach(series)
+            proc._hold(series)
             watched = header.get("watches", {})
             series.watches = [PolicyWatch.from_state(w.policy, watched[w.policy.name])
                               if w.policy.name in watched else w for w in series.watches]
-            proc.series[ident] = series
         return proc
 
 
@@ -1076,6 +1121,11 @@ def fence_key(partition: int) -> str:
 
 def _series_key(service: str, metric: str, labels: dict) -> str:
     return orjson.dumps([service, metric, labels], option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _nullable(column: np.ndarray) -> list[float | None]:
+    """A float column as JSON values: NaN (no value) as null."""
+    return [None if x != x else x for x in column.tolist()]
 
 
 def _finite_or_none(x: float) -> float | None:
