@@ -12,7 +12,7 @@ SPEC_VERSION = "1.0"
 
 def event_id(*parts: object) -> str:
     """Stable id from what an event describes, so consumers can dedupe replays."""
-    digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).hexdigest()
     return digest[:32]
 
 

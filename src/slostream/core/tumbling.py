@@ -100,18 +100,20 @@ class WindowStore:
         self.due = np.zeros(0)  # earliest end of an open window: no close completes anything before it
         self.open_count = np.zeros(0, dtype=np.int64)
         self.profile = np.zeros(0, dtype=np.int64)
+        self.changed = np.zeros(0, dtype=bool)  # state changed since the last ``take_changed``
         self._free_owners: list[int] = []
         self._owners = 0
-        # Per row (an open window).
-        self.stats = np.zeros((0, N_STATS))
-        self.row_start = np.zeros(0, dtype=np.int64)
-        self.row_length = np.zeros(0, dtype=np.int64)
-        self.row_owner = np.zeros(0, dtype=np.int64)
-        self.row_key = np.zeros(0, dtype=np.int64)  # the window's lookup key
-        self.row_live = np.zeros(0, dtype=bool)
-        self.row_quantiles = np.zeros(0, dtype=bool)
-        self.row_log = np.zeros(0, dtype=np.int32)  # keys of the row in the log
+        # Per row (an open window); the arrays have room for more than ``_rows``.
+        self.stats = np.zeros((64, N_STATS))
+        self.row_start = np.zeros(64, dtype=np.int64)
+        self.row_length = np.zeros(64, dtype=np.int64)
+        self.row_owner = np.zeros(64, dtype=np.int64)
+        self.row_key = np.zeros(64, dtype=np.int64)  # the window's lookup key
+        self.row_live = np.zeros(64, dtype=bool)
+        self.row_quantiles = np.zeros(64, dtype=bool)
+        self.row_log = np.zeros(64, dtype=np.int32)  # keys of the row in the log
         self._row_of: dict[int, int] = {}
+        self._newest: dict[int, np.ndarray] = {}  # length -> per owner, a row to try before ``_row_of``
         self._free_rows: list[int] = []
         self._rows = 0
         self.sketches: dict[int, QuantileSketch] = {}  # rows past the log: many values, or non-positive ones
@@ -138,10 +140,12 @@ class WindowStore:
                 self.due = _grown(self.due, size)
                 self.open_count = _grown(self.open_count, size)
                 self.profile = _grown(self.profile, size)
+                self.changed = _grown(self.changed, size)
         self.closed_until[owner] = 0
         self.mark[owner] = -1
         self.due[owner] = np.inf
         self.open_count[owner] = 0
+        self.changed[owner] = False
         self.profile[owner] = self._profile_of(lengths)
         return owner
 
@@ -149,7 +153,15 @@ class WindowStore:
         """Forget an owner without open windows (evicted)."""
         if self.open_count[owner]:
             raise ValueError(f"owner {owner} still has {self.open_count[owner]} open windows")
+        self.changed[owner] = False
         self._free_owners.append(owner)
+
+    def take_changed(self) -> np.ndarray:
+        """The owners whose state changed (windows fed or closed, or marked by the caller) since the
+        last call, ascending."""
+        owners = np.flatnonzero(self.changed[:self._owners])
+        self.changed[owners] = False
+        return owners
 
     def _profile_of(self, lengths: Mapping[int, bool]) -> int:
         key = tuple(sorted((int(length), bool(q)) for length, q in lengths.items()))
@@ -184,6 +196,7 @@ class WindowStore:
         if (starts < closed).any():
             i = int(np.argmax(starts < closed))
             raise ValueError(f"bucket {starts[i]} is closed (closed until {closed[i]})")
+        self.changed[owners] = True
         has_value = ~np.isnan(values)
         sketchable = values > self._zero  # False for NaN
         reads = self._reads[self.profile[owners]]
@@ -209,8 +222,12 @@ class WindowStore:
     def _rows_for(self, lookup: np.ndarray, owners: np.ndarray, starts: np.ndarray, length: int,
                   quantiles: np.ndarray) -> np.ndarray:
         """The rows of the windows ``lookup`` (unique), made where new."""
-        row_of = self._row_of
-        rows = np.fromiter((row_of.get(k, -1) for k in lookup.tolist()), dtype=np.int64, count=lookup.size)
+        newest = self._newest_row(length)
+        rows = newest[owners]
+        missed = np.flatnonzero((self.row_key[rows] != lookup) | ~self.row_live[rows])
+        if missed.size:
+            row_of = self._row_of
+            rows[missed] = [row_of.get(k, -1) for k in lookup[missed].tolist()]
         new = np.flatnonzero(rows < 0)
         if new.size:
             made = self._allocate(new.size)
@@ -223,10 +240,22 @@ class WindowStore:
             self.row_live[made] = True
             self.row_quantiles[made] = quantiles[new]
             self.row_log[made] = 0
-            row_of.update(zip(lookup[new].tolist(), made.tolist()))
+            self._row_of.update(zip(lookup[new].tolist(), made.tolist()))
+            newest[owners[new]] = made
             np.add.at(self.open_count, owners[new], 1)
             np.minimum.at(self.due, owners[new], (starts[new] + length).astype(np.float64))
         return rows
+
+    def _newest_row(self, length: int) -> np.ndarray:
+        """Per owner, the row of its newest window of ``length`` (or a stale row): most measurements
+        land in it, and it is found without a dict lookup."""
+        newest = self._newest.get(length)
+        if newest is None or len(newest) < len(self.closed_until):
+            grown = np.zeros(len(self.closed_until), dtype=np.int64)
+            if newest is not None:
+                grown[:len(newest)] = newest
+            newest = self._newest[length] = grown
+        return newest
 
     def _allocate(self, n: int) -> np.ndarray:
         reused = [self._free_rows.pop() for _ in range(min(n, len(self._free_rows)))]
@@ -336,6 +365,7 @@ class WindowStore:
         owners, horizons = owners[moved], horizons[moved]
         if owners.size:
             np.maximum.at(self.closed_until, owners, horizons.astype(np.int64))
+            self.changed[owners] = True
         used = self._rows
         ends = self.row_start[:used] + self.row_length[:used]
         if not owners.size or not (horizons >= self.due[owners]).any():
@@ -407,24 +437,22 @@ class WindowStore:
     def states(self, owners: Sequence[int]) -> list[dict]:
         """Each owner's persisted state."""
         per_owner = self.open_rows(owners) if owners else []
-        every = [row for rows in per_owner for row in rows]
-        log_rows, log_keys = self._log_of(self._flags(every)) if every and self._log_size else (
+        every = np.array([row for rows in per_owner for row in rows], dtype=np.int64)
+        log_rows, log_keys = self._log_of(self._flags(every)) if every.size and self._log_size else (
             np.zeros(0, np.int32), np.zeros(0, np.int32))
         firsts = np.searchsorted(log_rows, every).tolist()
         lasts = np.searchsorted(log_rows, every, side="right").tolist()
-        log_keys = log_keys.tolist()
-        keys_of = {row: log_keys[a:b] for row, a, b in zip(every, firsts, lasts)}
+        keys = log_keys.tolist()
+        windows = {row: [length, start, stats, self._sketch_state(row, keys[a:b])]
+                   for row, length, start, stats, a, b in zip(every.tolist(), self.row_length[every].tolist(),
+                                                              self.row_start[every].tolist(), self.stats[every].tolist(),
+                                                              firsts, lasts)}
         base = {"v": STATE_VERSION, "width": self.width, "accuracy": self.relative_accuracy}
-        states = []
-        for owner, rows in zip(owners, per_owner):
-            states.append({**base, "closed_until": int(self.closed_until[owner]), "mark": int(self.mark[owner]),
-                           "open": [[int(self.row_length[r]), int(self.row_start[r]), self.stats[r].tolist(),
-                                     self._sketch_state(r, keys_of[r])] for r in rows]})
-        return states
+        closed_until, marks = self.closed_until[list(owners)].tolist(), self.mark[list(owners)].tolist()
+        return [{**base, "closed_until": closed, "mark": mark, "open": [windows[row] for row in rows]}
+                for closed, mark, rows in zip(closed_until, marks, per_owner)]
 
     def _sketch_state(self, row: int, keys: list[int]) -> dict | None:
-        if not self.row_quantiles[row]:
-            return None
         sketch = self.sketches.get(row)
         if sketch is not None:
             return sketch.to_state()

@@ -195,7 +195,6 @@ class PartitionProcessor:
         self._aligned_applied = -np.inf  # the aligned time align_parts last closed the waiting series up to
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
-        self._dirty: set[tuple] = set()
         self.slos_for: dict[tuple[str, str], list[Slo]] = {}
         for slo in config.slos:
             self.slos_for.setdefault((slo.service, slo.metric), []).append(slo)
@@ -430,7 +429,7 @@ class PartitionProcessor:
                 self._evaluate(out, [t.slo.name for t in self._trackers_of(key)], slo_now)
             accepted = np.flatnonzero(~(late[start:stop] | replayed[start:stop])) + start
             if accepted.size:
-                self._ingest(accepted, batch, after, out, now, written)
+                self._ingest(accepted, batch, known, after, out, now, written)
 
     def _marks(self, ids: np.ndarray, known: list, ts: np.ndarray,
                written: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -511,13 +510,15 @@ class PartitionProcessor:
         for start, stop in zip(bounds, [*bounds[1:], n]):
             yield start, stop, cuts.get(start, [])
 
-    def _ingest(self, idx: np.ndarray, batch: rows.Rows, marks_after: np.ndarray, out: Output, now: float,
-                written: float) -> None:
-        """Window the accepted measurements ``idx`` (ascending) of one part of a batch."""
+    def _ingest(self, idx: np.ndarray, batch: rows.Rows, known: list[Series | None], marks_after: np.ndarray,
+                out: Output, now: float, written: float) -> None:
+        """Window the accepted measurements ``idx`` (ascending) of one part of a batch; ``known`` holds
+        each key's series as held before the batch."""
         width = self.config.resolutions[0].width
         sids = batch.ids[idx]
         # Series are made only for accepted measurements: a late-only key creates none.
-        series_of = {i: self._get_series(batch.keys[i]) for i in np.unique(sids).tolist()}
+        keys = batch.keys
+        series_of = {i: known[i] or self._get_series(keys[i]) for i in np.unique(sids).tolist()}
         starts = (np.floor(batch.ts[idx] / width) * width).astype(np.int64)
         order = np.lexsort((batch.marks[idx], starts, sids))
         sids, starts, idx = sids[order], starts[order], idx[order]
@@ -532,7 +533,7 @@ class PartitionProcessor:
         newest_marks = np.maximum.reduceat(marks_after[idx], series_firsts).tolist()
         np.maximum.at(self.store.mark, owners, np.maximum.reduceat(run_offsets, series_firsts))
         closes: dict[int, list[int]] = {}
-        if any(series.trackers or series.watches for series in touched):
+        if (self.slos_for or self.policies_for) and any(series.trackers or series.watches for series in touched):
             closes = self._feed_runs(sids, starts, idx, values, oks, run_offsets, ts, series_of, newest_marks,
                                      series_firsts, batch)
         out.accepted += len(idx)
@@ -544,7 +545,6 @@ class PartitionProcessor:
                 self._note_read(series, written)
             if mark > series.watermark:
                 series.watermark = mark
-        self._dirty.update(series.ident for series in touched)
         self._close(touched, owners, out, closes)
         slo_keys = {(series.service, series.metric) for series in touched if series.trackers}
         for key in slo_keys:
@@ -631,14 +631,13 @@ class PartitionProcessor:
         store = self.store
         before = store.closed_until[owners].copy()
         closed = store.close(owners, np.array([series.watermark for series in series_list]), QUANTILE_LEVELS)
-        moved = np.flatnonzero(store.closed_until[owners] != before).tolist()
-        self._dirty.update(series_list[i].ident for i in moved)
         if len(closed):
             self._report(closed, out)
-        for i in moved:
-            series = series_list[i]
-            if series.watches:
-                self._judge_in_steps(series, closed, int(before[i]), (steps or {}).get(int(owners[i]), []), out)
+        if self.policies_for:
+            for i in np.flatnonzero(store.closed_until[owners] != before).tolist():
+                series = series_list[i]
+                if series.watches:
+                    self._judge_in_steps(series, closed, int(before[i]), (steps or {}).get(int(owners[i]), []), out)
 
     def _report(self, closed: Closed, out: Output) -> None:
         """The SLI event of each completed report window."""
@@ -658,13 +657,15 @@ class PartitionProcessor:
                       (count / report).tolist(), _nullable(mean), _nullable(low), _nullable(high),
                       n_values.astype(np.int64).tolist(), stats[:, SUM].tolist(), *map(_nullable, quantiles.T))
         series_of, source = self._series_of_owner, self.config.source
-        for owner, start, n, good, bad, ratio, throughput, avg, lowest, highest, value_count, value_sum, *qs in columns:
+        p50, p90, p95, p99 = QUANTILE_NAMES
+        for owner, start, n, good, bad, ratio, throughput, avg, lowest, highest, value_count, value_sum, q50, q90, \
+                q95, q99 in columns:
             series = series_of[owner]
             end = start + report
             data = {"service": series.service, "metric": series.metric, "labels": series.labels,
                     "window_start": start, "window_end": end, "count": n, "ok": good, "errors": bad,
                     "error_ratio": ratio, "throughput_per_s": throughput, "mean": avg, "min": lowest, "max": highest,
-                    **dict(zip(QUANTILE_NAMES, qs))}
+                    p50: q50, p90: q90, p95: q95, p99: q99}
             # The summary on /metrics needs the value count and sum, not part of the event.
             series.last_report = {**data, "value_count": value_count, "value_sum": value_sum}
             event = cloud_event("slostream.sli.window", source, event_id("sli", series.key, start), end, data,
@@ -830,7 +831,6 @@ class PartitionProcessor:
             del self.series[series.ident]
             del self._series_of_owner[series.windows.owner]
             self.store.release(series.windows.owner)
-            self._dirty.discard(series.ident)
             self._awaiting.pop(series.ident, None)
             self._deleted_keys.append(f"{self.partition}{SEP}h{SEP}{series.key}")
             out.evicted += 1
@@ -878,7 +878,7 @@ class PartitionProcessor:
                 if transition is not None:
                     out.breaches.append(self._breach_event(series, watch, transition, end))
             if changed:
-                self._dirty.add(series.ident)
+                self.store.changed[series.windows.owner] = True
                 conditions.extend(watch.conditions(series.labels))
         if conditions:
             self._alert_events(self.book.evaluate(closed_until, conditions), out)
@@ -975,8 +975,7 @@ class PartitionProcessor:
         them all before this processor takes anything else.
         """
         deleted, self._deleted_keys = self._deleted_keys, []
-        dirty = [self.series[key] for key in sorted(self._dirty)]
-        self._dirty.clear()
+        dirty = [self._series_of_owner[owner] for owner in self.store.take_changed().tolist()]
         return self._checkpoint_writes(deleted, dirty), self.applied_offset
 
     def _checkpoint_writes(self, deleted: list[str], dirty: list[Series]) -> Iterator[tuple[str, bytes | None]]:
