@@ -34,9 +34,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from slostream.config import Settings
 from slostream.core.objectives import Policy
 from slostream.io.app import keep_out_of_gc
 from slostream.io.broker import EmbeddedBroker, free_port
+from slostream.pipeline.pacing import CheckpointPacer
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
 
 SERVICES = 10
@@ -342,14 +344,14 @@ def _cardinality_run(series: int) -> dict:
     proc = PartitionProcessor(0, PipelineConfig(), now=0.0)
     busy = 0.0
     windows = 0
-    last_checkpoint = time.perf_counter()
+    pacer = CheckpointPacer(Settings().checkpoint_interval_s)  # checkpoints paced as the worker paces them
     for offset, payload in enumerate(payloads):
         started = time.perf_counter()
         out = proc.process([SourceRecord("bench", 0, offset, t0 + CARDINALITY_SPAN_S, None, payload)], now=0.0)
-        if started - last_checkpoint >= 1.0:
+        if pacer.due(checkpoint_started := time.perf_counter()):
             deque(proc.checkpoint()[0], maxlen=0)
+            pacer.done(checkpoint_started, time.perf_counter())
             keep_out_of_gc()  # as the worker does after a checkpoint
-            last_checkpoint = started
         busy += time.perf_counter() - started
         windows += len(out.sli)
     gc.collect()

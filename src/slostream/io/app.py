@@ -36,6 +36,7 @@ from slostream.io.metrics import PipelineMetrics
 from slostream.io.sinks import AlertSinks
 from slostream.io import end_offsets, undecodable
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
+from slostream.pipeline.pacing import CheckpointPacer
 from slostream.pipeline.partition import (Output, PartitionProcessor, PipelineConfig, SourceRecord, deadletter_event,
                                           fence_key)
 
@@ -187,6 +188,7 @@ class IngestService:
         self.lock = asyncio.Lock()
         self.slicer = Slicer()
         self._checkpoint_lock = asyncio.Lock()
+        self.pacer = CheckpointPacer(settings.checkpoint_interval_s)
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
         self.records_consumed = 0
@@ -365,6 +367,7 @@ class IngestService:
         async with self._checkpoint_lock:
             snapshot: list[tuple[int, bytes, bytes | None]] = []
             async with self.lock:
+                started = time.monotonic()
                 due = self._uncheckpointed if partitions is None else self._uncheckpointed & partitions
                 offsets: dict[TP, int] = {}
                 for partition in sorted(due):
@@ -384,6 +387,7 @@ class IngestService:
                     if offset >= 0:
                         offsets[TP(self.topic, partition)] = offset + 1
                 self._uncheckpointed -= due
+                self.pacer.done(started, time.monotonic())
             await self.outputs.flush()
             # Straight to the producer, not Faust's send_soon buffer, whose flush()
             # gives up after 0.1 s without a send and would let the commit run
@@ -594,7 +598,8 @@ def create_app(settings: Settings) -> SloApp:
 
     @app.timer(settings.checkpoint_interval_s)
     async def checkpoint_state() -> None:
-        await ingest.checkpoint()
+        if ingest.pacer.due(time.monotonic()):
+            await ingest.checkpoint()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender, revoked, **kwargs) -> None:
