@@ -80,7 +80,7 @@ class Closed:
 
 
 class WindowStore:
-    """The open tumbling windows of many series (owners), in columns.
+    """The open tumbling windows of many series (owners), and their event-time clocks, in columns.
 
     Each owner has a profile: the window lengths its readers need, and whether each needs
     quantiles. ``add`` feeds measurements of many owners at once; ``close`` closes what their
@@ -101,6 +101,11 @@ class WindowStore:
         self.open_count = np.zeros(0, dtype=np.int64)
         self.profile = np.zeros(0, dtype=np.int64)
         self.changed = np.zeros(0, dtype=bool)  # state changed since the last ``take_changed``
+        # The owner's event-time clock, kept by the caller: newest event time, watermark, and the
+        # wall time of its last measurement.
+        self.max_ts = np.zeros(0)
+        self.watermark = np.zeros(0)
+        self.last_activity = np.zeros(0)
         self._free_owners: list[int] = []
         self._owners = 0
         # Per row (an open window); the arrays have room for more than ``_rows``.
@@ -141,13 +146,23 @@ class WindowStore:
                 self.open_count = _grown(self.open_count, size)
                 self.profile = _grown(self.profile, size)
                 self.changed = _grown(self.changed, size)
+                self.max_ts = _grown(self.max_ts, size)
+                self.watermark = _grown(self.watermark, size)
+                self.last_activity = _grown(self.last_activity, size)
         self.closed_until[owner] = 0
         self.mark[owner] = -1
         self.due[owner] = np.inf
         self.open_count[owner] = 0
         self.changed[owner] = False
+        self.max_ts[owner] = self.watermark[owner] = -np.inf
+        self.last_activity[owner] = 0.0
         self.profile[owner] = self._profile_of(lengths)
         return owner
+
+    @property
+    def owner_count(self) -> int:
+        """Owners numbered so far (released ones included): per-owner columns are valid up to it."""
+        return self._owners
 
     def release(self, owner: int) -> None:
         """Forget an owner without open windows (evicted)."""
@@ -399,13 +414,12 @@ class WindowStore:
         sketches: dict[int, QuantileSketch] = {}
         wanted = self.row_quantiles[rows] & (stats[:, VALUES] > 0)
         if wanted.any():
-            for i in np.flatnonzero(wanted).tolist():
-                sketch = self.sketches.get(int(rows[i]))
-                if sketch is not None:
-                    sketches[i] = sketch
-                    if levels:
-                        quantiles[i] = [np.nan if v is None else v for v in sketch.quantiles(levels)]
-            logged = np.flatnonzero(wanted & (self.row_log[rows] > 0))
+            in_log = self.row_log[rows] > 0  # a row with values keeps them either in the log or in a sketch
+            for i in np.flatnonzero(wanted & ~in_log).tolist():
+                sketch = sketches[i] = self.sketches[int(rows[i])]
+                if levels:
+                    quantiles[i] = [np.nan if v is None else v for v in sketch.quantiles(levels)]
+            logged = np.flatnonzero(wanted & in_log)
             if logged.size:
                 log_rows, log_keys = self._log_of(self._flags(rows[logged]))
                 # Sorted by row, then key: each row's keys in order, for ranks and lazy sketches.

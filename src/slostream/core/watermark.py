@@ -15,7 +15,7 @@ is cut into fetch batches, and a replay reproduces the original run.
 ...                                    np.array([-np.inf, 450.0]))
 >>> before.tolist(), final.tolist()
 ([-inf, 450.0, 100.0, 500.0], [100.0, 510.0])
->>> idle_watermark(max_ts=1000.0, watermark=970.0, quiet=12.0, grace=30.0, idle_after=5.0)
+>>> float(idle_watermark(max_ts=1000.0, watermark=970.0, quiet=12.0, grace=30.0, idle_after=5.0))
 977.0
 """
 
@@ -63,13 +63,14 @@ def running_max_before(groups: np.ndarray, values: np.ndarray, initial: np.ndarr
     return before, final
 
 
-def idle_watermark(max_ts: float, watermark: float, quiet: float, grace: float, idle_after: float) -> float:
-    """The watermark of a series that has sent nothing for ``quiet`` seconds of wall time.
+def idle_watermark(max_ts, watermark, quiet, grace: float, idle_after: float) -> np.ndarray:
+    """The watermark of a series that has sent nothing for ``quiet`` seconds of wall time (each
+    argument but ``grace`` and ``idle_after`` a number or an array of series).
 
     After ``idle_after`` seconds of quiet, its event time runs on at wall speed from where the
     watermark stood, so an idle service still has its windows closed (and still burns budget).
     A producer that flushes every F seconds loses nothing as long as F <= idle_after + grace.
     """
-    if quiet < idle_after or max_ts == -np.inf:
-        return watermark
-    return max(watermark, max_ts - grace + (quiet - idle_after))
+    with np.errstate(invalid="ignore"):
+        running = np.maximum(watermark, max_ts - grace + (quiet - idle_after))
+    return np.where((quiet < idle_after) | (max_ts == -np.inf), watermark, running)

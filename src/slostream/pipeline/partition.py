@@ -27,7 +27,7 @@ import orjson
 
 from slostream.core.alerts import AlertBook, AlertEvent, Condition
 from slostream.core.control import Command, CommandError
-from slostream.core.events import cloud_event, event_id
+from slostream.core.events import cloud_event, event_id, event_id_of_text
 from slostream.core.measurement import Columns, MeasurementDecoder, Reason, Rejection
 from slostream.core.objectives import GoodRule, Policy, Slo, Tally
 from slostream.core.policy import PolicyWatch, aggregate_value
@@ -126,7 +126,10 @@ class Forward(NamedTuple):
 
 
 class Series:
-    __slots__ = ("ident", "key", "service", "metric", "labels", "windows", "last_report", "trackers", "watches", "max_ts", "watermark", "last_activity",
+    """A series held by a partition. Its event-time clock lives in its window store's columns, so a
+    batch or a tick moves thousands of clocks with a few numpy calls."""
+
+    __slots__ = ("ident", "key", "service", "metric", "labels", "windows", "last_report", "trackers", "watches",
                  "reads", "aligned_ts")
 
     def __init__(self, ident: tuple, key: str, service: str, metric: str, labels: dict,
@@ -140,11 +143,35 @@ class Series:
         self.last_report: dict | None = None
         self.trackers: list[SloTracker] = []  # SLOs this series feeds
         self.watches: list[PolicyWatch] = []  # policies watching this series
-        self.max_ts = -np.inf  # newest event time seen
-        self.watermark = -np.inf  # max_ts - grace, or later when idle
-        self.last_activity = 0.0  # wall time of the last measurement
         self.reads: list[list[float]] = []  # [noted wall time, max_ts then] not yet aligned (``alignment``)
         self.aligned_ts = -np.inf  # max_ts as of the newest aligned read
+
+    @property
+    def max_ts(self) -> float:
+        """Newest event time seen."""
+        return float(self.windows.store.max_ts[self.windows.owner])
+
+    @max_ts.setter
+    def max_ts(self, value: float) -> None:
+        self.windows.store.max_ts[self.windows.owner] = value
+
+    @property
+    def watermark(self) -> float:
+        """``max_ts`` - grace, or later when idle."""
+        return float(self.windows.store.watermark[self.windows.owner])
+
+    @watermark.setter
+    def watermark(self, value: float) -> None:
+        self.windows.store.watermark[self.windows.owner] = value
+
+    @property
+    def last_activity(self) -> float:
+        """Wall time of the last measurement."""
+        return float(self.windows.store.last_activity[self.windows.owner])
+
+    @last_activity.setter
+    def last_activity(self, value: float) -> None:
+        self.windows.store.last_activity[self.windows.owner] = value
 
     def header(self, windows_state: dict | None = None) -> dict:
         """The persisted state; ``windows_state`` when the caller read many series' windows at once."""
@@ -401,12 +428,10 @@ class PartitionProcessor:
         grace = self.config.grace_s
         ids, keys = batch.ids, batch.keys
         known = [self.series.get(key) for key in keys]
-        before, after, newest = self._marks(ids, known, batch.ts, written)
-        # Held already (the source replayed after a crash): skipped before lateness is judged.
         owners = np.array([-1 if s is None else s.windows.owner for s in known], dtype=np.int64)
-        marks = np.full(owners.size, -1, dtype=np.int64)
-        marks[owners >= 0] = self.store.mark[owners[owners >= 0]]
-        replayed = batch.marks <= marks[ids]
+        before, after, newest = self._marks(ids, known, owners, batch.ts, written)
+        # Held already (the source replayed after a crash): skipped before lateness is judged.
+        replayed = batch.marks <= self._per_key(self.store.mark, owners, -1)[ids]
         out.skipped_replay += int(replayed.sum())
         with np.errstate(invalid="ignore"):
             horizon = np.floor(before / width) * width
@@ -431,7 +456,15 @@ class PartitionProcessor:
             if accepted.size:
                 self._ingest(accepted, batch, known, after, out, now, written)
 
-    def _marks(self, ids: np.ndarray, known: list, ts: np.ndarray,
+    @staticmethod
+    def _per_key(column: np.ndarray, owners: np.ndarray, default) -> np.ndarray:
+        """A store column per key of a batch; ``default`` for a key without a series (owner -1)."""
+        values = np.full(owners.size, default, dtype=column.dtype)
+        held = owners >= 0
+        values[held] = column[owners[held]]
+        return values
+
+    def _marks(self, ids: np.ndarray, known: list, owners: np.ndarray, ts: np.ndarray,
                written: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The watermark of each element's series before and after it, and the series' newest event
         time before it.
@@ -442,8 +475,8 @@ class PartitionProcessor:
         series' newest data has its share of it judged late.
         """
         grace, skew = self.config.grace_s, self.config.max_source_skew_s
-        mark0 = np.array([-np.inf if s is None else s.watermark for s in known])[ids]
-        newest0 = np.array([-np.inf if s is None else s.max_ts for s in known])
+        mark0 = self._per_key(self.store.watermark, owners, -np.inf)[ids]
+        newest0 = self._per_key(self.store.max_ts, owners, -np.inf)
         newest_before, _ = running_max_before(ids, ts, newest0)
         newest_after = np.maximum(newest_before, ts)
         aligned_until = self.alignment.aligned_until
@@ -529,22 +562,21 @@ class PartitionProcessor:
         touched = [series_of[sid] for sid in sids[series_firsts].tolist()]
         owners = np.array([series.windows.owner for series in touched], dtype=np.int64)
         self.store.add(np.repeat(owners, np.diff(np.r_[series_firsts, sids.size])), starts, values, oks)
-        newest_ts = np.maximum.reduceat(ts, series_firsts).tolist()
-        newest_marks = np.maximum.reduceat(marks_after[idx], series_firsts).tolist()
+        newest_ts = np.maximum.reduceat(ts, series_firsts)
+        newest_marks = np.maximum.reduceat(marks_after[idx], series_firsts)
         np.maximum.at(self.store.mark, owners, np.maximum.reduceat(run_offsets, series_firsts))
         closes: dict[int, list[int]] = {}
         if (self.slos_for or self.policies_for) and any(series.trackers or series.watches for series in touched):
-            closes = self._feed_runs(sids, starts, idx, values, oks, run_offsets, ts, series_of, newest_marks,
-                                     series_firsts, batch)
+            closes = self._feed_runs(sids, starts, idx, values, oks, run_offsets, ts, series_of,
+                                     newest_marks.tolist(), series_firsts, batch)
         out.accepted += len(idx)
-        aligning = self.config.partitions > 1
-        for series, max_ts, mark in zip(touched, newest_ts, newest_marks):
-            series.max_ts = max(series.max_ts, max_ts)
-            series.last_activity = now
-            if aligning:
+        store = self.store
+        store.max_ts[owners] = np.maximum(store.max_ts[owners], newest_ts)
+        store.last_activity[owners] = now
+        if self.config.partitions > 1:
+            for series in touched:
                 self._note_read(series, written)
-            if mark > series.watermark:
-                series.watermark = mark
+        store.watermark[owners] = np.maximum(store.watermark[owners], newest_marks)
         self._close(touched, owners, out, closes)
         slo_keys = {(series.service, series.metric) for series in touched if series.trackers}
         for key in slo_keys:
@@ -630,7 +662,7 @@ class PartitionProcessor:
             return
         store = self.store
         before = store.closed_until[owners].copy()
-        closed = store.close(owners, np.array([series.watermark for series in series_list]), QUANTILE_LEVELS)
+        closed = store.close(owners, store.watermark[owners], QUANTILE_LEVELS)
         if len(closed):
             self._report(closed, out)
         if self.policies_for:
@@ -668,8 +700,8 @@ class PartitionProcessor:
                     p50: q50, p90: q90, p95: q95, p99: q99}
             # The summary on /metrics needs the value count and sum, not part of the event.
             series.last_report = {**data, "value_count": value_count, "value_sum": value_sum}
-            event = cloud_event("slostream.sli.window", source, event_id("sli", series.key, start), end, data,
-                                subject=series.key)
+            event = cloud_event("slostream.sli.window", source, event_id_of_text(f"sli\x1f{series.key}\x1f{start}"), end,
+                                data, subject=series.key)
             out.sli.append((series.service.encode(), event))
 
     def _judge_in_steps(self, series: Series, closed: Closed, before: int, steps: list[int], out: Output) -> None:
@@ -788,36 +820,42 @@ class PartitionProcessor:
             self._advance(series_list[first:first + TICK_SLICE_SERIES], out, now, idle)
             yield out
 
-    def _advance(self, series_list, out: Output, now: float, idle: bool) -> None:
+    def _advance(self, series_list: list[Series], out: Output, now: float, idle: bool) -> None:
         """Move the watermarks of ``series_list`` as far as alignment (and, with ``idle``, quiet)
         allows; close what they pass."""
-        config = self.config
-        aligned_until = self.alignment.aligned_until
-        moved = []
-        for series in series_list:
-            mark = series.watermark
-            self._aligned_ts(series, aligned_until)
-            if series.reads:  # data not every partition has read past yet: as far as the aligned data
-                mark = max(mark, series.aligned_ts - config.grace_s, series.max_ts - config.max_source_skew_s)
-            else:
-                self._awaiting.pop(series.ident, None)
-                mark = max(mark, series.max_ts - config.grace_s)
-                if idle:
-                    mark = idle_watermark(series.max_ts, mark, now - series.last_activity, config.grace_s,
-                                          config.idle_after_s)
-            if mark > series.watermark:
-                series.watermark = mark
-                moved.append(series)
-        self._close(moved, np.array([series.windows.owner for series in moved], dtype=np.int64), out)
-        for key in {(series.service, series.metric) for series in moved if series.trackers}:
+        if not series_list:
+            return
+        config, store = self.config, self.store
+        owners = np.array([series.windows.owner for series in series_list], dtype=np.int64)
+        watermark, max_ts = store.watermark[owners], store.max_ts[owners]
+        marks = np.maximum(watermark, max_ts - config.grace_s)
+        if idle:
+            marks = idle_watermark(max_ts, marks, now - store.last_activity[owners], config.grace_s,
+                                   config.idle_after_s)
+        if self._awaiting:
+            aligned_until = self.alignment.aligned_until
+            for i, series in enumerate(series_list):
+                if series.ident not in self._awaiting:
+                    continue
+                self._aligned_ts(series, aligned_until)
+                if series.reads:  # data not every partition has read past yet: as far as the aligned data
+                    marks[i] = max(watermark[i], series.aligned_ts - config.grace_s,
+                                   max_ts[i] - config.max_source_skew_s)
+                else:
+                    del self._awaiting[series.ident]
+        moved = np.flatnonzero(marks > watermark)
+        store.watermark[owners[moved]] = marks[moved]
+        moved_series = [series_list[i] for i in moved.tolist()]
+        self._close(moved_series, owners[moved], out)
+        for key in {(series.service, series.metric) for series in moved_series if series.trackers}:
             self._close_slos(key)
             self._touched.update(t.slo.name for t in self._trackers_of(key))
 
     def _advance_idle_clocks(self, now: float) -> None:
         config = self.config
         for key, clock in self.idle_clocks.items():
-            mark = idle_watermark(clock.max_ts, clock.watermark, now - clock.last_activity, config.grace_s,
-                                  config.idle_after_s)
+            mark = float(idle_watermark(clock.max_ts, clock.watermark, now - clock.last_activity, config.grace_s,
+                                        config.idle_after_s))
             if mark > clock.watermark:
                 clock.watermark = mark
                 self._close_slos(key)
@@ -826,11 +864,14 @@ class PartitionProcessor:
     def _evict_quiet(self, now: float, out: Output) -> None:
         """Drop the series quiet for ``series_ttl_s`` of wall time whose every window is reported
         (a tombstone deletes its state); an SLO left without series keeps its clock running."""
-        ttl = self.config.series_ttl_s
-        for series in [s for s in self.series.values() if now - s.last_activity >= ttl and s.windows.is_empty()]:
+        store, held = self.store, self._series_of_owner
+        used = store.owner_count
+        quiet = np.flatnonzero((now - store.last_activity[:used] >= self.config.series_ttl_s) &
+                               (store.open_count[:used] == 0))
+        evicted = [held[owner] for owner in quiet.tolist() if owner in held]
+        for series in evicted:
             del self.series[series.ident]
-            del self._series_of_owner[series.windows.owner]
-            self.store.release(series.windows.owner)
+            del held[series.windows.owner]
             self._awaiting.pop(series.ident, None)
             self._deleted_keys.append(f"{self.partition}{SEP}h{SEP}{series.key}")
             out.evicted += 1
@@ -844,6 +885,8 @@ class PartitionProcessor:
             if not sources:
                 del self.slo_sources[key]
                 self.idle_clocks[key] = IdleClock(series.max_ts, series.watermark, series.last_activity)
+        for series in evicted:
+            store.release(series.windows.owner)
 
     def evaluate_pending(self, now: float) -> Output:
         """Judge SLOs the wall-clock limiter held back, once the interval has passed."""
