@@ -218,7 +218,8 @@ def _check_nothing_rejected(page: str, prefix: str) -> None:
 
 
 FLEET_SERIES = (10_000, 100_000)
-FLEET_STEPS = 9  # a measurement per series every 20 s: three one-minute windows each
+FLEET_MEASUREMENTS = 900_000  # a measurement per series every 20 s, as many steps as this takes
+FLEET_STEP_S = 20
 
 
 def _fleet(broker: EmbeddedBroker, series: int) -> dict:
@@ -230,9 +231,11 @@ def _fleet(broker: EmbeddedBroker, series: int) -> dict:
     rng = np.random.default_rng(5)
     names = [f"svc-{i}" for i in range(series)]
     payloads = []
-    for step in range(FLEET_STEPS):
+    steps = FLEET_MEASUREMENTS // series
+    for step in range(steps):
         values = rng.lognormal(4.0, 0.5, series).round(3).tolist()
-        items = [{"service": name, "metric": "latency_ms", "value": value, "ok": True, "ts": t0 + step * 20 + i % 20}
+        items = [{"service": name, "metric": "latency_ms", "value": value, "ok": True,
+                  "ts": t0 + step * FLEET_STEP_S + i % FLEET_STEP_S}
                  for i, (name, value) in enumerate(zip(names, values))]
         payloads += [orjson.dumps(items[i:i + 1000]) for i in range(0, series, 1000)]
     asyncio.run(_create_topics(broker, (prefix,), {prefix: UNKEYED_PARTITIONS}))
@@ -242,11 +245,12 @@ def _fleet(broker: EmbeddedBroker, series: int) -> dict:
     try:
         _wait_ready(port, worker)
         ready_at = time.perf_counter()
-        measurements = series * FLEET_STEPS
+        measurements = series * steps
         while _metric(_scrape(port)[0], "slostream_ingest_measurements_accepted_total") < measurements:
-            time.sleep(0.5)
+            time.sleep(0.5)  # a scrape of 1,000 series costs the worker about 0.1 s: not much more often
         read_all = time.perf_counter() - ready_at
-        asyncio.run(_last_sli_time(broker.bootstrap, f"{prefix}.sli", 3 * series, timeout=600))
+        windows = steps * FLEET_STEP_S // REPORT_S
+        asyncio.run(_last_sli_time(broker.bootstrap, f"{prefix}.sli", windows * series, timeout=600))
         page, scrape_s = _scrape(port)
         _check_nothing_rejected(page, prefix)
         with open(f"/proc/{worker.pid}/status") as status:
