@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slostream.core.sketch import QuantileSketch
-from slostream.core.tumbling import TumblingWindows
+from slostream.core.tumbling import TumblingWindows, WindowStore
 from slostream.core.windows import SeriesWindows
 
 WIDTH = 10
@@ -169,3 +169,63 @@ def test_version_1_state_folds_its_open_buckets_into_the_windows():
     done = windows.close_until(300)
     assert [(a.start, a.end, a.count, a.errors) for a in done] == [(0, 60, 6, 1), (0, 300, 6, 1)]
     assert done[0].quantile(1.0) == pytest.approx(6.0, rel=0.01) and done[1].sketch is None
+
+
+def test_a_restore_into_a_store_of_another_accuracy_keeps_counts_and_drops_sketches():
+    """The accuracy setting changed across a restart: the keys of the old sketches mean other values."""
+    old = TumblingWindows(WIDTH, {60: True}, relative_accuracy=0.02)
+    old.add(0, np.array([100.0, 200.0]), np.ones(2, dtype=np.int8))
+    store = WindowStore(WIDTH, 0.01)
+    restored = TumblingWindows.from_state(orjson.loads(orjson.dumps(old.to_state())), {60: True}, store)
+    restored.add(10, np.array([50.0]), np.ones(1, dtype=np.int8))
+    done = restored.close_until(60)[0]
+    assert (done.count, done.min, done.max) == (3, 50.0, 200.0)
+    assert done.quantile(0.5) == pytest.approx(50.0, rel=0.01)  # only what arrived after the restore
+
+
+def test_many_owners_in_one_store_each_complete_their_own_windows_exactly():
+    """Owners of two profiles share a store: sparse ones (keys in the shared log), dense ones (past
+    the log, into sketches) and ones with zero and negative values; batches mix owners, each owner
+    closes at its own pace, and the whole store goes through a state round trip half way."""
+    rng = np.random.default_rng(3)
+    profiles = [{60: True}, {60: True, 300: False}]
+    store = WindowStore(WIDTH)
+    owners = [TumblingWindows(WIDTH, profiles[i % 2], store=store) for i in range(40)]
+    items = {i: [] for i in range(40)}
+    completed = {i: [] for i in range(40)}
+    for step in range(60):  # 10 s of event time per step
+        batch_owners, batch_starts, batch_values = [], [], []
+        for i, windows in enumerate(owners):
+            n = 40 if i % 5 == 0 else int(rng.integers(0, 3))  # every fifth owner is dense
+            values = rng.lognormal(3.0, 1.0, n)
+            if i % 7 == 3:
+                values[: n // 2] -= 30.0  # zeros and negatives turn a window's keys into bins
+            items[i] += [(step * WIDTH, v) for v in values]
+            batch_owners += [windows.owner] * n
+            batch_starts += [step * WIDTH] * n
+            batch_values += values.tolist()
+        store.add(np.array(batch_owners, dtype=np.int64), np.array(batch_starts, dtype=np.int64),
+                  np.array(batch_values), np.ones(len(batch_values), dtype=np.int8))
+        marks = np.array([step * WIDTH - rng.integers(0, 40) for _ in owners], dtype=np.float64)
+        closed = store.close(np.array([w.owner for w in owners], dtype=np.int64), marks, (0.5, 0.99))
+        for k in range(len(closed)):
+            i = [w.owner for w in owners].index(int(closed.owners[k]))
+            completed[i].append((closed.aggregate(k), closed.quantiles[k]))
+        if step == 30:
+            states = store.states([w.owner for w in owners])
+            store = WindowStore(WIDTH)
+            owners = [TumblingWindows.from_state(orjson.loads(orjson.dumps(state)), profiles[i % 2], store)
+                      for i, state in enumerate(states)]
+    for i, windows in enumerate(owners):
+        for agg, quantiles in completed[i]:
+            values = np.array([v for ts, v in items[i] if agg.start <= ts < agg.end])
+            assert agg.count == len(values) and agg.max == pytest.approx(values.max())
+            if agg.end - agg.start == 60:
+                direct = QuantileSketch()
+                direct.add_values(values)
+                for q, got in zip((0.5, 0.99), quantiles):
+                    assert got == pytest.approx(min(max(direct.quantile(q), values.min()), values.max()), rel=1e-9)
+            else:
+                assert agg.sketch is None and np.isnan(quantiles).all()
+        assert {agg.start for agg, _ in completed[i] if agg.end - agg.start == 60} == \
+            {ts // 60 * 60 for ts, _ in items[i] if ts // 60 * 60 + 60 <= windows.closed_until}

@@ -369,6 +369,55 @@ def _cardinality_run(series: int) -> dict:
     }
 
 
+LIVE_SERIES = 100_000
+LIVE_SPAN_S = 600
+LIVE_WARMUP_S = 120  # series are made in the first minutes: a one-off, not live cost
+
+
+def _live(series: int) -> dict:
+    """``_live_run`` in a fresh process."""
+    code = f"import json; from slostream.bench import _live_run; print(json.dumps(_live_run({series})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def _live_run(series: int) -> dict:
+    """``series`` latency series sending live, 4 measurements a minute each, in one batch per second
+    of event time (as a worker reads them), with a tick each second and checkpoints paced as the
+    worker paces them: the share of a core the processor takes, after a warm-up."""
+    rng = np.random.default_rng(13)
+    t0 = 1_700_000_000
+    names = [f"svc-{i}" for i in range(series)]
+    payloads = []
+    for second in range(LIVE_SPAN_S):
+        chosen = range(second % CARDINALITY_STEP_S, series, CARDINALITY_STEP_S)  # each series every 15 s
+        values = rng.lognormal(4.0, 0.6, len(chosen)).round(3).tolist()
+        payloads.append(orjson.dumps([{"service": names[i], "metric": "latency_ms", "value": value, "ok": True,
+                                       "ts": t0 + second} for i, value in zip(chosen, values)]))
+    proc = PartitionProcessor(0, PipelineConfig(), now=0.0)
+    pacer = CheckpointPacer(Settings().checkpoint_interval_s)
+    busy = 0.0
+    windows = 0
+    for second, payload in enumerate(payloads):
+        now = float(second)
+        started = time.perf_counter()
+        out = proc.process([SourceRecord("bench", 0, second, t0 + second, None, payload)], now=now)
+        out.extend(proc.tick(now))
+        if pacer.due(now):
+            checkpoint_started = time.perf_counter()
+            deque(proc.checkpoint()[0], maxlen=0)
+            pacer.done(now, now + time.perf_counter() - checkpoint_started)
+            keep_out_of_gc()
+        if second >= LIVE_WARMUP_S:
+            busy += time.perf_counter() - started
+            windows += len(out.sli)
+    return {
+        "series": series,
+        "core_share": round(busy / (LIVE_SPAN_S - LIVE_WARMUP_S), 3),
+        "windows_per_s": round(windows / (LIVE_SPAN_S - LIVE_WARMUP_S)),
+    }
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -603,6 +652,7 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         "bytes_per_series": _bytes_per_series(),
         "bytes_per_series_6h_p99_policy": _bytes_per_series(6 * 3600),
         "cardinality": [_cardinality(n) for n in CARDINALITY_SERIES],
+        "live": _live(LIVE_SERIES),
         "fleet": fleets,
         "evaluation_us_per_slo": round(_evaluation_us(), 1),
         "alert_trials": len(latencies),

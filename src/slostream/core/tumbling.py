@@ -486,6 +486,8 @@ class WindowStore:
         merge_stats_into(self.stats[row], stats)
         if not reads[length] or sketch is None or not sketch.count:
             return
+        if sketch.relative_accuracy != self.relative_accuracy:  # the accuracy setting changed: keys differ
+            return
         keys = sketch.sparse_keys()
         if row not in self.sketches and keys is not None and self.row_log[row] + keys.size <= SPARSE_KEYS:
             self._append_log(np.full(keys.size, row, dtype=np.int32), keys)
@@ -581,13 +583,11 @@ class TumblingWindows:
     def from_state(cls, state: dict, lengths: Mapping[int, bool], store: WindowStore | None = None) -> "TumblingWindows":
         """Rebuilt for the window lengths read now: windows of a length no longer read are dropped,
         a length read for the first time starts empty (so does a window not needing quantiles any
-        more lose its sketch)."""
+        more lose its sketch, and every window its sketch if the store's accuracy changed: its
+        quantiles then come from what arrives after the restore)."""
         version = state.get("v")
         if version not in (1, STATE_VERSION):
             raise ValueError(f"unsupported tumbling window state version {version!r}")
-        if store is not None and (store.width, store.relative_accuracy) != (state["width"], state["accuracy"]):
-            raise ValueError(f"window state of width {state['width']}s and accuracy {state['accuracy']} does not "
-                             f"match the store's {store.width}s and {store.relative_accuracy}")
         windows = cls(state["width"], lengths, state["accuracy"], store)
         windows.store.closed_until[windows.owner] = state["closed_until"]
         if version == 1:
@@ -599,8 +599,8 @@ class TumblingWindows:
         return windows
 
     def _restore_window(self, length: int, start: int, stats: list, sketch: dict | None) -> None:
-        self.store.put_window(self.owner, int(length), int(start), _stats_from_state(stats),
-                              None if sketch is None else QuantileSketch.from_state(sketch))
+        restored = None if sketch is None else QuantileSketch.from_state(sketch)
+        self.store.put_window(self.owner, int(length), int(start), _stats_from_state(stats), restored)
 
     def _restore_v1(self, state: dict) -> None:
         """Version 1 kept open base buckets, each with its replay mark, apart from partial windows:
