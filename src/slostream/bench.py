@@ -36,7 +36,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from slostream.config import Settings
 from slostream.core.objectives import Policy
-from slostream.io.app import keep_out_of_gc
+from slostream.io.app import keep_out_of_gc, pipeline_config
 from slostream.io.broker import EmbeddedBroker, free_port
 from slostream.pipeline.pacing import CheckpointPacer
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
@@ -345,7 +345,7 @@ def _cardinality_run(series: int) -> dict:
         payloads += [orjson.dumps(items[i:i + CARDINALITY_RECORD]) for i in range(0, series, CARDINALITY_RECORD)]
     gc.collect()
     base = _rss()
-    proc = PartitionProcessor(0, PipelineConfig(), now=0.0)
+    proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1)), now=0.0)  # the worker's defaults, one partition
     busy = 0.0
     windows = 0
     pacer = CheckpointPacer(Settings().checkpoint_interval_s)  # checkpoints paced as the worker paces them
@@ -394,7 +394,7 @@ def _live_run(series: int) -> dict:
         values = rng.lognormal(4.0, 0.6, len(chosen)).round(3).tolist()
         payloads.append(orjson.dumps([{"service": names[i], "metric": "latency_ms", "value": value, "ok": True,
                                        "ts": t0 + second} for i, value in zip(chosen, values)]))
-    proc = PartitionProcessor(0, PipelineConfig(), now=0.0)
+    proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1)), now=0.0)  # the worker's defaults, one partition
     pacer = CheckpointPacer(Settings().checkpoint_interval_s)
     busy = 0.0
     windows = 0

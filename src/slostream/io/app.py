@@ -113,6 +113,27 @@ class SloApp(faust.App):
         return BatchingTransport(self.conf.broker_consumer, self)
 
 
+def pipeline_config(settings: Settings) -> PipelineConfig:
+    """The partition pipeline's configuration from the worker's settings."""
+    return PipelineConfig(
+        resolutions=settings.resolutions,
+        report_window_s=settings.report_window_s,
+        grace_s=settings.grace_s,
+        idle_after_s=settings.idle_after_s,
+        label_keys=settings.label_keys,
+        max_record_bytes=settings.max_record_bytes,
+        max_future_skew_s=settings.max_future_skew_s,
+        source=settings.source,
+        slos=settings.slos,
+        policies=settings.policies,
+        alert_cooldown_s=settings.alert_cooldown_s,
+        escalate_after_s=settings.escalate_after_s,
+        evaluation_interval_s=EVALUATION_INTERVAL_S,
+        partitions=settings.partitions,
+        series_ttl_s=settings.series_ttl_s,
+    )
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def key_hash(key: bytes) -> int:
     """Kafka's default partitioner's hash of a record key (murmur2, positive); the same few thousand
@@ -188,23 +209,7 @@ class IngestService:
         self.settings = settings
         self.metrics = metrics
         self.topic = settings.topic("measurements")
-        self.pipeline_config = PipelineConfig(
-            resolutions=settings.resolutions,
-            report_window_s=settings.report_window_s,
-            grace_s=settings.grace_s,
-            idle_after_s=settings.idle_after_s,
-            label_keys=settings.label_keys,
-            max_record_bytes=settings.max_record_bytes,
-            max_future_skew_s=settings.max_future_skew_s,
-            source=settings.source,
-            slos=settings.slos,
-            policies=settings.policies,
-            alert_cooldown_s=settings.alert_cooldown_s,
-            escalate_after_s=settings.escalate_after_s,
-            evaluation_interval_s=EVALUATION_INTERVAL_S,
-            partitions=settings.partitions,
-            series_ttl_s=settings.series_ttl_s,
-        )
+        self.pipeline_config = pipeline_config(settings)
         self.sinks: AlertSinks | None = None
         # The control commands in force, for partitions restored later.
         self.control_log = ControlLog()
