@@ -15,7 +15,9 @@ def test_the_worker_keeps_the_root_logger_at_the_configured_level(level):
     root = logging.getLogger()
     saved = root.level, list(root.handlers)
     try:
-        make_worker(faust.App("log-level-check", broker="kafka://127.0.0.1:1"), level)._setup_logging()
+        worker = make_worker(faust.App("log-level-check", broker="kafka://127.0.0.1:1"), level)
+        worker.redirect_stdouts = False  # the test's own stdout stays pytest's
+        worker._setup_logging()
         assert root.level == getattr(logging, level.upper())
         assert not logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG)
     finally:
