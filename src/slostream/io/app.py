@@ -507,7 +507,7 @@ MIN_CHUNK_BYTES = 64 << 10
 CHUNK_SECONDS = 0.2
 LOOP_PROBE_S = 0.1  # slostream_event_loop_lag_seconds
 # A checkpoint yields to the event loop after this many state writes (about 0.1 s of serialising).
-YIELD_EVERY_WRITES = 2000
+YIELD_EVERY_WRITES = 500
 # Within a base bucket, SLOs are judged at most this often per partition (wall time);
 # the alert latency goal is one second.
 EVALUATION_INTERVAL_S = 0.1

@@ -51,7 +51,7 @@ FORWARD_BYTES_PER_MEASUREMENT = 40
 # Series a tick advances between yields to the worker's event loop (0.1-0.2 s of closes at most).
 TICK_SLICE_SERIES = 2000
 # Dirty series whose state a checkpoint serialises between yields to the worker's event loop.
-CHECKPOINT_SLICE_SERIES = 2000
+CHECKPOINT_SLICE_SERIES = 500
 # Reads of a series kept awaiting alignment (later ones absorb the oldest: it aligns a little later).
 MAX_READS = 16
 QUANTILE_NAMES, QUANTILE_LEVELS = ("p50", "p90", "p95", "p99"), (0.5, 0.9, 0.95, 0.99)
@@ -832,17 +832,22 @@ class PartitionProcessor:
         if idle:
             marks = idle_watermark(max_ts, marks, now - store.last_activity[owners], config.grace_s,
                                    config.idle_after_s)
-        if self._awaiting:
+        awaiting = self._awaiting
+        if awaiting:
             aligned_until = self.alignment.aligned_until
+            held_back, bounds = [], []
             for i, series in enumerate(series_list):
-                if series.ident not in self._awaiting:
+                if series.ident not in awaiting:
                     continue
                 self._aligned_ts(series, aligned_until)
                 if series.reads:  # data not every partition has read past yet: as far as the aligned data
-                    marks[i] = max(watermark[i], series.aligned_ts - config.grace_s,
-                                   max_ts[i] - config.max_source_skew_s)
+                    held_back.append(i)
+                    bounds.append(series.aligned_ts)
                 else:
-                    del self._awaiting[series.ident]
+                    del awaiting[series.ident]
+            if held_back:
+                marks[held_back] = np.maximum(np.maximum(watermark[held_back], np.array(bounds) - config.grace_s),
+                                              max_ts[held_back] - config.max_source_skew_s)
         moved = np.flatnonzero(marks > watermark)
         store.watermark[owners[moved]] = marks[moved]
         moved_series = [series_list[i] for i in moved.tolist()]
