@@ -42,6 +42,9 @@ from .windows import COUNT, MAX, MIN, N_STATS, OK, OK_KNOWN, SUM, VALUES, Aggreg
 STATE_VERSION = 2
 _START_SHIFT, _OWNER_SHIFT = 8, 40  # a window's lookup key: owner, start in base buckets, length index
 STATS, QUANTILES = 1, 2  # what an owner's profile reads of a length
+_OWNER_COLUMNS = ("closed_until", "mark", "due", "open_count", "profile", "changed", "max_ts", "watermark",
+                  "last_activity")
+_ROW_COLUMNS = ("stats", "row_start", "row_length", "row_owner", "row_key", "row_live", "row_quantiles", "row_log")
 
 
 def _stats_from_state(stats: list) -> np.ndarray:
@@ -139,16 +142,7 @@ class WindowStore:
             owner = self._owners
             self._owners += 1
             if owner >= len(self.closed_until):
-                size = max(64, 2 * owner)
-                self.closed_until = _grown(self.closed_until, size)
-                self.mark = _grown(self.mark, size)
-                self.due = _grown(self.due, size)
-                self.open_count = _grown(self.open_count, size)
-                self.profile = _grown(self.profile, size)
-                self.changed = _grown(self.changed, size)
-                self.max_ts = _grown(self.max_ts, size)
-                self.watermark = _grown(self.watermark, size)
-                self.last_activity = _grown(self.last_activity, size)
+                self._grow(_OWNER_COLUMNS, max(64, 2 * owner))
         self.closed_until[owner] = 0
         self.mark[owner] = -1
         self.due[owner] = np.inf
@@ -218,21 +212,21 @@ class WindowStore:
         columns = _stat_columns(values, oks, has_value)
         keys = None
         for index, length in enumerate(self.lengths):
-            read = reads[:, index]
-            chosen = np.flatnonzero(read) if not read.all() else None
-            window_starts = starts - starts % length if chosen is None else starts[chosen] - starts[chosen] % length
-            chosen_owners = owners if chosen is None else owners[chosen]
+            chosen = np.flatnonzero(reads[:, index])  # measurements of owners reading this length
+            if not chosen.size:
+                continue
+            read, chosen_owners = reads[chosen, index], owners[chosen]
+            window_starts = starts[chosen] - starts[chosen] % length
             lookup = (chosen_owners << _OWNER_SHIFT) | ((window_starts // self.width) << _START_SHIFT) | index
             unique, first, inverse = np.unique(lookup, return_index=True, return_inverse=True)
-            quantiles = read[first] == QUANTILES if chosen is None else read[chosen[first]] == QUANTILES
-            rows = self._rows_for(unique, chosen_owners[first], window_starts[first], length, quantiles)
-            self._add_stats(rows, inverse, columns if chosen is None else [c[chosen] for c in columns])
-            wants = (read == QUANTILES) & has_value if chosen is None else (read[chosen] == QUANTILES) & has_value[chosen]
-            if wants.any():
+            rows = self._rows_for(unique, chosen_owners[first], window_starts[first], length, read[first] == QUANTILES)
+            self._add_stats(rows, inverse, [column[chosen] for column in columns])
+            wants = np.flatnonzero((read == QUANTILES) & has_value[chosen])
+            if wants.size:
                 if keys is None:
                     keys = QuantileSketch.positive_keys(np.where(sketchable, values, 1.0), self.relative_accuracy)
-                at = np.flatnonzero(wants) if chosen is None else chosen[wants]
-                self._add_to_sketches(rows[inverse[np.flatnonzero(wants)]], values[at], keys[at], sketchable[at])
+                at = chosen[wants]
+                self._add_to_sketches(rows[inverse[wants]], values[at], keys[at], sketchable[at])
 
     def _rows_for(self, lookup: np.ndarray, owners: np.ndarray, starts: np.ndarray, length: int,
                   quantiles: np.ndarray) -> np.ndarray:
@@ -261,6 +255,10 @@ class WindowStore:
             np.minimum.at(self.due, owners[new], (starts[new] + length).astype(np.float64))
         return rows
 
+    def _grow(self, names: tuple[str, ...], size: int) -> None:
+        for name in names:
+            setattr(self, name, _grown(getattr(self, name), size))
+
     def _newest_row(self, length: int) -> np.ndarray:
         """Per owner, the row of its newest window of ``length`` (or a stale row): most measurements
         land in it, and it is found without a dict lookup."""
@@ -278,15 +276,7 @@ class WindowStore:
         first = self._rows
         self._rows += fresh
         if self._rows > len(self.row_start):
-            size = max(64, 2 * self._rows)
-            self.stats = _grown(self.stats, size)
-            self.row_start = _grown(self.row_start, size)
-            self.row_length = _grown(self.row_length, size)
-            self.row_owner = _grown(self.row_owner, size)
-            self.row_key = _grown(self.row_key, size)
-            self.row_live = _grown(self.row_live, size)
-            self.row_quantiles = _grown(self.row_quantiles, size)
-            self.row_log = _grown(self.row_log, size)
+            self._grow(_ROW_COLUMNS, max(64, 2 * self._rows))
         return np.concatenate([np.array(reused, dtype=np.int64), np.arange(first, first + fresh, dtype=np.int64)])
 
     def _add_stats(self, rows: np.ndarray, inverse: np.ndarray, columns: list[np.ndarray]) -> None:
@@ -381,10 +371,10 @@ class WindowStore:
         if owners.size:
             np.maximum.at(self.closed_until, owners, horizons.astype(np.int64))
             self.changed[owners] = True
-        used = self._rows
-        ends = self.row_start[:used] + self.row_length[:used]
         if not owners.size or not (horizons >= self.due[owners]).any():
             return self._closed(np.zeros(0, dtype=np.int64), levels)
+        used = self._rows
+        ends = self.row_start[:used] + self.row_length[:used]
         rows = np.flatnonzero(self.row_live[:used] & (ends <= self.closed_until[self.row_owner[:used]]))
         rows = rows[np.lexsort((self.row_length[rows], ends[rows], self.row_owner[rows]))]
         closed = self._closed(rows, levels)
@@ -523,13 +513,17 @@ class TumblingWindows:
     quantiles.
     """
 
-    __slots__ = ("store", "owner", "lengths")
+    __slots__ = ("store", "owner")
 
     def __init__(self, width: int, lengths: Mapping[int, bool], relative_accuracy: float = 0.01,
                  store: WindowStore | None = None):
         self.store = WindowStore(width, relative_accuracy) if store is None else store
-        self.lengths = dict(sorted(lengths.items()))
-        self.owner = self.store.new_owner(self.lengths)
+        self.owner = self.store.new_owner(lengths)
+
+    @property
+    def lengths(self) -> dict[int, bool]:
+        """The window lengths read, and whether each needs quantiles."""
+        return self.store.reads(self.owner)
 
     @property
     def closed_until(self) -> int:

@@ -125,6 +125,21 @@ class Forward(NamedTuple):
     measurements: int
 
 
+class _Clock:
+    """A series' clock field, kept in the column of the same name of its window store."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name = name
+
+    def __get__(self, series: "Series", owner=None) -> float:
+        windows = series.windows
+        return float(getattr(windows.store, self.name)[windows.owner])
+
+    def __set__(self, series: "Series", value: float) -> None:
+        windows = series.windows
+        getattr(windows.store, self.name)[windows.owner] = value
+
+
 class Series:
     """A series held by a partition. Its event-time clock lives in its window store's columns, so a
     batch or a tick moves thousands of clocks with a few numpy calls."""
@@ -146,32 +161,9 @@ class Series:
         self.reads: list[list[float]] = []  # [noted wall time, max_ts then] not yet aligned (``alignment``)
         self.aligned_ts = -np.inf  # max_ts as of the newest aligned read
 
-    @property
-    def max_ts(self) -> float:
-        """Newest event time seen."""
-        return float(self.windows.store.max_ts[self.windows.owner])
-
-    @max_ts.setter
-    def max_ts(self, value: float) -> None:
-        self.windows.store.max_ts[self.windows.owner] = value
-
-    @property
-    def watermark(self) -> float:
-        """``max_ts`` - grace, or later when idle."""
-        return float(self.windows.store.watermark[self.windows.owner])
-
-    @watermark.setter
-    def watermark(self, value: float) -> None:
-        self.windows.store.watermark[self.windows.owner] = value
-
-    @property
-    def last_activity(self) -> float:
-        """Wall time of the last measurement."""
-        return float(self.windows.store.last_activity[self.windows.owner])
-
-    @last_activity.setter
-    def last_activity(self, value: float) -> None:
-        self.windows.store.last_activity[self.windows.owner] = value
+    max_ts = _Clock()  # newest event time seen
+    watermark = _Clock()  # max_ts - grace, or later when idle
+    last_activity = _Clock()  # wall time of the last measurement
 
     def header(self, windows_state: dict | None = None) -> dict:
         """The persisted state; ``windows_state`` when the caller read many series' windows at once."""
