@@ -4,7 +4,8 @@ import numpy as np
 import orjson
 import pytest
 
-from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.core.sketch import QuantileSketch
+from slostream.pipeline.partition import SEP, PartitionProcessor, PipelineConfig, SourceRecord
 
 T0 = 1_800_000_000 // 60 * 60
 CONFIG = PipelineConfig(grace_s=5.0, idle_after_s=2.0)
@@ -175,10 +176,39 @@ def test_eviction_deletes_a_quiet_series_and_its_state_restores_exactly():
     assert sum(value is None for value in store.values()) == 1
     restored = PartitionProcessor.restore(0, config, store.items(), now=300.0)
     assert restored.series.keys() == proc.series.keys()
-    assert restored.series[("busy", "m")].header() == proc.series[("busy", "m")].header()
+    busy = [p.series[("busy", "m")] for p in (restored, proc)]
+    assert busy[0].header() == busy[1].header() and busy[0].windows.to_state() == busy[1].windows.to_state()
     # Both go on alike; the evicted service comes back as a new series with exact windows.
     later = [record(offset + i, service, T0 + 300 + i * 20) for i, service in enumerate(["quiet", "busy"] * 6)]
     outs = [p.process(later, 300.0).sli + p.tick(400.0).sli for p in (proc, restored)]
     assert outs[0] == outs[1]
     quiet = [event["data"]["count"] for _, event in outs[0] if event["data"]["service"] == "quiet"]
     assert quiet == [2, 1, 2, 1]  # 0 and 40 s, 80, 120 and 160, 200: every window, once
+
+
+def test_a_series_record_of_version_4_restores_the_same_windows_and_clock():
+    """Version 4 wrote a series as one JSON object: its windows as version 2 JSON, its clock in the
+    header. A worker upgraded in the middle of a window goes on exactly as one that never stopped."""
+    def record(offset, values, ts0):
+        return SourceRecord("m", 0, offset, ts0, None, orjson.dumps(
+            [{"service": "s", "metric": "lat", "value": v, "ok": v < 25, "ts": ts0 + i} for i, v in enumerate(values)]))
+
+    reference = PartitionProcessor(0, CONFIG, 0.0)
+    reference.process([record(0, [10.0, 20.0, 30.0], T0)], 0.0)
+    store = dict(reference.checkpoint()[0])
+    series = reference.series[("s", "lat")]
+    assert series.windows.lengths == {60: True}
+    keys = QuantileSketch.positive_keys(np.array([10.0, 20.0, 30.0]), 0.01).tolist()
+    store[f"0{SEP}h{SEP}{series.key}"] = orjson.dumps({
+        "v": 4, "service": "s", "metric": "lat", "labels": {}, "last_report": None, "watches": {}, "reads": [],
+        "aligned_ts": None, "clock": [series.max_ts, series.watermark],
+        "windows": {"v": 2, "width": 10, "accuracy": 0.01, "closed_until": series.windows.closed_until,
+                    "mark": series.windows.mark,
+                    "open": [[60, T0, [3, 3, 2, 3, 60.0, 10.0, 30.0], QuantileSketch.sparse_state(keys, 0.01)]]}})
+    upgraded = PartitionProcessor.restore(0, CONFIG, store.items(), 0.0)
+    assert upgraded.series[("s", "lat")].max_ts == series.max_ts
+    replay_and_more = [record(0, [10.0, 20.0, 30.0], T0), record(1, [40.0, 5.0], T0 + 50),
+                       record(2, [7.0], T0 + 130)]
+    outs = [p.process(replay_and_more, 0.0).sli + p.tick(100.0).sli for p in (reference, upgraded)]
+    assert [e["data"]["count"] for _, e in outs[0]] == [5, 1]
+    assert outs[0] == outs[1]

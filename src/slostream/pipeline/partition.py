@@ -45,13 +45,13 @@ from slostream.pipeline.ownership import (FORWARD_HEADER, MAX_FORWARD_BYTES, MAX
 SEP = "\x1f"
 _OUTCOME, _ID, _VALUE, _TIMESTAMP = (operator.attrgetter(name) for name in ("outcome", "id", "value", "timestamp"))
 _SERIES_KEY = operator.attrgetter("service", "metric")
-STATE_VERSION = 4  # 3: reads awaiting alignment per series, progress per partition; 4: tumbling windows in the header
+# 3: reads awaiting alignment per series, progress per partition; 4: tumbling windows in the header;
+# 5: a series' record is binary (``_series_record``).
+STATE_VERSION = 5
 # Forwarded records are cut to hold at most this many bytes' worth of measurements each.
 FORWARD_BYTES_PER_MEASUREMENT = 40
 # Series a tick advances between yields to the worker's event loop (0.1-0.2 s of closes at most).
 TICK_SLICE_SERIES = 2000
-# Dirty series whose state a checkpoint serialises between yields to the worker's event loop.
-CHECKPOINT_SLICE_SERIES = 500
 # Reads of a series kept awaiting alignment (later ones absorb the oldest: it aligns a little later).
 MAX_READS = 16
 QUANTILE_NAMES, QUANTILE_LEVELS = ("p50", "p90", "p95", "p99"), (0.5, 0.9, 0.95, 0.99)
@@ -165,19 +165,16 @@ class Series:
     watermark = _Clock()  # max_ts - grace, or later when idle
     last_activity = _Clock()  # wall time of the last measurement
 
-    def header(self, windows_state: dict | None = None) -> dict:
-        """The persisted state; ``windows_state`` when the caller read many series' windows at once."""
+    def header(self) -> dict:
+        """The persisted state apart from the windows and clock (the window store's)."""
         return {
-            "v": STATE_VERSION,
             "service": self.service,
             "metric": self.metric,
             "labels": self.labels,
             "last_report": self.last_report,
             "watches": {w.policy.name: w.to_state() for w in self.watches},
-            "clock": [_finite_or_none(self.max_ts), _finite_or_none(self.watermark)],
             "reads": self.reads,
             "aligned_ts": _finite_or_none(self.aligned_ts),
-            "windows": self.windows.to_state() if windows_state is None else windows_state,
         }
 
 
@@ -1015,17 +1012,16 @@ class PartitionProcessor:
         them all before this processor takes anything else.
         """
         deleted, self._deleted_keys = self._deleted_keys, []
-        dirty = [self._series_of_owner[owner] for owner in self.store.take_changed().tolist()]
-        return self._checkpoint_writes(deleted, dirty), self.applied_offset
+        return self._checkpoint_writes(deleted, self.store.take_changed()), self.applied_offset
 
-    def _checkpoint_writes(self, deleted: list[str], dirty: list[Series]) -> Iterator[tuple[str, bytes | None]]:
+    def _checkpoint_writes(self, deleted: list[str], dirty: np.ndarray) -> Iterator[tuple[str, bytes | None]]:
         p = self.partition
         for key in deleted:
             yield key, None
-        for first in range(0, len(dirty), CHECKPOINT_SLICE_SERIES):
-            part = dirty[first:first + CHECKPOINT_SLICE_SERIES]
-            for series, windows_state in zip(part, self.store.states([series.windows.owner for series in part])):
-                yield f"{p}{SEP}h{SEP}{series.key}", orjson.dumps(series.header(windows_state))
+        # Every changed series' windows at once (a few numpy calls); the JSON part as they are read.
+        for owner, windows in zip(dirty.tolist(), self.store.encode(dirty)):
+            series = self._series_of_owner[owner]
+            yield f"{p}{SEP}h{SEP}{series.key}", _series_record(series.header(), windows)
         writes: list[tuple[str, bytes | None]] = []
         for name, tracker in self.trackers.items():
             if not tracker.dirty:
@@ -1080,7 +1076,7 @@ class PartitionProcessor:
                 else:
                     proc.newest_event_ts = _from_finite(state["newest_event_ts"])
             elif kind == "h":
-                headers[rest] = orjson.loads(value)
+                headers[rest] = value
             elif kind == "b":  # a window slot of state version 3 and before
                 level, slot, series_key = rest.split(SEP, 2)
                 slots.setdefault(series_key, []).append((int(level), int(slot), orjson.loads(value)))
@@ -1100,19 +1096,23 @@ class PartitionProcessor:
             tracker = SloTracker.restore(slo, config.resolutions, header, tracker_slots.get(slo.name, []))
             if tracker is not None:
                 proc.trackers[slo.name] = tracker
-        for series_key, header in headers.items():
+        for series_key, record in headers.items():
+            header, windows_state = _read_series_record(record)
             lengths = proc._window_lengths(header["service"], header["metric"])
-            if "resolutions" in header["windows"]:
-                ring = SeriesWindows.from_states(header["windows"], slots.get(series_key, []))
+            if isinstance(windows_state, bytes):
+                windows = TumblingWindows.from_state(windows_state, lengths, proc.store)
+            elif "resolutions" in windows_state:
+                ring = SeriesWindows.from_states(windows_state, slots.get(series_key, []))
                 windows = TumblingWindows.from_ring(ring, lengths, proc.store)
             else:
-                windows = TumblingWindows.from_state(header["windows"], lengths, proc.store)
+                windows = TumblingWindows.from_state(windows_state, lengths, proc.store)
             labels = tuple(header["labels"].get(k, "") for k in config.label_keys)
             ident = (header["service"], header["metric"], labels) if config.label_keys else (
                 header["service"], header["metric"])
             series = Series(ident, series_key, header["service"], header["metric"], header["labels"], windows)
-            max_ts, watermark = header.get("clock", partition_clock)
-            series.max_ts, series.watermark = _from_finite(max_ts), _from_finite(watermark)
+            if not isinstance(windows_state, bytes):  # version 4 and before: the clock is the header's
+                max_ts, watermark = header.get("clock", partition_clock)
+                series.max_ts, series.watermark = _from_finite(max_ts), _from_finite(watermark)
             series.reads = header.get("reads", [])
             series.aligned_ts = _from_finite(header.get("aligned_ts"))
             if series.reads:
@@ -1156,6 +1156,26 @@ def fence_key(partition: int) -> str:
     """A changelog key that ends a checkpoint on brokers that need it (see the worker); restore
     skips it like any key it does not know."""
     return f"{partition}{SEP}fence"
+
+
+def _series_record(header: dict, windows: bytes) -> bytes:
+    """A series' persisted record: ``STATE_VERSION`` in a byte, the length of its JSON header in
+    four (little-endian), the header, then its windows and clock (the ``TumblingWindows`` state).
+    The windows change with every measurement, the header seldom: only they are columns, encoded
+    for many series at once. A record of version 4 or before is one JSON object: it starts with ``{``."""
+    encoded = orjson.dumps(header)
+    return bytes((STATE_VERSION,)) + len(encoded).to_bytes(4, "little") + encoded + windows
+
+
+def _read_series_record(record: bytes) -> tuple[dict, bytes | dict]:
+    """A series' header and its windows' state (bytes; a dict from version 4 and before)."""
+    if record[:1] == b"{":
+        header = orjson.loads(record)
+        return header, header["windows"]
+    if record[0] != STATE_VERSION:
+        raise ValueError(f"unsupported series state version {record[0]}")
+    size = int.from_bytes(record[1:5], "little")
+    return orjson.loads(record[5:5 + size]), record[5 + size:]
 
 
 def _series_key(service: str, metric: str, labels: dict) -> str:
