@@ -271,6 +271,69 @@ def _fleet(broker: EmbeddedBroker, series: int) -> dict:
         worker.wait(60)
 
 
+LIVE_WORKER_WARMUP_S = 90  # series are made in the first 15 s and their first windows close
+LIVE_WORKER_SPAN_S = 240
+
+
+def _live_worker(broker: EmbeddedBroker, series: int) -> dict:
+    """``series`` latency series sending live through a worker on 4 partitions with its default
+    settings: each second the measurements of a fifteenth of them (each series every 15 s, event
+    time = now) in unkeyed zstd records of 1,000. The worker process's CPU time (user and system,
+    from /proc) over ``LIVE_WORKER_SPAN_S`` after a warm-up, as a share of one core: ingest,
+    window closes, SLI output, checkpoints and their changelog writes. The broker and this
+    producer share the machine."""
+    prefix = f"live{series}"
+    asyncio.run(_create_topics(broker, (prefix,), {prefix: UNKEYED_PARTITIONS}))
+    worker, port = _start_worker(broker, f"{prefix}.", UNKEYED_PARTITIONS, {})
+    try:
+        _wait_ready(port, worker)
+        core_share, sent = asyncio.run(_send_live(broker.bootstrap, f"{prefix}.measurements", series, worker.pid))
+        page, _ = _scrape(port)
+        _check_nothing_rejected(page, prefix)
+        return {"series": series, "core_share": round(core_share, 3), "measurements_sent": sent,
+                "measurements_accepted": round(_metric(page, "slostream_ingest_measurements_accepted_total"))}
+    finally:
+        worker.terminate()
+        worker.wait(60)
+
+
+async def _send_live(bootstrap: str, topic: str, series: int, pid: int) -> tuple[float, int]:
+    """Send as ``_live_worker`` says; the worker's share of a core after the warm-up, and how many
+    measurements were sent."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20,
+                                max_request_size=8 << 20, compression_type="zstd")
+    await producer.start()
+    rng = np.random.default_rng(13)
+    names = [f"svc-{i}" for i in range(series)]
+    started = time.time()
+    sent = records = 0
+    try:
+        for second in range(LIVE_WORKER_WARMUP_S + LIVE_WORKER_SPAN_S):
+            await asyncio.sleep(max(0.0, started + second - time.time()))
+            if second == LIVE_WORKER_WARMUP_S:
+                cpu_before, measured_from = _cpu_seconds(pid), time.perf_counter()
+            chosen = range(second % CARDINALITY_STEP_S, series, CARDINALITY_STEP_S)
+            values = rng.lognormal(4.0, 0.6, len(chosen)).round(3).tolist()
+            items = [{"service": names[i], "metric": "latency_ms", "value": value, "ok": True, "ts": started + second}
+                     for i, value in zip(chosen, values)]
+            for first in range(0, len(items), 1000):
+                await producer.send(topic, orjson.dumps(items[first:first + 1000]),
+                                    partition=records % UNKEYED_PARTITIONS)
+                records += 1
+            sent += len(items)
+        await producer.flush()
+        return (_cpu_seconds(pid) - cpu_before) / (time.perf_counter() - measured_from), sent
+    finally:
+        await producer.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _core_mps(payloads: list[bytes]) -> float:
     proc = PartitionProcessor(0, PipelineConfig(), now=0.0)
     records = [SourceRecord("bench", 0, i, time.time(), None, p) for i, p in enumerate(payloads)]
@@ -611,6 +674,7 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         runs = _throughput_rounds(broker, rounds, batched, single, definitions, expected)
         latencies = _alert_latency(broker, _latency_definitions(os.path.join(workdir, "latency.yaml")))
         fleets = [_fleet(broker, n) for n in FLEET_SERIES]
+        live_worker = _live_worker(broker, LIVE_SERIES)
 
     def mps(key: str) -> list[int]:
         return [round(measurements[key[-1] if key.startswith("ceiling") else key[0]] / s) for s in runs[key]]
@@ -653,6 +717,7 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         "bytes_per_series_6h_p99_policy": _bytes_per_series(6 * 3600),
         "cardinality": [_cardinality(n) for n in CARDINALITY_SERIES],
         "live": _live(LIVE_SERIES),
+        "live_worker": live_worker,
         "fleet": fleets,
         "evaluation_us_per_slo": round(_evaluation_us(), 1),
         "alert_trials": len(latencies),

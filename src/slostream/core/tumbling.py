@@ -49,8 +49,8 @@ _HEAD = np.dtype([("v", "<u2"), ("width", "<u4"), ("accuracy", "<f8"), ("closed_
 _ROW = np.dtype([("length", "<i8"), ("start", "<i8"), ("keys", "<i4"), ("stats", "<f8", (N_STATS,))])
 _START_SHIFT, _OWNER_SHIFT = 8, 40  # a window's lookup key: owner, start in base buckets, length index
 STATS, QUANTILES = 1, 2  # what an owner's profile reads of a length
-_OWNER_COLUMNS = ("closed_until", "mark", "due", "open_count", "profile", "changed", "max_ts", "watermark",
-                  "last_activity")
+_OWNER_COLUMNS = ("closed_until", "mark", "due", "open_count", "profile", "changed", "in_use", "max_ts", "watermark",
+                  "last_activity", "awaiting")
 _ROW_COLUMNS = ("stats", "row_start", "row_length", "row_owner", "row_key", "row_live", "row_quantiles", "row_log")
 
 
@@ -111,11 +111,13 @@ class WindowStore:
         self.open_count = np.zeros(0, dtype=np.int64)
         self.profile = np.zeros(0, dtype=np.int64)
         self.changed = np.zeros(0, dtype=bool)  # state changed since the last ``take_changed``
-        # The owner's event-time clock, kept by the caller: newest event time, watermark, and the
-        # wall time of its last measurement.
+        self.in_use = np.zeros(0, dtype=bool)  # not released
+        # The owner's event-time clock, kept by the caller: newest event time, watermark, the
+        # wall time of its last measurement, and whether its watermark awaits the caller's alignment.
         self.max_ts = np.zeros(0)
         self.watermark = np.zeros(0)
         self.last_activity = np.zeros(0)
+        self.awaiting = np.zeros(0, dtype=bool)
         self._free_owners: list[int] = []
         self._owners = 0
         # Per row (an open window); the arrays have room for more than ``_rows``.
@@ -154,7 +156,8 @@ class WindowStore:
         self.mark[owner] = -1
         self.due[owner] = np.inf
         self.open_count[owner] = 0
-        self.changed[owner] = False
+        self.changed[owner] = self.awaiting[owner] = False
+        self.in_use[owner] = True
         self.max_ts[owner] = self.watermark[owner] = -np.inf
         self.last_activity[owner] = 0.0
         self.profile[owner] = self._profile_of(lengths)
@@ -165,11 +168,15 @@ class WindowStore:
         """Owners numbered so far (released ones included): per-owner columns are valid up to it."""
         return self._owners
 
+    def owners(self) -> np.ndarray:
+        """The owners not released, ascending."""
+        return np.flatnonzero(self.in_use[:self._owners])
+
     def release(self, owner: int) -> None:
         """Forget an owner without open windows (evicted)."""
         if self.open_count[owner]:
             raise ValueError(f"owner {owner} still has {self.open_count[owner]} open windows")
-        self.changed[owner] = False
+        self.changed[owner] = self.awaiting[owner] = self.in_use[owner] = False
         self._free_owners.append(owner)
 
     def take_changed(self) -> np.ndarray:

@@ -142,8 +142,8 @@ def key_hash(key: bytes) -> int:
 
 
 class OutputProducer(mode.Service):
-    """Producers for the output topics and for forwarded measurements, batched normally, apart
-    from the app's own producer (the changelog's, fenced at each checkpoint).
+    """Producers for the output topics and the state changelog (fenced at each checkpoint), and
+    for forwarded measurements.
 
     Tansu reports a partition's end offset from the first record of its last batch and then holds
     each fetch for the whole wait: with ``lone_forwards`` every forwarded record (many measurements
@@ -176,21 +176,30 @@ class OutputProducer(mode.Service):
         await self.producer.send(topic, value, key=key)
 
     async def send_keyed(self, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-        """Records, each to the partition Kafka's default partitioner gives its key, appended to one
-        batch per partition rather than sent one by one (a send and a future each cost more than
-        the SLI event itself)."""
+        """Records, each to the partition Kafka's default partitioner gives its key (``send_batches``)."""
         partitions = sorted(await self.producer.partitions_for(topic))
-        by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
-        for key, value in records:
-            by_partition.setdefault(partitions[key_hash(key) % len(partitions)], []).append((key, value))
-        for partition, chosen in by_partition.items():
-            batch = self.producer.create_batch()
-            for key, value in chosen:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                    await self.producer.send_batch(batch, topic, partition=partition)
-                    batch = self.producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            await self.producer.send_batch(batch, topic, partition=partition)
+        await self.send_batches(topic, [(partitions[key_hash(key) % len(partitions)], key, value)
+                                        for key, value in records])
+
+    async def send_batches(self, topic: str, records: list[tuple[int, bytes, bytes | None]]) -> list[asyncio.Future]:
+        """Records (partition, key, value; a None value is a tombstone), appended in order to one
+        batch per partition rather than sent one by one (a send and a future each cost more than the
+        record itself): the futures of the batches' delivery."""
+        batches: dict[int, Any] = {}
+        sent = []
+        for number, (partition, key, value) in enumerate(records, 1):
+            batch = batches.get(partition)
+            if batch is None:
+                batch = batches[partition] = self.producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                sent.append(await self.producer.send_batch(batch, topic, partition=partition))
+                batch = batches[partition] = self.producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+            if number % YIELD_EVERY_WRITES == 0:
+                await asyncio.sleep(0)
+        for partition, batch in batches.items():
+            sent.append(await self.producer.send_batch(batch, topic, partition=partition))
+        return sent
 
     async def forward(self, topic: str, partition: int, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         await self.forwards.send(topic, value, partition=partition, headers=headers)
@@ -420,24 +429,18 @@ class IngestService:
                 self._uncheckpointed -= due
                 self.pacer.done(started, time.monotonic())
             await self.outputs.flush()
-            # Straight to the producer, not Faust's send_soon buffer, whose flush()
-            # gives up after 0.1 s without a send and would let the commit run
-            # ahead of the changelog. Checkpoints are serialised, so order holds.
+            # In batches awaited here, not Faust's send_soon buffer, whose flush() gives up after
+            # 0.1 s without a send and would let the commit run ahead of the changelog.
+            # Checkpoints are serialised, so order holds.
             changelog = self.state.changelog_topic.get_topic_name()
-            deliveries = []
-            for number, (partition, key, value) in enumerate(snapshot, 1):
-                deliveries.append(await self.app.producer.send(changelog, key, value, partition, None, None))
-                if number % YIELD_EVERY_WRITES == 0:
-                    await asyncio.sleep(0)
-            await asyncio.gather(*deliveries)
+            await asyncio.gather(*await self.outputs.send_batches(changelog, snapshot))
             if self.settings.changelog_fence:
                 # Tansu reports a partition's end offset from the first record of its last batch,
                 # and Faust recovers a changelog only up to the end offset: a last batch of one
                 # record makes the end right. Restore ignores the key.
-                fences = [await self.app.producer.send(changelog, fence_key(partition).encode(), b"", partition,
-                                                       None, None)
+                fences = [(partition, fence_key(partition).encode(), b"")
                           for partition in sorted({partition for partition, _, _ in snapshot})]
-                await asyncio.gather(*fences)
+                await asyncio.gather(*await self.outputs.send_batches(changelog, fences))
             if offsets:
                 committed = await self.app.consumer._commit(offsets)
                 if not committed:

@@ -48,6 +48,7 @@ _SERIES_KEY = operator.attrgetter("service", "metric")
 # 3: reads awaiting alignment per series, progress per partition; 4: tumbling windows in the header;
 # 5: a series' record is binary (``_series_record``).
 STATE_VERSION = 5
+_RECORD_VERSION = bytes((STATE_VERSION,))
 # Forwarded records are cut to hold at most this many bytes' worth of measurements each.
 FORWARD_BYTES_PER_MEASUREMENT = 40
 # Series a tick advances between yields to the worker's event loop (0.1-0.2 s of closes at most).
@@ -207,7 +208,6 @@ class PartitionProcessor:
         self.forward_marks: dict[int, int] = {}  # source partition -> highest forwarded element applied
         self.alignment = Alignment(config.partitions)  # every partition's progress, as read here
         self.read_through = -np.inf  # every record appended to this partition before it is read (alignment)
-        self._awaiting: dict[tuple, Series] = {}  # series with reads not yet aligned
         self._aligned_applied = -np.inf  # the aligned time align_parts last closed the waiting series up to
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
@@ -290,7 +290,8 @@ class PartitionProcessor:
         if aligned_until <= self._aligned_applied:
             return
         self._aligned_applied = aligned_until
-        yield from self._advance_in_slices(list(self._awaiting.values()), self.now, idle=False)
+        yield from self._advance_in_slices(np.flatnonzero(self.store.awaiting[:self.store.owner_count]), self.now,
+                                           idle=False)
 
     def _unreadable(self, record: SourceRecord, marked_as: str, exc: ValueError, out: Output) -> None:
         """Dead-letter a record whose header marks it as slostream's own but whose value is not."""
@@ -498,7 +499,7 @@ class PartitionProcessor:
             reads.append([at, series.max_ts])
             if len(reads) > MAX_READS:  # a partition stopped reporting: the oldest note waits for the next
                 del reads[0]
-        self._awaiting[series.ident] = series
+        self.store.awaiting[series.windows.owner] = True
 
     def _slices(self, ids: np.ndarray, keys: list[tuple], ts: np.ndarray):
         """(start, stop, crossings) parts of a batch: a part starts where the clocks of SLOs (the
@@ -794,7 +795,7 @@ class PartitionProcessor:
         """``tick`` a slice of the series at a time (a worker yields to its event loop between
         them): read them all before this processor takes anything else."""
         self.now = now
-        yield from self._advance_in_slices(list(self.series.values()), now, idle=True)
+        yield from self._advance_in_slices(self.store.owners(), now, idle=True)
         out = Output()
         self._advance_idle_clocks(now)
         self._evict_quiet(now, out)
@@ -803,43 +804,42 @@ class PartitionProcessor:
             self._last_evaluation = now
         yield out
 
-    def _advance_in_slices(self, series_list: list[Series], now: float, idle: bool) -> Iterator[Output]:
-        for first in range(0, len(series_list), TICK_SLICE_SERIES):
+    def _advance_in_slices(self, owners: np.ndarray, now: float, idle: bool) -> Iterator[Output]:
+        for first in range(0, owners.size, TICK_SLICE_SERIES):
             out = Output()
-            self._advance(series_list[first:first + TICK_SLICE_SERIES], out, now, idle)
+            self._advance(owners[first:first + TICK_SLICE_SERIES], out, now, idle)
             yield out
 
-    def _advance(self, series_list: list[Series], out: Output, now: float, idle: bool) -> None:
-        """Move the watermarks of ``series_list`` as far as alignment (and, with ``idle``, quiet)
-        allows; close what they pass."""
-        if not series_list:
+    def _advance(self, owners: np.ndarray, out: Output, now: float, idle: bool) -> None:
+        """Move the watermarks of the series of window ``owners`` as far as alignment (and, with
+        ``idle``, quiet) allows; close what they pass. Only series awaiting alignment take a Python
+        step each."""
+        if not owners.size:
             return
-        config, store = self.config, self.store
-        owners = np.array([series.windows.owner for series in series_list], dtype=np.int64)
+        config, store, series_of = self.config, self.store, self._series_of_owner
         watermark, max_ts = store.watermark[owners], store.max_ts[owners]
         marks = np.maximum(watermark, max_ts - config.grace_s)
         if idle:
             marks = idle_watermark(max_ts, marks, now - store.last_activity[owners], config.grace_s,
                                    config.idle_after_s)
-        awaiting = self._awaiting
-        if awaiting:
+        awaiting = np.flatnonzero(store.awaiting[owners])
+        if awaiting.size:
             aligned_until = self.alignment.aligned_until
             held_back, bounds = [], []
-            for i, series in enumerate(series_list):
-                if series.ident not in awaiting:
-                    continue
+            for i, owner in zip(awaiting.tolist(), owners[awaiting].tolist()):
+                series = series_of[owner]
                 self._aligned_ts(series, aligned_until)
                 if series.reads:  # data not every partition has read past yet: as far as the aligned data
                     held_back.append(i)
                     bounds.append(series.aligned_ts)
                 else:
-                    del awaiting[series.ident]
+                    store.awaiting[owner] = False
             if held_back:
                 marks[held_back] = np.maximum(np.maximum(watermark[held_back], np.array(bounds) - config.grace_s),
                                               max_ts[held_back] - config.max_source_skew_s)
         moved = np.flatnonzero(marks > watermark)
         store.watermark[owners[moved]] = marks[moved]
-        moved_series = [series_list[i] for i in moved.tolist()]
+        moved_series = [series_of[owner] for owner in owners[moved].tolist()]
         self._close(moved_series, owners[moved], out)
         for key in {(series.service, series.metric) for series in moved_series if series.trackers}:
             self._close_slos(key)
@@ -866,7 +866,6 @@ class PartitionProcessor:
         for series in evicted:
             del self.series[series.ident]
             del held[series.windows.owner]
-            self._awaiting.pop(series.ident, None)
             self._deleted_keys.append(f"{self.partition}{SEP}h{SEP}{series.key}")
             out.evicted += 1
             if not series.trackers:
@@ -1115,8 +1114,7 @@ class PartitionProcessor:
                 series.max_ts, series.watermark = _from_finite(max_ts), _from_finite(watermark)
             series.reads = header.get("reads", [])
             series.aligned_ts = _from_finite(header.get("aligned_ts"))
-            if series.reads:
-                proc._awaiting[ident] = series
+            proc.store.awaiting[series.windows.owner] = bool(series.reads)
             series.last_activity = now
             series.last_report = header["last_report"]
             proc._hold(series)
@@ -1164,7 +1162,7 @@ def _series_record(header: dict, windows: bytes) -> bytes:
     The windows change with every measurement, the header seldom: only they are columns, encoded
     for many series at once. A record of version 4 or before is one JSON object: it starts with ``{``."""
     encoded = orjson.dumps(header)
-    return bytes((STATE_VERSION,)) + len(encoded).to_bytes(4, "little") + encoded + windows
+    return b"".join((_RECORD_VERSION, len(encoded).to_bytes(4, "little"), encoded, windows))
 
 
 def _read_series_record(record: bytes) -> tuple[dict, bytes | dict]:
