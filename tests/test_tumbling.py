@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slostream.core.sketch import QuantileSketch
-from slostream.core.tumbling import TumblingWindows, WindowStore
+from slostream.core.tumbling import MAX_READS, TumblingWindows, WindowStore
 from slostream.core.windows import SeriesWindows
 
 WIDTH = 10
@@ -237,3 +237,44 @@ def test_many_owners_in_one_store_each_complete_their_own_windows_exactly():
                 assert agg.sketch is None and np.isnan(quantiles).all()
         assert {agg.start for agg, _ in completed[i] if agg.end - agg.start == 60} == \
             {ts // 60 * 60 for ts, _ in items[i] if ts // 60 * 60 + 60 <= windows.closed_until}
+
+
+def test_reads_awaiting_alignment_follow_a_list_per_owner():
+    """``note_reads`` and ``release_reads`` over many owners at once against one list per owner:
+    a read noted at the owner's newest time merges into it, past ``MAX_READS`` the oldest is
+    dropped, and a release stops at the first read noted after it, even if later ones are older."""
+    rng = np.random.default_rng(11)
+    store = WindowStore(WIDTH)
+    owners = np.array([store.new_owner({60: False}) for _ in range(30)])
+    lists = {int(o): [] for o in owners}
+    aligned = {int(o): -np.inf for o in owners}
+    for step in range(400):
+        chosen = np.unique(rng.choice(owners, size=int(rng.integers(1, 30))))
+        if rng.random() < 0.6:
+            store.max_ts[chosen] = rng.uniform(0, 1000, chosen.size)
+            at = float(rng.integers(0, 50))  # not monotonic: reads of other partitions' records
+            store.note_reads(chosen, at)
+            for owner in chosen.tolist():
+                reads = lists[owner]
+                if reads and reads[-1][0] == at:
+                    reads[-1][1] = float(store.max_ts[owner])
+                else:
+                    reads.append([at, float(store.max_ts[owner])])
+                    del reads[:-MAX_READS]
+        else:
+            until = float(rng.integers(0, 50))
+            got = store.release_reads(chosen, until)
+            for owner, value in zip(chosen.tolist(), got.tolist()):
+                reads = lists[owner]
+                while reads and reads[0][0] <= until:
+                    aligned[owner] = max(aligned[owner], reads.pop(0)[1])
+                assert value == aligned[owner]
+        for owner in owners.tolist():
+            count = int(store.read_count[owner])
+            assert [[a, t] for a, t in zip(store.read_at[owner, :count], store.read_ts[owner, :count])] == lists[owner]
+    restored = WindowStore(WIDTH)
+    for owner, blob in zip(owners.tolist(), store.encode(owners)):
+        again = TumblingWindows.from_state(blob, {60: False}, restored).owner
+        count = int(restored.read_count[again])
+        assert [[a, t] for a, t in zip(restored.read_at[again, :count], restored.read_ts[again, :count])] == lists[owner]
+        assert restored.aligned_ts[again] == aligned[owner]

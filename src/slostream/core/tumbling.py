@@ -40,17 +40,21 @@ from .sketch import SPARSE_KEYS, QuantileSketch
 from .windows import COUNT, MAX, MIN, N_STATS, OK, OK_KNOWN, SUM, VALUES, Aggregate, SeriesWindows, bucket_start, \
     empty_stats, merge_stats_into
 
+# Reads noted per owner (``note_reads``); more drop the oldest: the owner aligns a little later.
+MAX_READS = 16
 STATE_VERSION = 3  # 1: open base buckets; 2: open windows as JSON; 3: binary (``_HEAD``)
-# A state of version 3: this head, then its open windows (``_ROW``, ordered by length, then start),
+# A state of version 3: this head, then its reads awaiting alignment (pairs of noted time and newest
+# event time, "<f8"), then its open windows (``_ROW``, ordered by length, then start),
 # then the DDSketch keys of the logged ones in that order, then a JSON list of the sketch states of
 # rows whose ``keys`` is -1 (binned sketches). Little-endian throughout.
 _HEAD = np.dtype([("v", "<u2"), ("width", "<u4"), ("accuracy", "<f8"), ("closed_until", "<i8"), ("mark", "<i8"),
-                  ("max_ts", "<f8"), ("watermark", "<f8"), ("rows", "<u4"), ("keys", "<u4"), ("sketch_bytes", "<u4")])
+                  ("max_ts", "<f8"), ("watermark", "<f8"), ("aligned_ts", "<f8"), ("reads", "<u2"), ("rows", "<u4"),
+                  ("keys", "<u4"), ("sketch_bytes", "<u4")])
 _ROW = np.dtype([("length", "<i8"), ("start", "<i8"), ("keys", "<i4"), ("stats", "<f8", (N_STATS,))])
 _START_SHIFT, _OWNER_SHIFT = 8, 40  # a window's lookup key: owner, start in base buckets, length index
 STATS, QUANTILES = 1, 2  # what an owner's profile reads of a length
 _OWNER_COLUMNS = ("closed_until", "mark", "due", "open_count", "profile", "changed", "in_use", "max_ts", "watermark",
-                  "last_activity", "awaiting")
+                  "last_activity", "read_at", "read_ts", "read_count", "aligned_ts")
 _ROW_COLUMNS = ("stats", "row_start", "row_length", "row_owner", "row_key", "row_live", "row_quantiles", "row_log")
 
 
@@ -112,12 +116,17 @@ class WindowStore:
         self.profile = np.zeros(0, dtype=np.int64)
         self.changed = np.zeros(0, dtype=bool)  # state changed since the last ``take_changed``
         self.in_use = np.zeros(0, dtype=bool)  # not released
-        # The owner's event-time clock, kept by the caller: newest event time, watermark, the
-        # wall time of its last measurement, and whether its watermark awaits the caller's alignment.
+        # The owner's event-time clock, kept by the caller: newest event time, watermark, and the
+        # wall time of its last measurement.
         self.max_ts = np.zeros(0)
         self.watermark = np.zeros(0)
         self.last_activity = np.zeros(0)
-        self.awaiting = np.zeros(0, dtype=bool)
+        # Reads awaiting the caller's alignment, oldest first: when each was noted, and the owner's
+        # newest event time then; and the newest event time as of the reads released.
+        self.read_at = np.zeros((0, MAX_READS))
+        self.read_ts = np.zeros((0, MAX_READS))
+        self.read_count = np.zeros(0, dtype=np.int64)
+        self.aligned_ts = np.zeros(0)
         self._free_owners: list[int] = []
         self._owners = 0
         # Per row (an open window); the arrays have room for more than ``_rows``.
@@ -156,9 +165,10 @@ class WindowStore:
         self.mark[owner] = -1
         self.due[owner] = np.inf
         self.open_count[owner] = 0
-        self.changed[owner] = self.awaiting[owner] = False
+        self.changed[owner] = False
         self.in_use[owner] = True
-        self.max_ts[owner] = self.watermark[owner] = -np.inf
+        self.read_count[owner] = 0
+        self.max_ts[owner] = self.watermark[owner] = self.aligned_ts[owner] = -np.inf
         self.last_activity[owner] = 0.0
         self.profile[owner] = self._profile_of(lengths)
         return owner
@@ -176,7 +186,7 @@ class WindowStore:
         """Forget an owner without open windows (evicted)."""
         if self.open_count[owner]:
             raise ValueError(f"owner {owner} still has {self.open_count[owner]} open windows")
-        self.changed[owner] = self.awaiting[owner] = self.in_use[owner] = False
+        self.changed[owner] = self.in_use[owner] = False
         self._free_owners.append(owner)
 
     def take_changed(self) -> np.ndarray:
@@ -204,6 +214,57 @@ class WindowStore:
     def reads(self, owner: int) -> dict[int, bool]:
         row = self._reads[self.profile[owner]]
         return {length: bool(row[i] == QUANTILES) for i, length in enumerate(self.lengths) if row[i]}
+
+    # --- reads awaiting alignment --------------------------------------------
+    # Part of the clock the caller keeps: they do not mark an owner changed (its measurements do).
+
+    def note_reads(self, owners: np.ndarray, at: float) -> None:
+        """Note that the data of each of ``owners`` (unique) up to its newest event time was read by
+        ``at``; a read noted at the same ``at`` as an owner's newest is merged into it."""
+        count = self.read_count[owners]
+        newest = self.read_at[owners, np.maximum(count - 1, 0)]
+        same = (count > 0) & (newest == at)
+        merged = owners[same]
+        self.read_ts[merged, count[same] - 1] = self.max_ts[merged]
+        added, count = owners[~same], count[~same]
+        full = np.flatnonzero(count == MAX_READS)
+        if full.size:
+            shifted = added[full]
+            self.read_at[shifted, :-1] = self.read_at[shifted, 1:]
+            self.read_ts[shifted, :-1] = self.read_ts[shifted, 1:]
+            count[full] -= 1
+        self.read_at[added, count] = at
+        self.read_ts[added, count] = self.max_ts[added]
+        self.read_count[added] = count + 1
+
+    def release_reads(self, owners: np.ndarray, until: float) -> np.ndarray:
+        """Release each owner's oldest reads noted at or before ``until`` (up to the first noted
+        later); return each owner's ``aligned_ts``: its newest event time as of the reads released."""
+        count = self.read_count[owners]
+        waiting = np.flatnonzero(count)
+        if waiting.size:
+            chosen, count = owners[waiting], count[waiting]
+            at, ts = self.read_at[chosen], self.read_ts[chosen]
+            slots = np.arange(MAX_READS)
+            released = np.cumprod((slots < count[:, None]) & (at <= until), axis=1).astype(bool)
+            n = released.sum(axis=1)
+            moved = np.flatnonzero(n)
+            if moved.size:
+                chosen, n, released = chosen[moved], n[moved], released[moved]
+                self.aligned_ts[chosen] = np.maximum(self.aligned_ts[chosen], np.where(released, ts[moved], -np.inf).max(1))
+                shift = np.minimum(slots + n[:, None], MAX_READS - 1)
+                self.read_at[chosen] = np.take_along_axis(at[moved], shift, axis=1)
+                self.read_ts[chosen] = np.take_along_axis(ts[moved], shift, axis=1)
+                self.read_count[chosen] = count[moved] - n
+        return self.aligned_ts[owners]
+
+    def put_reads(self, owner: int, reads: Sequence[Sequence[float]], aligned_ts: float) -> None:
+        """Restore an owner's reads (oldest first, [noted at, newest event time then]) and ``aligned_ts``."""
+        reads = list(reads)[-MAX_READS:]
+        self.read_count[owner] = len(reads)
+        for slot, (at, ts) in enumerate(reads):
+            self.read_at[owner, slot], self.read_ts[owner, slot] = at, ts
+        self.aligned_ts[owner] = aligned_ts
 
     # --- adding -------------------------------------------------------------
 
@@ -485,6 +546,11 @@ class WindowStore:
         heads["v"], heads["width"], heads["accuracy"] = STATE_VERSION, self.width, self.relative_accuracy
         heads["closed_until"], heads["mark"] = self.closed_until[owners], self.mark[owners]
         heads["max_ts"], heads["watermark"] = self.max_ts[owners], self.watermark[owners]
+        read_counts = self.read_count[owners]
+        heads["aligned_ts"], heads["reads"] = self.aligned_ts[owners], read_counts
+        reads = np.stack((self.read_at[owners], self.read_ts[owners]), axis=2)[np.arange(MAX_READS) < read_counts[:, None]]
+        read_bytes = reads.astype("<f8").tobytes()
+        read_bounds = (np.r_[0, np.cumsum(read_counts)] * 16).tolist()
         row_bounds = np.searchsorted(owner_of_row, np.arange(owners.size + 1))
         key_bounds = np.r_[0, np.cumsum(np.bincount(owner_of_row, np.maximum(key_counts, 0), minlength=owners.size))]
         heads["rows"], heads["keys"] = np.diff(row_bounds), np.diff(key_bounds)
@@ -494,8 +560,9 @@ class WindowStore:
         head_size = _HEAD.itemsize
         row_bounds = (row_bounds * _ROW.itemsize).tolist()
         key_bounds = (key_bounds.astype(np.int64) * 4).tolist()
-        blobs = [head_bytes[i * head_size:(i + 1) * head_size] + row_bytes[row_bounds[i]:row_bounds[i + 1]]
-                 + key_bytes[key_bounds[i]:key_bounds[i + 1]] for i in range(owners.size)]
+        blobs = [b"".join((head_bytes[i * head_size:(i + 1) * head_size], read_bytes[read_bounds[i]:read_bounds[i + 1]],
+                           row_bytes[row_bounds[i]:row_bounds[i + 1]], key_bytes[key_bounds[i]:key_bounds[i + 1]]))
+                 for i in range(owners.size)]
         for i, extra in sketch_bytes.items():
             blobs[i] += extra
         return blobs
@@ -506,6 +573,9 @@ class WindowStore:
         self.closed_until[owner], self.mark[owner] = head["closed_until"], head["mark"]
         self.max_ts[owner], self.watermark[owner] = head["max_ts"], head["watermark"]
         offset = _HEAD.itemsize
+        reads = np.frombuffer(blob, "<f8", count=2 * int(head["reads"]), offset=offset)
+        offset += reads.nbytes
+        self.put_reads(owner, reads.reshape(-1, 2).tolist(), float(head["aligned_ts"]))
         records = np.frombuffer(blob, _ROW, count=int(head["rows"]), offset=offset)
         offset += records.nbytes
         keys = np.frombuffer(blob, "<i4", count=int(head["keys"]), offset=offset)

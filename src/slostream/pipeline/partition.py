@@ -53,8 +53,6 @@ _RECORD_VERSION = bytes((STATE_VERSION,))
 FORWARD_BYTES_PER_MEASUREMENT = 40
 # Series a tick advances between yields to the worker's event loop (0.1-0.2 s of closes at most).
 TICK_SLICE_SERIES = 2000
-# Reads of a series kept awaiting alignment (later ones absorb the oldest: it aligns a little later).
-MAX_READS = 16
 QUANTILE_NAMES, QUANTILE_LEVELS = ("p50", "p90", "p95", "p99"), (0.5, 0.9, 0.95, 0.99)
 
 
@@ -145,8 +143,7 @@ class Series:
     """A series held by a partition. Its event-time clock lives in its window store's columns, so a
     batch or a tick moves thousands of clocks with a few numpy calls."""
 
-    __slots__ = ("ident", "key", "service", "metric", "labels", "windows", "last_report", "trackers", "watches",
-                 "reads", "aligned_ts")
+    __slots__ = ("ident", "key", "service", "metric", "labels", "windows", "last_report", "trackers", "watches")
 
     def __init__(self, ident: tuple, key: str, service: str, metric: str, labels: dict,
                  windows: TumblingWindows):
@@ -159,23 +156,20 @@ class Series:
         self.last_report: dict | None = None
         self.trackers: list[SloTracker] = []  # SLOs this series feeds
         self.watches: list[PolicyWatch] = []  # policies watching this series
-        self.reads: list[list[float]] = []  # [noted wall time, max_ts then] not yet aligned (``alignment``)
-        self.aligned_ts = -np.inf  # max_ts as of the newest aligned read
 
     max_ts = _Clock()  # newest event time seen
     watermark = _Clock()  # max_ts - grace, or later when idle
     last_activity = _Clock()  # wall time of the last measurement
 
     def header(self) -> dict:
-        """The persisted state apart from the windows and clock (the window store's)."""
+        """The persisted state apart from the windows and clock (the window store's: reads awaiting
+        alignment included)."""
         return {
             "service": self.service,
             "metric": self.metric,
             "labels": self.labels,
             "last_report": self.last_report,
             "watches": {w.policy.name: w.to_state() for w in self.watches},
-            "reads": self.reads,
-            "aligned_ts": _finite_or_none(self.aligned_ts),
         }
 
 
@@ -290,7 +284,7 @@ class PartitionProcessor:
         if aligned_until <= self._aligned_applied:
             return
         self._aligned_applied = aligned_until
-        yield from self._advance_in_slices(np.flatnonzero(self.store.awaiting[:self.store.owner_count]), self.now,
+        yield from self._advance_in_slices(np.flatnonzero(self.store.read_count[:self.store.owner_count]), self.now,
                                            idle=False)
 
     def _unreadable(self, record: SourceRecord, marked_as: str, exc: ValueError, out: Output) -> None:
@@ -473,33 +467,15 @@ class PartitionProcessor:
         if aligned_until >= written:
             safe_before, safe_after = newest_before, newest_after
         else:
-            safe_before = safe_after = np.array(
-                [-np.inf if s is None else self._aligned_ts(s, aligned_until) for s in known])[ids]
+            aligned = np.full(owners.size, -np.inf)
+            held = np.flatnonzero(owners >= 0)
+            aligned[held] = self.store.release_reads(owners[held], aligned_until)
+            safe_before = safe_after = aligned[ids]
 
         def mark(safe: np.ndarray, newest: np.ndarray) -> np.ndarray:
             return np.maximum(np.maximum(mark0, safe - grace), newest - skew)
 
         return mark(safe_before, newest_before), mark(safe_after, newest_after), newest_before
-
-    @staticmethod
-    def _aligned_ts(series: Series, aligned_until: float) -> float:
-        """The series' newest event time as of its newest read that every partition has read past."""
-        reads = series.reads
-        while reads and reads[0][0] <= aligned_until:
-            series.aligned_ts = max(series.aligned_ts, reads.pop(0)[1])
-        return series.aligned_ts
-
-    def _note_read(self, series: Series, written: float) -> None:
-        """Remember that data of the series up to its newest event time was written by ``written``."""
-        at = note_time(written)
-        reads = series.reads
-        if reads and reads[-1][0] == at:
-            reads[-1][1] = series.max_ts
-        else:
-            reads.append([at, series.max_ts])
-            if len(reads) > MAX_READS:  # a partition stopped reporting: the oldest note waits for the next
-                del reads[0]
-        self.store.awaiting[series.windows.owner] = True
 
     def _slices(self, ids: np.ndarray, keys: list[tuple], ts: np.ndarray):
         """(start, stop, crossings) parts of a batch: a part starts where the clocks of SLOs (the
@@ -563,9 +539,8 @@ class PartitionProcessor:
         store = self.store
         store.max_ts[owners] = np.maximum(store.max_ts[owners], newest_ts)
         store.last_activity[owners] = now
-        if self.config.partitions > 1:
-            for series in touched:
-                self._note_read(series, written)
+        if self.config.partitions > 1:  # data of this series up to its newest event time was written by then
+            store.note_reads(owners, note_time(written))
         store.watermark[owners] = np.maximum(store.watermark[owners], newest_marks)
         self._close(touched, owners, out, closes)
         slo_keys = {(series.service, series.metric) for series in touched if series.trackers}
@@ -812,8 +787,7 @@ class PartitionProcessor:
 
     def _advance(self, owners: np.ndarray, out: Output, now: float, idle: bool) -> None:
         """Move the watermarks of the series of window ``owners`` as far as alignment (and, with
-        ``idle``, quiet) allows; close what they pass. Only series awaiting alignment take a Python
-        step each."""
+        ``idle``, quiet) allows; close what they pass."""
         if not owners.size:
             return
         config, store, series_of = self.config, self.store, self._series_of_owner
@@ -822,21 +796,13 @@ class PartitionProcessor:
         if idle:
             marks = idle_watermark(max_ts, marks, now - store.last_activity[owners], config.grace_s,
                                    config.idle_after_s)
-        awaiting = np.flatnonzero(store.awaiting[owners])
+        awaiting = np.flatnonzero(store.read_count[owners])
         if awaiting.size:
-            aligned_until = self.alignment.aligned_until
-            held_back, bounds = [], []
-            for i, owner in zip(awaiting.tolist(), owners[awaiting].tolist()):
-                series = series_of[owner]
-                self._aligned_ts(series, aligned_until)
-                if series.reads:  # data not every partition has read past yet: as far as the aligned data
-                    held_back.append(i)
-                    bounds.append(series.aligned_ts)
-                else:
-                    store.awaiting[owner] = False
-            if held_back:
-                marks[held_back] = np.maximum(np.maximum(watermark[held_back], np.array(bounds) - config.grace_s),
-                                              max_ts[held_back] - config.max_source_skew_s)
+            aligned = store.release_reads(owners[awaiting], self.alignment.aligned_until)
+            still = store.read_count[owners[awaiting]] > 0  # data not every partition has read past yet
+            held_back = awaiting[still]  # as far as the aligned data
+            marks[held_back] = np.maximum(np.maximum(watermark[held_back], aligned[still] - config.grace_s),
+                                          max_ts[held_back] - config.max_source_skew_s)
         moved = np.flatnonzero(marks > watermark)
         store.watermark[owners[moved]] = marks[moved]
         moved_series = [series_of[owner] for owner in owners[moved].tolist()]
@@ -1112,9 +1078,8 @@ class PartitionProcessor:
             if not isinstance(windows_state, bytes):  # version 4 and before: the clock is the header's
                 max_ts, watermark = header.get("clock", partition_clock)
                 series.max_ts, series.watermark = _from_finite(max_ts), _from_finite(watermark)
-            series.reads = header.get("reads", [])
-            series.aligned_ts = _from_finite(header.get("aligned_ts"))
-            proc.store.awaiting[series.windows.owner] = bool(series.reads)
+            if not isinstance(windows_state, bytes):  # version 4 and before: the reads are the header's
+                proc.store.put_reads(windows.owner, header.get("reads", []), _from_finite(header.get("aligned_ts")))
             series.last_activity = now
             series.last_report = header["last_report"]
             proc._hold(series)
