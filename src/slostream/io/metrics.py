@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -137,13 +138,13 @@ class _StateCollector(Collector):
             if proc.newest_event_ts > float("-inf"):
                 watermark.add_metric([str(partition)], proc.newest_event_ts - ingest.settings.grace_s)
             for series in proc.series.values():
-                report = series.last_report
-                if report is None:
+                if series.last_report is None:
                     continue
                 if room == 0:
                     omitted += 1
                     continue
                 room -= 1
+                report = orjson.loads(series.last_report)
                 labels = [series.service, series.metric, *(series.labels.get(k, "") for k in label_keys)]
                 window_end.add_metric(labels, report["window_end"])
                 for name, gauge in gauges.items():

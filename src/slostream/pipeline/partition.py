@@ -153,7 +153,8 @@ class Series:
         self.metric = metric
         self.labels = labels
         self.windows = windows
-        self.last_report: dict | None = None
+        # The newest SLI report as JSON: a scrape reads it, a checkpoint writes it as it is.
+        self.last_report: bytes | None = None
         self.trackers: list[SloTracker] = []  # SLOs this series feeds
         self.watches: list[PolicyWatch] = []  # policies watching this series
 
@@ -168,7 +169,7 @@ class Series:
             "service": self.service,
             "metric": self.metric,
             "labels": self.labels,
-            "last_report": self.last_report,
+            "last_report": None if self.last_report is None else orjson.Fragment(self.last_report),
             "watches": {w.policy.name: w.to_state() for w in self.watches},
         }
 
@@ -664,7 +665,7 @@ class PartitionProcessor:
                     "error_ratio": ratio, "throughput_per_s": throughput, "mean": avg, "min": lowest, "max": highest,
                     p50: q50, p90: q90, p95: q95, p99: q99}
             # The summary on /metrics needs the value count and sum, not part of the event.
-            series.last_report = {**data, "value_count": value_count, "value_sum": value_sum}
+            series.last_report = orjson.dumps({**data, "value_count": value_count, "value_sum": value_sum})
             event = cloud_event("slostream.sli.window", source, event_id_of_text(f"sli\x1f{series.key}\x1f{start}"), end,
                                 data, subject=series.key)
             out.sli.append((series.service.encode(), event))
@@ -1081,7 +1082,7 @@ class PartitionProcessor:
             if not isinstance(windows_state, bytes):  # version 4 and before: the reads are the header's
                 proc.store.put_reads(windows.owner, header.get("reads", []), _from_finite(header.get("aligned_ts")))
             series.last_activity = now
-            series.last_report = header["last_report"]
+            series.last_report = None if header["last_report"] is None else orjson.dumps(header["last_report"])
             proc._hold(series)
             watched = header.get("watches", {})
             series.watches = [PolicyWatch.from_state(w.policy, watched[w.policy.name])
