@@ -275,29 +275,30 @@ LIVE_WORKER_WARMUP_S = 90  # series are made in the first 15 s and their first w
 LIVE_WORKER_SPAN_S = 240
 
 
-def _live_worker(broker: EmbeddedBroker, series: int) -> dict:
-    """``series`` latency series sending live through a worker on 4 partitions with its default
-    settings: each second the measurements of a fifteenth of them (each series every 15 s, event
+def _live_worker(broker: EmbeddedBroker, series: int, partitions: int) -> dict:
+    """``series`` latency series sending live through a worker on ``partitions`` partitions with its
+    default settings (on more than one, three in four measurements are forwarded to their owner): each second the measurements of a fifteenth of them (each series every 15 s, event
     time = now) in unkeyed zstd records of 1,000. The worker process's CPU time (user and system,
     from /proc) over ``LIVE_WORKER_SPAN_S`` after a warm-up, as a share of one core: ingest,
     window closes, SLI output, checkpoints and their changelog writes. The broker and this
     producer share the machine."""
-    prefix = f"live{series}"
-    asyncio.run(_create_topics(broker, (prefix,), {prefix: UNKEYED_PARTITIONS}))
-    worker, port = _start_worker(broker, f"{prefix}.", UNKEYED_PARTITIONS, {})
+    prefix = f"live{series}p{partitions}"
+    asyncio.run(_create_topics(broker, (prefix,), {prefix: partitions}))
+    worker, port = _start_worker(broker, f"{prefix}.", partitions, {})
     try:
         _wait_ready(port, worker)
-        core_share, sent = asyncio.run(_send_live(broker.bootstrap, f"{prefix}.measurements", series, worker.pid))
+        core_share, sent = asyncio.run(_send_live(broker.bootstrap, f"{prefix}.measurements", series, partitions,
+                                                  worker.pid))
         page, _ = _scrape(port)
         _check_nothing_rejected(page, prefix)
-        return {"series": series, "core_share": round(core_share, 3), "measurements_sent": sent,
+        return {"series": series, "partitions": partitions, "core_share": round(core_share, 3), "measurements_sent": sent,
                 "measurements_accepted": round(_metric(page, "slostream_ingest_measurements_accepted_total"))}
     finally:
         worker.terminate()
         worker.wait(60)
 
 
-async def _send_live(bootstrap: str, topic: str, series: int, pid: int) -> tuple[float, int]:
+async def _send_live(bootstrap: str, topic: str, series: int, partitions: int, pid: int) -> tuple[float, int]:
     """Send as ``_live_worker`` says; the worker's share of a core after the warm-up, and how many
     measurements were sent."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20,
@@ -318,7 +319,7 @@ async def _send_live(bootstrap: str, topic: str, series: int, pid: int) -> tuple
                      for i, value in zip(chosen, values)]
             for first in range(0, len(items), 1000):
                 await producer.send(topic, orjson.dumps(items[first:first + 1000]),
-                                    partition=records % UNKEYED_PARTITIONS)
+                                    partition=records % partitions)
                 records += 1
             sent += len(items)
         await producer.flush()
@@ -674,7 +675,7 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         runs = _throughput_rounds(broker, rounds, batched, single, definitions, expected)
         latencies = _alert_latency(broker, _latency_definitions(os.path.join(workdir, "latency.yaml")))
         fleets = [_fleet(broker, n) for n in FLEET_SERIES]
-        live_worker = _live_worker(broker, LIVE_SERIES)
+        live_worker = [_live_worker(broker, LIVE_SERIES, partitions) for partitions in (1, UNKEYED_PARTITIONS)]
 
     def mps(key: str) -> list[int]:
         return [round(measurements[key[-1] if key.startswith("ceiling") else key[0]] / s) for s in runs[key]]

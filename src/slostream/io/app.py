@@ -411,11 +411,9 @@ class IngestService:
                 started = time.monotonic()
                 due = self._uncheckpointed if partitions is None else self._uncheckpointed & partitions
                 offsets: dict[TP, int] = {}
-                for partition in sorted(due):
-                    proc = self.processors.get(partition)
-                    if proc is None:
-                        continue
-                    writes, offset = proc.checkpoint()
+                written = [partition for partition in sorted(due) if partition in self.processors]
+                for partition in written:
+                    writes, offset = self.processors[partition].checkpoint()
                     for number, (key, value) in enumerate(writes, 1):
                         if number % YIELD_EVERY_WRITES == 0:
                             await asyncio.sleep(0)  # as in tick
@@ -439,8 +437,7 @@ class IngestService:
                 # Tansu reports a partition's end offset from the first record of its last batch,
                 # and Faust recovers a changelog only up to the end offset: a last batch of one
                 # record makes the end right. Restore ignores the key.
-                fences = [(partition, fence_key(partition).encode(), b"")
-                          for partition in sorted({partition for partition, _, _ in snapshot})]
+                fences = [(partition, fence_key(partition).encode(), b"") for partition in written]
                 await asyncio.gather(*await self.outputs.send_batches(changelog, fences))
             if offsets:
                 committed = await self.app.consumer._commit(offsets)
