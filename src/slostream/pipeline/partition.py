@@ -996,10 +996,10 @@ class PartitionProcessor:
             if not tracker.dirty:
                 continue
             for kind, level, slot, state in tracker.drain_dirty():
-                writes.append((f"{p}{SEP}s{SEP}{kind}{SEP}{level}{SEP}{slot}{SEP}{name}", orjson.dumps(state)))
-            writes.append((f"{p}{SEP}S{SEP}{name}", orjson.dumps(tracker.header_state())))
+                writes.append((f"{p}{SEP}s{SEP}{kind}{SEP}{level}{SEP}{slot}{SEP}{name}", _persisted(state)))
+            writes.append((f"{p}{SEP}S{SEP}{name}", _persisted(tracker.header_state())))
         if self._book_dirty:
-            writes.append((f"{p}{SEP}a", orjson.dumps(self.book.to_state())))
+            writes.append((f"{p}{SEP}a", _persisted(self.book.to_state())))
             self._book_dirty = False
         partition_state = {
             "v": STATE_VERSION,
@@ -1012,7 +1012,7 @@ class PartitionProcessor:
             "idle_clocks": [[service, metric, _finite_or_none(clock.max_ts), _finite_or_none(clock.watermark)]
                             for (service, metric), clock in sorted(self.idle_clocks.items())],
         }
-        writes.append((f"{p}{SEP}c", orjson.dumps(partition_state)))
+        writes.append((f"{p}{SEP}c", _persisted(partition_state)))
         yield from writes
 
     @classmethod
@@ -1132,6 +1132,12 @@ def _series_record(header: dict, windows: bytes) -> bytes:
     for many series at once. A record of version 4 or before is one JSON object: it starts with ``{``."""
     encoded = orjson.dumps(header)
     return b"".join((_RECORD_VERSION, len(encoded).to_bytes(4, "little"), encoded, windows))
+
+
+def _persisted(state) -> bytes:
+    """State as JSON, in bytes of their own size: the worker's table copy keeps them, and orjson's
+    result keeps an allocation of 4-8 kB (tracemalloc)."""
+    return bytes(memoryview(orjson.dumps(state)))
 
 
 def _read_series_record(record: bytes) -> tuple[dict, bytes | dict]:
