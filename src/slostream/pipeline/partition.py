@@ -49,9 +49,6 @@ _SERIES_KEY = operator.attrgetter("service", "metric")
 # 5: a series' record is binary (``_series_record``).
 STATE_VERSION = 5
 _RECORD_VERSION = bytes((STATE_VERSION,))
-# JSON kept in memory is encoded with msgspec: its bytes are their size, while orjson's keep an
-# 8 kB allocation each (measured with tracemalloc: 8,150 bytes for a 324-byte report).
-_encode_held = msgspec.json.Encoder().encode
 # Forwarded records are cut to hold at most this many bytes' worth of measurements each.
 FORWARD_BYTES_PER_MEASUREMENT = 40
 # Series a tick advances between yields to the worker's event loop (0.1-0.2 s of closes at most).
@@ -668,7 +665,7 @@ class PartitionProcessor:
                     "error_ratio": ratio, "throughput_per_s": throughput, "mean": avg, "min": lowest, "max": highest,
                     p50: q50, p90: q90, p95: q95, p99: q99}
             # The summary on /metrics needs the value count and sum, not part of the event.
-            series.last_report = _encode_held({**data, "value_count": value_count, "value_sum": value_sum})
+            series.last_report = _held_json({**data, "value_count": value_count, "value_sum": value_sum})
             event = cloud_event("slostream.sli.window", source, event_id_of_text(f"sli\x1f{series.key}\x1f{start}"), end,
                                 data, subject=series.key)
             out.sli.append((series.service.encode(), event))
@@ -996,10 +993,10 @@ class PartitionProcessor:
             if not tracker.dirty:
                 continue
             for kind, level, slot, state in tracker.drain_dirty():
-                writes.append((f"{p}{SEP}s{SEP}{kind}{SEP}{level}{SEP}{slot}{SEP}{name}", _persisted(state)))
-            writes.append((f"{p}{SEP}S{SEP}{name}", _persisted(tracker.header_state())))
+                writes.append((f"{p}{SEP}s{SEP}{kind}{SEP}{level}{SEP}{slot}{SEP}{name}", _held_json(state)))
+            writes.append((f"{p}{SEP}S{SEP}{name}", _held_json(tracker.header_state())))
         if self._book_dirty:
-            writes.append((f"{p}{SEP}a", _persisted(self.book.to_state())))
+            writes.append((f"{p}{SEP}a", _held_json(self.book.to_state())))
             self._book_dirty = False
         partition_state = {
             "v": STATE_VERSION,
@@ -1012,7 +1009,7 @@ class PartitionProcessor:
             "idle_clocks": [[service, metric, _finite_or_none(clock.max_ts), _finite_or_none(clock.watermark)]
                             for (service, metric), clock in sorted(self.idle_clocks.items())],
         }
-        writes.append((f"{p}{SEP}c", _persisted(partition_state)))
+        writes.append((f"{p}{SEP}c", _held_json(partition_state)))
         yield from writes
 
     @classmethod
@@ -1085,7 +1082,7 @@ class PartitionProcessor:
             if not isinstance(windows_state, bytes):  # version 4 and before: the reads are the header's
                 proc.store.put_reads(windows.owner, header.get("reads", []), _from_finite(header.get("aligned_ts")))
             series.last_activity = now
-            series.last_report = None if header["last_report"] is None else _encode_held(header["last_report"])
+            series.last_report = None if header["last_report"] is None else _held_json(header["last_report"])
             proc._hold(series)
             watched = header.get("watches", {})
             series.watches = [PolicyWatch.from_state(w.policy, watched[w.policy.name])
@@ -1134,10 +1131,11 @@ def _series_record(header: dict, windows: bytes) -> bytes:
     return b"".join((_RECORD_VERSION, len(encoded).to_bytes(4, "little"), encoded, windows))
 
 
-def _persisted(state) -> bytes:
-    """State as JSON, in bytes of their own size: the worker's table copy keeps them, and orjson's
-    result keeps an allocation of 4-8 kB (tracemalloc)."""
-    return bytes(memoryview(orjson.dumps(state)))
+def _held_json(value) -> bytes:
+    """JSON to be kept in memory (a series' last report; state in the worker's table copy), in bytes
+    of their own size: orjson's result keeps an allocation of 4-8 kB (tracemalloc: 8,150 bytes for
+    a 324-byte report)."""
+    return bytes(memoryview(orjson.dumps(value)))
 
 
 def _read_series_record(record: bytes) -> tuple[dict, bytes | dict]:
