@@ -4,6 +4,7 @@ import numpy as np
 import orjson
 import pytest
 
+from slostream.core.objectives import Policy
 from slostream.core.sketch import QuantileSketch
 from slostream.pipeline.partition import SEP, PartitionProcessor, PipelineConfig, SourceRecord
 
@@ -162,19 +163,22 @@ def test_eviction_deletes_a_quiet_series_and_its_state_restores_exactly():
 
     proc = PartitionProcessor(0, config, now=0.0)
     store: dict[str, bytes | None] = {}
-    offset = 0
+    log: list[SourceRecord] = []
     for step in range(30):  # "quiet" sends for 100 s of wall time, "busy" throughout
         now = float(step * 10)
-        batch = [record(offset, "busy", T0 + step * 10)]
+        batch = [record(len(log), "busy", T0 + step * 10)]
         if step < 10:
-            batch.append(record(offset + 1, "quiet", T0 + step * 10))
+            batch.append(record(len(log) + 1, "quiet", T0 + step * 10))
         proc.process(batch, now)
-        offset += len(batch)
+        log += batch
         assert proc.tick(now).evicted == (1 if now == 190.0 else 0)  # 100 s after its last measurement
-        store.update(proc.checkpoint()[0])
+        writes, committed = proc.checkpoint()
+        store.update(writes)
     assert [s.service for s in proc.series.values()] == ["busy"]
     assert sum(value is None for value in store.values()) == 1
     restored = PartitionProcessor.restore(0, config, store.items(), now=300.0)
+    assert restored.process(log[committed + 1:], 300.0).sli == []  # replayed from the commit: nothing new
+    offset = len(log)
     assert restored.series.keys() == proc.series.keys()
     persisted = [(orjson.dumps(s.header()), s.windows.to_state()) for s in (p.series[("busy", "m")] for p in (restored, proc))]
     assert persisted[0] == persisted[1]
@@ -212,3 +216,48 @@ def test_a_series_record_of_version_4_restores_the_same_windows_and_clock():
     outs = [p.process(replay_and_more, 0.0).sli + p.tick(100.0).sli for p in (reference, upgraded)]
     assert [e["data"]["count"] for _, e in outs[0]] == [5, 1]
     assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("crash_after", [7, 45, 77])
+def test_a_series_is_written_when_a_window_completes_and_a_crash_replays_its_other_changes(crash_after):
+    """Checkpoints write a series only once something was emitted from it; the offset they commit
+    stays before its oldest unwritten change, so a crash and a replay from the commit emit exactly
+    what an uninterrupted run emits, breaches of a policy that judges empty windows included."""
+    policy = Policy("s0-p99", "s0", "lat", "p99", 60, "above", 50.0, 80.0)
+    config = PipelineConfig(grace_s=5.0, idle_after_s=30.0, policies=(policy,))
+    rng = random.Random(5)
+    log = []
+    for step in range(120):  # a batch per 5 s; each of 12 series sends every 15 s, s0 stops after 6 min
+        items = [{"service": f"s{n}", "metric": "lat", "value": round(rng.lognormvariate(3.5, 0.8), 3),
+                  "ok": rng.random() > 0.05, "ts": T0 + step * 5 + n * 0.1}
+                 for n in range(12) if (step + n) % 3 == 0 and (n or step < 72)]
+        log.append(SourceRecord("m", 0, step, T0 + step * 5, None, orjson.dumps(items)))
+
+    def run(proc, records, store=None):
+        events, series_writes = [], 0
+        for record in records:
+            now = float(record.offset * 5)
+            for out in (proc.process([record], now), proc.tick(now)):
+                events += out.sli + out.breaches
+            if store is not None:
+                writes, committed = proc.checkpoint()
+                writes = list(writes)
+                series_writes += sum(f"{SEP}h{SEP}" in key and '"s0"' not in key for key, _ in writes)
+                store.update(writes)
+                store["committed"] = committed
+        return {event["id"]: event for _, event in events}, series_writes
+
+    reference, _ = run(PartitionProcessor(0, config, 0.0), log)
+    assert any(event["type"] == "slostream.breach.started" for event in reference.values())
+    store: dict = {}
+    before, series_writes = run(PartitionProcessor(0, config, 0.0), log[:crash_after], store)
+    # Series without a policy: a write per completed window at most, not one per measurement (four a
+    # window). The watched series is written at each judgement too, of windows without data included.
+    sli_before = sum(event["type"] == "slostream.sli.window" and event["data"]["service"] != "s0"
+                     for event in before.values())
+    assert series_writes <= sli_before
+    assert store["committed"] < crash_after - 1  # held back: some series' changes are replayed
+    restored = PartitionProcessor.restore(0, config, [(k, v) for k, v in store.items() if k != "committed"],
+                                          now=crash_after * 5.0)
+    after, _ = run(restored, log[store["committed"] + 1:])
+    assert {**before, **after} == reference

@@ -53,8 +53,8 @@ _HEAD = np.dtype([("v", "<u2"), ("width", "<u4"), ("accuracy", "<f8"), ("closed_
 _ROW = np.dtype([("length", "<i8"), ("start", "<i8"), ("keys", "<i4"), ("stats", "<f8", (N_STATS,))])
 _START_SHIFT, _OWNER_SHIFT = 8, 40  # a window's lookup key: owner, start in base buckets, length index
 STATS, QUANTILES = 1, 2  # what an owner's profile reads of a length
-_OWNER_COLUMNS = ("closed_until", "mark", "due", "open_count", "profile", "changed", "in_use", "max_ts", "watermark",
-                  "last_activity", "read_at", "read_ts", "read_count", "aligned_ts")
+_OWNER_COLUMNS = ("closed_until", "mark", "due", "open_count", "profile", "changed", "emitted", "unwritten_from",
+                  "in_use", "max_ts", "watermark", "last_activity", "read_at", "read_ts", "read_count", "aligned_ts")
 _ROW_COLUMNS = ("stats", "row_start", "row_length", "row_owner", "row_key", "row_live", "row_quantiles", "row_log")
 
 
@@ -114,7 +114,12 @@ class WindowStore:
         self.due = np.zeros(0)  # earliest end of an open window: no close completes anything before it
         self.open_count = np.zeros(0, dtype=np.int64)
         self.profile = np.zeros(0, dtype=np.int64)
-        self.changed = np.zeros(0, dtype=bool)  # state changed since the last ``take_changed``
+        # Writing the state (``take_writes``): changed since the last call; changed in a way a replay
+        # does not redo (a window completed, or the caller's judgement of one); the oldest boundary
+        # since which its state holds changes not yet written (-1: none).
+        self.changed = np.zeros(0, dtype=bool)
+        self.emitted = np.zeros(0, dtype=bool)
+        self.unwritten_from = np.zeros(0, dtype=np.int64)
         self.in_use = np.zeros(0, dtype=bool)  # not released
         # The owner's event-time clock, kept by the caller: newest event time, watermark, and the
         # wall time of its last measurement.
@@ -165,7 +170,8 @@ class WindowStore:
         self.mark[owner] = -1
         self.due[owner] = np.inf
         self.open_count[owner] = 0
-        self.changed[owner] = False
+        self.changed[owner] = self.emitted[owner] = False
+        self.unwritten_from[owner] = -1
         self.in_use[owner] = True
         self.read_count[owner] = 0
         self.max_ts[owner] = self.watermark[owner] = self.aligned_ts[owner] = -np.inf
@@ -186,15 +192,42 @@ class WindowStore:
         """Forget an owner without open windows (evicted)."""
         if self.open_count[owner]:
             raise ValueError(f"owner {owner} still has {self.open_count[owner]} open windows")
-        self.changed[owner] = self.in_use[owner] = False
+        self.changed[owner] = self.emitted[owner] = self.in_use[owner] = False
+        self.unwritten_from[owner] = -1
         self._free_owners.append(owner)
 
-    def take_changed(self) -> np.ndarray:
-        """The owners whose state changed (windows fed or closed, or marked by the caller) since the
-        last call, ascending."""
-        owners = np.flatnonzero(self.changed[:self._owners])
-        self.changed[owners] = False
-        return owners
+    def take_writes(self, boundary: int, stale_before: int) -> tuple[np.ndarray, int | None]:
+        """The owners whose state is to be written now, ascending, and the oldest boundary whose
+        changes the others still hold unwritten (None: none).
+
+        Boundaries are the caller's numbered checkpoints; an owner changed since the last call holds
+        unwritten changes from ``boundary`` on. It is written once something was emitted from its
+        state (``emitted``: a replay would not emit it again), or once it has held changes since a
+        boundary before ``stale_before``. The others wait: a replay from the oldest boundary they
+        hold redoes their changes exactly (their replay marks skip what is written).
+
+        >>> store = WindowStore(10)
+        >>> a, b = store.new_owner({60: False}), store.new_owner({60: False})
+        >>> store.add(np.array([a, b]), np.array([0, 0]), np.array([1.0, 2.0]), np.array([1, 1], dtype=np.int8))
+        >>> store.take_writes(boundary=4, stale_before=0)
+        (array([], dtype=int64), 4)
+        >>> len(store.close(np.array([a]), np.array([60.0])))
+        1
+        >>> store.take_writes(boundary=5, stale_before=0)
+        (array([0]), 4)
+        >>> store.take_writes(boundary=6, stale_before=5)
+        (array([1]), None)
+        """
+        used = self._owners
+        changed, unwritten_from = self.changed[:used], self.unwritten_from[:used]
+        unwritten_from[changed & (unwritten_from < 0)] = boundary
+        changed[:] = False
+        held = unwritten_from >= 0
+        owners = np.flatnonzero(held & (self.emitted[:used] | (unwritten_from < stale_before)))
+        unwritten_from[owners] = -1
+        self.emitted[owners] = False
+        still = unwritten_from[unwritten_from >= 0]
+        return owners, int(still.min()) if still.size else None
 
     def _profile_of(self, lengths: Mapping[int, bool]) -> int:
         key = tuple(sorted((int(length), bool(q)) for length, q in lengths.items()))
@@ -466,6 +499,7 @@ class WindowStore:
         self._free_rows.extend(rows.tolist())
         np.subtract.at(self.open_count, affected, 1)
         touched = np.unique(affected)
+        self.emitted[touched] = True
         self.due[touched] = np.inf
         still = np.flatnonzero(self.row_live[:used] & np.isin(self.row_owner[:used], touched))
         np.minimum.at(self.due, self.row_owner[still], ends[still].astype(np.float64))

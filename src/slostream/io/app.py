@@ -397,10 +397,11 @@ class IngestService:
         self.series_evicted += out.evicted
         self.sli_emitted += len(out.sli)
 
-    async def checkpoint(self, partitions: set[int] | None = None) -> None:
+    async def checkpoint(self, partitions: set[int] | None = None, final: bool = False) -> None:
         """Make the output events (forwarded measurements included) durable, then the changed state,
         then commit its offsets: neither the state nor the committed offset ever runs ahead of what
         was produced, so a crash can only make a source forward (and emit) again, never lose it.
+        ``final`` (a revoke or a stop) writes every series' changes, so the next owner replays nothing.
 
         The snapshot is taken under the processing lock; the waits for the broker
         are not, so ingest goes on while they drain.
@@ -413,7 +414,7 @@ class IngestService:
                 offsets: dict[TP, int] = {}
                 written = [partition for partition in sorted(due) if partition in self.processors]
                 for partition in written:
-                    writes, offset = self.processors[partition].checkpoint()
+                    writes, offset = self.processors[partition].checkpoint(final)
                     for number, (key, value) in enumerate(writes, 1):
                         if number % YIELD_EVERY_WRITES == 0:
                             await asyncio.sleep(0)  # as in tick
@@ -426,6 +427,8 @@ class IngestService:
                     if offset >= 0:
                         offsets[TP(self.topic, partition)] = offset + 1
                 self._uncheckpointed -= due
+                # Changes some series still hold are written at a later checkpoint.
+                self._uncheckpointed.update(p for p in written if self.processors[p].holds_unwritten)
                 self.pacer.done(started, time.monotonic())
             await self.outputs.flush()
             # In batches awaited here, not Faust's send_soon buffer, whose flush() gives up after
@@ -451,7 +454,7 @@ class IngestService:
         if not mine:
             return
         try:
-            await self.checkpoint(mine)
+            await self.checkpoint(mine, final=True)
         except Exception:  # the new owner replays from the last durable checkpoint
             log.exception("final checkpoint before revoke failed")
         async with self.lock:
@@ -642,7 +645,7 @@ def create_app(settings: Settings) -> SloApp:
         # Faust sends no revoke signal on a clean stop; without this a restart would
         # replay the last second and re-judge it (same ids, but a repeat all the same).
         try:
-            await ingest.checkpoint()
+            await ingest.checkpoint(final=True)
         except Exception:
             log.exception("final checkpoint failed; the next owner replays from the last durable one")
 

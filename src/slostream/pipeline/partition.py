@@ -53,6 +53,8 @@ _RECORD_VERSION = bytes((STATE_VERSION,))
 FORWARD_BYTES_PER_MEASUREMENT = 40
 # Series a tick advances between yields to the worker's event loop (0.1-0.2 s of closes at most).
 TICK_SLICE_SERIES = 2000
+# A series' changes wait unwritten for at most this many report windows of wall time (``checkpoint``).
+UNWRITTEN_REPORT_WINDOWS = 2
 QUANTILE_NAMES, QUANTILE_LEVELS = ("p50", "p90", "p95", "p99"), (0.5, 0.9, 0.95, 0.99)
 
 
@@ -221,6 +223,10 @@ class PartitionProcessor:
         self._deleted_keys: list[str] = []  # state keys to delete at the next checkpoint (evicted, old layout)
         self.idle_clocks: dict[tuple[str, str], IdleClock] = {}  # SLOs whose series were all evicted
         self._last_evaluation = -np.inf  # wall time
+        # Checkpoints are numbered; each boundary keeps when it was taken and what a replay from it
+        # starts with, from the oldest whose changes some series holds unwritten on.
+        self._checkpoint_number = 0
+        self._boundaries: dict[int, tuple[float, dict]] = {0: (now, self._replay_state())}
 
     # --- processing -------------------------------------------------------
 
@@ -880,8 +886,9 @@ class PartitionProcessor:
                 changed = True
                 if transition is not None:
                     out.breaches.append(self._breach_event(series, watch, transition, end))
-            if changed:
-                self.store.changed[series.windows.owner] = True
+            if changed:  # a replay would not judge it again: written at the next checkpoint
+                owner = series.windows.owner
+                self.store.changed[owner] = self.store.emitted[owner] = True
                 conditions.extend(watch.conditions(series.labels))
         if conditions:
             self._alert_events(self.book.evaluate(closed_until, conditions), out)
@@ -969,22 +976,60 @@ class PartitionProcessor:
 
     # --- state ------------------------------------------------------------
 
-    def checkpoint(self) -> tuple[Iterator[tuple[str, bytes | None]], int]:
+    def checkpoint(self, final: bool = False) -> tuple[Iterator[tuple[str, bytes | None]], int]:
         """Changed state as (key, value) writes (None: delete the key), and the offset they make safe.
 
         Everything up to and including the returned offset is in the writes, so
-        the consumer may commit ``offset + 1`` once they are durable. The series' states are
-        serialised as the writes are read (a worker yields to its event loop between them): read
-        them all before this processor takes anything else.
+        the consumer may commit ``offset + 1`` once they are durable. A series is written once
+        something was emitted from its state (a window completed, or a policy judged one), or once
+        its changes have waited ``UNWRITTEN_REPORT_WINDOWS`` report windows of wall time; until
+        then the offset stays at the checkpoint before its first unwritten change, and a replay
+        from there redoes those changes exactly (each series' replay mark skips what is written).
+        Kafka Streams' record caches defer writes the same way. ``final`` writes every series
+        (a revoke or a stop: the next owner replays nothing), as does an eviction (a replay must not
+        bring an evicted series back). The series' states are serialised as the writes are read (a
+        worker yields to its event loop between them): read them all before this processor takes
+        anything else.
         """
         deleted, self._deleted_keys = self._deleted_keys, []
-        return self._checkpoint_writes(deleted, self.store.take_changed()), self.applied_offset
+        number = self._checkpoint_number
+        stale_before = number + 1 if final or deleted else self._stale_before()
+        dirty, oldest = self.store.take_writes(number, stale_before)
+        self._checkpoint_number = number + 1
+        self._boundaries[number + 1] = (self.now, self._replay_state())
+        replay_from = number + 1 if oldest is None else oldest
+        for boundary in [b for b in self._boundaries if b < replay_from]:
+            del self._boundaries[boundary]
+        replay = self._boundaries[replay_from][1]
+        return self._checkpoint_writes(deleted, dirty, replay), replay["applied_offset"]
 
-    def _checkpoint_writes(self, deleted: list[str], dirty: np.ndarray) -> Iterator[tuple[str, bytes | None]]:
+    @property
+    def holds_unwritten(self) -> bool:
+        """Whether some series' changes are not written yet (a later checkpoint writes them)."""
+        return len(self._boundaries) > 1
+
+    def _stale_before(self) -> int:
+        """The oldest checkpoint whose changes may still wait (``UNWRITTEN_REPORT_WINDOWS``)."""
+        limit = UNWRITTEN_REPORT_WINDOWS * self.config.report_window_s
+        return next((b for b, (at, _) in self._boundaries.items() if self.now - at < limit),
+                    self._checkpoint_number + 1)
+
+    def _replay_state(self) -> dict:
+        """What a replay from the offset applied now starts with: the rest of the partition's state
+        only grows, or is kept with replay marks of its own."""
+        return {
+            "applied_offset": self.applied_offset,
+            "forward_marks": {str(p): o for p, o in self.forward_marks.items()},
+            "alignment": self.alignment.to_state(),
+            "read_through": _finite_or_none(self.read_through),
+        }
+
+    def _checkpoint_writes(self, deleted: list[str], dirty: np.ndarray,
+                           replay: dict) -> Iterator[tuple[str, bytes | None]]:
         p = self.partition
         for key in deleted:
             yield key, None
-        # Every changed series' windows at once (a few numpy calls); the JSON part as they are read.
+        # Every written series' windows at once (a few numpy calls); the JSON part as they are read.
         for owner, windows in zip(dirty.tolist(), self.store.encode(dirty)):
             series = self._series_of_owner[owner]
             yield f"{p}{SEP}h{SEP}{series.key}", _series_record(series.header(), windows)
@@ -1000,11 +1045,8 @@ class PartitionProcessor:
             self._book_dirty = False
         partition_state = {
             "v": STATE_VERSION,
-            "applied_offset": self.applied_offset,
+            **replay,
             "control_offset": self.control_offset,
-            "forward_marks": {str(p): o for p, o in self.forward_marks.items()},
-            "alignment": self.alignment.to_state(),
-            "read_through": _finite_or_none(self.read_through),
             "newest_event_ts": _finite_or_none(self.newest_event_ts),
             "idle_clocks": [[service, metric, _finite_or_none(clock.max_ts), _finite_or_none(clock.watermark)]
                             for (service, metric), clock in sorted(self.idle_clocks.items())],
