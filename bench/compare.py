@@ -43,7 +43,8 @@ def main() -> None:
             print(f"round {number}: " + ", ".join(f"{k} {v[-1] / 1e3:.0f} k/s" for k, v in mps.items()), flush=True)
     medians = {name: statistics.median(runs) for name, runs in mps.items()}
     print("medians: " + ", ".join(f"{k} {v / 1e3:.0f} k/s" for k, v in medians.items()))
-    print(f"ratio: baseline {medians['baseline'] / medians['ceiling']:.3f}, this {medians['this'] / medians['ceiling']:.3f}")
+    ceiling = medians["ceiling"]
+    print(f"ratio: baseline {medians['baseline'] / ceiling:.3f}, this {medians['this'] / ceiling:.3f}")
     per_round = [this / base for base, this in zip(mps["baseline"], mps["this"])]
     print(f"this / baseline: median of rounds {statistics.median(per_round):.3f} "
           f"(rounds {', '.join(f'{r:.2f}' for r in per_round)})")

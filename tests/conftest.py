@@ -25,6 +25,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from slostream.io.broker import EmbeddedBroker, free_port
 
 
+def pytest_collection_modifyitems(items):
+    """The tests in ``tests/integration`` use a real broker and start workers: they are marked
+    ``broker`` and ``slow`` (``-m "not broker"`` runs the pure tests)."""
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.broker)
+            item.add_marker(pytest.mark.slow)
+
+
 @dataclass
 class Broker:
     url: str
@@ -66,14 +75,15 @@ class Worker:
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
 
-    def start(self, wait_ready: bool = True) -> "Worker":
+    def start(self, wait_ready: bool = True) -> Worker:
         env = {**os.environ, "SLOSTREAM_GRACE_S": "2", "SLOSTREAM_IDLE_AFTER_S": "3",
                "SLOSTREAM_PARTITIONS": "2", "SLOSTREAM_LOG_LEVEL": "info", **self.env}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "slostream", "run", "--broker", self.broker.url,
-             "--topic-prefix", self.prefix, "--app-id", self.app_id, "--web-port", str(self.port)],
-            env=env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
-        )
+        with open(self.log_path, "ab") as log:  # the worker keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "slostream", "run", "--broker", self.broker.url,
+                 "--topic-prefix", self.prefix, "--app-id", self.app_id, "--web-port", str(self.port)],
+                env=env, stdout=log, stderr=subprocess.STDOUT,
+            )
         if wait_ready:
             self.wait_ready()
         return self

@@ -60,7 +60,7 @@ def _outage_run(objective, outage_s, error_ratio=1.0):
     rng = np.random.default_rng(0)
     for start in range(T0, outage_start + outage_s + 900, 10):
         in_outage = outage_start <= start < outage_start + outage_s
-        bad = int(round(RATE * 10 * error_ratio)) if in_outage else 0
+        bad = round(RATE * 10 * error_ratio) if in_outage else 0
         oks = np.ones(RATE * 10, dtype=np.int8)
         oks[rng.permutation(RATE * 10)[:bad]] = 0
         windows.add(start, np.full(RATE * 10, np.nan), oks)

@@ -45,7 +45,7 @@ def test_future_skew_is_not_bounded_by_any_bucket_retention(tmp_path):
 
 
 def test_unknown_environment_variable_is_an_error():
-    with pytest.raises(ConfigError, match="SLOSTREAM_PARTITONS.*did you mean 'partitions'"):
+    with pytest.raises(ConfigError, match=r"SLOSTREAM_PARTITONS.*did you mean 'partitions'"):
         load_settings(None, {"SLOSTREAM_PARTITONS": "2"}, {})
 
 

@@ -49,7 +49,8 @@ def test_only_commands_in_force_are_kept_and_a_restored_partition_ends_up_the_sa
     live.process(_data(7800, start_s=600), 0.0)
     store = dict(stale.checkpoint()[0])
 
-    log.prune(T0 + 600 + CONTROL_MIN_AGE_S - 1, firing=lambda ack: live.book.fires_matching(ack.fingerprint, ack.matchers))
+    log.prune(T0 + 600 + CONTROL_MIN_AGE_S - 1,
+              firing=lambda ack: live.book.fires_matching(ack.fingerprint, ack.matchers))
     assert len(log) == 7  # nothing is dropped while it is young
     log.prune(T0 + 7800, firing=lambda ack: live.book.fires_matching(ack.fingerprint, ack.matchers))
     kept = [orjson.loads(record.value) for record, _ in log]

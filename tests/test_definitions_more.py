@@ -117,7 +117,7 @@ def test_public_example_with_op_on_a_ratio_objective_is_rejected_with_the_reason
      "thresholdMetric.metricSource"),
 ])
 def test_openslo_spec_violations_name_the_field(tmp_path, change, field):
-    definitions, problems = load_definition_file(_file(tmp_path, OPENSLO.replace(*change)))
+    _, problems = load_definition_file(_file(tmp_path, OPENSLO.replace(*change)))
     assert any(p.field.startswith(field) or field in p.field for p in problems), problems
     assert all("Fix:" in p.message for p in problems)
 

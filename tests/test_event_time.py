@@ -5,6 +5,7 @@ import random
 
 import numpy as np
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -87,7 +88,8 @@ def test_one_producer_clock_minutes_ahead_leaves_its_neighbours_exact():
     closed = {name: s.windows.closed_until for (name, _), s in proc.series.items()}
     got = {(d["service"], d["window_start"]): d["count"] for d in sli}
     assert got == _truth(items, closed)
-    assert sum(count for (name, _), count in got.items() if name == "b") == (closed["b"] - T0) // 60 * 60  # one a second
+    # One a second.
+    assert sum(count for (name, _), count in got.items() if name == "b") == (closed["b"] - T0) // 60 * 60
 
 
 def _backlog(hours: float, per_s: int, per_record: int, seed: int):
@@ -170,12 +172,14 @@ SLO = Slo("s0-http", "s0", "m", 0.99, SloWindow(rolling_s=7 * 86400), GoodRule("
 POLICY = Policy("s1-p90", "s1", "m", "p90", 60, "above", warning=500.0, critical=None)
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_streams())
 def test_any_jumps_and_any_batching_report_every_window_as_brute_force_counts_it(stream):
     items, per_record, cuts = stream
     values = [orjson.dumps(items[i:i + per_record]) for i in range(0, len(items), per_record)]
-    records = [SourceRecord("m", 0, n, T0 + 400 * 86400, None, v) for n, v in enumerate(values)]  # no ts "in the future"
+    # Written long after: no ts is "in the future".
+    records = [SourceRecord("m", 0, n, T0 + 400 * 86400, None, v) for n, v in enumerate(values)]
     results = []
     for chunking in (cuts, [len(records)]):
         proc = PartitionProcessor(0, PipelineConfig(grace_s=30.0, slos=(SLO,), policies=(POLICY,)), now=0.0)

@@ -89,7 +89,8 @@ def test_no_input_raises_and_every_input_is_accounted_for(raw):
     assert len(batch.columns) + len(batch.rejections) >= 1
 
 
-_PIECES = [orjson.dumps(GOOD), orjson.dumps([GOOD, {**GOOD, "value": 3.0}]), orjson.dumps(GOOD) + b"," + orjson.dumps(GOOD),
+_PIECES = [orjson.dumps(GOOD), orjson.dumps([GOOD, {**GOOD, "value": 3.0}]),
+           orjson.dumps(GOOD) + b"," + orjson.dumps(GOOD),
            b"[" + orjson.dumps(GOOD), orjson.dumps(GOOD) + b"]", b"{\n" + orjson.dumps(GOOD)[1:], b"  ", b"", b"[]",
            orjson.dumps({**GOOD, "ok": "yes"}), orjson.dumps(GOOD) + b"\r", b"null", orjson.dumps({**GOOD, "ts": None})]
 

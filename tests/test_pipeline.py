@@ -180,7 +180,8 @@ def test_eviction_deletes_a_quiet_series_and_its_state_restores_exactly():
     assert restored.process(log[committed + 1:], 300.0).sli == []  # replayed from the commit: nothing new
     offset = len(log)
     assert restored.series.keys() == proc.series.keys()
-    persisted = [(orjson.dumps(s.header()), s.windows.to_state()) for s in (p.series[("busy", "m")] for p in (restored, proc))]
+    persisted = [(orjson.dumps(s.header()), s.windows.to_state())
+                 for s in (p.series[("busy", "m")] for p in (restored, proc))]
     assert persisted[0] == persisted[1]
     # Both go on alike; the evicted service comes back as a new series with exact windows.
     later = [record(offset + i, service, T0 + 300 + i * 20) for i, service in enumerate(["quiet", "busy"] * 6)]

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from slostream.core.budget import default_tiers
-from tests.test_tracker import T0, Feed, _processor, _slo  # noqa: F401 (T0 documents the time base)
+from tests.test_tracker import T0, Feed, _processor, _slo
 
 OBJECTIVE = 0.999
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
@@ -83,6 +83,7 @@ def _grid_after(t: float) -> int:
     return int(math.ceil((t + 10) / 10) * 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outage", [
     # The page resets when neither the 5m nor the 30m short window holds: about 30 minutes after.
     Outage(start=7200, end=7800, every=1, duration=9900),    # total outage, 10 minutes

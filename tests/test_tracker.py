@@ -157,6 +157,7 @@ def test_half_outage_at_99_percent_fires_at_the_workbook_time():
     assert len(fired) == 1 and abs(fired[0] - (3600 + detection_seconds(0.99, 14.4, 3600, 0.5))) <= 10
 
 
+@pytest.mark.slow
 def test_budget_and_burn_rates_equal_brute_force_counts():
     rng = np.random.default_rng(7)
     slo = _slo(good=GoodRule("value_le", 300.0))

@@ -51,7 +51,7 @@ def test_every_completed_window_equals_a_brute_force_count(items, steps, restore
             windows = TumblingWindows.from_state(windows.to_state(), LENGTHS)
     seen = {(agg.start, agg.end - agg.start) for agg in completed}
     assert len(seen) == len(completed)  # each window handed out once
-    for length, quantiles in LENGTHS.items():
+    for length in LENGTHS:
         starts = {ts // length * length for ts, _, _ in items}
         assert {s for s, n in seen if n == length} == starts  # every window with data, and only those
     for agg in completed:
@@ -248,7 +248,7 @@ def test_reads_awaiting_alignment_follow_a_list_per_owner():
     owners = np.array([store.new_owner({60: False}) for _ in range(30)])
     lists = {int(o): [] for o in owners}
     aligned = {int(o): -np.inf for o in owners}
-    for step in range(400):
+    for _ in range(400):
         chosen = np.unique(rng.choice(owners, size=int(rng.integers(1, 30))))
         if rng.random() < 0.6:
             store.max_ts[chosen] = rng.uniform(0, 1000, chosen.size)
@@ -276,5 +276,6 @@ def test_reads_awaiting_alignment_follow_a_list_per_owner():
     for owner, blob in zip(owners.tolist(), store.encode(owners)):
         again = TumblingWindows.from_state(blob, {60: False}, restored).owner
         count = int(restored.read_count[again])
-        assert [[a, t] for a, t in zip(restored.read_at[again, :count], restored.read_ts[again, :count])] == lists[owner]
+        noted = zip(restored.read_at[again, :count], restored.read_ts[again, :count])
+        assert [[a, t] for a, t in noted] == lists[owner]
         assert restored.aligned_ts[again] == aligned[owner]

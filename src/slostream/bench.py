@@ -188,12 +188,14 @@ def _end_to_end(broker: EmbeddedBroker, prefix: str, expected: int, definitions:
         worker.wait(30)
 
 
-def _start_worker(broker: EmbeddedBroker, prefix: str, partitions: int, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+def _start_worker(broker: EmbeddedBroker, prefix: str, partitions: int,
+                  env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
     worker = subprocess.Popen(
         [sys.executable, "-m", "slostream", "run", "--broker", broker.url, "--topic-prefix", prefix,
          "--partitions", str(partitions), "--web-port", str(port), "--app-id", f"bench-{prefix.strip('.')}"],
-        env=dict(os.environ, SLOSTREAM_LOG_LEVEL="warning", **env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, SLOSTREAM_LOG_LEVEL="warning", **env),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     return worker, port
 
@@ -277,7 +279,8 @@ LIVE_WORKER_SPAN_S = 240
 
 def _live_worker(broker: EmbeddedBroker, series: int, partitions: int) -> dict:
     """``series`` latency series sending live through a worker on ``partitions`` partitions with its
-    default settings (on more than one, three in four measurements are forwarded to their owner): each second the measurements of a fifteenth of them (each series every 15 s, event
+    default settings (on more than one, every measurement of these unkeyed records is forwarded to
+    its owner): each second the measurements of a fifteenth of them (each series every 15 s, event
     time = now) in unkeyed zstd records of 1,000. The worker process's CPU time (user and system,
     from /proc) over ``LIVE_WORKER_SPAN_S`` after a warm-up, as a share of one core: ingest,
     window closes, SLI output, checkpoints and their changelog writes. The broker and this
@@ -291,7 +294,8 @@ def _live_worker(broker: EmbeddedBroker, series: int, partitions: int) -> dict:
                                                   worker.pid))
         page, _ = _scrape(port)
         _check_nothing_rejected(page, prefix)
-        return {"series": series, "partitions": partitions, "core_share": round(core_share, 3), "measurements_sent": sent,
+        return {"series": series, "partitions": partitions, "core_share": round(core_share, 3),
+                "measurements_sent": sent,
                 "measurements_accepted": round(_metric(page, "slostream_ingest_measurements_accepted_total"))}
     finally:
         worker.terminate()
@@ -409,7 +413,8 @@ def _cardinality_run(series: int) -> dict:
         payloads += [orjson.dumps(items[i:i + CARDINALITY_RECORD]) for i in range(0, series, CARDINALITY_RECORD)]
     gc.collect()
     base = _rss()
-    proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1)), now=0.0)  # the worker's defaults, one partition
+    # The worker's defaults, one partition.
+    proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1)), now=0.0)
     busy = 0.0
     windows = 0
     pacer = CheckpointPacer(Settings().checkpoint_interval_s)  # checkpoints paced as the worker paces them
@@ -458,7 +463,8 @@ def _live_run(series: int) -> dict:
         values = rng.lognormal(4.0, 0.6, len(chosen)).round(3).tolist()
         payloads.append(orjson.dumps([{"service": names[i], "metric": "latency_ms", "value": value, "ok": True,
                                        "ts": t0 + second} for i, value in zip(chosen, values)]))
-    proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1)), now=0.0)  # the worker's defaults, one partition
+    # The worker's defaults, one partition.
+    proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1)), now=0.0)
     pacer = CheckpointPacer(Settings().checkpoint_interval_s)
     busy = 0.0
     windows = 0
@@ -490,7 +496,8 @@ def _rss() -> int:
 TOPICS = ("measurements", "sli", "deadletter", "alerts", "breaches", "control")
 
 
-async def _create_topics(broker: EmbeddedBroker, prefixes: tuple[str, ...], partitions: dict[str, int] | None = None) -> None:
+async def _create_topics(broker: EmbeddedBroker, prefixes: tuple[str, ...],
+                         partitions: dict[str, int] | None = None) -> None:
     """Every topic of each prefix; the measurement topic with ``partitions[prefix]`` partitions (1)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
     await admin.start()

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -71,7 +72,7 @@ class Settings:
         default = DEFAULT_RESOLUTIONS[0]
         span, sketch_span = default.width * default.slots, default.width * default.kept_sketches
         base = Resolution(self.bucket_s, span // self.bucket_s, sketch_span // self.bucket_s)
-        return (base,) + DEFAULT_RESOLUTIONS[1:]
+        return (base, *DEFAULT_RESOLUTIONS[1:])
 
     @property
     def broker_hosts(self) -> list[str]:
@@ -190,11 +191,12 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], Any]:
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror}). Fix: pass an existing file.")
+        raise ConfigError(
+            f"{path}: cannot read the config file ({exc.strerror}). Fix: pass an existing file.") from None
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}). Fix: correct the syntax at the position shown.")
+        raise ConfigError(f"{path}: not valid YAML ({exc}). Fix: correct the syntax at the position shown.") from None
     if document is None:
         return {}, None
     if not isinstance(document, dict):

@@ -128,7 +128,7 @@ async def _main(duration: float | None, bootstrap: str, settings) -> None:
             await stop.wait()
         else:
             await asyncio.wait_for(stop.wait(), timeout=duration)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -145,10 +145,11 @@ def run_demo(duration: float | None, web_port: int | None) -> int:
         settings = load_settings(None, demo_env, {"broker": broker.url, "web_port": port})
         asyncio.run(ensure_topics(settings))
         log_path = os.path.join(tempfile.mkdtemp(prefix="slostream-demo-"), "worker.log")
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "slostream", "run", "--broker", broker.url, "--web-port", str(port)],
-            env={**os.environ, **demo_env}, stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
-        )
+        with open(log_path, "wb") as worker_log:  # the worker keeps its own descriptor
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "slostream", "run", "--broker", broker.url, "--web-port", str(port)],
+                env={**os.environ, **demo_env}, stdout=worker_log, stderr=subprocess.STDOUT,
+            )
         print(f"worker pid {worker.pid}: metrics at http://127.0.0.1:{port}/metrics, log {log_path}", flush=True)
         print(f"services {', '.join(SERVICES)} at {RATE_PER_SERVICE}/s each; every {CYCLE_S}s: "
               "search latency x4 for 30s, payments 30% errors for 20s", flush=True)

@@ -282,7 +282,7 @@ def parse_policy(doc: Any, file: str, position: int) -> tuple[Policy | None, lis
     for level_name, level in (("warning", warning), ("critical", critical)):
         if level is None:
             continue
-        if low is not None and level < low or high is not None and level > high:
+        if (low is not None and level < low) or (high is not None and level > high):
             check.fail(level_name, f"({level:g}) is outside the bounds [{_bound(low)}, {_bound(high)}] of "
                                    f"{aggregate}. Fix: choose a level within the bounds")
     consecutive = doc.get("consecutive", 1)

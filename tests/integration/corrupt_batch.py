@@ -11,8 +11,8 @@ import sys
 
 os.environ["AIOKAFKA_NO_EXTENSIONS"] = "1"
 
-import aiokafka.record.default_records as records  # noqa: E402
-from aiokafka import AIOKafkaProducer  # noqa: E402
+import aiokafka.record.default_records as records
+from aiokafka import AIOKafkaProducer
 
 
 async def main(bootstrap: str, topic: str, partition: int, good: bytes) -> None:

@@ -9,6 +9,7 @@ import threading
 import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import orjson
 import pytest
@@ -34,11 +35,12 @@ def alertmanager(tmp_path):
         "Alertmanager is missing: scripts/setup test installs Debian's prometheus-alertmanager"
     (tmp_path / "am.yml").write_text(AM_CONFIG)
     port = free_port()
-    process = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am-data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        stdout=open(tmp_path / "alertmanager.log", "wb"), stderr=subprocess.STDOUT,
-    )
+    with open(tmp_path / "alertmanager.log", "wb") as log:  # Alertmanager keeps its own descriptor
+        process = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am-data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -64,7 +66,7 @@ def amtool_alerts(url: str) -> list[dict]:
 
 
 class Receiver(BaseHTTPRequestHandler):
-    received: list[dict] = []
+    received: ClassVar[list[dict]] = []
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
@@ -118,7 +120,7 @@ def test_alertmanager_and_webhook_receive_firing_then_resolved(kafka, make_worke
 
     hooked = [e for e in Receiver.received if e.get("data", {}).get("fingerprint") == fingerprint]
     assert [e["type"] for e in hooked] == ["slostream.alert.firing", "slostream.alert.resolved"]
-    status, metrics = worker.get("/metrics")
+    _, metrics = worker.get("/metrics")
     assert b'slostream_sink_deliveries_total{outcome="delivered",sink="alertmanager"}' in metrics
     server.shutdown()
     # The page is over; the ticket (3x over 1d and 2h) may still hold, uninhibited now.

@@ -9,8 +9,6 @@ import pytest
 
 from tests.integration.test_real_producers import PARTITIONS, _send, _sli, _truth
 
-pytestmark = pytest.mark.broker
-
 SERIES = 10_000
 T0 = 1_790_000_000 // 60 * 60
 COUNTERS = re.compile(rb"^(slostream_(?:ingest_[a-z_]+|sli_events|checkpoints)_total)(\{[^}]*\})? ([0-9.e+]+)$", re.M)

@@ -14,15 +14,14 @@ import pytest
 
 from slostream.io.broker import free_port
 
-pytestmark = pytest.mark.broker
-
 
 def test_run_without_broker_starts_the_embedded_one_and_stops_on_sigterm(tmp_path):
     port = free_port()
     log = tmp_path / "worker.log"
-    worker = subprocess.Popen([sys.executable, "-m", "slostream", "run", "--web-port", str(port)],
-                              stdout=open(log, "wb"), stderr=subprocess.STDOUT,
-                              env={**os.environ, "SLOSTREAM_PARTITIONS": "1"})
+    with open(log, "wb") as worker_log:  # the worker keeps its own descriptor
+        worker = subprocess.Popen([sys.executable, "-m", "slostream", "run", "--web-port", str(port)],
+                                  stdout=worker_log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "SLOSTREAM_PARTITIONS": "1"})
     try:
         deadline = time.monotonic() + 60
         ready = False
@@ -79,8 +78,8 @@ def test_produce_and_tail_feed_and_read_a_worker_without_kcat(kafka, make_worker
     t0 = (time.time() - 600) // 60 * 60
     lines = [f'{{"service": "cli-{k % 2}", "metric": "http", "ok": {str(k % 5 != 0).lower()}, "ts": {t0 + k}}}'
              for k in range(120)]
-    lines.append('[{"service": "cli-0", "metric": "http", "ok": true, "ts": %d},'
-                 ' {"service": "cli-1", "metric": "http", "ok": true, "ts": %d}]' % (t0 + 200, t0 + 200))
+    lines.append(f'[{{"service": "cli-0", "metric": "http", "ok": true, "ts": {t0 + 200}}},'
+                 f' {{"service": "cli-1", "metric": "http", "ok": true, "ts": {t0 + 200}}}]')
     lines.append("this line is not JSON")
     source = tmp_path / "measurements.jsonl"
     source.write_text("\n".join(lines) + "\n")

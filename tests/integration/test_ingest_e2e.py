@@ -13,8 +13,6 @@ import pytest
 from tests.conftest import consume, produce
 from tests.test_schemas import validator
 
-pytestmark = pytest.mark.broker
-
 T0 = 1_790_000_000 // 60 * 60
 
 
@@ -42,7 +40,7 @@ def test_measurements_yield_the_exact_sli_events(kafka, make_worker):
     worker = make_worker().start()
     records, items = _stream()
     closer = orjson.dumps({"service": "checkout", "metric": "latency_ms", "ok": True, "ts": T0 + 3 * 60 + 65})
-    produce(kafka.bootstrap, f"{make_worker.prefix}measurements", records + [closer])
+    produce(kafka.bootstrap, f"{make_worker.prefix}measurements", [*records, closer])
     truth = _truth(items)
     events = consume(kafka.bootstrap, f"{make_worker.prefix}sli", lambda ev: len(ev) >= len(truth))
     by_key = {(e["data"]["service"], e["data"]["window_start"]): e for e in events}
@@ -99,7 +97,7 @@ def test_every_dead_letter_reason_is_produced_and_the_worker_survives(kafka, mak
     assert invalid["reason"] == "invalid_json" and invalid["topic"] == f"{make_worker.prefix}measurements"
     assert isinstance(invalid["offset"], int) and invalid["message"]
     assert next(e["data"] for e in letters if e["data"]["reason"] == "too_large")["value_truncated"] is True
-    status, body = worker.get("/metrics")
+    _, body = worker.get("/metrics")
     text = body.decode()
     for reason in bad:
         assert f'slostream_ingest_measurements_rejected_total{{reason="{reason}"}}' in text
@@ -114,7 +112,7 @@ def test_metrics_pass_promtool(kafka, make_worker, tmp_path):
     worker = make_worker().start()
     records, _ = _stream(minutes=2)
     closer = orjson.dumps({"service": "checkout", "metric": "latency_ms", "ok": True, "ts": T0 + 200})
-    produce(kafka.bootstrap, f"{make_worker.prefix}measurements", records + [closer])
+    produce(kafka.bootstrap, f"{make_worker.prefix}measurements", [*records, closer])
     consume(kafka.bootstrap, f"{make_worker.prefix}sli", lambda ev: len(ev) >= 4)
     status, body = worker.get("/metrics")
     assert status == 200
@@ -148,6 +146,7 @@ def test_per_series_metrics_stop_at_the_limit_and_count_the_rest(kafka, make_wor
     consume(kafka.bootstrap, f"{make_worker.prefix}sli", lambda ev: len(ev) >= 4)
     _, body = worker.get("/metrics")
     text = body.decode()
-    exported = {s for s in ("checkout", "search") if f'slostream_sli_window_measurements{{metric="latency_ms",service="{s}"}}' in text}
+    exported = {s for s in ("checkout", "search")
+                if f'slostream_sli_window_measurements{{metric="latency_ms",service="{s}"}}' in text}
     assert len(exported) == 1
     assert "slostream_sli_series_omitted 1.0" in text

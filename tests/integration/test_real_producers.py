@@ -16,8 +16,6 @@ from aiokafka import AIOKafkaProducer
 from slostream.pipeline.ownership import owner_of
 from tests.conftest import consume
 
-pytestmark = pytest.mark.broker
-
 PARTITIONS = 4
 
 
@@ -130,7 +128,7 @@ def test_any_keying_gives_the_exact_windows_and_a_single_alert_episode(kafka, ma
     kinds = sorted({e["id"]: e["type"] for e in alerts}.values())
     assert kinds == ["slostream.alert.firing", "slostream.alert.resolved"]
     assert {e["data"]["labels"]["slo"] for e in alerts} == {"payments-availability"}
-    status, body = worker.get("/metrics")
+    _, body = worker.get("/metrics")
     forwarded = float(re.search(rb"^slostream_ingest_measurements_forwarded_total (\S+)$", body, re.M).group(1))
     assert (forwarded == 0) == (keying == "by_service")
     assert worker.stop() == 0
@@ -237,7 +235,7 @@ def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the_rest_
     events = consume(kafka.bootstrap, f"{make_worker.prefix}sli",
                      lambda ev: {e["data"]["service"] for e in ev} >= {"after-corruption", "other"}, timeout=30)
     assert {e["data"]["service"] for e in events} >= {"after-corruption", "other"}
-    status, body = worker.get("/metrics")
+    _, body = worker.get("/metrics")
     assert b"slostream_ingest_undecodable_batches_total 2.0" in body
     assert worker.process.poll() is None
 

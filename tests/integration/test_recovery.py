@@ -11,8 +11,6 @@ import pytest
 
 from tests.conftest import consume, produce
 
-pytestmark = pytest.mark.broker
-
 T0 = 1_790_000_000 // 60 * 60
 SERVICES = ("checkout", "search", "ads")
 

@@ -206,7 +206,7 @@ class AlertBook:
         if self.escalate_after_s is None:
             return []
         events = []
-        for key, alert in list(self.alerts.items()):
+        for alert in list(self.alerts.values()):
             if not alert.firing or alert.acknowledged_by or alert.silenced_by:
                 continue
             higher = escalated(alert.labels.get("severity", ""))
@@ -282,7 +282,7 @@ class AlertBook:
 
     @classmethod
     def from_state(cls, state: dict, cooldown_s: float | None = None,
-                   escalate_after_s: float | None = None) -> "AlertBook":
+                   escalate_after_s: float | None = None) -> AlertBook:
         """Restore; the given settings (today's configuration) win over the stored ones."""
         if state.get("v") != STATE_VERSION:
             raise ValueError(f"unsupported alert state version {state.get('v')!r}")

@@ -22,7 +22,7 @@ def event_id_of_text(text: str) -> str:
 
 @functools.lru_cache(maxsize=4096)  # every series' window ending at the same time shares it
 def rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def cloud_event(

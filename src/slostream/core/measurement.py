@@ -85,7 +85,7 @@ class Columns:
     def __len__(self) -> int:
         return len(self.measurements)
 
-    def select(self, keep: np.ndarray) -> "Columns":
+    def select(self, keep: np.ndarray) -> Columns:
         idx = np.flatnonzero(keep)
         return Columns(
             [self.measurements[i] for i in idx.tolist()],

@@ -83,7 +83,7 @@ class PolicyWatch:
                 "last_value": self.last_value, "evaluated_until": self.evaluated_until}
 
     @classmethod
-    def from_state(cls, policy: Policy, state: dict) -> "PolicyWatch":
+    def from_state(cls, policy: Policy, state: dict) -> PolicyWatch:
         watch = cls(policy)
         watch.level = state["level"]
         watch.candidate = state["candidate"]

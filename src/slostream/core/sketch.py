@@ -93,7 +93,7 @@ class _DenseBins:
         self.offset, self.counts = lo, grown
         return True
 
-    def merge(self, other: "_DenseBins", max_bins: int) -> None:
+    def merge(self, other: _DenseBins, max_bins: int) -> None:
         if other.counts is None:
             return
         if self._cover(other.offset, other.offset + len(other.counts) - 1, max_bins):  # one slice add
@@ -105,7 +105,7 @@ class _DenseBins:
         if nonzero.any():
             self.add(keys[nonzero], other.counts[nonzero], max_bins)
 
-    def copy(self) -> "_DenseBins":
+    def copy(self) -> _DenseBins:
         return _DenseBins(self.offset, None if self.counts is None else self.counts.copy())
 
     def key_of_upper_rank(self, rank: float) -> int:
@@ -119,7 +119,7 @@ class _DenseBins:
         return [self.offset, self.counts.tolist()]
 
     @classmethod
-    def from_state(cls, state: list | None) -> "_DenseBins":
+    def from_state(cls, state: list | None) -> _DenseBins:
         if state is None:
             return cls()
         return cls(int(state[0]), np.asarray(state[1], dtype=np.float64))
@@ -164,7 +164,7 @@ class QuantileSketch:
         return np.power(2.0, (keys - mapping._offset) / mapping._multiplier) * (2.0 / (1 + mapping.gamma))
 
     @classmethod
-    def from_keys(cls, keys: np.ndarray, relative_accuracy: float) -> "QuantileSketch":
+    def from_keys(cls, keys: np.ndarray, relative_accuracy: float) -> QuantileSketch:
         """A sketch of the positive values given by their ``keys``."""
         sketch = cls(relative_accuracy)
         sketch.add_keys(keys)
@@ -213,7 +213,7 @@ class QuantileSketch:
             if keys:
                 self._positive.add(np.frombuffer(keys, dtype=np.int32).astype(np.int64), None, self.max_bins)
 
-    def merge(self, other: "QuantileSketch") -> None:
+    def merge(self, other: QuantileSketch) -> None:
         if other.relative_accuracy != self.relative_accuracy:
             raise ValueError("cannot merge sketches with different relative accuracy")
         if other._keys is not None:
@@ -278,7 +278,7 @@ class QuantileSketch:
         values = QuantileSketch.key_values(ordered[ranks], self.relative_accuracy).tolist()
         return [value if 0.0 <= q <= 1.0 else None for q, value in zip(qs, values)]
 
-    def copy(self) -> "QuantileSketch":
+    def copy(self) -> QuantileSketch:
         sketch = QuantileSketch(self.relative_accuracy, self.max_bins)
         sketch._keys = None if self._keys is None else array("i", self._keys)
         sketch._positive, sketch._negative = self._positive.copy(), self._negative.copy()
@@ -302,7 +302,7 @@ class QuantileSketch:
         return state
 
     @classmethod
-    def from_state(cls, state: dict) -> "QuantileSketch":
+    def from_state(cls, state: dict) -> QuantileSketch:
         if state.get("v") not in (1, STATE_VERSION):
             raise ValueError(f"unsupported sketch state version {state.get('v')!r}")
         sketch = cls(state["accuracy"], state["max_bins"])

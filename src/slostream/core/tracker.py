@@ -277,7 +277,7 @@ class SloTracker:
 
     @classmethod
     def restore(cls, slo: Slo, resolutions: tuple[Resolution, ...], header: dict,
-                slots: list[tuple[str, int, int, dict]]) -> "SloTracker | None":
+                slots: list[tuple[str, int, int, dict]]) -> SloTracker | None:
         """None when the stored counts were made under another rule (they would mislead)."""
         if header.get("v") != STATE_VERSION or header["signature"] != slo.counting_signature:
             return None

@@ -37,8 +37,21 @@ import numpy as np
 import orjson
 
 from .sketch import SPARSE_KEYS, QuantileSketch
-from .windows import COUNT, MAX, MIN, N_STATS, OK, OK_KNOWN, SUM, VALUES, Aggregate, SeriesWindows, bucket_start, \
-    empty_stats, merge_stats_into
+from .windows import (
+    COUNT,
+    MAX,
+    MIN,
+    N_STATS,
+    OK,
+    OK_KNOWN,
+    SUM,
+    VALUES,
+    Aggregate,
+    SeriesWindows,
+    bucket_start,
+    empty_stats,
+    merge_stats_into,
+)
 
 # Reads noted per owner (``note_reads``); more drop the oldest: the owner aligns a little later.
 MAX_READS = 16
@@ -158,7 +171,8 @@ class WindowStore:
     def new_owner(self, lengths: Mapping[int, bool]) -> int:
         for length in lengths:
             if length <= 0 or length % self.width:
-                raise ValueError(f"window length {length}s is not a positive multiple of the bucket width {self.width}s")
+                raise ValueError(
+                    f"window length {length}s is not a positive multiple of the bucket width {self.width}s")
         if self._free_owners:
             owner = self._free_owners.pop()
         else:
@@ -284,7 +298,8 @@ class WindowStore:
             moved = np.flatnonzero(n)
             if moved.size:
                 chosen, n, released = chosen[moved], n[moved], released[moved]
-                self.aligned_ts[chosen] = np.maximum(self.aligned_ts[chosen], np.where(released, ts[moved], -np.inf).max(1))
+                newest_released = np.where(released, ts[moved], -np.inf).max(1)
+                self.aligned_ts[chosen] = np.maximum(self.aligned_ts[chosen], newest_released)
                 shift = np.minimum(slots + n[:, None], MAX_READS - 1)
                 self.read_at[chosen] = np.take_along_axis(at[moved], shift, axis=1)
                 self.read_ts[chosen] = np.take_along_axis(ts[moved], shift, axis=1)
@@ -388,7 +403,7 @@ class WindowStore:
         return np.concatenate([np.array(reused, dtype=np.int64), np.arange(first, first + fresh, dtype=np.int64)])
 
     def _add_stats(self, rows: np.ndarray, inverse: np.ndarray, columns: list[np.ndarray]) -> None:
-        count, ok_known, ok, has_value, total, low, high = columns
+        _, ok_known, ok, has_value, total, low, high = columns
         groups = rows.size
         stats = self.stats
         stats[rows, COUNT] += np.bincount(inverse, minlength=groups)
@@ -540,9 +555,10 @@ class WindowStore:
     def open_rows(self, owners: Sequence[int]) -> list[list[int]]:
         """Each owner's open rows, ordered by length, then start."""
         used = self._rows
-        chosen = np.flatnonzero(self.row_live[:used] & np.isin(self.row_owner[:used], np.asarray(owners, dtype=np.int64)))
+        wanted = np.asarray(owners, dtype=np.int64)
+        chosen = np.flatnonzero(self.row_live[:used] & np.isin(self.row_owner[:used], wanted))
         chosen = chosen[np.lexsort((self.row_start[chosen], self.row_length[chosen], self.row_owner[chosen]))]
-        by_owner, wanted = self.row_owner[chosen], np.asarray(owners, dtype=np.int64)
+        by_owner = self.row_owner[chosen]
         firsts, lasts = np.searchsorted(by_owner, wanted), np.searchsorted(by_owner, wanted, side="right")
         rows = chosen.tolist()
         return [rows[a:b] for a, b in zip(firsts.tolist(), lasts.tolist())]
@@ -582,7 +598,8 @@ class WindowStore:
         heads["max_ts"], heads["watermark"] = self.max_ts[owners], self.watermark[owners]
         read_counts = self.read_count[owners]
         heads["aligned_ts"], heads["reads"] = self.aligned_ts[owners], read_counts
-        reads = np.stack((self.read_at[owners], self.read_ts[owners]), axis=2)[np.arange(MAX_READS) < read_counts[:, None]]
+        held = np.arange(MAX_READS) < read_counts[:, None]
+        reads = np.stack((self.read_at[owners], self.read_ts[owners]), axis=2)[held]
         read_bytes = reads.astype("<f8").tobytes()
         read_bounds = (np.r_[0, np.cumsum(read_counts)] * 16).tolist()
         row_bounds = np.searchsorted(owner_of_row, np.arange(owners.size + 1))
@@ -614,7 +631,8 @@ class WindowStore:
         offset += records.nbytes
         keys = np.frombuffer(blob, "<i4", count=int(head["keys"]), offset=offset)
         offset += keys.nbytes
-        sketch_states = iter(orjson.loads(blob[offset:offset + int(head["sketch_bytes"])]) if head["sketch_bytes"] else ())
+        sketch_bytes = int(head["sketch_bytes"])
+        sketch_states = iter(orjson.loads(blob[offset:offset + sketch_bytes]) if sketch_bytes else ())
         accuracy = float(head["accuracy"])
         first = 0
         for length, start, count, stats in records.tolist():
@@ -746,7 +764,7 @@ class TumblingWindows:
 
     @classmethod
     def from_state(cls, state: bytes | dict, lengths: Mapping[int, bool],
-                   store: WindowStore | None = None) -> "TumblingWindows":
+                   store: WindowStore | None = None) -> TumblingWindows:
         """Rebuilt for the window lengths read now: windows of a length no longer read are dropped,
         a length read for the first time starts empty (so does a window not needing quantiles any
         more lose its sketch, and every window its sketch if the store's accuracy changed: its
@@ -787,7 +805,7 @@ class TumblingWindows:
 
     @classmethod
     def from_ring(cls, ring: SeriesWindows, lengths: Mapping[int, bool],
-                  store: WindowStore | None = None) -> "TumblingWindows":
+                  store: WindowStore | None = None) -> TumblingWindows:
         """A series persisted as multi-level ring buckets (before tumbling windows): the closed part
         of each window not complete yet, and its open base buckets."""
         windows = cls(ring.base_width, lengths, ring.relative_accuracy, store)

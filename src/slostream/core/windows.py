@@ -39,6 +39,7 @@ bucket without a sketch reports no quantiles rather than partial ones.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,7 +99,7 @@ def check_resolutions(resolutions: tuple[Resolution, ...]) -> None:
     """Each level's width must divide the next one's, or rollups would straddle buckets."""
     if not resolutions:
         raise ValueError("at least one resolution is required")
-    for finer, coarser in zip(resolutions, resolutions[1:]):
+    for finer, coarser in itertools.pairwise(resolutions):
         if coarser.width % finer.width or coarser.width <= finer.width:
             raise ValueError(f"width {coarser.width}s is not a multiple of {finer.width}s")
     for res in resolutions:
@@ -260,7 +261,7 @@ class _RunningTotals:
         self.values = [np.zeros((level.slots + 1, MIN)) for level in levels]
 
     @classmethod
-    def of(cls, windows: "SeriesWindows") -> "_RunningTotals":
+    def of(cls, windows: SeriesWindows) -> _RunningTotals:
         """Rebuilt from the levels. Data reaches a coarser level only when its base bucket closes,
         so a level's closed buckets from a boundary on sum to all closed time since it."""
         running = cls(windows.levels)
@@ -601,13 +602,13 @@ class SeriesWindows:
                 return [(level, s) for s in range(start, hi, level.width)]
         raise AssertionError("unreachable: the edge's own level always answers")
 
-    def _retained(self, level: "_Level", start: int, sketches: bool = False) -> bool:
+    def _retained(self, level: _Level, start: int, sketches: bool = False) -> bool:
         """Whether ``level`` still holds the bucket at ``start`` (held or empty, not expired)."""
         newest = self._newest_held(level)
         kept = level.sketch_slots if sketches else level.slots
         return start > newest - kept * level.width
 
-    def _newest_held(self, level: "_Level") -> int:
+    def _newest_held(self, level: _Level) -> int:
         """The newest bucket ``level`` holds: the one before closed time, or on the base ring an open
         bucket past it (which may have taken the slot of the oldest closed one)."""
         newest = bucket_start(max(self.closed_until - 1, 0), level.width)
@@ -633,7 +634,7 @@ class SeriesWindows:
         }
 
     @classmethod
-    def from_states(cls, header: dict, slots: list[tuple[int, int, dict]]) -> "SeriesWindows":
+    def from_states(cls, header: dict, slots: list[tuple[int, int, dict]]) -> SeriesWindows:
         if header.get("v") != STATE_VERSION:
             raise ValueError(f"unsupported window state version {header.get('v')!r}")
         resolutions = tuple(Resolution(w, n, k) for w, n, k in header["resolutions"])
@@ -657,10 +658,10 @@ class SeriesWindows:
         return {"header": self.header_state(), "slots": slots}
 
     @classmethod
-    def from_state(cls, state: dict) -> "SeriesWindows":
+    def from_state(cls, state: dict) -> SeriesWindows:
         return cls.from_states(state["header"], [tuple(s) for s in state["slots"]])
 
-    def merge(self, other: "SeriesWindows") -> None:
+    def merge(self, other: SeriesWindows) -> None:
         """Fold another series' buckets into this one (same resolutions)."""
         if other.resolutions != self.resolutions:
             raise ValueError("cannot merge windows with different resolutions")

@@ -28,20 +28,26 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import ConsumerStoppedError
 from aiokafka.partitioner import murmur2
-from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.exceptions import ConsumerNotStarted
+from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 
 from slostream.config import Settings
 from slostream.core.control import ControlLog, parse_command
 from slostream.core.measurement import Reason, Rejection
+from slostream.io import end_offsets, undecodable
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.sinks import AlertSinks
-from slostream.io import end_offsets, undecodable
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
 from slostream.pipeline.pacing import CheckpointPacer
-from slostream.pipeline.partition import (Output, PartitionProcessor, PipelineConfig, SourceRecord, deadletter_event,
-                                          fence_key)
+from slostream.pipeline.partition import (
+    Output,
+    PartitionProcessor,
+    PipelineConfig,
+    SourceRecord,
+    deadletter_event,
+    fence_key,
+)
 
 log = logging.getLogger("slostream")
 
@@ -108,7 +114,7 @@ class BatchingTransport(aiokafka_driver.Transport):
 
 
 class SloApp(faust.App):
-    ingest: "IngestService"
+    ingest: IngestService
 
     def _new_transport(self):
         return BatchingTransport(self.conf.broker_consumer, self)
@@ -304,7 +310,8 @@ class IngestService:
             self.metrics.observe_batch(elapsed)
             self.slicer.measured(forwarded, records, elapsed)
             await asyncio.sleep(0)  # as between the slices of a tick
-        if self.settings.partitions > 1 and time.time() - self._progress_sent.get(partition, 0.0) >= PROGRESS_MIN_INTERVAL_S:
+        since_sent = time.time() - self._progress_sent.get(partition, 0.0)
+        if self.settings.partitions > 1 and since_sent >= PROGRESS_MIN_INTERVAL_S:
             async with self.lock:  # at the end of its log: say so now, not at the next tick
                 await self._send_progress([partition], only_at_end=True)
 
@@ -475,7 +482,7 @@ class IngestService:
             consumer.assign([TopicPartition(self.control_topic, 0)])
             await consumer.seek_to_beginning()
             while True:
-                for tp, batch in (await consumer.getmany(timeout_ms=1000)).items():
+                for batch in (await consumer.getmany(timeout_ms=1000)).values():
                     for r in batch:
                         await self.apply_control(SourceRecord(r.topic, r.partition, r.offset,
                                                               (r.timestamp or 0) / 1000.0, r.key, r.value))

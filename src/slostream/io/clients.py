@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import IO, Iterator
+from collections.abc import Iterator
+from typing import IO
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -118,7 +119,7 @@ async def tail(settings: Settings, topic: str, from_beginning: bool, count: int 
 
 
 def run_produce(settings: Settings, path: str | None, per_record: int, compression: str) -> int:
-    stream = sys.stdin.buffer if path in (None, "-") else open(path, "rb")
+    stream = sys.stdin.buffer if path in (None, "-") else open(path, "rb")  # noqa: SIM115 (closed below, stdin too)
     with stream:
         records, measurements = asyncio.run(produce(settings, stream, per_record, compression))
     print(f"slostream produce: {measurements} measurement(s) in {records} record(s) to "

@@ -49,7 +49,7 @@ class PipelineMetrics:
             registry=self.registry,
         )
 
-    def attach(self, ingest: "IngestService") -> None:
+    def attach(self, ingest: IngestService) -> None:
         self.registry.register(_StateCollector(ingest))
 
     def observe_batch(self, seconds: float) -> None:
@@ -63,7 +63,7 @@ class PipelineMetrics:
 
 
 class _StateCollector(Collector):
-    def __init__(self, ingest: "IngestService"):
+    def __init__(self, ingest: IngestService):
         self.ingest = ingest
 
     def collect(self):
@@ -167,7 +167,7 @@ class _StateCollector(Collector):
         yield from _slo_metrics(ingest)
 
 
-def _slo_metrics(ingest: "IngestService"):
+def _slo_metrics(ingest: IngestService):
     labels = ["slo", "service"]
     objective = GaugeMetricFamily("slostream_slo_objective_ratio", "Target good ratio of the SLO.", labels=labels)
     sli = GaugeMetricFamily("slostream_slo_sli_ratio", "Good ratio over the SLO window so far.", labels=labels)

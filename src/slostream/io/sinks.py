@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from typing import Callable
+from collections.abc import Callable
 
 import aiohttp
 import mode
@@ -87,7 +87,7 @@ class AlertSinks(mode.Service):
                 self.wakeup.clear()
                 try:
                     await asyncio.wait_for(self.wakeup.wait(), timeout=1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
             if self.queue:
                 target, body = self.queue.popleft()
@@ -116,7 +116,7 @@ class AlertSinks(mode.Service):
                         self.failed[target] += 1
                         return
                     problem = f"HTTP {response.status}"
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 problem = repr(exc)
             if attempt == MAX_ATTEMPTS:
                 break

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -22,10 +24,8 @@ async def ensure_topics(settings: Settings) -> str:
         missing = [NewTopic(settings.topic(name), 1 if name in SINGLE_PARTITION else settings.partitions, 1)
                    for name in TOPIC_NAMES if settings.topic(name) not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass
         measurements = settings.topic("measurements")
         if measurements in existing:
             described = await admin.describe_topics([measurements])

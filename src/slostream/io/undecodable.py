@@ -15,7 +15,8 @@ a fifth of the cost of a one-measurement record).
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiokafka.consumer import fetcher
 from aiokafka.errors import CorruptRecordException
@@ -55,7 +56,7 @@ class SkippingPartitionRecords(fetcher.PartitionRecords):
                 else:
                     decoded = [self._consumer_record(tp, record) for record in batch
                                if record.offset >= self.next_fetch_offset]
-            except Exception as exc:  # noqa: BLE001 - any codec or parser error: skip the batch, never crash-loop
+            except Exception as exc:
                 first, after = batch.base_offset, batch.next_offset
                 log.error("skipping undecodable record batch of %s partition %d, offsets %d-%d: %s",
                           tp.topic, tp.partition, first, after - 1, exc)

@@ -115,7 +115,7 @@ class Alignment:
         return {"read_until": {str(p): t for p, t in self.read_until.items()}}
 
     @classmethod
-    def from_state(cls, partitions: int, state: dict | None) -> "Alignment":
+    def from_state(cls, partitions: int, state: dict | None) -> Alignment:
         alignment = cls(partitions)
         for p, t in (state or {}).get("read_until", {}).items():
             alignment.read_until[int(p)] = t

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import base64
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -32,15 +33,43 @@ from slostream.core.measurement import Columns, MeasurementDecoder, Reason, Reje
 from slostream.core.objectives import GoodRule, Policy, Slo, Tally
 from slostream.core.policy import PolicyWatch, aggregate_value
 from slostream.core.tracker import SloTracker
-from slostream.core.watermark import idle_watermark, running_max_before
 from slostream.core.tumbling import Closed, TumblingWindows, WindowStore
-from slostream.core.windows import COUNT, DEFAULT_RESOLUTIONS, MAX, MIN, OK, OK_KNOWN, SUM, VALUES, Aggregate, \
-    Resolution, SeriesWindows, bucket_start
+from slostream.core.watermark import idle_watermark, running_max_before
+from slostream.core.windows import (
+    COUNT,
+    DEFAULT_RESOLUTIONS,
+    MAX,
+    MIN,
+    OK,
+    OK_KNOWN,
+    SUM,
+    VALUES,
+    Aggregate,
+    Resolution,
+    SeriesWindows,
+    bucket_start,
+)
 from slostream.pipeline import rows
-from slostream.pipeline.alignment import (PROGRESS_HEADER, Alignment, decode_progress, encode_progress, note_time,
-                                          progress_header, read_until_claim, written_by)
-from slostream.pipeline.ownership import (FORWARD_HEADER, MAX_FORWARD_BYTES, MAX_FORWARD_SERIES, Owners, decode_forwarded,
-                                          encode_forwarded, forward_header, header_partition)
+from slostream.pipeline.alignment import (
+    PROGRESS_HEADER,
+    Alignment,
+    decode_progress,
+    encode_progress,
+    note_time,
+    progress_header,
+    read_until_claim,
+    written_by,
+)
+from slostream.pipeline.ownership import (
+    FORWARD_HEADER,
+    MAX_FORWARD_BYTES,
+    MAX_FORWARD_SERIES,
+    Owners,
+    decode_forwarded,
+    encode_forwarded,
+    forward_header,
+    header_partition,
+)
 
 SEP = "\x1f"
 _OUTCOME, _ID, _VALUE, _TIMESTAMP = (operator.attrgetter(name) for name in ("outcome", "id", "value", "timestamp"))
@@ -105,14 +134,14 @@ class Output:
     deadletter: list[tuple[bytes, dict]] = field(default_factory=list)
     alerts: list[tuple[bytes, dict]] = field(default_factory=list)
     breaches: list[tuple[bytes, dict]] = field(default_factory=list)
-    forwards: list["Forward"] = field(default_factory=list)  # forwarded measurements and progress
+    forwards: list[Forward] = field(default_factory=list)  # forwarded measurements and progress
     accepted: int = 0
     skipped_replay: int = 0
     forwarded: int = 0  # measurements sent on to their owner
     forward_duplicates: int = 0  # forwarded measurements this owner already held (a source replayed)
     evicted: int = 0  # series dropped after series_ttl_s of quiet
 
-    def extend(self, other: "Output") -> None:
+    def extend(self, other: Output) -> None:
         for name, value in vars(other).items():
             setattr(self, name, getattr(self, name) + value)
 
@@ -132,11 +161,11 @@ class _Clock:
     def __set_name__(self, owner, name: str) -> None:
         self.name = name
 
-    def __get__(self, series: "Series", owner=None) -> float:
+    def __get__(self, series: Series, owner=None) -> float:
         windows = series.windows
         return float(getattr(windows.store, self.name)[windows.owner])
 
-    def __set__(self, series: "Series", value: float) -> None:
+    def __set__(self, series: Series, value: float) -> None:
         windows = series.windows
         getattr(windows.store, self.name)[windows.owner] = value
 
@@ -403,7 +432,8 @@ class PartitionProcessor:
                 first = stop
                 used, local = np.unique(ids[idx], return_inverse=True)
                 table = [(keys[i][0], keys[i][1], list(keys[i][2]) if label_keys else []) for i in used.tolist()]
-                positions = record_offsets[cols.record[idx]] * rows.ELEMENTS_PER_RECORD + np.maximum(cols.position[idx], 0)
+                positions = (record_offsets[cols.record[idx]] * rows.ELEMENTS_PER_RECORD
+                             + np.maximum(cols.position[idx], 0))
                 value = encode_forwarded(table, local.reshape(-1), cols.ts[idx], cols.values[idx], cols.oks[idx],
                                          outcome_column[idx], positions,
                                          [names[i] for i in idx.tolist()] if with_names else None,
@@ -570,7 +600,8 @@ class PartitionProcessor:
             series = series_of[sid]
             target = max(series.watermark, target_of[sid])
             if series.watches:
-                closes.setdefault(series.windows.owner, []).append(bucket_start(min(start, target), self.config.resolutions[0].width))
+                horizon = bucket_start(min(start, target), self.config.resolutions[0].width)
+                closes.setdefault(series.windows.owner, []).append(horizon)
             for tracker in series.trackers:
                 if tracker.sources == 1:
                     self._close_slo_before(tracker, start, target)
@@ -672,7 +703,8 @@ class PartitionProcessor:
                     p50: q50, p90: q90, p95: q95, p99: q99}
             # The summary on /metrics needs the value count and sum, not part of the event.
             series.last_report = _held_json({**data, "value_count": value_count, "value_sum": value_sum})
-            event = cloud_event("slostream.sli.window", source, event_id_of_text(f"sli\x1f{series.key}\x1f{start}"), end,
+            event = cloud_event("slostream.sli.window", source,
+                                event_id_of_text(f"sli\x1f{series.key}\x1f{start}"), end,
                                 data, subject=series.key)
             out.sli.append((series.service.encode(), event))
 
@@ -1055,7 +1087,7 @@ class PartitionProcessor:
         yield from writes
 
     @classmethod
-    def restore(cls, partition: int, config: PipelineConfig, items, now: float) -> "PartitionProcessor":
+    def restore(cls, partition: int, config: PipelineConfig, items, now: float) -> PartitionProcessor:
         """Rebuild from persisted (key, value) pairs of this partition."""
         proc = cls(partition, config, now)
         partition_clock = [None, None]

@@ -3,8 +3,8 @@ decoded from JSON here or received as columns from another partition (``ownershi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import msgspec
 import numpy as np
