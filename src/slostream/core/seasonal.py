@@ -1,0 +1,148 @@
+"""A seasonal baseline learned online: what an aggregate of a series usually is at this hour of the
+day, or of the week.
+
+Latency and traffic follow daily and weekly cycles, so a detector fed the raw per-window p95 fires
+every morning. Detectors (and threshold models) read what is left after this baseline instead.
+It keeps, for each of the 168 hours of the week (UTC), a time-decayed sum and weight of the values
+seen in that hour, and a decayed level of all values with a shorter half-life. Its expectation
+at event time ``ts`` is, from the most specific source that has data:
+
+- ``weekly``: the decayed mean of that hour of the week, once two weeks have been seen;
+- ``daily``: the decayed mean of the seven hours of the week at that hour of the day, once two
+  days have been seen;
+- ``level``: the decayed mean of everything, before that.
+
+Weights decay with event time, not with the number of updates: windows arrive with gaps, and a
+series that reports twice as often must not forget twice as fast. They are kept as forward
+decay (Cormode et al., "Forward decay", ICDE 2009): a value seen at ``t`` weighs
+``2 ** ((t - landmark) / half_life)``, so a mean never needs a decay step, only a rescaling when
+the landmark moves. river's ``HoltWinters`` needs one update per regular step, which closed
+windows with gaps are not.
+
+>>> b = SeasonalBaseline()
+>>> day = 86400
+>>> for t in range(0, 3 * day, 600):  # three days: 100 from 8:00 to 20:00 UTC, 50 otherwise
+...     _ = b.update(t, 100.0 if 8 <= (t // 3600) % 24 < 20 else 50.0)
+>>> b.seasonality(3 * day + 9 * 3600), round(b.expected(3 * day + 9 * 3600), 6), round(b.expected(3 * day + 3600), 6)
+('daily', 100.0, 50.0)
+>>> round(b.update(3 * day + 9 * 3600, 130.0), 6)  # the residual against the baseline, then learnt
+30.0
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+HOURS_OF_WEEK = 168
+STATE_VERSION = 1
+_DAILY_AFTER_S = 2 * 86400
+_WEEKLY_AFTER_S = 14 * 86400
+_MAX_EXPONENT = 512.0  # in powers of two: rescale before a weight leaves the float64 range
+
+
+class SeasonalBaseline:
+    """Decayed means by hour of week, combined by hour of day, and a level (see the module)."""
+
+    __slots__ = ("half_life_s", "level_half_life_s", "_landmark", "_sums", "_weights", "_level_sum",
+                 "_level_weight", "first_ts", "newest_ts")
+
+    def __init__(self, half_life_s: float = 7 * 86400.0, level_half_life_s: float = 3600.0):
+        if half_life_s <= 0 or level_half_life_s <= 0:
+            raise ValueError("half-lives must be positive")
+        self.half_life_s = half_life_s
+        self.level_half_life_s = level_half_life_s
+        self._landmark = math.nan  # event time at which a weight is 1
+        self._sums = np.zeros(HOURS_OF_WEEK)
+        self._weights = np.zeros(HOURS_OF_WEEK)
+        self._level_sum = 0.0
+        self._level_weight = 0.0
+        self.first_ts = math.nan
+        self.newest_ts = math.nan
+
+    def seasonality(self, ts: float) -> str:
+        """Which source ``expected(ts)`` reads: ``weekly``, ``daily``, ``level``, or ``none``."""
+        if not self._level_weight:
+            return "none"
+        seen = self.newest_ts - self.first_ts
+        hour = _hour_of_week(ts)
+        if seen >= _WEEKLY_AFTER_S and self._weights[hour] > 0:
+            return "weekly"
+        if seen >= _DAILY_AFTER_S and self._weights[hour % 24::24].sum() > 0:
+            return "daily"
+        return "level"
+
+    def expected(self, ts: float) -> float:
+        """The baseline at event time ``ts`` (NaN before any value)."""
+        source = self.seasonality(ts)
+        hour = _hour_of_week(ts)
+        if source == "weekly":
+            return float(self._sums[hour] / self._weights[hour])
+        if source == "daily":
+            return float(self._sums[hour % 24::24].sum() / self._weights[hour % 24::24].sum())
+        if source == "level":
+            return self._level_sum / self._level_weight
+        return math.nan
+
+    def update(self, ts: float, value: float) -> float:
+        """Learn ``value`` seen at event time ``ts``; return its residual against the baseline as it
+        was before (NaN before any value)."""
+        residual = value - self.expected(ts)
+        if math.isnan(self._landmark):
+            self._landmark = ts
+            self.first_ts = self.newest_ts = ts
+        self.first_ts = min(self.first_ts, ts)
+        self.newest_ts = max(self.newest_ts, ts)
+        if (ts - self._landmark) / min(self.half_life_s, self.level_half_life_s) > _MAX_EXPONENT:
+            self._move_landmark(ts)
+        hour = _hour_of_week(ts)
+        weight = 2.0 ** ((ts - self._landmark) / self.half_life_s)
+        self._sums[hour] += weight * value
+        self._weights[hour] += weight
+        level_weight = 2.0 ** ((ts - self._landmark) / self.level_half_life_s)
+        self._level_sum += level_weight * value
+        self._level_weight += level_weight
+        return residual
+
+    def _move_landmark(self, ts: float) -> None:
+        """Rescale every weight to a landmark at ``ts`` (the means are unchanged)."""
+        shift = ts - self._landmark
+        self._sums *= 2.0 ** (-shift / self.half_life_s)
+        self._weights *= 2.0 ** (-shift / self.half_life_s)
+        scale = 2.0 ** (-shift / self.level_half_life_s)
+        self._level_sum *= scale
+        self._level_weight *= scale
+        self._landmark = ts
+
+    def to_state(self) -> dict:
+        """JSON-able state; ``from_state`` gives a baseline that goes on exactly alike."""
+        return {"v": STATE_VERSION, "half_life_s": self.half_life_s, "level_half_life_s": self.level_half_life_s,
+                "landmark": _finite_or_none(self._landmark), "sums": self._sums.tolist(),
+                "weights": self._weights.tolist(), "level": [self._level_sum, self._level_weight],
+                "seen": [_finite_or_none(self.first_ts), _finite_or_none(self.newest_ts)]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> SeasonalBaseline:
+        if state.get("v") != STATE_VERSION:
+            raise ValueError(f"unsupported seasonal baseline state version {state.get('v')!r} "
+                             f"(this version reads {STATE_VERSION})")
+        baseline = cls(state["half_life_s"], state["level_half_life_s"])
+        baseline._landmark = _nan_if_none(state["landmark"])
+        baseline._sums = np.asarray(state["sums"], dtype=np.float64)
+        baseline._weights = np.asarray(state["weights"], dtype=np.float64)
+        baseline._level_sum, baseline._level_weight = state["level"]
+        baseline.first_ts, baseline.newest_ts = (_nan_if_none(t) for t in state["seen"])
+        return baseline
+
+
+def _hour_of_week(ts: float) -> int:
+    return int(ts // 3600) % HOURS_OF_WEEK
+
+
+def _finite_or_none(x: float) -> float | None:
+    return None if math.isnan(x) else x
+
+
+def _nan_if_none(x: float | None) -> float:
+    return math.nan if x is None else x

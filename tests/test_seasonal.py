@@ -1,0 +1,94 @@
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from slostream.core.seasonal import HOURS_OF_WEEK, SeasonalBaseline
+
+DAY, HOUR = 86400, 3600
+
+
+def _stream(seed: int, days: float, step_s: float = 300.0):
+    """Irregular event times (windows with gaps) and values with a daily and a weekly cycle."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(step_s, int(days * DAY / step_s))
+    ts = 1_700_000_000 + np.cumsum(gaps)
+    hour = (ts // HOUR) % 24
+    weekday = (ts // DAY) % 7
+    values = 100 * (1 + 0.4 * np.sin(2 * np.pi * hour / 24)) * np.where(weekday >= 5, 0.6, 1.0)
+    return ts, values * rng.lognormal(0, 0.1, ts.size)
+
+
+def _brute_force(ts: np.ndarray, values: np.ndarray, at: float, half_life: float, level_half_life: float):
+    """The baseline's expectation from the whole history (powers of two taken from the first time)."""
+    seen = ts.max() - ts.min()
+    hours = (ts // HOUR).astype(np.int64) % HOURS_OF_WEEK
+    hour = int(at // HOUR) % HOURS_OF_WEEK
+    weights = 2.0 ** ((ts - ts[0]) / half_life)
+    weekly = hours == hour
+    daily = hours % 24 == hour % 24
+    if seen >= 14 * DAY and weekly.any():
+        return "weekly", np.average(values[weekly], weights=weights[weekly])
+    if seen >= 2 * DAY and daily.any():
+        return "daily", np.average(values[daily], weights=weights[daily])
+    return "level", np.average(values, weights=2.0 ** ((ts - ts[0]) / level_half_life))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_expectations_equal_decayed_means_of_the_whole_history(seed):
+    ts, values = _stream(seed, days=20)
+    baseline = SeasonalBaseline(half_life_s=5 * DAY, level_half_life_s=600.0)  # rescaled many times
+    checked = set()
+    for n, (t, v) in enumerate(zip(ts.tolist(), values.tolist())):
+        if n and n % 97 == 0:
+            for at in (t, t + 3 * HOUR, t + 5 * DAY):
+                source, want = _brute_force(ts[:n], values[:n], at, 5 * DAY, 600.0)
+                assert baseline.seasonality(at) == source
+                assert baseline.expected(at) == pytest.approx(want, rel=1e-9)
+                checked.add(source)
+        baseline.update(t, v)
+    assert checked == {"level", "daily", "weekly"}
+
+
+def test_the_residual_is_taken_before_the_value_is_learnt():
+    baseline = SeasonalBaseline()
+    assert math.isnan(baseline.update(0.0, 5.0)) and baseline.seasonality(0.0) == "level"
+    assert baseline.update(60.0, 8.0) == pytest.approx(3.0)
+
+
+def test_the_residuals_of_a_seasonal_stream_lose_its_cycle():
+    """After two days, what is left after the baseline varies far less than the raw values."""
+    ts, values = _stream(3, days=21)
+    baseline = SeasonalBaseline()
+    residuals = np.array([baseline.update(t, v) for t, v in zip(ts.tolist(), values.tolist())])
+    settled = ts - ts[0] >= 15 * DAY
+    assert np.nanstd(residuals[settled]) < 0.35 * np.std(values[settled])
+    assert abs(np.mean(residuals[settled])) < 0.05 * np.mean(values[settled])
+
+
+def test_state_round_trips_and_an_unknown_version_is_refused():
+    ts, values = _stream(4, days=16)
+    live = SeasonalBaseline(level_half_life_s=900.0)
+    half = ts.size // 2
+    for t, v in zip(ts[:half].tolist(), values[:half].tolist()):
+        live.update(t, v)
+    restored = SeasonalBaseline.from_state(live.to_state())
+    for t, v in zip(ts[half:].tolist(), values[half:].tolist()):
+        assert restored.update(t, v) == live.update(t, v)
+    assert restored.to_state() == live.to_state()
+    with pytest.raises(ValueError, match="version 2"):
+        SeasonalBaseline.from_state({**live.to_state(), "v": 2})
+
+
+def test_a_baseline_holds_under_4_kib():
+    ts, values = _stream(5, days=15)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    baselines = [SeasonalBaseline() for _ in range(20)]
+    for baseline in baselines:
+        for t, v in zip(ts[:300].tolist(), values[:300].tolist()):
+            baseline.update(t, v)
+    held = (tracemalloc.get_traced_memory()[0] - before) / len(baselines)
+    tracemalloc.stop()
+    assert held <= 4096, held
