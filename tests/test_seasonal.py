@@ -45,7 +45,7 @@ def test_expectations_equal_decayed_means_of_the_whole_history(seed):
             for at in (t, t + 3 * HOUR, t + 5 * DAY):
                 source, want = _brute_force(ts[:n], values[:n], at, 5 * DAY, 600.0)
                 assert baseline.seasonality(at) == source
-                assert baseline.expected(at) == pytest.approx(want, rel=1e-9)
+                assert baseline.expected(at) == pytest.approx(want, rel=1e-5)  # float32 sums
                 checked.add(source)
         baseline.update(t, v)
     assert checked == {"level", "daily", "weekly"}

@@ -23,9 +23,9 @@ windows with gaps are not.
 >>> day = 86400
 >>> for t in range(0, 3 * day, 600):  # three days: 100 from 8:00 to 20:00 UTC, 50 otherwise
 ...     _ = b.update(t, 100.0 if 8 <= (t // 3600) % 24 < 20 else 50.0)
->>> b.seasonality(3 * day + 9 * 3600), round(b.expected(3 * day + 9 * 3600), 6), round(b.expected(3 * day + 3600), 6)
+>>> b.seasonality(3 * day + 9 * 3600), round(b.expected(3 * day + 9 * 3600), 3), round(b.expected(3 * day + 3600), 3)
 ('daily', 100.0, 50.0)
->>> round(b.update(3 * day + 9 * 3600, 130.0), 6)  # the residual against the baseline, then learnt
+>>> round(b.update(3 * day + 9 * 3600, 130.0), 3)  # the residual against the baseline, then learnt
 30.0
 """
 
@@ -39,7 +39,9 @@ HOURS_OF_WEEK = 168
 STATE_VERSION = 1
 _DAILY_AFTER_S = 2 * 86400
 _WEEKLY_AFTER_S = 14 * 86400
-_MAX_EXPONENT = 512.0  # in powers of two: rescale before a weight leaves the float64 range
+# The sums and weights by hour are float32 (a baseline is a few kB; its means are good to about
+# 1e-6 relative); weights are rescaled before one passes 2**100, well inside float32's range.
+_MAX_EXPONENT = 100.0
 
 
 class SeasonalBaseline:
@@ -54,8 +56,8 @@ class SeasonalBaseline:
         self.half_life_s = half_life_s
         self.level_half_life_s = level_half_life_s
         self._landmark = math.nan  # event time at which a weight is 1
-        self._sums = np.zeros(HOURS_OF_WEEK)
-        self._weights = np.zeros(HOURS_OF_WEEK)
+        self._sums = np.zeros(HOURS_OF_WEEK, dtype=np.float32)
+        self._weights = np.zeros(HOURS_OF_WEEK, dtype=np.float32)
         self._level_sum = 0.0
         self._level_weight = 0.0
         self.first_ts = math.nan
@@ -78,9 +80,10 @@ class SeasonalBaseline:
         source = self.seasonality(ts)
         hour = _hour_of_week(ts)
         if source == "weekly":
-            return float(self._sums[hour] / self._weights[hour])
+            return float(self._sums[hour]) / float(self._weights[hour])
         if source == "daily":
-            return float(self._sums[hour % 24::24].sum() / self._weights[hour % 24::24].sum())
+            return float(self._sums[hour % 24::24].sum(dtype=np.float64) /
+                         self._weights[hour % 24::24].sum(dtype=np.float64))
         if source == "level":
             return self._level_sum / self._level_weight
         return math.nan
@@ -104,6 +107,17 @@ class SeasonalBaseline:
         self._level_sum += level_weight * value
         self._level_weight += level_weight
         return residual
+
+    def change_level(self, before: float, after: float) -> None:
+        """Move every expectation from the level ``before`` to ``after`` (a detected change), keeping
+        the cycles: by their ratio when both are positive (latency and traffic cycles scale with
+        their level), else by their difference."""
+        if before > 0 and after > 0:
+            self._sums *= after / before
+            self._level_sum *= after / before
+        else:
+            self._sums += (after - before) * self._weights
+            self._level_sum += (after - before) * self._level_weight
 
     def _move_landmark(self, ts: float) -> None:
         """Rescale every weight to a landmark at ``ts`` (the means are unchanged)."""
@@ -129,8 +143,8 @@ class SeasonalBaseline:
                              f"(this version reads {STATE_VERSION})")
         baseline = cls(state["half_life_s"], state["level_half_life_s"])
         baseline._landmark = _nan_if_none(state["landmark"])
-        baseline._sums = np.asarray(state["sums"], dtype=np.float64)
-        baseline._weights = np.asarray(state["weights"], dtype=np.float64)
+        baseline._sums = np.asarray(state["sums"], dtype=np.float32)
+        baseline._weights = np.asarray(state["weights"], dtype=np.float32)
         baseline._level_sum, baseline._level_weight = state["level"]
         baseline.first_ts, baseline.newest_ts = (_nan_if_none(t) for t in state["seen"])
         return baseline
