@@ -37,7 +37,7 @@ def test_the_detector_reads_exactly_what_river_reads_of_the_standardised_residua
     bare = {"adwin": drift.ADWIN, "page_hinkley": drift.PageHinkley, "kswin": drift.KSWIN}[detector](**params)
     first_bare, mean_square = None, None
     for n, (t, v) in enumerate(zip(ts.tolist(), values.tolist()), 1):
-        source, expected = baseline.seasonality(t), baseline.expected(t)
+        source, expected = baseline.estimate(t)
         baseline.update(t, v)
         if source in ("none", "level"):
             continue

@@ -95,7 +95,7 @@ class DriftWatch:
         """One closed window's aggregate (NaN: none, ignored); a detection, if this one shows a change."""
         if math.isnan(value):
             return None
-        source, expected = self.baseline.seasonality(ts), self.baseline.expected(ts)
+        source, expected = self.baseline.estimate(ts)
         self.baseline.update(ts, value)
         self.seen += 1
         if source in ("none", "level"):

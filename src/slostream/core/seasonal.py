@@ -23,10 +23,8 @@ windows with gaps are not.
 >>> day = 86400
 >>> for t in range(0, 3 * day, 600):  # three days: 100 from 8:00 to 20:00 UTC, 50 otherwise
 ...     _ = b.update(t, 100.0 if 8 <= (t // 3600) % 24 < 20 else 50.0)
->>> b.seasonality(3 * day + 9 * 3600), round(b.expected(3 * day + 9 * 3600), 3), round(b.expected(3 * day + 3600), 3)
-('daily', 100.0, 50.0)
->>> round(b.update(3 * day + 9 * 3600, 130.0), 3)  # the residual against the baseline, then learnt
-30.0
+>>> [(source, round(value, 3)) for source, value in (b.estimate(3 * day + 9 * 3600), b.estimate(3 * day + 3600))]
+[('daily', 100.0), ('daily', 50.0)]
 """
 
 from __future__ import annotations
@@ -56,42 +54,31 @@ class SeasonalBaseline:
         self.half_life_s = half_life_s
         self.level_half_life_s = level_half_life_s
         self._landmark = math.nan  # event time at which a weight is 1
-        self._sums = np.zeros(HOURS_OF_WEEK, dtype=np.float32)
-        self._weights = np.zeros(HOURS_OF_WEEK, dtype=np.float32)
+        # Hours of the week, then the same summed by hour of the day.
+        self._sums = np.zeros(HOURS_OF_WEEK + 24, dtype=np.float32)
+        self._weights = np.zeros(HOURS_OF_WEEK + 24, dtype=np.float32)
         self._level_sum = 0.0
         self._level_weight = 0.0
         self.first_ts = math.nan
         self.newest_ts = math.nan
 
-    def seasonality(self, ts: float) -> str:
-        """Which source ``expected(ts)`` reads: ``weekly``, ``daily``, ``level``, or ``none``."""
+    def estimate(self, ts: float) -> tuple[str, float]:
+        """The baseline at event time ``ts``, and its source: ``weekly``, ``daily``, ``level``, or
+        ``none`` (NaN: no value seen yet)."""
         if not self._level_weight:
-            return "none"
+            return "none", math.nan
         seen = self.newest_ts - self.first_ts
-        hour = _hour_of_week(ts)
-        if seen >= _WEEKLY_AFTER_S and self._weights[hour] > 0:
-            return "weekly"
-        if seen >= _DAILY_AFTER_S and self._weights[hour % 24::24].sum() > 0:
-            return "daily"
-        return "level"
+        hour = int(ts // 3600) % HOURS_OF_WEEK
+        sums, weights = self._sums, self._weights
+        if seen >= _WEEKLY_AFTER_S and weights[hour] > 0:
+            return "weekly", float(sums[hour]) / float(weights[hour])
+        of_day = HOURS_OF_WEEK + hour % 24
+        if seen >= _DAILY_AFTER_S and weights[of_day] > 0:
+            return "daily", float(sums[of_day]) / float(weights[of_day])
+        return "level", self._level_sum / self._level_weight
 
-    def expected(self, ts: float) -> float:
-        """The baseline at event time ``ts`` (NaN before any value)."""
-        source = self.seasonality(ts)
-        hour = _hour_of_week(ts)
-        if source == "weekly":
-            return float(self._sums[hour]) / float(self._weights[hour])
-        if source == "daily":
-            return float(self._sums[hour % 24::24].sum(dtype=np.float64) /
-                         self._weights[hour % 24::24].sum(dtype=np.float64))
-        if source == "level":
-            return self._level_sum / self._level_weight
-        return math.nan
-
-    def update(self, ts: float, value: float) -> float:
-        """Learn ``value`` seen at event time ``ts``; return its residual against the baseline as it
-        was before (NaN before any value)."""
-        residual = value - self.expected(ts)
+    def update(self, ts: float, value: float) -> None:
+        """Learn ``value`` seen at event time ``ts``."""
         if math.isnan(self._landmark):
             self._landmark = ts
             self.first_ts = self.newest_ts = ts
@@ -99,14 +86,14 @@ class SeasonalBaseline:
         self.newest_ts = max(self.newest_ts, ts)
         if (ts - self._landmark) / min(self.half_life_s, self.level_half_life_s) > _MAX_EXPONENT:
             self._move_landmark(ts)
-        hour = _hour_of_week(ts)
+        hour = int(ts // 3600) % HOURS_OF_WEEK
         weight = 2.0 ** ((ts - self._landmark) / self.half_life_s)
-        self._sums[hour] += weight * value
-        self._weights[hour] += weight
+        for slot in (hour, HOURS_OF_WEEK + hour % 24):
+            self._sums[slot] += weight * value
+            self._weights[slot] += weight
         level_weight = 2.0 ** ((ts - self._landmark) / self.level_half_life_s)
         self._level_sum += level_weight * value
         self._level_weight += level_weight
-        return residual
 
     def change_level(self, before: float, after: float) -> None:
         """Move every expectation from the level ``before`` to ``after`` (a detected change), keeping
@@ -148,10 +135,6 @@ class SeasonalBaseline:
         baseline._level_sum, baseline._level_weight = state["level"]
         baseline.first_ts, baseline.newest_ts = (_nan_if_none(t) for t in state["seen"])
         return baseline
-
-
-def _hour_of_week(ts: float) -> int:
-    return int(ts // 3600) % HOURS_OF_WEEK
 
 
 def _finite_or_none(x: float) -> float | None:
