@@ -460,14 +460,20 @@ class IngestService:
             self.checkpoints += 1
             keep_out_of_gc()
 
+    async def final_checkpoint(self, partitions: set[int] | None = None) -> None:
+        """Write every series' changes before a revoke or a stop, waiting at most
+        ``FINAL_CHECKPOINT_TIMEOUT_S``: a stopping consumer may never answer the commit, and the
+        next owner replays exactly from the last durable checkpoint anyway (a torn one included)."""
+        try:
+            await asyncio.wait_for(self.checkpoint(partitions, final=True), FINAL_CHECKPOINT_TIMEOUT_S)
+        except Exception:
+            log.exception("final checkpoint failed or timed out; the next owner replays from the last durable one")
+
     async def on_revoked(self, revoked: set[TP]) -> None:
         mine = {tp.partition for tp in revoked if tp.topic == self.topic}
         if not mine:
             return
-        try:
-            await self.checkpoint(mine, final=True)
-        except Exception:  # the new owner replays from the last durable checkpoint
-            log.exception("final checkpoint before revoke failed")
+        await self.final_checkpoint(mine)
         async with self.lock:
             for partition in mine:
                 self.processors.pop(partition, None)
@@ -521,6 +527,9 @@ CHUNK_BYTES = 2 << 20
 MIN_CHUNK_BYTES = 64 << 10
 CHUNK_SECONDS = 0.2
 LOOP_PROBE_S = 0.1  # slostream_event_loop_lag_seconds
+# A revoke or a stop waits this long for its final checkpoint (a worker that does not stop on
+# SIGTERM is worse than a replay).
+FINAL_CHECKPOINT_TIMEOUT_S = 10.0
 # A checkpoint yields to the event loop after this many state writes (about 0.1 s of serialising).
 YIELD_EVERY_WRITES = 500
 # Within a base bucket, SLOs are judged at most this often per partition (wall time);
@@ -654,11 +663,8 @@ def create_app(settings: Settings) -> SloApp:
     @app.on_before_shutdown.connect
     async def final_checkpoint(sender, **kwargs) -> None:
         # Faust sends no revoke signal on a clean stop; without this a restart would
-        # replay the last second and re-judge it (same ids, but a repeat all the same).
-        try:
-            await ingest.checkpoint(final=True)
-        except Exception:
-            log.exception("final checkpoint failed; the next owner replays from the last durable one")
+        # replay up to two report windows and re-judge them (same ids, but a repeat all the same).
+        await ingest.final_checkpoint()
 
     @app.page("/metrics")
     async def metrics_view(web, request):
