@@ -14,15 +14,14 @@ cannot honour, is reported with file, document and field.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from slostream.core.budget import default_tiers
+from slostream.core.durations import parse_duration, split_duration
 from slostream.core.objectives import GoodRule, Slo, SloWindow, Timeslices
-from slostream.slo import DEFAULT_NO_DATA, Definitions, SloProblem, known_time_zone, parse_duration
+from slostream.slo import DEFAULT_NO_DATA, Definitions, SloProblem, known_time_zone
 
 API_VERSION = "openslo/v1"
-SHORTHAND_RE = re.compile(r"^(\d+)([smhdwMQY])$")
 CALENDAR_UNITS = {"w": "week", "M": "month", "Q": "quarter"}
 OPS = {"lte": "value_le", "lt": "value_lt", "gte": "value_ge", "gt": "value_gt"}
 SOURCE_TYPE = "slostream"
@@ -213,8 +212,8 @@ def _time_window(where: _Doc, raw: Any) -> SloWindow | None:
                                                       "in s, m, h, d or w, like 28d")
             return None
         return SloWindow(rolling_s=seconds)
-    match = SHORTHAND_RE.match(str(duration))
-    if not match or match.group(1) != "1" or match.group(2) not in CALENDAR_UNITS:
+    parts = split_duration(str(duration))
+    if parts is None or parts[0] != 1 or parts[1] not in CALENDAR_UNITS:
         where.fail("spec.timeWindow[0].duration", f"is {duration!r}. Fix: a calendar window (isRolling: false) "
                                                   "is 1w, 1M or 1Q here")
         return None
@@ -223,4 +222,4 @@ def _time_window(where: _Doc, raw: Any) -> SloWindow | None:
     if not known_time_zone(zone):
         where.fail("spec.timeWindow[0].calendar.timeZone", f"is {zone!r}. Fix: use an IANA name like Europe/Berlin")
         return None
-    return SloWindow(calendar=CALENDAR_UNITS[match.group(2)], timezone=str(zone))
+    return SloWindow(calendar=CALENDAR_UNITS[parts[1]], timezone=str(zone))

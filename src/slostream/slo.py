@@ -7,7 +7,6 @@ OpenSLO documents are not read yet (issue 3).
 
 from __future__ import annotations
 
-import re
 import zoneinfo
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +14,9 @@ from typing import Any
 import yaml
 
 from slostream.core.budget import BurnTier, default_tiers
+from slostream.core.durations import parse_duration
 from slostream.core.objectives import AGGREGATES, GoodRule, Policy, Slo, SloWindow, Timeslices
 
-DURATION_RE = re.compile(r"^(\d+)([smhdw])$")
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 GOOD_THRESHOLDS = ("value_le", "value_lt", "value_ge", "value_gt")
 SEVERITIES = ("page", "ticket", "info", "warning", "critical", "emergency")
 CALENDARS = ("week", "month", "quarter")
@@ -53,15 +51,6 @@ def known_time_zone(name: Any) -> bool:
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         return False
     return True
-
-
-def parse_duration(text: Any) -> int | None:
-    if not isinstance(text, str):
-        return None
-    match = DURATION_RE.match(text.strip())
-    if not match or int(match.group(1)) == 0:
-        return None
-    return int(match.group(1)) * UNIT_SECONDS[match.group(2)]
 
 
 class _Checker:

@@ -11,7 +11,6 @@ CommandError('ack needs a fingerprint (from the alert event) or matchers')
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +18,8 @@ from typing import Any
 import orjson
 
 from .alerts import Silence
+from .durations import parse_duration
 
-DURATION_RE = re.compile(r"^(\d+)([smhd])$")
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 COMMANDS = ("silence", "unsilence", "ack")
 
 
@@ -91,10 +89,10 @@ def _until(doc: dict, record_time: float) -> float | CommandError:
     if "until" in doc and "for" in doc:
         return CommandError("give either 'until' or 'for', not both")
     if "for" in doc:
-        match = DURATION_RE.match(str(doc["for"]))
-        if not match or int(match.group(1)) == 0:
-            return CommandError(f"'for' is {doc['for']!r}; use a duration like 30m, 2h or 1d")
-        return record_time + int(match.group(1)) * UNIT_SECONDS[match.group(2)]
+        seconds = parse_duration(str(doc["for"]))
+        if seconds is None:
+            return CommandError(f"'for' is {doc['for']!r}; use a duration like 30m, 2h, 1d or 1w")
+        return record_time + seconds
     until = doc.get("until")
     if isinstance(until, (int, float)) and not isinstance(until, bool):
         return float(until)
