@@ -142,26 +142,24 @@ class TierResult:
     low_traffic: bool  # suppressed: the long window held fewer than min_events
 
 
-def evaluate_tiers(
-    tiers: tuple[BurnTier, ...],
-    counts: Callable[[int], tuple[float, float]],
-    objective: float,
-    min_events: float = 0,
-) -> list[TierResult]:
-    """Evaluate every tier; ``counts(span_s)`` gives (bad, total) over the last ``span_s``."""
-    results = []
-    for tier in tiers:
-        long_bad, long_total = counts(tier.long_s)
-        short_bad, short_total = counts(tier.short_s)
-        long_burn = burn_rate(long_bad, long_total, objective)
-        short_burn = burn_rate(short_bad, short_total, objective)
-        reached = (
-            long_burn is not None
-            and short_burn is not None
-            and long_burn >= tier.burn_rate
-            and short_burn >= tier.burn_rate
-        )
-        low_traffic = long_total < min_events
-        results.append(TierResult(tier, long_burn, short_burn, long_total, reached and not low_traffic,
-                                  reached and low_traffic))
-    return results
+def judge_tier(tier: BurnTier, counts: Callable[[int], tuple[float, float]], objective: float,
+               min_events: float = 0, lazy: bool = False) -> TierResult:
+    """Whether ``tier`` holds: the burn rates over its long and its short window both reach its
+    threshold, with at least ``min_events`` in the long one. ``counts(span_s)`` gives (bad, total)
+    over the last ``span_s``. ``lazy`` reads the long window only when the short one reaches the
+    threshold (alerting judges every tier at every base bucket; long_burn is then None)."""
+    short_burn = burn_rate(*counts(tier.short_s), objective)
+    short_reached = short_burn is not None and short_burn >= tier.burn_rate
+    if lazy and not short_reached:
+        return TierResult(tier, None, short_burn, 0.0, False, False)
+    long_bad, long_total = counts(tier.long_s)
+    long_burn = burn_rate(long_bad, long_total, objective)
+    reached = short_reached and long_burn is not None and long_burn >= tier.burn_rate
+    low_traffic = long_total < min_events
+    return TierResult(tier, long_burn, short_burn, long_total, reached and not low_traffic, reached and low_traffic)
+
+
+def evaluate_tiers(tiers: tuple[BurnTier, ...], counts: Callable[[int], tuple[float, float]], objective: float,
+                   min_events: float = 0) -> list[TierResult]:
+    """Every tier judged in full (``judge_tier``)."""
+    return [judge_tier(tier, counts, objective, min_events) for tier in tiers]

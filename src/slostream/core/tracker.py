@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from .alerts import Condition, fingerprint
-from .budget import Budget, BurnTier, burn_rate, evaluate_tiers, time_to_exhaustion
+from .budget import Budget, BurnTier, evaluate_tiers, judge_tier, time_to_exhaustion
 from .objectives import Slo, Timeslices
 from .windows import OK, OK_KNOWN, Resolution, SeriesWindows, bucket_start
 
@@ -114,13 +114,9 @@ class SloTracker:
             for tier in slo.tiers:
                 if tier.severity != severity:
                     continue
-                short = burn_rate(*over(tier.short_s), slo.objective)
-                if short is None or short < tier.burn_rate:
-                    continue
-                long_bad, long_total = over(tier.long_s)
-                long = burn_rate(long_bad, long_total, slo.objective)
-                if long is not None and long >= tier.burn_rate and long_total >= slo.min_events:
-                    holding = (tier, long, short)
+                result = judge_tier(tier, over, slo.objective, slo.min_events, lazy=True)
+                if result.holds:
+                    holding = (tier, result.long_burn, result.short_burn)
                     break
             # Annotations are read only when an alert fires or holds: build them only then.
             notes = self._burn_annotations(*holding, end, over) if holding else {}
