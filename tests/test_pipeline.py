@@ -6,7 +6,8 @@ import pytest
 
 from slostream.core.objectives import Policy
 from slostream.core.sketch import QuantileSketch
-from slostream.pipeline.partition import SEP, PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.state_keys import SEP, series_key
 
 T0 = 1_800_000_000 // 60 * 60
 CONFIG = PipelineConfig(grace_s=5.0, idle_after_s=2.0)
@@ -204,7 +205,7 @@ def test_a_series_record_of_version_4_restores_the_same_windows_and_clock():
     series = reference.series[("s", "lat")]
     assert series.windows.lengths == {60: True}
     keys = QuantileSketch.positive_keys(np.array([10.0, 20.0, 30.0]), 0.01).tolist()
-    store[f"0{SEP}h{SEP}{series.key}"] = orjson.dumps({
+    store[series_key(0, series.key)] = orjson.dumps({
         "v": 4, "service": "s", "metric": "lat", "labels": {}, "last_report": None, "watches": {}, "reads": [],
         "aligned_ts": None, "clock": [series.max_ts, series.watermark],
         "windows": {"v": 2, "width": 10, "accuracy": 0.01, "closed_until": series.windows.closed_until,

@@ -38,6 +38,7 @@ from slostream.core.measurement import Reason, Rejection
 from slostream.io import end_offsets, undecodable
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.sinks import AlertSinks
+from slostream.pipeline import state_keys
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
 from slostream.pipeline.pacing import CheckpointPacer
 from slostream.pipeline.partition import (
@@ -46,7 +47,6 @@ from slostream.pipeline.partition import (
     PipelineConfig,
     SourceRecord,
     deadletter_event,
-    fence_key,
 )
 
 log = logging.getLogger("slostream")
@@ -271,7 +271,7 @@ class IngestService:
     def processor(self, partition: int) -> PartitionProcessor:
         proc = self.processors.get(partition)
         if proc is None:
-            prefix = f"{partition}\x1f".encode()
+            prefix = state_keys.partition_prefix(partition).encode()
             items = [
                 (k.decode(), v) for k, v in self.state.data.items() if k.startswith(prefix)
             ]
@@ -451,7 +451,7 @@ class IngestService:
                 # Tansu reports a partition's end offset from the first record of its last batch,
                 # and Faust recovers a changelog only up to the end offset: a last batch of one
                 # record makes the end right. Restore ignores the key.
-                fences = [(partition, fence_key(partition).encode(), b"") for partition in written]
+                fences = [(partition, state_keys.fence_key(partition).encode(), b"") for partition in written]
                 await asyncio.gather(*await self.outputs.send_batches(changelog, fences))
             if offsets:
                 committed = await self.app.consumer._commit(offsets)

@@ -49,7 +49,7 @@ from slostream.core.windows import (
     SeriesWindows,
     bucket_start,
 )
-from slostream.pipeline import rows
+from slostream.pipeline import rows, state_keys
 from slostream.pipeline.alignment import (
     PROGRESS_HEADER,
     Alignment,
@@ -71,7 +71,6 @@ from slostream.pipeline.ownership import (
     header_partition,
 )
 
-SEP = "\x1f"
 _OUTCOME, _ID, _VALUE, _TIMESTAMP = (operator.attrgetter(name) for name in ("outcome", "id", "value", "timestamp"))
 _SERIES_KEY = operator.attrgetter("service", "metric")
 # 3: reads awaiting alignment per series, progress per partition; 4: tumbling windows in the header;
@@ -871,7 +870,7 @@ class PartitionProcessor:
         for series in evicted:
             del self.series[series.ident]
             del held[series.windows.owner]
-            self._deleted_keys.append(f"{self.partition}{SEP}h{SEP}{series.key}")
+            self._deleted_keys.append(state_keys.series_key(self.partition, series.key))
             out.evicted += 1
             if not series.trackers:
                 continue
@@ -1064,16 +1063,16 @@ class PartitionProcessor:
         # Every written series' windows at once (a few numpy calls); the JSON part as they are read.
         for owner, windows in zip(dirty.tolist(), self.store.encode(dirty)):
             series = self._series_of_owner[owner]
-            yield f"{p}{SEP}h{SEP}{series.key}", _series_record(series.header(), windows)
+            yield state_keys.series_key(p, series.key), _series_record(series.header(), windows)
         writes: list[tuple[str, bytes | None]] = []
         for name, tracker in self.trackers.items():
             if not tracker.dirty:
                 continue
             for kind, level, slot, state in tracker.drain_dirty():
-                writes.append((f"{p}{SEP}s{SEP}{kind}{SEP}{level}{SEP}{slot}{SEP}{name}", _held_json(state)))
-            writes.append((f"{p}{SEP}S{SEP}{name}", _held_json(tracker.header_state())))
+                writes.append((state_keys.slo_slot_key(p, kind, level, slot, name), _held_json(state)))
+            writes.append((state_keys.slo_header_key(p, name), _held_json(tracker.header_state())))
         if self._book_dirty:
-            writes.append((f"{p}{SEP}a", _held_json(self.book.to_state())))
+            writes.append((state_keys.book_key(p), _held_json(self.book.to_state())))
             self._book_dirty = False
         partition_state = {
             "v": STATE_VERSION,
@@ -1083,7 +1082,7 @@ class PartitionProcessor:
             "idle_clocks": [[service, metric, _finite_or_none(clock.max_ts), _finite_or_none(clock.watermark)]
                             for (service, metric), clock in sorted(self.idle_clocks.items())],
         }
-        writes.append((f"{p}{SEP}c", _held_json(partition_state)))
+        writes.append((state_keys.partition_key(p), _held_json(partition_state)))
         yield from writes
 
     @classmethod
@@ -1095,12 +1094,12 @@ class PartitionProcessor:
         slots: dict[str, list] = {}
         tracker_headers: dict[str, dict] = {}
         tracker_slots: dict[str, list] = {}
-        prefix = f"{partition}{SEP}"
         for key, value in items:
-            if value is None or not key.startswith(prefix):  # None: deleted (a tombstone not compacted yet)
+            parsed = None if value is None else state_keys.parse_key(partition, key)  # None: deleted, not compacted yet
+            if parsed is None:
                 continue
-            kind, _, rest = key[len(prefix):].partition(SEP)
-            if kind == "c":
+            kind, fields = parsed
+            if kind == state_keys.PARTITION:
                 state = orjson.loads(value)
                 proc.applied_offset = state["applied_offset"]
                 proc.control_offset = state.get("control_offset", -1)
@@ -1115,18 +1114,18 @@ class PartitionProcessor:
                     proc.newest_event_ts = _from_finite(old["max_event_ts"])
                 else:
                     proc.newest_event_ts = _from_finite(state["newest_event_ts"])
-            elif kind == "h":
-                headers[rest] = value
-            elif kind == "b":  # a window slot of state version 3 and before
-                level, slot, series_key = rest.split(SEP, 2)
+            elif kind == state_keys.SERIES:
+                headers[fields[0]] = value
+            elif kind == state_keys.OLD_SERIES_SLOT:
+                level, slot, series_key = fields
                 slots.setdefault(series_key, []).append((int(level), int(slot), orjson.loads(value)))
                 proc._deleted_keys.append(key)
-            elif kind == "S":
-                tracker_headers[rest] = orjson.loads(value)
-            elif kind == "s":
-                windows_kind, level, slot, name = rest.split(SEP, 3)
+            elif kind == state_keys.SLO_HEADER:
+                tracker_headers[fields[0]] = orjson.loads(value)
+            elif kind == state_keys.SLO_SLOT:
+                windows_kind, level, slot, name = fields
                 tracker_slots.setdefault(name, []).append((windows_kind, int(level), int(slot), orjson.loads(value)))
-            elif kind == "a":
+            elif kind == state_keys.BOOK:
                 proc.book = AlertBook.from_state(orjson.loads(value), config.alert_cooldown_s,
                                                  config.escalate_after_s)
         for slo in config.slos:
@@ -1188,12 +1187,6 @@ def deadletter_event(config: PipelineConfig, record: SourceRecord, rejection: Re
         record.timestamp, data,
     )
     return rejection.reason.value.encode(), event
-
-
-def fence_key(partition: int) -> str:
-    """A changelog key that ends a checkpoint on brokers that need it (see the worker); restore
-    skips it like any key it does not know."""
-    return f"{partition}{SEP}fence"
 
 
 def _series_record(header: dict, windows: bytes) -> bytes:

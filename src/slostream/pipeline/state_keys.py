@@ -1,0 +1,64 @@
+"""The keys of the state changelog: ``<partition>␟<kind>[␟<field>...]`` (␟ is U+001F).
+
+One key per piece of state a checkpoint writes (``PartitionProcessor.checkpoint``):
+
+- ``c``: the partition's record (offsets, forwarding marks, alignment, idle clocks);
+- ``h␟<series>``: a series' whole state;
+- ``S␟<slo>``: an SLO's header; ``s␟<kind>␟<level>␟<slot>␟<slo>``: one of its count slots;
+- ``a``: the alert book;
+- ``b␟<level>␟<slot>␟<series>``: a series' window slot of state version 3 and before (only read);
+- ``fence``: ends a checkpoint on brokers that need it (restore skips it like any key it does not know).
+
+>>> series_key(3, '["api","lat",{}]').split(SEP)
+['3', 'h', '["api","lat",{}]']
+>>> parse_key(3, slo_slot_key(3, "events", 0, 12, "api-availability"))
+('s', ['events', '0', '12', 'api-availability'])
+"""
+
+from __future__ import annotations
+
+SEP = "\x1f"
+PARTITION, SERIES, SLO_HEADER, SLO_SLOT, BOOK, OLD_SERIES_SLOT = "c", "h", "S", "s", "a", "b"
+_FIELDS = {PARTITION: 0, SERIES: 1, SLO_HEADER: 1, SLO_SLOT: 4, BOOK: 0, OLD_SERIES_SLOT: 3}
+
+
+def partition_prefix(partition: int) -> str:
+    """What every key of ``partition`` starts with."""
+    return f"{partition}{SEP}"
+
+
+def partition_key(partition: int) -> str:
+    return f"{partition}{SEP}{PARTITION}"
+
+
+def series_key(partition: int, series: str) -> str:
+    return f"{partition}{SEP}{SERIES}{SEP}{series}"
+
+
+def slo_header_key(partition: int, name: str) -> str:
+    return f"{partition}{SEP}{SLO_HEADER}{SEP}{name}"
+
+
+def slo_slot_key(partition: int, kind: str, level: int, slot: int, name: str) -> str:
+    return f"{partition}{SEP}{SLO_SLOT}{SEP}{kind}{SEP}{level}{SEP}{slot}{SEP}{name}"
+
+
+def book_key(partition: int) -> str:
+    return f"{partition}{SEP}{BOOK}"
+
+
+def fence_key(partition: int) -> str:
+    return f"{partition}{SEP}fence"
+
+
+def parse_key(partition: int, key: str) -> tuple[str, list[str]] | None:
+    """The kind of a key of ``partition`` and its fields (the last may hold anything); None for a
+    key of another partition, or of a kind this version does not read."""
+    prefix = partition_prefix(partition)
+    if not key.startswith(prefix):
+        return None
+    kind, _, rest = key[len(prefix):].partition(SEP)
+    fields = _FIELDS.get(kind)
+    if fields is None:
+        return None
+    return kind, rest.split(SEP, fields - 1) if fields else []
