@@ -13,7 +13,7 @@ from slostream.config import ConfigError, load_settings
 from slostream.core.alerts import AlertBook, Condition
 from slostream.core.control import CommandError, parse_command
 from slostream.core.objectives import GoodRule, Timeslices
-from slostream.slo import load_definition_file
+from slostream.definitions.native import load_definition_file
 
 OPENSLO = textwrap.dedent("""
     apiVersion: openslo/v1

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from slostream.core.objectives import GoodRule, Timeslices
-from slostream.slo import load_definition_file
+from slostream.definitions.native import load_definition_file
 
 
 def load_slo_file(path):

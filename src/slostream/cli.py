@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def validate_files(files: list[str]) -> int:
-    from slostream.slo import load_definition_file
+    from slostream.definitions.native import load_definition_file
 
     failed = False
     for path in files:

@@ -169,7 +169,7 @@ def load_settings(
 
 def _definitions(config_file: str | None, inline, files: tuple[str, ...]) -> dict[str, tuple]:
     """SLOs and policies from the config file and every definition file; all problems at once."""
-    from slostream.slo import check_unique, load_definition_file, merge
+    from slostream.definitions.native import check_unique, load_definition_file, merge
 
     parts, problems = [], []
     if inline is not None:
@@ -201,7 +201,7 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], Any]:
         return {}, None
     if not isinstance(document, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of field: value. Fix: see README, Configuration.")
-    from slostream.slo import parse_document
+    from slostream.definitions.native import parse_document
 
     out = {}
     alertmanager = document.get("alertmanager")

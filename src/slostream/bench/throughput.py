@@ -176,7 +176,7 @@ def _core_evaluation_cost(payloads: list[bytes], chunk: int, definitions: str, r
     and one without them take the same chunks in turn (order flipped each chunk), so machine noise
     hits both alike. The end-to-end pairs cannot resolve a few percent on two shared cores. With
     the collector off the baseline is smaller than in the worker, so this errs high."""
-    from slostream.slo import load_definition_file
+    from slostream.definitions.native import load_definition_file
 
     loaded, problems = load_definition_file(definitions)
     if problems:

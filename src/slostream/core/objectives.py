@@ -1,6 +1,6 @@
 """What is watched: SLOs and threshold policies, as plain validated values.
 
-Parsing and validation live in ``slostream.slo``; this module holds the model
+Parsing and validation live in ``slostream.definitions``; this module holds the model
 and the pure rules on it (which measurements are good, where a calendar
 window starts).
 

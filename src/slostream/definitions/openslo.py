@@ -19,7 +19,7 @@ from typing import Any
 from slostream.core.budget import default_tiers
 from slostream.core.durations import parse_duration, split_duration
 from slostream.core.objectives import GoodRule, Slo, SloWindow, Timeslices
-from slostream.slo import DEFAULT_NO_DATA, Definitions, SloProblem, known_time_zone
+from slostream.definitions.model import DEFAULT_NO_DATA, Definitions, SloProblem, known_time_zone
 
 API_VERSION = "openslo/v1"
 CALENDAR_UNITS = {"w": "week", "M": "month", "Q": "quarter"}

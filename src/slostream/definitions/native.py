@@ -1,14 +1,12 @@
-"""SLO definitions in slostream's own YAML: model and validation.
+"""SLO and policy definitions in slostream's own YAML, and the loading of a definitions file
+(slostream's documents and OpenSLO ones, ``definitions.openslo``).
 
 Every problem is reported, not only the first, each naming the file, the
 document (the SLO's name, or its position) and the field, with the fix.
-OpenSLO documents are not read yet (issue 3).
 """
 
 from __future__ import annotations
 
-import zoneinfo
-from dataclasses import dataclass
 from typing import Any
 
 import yaml
@@ -16,6 +14,8 @@ import yaml
 from slostream.core.budget import BurnTier, default_tiers
 from slostream.core.durations import parse_duration
 from slostream.core.objectives import AGGREGATES, GoodRule, Policy, Slo, SloWindow, Timeslices
+from slostream.definitions.model import DEFAULT_NO_DATA, Definitions, SloProblem, known_time_zone
+from slostream.definitions.openslo import is_openslo, parse_openslo
 
 GOOD_THRESHOLDS = ("value_le", "value_lt", "value_ge", "value_gt")
 SEVERITIES = ("page", "ticket", "info", "warning", "critical", "emergency")
@@ -24,33 +24,7 @@ SLO_FIELDS = {"name", "service", "metric", "objective", "window", "good", "budge
               "description", "runbook_url", "labels"}
 POLICY_FIELDS = {"name", "service", "metric", "aggregate", "window", "direction", "warning", "critical",
                  "consecutive", "min", "max", "runbook_url"}
-DEFAULT_NO_DATA = {"after": "15m", "severity": "ticket"}
 MAX_POLICY_WINDOW_S = 6 * 3600  # quantile sketches are kept for 6 hours
-
-
-@dataclass(frozen=True)
-class Definitions:
-    slos: tuple[Slo, ...] = ()
-    policies: tuple[Policy, ...] = ()
-
-
-@dataclass(frozen=True)
-class SloProblem:
-    file: str
-    document: str
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}: {self.document}: field '{self.field}': {self.message}"
-
-
-def known_time_zone(name: Any) -> bool:
-    try:
-        zoneinfo.ZoneInfo(str(name))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
 
 
 class _Checker:
@@ -322,8 +296,6 @@ def merge(*parts: Definitions) -> Definitions:
 
 def load_definition_file(path: str) -> tuple[Definitions, list[SloProblem]]:
     """A file of slostream documents (``slos:``/``policies:``) and/or OpenSLO v1 documents."""
-    from slostream.openslo import is_openslo, parse_openslo
-
     try:
         with open(path) as handle:
             documents = [d for d in yaml.safe_load_all(handle) if d is not None]
