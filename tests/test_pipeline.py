@@ -263,3 +263,19 @@ def test_a_series_is_written_when_a_window_completes_and_a_crash_replays_its_oth
                                           now=crash_after * 5.0)
     after, _ = run(restored, log[store["committed"] + 1:])
     assert {**before, **after} == reference
+
+
+def test_unwritten_changes_become_due_after_two_report_windows_of_quiet():
+    config = PipelineConfig(grace_s=5.0, idle_after_s=10_000.0)  # quiet: no window closes
+    proc = PartitionProcessor(0, config, now=0.0)
+    proc.process([SourceRecord("m", 0, 0, T0, None, orjson.dumps({"service": "s", "metric": "m", "ok": True,
+                                                                   "ts": T0 + 1}))], now=1.0)
+    writes, committed = proc.checkpoint()
+    assert not any(key.startswith(series_key(0, "")) for key, _ in writes) and committed == -1
+    assert not proc.unwritten_due
+    # Held since the processor's first boundary (wall time 0): due two report windows after it.
+    assert proc.tick(2 * config.report_window_s - 1.0).sli == [] and not proc.unwritten_due
+    assert proc.tick(2 * config.report_window_s).sli == [] and proc.unwritten_due
+    writes, committed = proc.checkpoint()
+    assert any(key.startswith(series_key(0, "")) for key, _ in writes) and committed == 0
+    assert not proc.unwritten_due

@@ -421,6 +421,8 @@ class IngestService:
             snapshot: list[tuple[int, bytes, bytes | None]] = []
             async with self.lock:
                 started = time.monotonic()
+                # A partition whose series' changes have waited too long is due without news.
+                self._uncheckpointed.update(p for p, proc in self.processors.items() if proc.unwritten_due)
                 due = self._uncheckpointed if partitions is None else self._uncheckpointed & partitions
                 offsets: dict[TP, int] = {}
                 written = [partition for partition in sorted(due) if partition in self.processors]
@@ -438,8 +440,6 @@ class IngestService:
                     if offset >= 0:
                         offsets[TP(self.topic, partition)] = offset + 1
                 self._uncheckpointed -= due
-                # Changes some series still hold are written at a later checkpoint.
-                self._uncheckpointed.update(p for p in written if self.processors[p].holds_unwritten)
                 self.pacer.done(started, time.monotonic())
             await self.outputs.flush()
             # In batches awaited here, not Faust's send_soon buffer, whose flush() gives up after

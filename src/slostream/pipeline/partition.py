@@ -1035,9 +1035,11 @@ class PartitionProcessor:
         return self._checkpoint_writes(deleted, dirty, replay), replay["applied_offset"]
 
     @property
-    def holds_unwritten(self) -> bool:
-        """Whether some series' changes are not written yet (a later checkpoint writes them)."""
-        return len(self._boundaries) > 1
+    def unwritten_due(self) -> bool:
+        """Whether some series' changes have waited long enough to be written at the next checkpoint
+        even if nothing else happens here (others wait for news: a checkpoint with nothing new to
+        commit only costs the consumer a commit)."""
+        return len(self._boundaries) > 1 and self._stale_before() > next(iter(self._boundaries))
 
     def _stale_before(self) -> int:
         """The oldest checkpoint whose changes may still wait (``UNWRITTEN_REPORT_WINDOWS``)."""
