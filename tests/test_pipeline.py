@@ -226,7 +226,7 @@ def test_a_series_is_written_when_a_window_completes_and_a_crash_replays_its_oth
     stays before its oldest unwritten change, so a crash and a replay from the commit emit exactly
     what an uninterrupted run emits, breaches of a policy that judges empty windows included."""
     policy = Policy("s0-p99", "s0", "lat", "p99", 60, "above", 50.0, 80.0)
-    config = PipelineConfig(grace_s=5.0, idle_after_s=30.0, policies=(policy,), defer_series_writes=True)
+    config = PipelineConfig(grace_s=5.0, idle_after_s=30.0, policies=(policy,))
     rng = random.Random(5)
     log = []
     for step in range(120):  # a batch per 5 s; each of 12 series sends every 15 s, s0 stops after 6 min
@@ -266,7 +266,7 @@ def test_a_series_is_written_when_a_window_completes_and_a_crash_replays_its_oth
 
 
 def test_unwritten_changes_become_due_after_two_report_windows_of_quiet():
-    config = PipelineConfig(grace_s=5.0, idle_after_s=10_000.0, defer_series_writes=True)  # quiet: nothing closes
+    config = PipelineConfig(grace_s=5.0, idle_after_s=10_000.0)  # quiet: no window closes
     proc = PartitionProcessor(0, config, now=0.0)
     proc.process([SourceRecord("m", 0, 0, T0, None, orjson.dumps({"service": "s", "metric": "m", "ok": True,
                                                                    "ts": T0 + 1}))], now=1.0)

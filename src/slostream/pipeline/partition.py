@@ -118,9 +118,6 @@ class PipelineConfig:
     evaluation_interval_s: float = 0.1
     partitions: int = 1  # of the measurement topic: who owns which service
     series_ttl_s: float = 86400.0  # wall time of quiet after which a series with nothing pending is evicted
-    # Write a series only once something is emitted from it, holding the commit back (``checkpoint``).
-    # Off in the worker: with it, some integration runs saw checkpoints of 24-34 s (not yet explained).
-    defer_series_writes: bool = False
 
     @property
     def max_source_skew_s(self) -> float:
@@ -1027,8 +1024,7 @@ class PartitionProcessor:
         """
         deleted, self._deleted_keys = self._deleted_keys, []
         number = self._checkpoint_number
-        deferring = self.config.defer_series_writes and not (final or deleted)
-        stale_before = self._stale_before() if deferring else number + 1
+        stale_before = number + 1 if final or deleted else self._stale_before()
         dirty, oldest = self.store.take_writes(number, stale_before)
         self._checkpoint_number = number + 1
         self._boundaries[number + 1] = (self.now, self._replay_state())
