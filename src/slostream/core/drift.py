@@ -127,10 +127,13 @@ class DriftWatch:
         not widen the scale it is judged by)."""
         self.mean_square += SCALE_WEIGHT * (relative * relative - self.mean_square)
 
-    def _detection(self, ts: float) -> Detection:
+    def _kept_history(self) -> np.ndarray:
+        """The windows kept, oldest first (rows: event time, value, expectation)."""
         kept = min(self._next, HISTORY)
-        order = (np.arange(self._next - kept, self._next)) % HISTORY
-        times, values, expected = self._history[:, order]
+        return self._history[:, np.arange(self._next - kept, self._next) % HISTORY]
+
+    def _detection(self, ts: float) -> Detection:
+        times, values, expected = self._kept_history()
         residuals = values - expected
         n = residuals.size
         k = np.arange(1, n)
@@ -140,14 +143,12 @@ class DriftWatch:
         return Detection(ts, float(times[first]), float(expected[first:].mean()), float(values[first:].mean()))
 
     def to_state(self) -> dict:
-        kept = min(self._next, HISTORY)
-        order = (np.arange(self._next - kept, self._next)) % HISTORY
         return {"v": STATE_VERSION, "detector": self.detector_name, "params": self.params,
                 "warmup_windows": self.warmup_windows, "cooldown_s": self.cooldown_s, "scale_floor": self.scale_floor,
                 "baseline": self.baseline.to_state(), "state": _CODECS[self.detector_name].save(self.detector),
                 "seen": self.seen, "quiet_until": None if math.isinf(self.quiet_until) else self.quiet_until,
                 "mean_square": None if math.isnan(self.mean_square) else self.mean_square,
-                "history": self._history[:, order].tolist()}
+                "history": self._kept_history().tolist()}
 
     @classmethod
     def from_state(cls, state: dict) -> DriftWatch:
