@@ -37,7 +37,7 @@ def test_ten_thousand_unkeyed_series_give_exact_windows(kafka, make_worker):
     truth = _truth(items)
     assert len(truth) == 3 * SERIES
     started = time.monotonic()
-    events = _sli(kafka.bootstrap, make_worker.prefix, len(truth), timeout=240)
+    events = _sli(kafka.bootstrap, make_worker.prefix, truth, timeout=240)
     waited = time.monotonic() - started
     if events != truth:
         counters = b"; ".join(b"%s%s=%s" % m.groups(b"") for m in COUNTERS.finditer(worker.get("/metrics")[1]))

@@ -441,7 +441,9 @@ class IngestService:
                         offsets[TP(self.topic, partition)] = offset + 1
                 self._uncheckpointed -= due
                 self.pacer.done(started, time.monotonic())
+            stage_ends = [("snapshot", time.monotonic())]
             await self.outputs.flush()
+            stage_ends.append(("outputs", time.monotonic()))
             # In batches awaited here, not Faust's send_soon buffer, whose flush() gives up after
             # 0.1 s without a send and would let the commit run ahead of the changelog.
             # Checkpoints are serialised, so order holds.
@@ -453,10 +455,16 @@ class IngestService:
                 # record makes the end right. Restore ignores the key.
                 fences = [(partition, state_keys.fence_key(partition).encode(), b"") for partition in written]
                 await asyncio.gather(*await self.outputs.send_batches(changelog, fences))
+            stage_ends.append(("changelog", time.monotonic()))
             if offsets:
                 committed = await self.app.consumer._commit(offsets)
                 if not committed:
                     log.warning("commit of %s was refused (rebalance); the state holds the offsets", offsets)
+            stage_ends.append(("commit", time.monotonic()))
+            if stage_ends[-1][1] - started > SLOW_CHECKPOINT_S:  # names the stage that waited: usually the broker
+                starts = [started] + [end for _, end in stage_ends[:-1]]
+                log.warning("slow checkpoint, seconds by stage: %s",
+                            {name: round(end - start, 3) for (name, end), start in zip(stage_ends, starts)})
             self.checkpoints += 1
             keep_out_of_gc()
 
@@ -530,6 +538,8 @@ LOOP_PROBE_S = 0.1  # slostream_event_loop_lag_seconds
 # A revoke or a stop waits this long for its final checkpoint (a worker that does not stop on
 # SIGTERM is worse than a replay).
 FINAL_CHECKPOINT_TIMEOUT_S = 10.0
+# A checkpoint longer than this is logged with its stages (outputs, changelog, commit).
+SLOW_CHECKPOINT_S = 2.0
 # A checkpoint yields to the event loop after this many state writes (about 0.1 s of serialising).
 YIELD_EVERY_WRITES = 500
 # Within a base bucket, SLOs are judged at most this often per partition (wall time);
