@@ -1,3 +1,4 @@
+import base64
 import random
 
 import numpy as np
@@ -153,6 +154,28 @@ def test_label_keys_split_series_and_other_labels_do_not():
     got = {e["data"]["labels"].get("region"): e["data"]["count"] for _, e in out.sli}
     assert got == {"eu": 40, "us": 20}
     assert all(set(e["data"]["labels"]) == {"region"} for _, e in out.sli)
+
+
+def test_a_rejected_element_is_dead_lettered_alone_and_a_rejected_record_whole():
+    """A batched record of many rejected elements must not be copied into every letter: each
+    element's letter carries that element; a record rejected whole carries the record, cut."""
+    config = PipelineConfig(grace_s=5.0, max_deadletter_bytes=100)
+    future = [{"service": f"s{i}", "metric": "m", "ok": True, "ts": T0 + 10_000 + i} for i in range(500)]
+    good = {"service": "g", "metric": "m", "ok": True, "ts": T0}
+    batched = orjson.dumps([good, *future])
+    whole = orjson.dumps({"service": "s", "metric": "m", "ok": "yes", "pad": "x" * 300})
+    proc = PartitionProcessor(0, config, 0.0)
+    out = proc.process([SourceRecord("m", 0, 0, T0, None, batched), SourceRecord("m", 0, 1, T0, None, whole)], 0.0)
+    letters = {(e["data"]["offset"], e["data"]["index"]): e["data"] for _, e in out.deadletter}
+    assert len(letters) == len(future) + 1 and out.accepted == 1
+    for i, element in enumerate(future, 1):
+        letter = letters[(0, i)]
+        assert letter["reason"] == "bad_timestamp" and letter["element"] == element
+        value = base64.b64decode(letter["value_b64"])
+        assert orjson.loads(value) == element and letter["value_size"] == len(value) < 100
+    record = letters[(1, None)]
+    assert record["reason"] == "wrong_type" and record["value_size"] == len(whole) and record["value_truncated"]
+    assert base64.b64decode(record["value_b64"]) == whole[:100]
 
 
 def test_eviction_deletes_a_quiet_series_and_its_state_restores_exactly():

@@ -7,10 +7,12 @@ import time
 import orjson
 import pytest
 
+from tests.conftest import consume
 from tests.integration.test_real_producers import PARTITIONS, _send, _sli, _truth
 
 SERIES = 10_000
 T0 = 1_790_000_000 // 60 * 60
+REJECTED_AHEAD = re.compile(rb'^slostream_ingest_measurements_rejected_total\{reason="bad_timestamp"\} (\S+)$', re.M)
 COUNTERS = re.compile(rb"^(slostream_(?:ingest_[a-z_]+|sli_events|checkpoints)_total)(\{[^}]*\})? ([0-9.e+]+)$", re.M)
 
 
@@ -43,3 +45,31 @@ def test_ten_thousand_unkeyed_series_give_exact_windows(kafka, make_worker):
         counters = b"; ".join(b"%s%s=%s" % m.groups(b"") for m in COUNTERS.finditer(worker.get("/metrics")[1]))
         pytest.fail(f"after {waited:.0f} s: {_differences(events, truth)}; worker counters: {counters.decode()}; "
                     f"log {worker.log_path}")
+
+
+def test_a_burst_of_rejected_batched_records_is_dead_lettered_while_metrics_answer(kafka, make_worker):
+    """Unkeyed, zstd-compressed records of 1,000 measurements whose clock runs two hours ahead:
+    every element is rejected. Each letter carries its element alone, all arrive, and /metrics
+    answers throughout (Worker.get gives up after 5 s)."""
+    worker = make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS)).start()
+    ahead = time.time() + 7200
+    records = [(None, orjson.dumps([{"service": f"svc-{i}", "metric": "latency_ms", "value": 1.0, "ts": ahead + k}
+                                    for i in range(1000)])) for k in range(50)]
+    expected = 50 * 1000
+    scrapes: list[float] = []
+    rejected = 0.0
+    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records, compression="zstd")
+    deadline = time.monotonic() + 120
+    while rejected < expected and time.monotonic() < deadline:
+        started = time.monotonic()
+        _, body = worker.get("/metrics")
+        scrapes.append(time.monotonic() - started)
+        found = REJECTED_AHEAD.search(body)
+        rejected = float(found.group(1)) if found else 0.0
+        time.sleep(0.25)
+    assert rejected == expected, f"{rejected} of {expected} rejected after {len(scrapes)} scrapes"
+    letters = consume(kafka.bootstrap, f"{make_worker.prefix}deadletter", lambda ev: len(ev) >= expected, timeout=120)
+    assert len(letters) == expected and {e["data"]["reason"] for e in letters} == {"bad_timestamp"}
+    assert max(e["data"]["value_size"] for e in letters) < 200, "a letter carries more than its element"
+    assert worker.process.poll() is None
+    print(f"{len(scrapes)} scrapes, longest {max(scrapes):.2f} s")

@@ -398,9 +398,10 @@ class IngestService:
             self.breaches_emitted += 1
         for forward in out.forwards:
             await self.outputs.forward(self.topic, forward.partition, forward.value, forward.headers)
-        for key, event in out.deadletter:
-            await self.outputs.send(self.deadletter_topic, key, orjson.dumps(event))
-            self.rejected[event["data"]["reason"]] += 1
+        if out.deadletter:
+            self.rejected.update(event["data"]["reason"] for _, event in out.deadletter)
+            await self.outputs.send_keyed(self.deadletter_topic,
+                                          ((key, orjson.dumps(event)) for key, event in out.deadletter))
         self.accepted += out.accepted
         self.skipped_replay += out.skipped_replay
         self.forwarded += out.forwarded

@@ -20,7 +20,7 @@ import base64
 import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 import numpy as np
@@ -1166,8 +1166,12 @@ class PartitionProcessor:
 
 
 def deadletter_event(config: PipelineConfig, record: SourceRecord, rejection: Rejection) -> tuple[bytes, dict]:
-    """The dead-letter event of a rejected record (or element), keyed by the reason."""
-    raw = record.value or b""
+    """The dead-letter event of a rejected record or array element, keyed by the reason. A record's
+    letter carries the record's bytes; an element's carries that element alone, encoded as JSON
+    (a record of a thousand rejected elements must not become a thousand copies of itself). Either
+    is cut at ``max_deadletter_bytes``."""
+    element, element_bytes = _element_json(rejection.element)
+    raw = (record.value or b"") if rejection.index is None else element_bytes
     limit = config.max_deadletter_bytes
     data = {
         "reason": rejection.reason.value,
@@ -1181,7 +1185,7 @@ def deadletter_event(config: PipelineConfig, record: SourceRecord, rejection: Re
         "value_b64": base64.b64encode(raw[:limit]).decode(),
         "value_size": len(raw),
         "value_truncated": len(raw) > limit,
-        "element": _jsonable(rejection.element),
+        "element": element,
     }
     event = cloud_event(
         "slostream.deadletter", config.source,
@@ -1235,10 +1239,12 @@ def _from_finite(x: float | None) -> float:
     return -np.inf if x is None else x
 
 
-def _jsonable(element):
+def _element_json(element) -> tuple[Any, bytes]:
+    """A rejected element as JSON-safe data and as JSON bytes (its repr where it is not JSON)."""
     if element is None:
-        return None
+        return None, b"null"
     try:
-        return orjson.loads(orjson.dumps(element))
+        encoded = orjson.dumps(element)
     except (TypeError, orjson.JSONEncodeError):
-        return repr(element)
+        encoded = orjson.dumps(repr(element))
+    return orjson.loads(encoded), encoded
