@@ -32,6 +32,7 @@ from slostream.bench.cardinality import (
     _fleet,
     _live,
     _live_worker,
+    _rejected_burst,
 )
 from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITIONS, _expected_windows, _payloads
 from slostream.bench.throughput import (
@@ -58,6 +59,7 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         runs = _throughput_rounds(broker, rounds, batched, single, definitions, expected)
         latencies = _alert_latency(broker, _latency_definitions(os.path.join(workdir, "latency.yaml")))
         fleets = [_fleet(broker, n) for n in FLEET_SERIES]
+        rejected_burst = _rejected_burst(broker)
         live_worker = [_live_worker(broker, LIVE_SERIES, partitions) for partitions in (1, UNKEYED_PARTITIONS)]
 
     def mps(key: str) -> list[int]:
@@ -103,6 +105,7 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         "live": _live(LIVE_SERIES),
         "live_worker": live_worker,
         "fleet": fleets,
+        "rejected_burst": rejected_burst,
         "evaluation_us_per_slo": round(_evaluation_us(), 1),
         "alert_trials": len(latencies),
         "alert_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),

@@ -17,12 +17,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from slostream.io.broker import EmbeddedBroker, free_port
 
 SERVICES = 10
-SERVICES = 10
-UNKEYED_PARTITIONS = 4
 UNKEYED_PARTITIONS = 4
 SPAN_S = 600  # event time covered by each data set
-SPAN_S = 600  # event time covered by each data set
-REPORT_S = 60
 REPORT_S = 60
 GRACE_S = 30
 
