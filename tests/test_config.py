@@ -24,6 +24,11 @@ def test_precedence_defaults_yaml_env_flags(tmp_path):
         ("report_window_s: 45\n", "report_window_s", "multiple of bucket_s"),
         ("web_port: 70000\n", "web_port", "between 1 and 65535"),
         ("grace_s: -1\n", "grace_s", "from 0 to 300"),
+        ("drift: {detector: cusum}\n", "drift.detector", "one of adwin, page_hinkley, kswin"),
+        ("drift: {aggregates: [p42]}\n", "drift.aggregates", "a list of p50"),
+        ("drift: {params: {deltaa: 0.1}}\n", "drift.params", "parameter names"),
+        ("drift: {overrides: [{service: a, cooldown: soon}]}\n", "drift.overrides[0].cooldown", "a duration"),
+        ("drift: {window: 5m}\n", "drift.window", "use enabled, aggregates"),
     ],
 )
 def test_errors_name_file_field_and_fix(tmp_path, yaml_text, field, fix):
@@ -65,3 +70,18 @@ def test_cli_stops_with_exit_code_2_and_a_clear_message(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "configuration error" in result.stderr and "'partitions'" in result.stderr and str(path) in result.stderr
+
+
+def test_drift_settings_make_the_rules_of_each_series(tmp_path):
+    path = tmp_path / "drift.yaml"
+    path.write_text("drift:\n  aggregates: [p99, throughput]\n  cooldown: 30m\n  overrides:\n"
+                    "    - {service: 'batch-*', enabled: false}\n"
+                    "    - {metric: queue_depth, aggregates: [max], detector: page_hinkley, params: {threshold: 5}}\n")
+    rules = load_settings(str(path)).drift
+    assert rules.for_series("batch-1", "latency_ms") is None
+    api = rules.for_series("api", "latency_ms")
+    assert (api.aggregates, api.detector, api.cooldown_s) == (("p99", "throughput"), "adwin", 1800.0)
+    queue = rules.for_series("api", "queue_depth")
+    assert (queue.aggregates, queue.detector, queue.params, queue.cooldown_s) == (
+        ("max",), "page_hinkley", {"threshold": 5}, 1800.0)
+    assert load_settings().drift.for_series("any", "thing").aggregates == ("p95", "error_ratio")

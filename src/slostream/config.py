@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from slostream.core.drift_rules import DriftRules
 from slostream.core.windows import DEFAULT_RESOLUTIONS, Resolution
 
 ENV_PREFIX = "SLOSTREAM_"
@@ -61,6 +62,8 @@ class Settings:
     # Parsed from the YAML's slos:/policies: lists and from definition_files.
     slos: tuple = ()
     policies: tuple = ()
+    # Parsed from the YAML's drift: section (definitions.drift).
+    drift: DriftRules = field(default_factory=DriftRules)
     config_file: str | None = field(default=None, compare=False)
 
     def topic(self, name: str) -> str:
@@ -90,11 +93,12 @@ _HELP = {
 }
 
 
-STRUCTURED = ("slos", "policies", "alertmanager")
+STRUCTURED = ("slos", "policies", "alertmanager", "drift")
 
 
 def _fields() -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(Settings) if f.name not in ("config_file", "slos", "policies")}
+    parsed_apart = ("config_file", *STRUCTURED)
+    return {f.name: f for f in dataclasses.fields(Settings) if f.name not in parsed_apart}
 
 
 def _coerce(name: str, raw: Any, where: str) -> Any:
@@ -210,6 +214,12 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], Any]:
             raise ConfigError(f"{path}: field 'alertmanager' is {alertmanager!r}. "
                               "Fix: write alertmanager: {url: http://host:9093}.")
         out["alertmanager_url"] = _coerce("alertmanager_url", alertmanager.get("url"), path)
+    from slostream.definitions.drift import DriftSettingsError, parse_drift
+
+    try:
+        out["drift"] = parse_drift(document.get("drift"), path)
+    except DriftSettingsError as exc:
+        raise ConfigError(str(exc)) from None
     for name, raw in document.items():
         if name in STRUCTURED:
             continue

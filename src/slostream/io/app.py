@@ -18,7 +18,7 @@ import logging
 import math
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -138,6 +138,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         evaluation_interval_s=EVALUATION_INTERVAL_S,
         partitions=settings.partitions,
         series_ttl_s=settings.series_ttl_s,
+        drift=settings.drift,
     )
 
 
@@ -235,6 +236,11 @@ class IngestService:
         self.control_log = ControlLog()
         self.alerts_emitted: Counter[str] = Counter()
         self.breaches_emitted = 0
+        # Detections by (service, metric, aggregate, direction), the start of each one's newest
+        # change, and the newest detections for /api/drift.
+        self.drift_detections: Counter[tuple[str, str, str, str]] = Counter()
+        self.drift_changed_at: dict[tuple[str, str, str], float] = {}
+        self.drift_recent: deque[dict] = deque(maxlen=RECENT_DRIFT_EVENTS)
         self.processors: dict[int, PartitionProcessor] = {}
         self.lock = asyncio.Lock()
         self.slicer = Slicer()
@@ -266,6 +272,7 @@ class IngestService:
         self.deadletter_topic = settings.topic("deadletter")
         self.alerts_topic = settings.topic("alerts")
         self.breaches_topic = settings.topic("breaches")
+        self.drift_topic = settings.topic("drift")
         self.control_topic = settings.topic("control")
 
     def processor(self, partition: int) -> PartitionProcessor:
@@ -396,6 +403,12 @@ class IngestService:
         for key, event in out.breaches:
             await self.outputs.send(self.breaches_topic, key, orjson.dumps(event))
             self.breaches_emitted += 1
+        for key, event in out.drift:
+            await self.outputs.send(self.drift_topic, key, orjson.dumps(event))
+            data = event["data"]
+            self.drift_detections[data["service"], data["metric"], data["aggregate"], data["direction"]] += 1
+            self.drift_changed_at[data["service"], data["metric"], data["aggregate"]] = data["changed_at"]
+            self.drift_recent.append(event)
         for forward in out.forwards:
             await self.outputs.forward(self.topic, forward.partition, forward.value, forward.headers)
         if out.deadletter:
@@ -539,6 +552,7 @@ LOOP_PROBE_S = 0.1  # slostream_event_loop_lag_seconds
 # A revoke or a stop waits this long for its final checkpoint (a worker that does not stop on
 # SIGTERM is worse than a replay).
 FINAL_CHECKPOINT_TIMEOUT_S = 10.0
+RECENT_DRIFT_EVENTS = 100  # kept for /api/drift, newest first
 # A checkpoint longer than this is logged with its stages (outputs, changelog, commit).
 SLOW_CHECKPOINT_S = 2.0
 # A checkpoint yields to the event loop after this many state writes (about 0.1 s of serialising).
@@ -694,6 +708,10 @@ def create_app(settings: Settings) -> SloApp:
             for silence in proc.book.silences.values():
                 silences[silence.id] = vars(silence)
         return web.json({"alerts": ingest.firing_alerts(), "silences": list(silences.values())})
+
+    @app.page("/api/drift")
+    async def drift_view(web, request):
+        return web.json({"detections": list(reversed(ingest.drift_recent))})
 
     @app.page("/health")
     async def health_view(web, request):

@@ -199,7 +199,16 @@ def _slo_metrics(ingest: IngestService):
         emitted.add_metric([kind], ingest.alerts_emitted.get(f"slostream.alert.{kind}", 0))
     breaches = CounterMetricFamily("slostream_breach_events", "Threshold-policy breach and recovery events.",
                                    value=ingest.breaches_emitted)
-    yield from (objective, sli, remaining, events, burn, firing, emitted, breaches)
+    drift = CounterMetricFamily("slostream_drift_detections", "Drift detections, by series and aggregate.",
+                                labels=["service", "metric", "aggregate", "direction"])
+    for labels, count in sorted(ingest.drift_detections.items()):
+        drift.add_metric(list(labels), count)
+    changed = GaugeMetricFamily("slostream_drift_last_change_timestamp_seconds",
+                                "Estimated start (event time) of the newest detected change, by series and aggregate.",
+                                labels=["service", "metric", "aggregate"])
+    for labels, changed_at in sorted(ingest.drift_changed_at.items()):
+        changed.add_metric(list(labels), changed_at)
+    yield from (objective, sli, remaining, events, burn, firing, emitted, breaches, drift, changed)
     if ingest.sinks is not None:
         sink = CounterMetricFamily("slostream_sink_deliveries", "Alert deliveries to sinks, by outcome.",
                                    labels=["sink", "outcome"])

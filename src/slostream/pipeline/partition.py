@@ -28,6 +28,7 @@ import orjson
 
 from slostream.core.alerts import AlertBook, AlertEvent, Condition
 from slostream.core.control import Command, CommandError
+from slostream.core.drift_rules import DriftRules
 from slostream.core.events import cloud_event, event_id, event_id_of_text
 from slostream.core.measurement import Columns, MeasurementDecoder, Reason, Rejection
 from slostream.core.objectives import GoodRule, Policy, Slo, Tally
@@ -60,6 +61,7 @@ from slostream.pipeline.alignment import (
     read_until_claim,
     written_by,
 )
+from slostream.pipeline.drift import SeriesDrift, drift_event
 from slostream.pipeline.ownership import (
     FORWARD_HEADER,
     MAX_FORWARD_BYTES,
@@ -118,6 +120,7 @@ class PipelineConfig:
     evaluation_interval_s: float = 0.1
     partitions: int = 1  # of the measurement topic: who owns which service
     series_ttl_s: float = 86400.0  # wall time of quiet after which a series with nothing pending is evicted
+    drift: DriftRules = field(default_factory=DriftRules)  # on by default: every series' p95 and error ratio
 
     @property
     def max_source_skew_s(self) -> float:
@@ -133,6 +136,7 @@ class Output:
     deadletter: list[tuple[bytes, dict]] = field(default_factory=list)
     alerts: list[tuple[bytes, dict]] = field(default_factory=list)
     breaches: list[tuple[bytes, dict]] = field(default_factory=list)
+    drift: list[tuple[bytes, dict]] = field(default_factory=list)
     forwards: list[Forward] = field(default_factory=list)  # forwarded measurements and progress
     accepted: int = 0
     skipped_replay: int = 0
@@ -173,7 +177,8 @@ class Series:
     """A series held by a partition. Its event-time clock lives in its window store's columns, so a
     batch or a tick moves thousands of clocks with a few numpy calls."""
 
-    __slots__ = ("ident", "key", "service", "metric", "labels", "windows", "last_report", "trackers", "watches")
+    __slots__ = ("ident", "key", "service", "metric", "labels", "windows", "last_report", "trackers", "watches",
+                 "drift")
 
     def __init__(self, ident: tuple, key: str, service: str, metric: str, labels: dict,
                  windows: TumblingWindows):
@@ -187,6 +192,7 @@ class Series:
         self.last_report: bytes | None = None
         self.trackers: list[SloTracker] = []  # SLOs this series feeds
         self.watches: list[PolicyWatch] = []  # policies watching this series
+        self.drift: SeriesDrift | None = None  # its drift watches, unless drift is off for it
 
     max_ts = _Clock()  # newest event time seen
     watermark = _Clock()  # max_ts - grace, or later when idle
@@ -201,6 +207,7 @@ class Series:
             "labels": self.labels,
             "last_report": None if self.last_report is None else orjson.Fragment(self.last_report),
             "watches": {w.policy.name: w.to_state() for w in self.watches},
+            "drift": None if self.drift is None else self.drift.to_state(),
         }
 
 
@@ -706,6 +713,14 @@ class PartitionProcessor:
                                 event_id_of_text(f"sli\x1f{series.key}\x1f{start}"), end,
                                 data, subject=series.key)
             out.sli.append((series.service.encode(), event))
+            if series.drift is not None:
+                self._drift(series, data, out)
+
+    def _drift(self, series: Series, window: dict, out: Output) -> None:
+        for aggregate, detection in series.drift.update(window):
+            detector = series.drift.watches[aggregate].detector_name
+            out.drift.append(drift_event(self.config.source, series.key, series.service, series.metric,
+                                         series.labels, aggregate, detector, detection))
 
     def _judge_in_steps(self, series: Series, closed: Closed, before: int, steps: list[int], out: Output) -> None:
         """Judge the series' policies on its windows in ``closed``: first at each step that completed
@@ -796,6 +811,8 @@ class PartitionProcessor:
             self.slo_sources.setdefault((series.service, series.metric), []).append(series)
             self.idle_clocks.pop((series.service, series.metric), None)
         series.watches = [PolicyWatch(p) for p in self.policies_for.get((series.service, series.metric), ())]
+        rule = self.config.drift.for_series(series.service, series.metric)
+        series.drift = None if rule is None else SeriesDrift.of_rule(rule)
 
     def tick(self, now: float) -> Output:
         """Let event time run on for series that have gone quiet, close what is due, judge their SLOs."""
@@ -1162,6 +1179,8 @@ class PartitionProcessor:
             watched = header.get("watches", {})
             series.watches = [PolicyWatch.from_state(w.policy, watched[w.policy.name])
                               if w.policy.name in watched else w for w in series.watches]
+            if series.drift is not None and header.get("drift") is not None:
+                series.drift = SeriesDrift.from_state(header["drift"])
         return proc
 
 

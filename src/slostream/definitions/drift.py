@@ -1,0 +1,109 @@
+"""The ``drift:`` section of the settings: the default drift rule and overrides by service and
+metric glob (see ``core.drift_rules``). Every problem names the file, the field and the fix.
+
+```yaml
+drift:
+  enabled: true                  # default: every series watched
+  aggregates: [p95, error_ratio] # p50 p90 p95 p99 mean max error_ratio throughput
+  detector: adwin                # adwin, page_hinkley or kswin
+  params: {delta: 0.002}         # the river detector's own parameters
+  warmup_windows: 120
+  cooldown: 1h
+  overrides:
+    - {service: "batch-*", enabled: false}
+    - {metric: "queue_depth", aggregates: [max], detector: page_hinkley}
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from slostream.core.drift import DETECTORS, DriftWatch
+from slostream.core.drift_rules import AGGREGATE_FIELDS, DriftRule, DriftRules
+from slostream.core.durations import parse_duration
+
+RULE_FIELDS = ("enabled", "aggregates", "detector", "params", "warmup_windows", "cooldown")
+
+
+class DriftSettingsError(ValueError):
+    pass
+
+
+def parse_drift(raw: Any, where: str) -> DriftRules:
+    if raw is None:
+        return DriftRules()
+    if not isinstance(raw, dict):
+        raise DriftSettingsError(f"{where}: field 'drift' is {raw!r}. Fix: write a mapping (see README, Drift).")
+    unknown = set(raw) - {*RULE_FIELDS, "overrides"}
+    if unknown:
+        raise DriftSettingsError(f"{where}: field 'drift.{sorted(unknown)[0]}' is unknown. "
+                                 f"Fix: use {', '.join((*RULE_FIELDS, 'overrides'))}.")
+    default = _rule(raw, "drift", where, DriftRule())
+    overrides = raw.get("overrides") or []
+    if not isinstance(overrides, list):
+        raise DriftSettingsError(f"{where}: field 'drift.overrides' is {overrides!r}. Fix: write a list of rules.")
+    blank = DriftRule(enabled=None, aggregates=None, detector=None, params=None, warmup_windows=None,
+                      cooldown_s=None)
+    rules = []
+    for number, item in enumerate(overrides):
+        name = f"drift.overrides[{number}]"
+        if not isinstance(item, dict) or set(item) - {*RULE_FIELDS, "service", "metric"}:
+            raise DriftSettingsError(f"{where}: field '{name}' is {item!r}. Fix: a mapping of service, metric "
+                                     f"(globs) and {', '.join(RULE_FIELDS)}.")
+        for glob in ("service", "metric"):
+            if not isinstance(item.get(glob, "*"), str):
+                raise DriftSettingsError(f"{where}: field '{name}.{glob}' is {item[glob]!r}. Fix: a glob string.")
+        rule = _rule(item, name, where, blank)
+        rules.append(DriftRule(item.get("service", "*"), item.get("metric", "*"), rule.enabled, rule.aggregates,
+                               rule.detector, rule.params, rule.warmup_windows, rule.cooldown_s))
+        _check_detector(rules[-1].over(default), name, where)
+    return DriftRules(default, tuple(rules))
+
+
+def _rule(raw: dict, name: str, where: str, base: DriftRule) -> DriftRule:
+    def fail(field: str, fix: str) -> DriftSettingsError:
+        return DriftSettingsError(f"{where}: field '{name}.{field}' is {raw[field]!r}. Fix: {fix}.")
+
+    values = {}
+    if "enabled" in raw:
+        if not isinstance(raw["enabled"], bool):
+            raise fail("enabled", "true or false")
+        values["enabled"] = raw["enabled"]
+    if "aggregates" in raw:
+        aggregates = raw["aggregates"]
+        if not isinstance(aggregates, list) or not all(a in AGGREGATE_FIELDS for a in aggregates):
+            raise fail("aggregates", f"a list of {', '.join(AGGREGATE_FIELDS)}")
+        values["aggregates"] = tuple(dict.fromkeys(aggregates))
+    if "detector" in raw:
+        if raw["detector"] not in DETECTORS:
+            raise fail("detector", f"one of {', '.join(DETECTORS)}")
+        values["detector"] = raw["detector"]
+    if "params" in raw:
+        if not isinstance(raw["params"], dict):
+            raise fail("params", "a mapping of the detector's parameters")
+        values["params"] = dict(raw["params"])
+    if "warmup_windows" in raw:
+        if not isinstance(raw["warmup_windows"], int) or isinstance(raw["warmup_windows"], bool) \
+                or raw["warmup_windows"] < 0:
+            raise fail("warmup_windows", "a whole number of windows, 0 or more")
+        values["warmup_windows"] = raw["warmup_windows"]
+    if "cooldown" in raw:
+        seconds = parse_duration(raw["cooldown"])
+        if seconds is None:
+            raise fail("cooldown", "a duration such as 30m or 1h")
+        values["cooldown_s"] = float(seconds)
+    rule = dataclasses.replace(base, **values)
+    if base.detector is not None:
+        _check_detector(rule, name, where)
+    return rule
+
+
+def _check_detector(rule: DriftRule, name: str, where: str) -> None:
+    """The detector must accept its parameters: made once here, not first at a series' first window."""
+    try:
+        DriftWatch(rule.detector, rule.params)
+    except (TypeError, ValueError) as exc:
+        raise DriftSettingsError(f"{where}: field '{name}.params' ({rule.params!r}) does not suit detector "
+                                 f"{rule.detector!r}: {exc}. Fix: use the river detector's parameter names.") from None

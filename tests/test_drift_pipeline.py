@@ -1,0 +1,77 @@
+"""Drift through the partition pipeline: closed report windows feed each series' drift watches;
+a step is detected and a steady series is not; a crash and restore in the middle changes nothing."""
+
+import numpy as np
+import orjson
+
+from slostream.core.drift_rules import DriftRule, DriftRules
+from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from tests.test_schemas import validator
+
+T0 = 1_800_000_000 // 86400 * 86400
+DAY = 86400
+STEP_AT = T0 + 3 * DAY + 7 * 3600  # a Thursday morning, after three days of history
+SPAN = 4 * DAY
+PER_MINUTE = 6
+CONFIG = PipelineConfig(grace_s=5.0, idle_after_s=2.0)
+
+
+def _fleet_records(seed: int = 7, per_record: int = 600) -> list[SourceRecord]:
+    """Two latency series with a ±40% daily cycle: "steady", and "stepped" whose latency doubles at
+    ``STEP_AT``; one error in a thousand. Records in event-time order, one partition."""
+    rng = np.random.default_rng(seed)
+    ts = T0 + np.arange(SPAN // 60 * PER_MINUTE) * (60 / PER_MINUTE)
+    cycle = 1 + 0.4 * np.sin(2 * np.pi * (ts - T0) / DAY)
+    items = []
+    for service in ("steady", "stepped"):
+        level = cycle * np.where((service == "stepped") & (ts >= STEP_AT), 2.0, 1.0)
+        values = 100 * level * rng.lognormal(0, 0.3, ts.size)
+        oks = rng.random(ts.size) > 0.001
+        items += [{"service": service, "metric": "latency_ms", "value": round(float(v), 3), "ok": bool(o),
+                   "ts": float(t)} for v, o, t in zip(values, oks, ts)]
+    items.sort(key=lambda m: m["ts"])
+    return [SourceRecord("m", 0, n, items[min(i + per_record, len(items)) - 1]["ts"], None,
+                         orjson.dumps(items[i:i + per_record]))
+            for n, i in enumerate(range(0, len(items), per_record))]
+
+
+def _drift_events(proc: PartitionProcessor, records: list[SourceRecord]) -> list[dict]:
+    events = []
+    for record in records:
+        events += [event for _, event in proc.process([record], 0.0).drift]
+    return events
+
+
+def test_a_step_is_detected_a_steady_series_is_not_and_a_restore_changes_nothing():
+    records = _fleet_records()
+    events = _drift_events(PartitionProcessor(0, CONFIG, 0.0), records)
+    found = [(e["data"]["service"], e["data"]["aggregate"], e["data"]["direction"]) for e in events]
+    assert found == [("stepped", "p95", "up")], found
+    data = events[0]["data"]
+    assert STEP_AT < data["detected_at"] <= STEP_AT + 15 * 60  # within 15 minutes of event time
+    assert abs(data["changed_at"] - STEP_AT) <= 10 * 60 and 0.6 < data["relative_change"] < 1.4
+    validator("drift-event.schema.json").validate(events[0])
+    assert orjson.loads(events[0]["subject"]) == ["stepped", "latency_ms", {}]
+
+    # A crash after a checkpoint: the restored partition replays from the commit and finds the same.
+    proc = PartitionProcessor(0, CONFIG, 0.0)
+    half = len(records) // 2 + 3
+    before = _drift_events(proc, records[:half])
+    writes, offset = proc.checkpoint(final=True)
+    restored = PartitionProcessor.restore(0, CONFIG, dict(writes).items(), 0.0)
+    after = _drift_events(restored, records[offset + 1:])
+    assert before + after == events
+
+
+def test_drift_rules_choose_aggregates_and_switch_series_off():
+    rules = DriftRules(overrides=(DriftRule("stead*", "*", False, None, None, None, None, None),
+                                  DriftRule("*", "latency_ms", None, ("p50", "error_ratio"), "page_hinkley",
+                                            {"threshold": 20.0}, None, None)))
+    proc = PartitionProcessor(0, PipelineConfig(grace_s=5.0, drift=rules), 0.0)
+    proc.process(_fleet_records(per_record=50)[:3], 0.0)
+    watched = {s.service: s.drift for s in proc.series.values()}
+    assert watched["steady"] is None
+    stepped = watched["stepped"].watches
+    assert sorted(stepped) == ["error_ratio", "p50"]
+    assert stepped["p50"].detector_name == "page_hinkley" and stepped["p50"].params == {"threshold": 20.0}
+    assert stepped["p50"].warmup_windows == 120  # the default's, where the override leaves it
