@@ -1,35 +1,19 @@
 """Drift through the partition pipeline: closed report windows feed each series' drift watches;
 a step is detected and a steady series is not; a crash and restore in the middle changes nothing."""
 
-import numpy as np
 import orjson
 
 from slostream.core.drift_rules import DriftRule, DriftRules
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from tests.drift_streams import STEP_AT, seasonal_items
 from tests.test_schemas import validator
 
-T0 = 1_800_000_000 // 86400 * 86400
-DAY = 86400
-STEP_AT = T0 + 3 * DAY + 7 * 3600  # a Thursday morning, after three days of history
-SPAN = 4 * DAY
-PER_MINUTE = 6
 CONFIG = PipelineConfig(grace_s=5.0, idle_after_s=2.0)
 
 
-def _fleet_records(seed: int = 7, per_record: int = 600) -> list[SourceRecord]:
-    """Two latency series with a ±40% daily cycle: "steady", and "stepped" whose latency doubles at
-    ``STEP_AT``; one error in a thousand. Records in event-time order, one partition."""
-    rng = np.random.default_rng(seed)
-    ts = T0 + np.arange(SPAN // 60 * PER_MINUTE) * (60 / PER_MINUTE)
-    cycle = 1 + 0.4 * np.sin(2 * np.pi * (ts - T0) / DAY)
-    items = []
-    for service in ("steady", "stepped"):
-        level = cycle * np.where((service == "stepped") & (ts >= STEP_AT), 2.0, 1.0)
-        values = 100 * level * rng.lognormal(0, 0.3, ts.size)
-        oks = rng.random(ts.size) > 0.001
-        items += [{"service": service, "metric": "latency_ms", "value": round(float(v), 3), "ok": bool(o),
-                   "ts": float(t)} for v, o, t in zip(values, oks, ts)]
-    items.sort(key=lambda m: m["ts"])
+def _fleet_records(per_record: int = 600) -> list[SourceRecord]:
+    """``seasonal_items`` in records of ``per_record``, one partition."""
+    items = seasonal_items()
     return [SourceRecord("m", 0, n, items[min(i + per_record, len(items)) - 1]["ts"], None,
                          orjson.dumps(items[i:i + per_record]))
             for n, i in enumerate(range(0, len(items), per_record))]

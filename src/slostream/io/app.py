@@ -26,7 +26,7 @@ import faust
 import mode
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import ConsumerStoppedError
+from aiokafka.errors import ConsumerStoppedError, KafkaError
 from aiokafka.partitioner import murmur2
 from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers import aiokafka as aiokafka_driver
@@ -150,6 +150,10 @@ def key_hash(key: bytes) -> int:
     return murmur2(key) & 0x7FFFFFFF
 
 
+class NotDelivered(Exception):
+    """The broker refused output events (after aiokafka's retries)."""
+
+
 class OutputProducer(mode.Service):
     """Producers for the output topics and the state changelog (fenced at each checkpoint), and
     for forwarded measurements.
@@ -157,14 +161,25 @@ class OutputProducer(mode.Service):
     Tansu reports a partition's end offset from the first record of its last batch and then holds
     each fetch for the whole wait: with ``lone_forwards`` every forwarded record (many measurements
     already) goes in a batch of its own, so the owner reading them is not stalled by that quirk.
+
+    Every topic either producer writes is tracked by its client from the start (``track``).
+    aiokafka's client asks for metadata of the topics it tracks only, and a send to a topic already
+    in its metadata does not track it: once a newer topic (the changelog, made after the producer
+    started) was tracked, the next refresh dropped the output topics from the metadata, and their
+    pending batches waited for a leader until they expired, 40 s later (seen on Tansu as stalled
+    checkpoints, late SLI events and lost dead letters).
     """
 
     def __init__(self, hosts: list[str], lone_forwards: bool, **kwargs: Any):
         super().__init__(**kwargs)
         self.hosts = hosts
         self.lone_forwards = lone_forwards
+        self._outputs_topics: set[str] = set()
+        self._forward_topics: set[str] = set()
         self.producer: AIOKafkaProducer | None = None
         self.forwards: AIOKafkaProducer | None = None
+        # (topic, delivery) of the sends since the last flush
+        self._unconfirmed: list[tuple[str, asyncio.Future]] = []
 
     async def on_start(self) -> None:
         # aiokafka binds to the running loop, so the producers are made here.
@@ -176,19 +191,30 @@ class OutputProducer(mode.Service):
                                          max_request_size=4 << 20)
         await self.producer.start()
         await self.forwards.start()
+        for topic in self._outputs_topics:
+            self.producer.client.add_topic(topic)
+        for topic in self._forward_topics:
+            self.forwards.client.add_topic(topic)
+        await asyncio.gather(self.producer.client.force_metadata_update(), self.forwards.client.force_metadata_update())
+
+    def track(self, outputs: Iterable[str], forwards: Iterable[str]) -> None:
+        """The topics the producers will write (before the service starts)."""
+        self._outputs_topics.update(outputs)
+        self._forward_topics.update(forwards)
 
     async def on_stop(self) -> None:
         await self.producer.stop()
         await self.forwards.stop()
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        await self.producer.send(topic, value, key=key)
+        self._unconfirmed.append((topic, await self.producer.send(topic, value, key=key)))
 
     async def send_keyed(self, topic: str, records: Iterable[tuple[bytes, bytes]]) -> None:
         """Records, each to the partition Kafka's default partitioner gives its key (``send_batches``)."""
         partitions = sorted(await self.producer.partitions_for(topic))
-        await self.send_batches(topic, ((partitions[key_hash(key) % len(partitions)], key, value)
-                                        for key, value in records))
+        deliveries = await self.send_batches(topic, ((partitions[key_hash(key) % len(partitions)], key, value)
+                                                     for key, value in records))
+        self._unconfirmed += ((topic, delivery) for delivery in deliveries)
 
     async def send_batches(self, topic: str,
                            records: Iterable[tuple[int, bytes, bytes | None]]) -> list[asyncio.Future]:
@@ -214,11 +240,18 @@ class OutputProducer(mode.Service):
         return sent
 
     async def forward(self, topic: str, partition: int, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        await self.forwards.send(topic, value, partition=partition, headers=headers)
+        self._unconfirmed.append((topic, await self.forwards.send(topic, value, partition=partition, headers=headers)))
 
     async def flush(self) -> None:
+        """Wait until every output sent since the last flush is delivered; raise ``NotDelivered`` if
+        the broker refused any (aiokafka's own flush waits but does not say)."""
+        sent, self._unconfirmed = self._unconfirmed, []  # sends made while this waits: the next flush's
         await self.producer.flush()
         await self.forwards.flush()
+        failed = [(topic, future.exception()) for topic, future in sent if future.exception() is not None]
+        if failed:
+            raise NotDelivered(f"{len(failed)} of {len(sent)} output sends failed, the first to {failed[0][0]} "
+                               f"with {failed[0][1]!r}")
 
 
 class IngestService:
@@ -274,6 +307,8 @@ class IngestService:
         self.breaches_topic = settings.topic("breaches")
         self.drift_topic = settings.topic("drift")
         self.control_topic = settings.topic("control")
+        outputs.track([self.sli_topic, self.deadletter_topic, self.alerts_topic, self.breaches_topic, self.drift_topic,
+                       self.state.changelog_topic.get_topic_name()], [self.topic])
 
     def processor(self, partition: int) -> PartitionProcessor:
         proc = self.processors.get(partition)
@@ -456,20 +491,15 @@ class IngestService:
                 self._uncheckpointed -= due
                 self.pacer.done(started, time.monotonic())
             stage_ends = [("snapshot", time.monotonic())]
-            await self.outputs.flush()
-            stage_ends.append(("outputs", time.monotonic()))
-            # In batches awaited here, not Faust's send_soon buffer, whose flush() gives up after
-            # 0.1 s without a send and would let the commit run ahead of the changelog.
-            # Checkpoints are serialised, so order holds.
-            changelog = self.state.changelog_topic.get_topic_name()
-            await asyncio.gather(*await self.outputs.send_batches(changelog, snapshot))
-            if self.settings.changelog_fence:
-                # Tansu reports a partition's end offset from the first record of its last batch,
-                # and Faust recovers a changelog only up to the end offset: a last batch of one
-                # record makes the end right. Restore ignores the key.
-                fences = [(partition, state_keys.fence_key(partition).encode(), b"") for partition in written]
-                await asyncio.gather(*await self.outputs.send_batches(changelog, fences))
-            stage_ends.append(("changelog", time.monotonic()))
+            try:
+                await self._write(snapshot, written, stage_ends)
+            except (NotDelivered, KafkaError) as exc:
+                # The state has moved past output or changes the broker never took: only a replay
+                # from the last commit sends them again, so the worker stops (its partitions move
+                # on) rather than commit over the gap.
+                log.error("outputs or state changes were not delivered; stopping without a commit: %r", exc)
+                await self.app.crash(exc)
+                return
             if offsets:
                 committed = await self.app.consumer._commit(offsets)
                 if not committed:
@@ -481,6 +511,24 @@ class IngestService:
                             {name: round(end - start, 3) for (name, end), start in zip(stage_ends, starts)})
             self.checkpoints += 1
             keep_out_of_gc()
+
+    async def _write(self, snapshot: list[tuple[int, bytes, bytes | None]], written: list[int],
+                     stage_ends: list[tuple[str, float]]) -> None:
+        """Make the outputs durable, then the changed state (each stage's end noted)."""
+        await self.outputs.flush()
+        stage_ends.append(("outputs", time.monotonic()))
+        # In batches awaited here, not Faust's send_soon buffer, whose flush() gives up after
+        # 0.1 s without a send and would let the commit run ahead of the changelog.
+        # Checkpoints are serialised, so order holds.
+        changelog = self.state.changelog_topic.get_topic_name()
+        await asyncio.gather(*await self.outputs.send_batches(changelog, snapshot))
+        if self.settings.changelog_fence:
+            # Tansu reports a partition's end offset from the first record of its last batch,
+            # and Faust recovers a changelog only up to the end offset: a last batch of one
+            # record makes the end right. Restore ignores the key.
+            fences = [(partition, state_keys.fence_key(partition).encode(), b"") for partition in written]
+            await asyncio.gather(*await self.outputs.send_batches(changelog, fences))
+        stage_ends.append(("changelog", time.monotonic()))
 
     async def final_checkpoint(self, partitions: set[int] | None = None) -> None:
         """Write every series' changes before a revoke or a stop, waiting at most
