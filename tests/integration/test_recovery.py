@@ -42,13 +42,22 @@ def test_sigkill_mid_stream_loses_and_doubles_nothing(kafka, make_worker, keying
     def feed(chunk):
         produce(kafka.bootstrap, topic, [], keyed=chunk)
 
-    feeder = threading.Thread(target=lambda: [feed(records[i:i + 100]) or time.sleep(0.05)
+    feeder = threading.Thread(target=lambda: [feed(records[i:i + 100]) or time.sleep(0.2)
                                               for i in range(0, 2000, 100)])
     feeder.start()
-    time.sleep(1.5)
-    status, body = first.get("/metrics")
-    assert status == 200 and _metric(body, "slostream_checkpoints_total") >= 1
-    assert _metric(body, "slostream_ingest_records_total") > 0  # killed mid-stream, not before it
+    # Killed once series state is durable: an SLI window out (a series is written once something
+    # was emitted from it), then two checkpoints; the feeder still sending.
+    deadline = time.monotonic() + 30
+    body = first.get("/metrics")[1]
+    while time.monotonic() < deadline and _metric(body, "slostream_sli_events_total") == 0:
+        time.sleep(0.1)
+        body = first.get("/metrics")[1]
+    durable = _metric(body, "slostream_checkpoints_total") + 2
+    while time.monotonic() < deadline and _metric(body, "slostream_checkpoints_total") < durable:
+        time.sleep(0.1)
+        body = first.get("/metrics")[1]
+    assert _metric(body, "slostream_checkpoints_total") >= durable, "no state was made durable"
+    assert feeder.is_alive()  # killed mid-stream
     first.stop(signal.SIGKILL)
     feeder.join()
     second = make_worker(**env).start()

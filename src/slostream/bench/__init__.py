@@ -35,6 +35,7 @@ from slostream.bench.cardinality import (
     _rejected_burst,
 )
 from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITIONS, _expected_windows, _payloads
+from slostream.bench.drift import drift_quality
 from slostream.bench.throughput import (
     _alert_latency,
     _bench_definitions,
@@ -107,6 +108,7 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         "fleet": fleets,
         "rejected_burst": rejected_burst,
         "evaluation_us_per_slo": round(_evaluation_us(), 1),
+        "drift": drift_quality(),
         "alert_trials": len(latencies),
         "alert_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
         "alert_latency_p99_s": round(float(np.percentile(latencies, 99)), 3),
