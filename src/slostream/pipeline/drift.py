@@ -15,7 +15,7 @@ from slostream.core.drift_rules import AGGREGATE_FIELDS, DriftRule
 from slostream.core.events import cloud_event, event_id
 
 STATE_VERSION = 1
-ERROR_RATIO_REQUESTS = 1000
+ERROR_RATIO_REQUESTS = 500
 
 
 class SeriesDrift:
