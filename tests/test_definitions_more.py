@@ -214,7 +214,7 @@ def test_the_definitions_schema_accepts_what_the_loader_accepts(tmp_path):
 
     import yaml
 
-    from tests.test_schemas import validator
+    from tests.schemas import validator
     from tests.test_slo_definitions import VALID
 
     schema = validator("slo-definitions.schema.json")

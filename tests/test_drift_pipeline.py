@@ -6,7 +6,7 @@ import orjson
 from slostream.core.drift_rules import DriftRule, DriftRules
 from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
 from tests.drift_streams import STEP_AT, seasonal_items
-from tests.test_schemas import validator
+from tests.schemas import validator
 
 CONFIG = PipelineConfig(grace_s=5.0, idle_after_s=2.0)
 

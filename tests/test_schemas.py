@@ -1,23 +1,8 @@
-import json
-from importlib.resources import files
-
-import jsonschema
 import orjson
 import pytest
 
 from slostream.core.measurement import MeasurementDecoder
-
-SCHEMAS = files("slostream") / "schemas"
-
-
-def schema(name: str) -> dict:
-    return json.loads((SCHEMAS / name).read_text())
-
-
-def validator(name: str) -> jsonschema.Draft202012Validator:
-    s = schema(name)
-    jsonschema.Draft202012Validator.check_schema(s)
-    return jsonschema.Draft202012Validator(s, format_checker=jsonschema.FormatChecker())
+from tests.schemas import validator
 
 
 @pytest.mark.parametrize(

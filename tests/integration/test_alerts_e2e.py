@@ -12,7 +12,7 @@ import pytest
 
 from slostream.core.alerts import fingerprint
 from tests.conftest import consume, produce
-from tests.test_schemas import validator
+from tests.schemas import validator
 
 DEFINITIONS = """
 slos:

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from tests.conftest import consume
-from tests.integration.test_real_producers import PARTITIONS, _send, _sli, _truth
+from tests.integration.streams import PARTITIONS, read_sli, send_records, truth_of
 
 SERIES = 10_000
 T0 = 1_790_000_000 // 60 * 60
@@ -35,11 +35,11 @@ def test_ten_thousand_unkeyed_series_give_exact_windows(kafka, make_worker):
               "ok": rng.random() > 0.1, "ts": T0 + step * 20 + i % 20}
              for step in range(9) for i in range(SERIES)]
     records = [(None, orjson.dumps(items[i:i + 1000])) for i in range(0, len(items), 1000)]
-    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records, compression="zstd")
-    truth = _truth(items)
+    send_records(kafka.bootstrap, f"{make_worker.prefix}measurements", records, compression="zstd")
+    truth = truth_of(items)
     assert len(truth) == 3 * SERIES
     started = time.monotonic()
-    events = _sli(kafka.bootstrap, make_worker.prefix, truth, timeout=240)
+    events = read_sli(kafka.bootstrap, make_worker.prefix, truth, timeout=240)
     waited = time.monotonic() - started
     if events != truth:
         counters = b"; ".join(b"%s%s=%s" % m.groups(b"") for m in COUNTERS.finditer(worker.get("/metrics")[1]))
@@ -58,7 +58,7 @@ def test_a_burst_of_rejected_batched_records_is_dead_lettered_while_metrics_answ
     expected = 50 * 1000
     scrapes: list[float] = []
     rejected = 0.0
-    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records, compression="zstd")
+    send_records(kafka.bootstrap, f"{make_worker.prefix}measurements", records, compression="zstd")
     deadline = time.monotonic() + 120
     while rejected < expected and time.monotonic() < deadline:
         started = time.monotonic()

@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from tests.conftest import consume, produce
-from tests.test_schemas import validator
+from tests.schemas import validator
 
 T0 = 1_790_000_000 // 60 * 60
 

@@ -1,7 +1,6 @@
 """Real producers through the real broker: any keying, services flushing a minute at a time, a
 clock running ahead, a five-hour backlog, every compression codec, a corrupt batch."""
 
-import asyncio
 import random
 import re
 import signal
@@ -11,68 +10,10 @@ import time
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from slostream.pipeline.ownership import owner_of
 from tests.conftest import consume
-
-PARTITIONS = 4
-
-
-def _send(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]], compression: str | None = None,
-          pause_every: int = 0, pause_s: float = 0.0) -> None:
-    """Produce (key, value) records in order; unkeyed ones go where aiokafka's partitioner puts them
-    (a random partition), keyed ones to murmur2(key) as with any Kafka client."""
-
-    async def run():
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, compression_type=compression, linger_ms=5,
-                                    max_request_size=8 << 20)
-        await producer.start()
-        try:
-            for number, (key, value) in enumerate(records):
-                await producer.send(topic, value, key=key)
-                if pause_every and number % pause_every == pause_every - 1:
-                    await producer.flush()
-                    await asyncio.sleep(pause_s)
-            await producer.flush()
-        finally:
-            await producer.stop()
-
-    asyncio.run(run())
-
-
-def _windows(events: list[dict]) -> dict:
-    by_id: dict[str, dict] = {}
-    for event in events:
-        assert by_id.setdefault(event["id"], event) == event, "two payloads under one event id"
-    counts: dict = {}
-    for data in (e["data"] for e in by_id.values()):
-        key = (data["service"], data["window_start"])
-        assert key not in counts, f"two SLI events for one window {key}"
-        counts[key] = data["count"]
-    return counts
-
-
-def _truth(items: list[dict]) -> dict:
-    truth: dict = {}
-    for m in items:
-        key = (m["service"], int(m["ts"] // 60 * 60))
-        truth[key] = truth.get(key, 0) + 1
-    return truth
-
-
-def _sli(bootstrap: str, prefix: str, truth: dict, timeout: float = 90) -> dict:
-    """The SLI windows, read until every window of ``truth`` is there. A window after its service's
-    last one in ``truth`` is left out: the closers' own windows, which the worker closes once it has
-    been idle, and which come before the rest when the broker is slow to take the output."""
-    def complete(events: list[dict]) -> bool:
-        return set(truth) <= {(e["data"]["service"], e["data"]["window_start"]) for e in events}
-
-    windows = _windows(consume(bootstrap, f"{prefix}sli", complete, timeout=timeout))
-    last: dict = {}
-    for service, start in truth:
-        last[service] = max(last.get(service, start), start)
-    return {key: n for key, n in windows.items() if key[1] <= last.get(key[0], key[1])}
+from tests.integration.streams import PARTITIONS, read_sli, send_records, truth_of
 
 
 def _letters(bootstrap: str, prefix: str) -> list[dict]:
@@ -128,9 +69,9 @@ def test_any_keying_gives_the_exact_windows_and_a_single_alert_episode(kafka, ma
             records.append((key, orjson.dumps(chunk)))
     records += [(None if keying != "by_service" else m["service"].encode(), orjson.dumps(m))
                 for m in _closers(t0 + 480)]
-    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records, pause_every=6, pause_s=0.05)
-    truth = _truth(items)
-    assert _sli(kafka.bootstrap, make_worker.prefix, truth) == truth
+    send_records(kafka.bootstrap, f"{make_worker.prefix}measurements", records, pause_every=6, pause_s=0.05)
+    truth = truth_of(items)
+    assert read_sli(kafka.bootstrap, make_worker.prefix, truth) == truth
     assert _letters(kafka.bootstrap, make_worker.prefix) == []
     alerts = consume(kafka.bootstrap, f"{make_worker.prefix}alerts",
                      lambda ev: any(e["type"] == "slostream.alert.resolved" for e in ev), timeout=60)
@@ -167,9 +108,9 @@ def test_services_flushing_a_minute_at_a_time_with_the_default_grace_lose_nothin
     records = [(service.encode(), orjson.dumps(batch)) for _, service, batch in flushes]
     records += [(s.encode(), orjson.dumps({"service": s, "metric": "http", "ok": True, "ts": t0 + 7 * 60 + 120}))
                 for s in services]
-    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records, pause_every=12, pause_s=0.1)
-    truth = _truth(items)
-    assert _sli(kafka.bootstrap, make_worker.prefix, truth) == truth
+    send_records(kafka.bootstrap, f"{make_worker.prefix}measurements", records, pause_every=12, pause_s=0.1)
+    truth = truth_of(items)
+    assert read_sli(kafka.bootstrap, make_worker.prefix, truth) == truth
     assert _letters(kafka.bootstrap, make_worker.prefix) == []  # no too_late at all
 
 
@@ -186,9 +127,9 @@ def test_a_producer_clock_five_minutes_ahead_leaves_its_neighbours_exact(kafka, 
     records = [(None, orjson.dumps(mixed[i:i + 50])) for i in range(0, len(mixed), 50)]
     records += [(None, orjson.dumps({"service": s, "metric": "http", "ok": True, "ts": t0 + 10 * 60 + 90}))
                 for s in ("a", "b", "c")]
-    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records)
-    truth = {key: n for key, n in _truth(neighbours).items()}
-    got = _sli(kafka.bootstrap, make_worker.prefix, truth)
+    send_records(kafka.bootstrap, f"{make_worker.prefix}measurements", records)
+    truth = {key: n for key, n in truth_of(neighbours).items()}
+    got = read_sli(kafka.bootstrap, make_worker.prefix, truth)
     assert {key: n for key, n in got.items() if key[0] != "skewed"} == truth
     assert _letters(kafka.bootstrap, make_worker.prefix) == []
 
@@ -202,10 +143,10 @@ def test_a_five_hour_backlog_gives_every_window_exactly(kafka, make_worker):
     records = [(b"backfill", orjson.dumps(items[i:i + 500])) for i in range(0, len(items), 500)]
     records.append((b"backfill", orjson.dumps({"service": "backfill", "metric": "latency_ms", "value": 1.0,
                                                "ts": t0 + 5 * 3600 + 90})))
-    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records)
-    truth = _truth(items)
+    send_records(kafka.bootstrap, f"{make_worker.prefix}measurements", records)
+    truth = truth_of(items)
     assert len(truth) == 300
-    assert _sli(kafka.bootstrap, make_worker.prefix, truth, timeout=120) == truth
+    assert read_sli(kafka.bootstrap, make_worker.prefix, truth, timeout=120) == truth
     assert _letters(kafka.bootstrap, make_worker.prefix) == []
     assert worker.process.poll() is None
 
@@ -220,9 +161,9 @@ def test_compressed_records_are_read_exactly(kafka, make_worker, codec):
     records = [(None, orjson.dumps(items[i:i + 200])) for i in range(0, len(items), 200)]
     records += [(None, orjson.dumps({"service": f"{codec}-{k}", "metric": "http", "ok": True, "ts": t0 + 400}))
                 for k in range(3)]
-    _send(kafka.bootstrap, f"{make_worker.prefix}measurements", records, compression=codec)
-    truth = _truth(items)
-    assert _sli(kafka.bootstrap, make_worker.prefix, truth) == truth
+    send_records(kafka.bootstrap, f"{make_worker.prefix}measurements", records, compression=codec)
+    truth = truth_of(items)
+    assert read_sli(kafka.bootstrap, make_worker.prefix, truth) == truth
 
 
 def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the_rest_goes_on(kafka, make_worker):
@@ -235,7 +176,7 @@ def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the_rest_
     other = [(b"other", orjson.dumps({"service": "other", "metric": "http", "ok": True, "ts": t0 + k}))
              for k in range(0, 200, 5)]
     closer = {"service": "after-corruption", "metric": "http", "ok": True, "ts": t0 + 200}
-    _send(kafka.bootstrap, topic, other)
+    send_records(kafka.bootstrap, topic, other)
     subprocess.run([sys.executable, "-m", "tests.integration.corrupt_batch", kafka.bootstrap, topic, "0",
                     orjson.dumps(closer).decode()], check=True, timeout=60)
     letters = consume(kafka.bootstrap, f"{make_worker.prefix}deadletter", lambda ev: len(ev) >= 2, timeout=30)
@@ -272,13 +213,13 @@ def test_a_worker_frozen_while_unkeyed_bursts_arrive_loses_nothing(kafka, make_w
     second.process.send_signal(signal.SIGSTOP)
     try:
         # One minute of event time per burst, 1.5 s apart: 9 s frozen (idle 3 s, grace 2 s here).
-        _send(kafka.bootstrap, f"{prefix}measurements", records, pause_every=30, pause_s=1.5)
+        send_records(kafka.bootstrap, f"{prefix}measurements", records, pause_every=30, pause_s=1.5)
     finally:
         second.process.send_signal(signal.SIGCONT)
     closers = [(None, orjson.dumps(c)) for c in _closers(t0 + 360)[:3] for _ in range(PARTITIONS)]
-    _send(kafka.bootstrap, f"{prefix}measurements", closers)
-    truth = _truth(items)
-    assert _sli(kafka.bootstrap, prefix, truth) == truth
+    send_records(kafka.bootstrap, f"{prefix}measurements", closers)
+    truth = truth_of(items)
+    assert read_sli(kafka.bootstrap, prefix, truth) == truth
     assert _letters(kafka.bootstrap, prefix) == []
     for worker in (first, second):  # every partition reports again: alignment is recent
         aligned = re.findall(rb'^slostream_aligned_until_timestamp_seconds{partition="\d"} (\S+)$',
