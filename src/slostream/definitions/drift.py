@@ -56,8 +56,7 @@ def parse_drift(raw: Any, where: str) -> DriftRules:
             if not isinstance(item.get(glob, "*"), str):
                 raise DriftSettingsError(f"{where}: field '{name}.{glob}' is {item[glob]!r}. Fix: a glob string.")
         rule = _rule(item, name, where, blank)
-        rules.append(DriftRule(item.get("service", "*"), item.get("metric", "*"), rule.enabled, rule.aggregates,
-                               rule.detector, rule.params, rule.warmup_windows, rule.cooldown_s))
+        rules.append(dataclasses.replace(rule, service=item.get("service", "*"), metric=item.get("metric", "*")))
         _check_detector(rules[-1].over(default), name, where)
     return DriftRules(default, tuple(rules))
 
