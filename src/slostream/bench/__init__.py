@@ -35,10 +35,11 @@ from slostream.bench.cardinality import (
     _rejected_burst,
 )
 from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITIONS, _expected_windows, _payloads
-from slostream.bench.drift import drift_quality
+from slostream.bench.drift import drift_quality, drift_state
 from slostream.bench.throughput import (
     _alert_latency,
     _bench_definitions,
+    _core_drift_cost,
     _core_evaluation_cost,
     _core_mps,
     _evaluation_us,
@@ -98,17 +99,25 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         result[f"{name}_drop_median_of_rounds"] = round(float(np.median(drops)), 3)
     result["core_evaluation_cost_batched"] = round(_core_evaluation_cost(batched, 200, definitions), 3)
     result["core_evaluation_cost_single"] = round(_core_evaluation_cost(single, 5000, definitions), 3)
+    # Drift is on by default, so every figure above includes it; what it costs, alone:
+    result["core_drift_cost_batched"] = round(_core_drift_cost(batched, 200), 3)
+    result["core_drift_cost_single"] = round(_core_drift_cost(single, 5000), 3)
+    cardinality = [_cardinality(n) for n in CARDINALITY_SERIES]
+    without_drift = _cardinality(CARDINALITY_SERIES[0], drift=False)
     result.update({
         "core_mps": round(_core_mps(batched)),
         "bytes_per_series": _bytes_per_series(),
         "bytes_per_series_6h_p99_policy": _bytes_per_series(6 * 3600),
-        "cardinality": [_cardinality(n) for n in CARDINALITY_SERIES],
+        "cardinality": cardinality,
+        "cardinality_without_drift": without_drift,
+        "cardinality_drift_cost": round(1 - cardinality[0]["catchup_mps"] / without_drift["catchup_mps"], 3),
         "live": _live(LIVE_SERIES),
         "live_worker": live_worker,
         "fleet": fleets,
         "rejected_burst": rejected_burst,
         "evaluation_us_per_slo": round(_evaluation_us(), 1),
         "drift": drift_quality(),
+        "drift_state": drift_state(),
         "alert_trials": len(latencies),
         "alert_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
         "alert_latency_p99_s": round(float(np.percentile(latencies, 99)), 3),

@@ -17,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from slostream.bench.common import (
+    DRIFT_OFF,
     REPORT_S,
     UNKEYED_PARTITIONS,
     _check_nothing_rejected,
@@ -237,18 +238,19 @@ CARDINALITY_STEP_S = 15  # each series sends one measurement per step: 4 a minut
 CARDINALITY_RECORD = 5000  # measurements per record
 
 
-def _cardinality(series: int) -> dict:
+def _cardinality(series: int, drift: bool = True) -> dict:
     """``_cardinality_run`` in a fresh process, so its RSS growth is the pipeline's alone."""
     code = ("import json; from slostream.bench.cardinality import _cardinality_run; "
-            f"print(json.dumps(_cardinality_run({series})))")
+            f"print(json.dumps(_cardinality_run({series}, {drift})))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(done.stdout)
 
 
-def _cardinality_run(series: int) -> dict:
+def _cardinality_run(series: int, drift: bool = True) -> dict:
     """A backlog of ``series`` latency series, 4 measurements a minute each over 10 minutes of event
     time, through one processor: RSS growth per series, processing time per closed SLI window
-    (ingest, closes, sketch merges, SLI events, checkpoints once a second), and catch-up rate."""
+    (ingest, closes, sketch merges, SLI events, checkpoints once a second), and catch-up rate;
+    ``drift=False``: with drift switched off."""
     rng = np.random.default_rng(11)
     t0 = 1_700_000_000
     names = [f"svc-{i}" for i in range(series)]
@@ -262,7 +264,8 @@ def _cardinality_run(series: int) -> dict:
     gc.collect()
     base = _rss()
     # The worker's defaults, one partition.
-    proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1)), now=0.0)
+    settings = Settings(partitions=1) if drift else Settings(partitions=1, drift=DRIFT_OFF)
+    proc = PartitionProcessor(0, pipeline_config(settings), now=0.0)
     busy = 0.0
     windows = 0
     pacer = CheckpointPacer(Settings().checkpoint_interval_s)  # checkpoints paced as the worker paces them
@@ -279,6 +282,7 @@ def _cardinality_run(series: int) -> dict:
     measurements = series * (CARDINALITY_SPAN_S // CARDINALITY_STEP_S)
     return {
         "series": series,
+        "drift": drift,
         "rss_growth_per_series": round((_rss() - base) / series),
         "closed_windows": windows,
         "us_per_closed_window": round(busy / windows * 1e6, 1),

@@ -14,6 +14,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from slostream.core.drift_rules import DriftRule, DriftRules
 from slostream.io.broker import EmbeddedBroker, free_port
 
 SERVICES = 10
@@ -21,6 +22,7 @@ UNKEYED_PARTITIONS = 4
 SPAN_S = 600  # event time covered by each data set
 REPORT_S = 60
 GRACE_S = 30
+DRIFT_OFF = DriftRules(default=DriftRule(enabled=False))  # to measure what drift, on by default, costs
 
 
 def _measurements(count: int, t0: float, rng: random.Random) -> list[dict]:

@@ -15,6 +15,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from slostream.bench.common import (
+    DRIFT_OFF,
     SERVICES,
     UNKEYED_PARTITIONS,
     _ceiling,
@@ -171,17 +172,12 @@ def _evaluation_us() -> float:
     return judged / 300 * 1e6
 
 
-def _core_evaluation_cost(payloads: list[bytes], chunk: int, definitions: str, repeats: int = 3) -> float:
-    """Extra pipeline time that SLOs and policies cost, measured in one process: a processor with
-    and one without them take the same chunks in turn (order flipped each chunk), so machine noise
+def _core_cost(payloads: list[bytes], chunk: int, configs: tuple[PipelineConfig, PipelineConfig],
+               repeats: int = 3) -> float:
+    """Extra pipeline time the second config costs over the first, measured in one process: a
+    processor of each takes the same chunks in turn (order flipped each chunk), so machine noise
     hits both alike. The end-to-end pairs cannot resolve a few percent on two shared cores. With
     the collector off the baseline is smaller than in the worker, so this errs high."""
-    from slostream.definitions.native import load_definition_file
-
-    loaded, problems = load_definition_file(definitions)
-    if problems:
-        raise RuntimeError(f"bench definitions are invalid: {problems}")
-    configs = (PipelineConfig(), PipelineConfig(slos=loaded.slos, policies=loaded.policies))
     records = [SourceRecord("bench", 0, i, time.time(), None, p) for i, p in enumerate(payloads)]
     spent = [0.0, 0.0]
     for _ in range(repeats):
@@ -197,6 +193,21 @@ def _core_evaluation_cost(payloads: list[bytes], chunk: int, definitions: str, r
                 spent[which] += time.perf_counter() - started
         gc.enable()
     return spent[1] / spent[0] - 1
+
+
+def _core_evaluation_cost(payloads: list[bytes], chunk: int, definitions: str) -> float:
+    """What the bench's SLOs and policies cost (``_core_cost``)."""
+    from slostream.definitions.native import load_definition_file
+
+    loaded, problems = load_definition_file(definitions)
+    if problems:
+        raise RuntimeError(f"bench definitions are invalid: {problems}")
+    return _core_cost(payloads, chunk, (PipelineConfig(), PipelineConfig(slos=loaded.slos, policies=loaded.policies)))
+
+
+def _core_drift_cost(payloads: list[bytes], chunk: int) -> float:
+    """What drift, on by default, costs (``_core_cost``)."""
+    return _core_cost(payloads, chunk, (PipelineConfig(drift=DRIFT_OFF), PipelineConfig()))
 
 
 def _throughput_rounds(broker: EmbeddedBroker, rounds: int, batched: list[bytes], single: list[bytes],

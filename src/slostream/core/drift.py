@@ -19,8 +19,9 @@ split that best separates the mean residual before from after (the CUSUM statist
 ``k (n - k) / n * (mean_before - mean_after) ** 2``); ``before`` is what the baseline expected over
 the windows since then, ``after`` what they were.
 
-State is JSON (detectors included: river's ADWIN keeps its window in Rust, whose own serialised
-bytes are kept as base64), never a pickle read from a topic.
+State is bytes of a fixed layout, about 3.5 kB a watch (``to_state``): a head, the settings as
+JSON, the baseline's and the history's columns, and the detector's state (river's ADWIN keeps its
+window in Rust: its own serialised bytes; the others' as JSON), never a pickle read from a topic.
 
 >>> watch = DriftWatch("page_hinkley", {"threshold": 1.0, "min_instances": 10})
 >>> found = [watch.update(600.0 * i, 100.0 if i < 500 else 200.0) for i in range(600)]  # 10-minute windows
@@ -30,17 +31,21 @@ bytes are kept as base64), never a pickle read from a topic.
 
 from __future__ import annotations
 
-import base64
 import math
 import random
+import struct
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 from river import drift
 
+from .seasonal import STATE_BYTES as BASELINE_BYTES
 from .seasonal import SeasonalBaseline
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: bytes (1 was JSON, 5.9 kB a watch)
+_HEAD = struct.Struct("<BIIddH")  # version, windows seen, history written, quiet until, mean square, settings' size
 HISTORY = 32  # windows kept to estimate where a change began
 # ADWIN looks for a cut every ``clock`` updates (32 by default): with one update per closed window,
 # that would wait half an hour at one-minute windows.
@@ -84,12 +89,19 @@ class DriftWatch:
         self.cooldown_s = cooldown_s
         self.scale_floor = scale_floor
         self.baseline = baseline or SeasonalBaseline()
-        self.detector = _CODECS[detector].make(self.params)
+        # The detector and the history are made when first fed (after two days of event time), and
+        # dropped at a detection: a series that is young, or short-lived, holds neither.
+        self.detector = None
         self.seen = 0
         self.quiet_until = -math.inf  # event time: no detection before it (cooldown)
         self.mean_square = math.nan  # of relative residuals, once the baseline knows the hours of the day
-        self._history = np.full((3, HISTORY), np.nan)  # event time, value, expectation; a ring
-        self._next = 0
+        self._history: array | None = None  # event times, values, expectations: three rings of HISTORY
+        self._next = 0  # windows fed to the detector since it was made
+
+    def check(self) -> None:
+        """Make the detector once, so parameters it does not take fail now (TypeError, ValueError),
+        not at a series' first window two days on."""
+        _CODECS[self.detector_name].make(self.params)
 
     def update(self, ts: float, value: float) -> Detection | None:
         """One closed window's aggregate (NaN: none, ignored); a detection, if this one shows a change."""
@@ -107,7 +119,11 @@ class DriftWatch:
         if self.seen <= self.warmup_windows or ts < self.quiet_until:
             self._learn_scale(relative)
             return None
-        self._history[:, self._next % HISTORY] = (ts, value, expected)
+        if self.detector is None:
+            self.detector = _CODECS[self.detector_name].make(self.params)
+            self._history = array("d", _NO_HISTORY)
+        slot = self._next % HISTORY
+        self._history[slot], self._history[HISTORY + slot], self._history[2 * HISTORY + slot] = ts, value, expected
         self._next += 1
         z = relative / max(math.sqrt(self.mean_square), MIN_RMS)
         self.detector.update(min(max(z, -Z_CLIP), Z_CLIP))
@@ -116,9 +132,8 @@ class DriftWatch:
             return None
         detection = self._detection(ts)
         self.baseline.change_level(detection.before, detection.after)
-        self.detector = _CODECS[self.detector_name].make(self.params)
+        self.detector = self._history = None
         self.quiet_until = ts + self.cooldown_s
-        self._history[:] = np.nan
         self._next = 0
         return detection
 
@@ -130,7 +145,8 @@ class DriftWatch:
     def _kept_history(self) -> np.ndarray:
         """The windows kept, oldest first (rows: event time, value, expectation)."""
         kept = min(self._next, HISTORY)
-        return self._history[:, np.arange(self._next - kept, self._next) % HISTORY]
+        rings = np.frombuffer(self._history, dtype=np.float64).reshape(3, HISTORY)
+        return rings[:, np.arange(self._next - kept, self._next) % HISTORY]
 
     def _detection(self, ts: float) -> Detection:
         times, values, expected = self._kept_history()
@@ -142,32 +158,43 @@ class DriftWatch:
         first = int(k[np.argmax(gain)]) if gain.size else 0
         return Detection(ts, float(times[first]), float(expected[first:].mean()), float(values[first:].mean()))
 
-    def to_state(self) -> dict:
-        return {"v": STATE_VERSION, "detector": self.detector_name, "params": self.params,
-                "warmup_windows": self.warmup_windows, "cooldown_s": self.cooldown_s, "scale_floor": self.scale_floor,
-                "baseline": self.baseline.to_state(), "state": _CODECS[self.detector_name].save(self.detector),
-                "seen": self.seen, "quiet_until": None if math.isinf(self.quiet_until) else self.quiet_until,
-                "mean_square": None if math.isnan(self.mean_square) else self.mean_square,
-                "history": self._kept_history().tolist()}
+    def settings(self) -> dict:
+        """What the watch was made with (its constructor's arguments but the baseline)."""
+        return {"detector": self.detector_name, "params": self.params, "warmup_windows": self.warmup_windows,
+                "cooldown_s": self.cooldown_s, "scale_floor": self.scale_floor}
+
+    def to_state(self) -> bytes:
+        """The head, the settings as JSON, the baseline's state, then, once the detector is fed, the
+        history's rings and the detector's state; ``from_state`` gives a watch that goes on exactly
+        alike. Arrays are in the machine's byte order: little-endian on every platform Python wheels
+        of numpy and river are built for that slostream runs on (x86-64, arm64)."""
+        settings = orjson.dumps(self.settings())
+        head = _HEAD.pack(STATE_VERSION, self.seen, self._next, self.quiet_until, self.mean_square, len(settings))
+        parts = [head, settings, self.baseline.to_state()]
+        if self.detector is not None:
+            parts += (self._history.tobytes(), _CODECS[self.detector_name].save(self.detector))
+        return b"".join(parts)
 
     @classmethod
-    def from_state(cls, state: dict) -> DriftWatch:
-        if state.get("v") != STATE_VERSION:
-            raise ValueError(f"unsupported drift state version {state.get('v')!r} (this version reads {STATE_VERSION})")
-        watch = cls(state["detector"], state["params"], state["warmup_windows"], state["cooldown_s"],
-                    state["scale_floor"], SeasonalBaseline.from_state(state["baseline"]))
-        _CODECS[watch.detector_name].load(watch.detector, state["state"])
-        watch.seen = state["seen"]
-        watch.quiet_until = -math.inf if state["quiet_until"] is None else state["quiet_until"]
-        watch.mean_square = math.nan if state["mean_square"] is None else state["mean_square"]
-        history = np.asarray(state["history"], dtype=np.float64).reshape(3, -1)
-        watch._history[:, :history.shape[1]] = history
-        watch._next = history.shape[1]
+    def from_state(cls, state: bytes) -> DriftWatch:
+        if state[:1] != bytes((STATE_VERSION,)):
+            raise ValueError(f"unsupported drift state version {state[0] if state else None!r} "
+                             f"(this version reads {STATE_VERSION})")
+        _, seen, fed, quiet_until, mean_square, settings_size = _HEAD.unpack_from(state)
+        at = _HEAD.size + settings_size
+        baseline = SeasonalBaseline.from_state(state[at:at + BASELINE_BYTES])
+        watch = cls(**orjson.loads(state[_HEAD.size:at]), baseline=baseline)
+        watch.seen, watch._next, watch.quiet_until, watch.mean_square = seen, fed, quiet_until, mean_square
+        at += BASELINE_BYTES
+        if fed:
+            watch._history = array("d", state[at:at + _HISTORY_BYTES])
+            watch.detector = _CODECS[watch.detector_name].make(watch.params)
+            _CODECS[watch.detector_name].load(watch.detector, state[at + _HISTORY_BYTES:])
         return watch
 
 
 class _Codec:
-    """How one river detector is made, and its state kept as JSON."""
+    """How one river detector is made, and its state kept as bytes."""
 
     def __init__(self, cls, save, load):
         self.cls, self.save, self.load = cls, save, load
@@ -176,39 +203,41 @@ class _Codec:
         return self.cls(**params)
 
 
-def _save_adwin(d: drift.ADWIN) -> dict:
-    return {"drift": d.drift_detected, "window": base64.b64encode(d._helper.__getstate__()).decode()}
+def _save_adwin(d: drift.ADWIN) -> bytes:
+    return bytes((d.drift_detected,)) + d._helper.__getstate__()
 
 
-def _load_adwin(d: drift.ADWIN, state: dict) -> None:
-    d._drift_detected = state["drift"]
-    d._helper.__setstate__(base64.b64decode(state["window"]))
+def _load_adwin(d: drift.ADWIN, state: bytes) -> None:
+    d._drift_detected = bool(state[0])
+    d._helper.__setstate__(bytes(state[1:]))
 
 
-def _save_page_hinkley(d: drift.PageHinkley) -> dict:
-    return {"drift": d.drift_detected, "mean": [d._x_mean.n, d._x_mean._mean],
-            "sums": [d._sum_increase, d._sum_decrease, None if math.isinf(d._min_increase) else d._min_increase,
-                     d._max_decrease]}
+def _save_page_hinkley(d: drift.PageHinkley) -> bytes:
+    return orjson.dumps({"drift": d.drift_detected, "mean": [d._x_mean.n, d._x_mean._mean],
+                         "sums": [d._sum_increase, d._sum_decrease,
+                                  None if math.isinf(d._min_increase) else d._min_increase, d._max_decrease]})
 
 
-def _load_page_hinkley(d: drift.PageHinkley, state: dict) -> None:
-    d._drift_detected = state["drift"]
-    d._x_mean.n, d._x_mean._mean = state["mean"]
-    d._sum_increase, d._sum_decrease, low, d._max_decrease = state["sums"]
+def _load_page_hinkley(d: drift.PageHinkley, state: bytes) -> None:
+    saved = orjson.loads(state)
+    d._drift_detected = saved["drift"]
+    d._x_mean.n, d._x_mean._mean = saved["mean"]
+    d._sum_increase, d._sum_decrease, low, d._max_decrease = saved["sums"]
     d._min_increase = math.inf if low is None else low
 
 
-def _save_kswin(d: drift.KSWIN) -> dict:
+def _save_kswin(d: drift.KSWIN) -> bytes:
     version, internal, gauss = d._rng.getstate()
-    return {"drift": d.drift_detected, "n": d.n, "p_value": float(d.p_value), "window": [float(x) for x in d.window],
-            "rng": [version, list(internal), gauss]}
+    return orjson.dumps({"drift": d.drift_detected, "n": d.n, "p_value": float(d.p_value),
+                         "window": [float(x) for x in d.window], "rng": [version, list(internal), gauss]})
 
 
-def _load_kswin(d: drift.KSWIN, state: dict) -> None:
-    d._drift_detected = state["drift"]
-    d.n, d.p_value = state["n"], state["p_value"]
-    d.window.extend(state["window"])
-    version, internal, gauss = state["rng"]
+def _load_kswin(d: drift.KSWIN, state: bytes) -> None:
+    saved = orjson.loads(state)
+    d._drift_detected = saved["drift"]
+    d.n, d.p_value = saved["n"], saved["p_value"]
+    d.window.extend(saved["window"])
+    version, internal, gauss = saved["rng"]
     d._rng = random.Random()
     d._rng.setstate((version, tuple(internal), gauss))
 
@@ -219,3 +248,5 @@ _CODECS = {
     "kswin": _Codec(drift.KSWIN, _save_kswin, _load_kswin),
 }
 DETECTORS = tuple(_CODECS)
+_NO_HISTORY = array("d", [math.nan] * (3 * HISTORY))
+_HISTORY_BYTES = len(_NO_HISTORY.tobytes())

@@ -102,7 +102,7 @@ def _rule(raw: dict, name: str, where: str, base: DriftRule) -> DriftRule:
 def _check_detector(rule: DriftRule, name: str, where: str) -> None:
     """The detector must accept its parameters: made once here, not first at a series' first window."""
     try:
-        DriftWatch(rule.detector, rule.params)
+        DriftWatch(rule.detector, rule.params).check()
     except (TypeError, ValueError) as exc:
         raise DriftSettingsError(f"{where}: field '{name}.params' ({rule.params!r}) does not suit detector "
                                  f"{rule.detector!r}: {exc}. Fix: use the river detector's parameter names.") from None

@@ -9,12 +9,15 @@ false detections in four days at 6 requests a minute). Pooled, a point says some
 from __future__ import annotations
 
 import math
+import struct
 
 from slostream.core.drift import Detection, DriftWatch
 from slostream.core.drift_rules import AGGREGATE_FIELDS, DriftRule
 from slostream.core.events import cloud_event, event_id
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: bytes (1 was JSON in the series' header)
+_HEAD = struct.Struct("<BqqB")  # version, pooled requests and errors, watches
+_WATCH = struct.Struct("<BI")  # an aggregate name's size, its watch state's size
 ERROR_RATIO_REQUESTS = 500
 
 
@@ -54,16 +57,33 @@ class SeriesDrift:
         self.pooled = (0, 0)
         return errors / requests
 
-    def to_state(self) -> dict:
-        return {"v": STATE_VERSION, "watches": {a: w.to_state() for a, w in self.watches.items()},
-                "pooled": list(self.pooled)}
+    def to_state(self) -> bytes:
+        parts = [_HEAD.pack(STATE_VERSION, *self.pooled, len(self.watches))]
+        for aggregate, watch in self.watches.items():
+            state = watch.to_state()
+            parts += (_WATCH.pack(len(aggregate), len(state)), aggregate.encode(), state)
+        return b"".join(parts)
 
     @classmethod
-    def from_state(cls, state: dict) -> SeriesDrift:
-        if state.get("v") != STATE_VERSION:
-            raise ValueError(f"unsupported series drift state version {state.get('v')!r} "
+    def from_state(cls, state: bytes, rule: DriftRule) -> SeriesDrift:
+        """The drift of a series as saved, under its rule now: a watch the rule no longer asks for is
+        dropped, one it asks for anew, or with other settings, starts afresh."""
+        if state[:1] != bytes((STATE_VERSION,)):
+            raise ValueError(f"unsupported series drift state version {state[0] if state else None!r} "
                              f"(this version reads {STATE_VERSION})")
-        return cls({a: DriftWatch.from_state(w) for a, w in state["watches"].items()}, tuple(state["pooled"]))
+        fresh = cls.of_rule(rule)
+        _, requests, errors, count = _HEAD.unpack_from(state)
+        at = _HEAD.size
+        for _ in range(count):
+            name_size, state_size = _WATCH.unpack_from(state, at)
+            at += _WATCH.size
+            aggregate = state[at:at + name_size].decode()
+            watch = DriftWatch.from_state(state[at + name_size:at + name_size + state_size])
+            at += name_size + state_size
+            if aggregate in fresh.watches and watch.settings() == fresh.watches[aggregate].settings():
+                fresh.watches[aggregate] = watch
+        fresh.pooled = (requests, errors)
+        return fresh
 
 
 def drift_event(source: str, series_key: str, service: str, metric: str, labels: dict, aggregate: str,

@@ -76,8 +76,8 @@ from slostream.pipeline.ownership import (
 _OUTCOME, _ID, _VALUE, _TIMESTAMP = (operator.attrgetter(name) for name in ("outcome", "id", "value", "timestamp"))
 _SERIES_KEY = operator.attrgetter("service", "metric")
 # 3: reads awaiting alignment per series, progress per partition; 4: tumbling windows in the header;
-# 5: a series' record is binary (``_series_record``).
-STATE_VERSION = 5
+# 5: a series' record is binary (``_series_record``); 6: with its drift state as bytes of its own.
+STATE_VERSION = 6
 _RECORD_VERSION = bytes((STATE_VERSION,))
 # Forwarded records are cut to hold at most this many bytes' worth of measurements each.
 FORWARD_BYTES_PER_MEASUREMENT = 40
@@ -207,7 +207,6 @@ class Series:
             "labels": self.labels,
             "last_report": None if self.last_report is None else orjson.Fragment(self.last_report),
             "watches": {w.policy.name: w.to_state() for w in self.watches},
-            "drift": None if self.drift is None else self.drift.to_state(),
         }
 
 
@@ -1082,7 +1081,8 @@ class PartitionProcessor:
         # Every written series' windows at once (a few numpy calls); the JSON part as they are read.
         for owner, windows in zip(dirty.tolist(), self.store.encode(dirty)):
             series = self._series_of_owner[owner]
-            yield state_keys.series_key(p, series.key), _series_record(series.header(), windows)
+            drift = b"" if series.drift is None else series.drift.to_state()
+            yield state_keys.series_key(p, series.key), _series_record(series.header(), drift, windows)
         writes: list[tuple[str, bytes | None]] = []
         for name, tracker in self.trackers.items():
             if not tracker.dirty:
@@ -1155,7 +1155,7 @@ class PartitionProcessor:
             if tracker is not None:
                 proc.trackers[slo.name] = tracker
         for series_key, record in headers.items():
-            header, windows_state = _read_series_record(record)
+            header, drift_state, windows_state = _read_series_record(record)
             lengths = proc._window_lengths(header["service"], header["metric"])
             if isinstance(windows_state, bytes):
                 windows = TumblingWindows.from_state(windows_state, lengths, proc.store)
@@ -1179,8 +1179,9 @@ class PartitionProcessor:
             watched = header.get("watches", {})
             series.watches = [PolicyWatch.from_state(w.policy, watched[w.policy.name])
                               if w.policy.name in watched else w for w in series.watches]
-            if series.drift is not None and header.get("drift") is not None:
-                series.drift = SeriesDrift.from_state(header["drift"])
+            if series.drift is not None and drift_state:
+                series.drift = SeriesDrift.from_state(drift_state,
+                                                      config.drift.for_series(series.service, series.metric))
         return proc
 
 
@@ -1214,13 +1215,15 @@ def deadletter_event(config: PipelineConfig, record: SourceRecord, rejection: Re
     return rejection.reason.value.encode(), event
 
 
-def _series_record(header: dict, windows: bytes) -> bytes:
+def _series_record(header: dict, drift: bytes, windows: bytes) -> bytes:
     """A series' persisted record: ``STATE_VERSION`` in a byte, the length of its JSON header in
-    four (little-endian), the header, then its windows and clock (the ``TumblingWindows`` state).
-    The windows change with every measurement, the header seldom: only they are columns, encoded
-    for many series at once. A record of version 4 or before is one JSON object: it starts with ``{``."""
+    four (little-endian), the header, the length of its drift state in four, that state, then its
+    windows and clock (the ``TumblingWindows`` state). The windows change with every measurement,
+    the header seldom: only they are columns, encoded for many series at once. A record of version
+    4 or before is one JSON object: it starts with ``{``."""
     encoded = orjson.dumps(header)
-    return b"".join((_RECORD_VERSION, len(encoded).to_bytes(4, "little"), encoded, windows))
+    return b"".join((_RECORD_VERSION, len(encoded).to_bytes(4, "little"), encoded, len(drift).to_bytes(4, "little"),
+                     drift, windows))
 
 
 def _held_json(value) -> bytes:
@@ -1230,15 +1233,20 @@ def _held_json(value) -> bytes:
     return bytes(memoryview(orjson.dumps(value)))
 
 
-def _read_series_record(record: bytes) -> tuple[dict, bytes | dict]:
-    """A series' header and its windows' state (bytes; a dict from version 4 and before)."""
+def _read_series_record(record: bytes) -> tuple[dict, bytes, bytes | dict]:
+    """A series' header, its drift state (empty: none, or not kept before version 6) and its
+    windows' state (bytes; a dict from version 4 and before)."""
     if record[:1] == b"{":
         header = orjson.loads(record)
-        return header, header["windows"]
-    if record[0] != STATE_VERSION:
+        return header, b"", header["windows"]
+    if record[0] not in (5, STATE_VERSION):
         raise ValueError(f"unsupported series state version {record[0]}")
     size = int.from_bytes(record[1:5], "little")
-    return orjson.loads(record[5:5 + size]), record[5 + size:]
+    header, at = orjson.loads(record[5:5 + size]), 5 + size
+    if record[0] == 5:
+        return header, b"", record[at:]
+    drift_size = int.from_bytes(record[at:at + 4], "little")
+    return header, record[at + 4:at + 4 + drift_size], record[at + 4 + drift_size:]
 
 
 def _series_key(service: str, metric: str, labels: dict) -> str:
