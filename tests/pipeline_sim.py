@@ -5,9 +5,17 @@ has read, as a worker does every ``tick_interval_s``."""
 
 import random
 
-from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.config import Settings, pipeline_config
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import PipelineConfig, SourceRecord
 
 START = 1_800_010_000.0  # wall time at the start: late enough that no measurement is "in the future"
+
+
+def make_config(**settings) -> PipelineConfig:
+    """The pipeline configuration of these settings over the defaults, for the scenario the pipeline
+    tests share unless they say otherwise: one partition, series idle after 5 s."""
+    return pipeline_config(Settings(**{"partitions": 1, "idle_after_s": 5.0, **settings}))
 
 
 class Cluster:

@@ -4,10 +4,12 @@ import orjson
 
 from slostream.core.control import CONTROL_MIN_AGE_S, ControlLog, parse_command
 from slostream.core.objectives import Policy
-from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import SourceRecord
+from tests.pipeline_sim import make_config
 
 T0 = 1_800_000_000 // 60 * 60
-CONFIG = PipelineConfig(grace_s=5.0, policies=(Policy("api-p99", "api", "lat", "p99", 60, "above", 300.0, 500.0),))
+CONFIG = make_config(grace_s=5.0, policies=(Policy("api-p99", "api", "lat", "p99", 60, "above", 300.0, 500.0),))
 
 
 def _data(until_s: int, start_s: int = 0) -> list[SourceRecord]:

@@ -4,11 +4,13 @@ a step is detected and a steady series is not; a crash and restore in the middle
 import orjson
 
 from slostream.core.drift_rules import DriftRule, DriftRules
-from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import SourceRecord
 from tests.drift_streams import STEP_AT, seasonal_items
+from tests.pipeline_sim import make_config
 from tests.schemas import validator
 
-CONFIG = PipelineConfig(grace_s=5.0, idle_after_s=2.0)
+CONFIG = make_config(grace_s=5.0, idle_after_s=2.0)
 
 
 def _fleet_records(per_record: int = 600) -> list[SourceRecord]:
@@ -51,7 +53,7 @@ def test_drift_rules_choose_aggregates_and_switch_series_off():
     rules = DriftRules(overrides=(DriftRule("stead*", "*", False, None, None, None, None, None),
                                   DriftRule("*", "latency_ms", None, ("p50", "error_ratio"), "page_hinkley",
                                             {"threshold": 20.0}, None, None)))
-    proc = PartitionProcessor(0, PipelineConfig(grace_s=5.0, drift=rules), 0.0)
+    proc = PartitionProcessor(0, make_config(grace_s=5.0, drift=rules), 0.0)
     proc.process(_fleet_records(per_record=50)[:3], 0.0)
     watched = {s.service: s.drift for s in proc.series.values()}
     assert watched["steady"] is None

@@ -13,8 +13,9 @@ from slostream.core.budget import BurnTier
 from slostream.core.objectives import GoodRule, Policy, Slo, SloWindow
 from slostream.core.watermark import running_max_before
 from slostream.pipeline.ownership import owner_of
-from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
-from tests.pipeline_sim import Cluster
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import SourceRecord
+from tests.pipeline_sim import Cluster, make_config
 
 T0 = 1_800_000_000 // 60 * 60
 
@@ -60,7 +61,7 @@ def _truth(items, closed_until: dict[str, float]) -> dict:
 def test_services_flushing_a_minute_at_a_time_lose_nothing_to_each_other():
     services = [f"svc-{i}" for i in range(12)]
     flushes, items = _flushes(services, minutes=6, per_s=2, stagger_s=4.0, seed=1)
-    cluster = Cluster(PipelineConfig(partitions=4, grace_s=30.0), random.Random(5))
+    cluster = Cluster(make_config(partitions=4, grace_s=30.0), random.Random(5))
     cluster.drain([(owner_of(service, 4), orjson.dumps(batch), service.encode()) for _, service, batch in flushes])
     cluster.settle()
     assert cluster.deadletter == []
@@ -78,7 +79,7 @@ def test_one_producer_clock_minutes_ahead_leaves_its_neighbours_exact():
         batch.append({"service": "ahead", "metric": "http", "ok": True, "ts": T0 + second + 290})
         items += batch
         records.append(SourceRecord("m", 0, second, T0 + second, None, orjson.dumps(batch)))
-    proc = PartitionProcessor(0, PipelineConfig(grace_s=30.0), now=0.0)
+    proc = PartitionProcessor(0, make_config(grace_s=30.0), now=0.0)
     sli, letters = [], []
     for first in range(0, len(records), 13):
         out = proc.process(records[first:first + 13], 0.0)
@@ -105,7 +106,7 @@ def test_a_five_hour_backlog_in_one_batch_reports_every_window_exactly():
     slo = Slo("backfill-latency", "backfill", "latency_ms", 0.99, SloWindow(rolling_s=86400),
               GoodRule("value_le", 40.0), tiers=(BurnTier("page", 3600, 300, 14.4),))
     policy = Policy("backfill-p99", "backfill", "latency_ms", "p99", 300, "above", warning=60.0, critical=90.0)
-    proc = PartitionProcessor(0, PipelineConfig(grace_s=30.0, slos=(slo,), policies=(policy,)), now=0.0)
+    proc = PartitionProcessor(0, make_config(grace_s=30.0, slos=(slo,), policies=(policy,)), now=0.0)
     out = proc.process(records, 0.0)  # every record in one fetch: hours of event time at once
     assert out.deadletter == []
     series = proc.series[("backfill", "latency_ms")]
@@ -182,7 +183,7 @@ def test_any_jumps_and_any_batching_report_every_window_as_brute_force_counts_it
     records = [SourceRecord("m", 0, n, T0 + 400 * 86400, None, v) for n, v in enumerate(values)]
     results = []
     for chunking in (cuts, [len(records)]):
-        proc = PartitionProcessor(0, PipelineConfig(grace_s=30.0, slos=(SLO,), policies=(POLICY,)), now=0.0)
+        proc = PartitionProcessor(0, make_config(grace_s=30.0, slos=(SLO,), policies=(POLICY,)), now=0.0)
         sli, late, first, turn = [], 0, 0, 0
         while first < len(records):
             size = chunking[turn % len(chunking)]

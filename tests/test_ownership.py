@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from slostream.pipeline.alignment import READ_SLACK_S, Alignment, Progress, read_until_claim, written_by
 from slostream.pipeline.ownership import MAX_FORWARD_SERIES, decode_forwarded, murmur2, owner_of
-from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.rows import ELEMENTS_PER_RECORD
-from tests.pipeline_sim import Cluster
+from slostream.pipeline.types import SourceRecord
+from tests.pipeline_sim import Cluster, make_config
 
 T0 = 1_800_000_000 // 60 * 60
 PARTITIONS = 4
@@ -55,7 +56,7 @@ def _truth(items: list[dict], until: float) -> dict:
 def test_any_partitioning_counts_every_measurement_once_in_its_own_series(keying):
     rng = random.Random(4)
     items = _measurements(3000, 7, seed=9)
-    cluster = Cluster(PipelineConfig(partitions=PARTITIONS, grace_s=30.0), rng)
+    cluster = Cluster(make_config(partitions=PARTITIONS, grace_s=30.0), rng)
     per_record = 5
     produced = []
     for number, first in enumerate(range(0, len(items), per_record)):
@@ -93,7 +94,7 @@ def test_forwarding_is_independent_of_batching_and_interleaving(seed):
     results = []
     for run in range(2):
         rng = random.Random(seed * 2 + run)
-        cluster = Cluster(PipelineConfig(partitions=3, grace_s=60.0), rng)
+        cluster = Cluster(make_config(partitions=3, grace_s=60.0), rng)
         cluster.drain([(first // 4 % 3, orjson.dumps(items[first:first + 4]), None)
                        for first in range(0, len(items), 4)])
         cluster.settle()
@@ -107,7 +108,7 @@ def test_forwarding_is_independent_of_batching_and_interleaving(seed):
 
 def test_a_source_that_replays_after_a_crash_forwards_again_and_the_owner_adds_nothing_twice():
     rng = random.Random(1)
-    config = PipelineConfig(partitions=2, grace_s=30.0)
+    config = make_config(partitions=2, grace_s=30.0)
     items = _measurements(1200, 6, seed=3)
     cluster = Cluster(config, rng)
     for first in range(0, len(items), 6):
@@ -140,7 +141,7 @@ def _elements(value: bytes) -> list[dict]:
 
 
 def test_dead_letters_stay_where_the_record_was_read():
-    cluster = Cluster(PipelineConfig(partitions=PARTITIONS), random.Random(2))
+    cluster = Cluster(make_config(partitions=PARTITIONS), random.Random(2))
     foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, PARTITIONS) != 0)
     cluster.append(0, orjson.dumps([{"service": foreign, "metric": "m", "ok": True, "ts": T0},
                                     {"service": foreign, "metric": "m", "ok": "yes", "ts": T0}]))
@@ -151,7 +152,7 @@ def test_dead_letters_stay_where_the_record_was_read():
 
 
 def test_forwarded_records_are_split_to_fit_the_record_limit():
-    config = PipelineConfig(partitions=2, max_record_bytes=4096)
+    config = make_config(partitions=2, max_record_bytes=4096)
     proc = PartitionProcessor(0, config, now=0.0)
     foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
     items = [{"service": foreign, "metric": "m", "value": float(i), "ts": T0 + i} for i in range(500)]
@@ -174,7 +175,7 @@ def test_a_catch_up_over_full_partitions_loses_nothing_to_the_owners_reading_ahe
     items = _measurements(4000, 9, seed=12)
     # What keeps the forwards in time: every unkeyed measurement goes through the owner's log (its
     # own too), and an owner closes only what every partition has reported read past.
-    cluster = Cluster(PipelineConfig(partitions=PARTITIONS, grace_s=30.0), rng)
+    cluster = Cluster(make_config(partitions=PARTITIONS, grace_s=30.0), rng)
     for first in range(0, len(items), 5):
         cluster.append(rng.randrange(PARTITIONS), orjson.dumps(items[first:first + 5]))
     cluster.drain()
@@ -192,7 +193,7 @@ def test_a_partition_read_minutes_after_the_others_loses_nothing():
     partition has reported reading its log, however much wall time passes first."""
     rng = random.Random(6)
     items = _measurements(3000, 7, seed=5)
-    cluster = Cluster(PipelineConfig(partitions=PARTITIONS, grace_s=30.0), rng)
+    cluster = Cluster(make_config(partitions=PARTITIONS, grace_s=30.0), rng)
     for first in range(0, len(items), 5):
         cluster.append(first // 5 % PARTITIONS, orjson.dumps(items[first:first + 5]))
     cluster.paused.add(3)
@@ -209,7 +210,7 @@ def test_a_partition_read_minutes_after_the_others_loses_nothing():
 
 
 def test_outcome_and_id_travel_with_a_forward_only_when_some_measurement_has_them():
-    proc = PartitionProcessor(0, PipelineConfig(partitions=2), now=0.0)
+    proc = PartitionProcessor(0, make_config(partitions=2), now=0.0)
     foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
     plain = [{"service": foreign, "metric": "m", "ok": True, "ts": T0 + i} for i in range(3)]
     marked = [{**plain[0], "outcome": 1, "id": "req-1"}, plain[1], {**plain[2], "outcome": 0}]
@@ -224,7 +225,7 @@ def test_outcome_and_id_travel_with_a_forward_only_when_some_measurement_has_the
 
 
 def test_a_forward_holds_at_most_max_forward_series_series_and_every_measurement_arrives():
-    config = PipelineConfig(partitions=2)
+    config = make_config(partitions=2)
     cluster = Cluster(config, random.Random(5))
     items = [{"service": f"svc-{i}", "metric": "m", "ok": True, "ts": T0 + t} for i in range(5000) for t in (1, 2)]
     cluster.append(0, orjson.dumps(items))
@@ -239,7 +240,7 @@ def test_partitions_read_at_different_speeds_lose_nothing_from_records_spanning_
     with one partition far behind the others: its records are older than what the others have
     forwarded, and still count (alignment by when records were written, not by event time)."""
     rng = random.Random(11)
-    config = PipelineConfig(partitions=PARTITIONS, grace_s=1.0, idle_after_s=2.0)
+    config = make_config(partitions=PARTITIONS, grace_s=1.0, idle_after_s=2.0)
     cluster = Cluster(config, rng)
     items = [{"service": f"svc-{i}", "metric": "latency_ms", "ok": True, "ts": T0 + step * 20 + i % 20}
              for step in range(9) for i in range(200)]
@@ -260,7 +261,7 @@ def test_partitions_read_at_different_speeds_lose_nothing_from_records_spanning_
 
 
 def test_a_record_split_over_several_forwards_is_applied_whole():
-    config = PipelineConfig(partitions=2, max_record_bytes=4096)
+    config = make_config(partitions=2, max_record_bytes=4096)
     foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
     cluster = Cluster(config, random.Random(3))
     for _ in range(2):  # read in one chunk: the second record straddles two forwards
@@ -293,7 +294,7 @@ def test_a_partition_claims_the_later_of_its_end_and_its_newest_record_time_less
 
 
 def test_a_progress_record_that_cannot_be_read_is_dead_lettered():
-    proc = PartitionProcessor(0, PipelineConfig(partitions=2), now=0.0)
+    proc = PartitionProcessor(0, make_config(partitions=2), now=0.0)
     record = SourceRecord("m", 0, 0, T0, None, b"\x01garbage", (("slostream-progress-from", b"1"),))
     out = proc.process([record], 1.0)
     assert [e["data"]["reason"] for _, e in out.deadletter] == ["invalid_json"]

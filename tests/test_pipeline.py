@@ -7,11 +7,13 @@ import pytest
 
 from slostream.core.objectives import Policy
 from slostream.core.sketch import QuantileSketch
-from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.state_keys import SEP, series_key
+from slostream.pipeline.types import SourceRecord
+from tests.pipeline_sim import make_config
 
 T0 = 1_800_000_000 // 60 * 60
-CONFIG = PipelineConfig(grace_s=5.0, idle_after_s=2.0)
+CONFIG = make_config(grace_s=5.0, idle_after_s=2.0)
 
 
 def _records(n_records=400, per_record=5, seed=3, late_every=0):
@@ -143,7 +145,7 @@ def test_restore_and_replay_gives_exact_counts(crash_after):
 
 
 def test_label_keys_split_series_and_other_labels_do_not():
-    config = PipelineConfig(grace_s=0.0, label_keys=("region",))
+    config = make_config(grace_s=0.0, label_keys=("region",))
     items = [{"service": "api", "metric": "http", "ok": i % 2 == 0, "ts": T0 + i,
               "labels": {"region": "eu" if i % 3 else "us", "pod": f"p{i}"}} for i in range(60)]
     # Each series closes on its own clock: one later measurement per region.
@@ -159,7 +161,7 @@ def test_label_keys_split_series_and_other_labels_do_not():
 def test_a_rejected_element_is_dead_lettered_alone_and_a_rejected_record_whole():
     """A batched record of many rejected elements must not be copied into every letter: each
     element's letter carries that element; a record rejected whole carries the record, cut."""
-    config = PipelineConfig(grace_s=5.0, max_deadletter_bytes=100)
+    config = make_config(grace_s=5.0, max_deadletter_bytes=100)
     future = [{"service": f"s{i}", "metric": "m", "ok": True, "ts": T0 + 10_000 + i} for i in range(500)]
     good = {"service": "g", "metric": "m", "ok": True, "ts": T0}
     batched = orjson.dumps([good, *future])
@@ -179,7 +181,7 @@ def test_a_rejected_element_is_dead_lettered_alone_and_a_rejected_record_whole()
 
 
 def test_eviction_deletes_a_quiet_series_and_its_state_restores_exactly():
-    config = PipelineConfig(grace_s=5.0, idle_after_s=2.0, series_ttl_s=100.0)
+    config = make_config(grace_s=5.0, idle_after_s=2.0, series_ttl_s=100.0)
 
     def record(offset, service, ts):
         return SourceRecord("m", 0, offset, ts, None, orjson.dumps({"service": service, "metric": "m", "ok": True,
@@ -249,7 +251,7 @@ def test_a_series_is_written_when_a_window_completes_and_a_crash_replays_its_oth
     stays before its oldest unwritten change, so a crash and a replay from the commit emit exactly
     what an uninterrupted run emits, breaches of a policy that judges empty windows included."""
     policy = Policy("s0-p99", "s0", "lat", "p99", 60, "above", 50.0, 80.0)
-    config = PipelineConfig(grace_s=5.0, idle_after_s=30.0, policies=(policy,))
+    config = make_config(grace_s=5.0, idle_after_s=30.0, policies=(policy,))
     rng = random.Random(5)
     log = []
     for step in range(120):  # a batch per 5 s; each of 12 series sends every 15 s, s0 stops after 6 min
@@ -289,7 +291,7 @@ def test_a_series_is_written_when_a_window_completes_and_a_crash_replays_its_oth
 
 
 def test_unwritten_changes_become_due_after_two_report_windows_of_quiet():
-    config = PipelineConfig(grace_s=5.0, idle_after_s=10_000.0)  # quiet: no window closes
+    config = make_config(grace_s=5.0, idle_after_s=10_000.0)  # quiet: no window closes
     proc = PartitionProcessor(0, config, now=0.0)
     proc.process([SourceRecord("m", 0, 0, T0, None, orjson.dumps({"service": "s", "metric": "m", "ok": True,
                                                                    "ts": T0 + 1}))], now=1.0)

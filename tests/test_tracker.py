@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 from slostream.core.budget import BurnTier, default_tiers, detection_seconds
 from slostream.core.objectives import GoodRule, Policy, Slo, SloWindow, Timeslices, calendar_start
 from slostream.core.windows import COUNT, DEFAULT_RESOLUTIONS, OK, OK_KNOWN, SeriesWindows
-from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.state_keys import series_key
+from slostream.pipeline.types import SourceRecord
+from tests.pipeline_sim import make_config
 
 T0 = 1_700_000_000 - 1_700_000_000 % 86400  # a UTC midnight
 
@@ -99,7 +101,7 @@ def test_running_totals_carried_across_closes_equal_a_fresh_sum_and_brute_force(
 
 
 def _processor(*slos, **config) -> PartitionProcessor:
-    return PartitionProcessor(0, PipelineConfig(slos=slos, grace_s=2, **config), now=0)
+    return PartitionProcessor(0, make_config(slos=slos, grace_s=2, **config), now=0)
 
 
 class Feed:
@@ -253,7 +255,7 @@ def test_low_traffic_guard_and_no_data_alert():
 
 def test_state_round_trip_keeps_counts_and_alerts_without_repeats():
     slo = _slo(tiers=(BurnTier("page", 3600, 300, 14.4),))
-    config = PipelineConfig(slos=(slo,), grace_s=2)
+    config = make_config(slos=(slo,), grace_s=2)
     feed = Feed(PartitionProcessor(0, config, now=0))
     for t in range(0, 3600):
         feed.send(T0 + t, True)
@@ -268,7 +270,7 @@ def test_state_round_trip_keeps_counts_and_alerts_without_repeats():
     assert len(feed.times("firing", "page")) == 1
     assert restored.trackers["co"].evaluate(T0 + 3719)[0]["bad_events"] == 120
     # A changed good rule invalidates the stored counts instead of misreading them.
-    changed = PipelineConfig(slos=(_slo(good=GoodRule("value_le", 1.0)),), grace_s=2)
+    changed = make_config(slos=(_slo(good=GoodRule("value_le", 1.0)),), grace_s=2)
     fresh = PartitionProcessor.restore(0, changed, writes, now=0).trackers["co"]
     assert fresh.counts(T0, T0 + 4000) == (0.0, 0.0)
 
@@ -291,7 +293,7 @@ def test_a_backlog_in_one_batch_fires_when_it_would_have_live_with_the_same_even
 
 def test_an_slo_whose_series_was_evicted_still_raises_its_no_data_alert_after_a_restart():
     slo = _slo(tiers=(BurnTier("page", 3600, 300, 14.4),), no_data_s=600)
-    config = PipelineConfig(slos=(slo,), grace_s=2, series_ttl_s=120)
+    config = make_config(slos=(slo,), grace_s=2, series_ttl_s=120)
     feed = Feed(PartitionProcessor(0, config, now=0))
     for t in range(0, 300, 10):
         feed.send(T0 + t, True)
@@ -312,7 +314,7 @@ def test_an_slo_whose_series_was_evicted_still_raises_its_no_data_alert_after_a_
 def test_pipeline_state_holds_no_reference_cycles():
     """The worker keeps its state out of the cyclic garbage collector (``io.app.keep_out_of_gc``):
     that frees nothing late only if state dies by reference counting alone."""
-    config = PipelineConfig(slos=(_slo(),), policies=(Policy("p99", "checkout", "http", "p99", 60, "above", 300.0,
+    config = make_config(slos=(_slo(),), policies=(Policy("p99", "checkout", "http", "p99", 60, "above", 300.0,
                                                              500.0),), grace_s=2, series_ttl_s=100)
     gc.collect()
     gc.disable()

@@ -19,6 +19,7 @@ import yaml
 
 from slostream.core.drift_rules import DriftRules
 from slostream.core.windows import DEFAULT_RESOLUTIONS, Resolution
+from slostream.pipeline.types import PipelineConfig
 
 ENV_PREFIX = "SLOSTREAM_"
 BROKER_RE = re.compile(r"^kafka://[A-Za-z0-9.\-_\[\]:]+:\d+(,[A-Za-z0-9.\-_\[\]:]+:\d+)*$")
@@ -44,6 +45,7 @@ class Settings:
     metrics_series_limit: int = 1_000
     label_keys: tuple[str, ...] = ()
     max_record_bytes: int = 1 << 20
+    max_deadletter_bytes: int = 64 << 10
     max_future_skew_s: float = 300.0
     checkpoint_interval_s: float = 1.0
     tick_interval_s: float = 1.0
@@ -94,6 +96,28 @@ _HELP = {
 
 
 STRUCTURED = ("slos", "policies", "alertmanager", "drift")
+
+
+def pipeline_config(settings: Settings) -> PipelineConfig:
+    """What the partition pipeline reads of the settings."""
+    return PipelineConfig(
+        resolutions=settings.resolutions,
+        report_window_s=settings.report_window_s,
+        grace_s=settings.grace_s,
+        idle_after_s=settings.idle_after_s,
+        label_keys=settings.label_keys,
+        max_record_bytes=settings.max_record_bytes,
+        max_future_skew_s=settings.max_future_skew_s,
+        max_deadletter_bytes=settings.max_deadletter_bytes,
+        source=settings.source,
+        slos=settings.slos,
+        policies=settings.policies,
+        alert_cooldown_s=settings.alert_cooldown_s,
+        escalate_after_s=settings.escalate_after_s,
+        partitions=settings.partitions,
+        series_ttl_s=settings.series_ttl_s,
+        drift=settings.drift,
+    )
 
 
 def _fields() -> dict[str, dataclasses.Field]:
@@ -260,6 +284,8 @@ def validate(s: Settings) -> None:
         # The upper bound keeps a record's elements (at least ~37 bytes each) under 2**24, which
         # per-element replay marks assume.
         fail("max_record_bytes", f"is {s.max_record_bytes}, it must be from 64 to 268435456 (256 MiB)")
+    if not 64 <= s.max_deadletter_bytes <= s.max_record_bytes:
+        fail("max_deadletter_bytes", f"is {s.max_deadletter_bytes}, it must be from 64 to max_record_bytes")
     if s.log_level not in ("debug", "info", "warning", "error"):
         fail("log_level", f"is {s.log_level!r}")
     if s.alertmanager_url is not None and not re.match(r"^https?://[^/\s]+", s.alertmanager_url):

@@ -10,7 +10,8 @@ import orjson
 
 from slostream.config import load_settings
 from slostream.io.app import pipeline_config
-from slostream.pipeline.partition import PartitionProcessor, SourceRecord
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import SourceRecord
 from tests.conftest import consume, produce
 from tests.drift_streams import SERVICES, SPAN, T0, seasonal_items
 

@@ -31,12 +31,13 @@ from slostream.bench.common import (
     _start_worker,
     _wait_ready,
 )
-from slostream.config import Settings
+from slostream.config import Settings, pipeline_config
 from slostream.core.objectives import Policy
-from slostream.io.app import keep_out_of_gc, pipeline_config
+from slostream.io.app import keep_out_of_gc
 from slostream.io.broker import EmbeddedBroker
 from slostream.pipeline.pacing import CheckpointPacer
-from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import SourceRecord
 
 FLEET_SERIES = (10_000, 100_000)
 FLEET_MEASUREMENTS = 900_000  # a measurement per series every 20 s, as many steps as this takes
@@ -220,7 +221,7 @@ def _bytes_per_series(policy_window_s: int | None = None) -> int:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        proc = PartitionProcessor(0, PipelineConfig(policies=policies), now=0.0)
+        proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1, policies=policies)), now=0.0)
         for offset, payload in enumerate(steps):
             proc.process([SourceRecord("bench", 0, offset, t0 + offset * 10, None, payload)], now=0.0)
             deque(proc.checkpoint()[0], maxlen=0)  # as the worker does: what is written is not kept

@@ -12,8 +12,10 @@ import numpy as np
 import orjson
 from river import drift
 
+from slostream.config import Settings, pipeline_config
 from slostream.core.drift import DriftWatch
-from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import SourceRecord
 
 DAY = 86400
 T0 = 1_700_006_400 // DAY * DAY  # a Wednesday, midnight UTC
@@ -45,7 +47,7 @@ def _run(streams: dict[str, list[dict]]) -> tuple[dict[str, list[dict]], dict[st
         for item in items:
             item["service"] = service
     merged = sorted((m for items in streams.values() for m in items), key=lambda m: m["ts"])
-    proc = PartitionProcessor(0, PipelineConfig(grace_s=5.0), 0.0)
+    proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1, grace_s=5.0)), 0.0)
     detections: dict[str, list[dict]] = {s: [] for s in streams}
     windows: dict[str, list[tuple[float, dict]]] = {s: [] for s in streams}
     for offset, start in enumerate(range(0, len(merged), 2000)):

@@ -27,8 +27,10 @@ from slostream.bench.common import (
     _start_worker,
     _wait_ready,
 )
+from slostream.config import Settings, pipeline_config
 from slostream.io.broker import EmbeddedBroker, free_port
-from slostream.pipeline.partition import PartitionProcessor, PipelineConfig, SourceRecord
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import PipelineConfig, SourceRecord
 
 
 def _bench_definitions(path: str) -> str:
@@ -65,7 +67,7 @@ def _end_to_end(broker: EmbeddedBroker, prefix: str, expected: int, definitions:
 
 
 def _core_mps(payloads: list[bytes]) -> float:
-    proc = PartitionProcessor(0, PipelineConfig(), now=0.0)
+    proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1)), now=0.0)
     records = [SourceRecord("bench", 0, i, time.time(), None, p) for i, p in enumerate(payloads)]
     accepted = 0
     started = time.perf_counter()
@@ -154,7 +156,7 @@ def _evaluation_us() -> float:
 
     slo = Slo("bench", "s", "m", 0.99, SloWindow(rolling_s=30 * 86400), GoodRule("value_le", 300.0),
               tiers=default_tiers(30 * 86400))
-    tracker = SloTracker(slo, PipelineConfig().resolutions)
+    tracker = SloTracker(slo, Settings().resolutions)
     rng = np.random.default_rng(5)
     t0 = 1_700_000_000
     judged = 0.0
@@ -202,12 +204,14 @@ def _core_evaluation_cost(payloads: list[bytes], chunk: int, definitions: str) -
     loaded, problems = load_definition_file(definitions)
     if problems:
         raise RuntimeError(f"bench definitions are invalid: {problems}")
-    return _core_cost(payloads, chunk, (PipelineConfig(), PipelineConfig(slos=loaded.slos, policies=loaded.policies)))
+    with_definitions = Settings(partitions=1, slos=loaded.slos, policies=loaded.policies)
+    return _core_cost(payloads, chunk, (pipeline_config(Settings(partitions=1)), pipeline_config(with_definitions)))
 
 
 def _core_drift_cost(payloads: list[bytes], chunk: int) -> float:
     """What drift, on by default, costs (``_core_cost``)."""
-    return _core_cost(payloads, chunk, (PipelineConfig(drift=DRIFT_OFF), PipelineConfig()))
+    return _core_cost(payloads, chunk, (pipeline_config(Settings(partitions=1, drift=DRIFT_OFF)),
+                                        pipeline_config(Settings(partitions=1))))
 
 
 def _throughput_rounds(broker: EmbeddedBroker, rounds: int, batched: list[bytes], single: list[bytes],

@@ -32,7 +32,7 @@ from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 
-from slostream.config import Settings
+from slostream.config import Settings, pipeline_config
 from slostream.core.control import ControlLog, parse_command
 from slostream.core.measurement import Reason, Rejection
 from slostream.io import end_offsets, undecodable
@@ -41,13 +41,8 @@ from slostream.io.sinks import AlertSinks
 from slostream.pipeline import state_keys
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
 from slostream.pipeline.pacing import CheckpointPacer
-from slostream.pipeline.partition import (
-    Output,
-    PartitionProcessor,
-    PipelineConfig,
-    SourceRecord,
-    deadletter_event,
-)
+from slostream.pipeline.partition import PartitionProcessor, deadletter_event
+from slostream.pipeline.types import EVALUATION_INTERVAL_S, Output, SourceRecord
 
 log = logging.getLogger("slostream")
 
@@ -118,28 +113,6 @@ class SloApp(faust.App):
 
     def _new_transport(self):
         return BatchingTransport(self.conf.broker_consumer, self)
-
-
-def pipeline_config(settings: Settings) -> PipelineConfig:
-    """The partition pipeline's configuration from the worker's settings."""
-    return PipelineConfig(
-        resolutions=settings.resolutions,
-        report_window_s=settings.report_window_s,
-        grace_s=settings.grace_s,
-        idle_after_s=settings.idle_after_s,
-        label_keys=settings.label_keys,
-        max_record_bytes=settings.max_record_bytes,
-        max_future_skew_s=settings.max_future_skew_s,
-        source=settings.source,
-        slos=settings.slos,
-        policies=settings.policies,
-        alert_cooldown_s=settings.alert_cooldown_s,
-        escalate_after_s=settings.escalate_after_s,
-        evaluation_interval_s=EVALUATION_INTERVAL_S,
-        partitions=settings.partitions,
-        series_ttl_s=settings.series_ttl_s,
-        drift=settings.drift,
-    )
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -605,9 +578,6 @@ RECENT_DRIFT_EVENTS = 100  # kept for /api/drift, newest first
 SLOW_CHECKPOINT_S = 2.0
 # A checkpoint yields to the event loop after this many state writes (about 0.1 s of serialising).
 YIELD_EVERY_WRITES = 500
-# Within a base bucket, SLOs are judged at most this often per partition (wall time);
-# the alert latency goal is one second.
-EVALUATION_INTERVAL_S = 0.1
 
 
 def _source_record(topic: str, partition: int, offset: int, timestamp_ms: int | None, key: bytes | None,

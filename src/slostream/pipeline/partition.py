@@ -19,8 +19,7 @@ from __future__ import annotations
 import base64
 import operator
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -28,7 +27,6 @@ import orjson
 
 from slostream.core.alerts import AlertBook, AlertEvent, Condition
 from slostream.core.control import Command, CommandError
-from slostream.core.drift_rules import DriftRules
 from slostream.core.events import cloud_event, event_id, event_id_of_text
 from slostream.core.measurement import Columns, MeasurementDecoder, Reason, Rejection
 from slostream.core.objectives import GoodRule, Policy, Slo, Tally
@@ -38,7 +36,6 @@ from slostream.core.tumbling import Closed, TumblingWindows, WindowStore
 from slostream.core.watermark import idle_watermark, running_max_before
 from slostream.core.windows import (
     COUNT,
-    DEFAULT_RESOLUTIONS,
     MAX,
     MIN,
     OK,
@@ -46,7 +43,6 @@ from slostream.core.windows import (
     SUM,
     VALUES,
     Aggregate,
-    Resolution,
     SeriesWindows,
     bucket_start,
 )
@@ -72,6 +68,14 @@ from slostream.pipeline.ownership import (
     forward_header,
     header_partition,
 )
+from slostream.pipeline.types import (
+    EVALUATION_INTERVAL_S,
+    RELATIVE_ACCURACY,
+    Forward,
+    Output,
+    PipelineConfig,
+    SourceRecord,
+)
 
 _OUTCOME, _ID, _VALUE, _TIMESTAMP = (operator.attrgetter(name) for name in ("outcome", "id", "value", "timestamp"))
 _SERIES_KEY = operator.attrgetter("service", "metric")
@@ -86,76 +90,6 @@ TICK_SLICE_SERIES = 2000
 # A series' changes wait unwritten for at most this many report windows of wall time (``checkpoint``).
 UNWRITTEN_REPORT_WINDOWS = 2
 QUANTILE_NAMES, QUANTILE_LEVELS = ("p50", "p90", "p95", "p99"), (0.5, 0.9, 0.95, 0.99)
-
-
-class SourceRecord(msgspec.Struct, frozen=True, gc=False):
-    """One record as read from Kafka. A struct without garbage-collector tracking: the worker makes
-    one per record read (a NamedTuple cost five times as much)."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float  # Unix seconds
-    key: bytes | None
-    value: bytes | None
-    headers: tuple = ()  # (name, bytes) pairs
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    resolutions: tuple[Resolution, ...] = DEFAULT_RESOLUTIONS
-    relative_accuracy: float = 0.01
-    report_window_s: int = 60
-    grace_s: float = 30.0
-    idle_after_s: float = 5.0
-    label_keys: tuple[str, ...] = ()
-    max_record_bytes: int = 1 << 20
-    max_future_skew_s: float = 300.0
-    max_deadletter_bytes: int = 64 << 10
-    source: str = "urn:slostream"
-    slos: tuple[Slo, ...] = ()
-    policies: tuple[Policy, ...] = ()
-    alert_cooldown_s: float = 300.0
-    escalate_after_s: float | None = None
-    evaluation_interval_s: float = 0.1
-    partitions: int = 1  # of the measurement topic: who owns which service
-    series_ttl_s: float = 86400.0  # wall time of quiet after which a series with nothing pending is evicted
-    drift: DriftRules = field(default_factory=DriftRules)  # on by default: every series' p95 and error ratio
-
-    @property
-    def max_source_skew_s(self) -> float:
-        """How far a series' source partitions may lag its newest one before their measurements
-        count as late: open buckets must fit the base ring, with a report window to spare."""
-        base = self.resolutions[0]
-        return base.retention - self.report_window_s - self.grace_s - base.width
-
-
-@dataclass
-class Output:
-    sli: list[tuple[bytes, dict]] = field(default_factory=list)  # (key, event)
-    deadletter: list[tuple[bytes, dict]] = field(default_factory=list)
-    alerts: list[tuple[bytes, dict]] = field(default_factory=list)
-    breaches: list[tuple[bytes, dict]] = field(default_factory=list)
-    drift: list[tuple[bytes, dict]] = field(default_factory=list)
-    forwards: list[Forward] = field(default_factory=list)  # forwarded measurements and progress
-    accepted: int = 0
-    skipped_replay: int = 0
-    forwarded: int = 0  # measurements sent on to their owner
-    forward_duplicates: int = 0  # forwarded measurements this owner already held (a source replayed)
-    evicted: int = 0  # series dropped after series_ttl_s of quiet
-
-    def extend(self, other: Output) -> None:
-        for name, value in vars(other).items():
-            setattr(self, name, getattr(self, name) + value)
-
-
-class Forward(NamedTuple):
-    """A record to produce to partition ``partition`` of the measurement topic."""
-
-    partition: int
-    value: bytes
-    headers: list[tuple[str, bytes]]
-    measurements: int
 
 
 class _Clock:
@@ -233,7 +167,7 @@ class PartitionProcessor:
         self.decoder = MeasurementDecoder(config.max_record_bytes, config.max_future_skew_s)
         self.owners = Owners(config.partitions)
         self.series: dict[tuple, Series] = {}
-        self.store = WindowStore(config.resolutions[0].width, config.relative_accuracy)  # every series' windows
+        self.store = WindowStore(config.resolutions[0].width, RELATIVE_ACCURACY)  # every series' windows
         self._series_of_owner: dict[int, Series] = {}
         self.applied_offset = -1  # last source offset fully processed
         self.forward_marks: dict[int, int] = {}  # source partition -> highest forwarded element applied
@@ -282,7 +216,7 @@ class PartitionProcessor:
         self._measurements(fresh[start:], out, now)
         self.applied_offset = fresh[-1].offset
         self.read_through = max(self.read_through, written_by(max(r.timestamp for r in fresh), now))
-        if self._touched and now - self._last_evaluation >= self.config.evaluation_interval_s:
+        if self._touched and now - self._last_evaluation >= EVALUATION_INTERVAL_S:
             self._evaluate(out, self._touched)
             self._last_evaluation = now
         return out
@@ -779,7 +713,7 @@ class PartitionProcessor:
             service, metric = key[0], key[1]
             labels = dict(zip(self.config.label_keys, key[2])) if len(key) > 2 else {}
             windows = TumblingWindows(self.config.resolutions[0].width, self._window_lengths(service, metric),
-                                      self.config.relative_accuracy, self.store)
+                                      RELATIVE_ACCURACY, self.store)
             series = Series(key, _series_key(service, metric, labels), service, metric, labels, windows)
             self._hold(series)
         return series
@@ -904,7 +838,7 @@ class PartitionProcessor:
     def evaluate_pending(self, now: float) -> Output:
         """Judge SLOs the wall-clock limiter held back, once the interval has passed."""
         out = Output()
-        if self._touched and now - self._last_evaluation >= self.config.evaluation_interval_s:
+        if self._touched and now - self._last_evaluation >= EVALUATION_INTERVAL_S:
             self._evaluate(out, self._touched)
             self._last_evaluation = now
         return out

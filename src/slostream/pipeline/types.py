@@ -1,0 +1,88 @@
+"""The pipeline's records in and out, and its configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import msgspec
+
+from slostream.core.drift_rules import DriftRules
+from slostream.core.objectives import Policy, Slo
+from slostream.core.windows import Resolution
+
+RELATIVE_ACCURACY = 0.01  # of every quantile sketch
+# Within a base bucket, SLOs are judged at most this often per partition (wall time); the alert
+# latency goal is one second.
+EVALUATION_INTERVAL_S = 0.1
+
+
+class SourceRecord(msgspec.Struct, frozen=True, gc=False):
+    """One record as read from Kafka. A struct without garbage-collector tracking: the worker makes
+    one per record read (a NamedTuple cost five times as much)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float  # Unix seconds
+    key: bytes | None
+    value: bytes | None
+    headers: tuple = ()  # (name, bytes) pairs
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What the pipeline reads of the worker's settings. It has no defaults of its own: it is made
+    from ``Settings`` (``slostream.config.pipeline_config``), whose defaults are the only ones."""
+
+    resolutions: tuple[Resolution, ...]
+    report_window_s: int
+    grace_s: float
+    idle_after_s: float
+    label_keys: tuple[str, ...]
+    max_record_bytes: int
+    max_future_skew_s: float
+    max_deadletter_bytes: int
+    source: str
+    slos: tuple[Slo, ...]
+    policies: tuple[Policy, ...]
+    alert_cooldown_s: float
+    escalate_after_s: float | None
+    partitions: int  # of the measurement topic: who owns which service
+    series_ttl_s: float  # wall time of quiet after which a series with nothing pending is evicted
+    drift: DriftRules  # on by default: every series' p95 and error ratio
+
+    @property
+    def max_source_skew_s(self) -> float:
+        """How far a series' source partitions may lag its newest one before their measurements
+        count as late: open buckets must fit the base ring, with a report window to spare."""
+        base = self.resolutions[0]
+        return base.retention - self.report_window_s - self.grace_s - base.width
+
+
+@dataclass
+class Output:
+    sli: list[tuple[bytes, dict]] = field(default_factory=list)  # (key, event)
+    deadletter: list[tuple[bytes, dict]] = field(default_factory=list)
+    alerts: list[tuple[bytes, dict]] = field(default_factory=list)
+    breaches: list[tuple[bytes, dict]] = field(default_factory=list)
+    drift: list[tuple[bytes, dict]] = field(default_factory=list)
+    forwards: list[Forward] = field(default_factory=list)  # forwarded measurements and progress
+    accepted: int = 0
+    skipped_replay: int = 0
+    forwarded: int = 0  # measurements sent on to their owner
+    forward_duplicates: int = 0  # forwarded measurements this owner already held (a source replayed)
+    evicted: int = 0  # series dropped after series_ttl_s of quiet
+
+    def extend(self, other: Output) -> None:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
+
+
+class Forward(NamedTuple):
+    """A record to produce to partition ``partition`` of the measurement topic."""
+
+    partition: int
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    measurements: int
