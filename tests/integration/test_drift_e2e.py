@@ -8,8 +8,7 @@ import time
 
 import orjson
 
-from slostream.config import load_settings
-from slostream.io.app import pipeline_config
+from slostream.config import load_settings, pipeline_config
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
 from tests.conftest import consume, produce
