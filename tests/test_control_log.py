@@ -38,8 +38,8 @@ def _commands(fingerprint: str) -> list[tuple[SourceRecord, bytes, float]]:
 def test_only_commands_in_force_are_kept_and_a_restored_partition_ends_up_the_same():
     live = PartitionProcessor(0, CONFIG, now=0.0)
     live.process(_data(600), 0.0)
-    fingerprint = next(iter(live.book.alerts))
-    assert live.book.fires_matching(fingerprint, None)
+    fingerprint = next(iter(live.alerting.book.alerts))
+    assert live.alerting.book.fires_matching(fingerprint, None)
     log = ControlLog()
     for record, value, read_at in _commands(fingerprint):
         command = parse_command(value, record.offset, record.timestamp)
@@ -52,9 +52,9 @@ def test_only_commands_in_force_are_kept_and_a_restored_partition_ends_up_the_sa
     store = dict(stale.checkpoint()[0])
 
     log.prune(T0 + 600 + CONTROL_MIN_AGE_S - 1,
-              firing=lambda ack: live.book.fires_matching(ack.fingerprint, ack.matchers))
+              firing=lambda ack: live.alerting.book.fires_matching(ack.fingerprint, ack.matchers))
     assert len(log) == 7  # nothing is dropped while it is young
-    log.prune(T0 + 7800, firing=lambda ack: live.book.fires_matching(ack.fingerprint, ack.matchers))
+    log.prune(T0 + 7800, firing=lambda ack: live.alerting.book.fires_matching(ack.fingerprint, ack.matchers))
     kept = [orjson.loads(record.value) for record, _ in log]
     assert [(c["command"], c.get("id")) for c in kept] == [("silence", "long"), ("ack", None)]
 
@@ -65,5 +65,5 @@ def test_only_commands_in_force_are_kept_and_a_restored_partition_ends_up_the_sa
         pruned.apply_control(record, command)
     for proc in (full, pruned, live):  # the next judgement drops what expired (the full log's short silence)
         proc.process(_data(7830, start_s=7800), 0.0)
-    assert pruned.book.to_state() == full.book.to_state() == live.book.to_state()
-    assert set(live.book.silences) == {"long"}
+    assert pruned.alerting.book.to_state() == full.alerting.book.to_state() == live.alerting.book.to_state()
+    assert set(live.alerting.book.silences) == {"long"}

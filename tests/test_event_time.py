@@ -122,7 +122,7 @@ def test_a_five_hour_backlog_in_one_batch_reports_every_window_exactly():
         assert got[start]["count"] == len(members)
         assert got[start]["errors"] == sum(not m["ok"] for m in members)
         assert got[start]["max"] == values.max()
-    tracker = proc.trackers["backfill-latency"]
+    tracker = proc.slos.trackers["backfill-latency"]
     bad, total = tracker.counts(T0, tracker.events.closed_until)
     judged = [m for m in items if m["ts"] < tracker.events.closed_until]
     assert (bad, total) == (sum(m["value"] > 40.0 for m in judged), len(judged))

@@ -132,7 +132,7 @@ def test_a_source_that_replays_after_a_crash_forwards_again_and_the_owner_adds_n
     assert cluster.windows() == _truth(items, T0 + 10_000 - 30)
     last_foreign = max(r.offset for r in cluster.logs[0]
                        if not r.headers and any(owner_of(m["service"], 2) == 1 for m in _elements(r.value)))
-    assert cluster.procs[1].forward_marks[0] // ELEMENTS_PER_RECORD == last_foreign
+    assert cluster.procs[1].intake.forward_marks[0] // ELEMENTS_PER_RECORD == last_foreign
 
 
 def _elements(value: bytes) -> list[dict]:

@@ -8,6 +8,7 @@ import pytest
 from slostream.core.objectives import Policy
 from slostream.core.sketch import QuantileSketch
 from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.state import series_record
 from slostream.pipeline.state_keys import SEP, series_key
 from slostream.pipeline.types import SourceRecord
 from tests.pipeline_sim import make_config
@@ -206,8 +207,7 @@ def test_eviction_deletes_a_quiet_series_and_its_state_restores_exactly():
     assert restored.process(log[committed + 1:], 300.0).sli == []  # replayed from the commit: nothing new
     offset = len(log)
     assert restored.series.keys() == proc.series.keys()
-    persisted = [(orjson.dumps(s.header()), s.windows.to_state())
-                 for s in (p.series[("busy", "m")] for p in (restored, proc))]
+    persisted = [series_record(p, p.series[("busy", "m")]) for p in (restored, proc)]
     assert persisted[0] == persisted[1]
     # Both go on alike; the evicted service comes back as a new series with exact windows.
     later = [record(offset + i, service, T0 + 300 + i * 20) for i, service in enumerate(["quiet", "busy"] * 6)]

@@ -169,7 +169,7 @@ def test_budget_and_burn_rates_equal_brute_force_counts():
     values = rng.lognormal(5, 0.5, times.size)
     for t, v in zip(times, values):
         feed.send(T0 + float(t), value=float(v))
-    tracker = feed.proc.trackers["co"]
+    tracker = feed.proc.slos.trackers["co"]
     status, _ = tracker.evaluate(T0 + float(times[-1]))
     end = status["evaluated_at"]
     bad = values > 300
@@ -200,7 +200,7 @@ def test_timeslices_count_slices_judged_by_their_good_ratio():
         for second in range(60):
             feed.send(T0 + minute * 60 + second, bool(second < round(ratio * 60)))
     feed.send(T0 + 120 * 60 + 30, True)  # moves the watermark past the last full minute
-    status, _ = feed.proc.trackers["co"].evaluate(T0 + 7230)
+    status, _ = feed.proc.slos.trackers["co"].evaluate(T0 + 7230)
     judged = np.array([round(r * 60) / 60 >= 0.9 for r in good_ratio_per_minute])
     assert status["budgeting"] == "timeslices"
     assert status["events"] == 120 and status["bad_events"] == (~judged).sum()
@@ -231,8 +231,8 @@ def test_calendar_window_budget_resets_at_the_boundary_in_its_time_zone():
         feed.send(boundary + t, False)
     for t in range(0, 600, 10):
         feed.send(boundary + t, True)
-    before, _ = feed.proc.trackers["co"].evaluate(boundary - 20)
-    after, _ = feed.proc.trackers["co"].evaluate(boundary + 590)
+    before, _ = feed.proc.slos.trackers["co"].evaluate(boundary - 20)
+    after, _ = feed.proc.slos.trackers["co"].evaluate(boundary + 590)
     assert before["bad_events"] > 0 and before["window_start"] == dt.datetime.fromisoformat(
         "2026-02-28T23:00:00+00:00").timestamp()
     assert after["window_start"] == boundary and after["bad_events"] == 0 and after["events"] == 60
@@ -244,7 +244,7 @@ def test_low_traffic_guard_and_no_data_alert():
     for t in range(0, 500, 10):  # 50 events, all bad: burn is huge but the long window is thin
         feed.send(T0 + t, False)
     assert feed.times("firing", "page") == []
-    assert feed.proc.trackers["co"].status["tiers"][0]["low_traffic"] is True
+    assert feed.proc.slos.trackers["co"].status["tiers"][0]["low_traffic"] is True
     feed.send(T0 + 700, True, metric="other")  # another series moves on: checkout's clock does not
     assert feed.times("firing", "ticket") == []
     # Checkout stays quiet: after idle_after_s (5 s) of wall time its clock runs on at wall speed.
@@ -268,10 +268,10 @@ def test_state_round_trip_keeps_counts_and_alerts_without_repeats():
     for t in range(3700, 3720):
         feed.send(T0 + t, False)
     assert len(feed.times("firing", "page")) == 1
-    assert restored.trackers["co"].evaluate(T0 + 3719)[0]["bad_events"] == 120
+    assert restored.slos.trackers["co"].evaluate(T0 + 3719)[0]["bad_events"] == 120
     # A changed good rule invalidates the stored counts instead of misreading them.
     changed = make_config(slos=(_slo(good=GoodRule("value_le", 1.0)),), grace_s=2)
-    fresh = PartitionProcessor.restore(0, changed, writes, now=0).trackers["co"]
+    fresh = PartitionProcessor.restore(0, changed, writes, now=0).slos.trackers["co"]
     assert fresh.counts(T0, T0 + 4000) == (0.0, 0.0)
 
 
@@ -306,7 +306,7 @@ def test_an_slo_whose_series_was_evicted_still_raises_its_no_data_alert_after_a_
     assert store[header_key] is None  # a tombstone deletes its state
     assert feed.times("firing", "ticket") == []  # silent for less than 600 s so far
     restored = PartitionProcessor.restore(0, config, store.items(), now=300.0)
-    assert restored.series == {} and ("checkout", "http") in restored.idle_clocks
+    assert restored.series == {} and ("checkout", "http") in restored.slos.idle_clocks
     fired = [event for now in range(330, 1200, 30) for _, event in restored.tick(float(now)).alerts]
     assert [e["data"]["labels"]["alertname"] for e in fired if e["type"] == "slostream.alert.firing"] == ["SLONoData"]
 
@@ -329,7 +329,7 @@ def test_pipeline_state_holds_no_reference_cycles():
         for now in range(400, 1000, 50):  # quiet: windows close, the series are evicted
             proc.tick(float(now))
         deque(proc.checkpoint()[0], maxlen=0)
-        assert proc.series == {} and proc.book is not None
+        assert proc.series == {} and proc.alerting.book is not None
         assert gc.collect() == 0
         del proc
         assert gc.collect() == 0

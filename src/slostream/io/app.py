@@ -15,7 +15,6 @@ import asyncio
 import functools
 import gc
 import logging
-import math
 import tempfile
 import time
 from collections import Counter, deque
@@ -39,9 +38,10 @@ from slostream.io import end_offsets, undecodable
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.sinks import AlertSinks
 from slostream.pipeline import state_keys
+from slostream.pipeline.envelopes import deadletter_event
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
 from slostream.pipeline.pacing import CheckpointPacer
-from slostream.pipeline.partition import PartitionProcessor, deadletter_event
+from slostream.pipeline.partition import PartitionProcessor, Snapshot
 from slostream.pipeline.types import EVALUATION_INTERVAL_S, Output, SourceRecord
 
 log = logging.getLogger("slostream")
@@ -292,8 +292,9 @@ class IngestService:
             ]
             proc = PartitionProcessor.restore(partition, self.pipeline_config, items, time.time())
             self.processors[partition] = proc
+            restored = proc.snapshot()
             log.info("partition %d: restored %d series and %d SLOs, resuming after offset %d",
-                     partition, len(proc.series), len(proc.trackers), proc.applied_offset)
+                     partition, restored.series, len(restored.slos), restored.applied_offset)
             self._pending_control.add(partition)
         return proc
 
@@ -357,7 +358,7 @@ class IngestService:
                 for out in proc.tick_parts(now):
                     await self._emit(out)
                     await asyncio.sleep(0)  # timers and the web endpoints run; the lock keeps the state still
-            self.control_log.prune(now, lambda ack: any(proc.book.fires_matching(ack.fingerprint, ack.matchers)
+            self.control_log.prune(now, lambda ack: any(proc.alert_fires(ack.fingerprint, ack.matchers)
                                                         for proc in self.processors.values()))
 
     async def _send_progress(self, partitions: list[int], only_at_end: bool = False) -> None:
@@ -393,12 +394,15 @@ class IngestService:
                 await self._emit(proc.apply_control(record, command))
                 self._uncheckpointed.add(partition)
 
+    def snapshots(self, reports: bool = False) -> list[Snapshot]:
+        """What the web views and metrics read: each owned partition's ``Snapshot``, by partition."""
+        return [proc.snapshot(reports) for _, proc in sorted(self.processors.items())]
+
     def firing_alerts(self) -> list[dict]:
-        return [alert for proc in self.processors.values() for alert in proc.book.firing()]
+        return [alert for snap in self.snapshots() for alert in snap.firing]
 
     def slo_statuses(self) -> list[dict]:
-        return sorted((t.status for proc in self.processors.values() for t in proc.trackers.values()
-                       if t.status is not None), key=lambda status: status["slo"])
+        return sorted((status for snap in self.snapshots() for status in snap.slos), key=lambda s: s["slo"])
 
     async def _emit(self, out: Output) -> None:
         if out.sli:
@@ -538,22 +542,16 @@ class IngestService:
         finally:
             await consumer.stop()
 
-    def lag(self) -> dict[int, int]:
+    def lag(self, snapshots: list[Snapshot]) -> dict[int, int]:
         lags = {}
-        for partition, proc in self.processors.items():
+        for snap in snapshots:
             try:
-                high = self.app.consumer.highwater(TP(self.topic, partition))
+                high = self.app.consumer.highwater(TP(self.topic, snap.partition))
             except Exception:  # not assigned any more, or no fetch yet
                 continue
             if high is not None:
-                lags[partition] = max(0, high - (proc.applied_offset + 1))
+                lags[snap.partition] = max(0, high - (snap.applied_offset + 1))
         return lags
-
-    def aligned_until(self) -> dict[int, float]:
-        """Per owned partition, the wall time every partition has reported reading past (finite only:
-        one partition needs no alignment, and before every partition has reported there is none)."""
-        return {partition: proc.alignment.aligned_until for partition, proc in self.processors.items()
-                if math.isfinite(proc.alignment.aligned_until)}
 
     def ready(self) -> bool:
         recovery = getattr(self.app.tables, "recovery", None)
@@ -721,10 +719,8 @@ def create_app(settings: Settings) -> SloApp:
 
     @app.page("/api/alerts")
     async def alerts_view(web, request):
-        silences = {}
-        for proc in ingest.processors.values():
-            for silence in proc.book.silences.values():
-                silences[silence.id] = vars(silence)
+        snapshots = ingest.snapshots()
+        silences = {silence["id"]: silence for snap in snapshots for silence in snap.silences}
         return web.json({"alerts": ingest.firing_alerts(), "silences": list(silences.values())})
 
     @app.page("/api/drift")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -98,23 +99,27 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("slostream_control_log_commands",
                                 "Control commands still in force, kept for partitions restored later.",
                                 value=len(ingest.control_log))
+        snapshots = ingest.snapshots(reports=True)
         held = GaugeMetricFamily("slostream_series", "Series held, by partition.", labels=["partition"])
-        for partition, proc in sorted(ingest.processors.items()):
-            held.add_metric([str(partition)], len(proc.series))
+        for snap in snapshots:
+            held.add_metric([str(snap.partition)], snap.series)
         yield held
         yield _counter("slostream_checkpoints", "State checkpoints completed.", ingest.checkpoints)
         lag = GaugeMetricFamily("slostream_consumer_lag_records",
                                 "Records between the processed position and the partition end.",
                                 labels=["partition"])
-        for partition, value in sorted(ingest.lag().items()):
+        for partition, value in sorted(ingest.lag(snapshots).items()):
             lag.add_metric([str(partition)], value)
         yield lag
         aligned = GaugeMetricFamily("slostream_aligned_until_timestamp_seconds",
                                     "Wall time (Unix seconds) before which every partition has reported reading "
                                     "everything; series of this owner close only data read before it. Far behind "
                                     "now: a partition is not being read.", labels=["partition"])
-        for partition, value in sorted(ingest.aligned_until().items()):
-            aligned.add_metric([str(partition)], value)
+        # Finite only: one partition needs no alignment, and before every partition has reported
+        # there is none.
+        for snap in snapshots:
+            if math.isfinite(snap.aligned_until):
+                aligned.add_metric([str(snap.partition)], snap.aligned_until)
         yield aligned
         watermark = GaugeMetricFamily("slostream_watermark_seconds",
                                       "Newest event time in the partition minus the grace period (Unix "
@@ -134,18 +139,16 @@ class _StateCollector(Collector):
         # seen), so a scrape stays small at any cardinality; the SLI topic carries every series.
         room = ingest.settings.metrics_series_limit
         omitted = 0
-        for partition, proc in sorted(ingest.processors.items()):
-            if proc.newest_event_ts > float("-inf"):
-                watermark.add_metric([str(partition)], proc.newest_event_ts - ingest.settings.grace_s)
-            for series in proc.series.values():
-                if series.last_report is None:
-                    continue
+        for snap in snapshots:
+            if snap.newest_event_ts > float("-inf"):
+                watermark.add_metric([str(snap.partition)], snap.newest_event_ts - ingest.settings.grace_s)
+            for last_report in snap.reports:
                 if room == 0:
                     omitted += 1
                     continue
                 room -= 1
-                report = orjson.loads(series.last_report)
-                labels = [series.service, series.metric, *(series.labels.get(k, "") for k in label_keys)]
+                report = orjson.loads(last_report)
+                labels = [report["service"], report["metric"], *(report["labels"].get(k, "") for k in label_keys)]
                 window_end.add_metric(labels, report["window_end"])
                 for name, gauge in gauges.items():
                     if report.get(name) is not None:

@@ -1,5 +1,6 @@
-"""The drift evaluator of one series: a ``DriftWatch`` per aggregate its rule chooses, fed each
-closed report window in event time, its detections as ``slostream.drift.detected`` events.
+"""Drift of every series' SLIs: a ``DriftWatch`` per aggregate its rule chooses (``SeriesDrift``),
+fed each closed report window in event time, its detections as ``slostream.drift.detected``
+events.
 
 The error ratio is pooled over consecutive windows until they hold ``ERROR_RATIO_REQUESTS``
 requests: at a few requests a minute, or one error in a thousand, one window's ratio is mostly 0
@@ -8,12 +9,14 @@ false detections in four days at 6 requests a minute). Pooled, a point says some
 
 from __future__ import annotations
 
-import math
 import struct
 
 from slostream.core.drift import Detection, DriftWatch
 from slostream.core.drift_rules import AGGREGATE_FIELDS, DriftRule
-from slostream.core.events import cloud_event, event_id
+from slostream.pipeline.envelopes import drift_event
+from slostream.pipeline.evaluators import Closes, Evaluator
+from slostream.pipeline.series import Series
+from slostream.pipeline.types import Output, PipelineConfig
 
 STATE_VERSION = 2  # 2: bytes (1 was JSON in the series' header)
 _HEAD = struct.Struct("<BqqB")  # version, pooled requests and errors, watches
@@ -86,15 +89,28 @@ class SeriesDrift:
         return fresh
 
 
-def drift_event(source: str, series_key: str, service: str, metric: str, labels: dict, aggregate: str,
-                detector: str, detection: Detection) -> tuple[bytes, dict]:
-    """The ``slostream.drift.detected`` event of a detection, keyed by service; its id is the series,
-    the aggregate and the window that made the detector fire, so a replay repeats it exactly."""
-    relative = detection.relative_change
-    data = {"service": service, "metric": metric, "labels": labels, "aggregate": aggregate, "detector": detector,
-            "detected_at": detection.detected_at, "changed_at": detection.changed_at,
-            "before": detection.before, "after": detection.after,
-            "relative_change": relative if math.isfinite(relative) else None, "direction": detection.direction}
-    id_ = event_id("drift", series_key, aggregate, detection.detected_at)
-    return service.encode(), cloud_event("slostream.drift.detected", source, id_, detection.detected_at, data,
-                                         subject=series_key)
+class DriftEvaluator(Evaluator):
+    kind = "drift"
+
+    def __init__(self, config: PipelineConfig):
+        self.rules = config.drift
+        self.source = config.source
+
+    def watch(self, series: Series) -> None:
+        rule = self.rules.for_series(series.service, series.metric)
+        series.drift = None if rule is None else SeriesDrift.of_rule(rule)
+
+    def closed(self, closes: Closes, out: Output) -> None:
+        for series, window in closes.reports:
+            if series.drift is None:
+                continue
+            for aggregate, detection in series.drift.update(window):
+                detector = series.drift.watches[aggregate].detector_name
+                out.drift.append(drift_event(self.source, series, aggregate, detector, detection))
+
+    def series_state(self, series: Series) -> bytes | None:
+        return None if series.drift is None else series.drift.to_state()
+
+    def restore_series(self, series: Series, state: bytes) -> None:
+        if series.drift is not None:
+            series.drift = SeriesDrift.from_state(state, self.rules.for_series(series.service, series.metric))

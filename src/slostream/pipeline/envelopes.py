@@ -1,0 +1,155 @@
+"""The CloudEvents slostream emits, with their keys and deterministic ids: SLI windows, breaches,
+alerts, drift detections and dead letters. A replay, batched however, makes the same ids."""
+
+from __future__ import annotations
+
+import base64
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+from slostream.core.alerts import AlertEvent
+from slostream.core.drift import Detection
+from slostream.core.events import cloud_event, event_id, event_id_of_text
+from slostream.core.measurement import Rejection
+from slostream.core.policy import PolicyWatch
+from slostream.core.tumbling import Closed
+from slostream.core.windows import COUNT, MAX, MIN, OK, OK_KNOWN, SUM, VALUES
+from slostream.pipeline.series import Series, held_json
+from slostream.pipeline.types import PipelineConfig, SourceRecord
+
+QUANTILE_NAMES, QUANTILE_LEVELS = ("p50", "p90", "p95", "p99"), (0.5, 0.9, 0.95, 0.99)
+
+
+def sli_windows(closed: Closed, report_s: int, series_of: dict[int, Series],
+                source: str) -> list[tuple[Series, dict, tuple[bytes, dict]]]:
+    """The completed report windows among ``closed``: each one's series, SLI data and event. Each
+    series' newest report is kept on it (``last_report``, with the value count and sum that the
+    summary on /metrics needs and the event does not carry)."""
+    chosen = np.flatnonzero(closed.lengths == report_s)
+    if not chosen.size:
+        return []
+    stats, quantiles = closed.stats[chosen], closed.quantiles[chosen]
+    count, ok_known, ok, n_values = (stats[:, column] for column in (COUNT, OK_KNOWN, OK, VALUES))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        error_ratio = np.where(ok_known > 0, (ok_known - ok) / ok_known, np.nan)
+        mean = np.where(n_values > 0, stats[:, SUM] / n_values, np.nan)
+    no_values = n_values == 0
+    low, high = np.where(no_values, np.nan, stats[:, MIN]), np.where(no_values, np.nan, stats[:, MAX])
+    columns = zip(closed.owners[chosen].tolist(), closed.starts[chosen].tolist(), count.astype(np.int64).tolist(),
+                  ok.astype(np.int64).tolist(), (ok_known - ok).astype(np.int64).tolist(), _nullable(error_ratio),
+                  (count / report_s).tolist(), _nullable(mean), _nullable(low), _nullable(high),
+                  n_values.astype(np.int64).tolist(), stats[:, SUM].tolist(), *map(_nullable, quantiles.T))
+    p50, p90, p95, p99 = QUANTILE_NAMES
+    windows = []
+    for owner, start, n, good, bad, ratio, throughput, avg, lowest, highest, value_count, value_sum, q50, q90, \
+            q95, q99 in columns:
+        series = series_of[owner]
+        end = start + report_s
+        data = {"service": series.service, "metric": series.metric, "labels": series.labels,
+                "window_start": start, "window_end": end, "count": n, "ok": good, "errors": bad,
+                "error_ratio": ratio, "throughput_per_s": throughput, "mean": avg, "min": lowest, "max": highest,
+                p50: q50, p90: q90, p95: q95, p99: q99}
+        series.last_report = held_json({**data, "value_count": value_count, "value_sum": value_sum})
+        event = cloud_event("slostream.sli.window", source, event_id_of_text(f"sli\x1f{series.key}\x1f{start}"), end,
+                            data, subject=series.key)
+        windows.append((series, data, (series.service.encode(), event)))
+    return windows
+
+
+def breach_event(series: Series, watch: PolicyWatch, transition: tuple[str, str], end: int,
+                 source: str) -> tuple[bytes, dict]:
+    policy = watch.policy
+    previous, level = transition
+    kind = "recovered" if level == "ok" else "started"
+    data = {
+        "policy": policy.name,
+        "service": series.service,
+        "metric": series.metric,
+        "labels": series.labels,
+        "aggregate": policy.aggregate,
+        "direction": policy.direction,
+        "warning": policy.warning,
+        "critical": policy.critical,
+        "consecutive": policy.consecutive,
+        "level": level,
+        "previous_level": previous,
+        "value": watch.last_value,
+        "window_start": end - policy.window_s,
+        "window_end": end,
+    }
+    event = cloud_event(f"slostream.breach.{kind}", source, event_id("breach", policy.name, series.key, end, level),
+                        end, data, subject=series.key)
+    return series.service.encode(), event
+
+
+def alert_envelope(alert_event: AlertEvent, started_bucket: int, at_bucket: int, source: str) -> tuple[bytes, dict]:
+    """An alert event, keyed by its service. Its id names base buckets (``started_bucket``,
+    ``at_bucket``): a replay after a crash, batched differently, may judge a few seconds apart within
+    the bucket but repeats the same id."""
+    alert = alert_event.alert
+    id_ = event_id("alert", alert_event.type, alert["fingerprint"], started_bucket, at_bucket)
+    event = cloud_event(f"slostream.alert.{alert_event.type}", source, id_, alert_event.time, alert,
+                        subject=alert["fingerprint"])
+    return alert["labels"].get("service", "").encode(), event
+
+
+def drift_event(source: str, series: Series, aggregate: str, detector: str, detection: Detection) -> tuple[bytes, dict]:
+    """The ``slostream.drift.detected`` event of a detection, keyed by service; its id is the series,
+    the aggregate and the window that made the detector fire, so a replay repeats it exactly."""
+    relative = detection.relative_change
+    data = {"service": series.service, "metric": series.metric, "labels": series.labels, "aggregate": aggregate,
+            "detector": detector, "detected_at": detection.detected_at, "changed_at": detection.changed_at,
+            "before": detection.before, "after": detection.after,
+            "relative_change": relative if math.isfinite(relative) else None, "direction": detection.direction}
+    id_ = event_id("drift", series.key, aggregate, detection.detected_at)
+    return series.service.encode(), cloud_event("slostream.drift.detected", source, id_, detection.detected_at, data,
+                                                subject=series.key)
+
+
+def deadletter_event(config: PipelineConfig, record: SourceRecord, rejection: Rejection) -> tuple[bytes, dict]:
+    """The dead-letter event of a rejected record or array element, keyed by the reason. A record's
+    letter carries the record's bytes; an element's carries that element alone, encoded as JSON
+    (a record of a thousand rejected elements must not become a thousand copies of itself). Either
+    is cut at ``max_deadletter_bytes``."""
+    element, element_bytes = _element_json(rejection.element)
+    raw = (record.value or b"") if rejection.index is None else element_bytes
+    limit = config.max_deadletter_bytes
+    data = {
+        "reason": rejection.reason.value,
+        "message": rejection.message,
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "index": rejection.index,
+        "timestamp": record.timestamp,
+        "key_b64": None if record.key is None else base64.b64encode(record.key).decode(),
+        "value_b64": base64.b64encode(raw[:limit]).decode(),
+        "value_size": len(raw),
+        "value_truncated": len(raw) > limit,
+        "element": element,
+    }
+    event = cloud_event(
+        "slostream.deadletter", config.source,
+        event_id("deadletter", record.topic, record.partition, record.offset, rejection.index),
+        record.timestamp, data,
+    )
+    return rejection.reason.value.encode(), event
+
+
+def _element_json(element) -> tuple[Any, bytes]:
+    """A rejected element as JSON-safe data and as JSON bytes (its repr where it is not JSON)."""
+    if element is None:
+        return None, b"null"
+    try:
+        encoded = orjson.dumps(element)
+    except (TypeError, orjson.JSONEncodeError):
+        encoded = orjson.dumps(repr(element))
+    return orjson.loads(encoded), encoded
+
+
+def _nullable(column: np.ndarray) -> list[float | None]:
+    """A float column as JSON values: NaN (no value) as null."""
+    return [None if x != x else x for x in column.tolist()]

@@ -1,0 +1,175 @@
+"""What a partition persists, and how it is read back: the writes of a checkpoint and a restore
+from them (the keys are ``state_keys``'s).
+
+A series' record (version 6) is binary: ``STATE_VERSION`` in a byte; the length of its JSON header
+in four bytes (little-endian) and the header (service, metric, labels, newest report); the number
+of evaluator sections in a byte, each its kind's name (a byte of length, then the name) and its
+state (four bytes of length, then the bytes the evaluator gave); then the windows and clock (the
+``TumblingWindows`` state). The windows change with every measurement, the header seldom: only they
+are columns, encoded for many series at once. A record of version 5 kept policy watches in the
+header (drift state of version 5 is not read: those watches start afresh); one of version 4 or
+before is one JSON object, starting with ``{``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+
+from slostream.core.alerts import AlertBook
+from slostream.core.tumbling import TumblingWindows
+from slostream.core.windows import SeriesWindows
+from slostream.pipeline import state_keys
+from slostream.pipeline.alignment import Alignment
+from slostream.pipeline.evaluators.policy import PolicyEvaluator
+from slostream.pipeline.series import Series, finite_or_none, from_finite, held_json
+
+if TYPE_CHECKING:
+    from slostream.pipeline.partition import PartitionProcessor
+
+# 3: reads awaiting alignment per series, progress per partition; 4: tumbling windows in the header;
+# 5: a series' record is binary; 6: evaluators' state in sections of the series' record.
+STATE_VERSION = 6
+_RECORD_VERSION = bytes((STATE_VERSION,))
+
+
+def checkpoint_writes(proc: PartitionProcessor, deleted: list[str], dirty: np.ndarray,
+                      replay: dict) -> Iterator[tuple[str, bytes | None]]:
+    """The deletions, the written series (their windows encoded together), each evaluator's own
+    writes, the alert book when it changed, then the partition's record, last."""
+    p = proc.partition
+    for key in deleted:
+        yield key, None
+    for owner, windows in zip(dirty.tolist(), proc.store.encode(dirty)):
+        series = proc._series_of_owner[owner]
+        yield state_keys.series_key(p, series.key), series_record(proc, series, windows)
+    writes: list[tuple[str, bytes | None]] = []
+    for evaluator in proc.evaluators:
+        writes.extend(evaluator.writes(p))
+    if proc.alerting.dirty:
+        writes.append((state_keys.book_key(p), held_json(proc.alerting.book.to_state())))
+        proc.alerting.dirty = False
+    partition_state = {
+        "v": STATE_VERSION,
+        **replay,
+        "control_offset": proc.control_offset,
+        "newest_event_ts": finite_or_none(proc.newest_event_ts),
+        "idle_clocks": proc.slos.idle_state(),
+    }
+    writes.append((state_keys.partition_key(p), held_json(partition_state)))
+    yield from writes
+
+
+def restore(proc: PartitionProcessor, items, now: float) -> None:
+    """Fill a new processor from persisted (key, value) pairs of its partition."""
+    partition, config = proc.partition, proc.config
+    partition_clock = [None, None]
+    records: dict[str, bytes] = {}
+    slots: dict[str, list] = {}
+    tracker_headers: dict[str, dict] = {}
+    tracker_slots: dict[str, list] = {}
+    for key, value in items:
+        parsed = None if value is None else state_keys.parse_key(partition, key)  # None: deleted, not compacted yet
+        if parsed is None:
+            continue
+        kind, fields = parsed
+        if kind == state_keys.PARTITION:
+            saved = orjson.loads(value)
+            proc.applied_offset = saved["applied_offset"]
+            proc.control_offset = saved.get("control_offset", -1)
+            proc.intake.forward_marks = {int(p): o for p, o in saved.get("forward_marks", {}).items()}
+            proc.alignment = Alignment.from_state(config.partitions, saved.get("alignment"))
+            proc.read_through = from_finite(saved.get("read_through"))
+            proc.slos.restore_idle(saved.get("idle_clocks", []), now)
+            if saved.get("v") == 1:  # one clock for the whole partition: every series starts from it
+                old = saved["watermark"]
+                partition_clock = [old["max_event_ts"], old["value"]]
+                proc.newest_event_ts = from_finite(old["max_event_ts"])
+            else:
+                proc.newest_event_ts = from_finite(saved["newest_event_ts"])
+        elif kind == state_keys.SERIES:
+            records[fields[0]] = value
+        elif kind == state_keys.OLD_SERIES_SLOT:
+            level, slot, series_key = fields
+            slots.setdefault(series_key, []).append((int(level), int(slot), orjson.loads(value)))
+            proc._deleted_keys.append(key)
+        elif kind == state_keys.SLO_HEADER:
+            tracker_headers[fields[0]] = orjson.loads(value)
+        elif kind == state_keys.SLO_SLOT:
+            windows_kind, level, slot, name = fields
+            tracker_slots.setdefault(name, []).append((windows_kind, int(level), int(slot), orjson.loads(value)))
+        elif kind == state_keys.BOOK:
+            proc.alerting.book = AlertBook.from_state(orjson.loads(value), config.alert_cooldown_s,
+                                                      config.escalate_after_s)
+    proc.slos.restore(tracker_headers, tracker_slots)
+    evaluators = {e.kind: e for e in proc.evaluators}
+    for series_key, record in records.items():
+        header, sections, windows_state = _read_series_record(record)
+        lengths = proc.window_lengths(header["service"], header["metric"])
+        if isinstance(windows_state, bytes):
+            windows = TumblingWindows.from_state(windows_state, lengths, proc.store)
+        elif "resolutions" in windows_state:
+            ring = SeriesWindows.from_states(windows_state, slots.get(series_key, []))
+            windows = TumblingWindows.from_ring(ring, lengths, proc.store)
+        else:
+            windows = TumblingWindows.from_state(windows_state, lengths, proc.store)
+        labels = tuple(header["labels"].get(k, "") for k in config.label_keys)
+        ident = (header["service"], header["metric"], labels) if config.label_keys else (
+            header["service"], header["metric"])
+        series = Series(ident, series_key, header["service"], header["metric"], header["labels"], windows)
+        if not isinstance(windows_state, bytes):  # version 4 and before: the clock and reads are the header's
+            max_ts, watermark = header.get("clock", partition_clock)
+            series.max_ts, series.watermark = from_finite(max_ts), from_finite(watermark)
+            proc.store.put_reads(windows.owner, header.get("reads", []), from_finite(header.get("aligned_ts")))
+        series.last_activity = now
+        series.last_report = None if header["last_report"] is None else held_json(header["last_report"])
+        proc.hold(series)
+        if "watches" in header:  # version 5 and before
+            PolicyEvaluator.restore_watches(series, header["watches"])
+        for kind, saved in sections.items():
+            if kind in evaluators:
+                evaluators[kind].restore_series(series, saved)
+
+
+def series_record(proc: PartitionProcessor, series: Series, windows: bytes | None = None) -> bytes:
+    """A series' persisted record; ``windows``: its windows' state, if encoded already."""
+    sections = [(e.kind, e.series_state(series)) for e in proc.evaluators]
+    if windows is None:
+        windows = series.windows.to_state()
+    header = orjson.dumps({"service": series.service, "metric": series.metric, "labels": series.labels,
+                           "last_report": None if series.last_report is None else orjson.Fragment(series.last_report)})
+    parts = [_RECORD_VERSION, len(header).to_bytes(4, "little"), header]
+    kept = [(kind, saved) for kind, saved in sections if saved is not None]
+    parts.append(bytes((len(kept),)))
+    for kind, saved in kept:
+        parts += (bytes((len(kind),)), kind.encode(), len(saved).to_bytes(4, "little"), saved)
+    parts.append(windows)
+    return b"".join(parts)
+
+
+def _read_series_record(record: bytes) -> tuple[dict, dict[str, bytes], bytes | dict]:
+    """A series' header, its evaluators' sections by kind, and its windows' state (bytes; a dict from
+    version 4 and before)."""
+    if record[:1] == b"{":
+        header = orjson.loads(record)
+        return header, {}, header["windows"]
+    if record[0] not in (5, STATE_VERSION):
+        raise ValueError(f"unsupported series state version {record[0]}")
+    size = int.from_bytes(record[1:5], "little")
+    header, at = orjson.loads(record[5:5 + size]), 5 + size
+    if record[0] == 5:
+        return header, {}, record[at:]
+    sections = {}
+    count, at = record[at], at + 1
+    for _ in range(count):
+        name_size = record[at]
+        kind = record[at + 1:at + 1 + name_size].decode()
+        at += 1 + name_size
+        saved_size = int.from_bytes(record[at:at + 4], "little")
+        sections[kind] = record[at + 4:at + 4 + saved_size]
+        at += 4 + saved_size
+    return header, sections, record[at:]
+
