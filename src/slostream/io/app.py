@@ -41,8 +41,8 @@ from slostream.pipeline import state_keys
 from slostream.pipeline.envelopes import deadletter_event
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
 from slostream.pipeline.pacing import CheckpointPacer
-from slostream.pipeline.partition import PartitionProcessor, Snapshot
-from slostream.pipeline.types import EVALUATION_INTERVAL_S, Output, SourceRecord
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import EVALUATION_INTERVAL_S, Output, Snapshot, SourceRecord
 
 log = logging.getLogger("slostream")
 

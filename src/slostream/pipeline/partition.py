@@ -20,7 +20,6 @@ out exact even when the crash tore a checkpoint in half.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import msgspec
 import numpy as np
@@ -28,11 +27,8 @@ import orjson
 
 from slostream.core.control import Command, CommandError
 from slostream.core.measurement import Reason, Rejection
-from slostream.core.objectives import GoodRule, Tally
 from slostream.core.tumbling import TumblingWindows, WindowStore
-from slostream.core.watermark import idle_watermark, running_max_before
-from slostream.core.windows import bucket_start
-from slostream.pipeline import rows, state, state_keys
+from slostream.pipeline import rows, state, state_keys, watermarks
 from slostream.pipeline.alerting import Alerting
 from slostream.pipeline.alignment import (
     PROGRESS_HEADER,
@@ -45,34 +41,17 @@ from slostream.pipeline.alignment import (
     written_by,
 )
 from slostream.pipeline.envelopes import QUANTILE_LEVELS, deadletter_event, sli_windows
-from slostream.pipeline.evaluators import Closes, Evaluator
+from slostream.pipeline.evaluators import Closes, Evaluator, Runs
 from slostream.pipeline.evaluators.drift import DriftEvaluator
 from slostream.pipeline.evaluators.policy import PolicyEvaluator
 from slostream.pipeline.evaluators.slo import SloEvaluator
 from slostream.pipeline.intake import Intake
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
 from slostream.pipeline.series import Series, finite_or_none, series_key
-from slostream.pipeline.types import RELATIVE_ACCURACY, Forward, Output, PipelineConfig, SourceRecord
+from slostream.pipeline.types import RELATIVE_ACCURACY, Forward, Output, PipelineConfig, Snapshot, SourceRecord
 
 # Series a tick advances between yields to the worker's event loop (0.1-0.2 s of closes at most).
 TICK_SLICE_SERIES = 2000
-# A series' changes wait unwritten for at most this many report windows of wall time (``checkpoint``).
-UNWRITTEN_REPORT_WINDOWS = 2
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What the worker's web views and metrics read of a partition."""
-
-    partition: int
-    series: int  # held
-    applied_offset: int
-    newest_event_ts: float
-    aligned_until: float
-    slos: list[dict]  # each SLO's status
-    firing: list[dict]  # alerts firing
-    silences: list[dict]
-    reports: list[bytes]  # each series' newest SLI report (JSON), when asked for
 
 
 class PartitionProcessor:
@@ -100,10 +79,7 @@ class PartitionProcessor:
                                                   DriftEvaluator(config))
         self.control_offset = -1  # last control command applied
         self._deleted_keys: list[str] = []  # state keys to delete at the next checkpoint (evicted, old layout)
-        # Checkpoints are numbered; each boundary keeps when it was taken and what a replay from it
-        # starts with, from the oldest whose changes some series holds unwritten on.
-        self._checkpoint_number = 0
-        self._boundaries: dict[int, tuple[float, dict]] = {0: (now, self._replay_state())}
+        self.checkpoints = state.Checkpoints(now, self._replay_state(), config.report_window_s)
 
     # --- processing -------------------------------------------------------
 
@@ -189,9 +165,10 @@ class PartitionProcessor:
         ids, keys = batch.ids, batch.keys
         known = [self.series.get(key) for key in keys]
         owners = np.array([-1 if s is None else s.windows.owner for s in known], dtype=np.int64)
-        before, after, newest = self._marks(ids, known, owners, batch.ts, written)
+        before, after, newest = watermarks.of_batch(self.config, self.store, self.alignment.aligned_until, ids,
+                                                    owners, batch.ts, written)
         # Held already (the source replayed after a crash): skipped before lateness is judged.
-        replayed = batch.marks <= self._per_key(self.store.mark, owners, -1)[ids]
+        replayed = batch.marks <= watermarks.per_key(self.store.mark, owners, -1)[ids]
         out.skipped_replay += int(replayed.sum())
         with np.errstate(invalid="ignore"):
             horizon = np.floor(before / width) * width
@@ -216,43 +193,6 @@ class PartitionProcessor:
             if accepted.size:
                 self._ingest(accepted, batch, known, after, out, now, written)
 
-    @staticmethod
-    def _per_key(column: np.ndarray, owners: np.ndarray, default) -> np.ndarray:
-        """A store column per key of a batch; ``default`` for a key without a series (owner -1)."""
-        values = np.full(owners.size, default, dtype=column.dtype)
-        held = owners >= 0
-        values[held] = column[owners[held]]
-        return values
-
-    def _marks(self, ids: np.ndarray, known: list, owners: np.ndarray, ts: np.ndarray,
-               written: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The watermark of each element's series before and after it, and the series' newest event
-        time before it.
-
-        A series' watermark trails its newest event time by the grace, but only as far as every
-        partition has read (``alignment``): data written before the aligned time counts, newer data
-        waits. The wait is capped (``max_source_skew_s``): a source partition that far behind the
-        series' newest data has its share of it judged late.
-        """
-        grace, skew = self.config.grace_s, self.config.max_source_skew_s
-        mark0 = self._per_key(self.store.watermark, owners, -np.inf)[ids]
-        newest0 = self._per_key(self.store.max_ts, owners, -np.inf)
-        newest_before, _ = running_max_before(ids, ts, newest0)
-        newest_after = np.maximum(newest_before, ts)
-        aligned_until = self.alignment.aligned_until
-        if aligned_until >= written:
-            safe_before, safe_after = newest_before, newest_after
-        else:
-            aligned = np.full(owners.size, -np.inf)
-            held = np.flatnonzero(owners >= 0)
-            aligned[held] = self.store.release_reads(owners[held], aligned_until)
-            safe_before = safe_after = aligned[ids]
-
-        def mark(safe: np.ndarray, newest: np.ndarray) -> np.ndarray:
-            return np.maximum(np.maximum(mark0, safe - grace), newest - skew)
-
-        return mark(safe_before, newest_before), mark(safe_after, newest_after), newest_before
-
     def _ingest(self, idx: np.ndarray, batch: rows.Rows, known: list[Series | None], marks_after: np.ndarray,
                 out: Output, now: float, written: float) -> None:
         """Window the accepted measurements ``idx`` (ascending) of one part of a batch; ``known`` holds
@@ -275,10 +215,10 @@ class PartitionProcessor:
         newest_ts = np.maximum.reduceat(ts, series_firsts)
         newest_marks = np.maximum.reduceat(marks_after[idx], series_firsts)
         np.maximum.at(self.store.mark, owners, np.maximum.reduceat(run_offsets, series_firsts))
-        closes: dict[int, list[int]] = {}
-        if any(series.trackers or series.watches for series in touched):
-            closes = self._feed_runs(sids, starts, idx, values, oks, run_offsets, ts, series_of,
-                                     newest_marks.tolist(), series_firsts, batch)
+        runs = Runs(touched, sids, starts, idx, values, oks, run_offsets, ts, series_of, newest_marks.tolist(),
+                    series_firsts, batch)
+        for evaluator in self.evaluators:
+            evaluator.ingested(runs)
         out.accepted += len(idx)
         store = self.store
         store.max_ts[owners] = np.maximum(store.max_ts[owners], newest_ts)
@@ -286,41 +226,12 @@ class PartitionProcessor:
         if self.config.partitions > 1:  # data of this series up to its newest event time was written by then
             store.note_reads(owners, note_time(written))
         store.watermark[owners] = np.maximum(store.watermark[owners], newest_marks)
-        self._close(touched, owners, out, closes)
+        self._close(touched, owners, out)
 
-    def _feed_runs(self, sids, starts, idx, values, oks, run_offsets, ts, series_of, newest_marks, series_firsts,
-                   batch: rows.Rows) -> dict[int, list[int]]:
-        """Feed each run (a series' measurements in one base bucket) of the series that feed SLOs,
-        in order; return, for each series watched by policies, the horizons at which a live run
-        would have closed it within the part (policies judge its windows in those steps)."""
-        bounds = [0, *(np.flatnonzero((np.diff(sids) != 0) | (np.diff(starts) != 0)) + 1).tolist(), len(idx)]
-        target_of = dict(zip(sids[series_firsts].tolist(), newest_marks))
-        newest = np.maximum.reduceat(ts, bounds[:-1])
-        tallies: dict[GoodRule, Tally] = {}  # each SLO rule judges the whole part once
-        slo_members: dict[str, list[np.ndarray]] = {}
-        closes: dict[int, list[int]] = {}
-        for number, (sid, start, a, b) in enumerate(zip(sids[bounds[:-1]].tolist(), starts[bounds[:-1]].tolist(),
-                                                        bounds, bounds[1:])):
-            series = series_of[sid]
-            target = max(series.watermark, target_of[sid])
-            if series.watches:
-                horizon = bucket_start(min(start, target), self.config.resolutions[0].width)
-                closes.setdefault(series.windows.owner, []).append(horizon)
-            for tracker in series.trackers:
-                if tracker.sources == 1:
-                    self.slos.feed_run(tracker, start, target, values[a:b], oks[a:b], run_offsets[a:b],
-                                       float(newest[number]), tallies, values, oks, a, b)
-                else:
-                    slo_members.setdefault(tracker.slo.name, []).append(idx[a:b])
-        for name, parts in slo_members.items():
-            self.slos.feed_gathered(name, np.concatenate(parts), batch)
-        return closes
-
-    def _close(self, series_list: list[Series], owners: np.ndarray, out: Output,
-               steps: dict[int, list[int]] | None = None, advanced: bool = False) -> None:
+    def _close(self, series_list: list[Series], owners: np.ndarray, out: Output, advanced: bool = False) -> None:
         """Close what the watermarks of ``series_list`` (their window ``owners``) passed; report the
         SLI windows completed and hand the close to every evaluator (the windows are handed out only
-        once). ``steps``: see ``Closes``; ``advanced``: moved by a tick or alignment."""
+        once). ``advanced``: moved by a tick or alignment, not by measurements."""
         if not series_list:
             return
         store = self.store
@@ -333,7 +244,7 @@ class PartitionProcessor:
                 out.sli.append(event)
                 reports.append((series, data))
         moved = np.flatnonzero(store.closed_until[owners] != before).tolist()
-        closes = Closes(series_list, owners, before, moved, closed, steps or {}, reports, advanced)
+        closes = Closes(series_list, owners, before, moved, closed, reports, advanced)
         for evaluator in self.evaluators:
             evaluator.closed(closes, out)
 
@@ -392,21 +303,8 @@ class PartitionProcessor:
         ``idle``, quiet) allows; close what they pass."""
         if not owners.size:
             return
-        config, store, series_of = self.config, self.store, self._series_of_owner
-        watermark, max_ts = store.watermark[owners], store.max_ts[owners]
-        marks = np.maximum(watermark, max_ts - config.grace_s)
-        if idle:
-            marks = idle_watermark(max_ts, marks, now - store.last_activity[owners], config.grace_s,
-                                   config.idle_after_s)
-        awaiting = np.flatnonzero(store.read_count[owners])
-        if awaiting.size:
-            aligned = store.release_reads(owners[awaiting], self.alignment.aligned_until)
-            still = store.read_count[owners[awaiting]] > 0  # data not every partition has read past yet
-            held_back = awaiting[still]  # as far as the aligned data
-            marks[held_back] = np.maximum(np.maximum(watermark[held_back], aligned[still] - config.grace_s),
-                                          max_ts[held_back] - config.max_source_skew_s)
-        moved = np.flatnonzero(marks > watermark)
-        store.watermark[owners[moved]] = marks[moved]
+        moved = watermarks.advance(self.config, self.store, owners, now, idle, self.alignment.aligned_until)
+        series_of = self._series_of_owner
         self._close([series_of[owner] for owner in owners[moved].tolist()], owners[moved], out, advanced=True)
 
     def _evict_quiet(self, now: float, out: Output) -> None:
@@ -472,7 +370,7 @@ class PartitionProcessor:
         Everything up to and including the returned offset is in the writes, so
         the consumer may commit ``offset + 1`` once they are durable. A series is written once
         something was emitted from its state (a window completed, or a policy judged one), or once
-        its changes have waited ``UNWRITTEN_REPORT_WINDOWS`` report windows of wall time; until
+        its changes have waited ``state.UNWRITTEN_REPORT_WINDOWS`` report windows of wall time; until
         then the offset stays at the checkpoint before its first unwritten change, and a replay
         from there redoes those changes exactly (each series' replay mark skips what is written).
         Kafka Streams' record caches defer writes the same way. ``final`` writes every series
@@ -482,15 +380,7 @@ class PartitionProcessor:
         anything else.
         """
         deleted, self._deleted_keys = self._deleted_keys, []
-        number = self._checkpoint_number
-        stale_before = number + 1 if final or deleted else self._stale_before()
-        dirty, oldest = self.store.take_writes(number, stale_before)
-        self._checkpoint_number = number + 1
-        self._boundaries[number + 1] = (self.now, self._replay_state())
-        replay_from = number + 1 if oldest is None else oldest
-        for boundary in [b for b in self._boundaries if b < replay_from]:
-            del self._boundaries[boundary]
-        replay = self._boundaries[replay_from][1]
+        dirty, replay = self.checkpoints.take(self.store, self.now, self._replay_state(), final or bool(deleted))
         return state.checkpoint_writes(self, deleted, dirty, replay), replay["applied_offset"]
 
     @property
@@ -498,13 +388,7 @@ class PartitionProcessor:
         """Whether some series' changes have waited long enough to be written at the next checkpoint
         even if nothing else happens here (others wait for news: a checkpoint with nothing new to
         commit only costs the consumer a commit)."""
-        return len(self._boundaries) > 1 and self._stale_before() > next(iter(self._boundaries))
-
-    def _stale_before(self) -> int:
-        """The oldest checkpoint whose changes may still wait (``UNWRITTEN_REPORT_WINDOWS``)."""
-        limit = UNWRITTEN_REPORT_WINDOWS * self.config.report_window_s
-        return next((b for b, (at, _) in self._boundaries.items() if self.now - at < limit),
-                    self._checkpoint_number + 1)
+        return self.checkpoints.unwritten_due(self.now)
 
     def _replay_state(self) -> dict:
         """What a replay from the offset applied now starts with: the rest of the partition's state

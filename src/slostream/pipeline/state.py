@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 
 from slostream.core.alerts import AlertBook
-from slostream.core.tumbling import TumblingWindows
+from slostream.core.tumbling import TumblingWindows, WindowStore
 from slostream.core.windows import SeriesWindows
 from slostream.pipeline import state_keys
 from slostream.pipeline.alignment import Alignment
@@ -34,6 +34,39 @@ if TYPE_CHECKING:
 # 5: a series' record is binary; 6: evaluators' state in sections of the series' record.
 STATE_VERSION = 6
 _RECORD_VERSION = bytes((STATE_VERSION,))
+# A series' changes wait unwritten for at most this many report windows of wall time.
+UNWRITTEN_REPORT_WINDOWS = 2
+
+
+class Checkpoints:
+    """Checkpoints are numbered; each boundary keeps when it was taken and what a replay from it
+    starts with, from the oldest whose changes some series holds unwritten on."""
+
+    def __init__(self, now: float, replay_state: dict, report_window_s: int):
+        self.number = 0
+        self.boundaries: dict[int, tuple[float, dict]] = {0: (now, replay_state)}
+        self.wait_s = UNWRITTEN_REPORT_WINDOWS * report_window_s
+
+    def take(self, store: WindowStore, now: float, replay_state: dict, everything: bool) -> tuple[np.ndarray, dict]:
+        """A new checkpoint at wall time ``now`` (``replay_state``: what a replay from it starts
+        with): the window owners of the series to write (``everything``: all changed ones), and the
+        replay state of the oldest checkpoint still needed, whose offset the writes make safe."""
+        number = self.number
+        stale_before = number + 1 if everything else self._stale_before(now)
+        dirty, oldest = store.take_writes(number, stale_before)
+        self.number = number + 1
+        self.boundaries[number + 1] = (now, replay_state)
+        replay_from = number + 1 if oldest is None else oldest
+        for boundary in [b for b in self.boundaries if b < replay_from]:
+            del self.boundaries[boundary]
+        return dirty, self.boundaries[replay_from][1]
+
+    def unwritten_due(self, now: float) -> bool:
+        return len(self.boundaries) > 1 and self._stale_before(now) > next(iter(self.boundaries))
+
+    def _stale_before(self, now: float) -> int:
+        """The oldest checkpoint whose changes may still wait (``UNWRITTEN_REPORT_WINDOWS``)."""
+        return next((b for b, (at, _) in self.boundaries.items() if now - at < self.wait_s), self.number + 1)
 
 
 def checkpoint_writes(proc: PartitionProcessor, deleted: list[str], dirty: np.ndarray,

@@ -86,3 +86,18 @@ class Forward(NamedTuple):
     value: bytes
     headers: list[tuple[str, bytes]]
     measurements: int
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the worker's web views and metrics read of a partition."""
+
+    partition: int
+    series: int  # held
+    applied_offset: int
+    newest_event_ts: float
+    aligned_until: float
+    slos: list[dict]  # each SLO's status
+    firing: list[dict]  # alerts firing
+    silences: list[dict]
+    reports: list[bytes]  # each series' newest SLI report (JSON), when asked for

@@ -7,6 +7,8 @@ calls them at the same points, in the same order:
 - ``watch`` when it holds a new series: the evaluator decides whether the series is one of its
   own, and keeps what it judges of it in the series' slot for its kind;
 - ``window_lengths``: the tumbling windows it reads of a series, so the series keeps them;
+- ``ingested`` after each part of a batch is windowed (``Runs``), before the series' watermarks
+  move: an SLO counts the measurements, base bucket by base bucket;
 - ``closed`` after every close (``Closes``): the windows completed, in event time, however the
   data was batched, so a replay or a backlog is judged as a live run is; events go into the
   output, alert conditions through the partition's ``Alerting``;
@@ -21,12 +23,49 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from slostream.core.tumbling import Closed
+from slostream.pipeline import rows
 from slostream.pipeline.series import Series
 from slostream.pipeline.types import Output
+
+
+class Runs:
+    """One accepted part of a batch, windowed, as runs: a series' measurements in one base bucket,
+    ordered by series, bucket and replay mark. What an evaluator reads of it is computed when first
+    read (most parts feed no evaluator)."""
+
+    def __init__(self, series: list[Series], sids: np.ndarray, starts: np.ndarray, idx: np.ndarray,
+                 values: np.ndarray, oks: np.ndarray, offsets: np.ndarray, ts: np.ndarray,
+                 series_of: dict[int, Series], marks_after: list[float], series_firsts: np.ndarray,
+                 batch: rows.Rows):
+        self.series = series  # each series of the part, once
+        self.values, self.oks, self.offsets = values, oks, offsets  # of every measurement, in run order
+        self.idx = idx  # each measurement's row in ``batch``
+        self.batch = batch
+        self._sids, self._starts, self._ts, self._series_of = sids, starts, ts, series_of
+        self._marks_after = dict(zip(sids[series_firsts].tolist(), marks_after))
+
+    @cached_property
+    def bounds(self) -> list[int]:
+        """Run ``i`` is measurements ``bounds[i]:bounds[i + 1]``."""
+        sids, starts = self._sids, self._starts
+        return [0, *(np.flatnonzero((np.diff(sids) != 0) | (np.diff(starts) != 0)) + 1).tolist(), len(sids)]
+
+    @cached_property
+    def each(self) -> list[tuple[Series, int, float, float, int, int]]:
+        """Each run's series, base bucket start, the watermark its series has after the part, its
+        newest event time, and its bounds."""
+        bounds = self.bounds
+        firsts = bounds[:-1]
+        newest = np.maximum.reduceat(self._ts, firsts).tolist()
+        return [(series, start, max(series.watermark, self._marks_after[sid]), latest, a, b)
+                for sid, start, latest, a, b in zip(self._sids[firsts].tolist(), self._starts[firsts].tolist(),
+                                                    newest, bounds, bounds[1:])
+                for series in (self._series_of[sid],)]
 
 
 @dataclass
@@ -38,7 +77,6 @@ class Closes:
     before: np.ndarray  # their closed horizons before the close
     moved: list[int]  # which of them the close moved
     closed: Closed  # the windows completed
-    steps: dict[int, list[int]]  # owner -> horizons at which a live run would have closed it before its last
     reports: list[tuple[Series, dict]]  # the completed report windows: series and SLI data
     advanced: bool  # moved by a tick or by alignment, not by measurements
 
@@ -52,6 +90,9 @@ class Evaluator:
     def window_lengths(self, group: tuple[str, str]) -> dict[int, bool]:
         """The window lengths it reads of the series of ``group``, and whether each needs quantiles."""
         return {}
+
+    def ingested(self, runs: Runs) -> None:
+        """Take in the measurements of a part of a batch."""
 
     def closed(self, closes: Closes, out: Output) -> None:
         """Judge what a close completed."""

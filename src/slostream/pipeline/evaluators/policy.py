@@ -10,10 +10,10 @@ import orjson
 from slostream.core.alerts import Condition
 from slostream.core.policy import PolicyWatch, aggregate_value
 from slostream.core.tumbling import Closed
-from slostream.core.windows import Aggregate
+from slostream.core.windows import Aggregate, bucket_start
 from slostream.pipeline.alerting import Alerting
 from slostream.pipeline.envelopes import breach_event
-from slostream.pipeline.evaluators import Closes, Evaluator
+from slostream.pipeline.evaluators import Closes, Evaluator, Runs
 from slostream.pipeline.series import Series
 from slostream.pipeline.types import Output, PipelineConfig
 
@@ -27,9 +27,13 @@ class PolicyEvaluator(Evaluator):
     def __init__(self, config: PipelineConfig, alerting: Alerting):
         self.source = config.source
         self.alerting = alerting
+        self.width = config.resolutions[0].width
         self.policies_for: dict[tuple[str, str], list] = {}
         for policy in config.policies:
             self.policies_for.setdefault((policy.service, policy.metric), []).append(policy)
+        # Per series (window owner) watched, the horizons at which a live run would have closed it
+        # within the part of a batch just taken in: its windows are judged in those steps.
+        self._steps: dict[int, list[int]] = {}
 
     def watch(self, series: Series) -> None:
         series.watches = [PolicyWatch(p) for p in self.policies_for.get(series.group, ())]
@@ -40,14 +44,22 @@ class PolicyEvaluator(Evaluator):
             lengths[policy.window_s] = lengths.get(policy.window_s, False) or policy.aggregate.startswith("p")
         return lengths
 
+    def ingested(self, runs: Runs) -> None:
+        if not any(series.watches for series in runs.series):
+            return
+        for series, start, target, _, _, _ in runs.each:
+            if series.watches:
+                self._steps.setdefault(series.windows.owner, []).append(bucket_start(min(start, target), self.width))
+
     def closed(self, closes: Closes, out: Output) -> None:
+        steps, self._steps = self._steps, {}
         if not self.policies_for:
             return
         for i in closes.moved:
             series = closes.series[i]
             if series.watches:
                 self._judge_in_steps(series, closes.closed, int(closes.before[i]),
-                                     closes.steps.get(int(closes.owners[i]), []), out)
+                                     steps.get(int(closes.owners[i]), []), out)
 
     def _judge_in_steps(self, series: Series, closed: Closed, before: int, steps: list[int], out: Output) -> None:
         """Judge the series' policies on its windows in ``closed``: first at each step that completed

@@ -19,7 +19,7 @@ from slostream.core.tracker import SloTracker
 from slostream.core.watermark import idle_watermark, running_max_before
 from slostream.pipeline import rows
 from slostream.pipeline.alerting import Alerting
-from slostream.pipeline.evaluators import Closes, Evaluator
+from slostream.pipeline.evaluators import Closes, Evaluator, Runs
 from slostream.pipeline.series import IdleClock, Series, finite_or_none, from_finite, held_json
 from slostream.pipeline.state_keys import slo_header_key, slo_slot_key
 from slostream.pipeline.types import EVALUATION_INTERVAL_S, Output, PipelineConfig
@@ -139,18 +139,29 @@ class SloEvaluator(Evaluator):
         base bucket."""
         self.evaluate(out, [t.slo.name for t in self.trackers_of(group)], clock)
 
-    def feed_run(self, tracker: SloTracker, start: int, target: float, values: np.ndarray, oks: np.ndarray,
-                 offsets: np.ndarray, newest: float, tallies: dict[GoodRule, Tally], all_values: np.ndarray,
-                 all_oks: np.ndarray, a: int, b: int) -> None:
-        """A run (one series' measurements in one base bucket) into an SLO fed by that series
-        alone; each SLO rule judges the whole part once (``tallies``)."""
-        self._close_before(tracker, start, target)
-        rule = tracker.slo.good
-        tally = tallies.get(rule) or tallies.setdefault(rule, Tally(rule.flags(all_values, all_oks)))
-        tracker.feed(start, values, oks, offsets, newest, tally.counts(a, b))
-        self.touched.add(tracker.slo.name)
+    def ingested(self, runs: Runs) -> None:
+        """Count each run into the SLOs its series feeds, in order: an SLO fed by that series alone
+        at once (each SLO rule judges the whole part once), one that covers several series once it
+        has gathered them all (``_feed_gathered``)."""
+        if not any(series.trackers for series in runs.series):
+            return
+        tallies: dict[GoodRule, Tally] = {}
+        gathered: dict[str, list[np.ndarray]] = {}
+        values, oks, offsets = runs.values, runs.oks, runs.offsets
+        for series, start, target, newest, a, b in runs.each:
+            for tracker in series.trackers:
+                if tracker.sources == 1:
+                    self._close_before(tracker, start, target)
+                    rule = tracker.slo.good
+                    tally = tallies.get(rule) or tallies.setdefault(rule, Tally(rule.flags(values, oks)))
+                    tracker.feed(start, values[a:b], oks[a:b], offsets[a:b], newest, tally.counts(a, b))
+                    self.touched.add(tracker.slo.name)
+                else:
+                    gathered.setdefault(tracker.slo.name, []).append(runs.idx[a:b])
+        for name, parts in gathered.items():
+            self._feed_gathered(name, np.concatenate(parts), runs.batch)
 
-    def feed_gathered(self, name: str, members: np.ndarray, batch: rows.Rows) -> None:
+    def _feed_gathered(self, name: str, members: np.ndarray, batch: rows.Rows) -> None:
         """An SLO that covers several series gathers them; each base bucket is fed once, in offset
         order, so its replay mark stays exact."""
         tracker = self.trackers[name]
