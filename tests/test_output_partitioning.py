@@ -5,7 +5,7 @@ import random
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from slostream.io.app import key_hash
+from slostream.io.producer import key_hash
 
 
 @pytest.mark.parametrize("partitions", [1, 3, 4, 12])

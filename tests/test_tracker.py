@@ -312,7 +312,7 @@ def test_an_slo_whose_series_was_evicted_still_raises_its_no_data_alert_after_a_
 
 
 def test_pipeline_state_holds_no_reference_cycles():
-    """The worker keeps its state out of the cyclic garbage collector (``io.app.keep_out_of_gc``):
+    """The worker keeps its state out of the cyclic garbage collector (``io.ingest.keep_out_of_gc``):
     that frees nothing late only if state dies by reference counting alone."""
     config = make_config(slos=(_slo(),), policies=(Policy("p99", "checkout", "http", "p99", 60, "above", 300.0,
                                                              500.0),), grace_s=2, series_ttl_s=100)

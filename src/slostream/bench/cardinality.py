@@ -33,8 +33,8 @@ from slostream.bench.common import (
 )
 from slostream.config import Settings, pipeline_config
 from slostream.core.objectives import Policy
-from slostream.io.app import keep_out_of_gc
 from slostream.io.broker import EmbeddedBroker
+from slostream.io.ingest import keep_out_of_gc
 from slostream.pipeline.pacing import CheckpointPacer
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 from slostream.core.measurement import Reason
 
 if TYPE_CHECKING:
-    from slostream.io.app import IngestService
+    from slostream.io.ingest import IngestService
 
 SLI_GAUGES = (
     ("count", "slostream_sli_window_measurements", "Measurements in the last closed report window."),

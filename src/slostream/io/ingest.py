@@ -1,0 +1,391 @@
+"""The worker's batch ingest over the pure pipeline: one ``PartitionProcessor`` per owned partition,
+the state table, the checkpoint (outputs, then changelog, then the commit), control commands.
+Offsets of the measurement topic are committed by the checkpoint, only after the state that covers
+them is durable in the changelog."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections import Counter, deque
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+from faust.types import TP
+
+from slostream.config import Settings, pipeline_config
+from slostream.core.control import ControlLog, parse_command
+from slostream.core.measurement import Reason, Rejection
+from slostream.io.consumer import SloApp
+from slostream.io.metrics import PipelineMetrics
+from slostream.io.producer import YIELD_EVERY_WRITES, NotDelivered, OutputProducer
+from slostream.io.sinks import AlertSinks
+from slostream.io.slicer import Slicer
+from slostream.pipeline import state_keys
+from slostream.pipeline.envelopes import deadletter_event
+from slostream.pipeline.pacing import CheckpointPacer
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import Output, Snapshot, SourceRecord
+
+log = logging.getLogger("slostream")
+
+STATE_TABLE = "sli-state"
+# A partition that reaches the end of its log reports at once, but at most this often (each report
+# is one record to every partition); every tick it reports regardless.
+PROGRESS_MIN_INTERVAL_S = 0.25
+# A revoke or a stop waits this long for its final checkpoint (a worker that does not stop on
+# SIGTERM is worse than a replay).
+FINAL_CHECKPOINT_TIMEOUT_S = 10.0
+RECENT_DRIFT_EVENTS = 100  # kept for /api/drift, newest first
+# A checkpoint longer than this is logged with its stages (outputs, changelog, commit).
+SLOW_CHECKPOINT_S = 2.0
+
+
+def source_record(topic: str, partition: int, offset: int, timestamp_ms: int | None, key: bytes | None,
+                   value: bytes | None, headers: tuple) -> SourceRecord:
+    return SourceRecord(topic, partition, offset, (timestamp_ms or 0) / 1000.0, key, value, headers)
+
+
+def keep_out_of_gc() -> None:
+    """Move what is alive now (mostly series state) out of the cyclic garbage collector's reach.
+
+    At 100,000 series a full collection walks millions of objects: 1.1-1.4 s with the event loop
+    held, and a fifth of all processing time (measured). State holds no reference cycles, so what
+    dies after this is still freed by reference counting; young cycles are collected first.
+    """
+    gc.collect(1)
+    gc.freeze()
+
+
+class IngestService:
+    """Owns the partition processors of this worker and their persistence."""
+
+    def __init__(self, app: SloApp, settings: Settings, metrics: PipelineMetrics, outputs: OutputProducer):
+        self.app = app
+        self.outputs = outputs
+        self.settings = settings
+        self.metrics = metrics
+        self.topic = settings.topic("measurements")
+        self.pipeline_config = pipeline_config(settings)
+        self.sinks: AlertSinks | None = None
+        # The control commands in force, for partitions restored later.
+        self.control_log = ControlLog()
+        self.alerts_emitted: Counter[str] = Counter()
+        self.breaches_emitted = 0
+        # Detections by (service, metric, aggregate, direction), the start of each one's newest
+        # change, and the newest detections for /api/drift.
+        self.drift_detections: Counter[tuple[str, str, str, str]] = Counter()
+        self.drift_changed_at: dict[tuple[str, str, str], float] = {}
+        self.drift_recent: deque[dict] = deque(maxlen=RECENT_DRIFT_EVENTS)
+        self.processors: dict[int, PartitionProcessor] = {}
+        self.lock = asyncio.Lock()
+        self.slicer = Slicer()
+        self._checkpoint_lock = asyncio.Lock()
+        self.pacer = CheckpointPacer(settings.checkpoint_interval_s)
+        self.rejected: Counter[str] = Counter()
+        self.accepted = 0
+        self.records_consumed = 0
+        self.skipped_replay = 0
+        self.forwarded = 0
+        self.forward_duplicates = 0
+        self.series_evicted = 0
+        self.undecodable_batches = 0
+        self._undecodable_letters: list[tuple[bytes, dict]] = []
+        self.sli_emitted = 0
+        self.checkpoints = 0
+        self._uncheckpointed: set[int] = set()
+        self._pending_control: set[int] = set()
+        self._progress_sent: dict[int, float] = {}  # partition -> wall time of its last progress
+        self.state = app.Table(
+            STATE_TABLE,
+            partitions=settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+        )
+        self.measurements = app.topic(self.topic, partitions=settings.partitions, acks=False,
+                                      key_serializer="raw", value_serializer="raw")
+        self.sli_topic = settings.topic("sli")
+        self.deadletter_topic = settings.topic("deadletter")
+        self.alerts_topic = settings.topic("alerts")
+        self.breaches_topic = settings.topic("breaches")
+        self.drift_topic = settings.topic("drift")
+        self.control_topic = settings.topic("control")
+        outputs.track([self.sli_topic, self.deadletter_topic, self.alerts_topic, self.breaches_topic, self.drift_topic,
+                       self.state.changelog_topic.get_topic_name()], [self.topic])
+
+    def processor(self, partition: int) -> PartitionProcessor:
+        proc = self.processors.get(partition)
+        if proc is None:
+            prefix = state_keys.partition_prefix(partition).encode()
+            items = [
+                (k.decode(), v) for k, v in self.state.data.items() if k.startswith(prefix)
+            ]
+            proc = PartitionProcessor.restore(partition, self.pipeline_config, items, time.time())
+            self.processors[partition] = proc
+            restored = proc.snapshot()
+            log.info("partition %d: restored %d series and %d SLOs, resuming after offset %d",
+                     partition, restored.series, len(restored.slos), restored.applied_offset)
+            self._pending_control.add(partition)
+        return proc
+
+    async def catch_up_control(self) -> None:
+        """Apply the control commands a newly restored partition has not seen (under the lock)."""
+        for partition in sorted(self._pending_control):
+            proc = self.processors.get(partition)
+            if proc is None:
+                continue
+            for record, command in self.control_log:
+                await self._emit(proc.apply_control(record, command))
+        self._pending_control.clear()
+
+    async def handle(self, partition: int, batch: list[SourceRecord]) -> None:
+        """A fetched batch of the measurement topic (built as ``SourceRecord`` by ``io.undecodable``)."""
+        for forwarded, records in self.slicer.slices(batch):
+            async with self.lock:
+                started = time.perf_counter()  # not the wait for the lock (a tick or checkpoint yielding)
+                proc = self.processor(partition)
+                await self.catch_up_control()
+                out = proc.process(records, time.time())
+                self._uncheckpointed.add(partition)
+                await self._emit(out)
+                elapsed = time.perf_counter() - started
+                for aligned in proc.align_parts():
+                    await asyncio.sleep(0)  # timers and the web endpoints run; the lock keeps the state still
+                    await self._emit(aligned)
+            self.records_consumed += len(records)
+            self.metrics.observe_batch(elapsed)
+            self.slicer.measured(forwarded, records, elapsed)
+            await asyncio.sleep(0)  # as between the slices of a tick
+        since_sent = time.time() - self._progress_sent.get(partition, 0.0)
+        if self.settings.partitions > 1 and since_sent >= PROGRESS_MIN_INTERVAL_S:
+            async with self.lock:  # at the end of its log: say so now, not at the next tick
+                await self._send_progress([partition], only_at_end=True)
+
+    def skipped_batch(self, topic: str, partition: int, first: int, after: int, error: str) -> None:
+        """A fetched batch that could not be decoded was skipped (see ``io.undecodable``): count it and
+        dead-letter a note of it (its bytes cannot be read, so none are attached)."""
+        self.undecodable_batches += 1
+        record = SourceRecord(topic, partition, first, time.time(), None, None)
+        message = f"record batch at offsets {first}-{after - 1} could not be decoded and was skipped: {error}"
+        self._undecodable_letters.append(deadletter_event(
+            self.pipeline_config, record, Rejection(0, None, Reason.UNDECODABLE_BATCH, message)))
+
+    async def tick(self) -> None:
+        async with self.lock:
+            if self._undecodable_letters:
+                letters, self._undecodable_letters = self._undecodable_letters, []
+                await self._emit(Output(deadletter=letters))
+            if self.ready():
+                # Partitions without traffic still evaluate their SLOs and take control commands.
+                for tp in self.app.consumer.assignment():
+                    if tp.topic == self.topic:
+                        self.processor(tp.partition)
+            await self.catch_up_control()
+            await self._send_progress(list(self.processors))  # from every assigned partition, traffic or not
+            now = time.time()
+            for partition, proc in list(self.processors.items()):
+                self._uncheckpointed.add(partition)
+                for out in proc.tick_parts(now):
+                    await self._emit(out)
+                    await asyncio.sleep(0)  # timers and the web endpoints run; the lock keeps the state still
+            self.control_log.prune(now, lambda ack: any(proc.alert_fires(ack.fingerprint, ack.matchers)
+                                                        for proc in self.processors.values()))
+
+    async def _send_progress(self, partitions: list[int], only_at_end: bool = False) -> None:
+        """Tell every partition how far each of ``partitions`` has read (``pipeline.alignment``),
+        behind the forwards already sent: a partition owner closes a series only when all have read
+        past it. With ``only_at_end``, only a partition at the end of its log reports."""
+        if self.settings.partitions == 1:
+            return
+        for partition in partitions:
+            proc = self.processors.get(partition)
+            if proc is None:
+                continue
+            end_known_at = self.app.consumer.end_known_at(TP(self.topic, partition), proc.applied_offset + 1)
+            if end_known_at is None and only_at_end:
+                continue
+            await self._emit(proc.progress(end_known_at))
+            self._progress_sent[partition] = time.time()
+
+    async def evaluate_pending(self) -> None:
+        async with self.lock:
+            now = time.time()
+            for partition, proc in list(self.processors.items()):
+                out = proc.evaluate_pending(now)
+                if out.alerts:
+                    self._uncheckpointed.add(partition)
+                await self._emit(out)
+
+    async def apply_control(self, record: SourceRecord) -> None:
+        command = parse_command(record.value, record.offset, record.timestamp)
+        async with self.lock:
+            self.control_log.append(record, command, time.time())
+            for partition, proc in self.processors.items():
+                await self._emit(proc.apply_control(record, command))
+                self._uncheckpointed.add(partition)
+
+    def snapshots(self, reports: bool = False) -> list[Snapshot]:
+        """What the web views and metrics read: each owned partition's ``Snapshot``, by partition."""
+        return [proc.snapshot(reports) for _, proc in sorted(self.processors.items())]
+
+    def firing_alerts(self) -> list[dict]:
+        return [alert for snap in self.snapshots() for alert in snap.firing]
+
+    def slo_statuses(self) -> list[dict]:
+        return sorted((status for snap in self.snapshots() for status in snap.slos), key=lambda s: s["slo"])
+
+    async def _emit(self, out: Output) -> None:
+        if out.sli:
+            await self.outputs.send_keyed(self.sli_topic, ((key, orjson.dumps(event)) for key, event in out.sli))
+        for key, event in out.alerts:
+            await self.outputs.send(self.alerts_topic, key, orjson.dumps(event))
+            self.alerts_emitted[event["type"]] += 1
+            if self.sinks is not None:
+                self.sinks.submit(event)
+        for key, event in out.breaches:
+            await self.outputs.send(self.breaches_topic, key, orjson.dumps(event))
+            self.breaches_emitted += 1
+        for key, event in out.drift:
+            await self.outputs.send(self.drift_topic, key, orjson.dumps(event))
+            data = event["data"]
+            self.drift_detections[data["service"], data["metric"], data["aggregate"], data["direction"]] += 1
+            self.drift_changed_at[data["service"], data["metric"], data["aggregate"]] = data["changed_at"]
+            self.drift_recent.append(event)
+        for forward in out.forwards:
+            await self.outputs.forward(self.topic, forward.partition, forward.value, forward.headers)
+        if out.deadletter:
+            self.rejected.update(event["data"]["reason"] for _, event in out.deadletter)
+            await self.outputs.send_keyed(self.deadletter_topic,
+                                          ((key, orjson.dumps(event)) for key, event in out.deadletter))
+        self.accepted += out.accepted
+        self.skipped_replay += out.skipped_replay
+        self.forwarded += out.forwarded
+        self.forward_duplicates += out.forward_duplicates
+        self.series_evicted += out.evicted
+        self.sli_emitted += len(out.sli)
+
+    async def checkpoint(self, partitions: set[int] | None = None, final: bool = False) -> None:
+        """Make the output events (forwarded measurements included) durable, then the changed state,
+        then commit its offsets: neither the state nor the committed offset ever runs ahead of what
+        was produced, so a crash can only make a source forward (and emit) again, never lose it.
+        ``final`` (a revoke or a stop) writes every series' changes, so the next owner replays nothing.
+
+        The snapshot is taken under the processing lock; the waits for the broker
+        are not, so ingest goes on while they drain.
+        """
+        async with self._checkpoint_lock:
+            snapshot: list[tuple[int, bytes, bytes | None]] = []
+            async with self.lock:
+                started = time.monotonic()
+                # A partition whose series' changes have waited too long is due without news.
+                self._uncheckpointed.update(p for p, proc in self.processors.items() if proc.unwritten_due)
+                due = self._uncheckpointed if partitions is None else self._uncheckpointed & partitions
+                offsets: dict[TP, int] = {}
+                written = [partition for partition in sorted(due) if partition in self.processors]
+                for partition in written:
+                    writes, offset = self.processors[partition].checkpoint(final)
+                    for number, (key, value) in enumerate(writes, 1):
+                        if number % YIELD_EVERY_WRITES == 0:
+                            await asyncio.sleep(0)  # as in tick
+                        raw_key = key.encode()
+                        if value is None:  # a tombstone: compaction drops the key
+                            self.state.data.pop(raw_key, None)
+                        else:
+                            self.state.data[raw_key] = value
+                        snapshot.append((partition, raw_key, value))
+                    if offset >= 0:
+                        offsets[TP(self.topic, partition)] = offset + 1
+                self._uncheckpointed -= due
+                self.pacer.done(started, time.monotonic())
+            stage_ends = [("snapshot", time.monotonic())]
+            try:
+                await self._write(snapshot, written, stage_ends)
+            except (NotDelivered, KafkaError) as exc:
+                # The state has moved past output or changes the broker never took: only a replay
+                # from the last commit sends them again, so the worker stops (its partitions move
+                # on) rather than commit over the gap.
+                log.error("outputs or state changes were not delivered; stopping without a commit: %r", exc)
+                await self.app.crash(exc)
+                return
+            if offsets:
+                committed = await self.app.consumer._commit(offsets)
+                if not committed:
+                    log.warning("commit of %s was refused (rebalance); the state holds the offsets", offsets)
+            stage_ends.append(("commit", time.monotonic()))
+            if stage_ends[-1][1] - started > SLOW_CHECKPOINT_S:  # names the stage that waited: usually the broker
+                starts = [started] + [end for _, end in stage_ends[:-1]]
+                log.warning("slow checkpoint, seconds by stage: %s",
+                            {name: round(end - start, 3) for (name, end), start in zip(stage_ends, starts)})
+            self.checkpoints += 1
+            keep_out_of_gc()
+
+    async def _write(self, snapshot: list[tuple[int, bytes, bytes | None]], written: list[int],
+                     stage_ends: list[tuple[str, float]]) -> None:
+        """Make the outputs durable, then the changed state (each stage's end noted)."""
+        await self.outputs.flush()
+        stage_ends.append(("outputs", time.monotonic()))
+        # In batches awaited here, not Faust's send_soon buffer, whose flush() gives up after
+        # 0.1 s without a send and would let the commit run ahead of the changelog.
+        # Checkpoints are serialised, so order holds.
+        changelog = self.state.changelog_topic.get_topic_name()
+        await asyncio.gather(*await self.outputs.send_batches(changelog, snapshot))
+        if self.settings.changelog_fence:
+            # Tansu reports a partition's end offset from the first record of its last batch,
+            # and Faust recovers a changelog only up to the end offset: a last batch of one
+            # record makes the end right. Restore ignores the key.
+            fences = [(partition, state_keys.fence_key(partition).encode(), b"") for partition in written]
+            await asyncio.gather(*await self.outputs.send_batches(changelog, fences))
+        stage_ends.append(("changelog", time.monotonic()))
+
+    async def final_checkpoint(self, partitions: set[int] | None = None) -> None:
+        """Write every series' changes before a revoke or a stop, waiting at most
+        ``FINAL_CHECKPOINT_TIMEOUT_S``: a stopping consumer may never answer the commit, and the
+        next owner replays exactly from the last durable checkpoint anyway (a torn one included)."""
+        try:
+            await asyncio.wait_for(self.checkpoint(partitions, final=True), FINAL_CHECKPOINT_TIMEOUT_S)
+        except Exception:
+            log.exception("final checkpoint failed or timed out; the next owner replays from the last durable one")
+
+    async def on_revoked(self, revoked: set[TP]) -> None:
+        mine = {tp.partition for tp in revoked if tp.topic == self.topic}
+        if not mine:
+            return
+        await self.final_checkpoint(mine)
+        async with self.lock:
+            for partition in mine:
+                self.processors.pop(partition, None)
+                self._uncheckpointed.discard(partition)
+
+    async def read_control(self) -> None:
+        """Every worker reads the whole control topic (no group): commands apply to all partitions."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.broker_hosts, enable_auto_commit=False,
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=self.settings.fetch_max_wait_ms)
+        await consumer.start()
+        try:
+            consumer.assign([TopicPartition(self.control_topic, 0)])
+            await consumer.seek_to_beginning()
+            while True:
+                for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                    for r in batch:
+                        await self.apply_control(SourceRecord(r.topic, r.partition, r.offset,
+                                                              (r.timestamp or 0) / 1000.0, r.key, r.value))
+        finally:
+            await consumer.stop()
+
+    def lag(self, snapshots: list[Snapshot]) -> dict[int, int]:
+        lags = {}
+        for snap in snapshots:
+            try:
+                high = self.app.consumer.highwater(TP(self.topic, snap.partition))
+            except Exception:  # not assigned any more, or no fetch yet
+                continue
+            if high is not None:
+                lags[snap.partition] = max(0, high - (snap.applied_offset + 1))
+        return lags
+
+    def ready(self) -> bool:
+        recovery = getattr(self.app.tables, "recovery", None)
+        return bool(recovery is not None and recovery.completed.is_set() and not self.app.rebalancing)
