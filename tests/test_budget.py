@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from slostream.core.buckets import OK_KNOWN
 from slostream.core.budget import (
     Budget,
     BurnTier,
@@ -15,7 +16,7 @@ from slostream.core.budget import (
     evaluate_tiers,
     time_to_exhaustion,
 )
-from slostream.core.windows import OK_KNOWN, SeriesWindows
+from slostream.core.windows import SeriesWindows
 
 T0 = 1_800_000_000 // 86400 * 86400
 RATE = 10  # events per second

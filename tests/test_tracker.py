@@ -12,9 +12,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from slostream.core.buckets import COUNT, DEFAULT_RESOLUTIONS, OK, OK_KNOWN
 from slostream.core.budget import BurnTier, default_tiers, detection_seconds
 from slostream.core.objectives import GoodRule, Policy, Slo, SloWindow, Timeslices, calendar_start
-from slostream.core.windows import COUNT, DEFAULT_RESOLUTIONS, OK, OK_KNOWN, SeriesWindows
+from slostream.core.windows import SeriesWindows
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.state_keys import series_key
 from slostream.pipeline.types import SourceRecord

@@ -3,7 +3,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slostream.core.windows import COUNT, OK, OK_KNOWN, Resolution, SeriesWindows, check_resolutions
+from slostream.core.buckets import COUNT, OK, OK_KNOWN, Resolution, check_resolutions
+from slostream.core.windows import SeriesWindows
 
 T0 = 1_700_000_000 // 86400 * 86400  # a UTC midnight, so every level aligns
 

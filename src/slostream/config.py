@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
+from slostream.core.buckets import DEFAULT_RESOLUTIONS, Resolution
 from slostream.core.drift_rules import DriftRules
-from slostream.core.windows import DEFAULT_RESOLUTIONS, Resolution
 from slostream.pipeline.types import PipelineConfig
 
 ENV_PREFIX = "SLOSTREAM_"

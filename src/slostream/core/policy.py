@@ -13,8 +13,8 @@ clears a page.
 from __future__ import annotations
 
 from .alerts import Condition
+from .buckets import Aggregate
 from .objectives import Policy
-from .windows import Aggregate
 
 BREACH_ALERT = "ThresholdBreach"
 QUANTILE_OF = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}

@@ -19,9 +19,10 @@ import math
 import numpy as np
 
 from .alerts import Condition, fingerprint
+from .buckets import OK, OK_KNOWN, Resolution, bucket_start
 from .budget import Budget, BurnTier, evaluate_tiers, judge_tier, time_to_exhaustion
 from .objectives import Slo, Timeslices
-from .windows import OK, OK_KNOWN, Resolution, SeriesWindows, bucket_start
+from .windows import SeriesWindows
 
 STATE_VERSION = 1
 BURN_ALERT = "SLOErrorBudgetBurn"

@@ -36,8 +36,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import orjson
 
-from .sketch import SPARSE_KEYS, QuantileSketch
-from .windows import (
+from .buckets import (
     COUNT,
     MAX,
     MIN,
@@ -47,11 +46,12 @@ from .windows import (
     SUM,
     VALUES,
     Aggregate,
-    SeriesWindows,
     bucket_start,
     empty_stats,
     merge_stats_into,
 )
+from .sketch import SPARSE_KEYS, QuantileSketch
+from .windows import SeriesWindows
 
 # Reads noted per owner (``note_reads``); more drop the oldest: the owner aligns a little later.
 MAX_READS = 16

@@ -39,282 +39,29 @@ bucket without a sketch reports no quantiles rather than partial ones.
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-
 import numpy as np
 
+from .buckets import (
+    COUNT,
+    DEFAULT_RESOLUTIONS,
+    MAX,
+    MIN,
+    OK,
+    OK_KNOWN,
+    SUM,
+    VALUES,
+    Aggregate,
+    Resolution,
+    bucket_start,
+    check_resolutions,
+    empty_stats,
+    merge_stats_into,
+)
+from .levels import Level
+from .running_totals import RunningTotals
 from .sketch import QuantileSketch
 
 STATE_VERSION = 1
-
-# Columns of a stats row.
-COUNT, OK_KNOWN, OK, VALUES, SUM, MIN, MAX = range(7)
-N_STATS = 7
-
-
-def empty_stats() -> np.ndarray:
-    row = np.zeros(N_STATS)
-    row[MIN], row[MAX] = np.inf, -np.inf
-    return row
-
-
-def merge_stats_into(target: np.ndarray, other: np.ndarray) -> None:
-    target[:MIN] += other[:MIN]
-    if other[VALUES]:  # a row without values (every count-only SLO row) leaves min and max alone
-        target[MIN] = min(target[MIN], other[MIN])
-        target[MAX] = max(target[MAX], other[MAX])
-
-
-def bucket_start(ts: float, width: int) -> int:
-    """Start of the bucket of ``width`` seconds that holds event time ``ts``."""
-    return int(ts // width) * width
-
-
-@dataclass(frozen=True)
-class Resolution:
-    width: int
-    slots: int
-    sketch_slots: int | None = None  # newest buckets that keep a quantile sketch; None: all
-
-    @property
-    def kept_sketches(self) -> int:
-        return self.slots if self.sketch_slots is None else self.sketch_slots
-
-    @property
-    def retention(self) -> int:
-        return self.width * self.slots
-
-
-DEFAULT_RESOLUTIONS: tuple[Resolution, ...] = (
-    Resolution(10, 370, sketch_slots=60),
-    Resolution(60, 370),
-    Resolution(600, 438, sketch_slots=0),
-    Resolution(3600, 744, sketch_slots=0),
-    Resolution(86400, 93, sketch_slots=0),
-)
-
-
-def check_resolutions(resolutions: tuple[Resolution, ...]) -> None:
-    """Each level's width must divide the next one's, or rollups would straddle buckets."""
-    if not resolutions:
-        raise ValueError("at least one resolution is required")
-    for finer, coarser in itertools.pairwise(resolutions):
-        if coarser.width % finer.width or coarser.width <= finer.width:
-            raise ValueError(f"width {coarser.width}s is not a multiple of {finer.width}s")
-    for res in resolutions:
-        if res.width <= 0 or res.slots < 2:
-            raise ValueError(f"resolution {res} needs a positive width and at least 2 slots")
-
-
-@dataclass(frozen=True)
-class Aggregate:
-    """Readable result over a span [start, end)."""
-
-    start: int
-    end: int
-    stats: np.ndarray
-    sketch: QuantileSketch | None
-
-    @property
-    def count(self) -> int:
-        return int(self.stats[COUNT])
-
-    @property
-    def ok(self) -> int:
-        return int(self.stats[OK])
-
-    @property
-    def errors(self) -> int:
-        return int(self.stats[OK_KNOWN] - self.stats[OK])
-
-    @property
-    def error_ratio(self) -> float | None:
-        known = self.stats[OK_KNOWN]
-        return None if known == 0 else float((known - self.stats[OK]) / known)
-
-    @property
-    def throughput_per_s(self) -> float:
-        return float(self.stats[COUNT]) / (self.end - self.start)
-
-    @property
-    def mean(self) -> float | None:
-        n = self.stats[VALUES]
-        return None if n == 0 else float(self.stats[SUM] / n)
-
-    @property
-    def min(self) -> float | None:
-        return None if self.stats[VALUES] == 0 else float(self.stats[MIN])
-
-    @property
-    def max(self) -> float | None:
-        return None if self.stats[VALUES] == 0 else float(self.stats[MAX])
-
-    def quantile(self, q: float) -> float | None:
-        """Sketch quantile clamped to the exact min and max seen."""
-        return self.quantiles((q,))[0]
-
-    def quantiles(self, qs) -> list[float | None]:
-        """``quantile`` of each of ``qs``, in one pass over the sketch."""
-        if self.sketch is None or self.stats[VALUES] == 0:
-            return [None] * len(qs)
-        low, high = float(self.stats[MIN]), float(self.stats[MAX])
-        return [min(max(value, low), high) for value in self.sketch.quantiles(qs)]
-
-
-class _Level:
-    __slots__ = ("width", "slots", "sketch_slots", "keeps_sketches", "starts", "stats", "sketches",
-                 "marks", "dirty")
-
-    def __init__(self, resolution: Resolution):
-        self.width = resolution.width
-        self.slots = resolution.slots
-        self.sketch_slots = resolution.kept_sketches
-        self.keeps_sketches = self.sketch_slots > 0
-        self.starts = np.full(self.slots, -1, dtype=np.int64)
-        self.stats = np.tile(empty_stats(), (self.slots, 1))
-        self.sketches: list[QuantileSketch | None] = [None] * self.slots
-        # Idempotency marks, so a replay after a torn checkpoint adds nothing twice:
-        # base level, the last source offset in the bucket; coarser levels, the
-        # end of the last base bucket rolled in.
-        self.marks = np.full(self.slots, -1, dtype=np.int64)
-        self.dirty: set[int] = set()
-
-    def slot_of(self, start: int) -> int:
-        return (start // self.width) % self.slots
-
-    def _claim(self, start: int) -> int | None:
-        slot = self.slot_of(start)
-        if self.starts[slot] > start:
-            return None  # older than this level's retention
-        if self.starts[slot] != start:
-            self.starts[slot] = start
-            self.stats[slot] = empty_stats()
-            self.sketches[slot] = None
-            self.marks[slot] = -1
-            self._drop_old_sketches(start)
-        self.dirty.add(slot)
-        return slot
-
-    def _drop_old_sketches(self, newest: int) -> None:
-        """Keep sketches only for the newest ``sketch_slots`` buckets (they dominate memory)."""
-        if not 0 < self.sketch_slots < self.slots:
-            return
-        horizon = newest - self.sketch_slots * self.width
-        for slot in np.flatnonzero((self.starts <= horizon) & (self.starts >= 0)).tolist():
-            if self.sketches[slot] is not None:
-                self.sketches[slot] = None
-                self.dirty.add(slot)
-
-    def add_row(self, start: int, stats: np.ndarray, sketch: QuantileSketch | None, mark: int = -1) -> None:
-        slot = self._claim(start)
-        if slot is None or (mark >= 0 and self.marks[slot] >= mark):
-            return
-        self.marks[slot] = max(self.marks[slot], mark)
-        merge_stats_into(self.stats[slot], stats)
-        if sketch is not None and self.keeps_sketches:
-            if self.sketches[slot] is None:
-                self.sketches[slot] = sketch.copy()
-            else:
-                self.sketches[slot].merge(sketch)
-
-    def bucket(self, start: int) -> tuple[np.ndarray, QuantileSketch | None] | None:
-        slot = self.slot_of(start)
-        if self.starts[slot] != start:
-            return None
-        return self.stats[slot], self.sketches[slot]
-
-    def slot_state(self, slot: int) -> dict:
-        sketch = self.sketches[slot]
-        return {
-            "start": int(self.starts[slot]),
-            "stats": [float(x) for x in self.stats[slot]],
-            "sketch": None if sketch is None else sketch.to_state(),
-            "mark": int(self.marks[slot]),
-        }
-
-    def load_slot(self, slot: int, state: dict) -> None:
-        self.starts[slot] = state["start"]
-        self.stats[slot] = np.asarray(state["stats"], dtype=np.float64)
-        sketch = state["sketch"]
-        self.sketches[slot] = None if sketch is None else QuantileSketch.from_state(sketch)
-        self.marks[slot] = state["mark"]
-
-    def nbytes(self) -> int:
-        sketches = sum(s.nbytes() for s in self.sketches if s is not None)
-        return self.starts.nbytes + self.stats.nbytes + self.marks.nbytes + sketches + 8 * self.slots
-
-
-class _RunningTotals:
-    """The additive columns summed over all closed time, and that running total as it stood at
-    every bucket boundary each level still holds: closed time since a boundary is ``now`` minus
-    its mark, O(1), and a close only appends. Counts stay exact (integers in float64); SUM may
-    differ from a fresh sum in its last bits."""
-
-    __slots__ = ("now", "widths", "boundaries", "values")
-
-    def __init__(self, levels: list[_Level]):
-        self.now = np.zeros(MIN)
-        self.widths = [level.width for level in levels]
-        # One slot more than the level holds: the boundary at the newest close is kept too.
-        self.boundaries = [np.full(level.slots + 1, -1, dtype=np.int64) for level in levels]
-        self.values = [np.zeros((level.slots + 1, MIN)) for level in levels]
-
-    @classmethod
-    def of(cls, windows: SeriesWindows) -> _RunningTotals:
-        """Rebuilt from the levels. Data reaches a coarser level only when its base bucket closes,
-        so a level's closed buckets from a boundary on sum to all closed time since it."""
-        running = cls(windows.levels)
-        closed = windows.closed_until
-        for index, level in enumerate(windows.levels):
-            width = level.width
-            newest = bucket_start(max(closed - 1, 0), width)
-            held = (level.starts >= 0) & (level.starts < closed)
-            order = np.argsort(level.starts[held])
-            starts = level.starts[held][order]
-            suffix = np.zeros((starts.size + 1, MIN))
-            suffix[:-1] = np.cumsum(level.stats[held][order, :MIN][::-1], axis=0)[::-1]
-            marks = np.arange(newest - (level.slots - 1) * width, bucket_start(closed, width) + 1, width)
-            running._record(index, marks, -suffix[np.searchsorted(starts, marks)])
-        return running
-
-    def _record(self, index: int, marks: np.ndarray | int, values: np.ndarray) -> None:
-        slots = (marks // self.widths[index]) % len(self.boundaries[index])
-        self.boundaries[index][slots] = marks
-        self.values[index][slots] = values
-
-    def advance(self, old: int, new: int, closing: list[int], rows: list[np.ndarray]) -> None:
-        """Closed time moved from ``old`` to ``new``, closing the base buckets ``closing`` (ascending)."""
-        base_width = self.widths[0]
-        if not rows:
-            after = self.now
-        else:  # one row is the usual close; np.sum over a list of one costs more than the add
-            after = self.now + (rows[0] if len(rows) == 1 else np.sum(rows, axis=0))
-        cumulative = None
-        for index, width in enumerate(self.widths):
-            last = bucket_start(new, width)
-            first = max(bucket_start(old, width) + width, last - (len(self.boundaries[index]) - 1) * width)
-            if first > last:
-                continue
-            if first == last and (not closing or closing[-1] + base_width <= last):
-                self._record(index, last, after)  # the usual close: one new boundary, after every bucket
-                continue
-            if cumulative is None:
-                cumulative = np.zeros((len(rows) + 1, MIN))
-                if rows:
-                    np.cumsum(rows, axis=0, out=cumulative[1:])
-                ends = np.asarray(closing, dtype=np.int64) + base_width
-            marks = np.arange(first, last + 1, width)
-            self._record(index, marks, self.now + cumulative[np.searchsorted(ends, marks, side="right")])
-        self.now = after
-
-    def since(self, index: int, boundary: int) -> np.ndarray | None:
-        """Closed time from ``boundary`` (a bucket start of level ``index``) on; None if not marked."""
-        slot = (boundary // self.widths[index]) % len(self.boundaries[index])
-        if self.boundaries[index][slot] != boundary:
-            return None
-        return self.now - self.values[index][slot]
-
 
 class SeriesWindows:
     """Multi-resolution event-time buckets of one series.
@@ -332,12 +79,12 @@ class SeriesWindows:
         check_resolutions(resolutions)
         self.resolutions = resolutions
         self.relative_accuracy = relative_accuracy
-        self.levels = [_Level(r) for r in resolutions]
+        self.levels = [Level(r) for r in resolutions]
         self.closed_until = 0
         self.open_starts: set[int] = set()
         self._closed_sums: dict[tuple[int, int], np.ndarray] = {}
         self._prefixes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        self._running: _RunningTotals | None = None  # made by the first ``closed_totals`` up to now
+        self._running: RunningTotals | None = None  # made by the first ``closed_totals`` up to now
         # ((closed_until, newest open start), oldest bucket each level holds)
         self._oldest_held: tuple[tuple[int, int], list[int]] = ((-1, -1), [])
 
@@ -521,7 +268,7 @@ class SeriesWindows:
     def _running_since(self, lo: int) -> np.ndarray | None:
         running = self._running
         if running is None:
-            running = self._running = _RunningTotals.of(self)
+            running = self._running = RunningTotals.of(self)
         return running.since(*self._answering_level(lo))
 
     def _closed_range(self, index: int, first: int, last: int) -> np.ndarray:
@@ -570,7 +317,7 @@ class SeriesWindows:
             tail, current = stop, finer_index
         return row
 
-    def _cover(self, lo: int, hi: int, top: int) -> list[tuple[_Level, int]]:
+    def _cover(self, lo: int, hi: int, top: int) -> list[tuple[Level, int]]:
         """Buckets that tile [lo, hi), coarsest first, finer levels for the edges."""
         if lo >= hi:
             return []
@@ -586,7 +333,7 @@ class SeriesWindows:
         base = self.levels[0]
         return [(base, s) for s in range(bucket_start(lo, base.width), hi, base.width)]
 
-    def _edge(self, lo: int, hi: int, index: int) -> list[tuple[_Level, int]]:
+    def _edge(self, lo: int, hi: int, index: int) -> list[tuple[Level, int]]:
         if lo >= hi:
             return []
         finer = self._cover(lo, hi, index - 1) if index > 0 else []
@@ -602,13 +349,13 @@ class SeriesWindows:
                 return [(level, s) for s in range(start, hi, level.width)]
         raise AssertionError("unreachable: the edge's own level always answers")
 
-    def _retained(self, level: _Level, start: int, sketches: bool = False) -> bool:
+    def _retained(self, level: Level, start: int, sketches: bool = False) -> bool:
         """Whether ``level`` still holds the bucket at ``start`` (held or empty, not expired)."""
         newest = self._newest_held(level)
         kept = level.sketch_slots if sketches else level.slots
         return start > newest - kept * level.width
 
-    def _newest_held(self, level: _Level) -> int:
+    def _newest_held(self, level: Level) -> int:
         """The newest bucket ``level`` holds: the one before closed time, or on the base ring an open
         bucket past it (which may have taken the slot of the oldest closed one)."""
         newest = bucket_start(max(self.closed_until - 1, 0), level.width)

@@ -5,8 +5,8 @@
 from __future__ import annotations
 
 from slostream.core.alerts import AlertBook, AlertEvent, Condition
+from slostream.core.buckets import bucket_start
 from slostream.core.control import Command
-from slostream.core.windows import bucket_start
 from slostream.pipeline.envelopes import alert_envelope
 from slostream.pipeline.types import Output, PipelineConfig
 

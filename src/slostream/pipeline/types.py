@@ -7,9 +7,9 @@ from typing import NamedTuple
 
 import msgspec
 
+from slostream.core.buckets import Resolution
 from slostream.core.drift_rules import DriftRules
 from slostream.core.objectives import Policy, Slo
-from slostream.core.windows import Resolution
 
 RELATIVE_ACCURACY = 0.01  # of every quantile sketch
 # Within a base bucket, SLOs are judged at most this often per partition (wall time); the alert

@@ -8,9 +8,9 @@ import numpy as np
 import orjson
 
 from slostream.core.alerts import Condition
+from slostream.core.buckets import Aggregate, bucket_start
 from slostream.core.policy import PolicyWatch, aggregate_value
 from slostream.core.tumbling import Closed
-from slostream.core.windows import Aggregate, bucket_start
 from slostream.pipeline.alerting import Alerting
 from slostream.pipeline.envelopes import breach_event
 from slostream.pipeline.evaluators import Closes, Evaluator, Runs
