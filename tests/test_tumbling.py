@@ -7,7 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from slostream.core.sketch import QuantileSketch
-from slostream.core.tumbling import MAX_READS, TumblingWindows, WindowStore
+from slostream.core.store_reads import MAX_READS
+from slostream.core.tumbling import TumblingWindows
+from slostream.core.window_store import WindowStore
 from slostream.core.windows import SeriesWindows
 
 WIDTH = 10

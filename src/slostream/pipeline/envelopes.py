@@ -12,11 +12,11 @@ import orjson
 
 from slostream.core.alerts import AlertEvent
 from slostream.core.buckets import COUNT, MAX, MIN, OK, OK_KNOWN, SUM, VALUES
+from slostream.core.closed import Closed
 from slostream.core.drift import Detection
 from slostream.core.events import cloud_event, event_id, event_id_of_text
 from slostream.core.measurement import Rejection
 from slostream.core.policy import PolicyWatch
-from slostream.core.tumbling import Closed
 from slostream.pipeline.series import Series, held_json
 from slostream.pipeline.types import PipelineConfig, SourceRecord
 

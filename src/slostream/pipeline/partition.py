@@ -27,7 +27,8 @@ import orjson
 
 from slostream.core.control import Command, CommandError
 from slostream.core.measurement import Reason, Rejection
-from slostream.core.tumbling import TumblingWindows, WindowStore
+from slostream.core.tumbling import TumblingWindows
+from slostream.core.window_store import WindowStore
 from slostream.pipeline import rows, state, state_keys, watermarks
 from slostream.pipeline.alerting import Alerting
 from slostream.pipeline.alignment import (

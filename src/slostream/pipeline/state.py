@@ -20,7 +20,8 @@ import numpy as np
 import orjson
 
 from slostream.core.alerts import AlertBook
-from slostream.core.tumbling import TumblingWindows, WindowStore
+from slostream.core.tumbling import TumblingWindows
+from slostream.core.window_store import WindowStore
 from slostream.core.windows import SeriesWindows
 from slostream.pipeline import state_keys
 from slostream.pipeline.alignment import Alignment

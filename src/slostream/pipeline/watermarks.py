@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from slostream.core.tumbling import WindowStore
 from slostream.core.watermark import idle_watermark, running_max_before
+from slostream.core.window_store import WindowStore
 from slostream.pipeline.types import PipelineConfig
 
 

@@ -27,7 +27,7 @@ from functools import cached_property
 
 import numpy as np
 
-from slostream.core.tumbling import Closed
+from slostream.core.closed import Closed
 from slostream.pipeline import rows
 from slostream.pipeline.series import Series
 from slostream.pipeline.types import Output

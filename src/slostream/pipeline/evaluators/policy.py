@@ -9,8 +9,8 @@ import orjson
 
 from slostream.core.alerts import Condition
 from slostream.core.buckets import Aggregate, bucket_start
+from slostream.core.closed import Closed
 from slostream.core.policy import PolicyWatch, aggregate_value
-from slostream.core.tumbling import Closed
 from slostream.pipeline.alerting import Alerting
 from slostream.pipeline.envelopes import breach_event
 from slostream.pipeline.evaluators import Closes, Evaluator, Runs

@@ -1,0 +1,31 @@
+"""What a close of a ``WindowStore`` hands out."""
+
+from __future__ import annotations
+
+from .buckets import Aggregate
+from .sketch import QuantileSketch
+
+
+class Closed:
+    """Windows one close completed, in columns, ordered by owner, then end, then length.
+
+    ``quantiles[i]`` holds the clamped quantiles asked for (NaN where none: no values, or no sketch
+    kept); ``aggregate(i)`` gives a window with its sketch, for readers of other quantiles.
+    """
+
+    __slots__ = ("owners", "starts", "lengths", "stats", "quantiles", "_keys", "_key_bounds", "_sketches",
+                 "_accuracy")
+
+    def __init__(self, owners, starts, lengths, stats, quantiles, keys, key_bounds, sketches, accuracy):
+        self.owners, self.starts, self.lengths, self.stats, self.quantiles = owners, starts, lengths, stats, quantiles
+        self._keys, self._key_bounds, self._sketches, self._accuracy = keys, key_bounds, sketches, accuracy
+
+    def __len__(self) -> int:
+        return len(self.owners)
+
+    def aggregate(self, i: int) -> Aggregate:
+        sketch = self._sketches.get(i)
+        if sketch is None and self._key_bounds[i, 1] >= 0:
+            sketch = QuantileSketch.from_keys(self._keys[self._key_bounds[i, 0]:self._key_bounds[i, 1]], self._accuracy)
+        start = int(self.starts[i])
+        return Aggregate(start, start + int(self.lengths[i]), self.stats[i], sketch)
