@@ -166,3 +166,27 @@ def test_a_bucket_a_whole_ring_ahead_closes_the_open_one_it_would_overwrite():
     w.add(ring, np.array([5.0]), np.array([1], dtype=np.int8))  # same base slot as bucket 0
     assert w.closed_until == 10 and w.aggregate(0, 60).count == 2
     assert w.close_until(ring + 10) == [ring] and w.aggregate(ring, ring + 10).count == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_closed_totals_equal_a_brute_force_sum_over_the_span_rounded_out(seed):
+    """Any closed span, old or recent: its start rounded down, its end up, at the finest level that
+    still holds them; the counts are exactly those of every measurement in between."""
+    rng = np.random.default_rng(seed)
+    windows, counts, t, checked = SeriesWindows(), {}, 0, 0
+    for _ in range(20_000):
+        t += int(rng.choice([60, 600, 3600])) if rng.random() < 0.05 else 10
+        n = int(rng.integers(0, 4))
+        if n:
+            windows.add(t, rng.random(n), rng.integers(0, 2, n).astype(np.int8))
+            counts[t] = counts.get(t, 0) + n
+        if rng.random() < 0.3:
+            windows.close_until(t - int(rng.integers(0, 40)))
+        if rng.random() < 0.01 and windows.closed_until:
+            hi = int(rng.integers(1, windows.closed_until // 10 + 1)) * 10
+            lo = int(rng.integers(0, hi // 10)) * 10
+            (_, start), (_, end) = windows._answering_level(lo), windows._answering_end(hi)
+            assert start <= lo and end >= hi
+            assert windows.closed_totals(lo, hi)[COUNT] == sum(c for s, c in counts.items() if start <= s < end)
+            checked += 1
+    assert checked > 100

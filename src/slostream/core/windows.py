@@ -82,8 +82,6 @@ class SeriesWindows:
         self.levels = [Level(r) for r in resolutions]
         self.closed_until = 0
         self.open_starts: set[int] = set()
-        self._closed_sums: dict[tuple[int, int], np.ndarray] = {}
-        self._prefixes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._running: RunningTotals | None = None  # made by the first ``closed_totals`` up to now
         # ((closed_until, newest open start), oldest bucket each level holds)
         self._oldest_held: tuple[tuple[int, int], list[int]] = ((-1, -1), [])
@@ -174,8 +172,6 @@ class SeriesWindows:
         return slot
 
     def _closed_changed(self) -> None:
-        self._closed_sums.clear()
-        self._prefixes.clear()
         self._running = None
 
     def close_until(self, watermark: float) -> list[int]:
@@ -253,37 +249,16 @@ class SeriesWindows:
         return row
 
     def closed_totals(self, lo: int, hi: int) -> np.ndarray:
-        """``totals`` of closed time, cached until the next close. Up to the newest close (what
-        every SLO window asks) it is a difference of running totals, O(1); other spans are summed."""
-        key = (lo, hi)
-        part = self._closed_sums.get(key)
-        if part is None:
-            if hi == self.closed_until:
-                part = self._running_since(lo)
-            if part is None:
-                part = self._sum(lo, hi)
-            self._closed_sums[key] = part
-        return part
-
-    def _running_since(self, lo: int) -> np.ndarray | None:
+        """``totals`` of closed time: the difference of the running totals at its two ends, O(1).
+        The start is rounded out (down) at the finest level that still holds it, the end (up) at
+        the finest level that still holds its last bucket."""
         running = self._running
         if running is None:
             running = self._running = RunningTotals.of(self)
-        return running.since(*self._answering_level(lo))
-
-    def _closed_range(self, index: int, first: int, last: int) -> np.ndarray:
-        """Sum of a level's buckets starting in [first, last), from prefix sums kept until the
-        next close: every window of every evaluation in a bucket shares one sort per level."""
-        prefix = self._prefixes.get(index)
-        if prefix is None:
-            level = self.levels[index]
-            order = np.argsort(level.starts, kind="stable")
-            cumulative = np.zeros((level.slots + 1, MIN))
-            np.cumsum(level.stats[order, :MIN], axis=0, out=cumulative[1:])
-            prefix = self._prefixes[index] = (level.starts[order], cumulative)
-        starts, cumulative = prefix
-        i, j = np.searchsorted(starts, (first, last))
-        return cumulative[j] - cumulative[i]
+        since_start = running.since(*self._answering_level(lo))
+        if hi == self.closed_until:  # what every SLO window asks: nothing is closed after it
+            return since_start
+        return since_start - running.since(*self._answering_end(hi))
 
     def _answering_level(self, lo: int) -> tuple[int, int]:
         """The finest level that still holds ``lo``'s bucket (the coarsest if none), and that bucket."""
@@ -298,24 +273,17 @@ class SeriesWindows:
                 return index, start
         return len(self.levels) - 1, bucket_start(lo, self.levels[-1].width)
 
-    def _sum(self, lo: int, hi: int) -> np.ndarray:
-        """Closed [lo, hi): the finest level that still holds ``lo`` sums the bulk, finer
-        levels the newest tail. Same buckets' worth as ``aggregate``'s cover (the start
-        rounded out at the finest level holding it), in one numpy mask per level."""
-        index, start = self._answering_level(lo)
-        if index == 0:
-            return self._closed_range(0, start, hi)
-        tail = bucket_start(hi, self.levels[index].width)
-        row = self._closed_range(index, start, tail)
-        current = index
-        for finer_index in range(index - 1, -1, -1):
-            finer = self.levels[finer_index]
-            stop = hi if finer_index == 0 else bucket_start(hi, finer.width)
-            if tail < stop and not self._retained(finer, tail):  # an old end: round it out
-                return row + self._closed_range(current, tail, tail + self.levels[current].width)
-            row = row + self._closed_range(finer_index, tail, stop)
-            tail, current = stop, finer_index
-        return row
+    def _answering_end(self, hi: int) -> tuple[int, int]:
+        """The finest level that still holds the bucket ending at or after ``hi`` that contains its
+        last second (the coarsest if none), and that bucket's end."""
+        self._answering_level(hi)  # brings the oldest held buckets up to date
+        for index, oldest in enumerate(self._oldest_held[1]):
+            width = self.levels[index].width
+            end = -(-hi // width) * width
+            if end - width >= oldest:
+                return index, end
+        width = self.levels[-1].width
+        return len(self.levels) - 1, -(-hi // width) * width
 
     def _cover(self, lo: int, hi: int, top: int) -> list[tuple[Level, int]]:
         """Buckets that tile [lo, hi), coarsest first, finer levels for the edges."""
