@@ -29,6 +29,7 @@ def test_precedence_defaults_yaml_env_flags(tmp_path):
         ("drift: {params: {deltaa: 0.1}}\n", "drift.params", "parameter names"),
         ("drift: {overrides: [{service: a, cooldown: soon}]}\n", "drift.overrides[0].cooldown", "a duration"),
         ("drift: {window: 5m}\n", "drift.window", "use enabled, aggregates"),
+        ("drift: {alert: loud}\n", "drift.alert", "off, or a severity: info, warning"),
     ],
 )
 def test_errors_name_file_field_and_fix(tmp_path, yaml_text, field, fix):

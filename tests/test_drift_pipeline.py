@@ -4,6 +4,7 @@ a step is detected and a steady series is not; a crash and restore in the middle
 import orjson
 
 from slostream.core.drift_rules import DriftRule, DriftRules
+from slostream.core.events import rfc3339
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
 from tests.drift_streams import STEP_AT, seasonal_items
@@ -61,3 +62,36 @@ def test_drift_rules_choose_aggregates_and_switch_series_off():
     assert sorted(stepped) == ["error_ratio", "p50"]
     assert stepped["p50"].detector_name == "page_hinkley" and stepped["p50"].params == {"threshold": 20.0}
     assert stepped["p50"].warmup_windows == 120  # the default's, where the override leaves it
+
+
+def _drift_and_alerts(proc: PartitionProcessor, records: list[SourceRecord]) -> tuple[list[dict], list[dict]]:
+    drift, alerts = [], []
+    for record in records:
+        out = proc.process([record], 0.0)
+        drift += [event for _, event in out.drift]
+        alerts += [event for _, event in out.alerts]
+    return drift, alerts
+
+
+def test_a_drift_rule_with_an_alert_fires_at_the_detection_and_resolves_after_the_cooldown():
+    config = make_config(grace_s=5.0, drift=DriftRules(DriftRule(alert="warning", cooldown_s=1800.0)))
+    records = _fleet_records()
+    drift, alerts = _drift_and_alerts(PartitionProcessor(0, config, 0.0), records)
+    assert len(drift) == 1
+    detected_at = drift[0]["data"]["detected_at"]
+    assert [(a["type"], a["time"]) for a in alerts] == [
+        ("slostream.alert.firing", rfc3339(detected_at)),
+        ("slostream.alert.resolved", rfc3339(detected_at + 1800.0))]  # the first window at the cooldown's end
+    labels = alerts[0]["data"]["labels"]
+    assert labels == {"alertname": "SLIDrift", "service": "stepped", "metric": "latency_ms", "aggregate": "p95",
+                      "severity": "warning"}
+    assert "moved up" in alerts[0]["data"]["annotations"]["summary"]
+
+    # Restored while the alert fires: the same alert events, the resolution included.
+    cut = next(n for n, r in enumerate(records) if r.timestamp > detected_at + 600)
+    proc = PartitionProcessor(0, config, 0.0)
+    before = _drift_and_alerts(proc, records[:cut])
+    writes, offset = proc.checkpoint(final=True)
+    restored = PartitionProcessor.restore(0, config, dict(writes).items(), 0.0)
+    after = _drift_and_alerts(restored, records[offset + 1:])
+    assert before[0] + after[0] == drift and before[1] + after[1] == alerts

@@ -27,6 +27,7 @@ from .events import rfc3339
 STATE_VERSION = 1
 RESOLVED_KEEP_S = 3600.0
 LADDERS = (("info", "warning", "critical", "emergency"), ("ticket", "page"))
+SEVERITIES = tuple(severity for ladder in LADDERS for severity in ladder)
 # (source severity, target severity): a firing source silences targets with the same slo.
 INHIBITIONS = (("page", "ticket"), ("emergency", "critical"), ("critical", "warning"))
 

@@ -30,6 +30,7 @@ class DriftRule:
     params: dict | None = field(default_factory=dict)
     warmup_windows: int | None = 120
     cooldown_s: float | None = 3600.0
+    alert: str | None = "off"  # or the severity of an alert raised by each detection, held through the cooldown
 
     def matches(self, service: str, metric: str) -> bool:
         return fnmatch.fnmatchcase(service, self.service) and fnmatch.fnmatchcase(metric, self.metric)

@@ -8,7 +8,8 @@ drift:
   detector: adwin                # adwin, page_hinkley or kswin
   params: {delta: 0.002}         # the river detector's own parameters
   warmup_windows: 120
-  cooldown: 1h
+  cooldown: 1h                   # no detection for this long after one: the change is "in progress"
+  alert: off                     # or a severity (warning, ...): each detection also fires SLIDrift
   overrides:
     - {service: "batch-*", enabled: false}
     - {metric: "queue_depth", aggregates: [max], detector: page_hinkley}
@@ -20,11 +21,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from slostream.core.alerts import SEVERITIES
 from slostream.core.drift import DETECTORS, DriftWatch
 from slostream.core.drift_rules import AGGREGATE_FIELDS, DriftRule, DriftRules
 from slostream.core.durations import parse_duration
 
-RULE_FIELDS = ("enabled", "aggregates", "detector", "params", "warmup_windows", "cooldown")
+RULE_FIELDS = ("enabled", "aggregates", "detector", "params", "warmup_windows", "cooldown", "alert")
+
 
 
 class DriftSettingsError(ValueError):
@@ -45,7 +48,7 @@ def parse_drift(raw: Any, where: str) -> DriftRules:
     if not isinstance(overrides, list):
         raise DriftSettingsError(f"{where}: field 'drift.overrides' is {overrides!r}. Fix: write a list of rules.")
     blank = DriftRule(enabled=None, aggregates=None, detector=None, params=None, warmup_windows=None,
-                      cooldown_s=None)
+                      cooldown_s=None, alert=None)
     rules = []
     for number, item in enumerate(overrides):
         name = f"drift.overrides[{number}]"
@@ -93,6 +96,11 @@ def _rule(raw: dict, name: str, where: str, base: DriftRule) -> DriftRule:
         if seconds is None:
             raise fail("cooldown", "a duration such as 30m or 1h")
         values["cooldown_s"] = float(seconds)
+    if "alert" in raw:
+        alert = "off" if raw["alert"] is False else raw["alert"]
+        if alert != "off" and alert not in SEVERITIES:
+            raise fail("alert", f"off, or a severity: {', '.join(SEVERITIES)}")
+        values["alert"] = alert
     rule = dataclasses.replace(base, **values)
     if base.detector is not None:
         _check_detector(rule, name, where)

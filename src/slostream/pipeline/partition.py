@@ -77,7 +77,7 @@ class PartitionProcessor:
         self.slos = SloEvaluator(config, self.alerting)
         # Every evaluator, in the order each is called.
         self.evaluators: tuple[Evaluator, ...] = (self.slos, PolicyEvaluator(config, self.alerting),
-                                                  DriftEvaluator(config))
+                                                  DriftEvaluator(config, self.alerting))
         self.control_offset = -1  # last control command applied
         self._deleted_keys: list[str] = []  # state keys to delete at the next checkpoint (evicted, old layout)
         self.checkpoints = state.Checkpoints(now, self._replay_state(), config.report_window_s)

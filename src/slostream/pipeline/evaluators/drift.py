@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import struct
 
+from slostream.core.alerts import SEVERITIES, Condition
 from slostream.core.drift import Detection, DriftWatch
 from slostream.core.drift_rules import AGGREGATE_FIELDS, DriftRule
+from slostream.pipeline.alerting import Alerting
 from slostream.pipeline.envelopes import drift_event
 from slostream.pipeline.evaluators import Closes, Evaluator
 from slostream.pipeline.series import Series
@@ -20,21 +22,32 @@ from slostream.pipeline.types import Output, PipelineConfig
 
 STATE_VERSION = 2  # 2: bytes (1 was JSON in the series' header)
 _HEAD = struct.Struct("<BqqB")  # version, pooled requests and errors, watches
-_WATCH = struct.Struct("<BI")  # an aggregate name's size, its watch state's size
+# An aggregate name's size, its watch state's size, and its alert's severity (0: none firing; else
+# its place in SEVERITIES, plus one).
+_WATCH = struct.Struct("<BIB")
 ERROR_RATIO_REQUESTS = 500
+DRIFT_ALERT = "SLIDrift"
 
 
 class SeriesDrift:
-    __slots__ = ("pooled", "watches")
+    __slots__ = ("pooled", "watches", "alert", "firing")
 
-    def __init__(self, watches: dict[str, DriftWatch], pooled: tuple[int, int] = (0, 0)):
+    def __init__(self, watches: dict[str, DriftWatch], alert: str = "off", pooled: tuple[int, int] = (0, 0)):
         self.watches = watches
+        self.alert = alert  # "off", or the severity each detection fires an alert with
+        # Aggregates whose alert fires (until their change's cooldown ends), with its severity.
+        self.firing: dict[str, str] = {}
         self.pooled = pooled  # requests and errors of the windows not yet fed to the error-ratio watch
 
     @classmethod
     def of_rule(cls, rule: DriftRule) -> SeriesDrift:
         return cls({aggregate: DriftWatch(rule.detector, rule.params, rule.warmup_windows, rule.cooldown_s)
-                    for aggregate in rule.aggregates})
+                    for aggregate in rule.aggregates}, rule.alert)
+
+    def in_progress(self, aggregate: str, ts: float) -> bool:
+        """Whether a change of ``aggregate`` detected before event time ``ts`` is still settling:
+        ``ts`` is within the cooldown after it."""
+        return ts < self.watches[aggregate].quiet_until
 
     def update(self, window: dict) -> list[tuple[str, Detection]]:
         """One closed report window (an SLI event's data): the detections it makes. An aggregate the
@@ -64,7 +77,8 @@ class SeriesDrift:
         parts = [_HEAD.pack(STATE_VERSION, *self.pooled, len(self.watches))]
         for aggregate, watch in self.watches.items():
             state = watch.to_state()
-            parts += (_WATCH.pack(len(aggregate), len(state)), aggregate.encode(), state)
+            firing = SEVERITIES.index(self.firing[aggregate]) + 1 if aggregate in self.firing else 0
+            parts += (_WATCH.pack(len(aggregate), len(state), firing), aggregate.encode(), state)
         return b"".join(parts)
 
     @classmethod
@@ -78,13 +92,15 @@ class SeriesDrift:
         _, requests, errors, count = _HEAD.unpack_from(state)
         at = _HEAD.size
         for _ in range(count):
-            name_size, state_size = _WATCH.unpack_from(state, at)
+            name_size, state_size, firing = _WATCH.unpack_from(state, at)
             at += _WATCH.size
             aggregate = state[at:at + name_size].decode()
             watch = DriftWatch.from_state(state[at + name_size:at + name_size + state_size])
             at += name_size + state_size
             if aggregate in fresh.watches and watch.settings() == fresh.watches[aggregate].settings():
                 fresh.watches[aggregate] = watch
+                if firing:
+                    fresh.firing[aggregate] = SEVERITIES[firing - 1]
         fresh.pooled = (requests, errors)
         return fresh
 
@@ -92,9 +108,10 @@ class SeriesDrift:
 class DriftEvaluator(Evaluator):
     kind = "drift"
 
-    def __init__(self, config: PipelineConfig):
+    def __init__(self, config: PipelineConfig, alerting: Alerting):
         self.rules = config.drift
         self.source = config.source
+        self.alerting = alerting
 
     def watch(self, series: Series) -> None:
         rule = self.rules.for_series(series.service, series.metric)
@@ -102,11 +119,24 @@ class DriftEvaluator(Evaluator):
 
     def closed(self, closes: Closes, out: Output) -> None:
         for series, window in closes.reports:
-            if series.drift is None:
+            drift = series.drift
+            if drift is None:
                 continue
-            for aggregate, detection in series.drift.update(window):
-                detector = series.drift.watches[aggregate].detector_name
-                out.drift.append(drift_event(self.source, series, aggregate, detector, detection))
+            end = float(window["window_end"])
+            conditions = []
+            for aggregate, severity in sorted(drift.firing.items()):
+                if not drift.in_progress(aggregate, end):  # settled: its alert resolves
+                    del drift.firing[aggregate]
+                    conditions.append(_condition(series, aggregate, severity, None))
+            for aggregate, detection in drift.update(window):
+                watch = drift.watches[aggregate]
+                out.drift.append(drift_event(self.source, series, aggregate, watch.detector_name, detection))
+                if drift.alert != "off":
+                    conditions.append(_condition(series, aggregate, drift.alert, detection))
+                    drift.firing[aggregate] = drift.alert
+            if conditions:
+                self.alerting.evaluate(end, conditions, out)
+
 
     def series_state(self, series: Series) -> bytes | None:
         return None if series.drift is None else series.drift.to_state()
@@ -114,3 +144,20 @@ class DriftEvaluator(Evaluator):
     def restore_series(self, series: Series, state: bytes) -> None:
         if series.drift is not None:
             series.drift = SeriesDrift.from_state(state, self.rules.for_series(series.service, series.metric))
+
+
+def _condition(series: Series, aggregate: str, severity: str, detection: Detection | None) -> Condition:
+    """The drift alert of an aggregate of a series: firing at a detection, resolved (None) once the
+    change has settled."""
+    labels = {**series.labels, "alertname": DRIFT_ALERT, "service": series.service, "metric": series.metric,
+              "aggregate": aggregate, "severity": severity}
+    if detection is None:
+        return Condition(labels, False)
+    change = f"{detection.relative_change:+.0%}" if detection.before else "from 0"
+    notes = {"summary": f"{series.service} {series.metric} {aggregate} moved {detection.direction} {change} "
+                        f"({detection.before:g} to {detection.after:g})",
+             "description": f"A drift detector found a lasting change of the {aggregate} of {series.metric} "
+                            f"on {series.service}, starting at {detection.changed_at:.0f} (Unix seconds); the "
+                            "alert resolves when its cooldown ends.",
+             "value": f"{detection.after:g}"}
+    return Condition(labels, True, notes)
