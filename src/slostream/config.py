@@ -61,6 +61,9 @@ class Settings:
     alert_cooldown_s: float = 300.0
     escalate_after_s: float | None = None
     alert_resend_s: float = 60.0
+    calibration_bins: int = 10
+    calibration_bound_c: float = 1.0
+    calibration_weekly_delta: float = 0.01
     # Parsed from the YAML's slos:/policies: lists and from definition_files.
     slos: tuple = ()
     policies: tuple = ()
@@ -117,6 +120,9 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         partitions=settings.partitions,
         series_ttl_s=settings.series_ttl_s,
         drift=settings.drift,
+        calibration_bins=settings.calibration_bins,
+        calibration_bound_c=settings.calibration_bound_c,
+        calibration_weekly_delta=settings.calibration_weekly_delta,
     )
 
 
@@ -284,6 +290,12 @@ def validate(s: Settings) -> None:
         # The upper bound keeps a record's elements (at least ~37 bytes each) under 2**24, which
         # per-element replay marks assume.
         fail("max_record_bytes", f"is {s.max_record_bytes}, it must be from 64 to 268435456 (256 MiB)")
+    if not 2 <= s.calibration_bins <= 1000:
+        fail("calibration_bins", f"is {s.calibration_bins}, it must be from 2 to 1000")
+    if not s.calibration_bound_c > 0:
+        fail("calibration_bound_c", f"is {s.calibration_bound_c}, it must be above 0")
+    if not 0 < s.calibration_weekly_delta < 1:
+        fail("calibration_weekly_delta", f"is {s.calibration_weekly_delta}, it must be between 0 and 1")
     if not 64 <= s.max_deadletter_bytes <= s.max_record_bytes:
         fail("max_deadletter_bytes", f"is {s.max_deadletter_bytes}, it must be from 64 to max_record_bytes")
     if s.log_level not in ("debug", "info", "warning", "error"):

@@ -77,6 +77,7 @@ class Aggregate:
     end: int
     stats: np.ndarray
     sketch: QuantileSketch | None
+    calibration: dict | None = None  # ``core.calibration`` statistics, for a window with outcomes
 
     @property
     def count(self) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from .buckets import Aggregate
 from .sketch import QuantileSketch
 
@@ -13,12 +15,15 @@ class Closed:
     kept); ``aggregate(i)`` gives a window with its sketch, for readers of other quantiles.
     """
 
-    __slots__ = ("owners", "starts", "lengths", "stats", "quantiles", "_keys", "_key_bounds", "_sketches",
-                 "_accuracy")
+    __slots__ = ("owners", "starts", "lengths", "stats", "quantiles", "calibration", "_keys", "_key_bounds",
+                 "_sketches", "_accuracy")
 
     def __init__(self, owners, starts, lengths, stats, quantiles, keys, key_bounds, sketches, accuracy):
         self.owners, self.starts, self.lengths, self.stats, self.quantiles = owners, starts, lengths, stats, quantiles
         self._keys, self._key_bounds, self._sketches, self._accuracy = keys, key_bounds, sketches, accuracy
+        # Window i's calibration: its statistics and its row of sums (``core.calibration``), when its
+        # series sent outcomes in it; the caller fills it in.
+        self.calibration: dict[int, tuple[dict, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.owners)
@@ -28,4 +33,6 @@ class Closed:
         if sketch is None and self._key_bounds[i, 1] >= 0:
             sketch = QuantileSketch.from_keys(self._keys[self._key_bounds[i, 0]:self._key_bounds[i, 1]], self._accuracy)
         start = int(self.starts[i])
-        return Aggregate(start, start + int(self.lengths[i]), self.stats[i], sketch)
+        calibration = self.calibration.get(i)
+        return Aggregate(start, start + int(self.lengths[i]), self.stats[i], sketch,
+                         None if calibration is None else calibration[0])

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .budget import BurnTier
+from .calibration import CALIBRATION_AGGREGATES
 
-AGGREGATES = ("p50", "p90", "p95", "p99", "mean", "max", "error_ratio", "throughput")
+AGGREGATES = ("p50", "p90", "p95", "p99", "mean", "max", "error_ratio", "throughput", *CALIBRATION_AGGREGATES)
 
 
 _COMPARE = {"value_le": np.less_equal, "value_lt": np.less, "value_ge": np.greater_equal, "value_gt": np.greater}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from .alerts import Condition
 from .buckets import Aggregate
+from .calibration import CALIBRATION_AGGREGATES
 from .objectives import Policy
 
 BREACH_ALERT = "ThresholdBreach"
@@ -25,6 +26,8 @@ def aggregate_value(agg: Aggregate, aggregate: str) -> float | None:
         return agg.quantile(QUANTILE_OF[aggregate])
     if aggregate == "throughput":
         return agg.throughput_per_s
+    if aggregate in CALIBRATION_AGGREGATES:
+        return None if agg.calibration is None else agg.calibration[aggregate]
     return getattr(agg, aggregate)
 
 

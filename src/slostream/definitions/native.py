@@ -237,7 +237,7 @@ def parse_policy(doc: Any, file: str, position: int) -> tuple[Policy | None, lis
                                   f"{direction}. Fix: make warning {side} critical, or swap them")
     low = _number(check, doc, "min")
     high = _number(check, doc, "max")
-    if aggregate == "error_ratio":
+    if aggregate in ("error_ratio", "ece", "brier"):
         low = 0.0 if low is None else low
         high = 1.0 if high is None else high
     elif aggregate == "throughput":

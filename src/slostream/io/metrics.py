@@ -25,6 +25,13 @@ SLI_GAUGES = (
     ("min", "slostream_sli_window_value_min", "Smallest value in the last closed report window."),
     ("max", "slostream_sli_window_value_max", "Largest value in the last closed report window."),
 )
+# Of the last closed report window with outcomes (a model's predicted probabilities).
+CALIBRATION_GAUGES = (
+    ("ece", "slostream_sli_window_ece", "Expected calibration error of the last closed report window."),
+    ("ece_bound", "slostream_sli_window_ece_bound",
+     "max(0.015, c * sqrt(bins / n)) of the last closed report window: about what chance gives a calibrated model."),
+    ("brier", "slostream_sli_window_brier", "Brier score (mean squared error) of the last closed report window."),
+)
 
 
 # As client_python writes them (str of the float): quantile="0.5", not "0.50".
@@ -129,6 +136,8 @@ class _StateCollector(Collector):
         series_labels = ["service", "metric", *label_keys]
         gauges = {name: GaugeMetricFamily(metric, doc, labels=series_labels)
                   for name, metric, doc in SLI_GAUGES}
+        calibration_gauges = {name: GaugeMetricFamily(metric, doc, labels=series_labels)
+                              for name, metric, doc in CALIBRATION_GAUGES}
         summary = Metric("slostream_sli_window_value",
                          "Values of the last closed report window: quantiles (DDSketch, 1% relative "
                          "accuracy), count and sum.", "summary")
@@ -153,6 +162,10 @@ class _StateCollector(Collector):
                 for name, gauge in gauges.items():
                     if report.get(name) is not None:
                         gauge.add_metric(labels, report[name])
+                calibration = report.get("calibration") or {}
+                for name, gauge in calibration_gauges.items():
+                    if calibration.get(name) is not None:
+                        gauge.add_metric(labels, calibration[name])
                 named = dict(zip(series_labels, labels))
                 for q in ("p50", "p90", "p95", "p99"):
                     if report.get(q) is not None:
@@ -166,6 +179,7 @@ class _StateCollector(Collector):
                                 "(metrics_series_limit).", value=omitted)
         yield window_end
         yield from gauges.values()
+        yield from calibration_gauges.values()
         yield summary
         yield from _slo_metrics(ingest)
 

@@ -24,10 +24,11 @@ QUANTILE_NAMES, QUANTILE_LEVELS = ("p50", "p90", "p95", "p99"), (0.5, 0.9, 0.95,
 
 
 def sli_windows(closed: Closed, report_s: int, series_of: dict[int, Series],
-                source: str) -> list[tuple[Series, dict, tuple[bytes, dict]]]:
-    """The completed report windows among ``closed``: each one's series, SLI data and event. Each
-    series' newest report is kept on it (``last_report``, with the value count and sum that the
-    summary on /metrics needs and the event does not carry)."""
+                source: str) -> list[tuple[Series, dict, tuple[bytes, dict], np.ndarray | None]]:
+    """The completed report windows among ``closed``: each one's series, SLI data, event, and
+    calibration sums (None: no outcomes in it). Each series' newest report is kept on it
+    (``last_report``, with the value count and sum that the summary on /metrics needs and the
+    event does not carry)."""
     chosen = np.flatnonzero(closed.lengths == report_s)
     if not chosen.size:
         return []
@@ -38,13 +39,14 @@ def sli_windows(closed: Closed, report_s: int, series_of: dict[int, Series],
         mean = np.where(n_values > 0, stats[:, SUM] / n_values, np.nan)
     no_values = n_values == 0
     low, high = np.where(no_values, np.nan, stats[:, MIN]), np.where(no_values, np.nan, stats[:, MAX])
-    columns = zip(closed.owners[chosen].tolist(), closed.starts[chosen].tolist(), count.astype(np.int64).tolist(),
-                  ok.astype(np.int64).tolist(), (ok_known - ok).astype(np.int64).tolist(), _nullable(error_ratio),
+    columns = zip(chosen.tolist(), closed.owners[chosen].tolist(), closed.starts[chosen].tolist(),
+                  count.astype(np.int64).tolist(), ok.astype(np.int64).tolist(),
+                  (ok_known - ok).astype(np.int64).tolist(), _nullable(error_ratio),
                   (count / report_s).tolist(), _nullable(mean), _nullable(low), _nullable(high),
                   n_values.astype(np.int64).tolist(), stats[:, SUM].tolist(), *map(_nullable, quantiles.T))
     p50, p90, p95, p99 = QUANTILE_NAMES
     windows = []
-    for owner, start, n, good, bad, ratio, throughput, avg, lowest, highest, value_count, value_sum, q50, q90, \
+    for i, owner, start, n, good, bad, ratio, throughput, avg, lowest, highest, value_count, value_sum, q50, q90, \
             q95, q99 in columns:
         series = series_of[owner]
         end = start + report_s
@@ -52,10 +54,14 @@ def sli_windows(closed: Closed, report_s: int, series_of: dict[int, Series],
                 "window_start": start, "window_end": end, "count": n, "ok": good, "errors": bad,
                 "error_ratio": ratio, "throughput_per_s": throughput, "mean": avg, "min": lowest, "max": highest,
                 p50: q50, p90: q90, p95: q95, p99: q99}
+        calibration = closed.calibration.get(i)
+        if calibration is not None:
+            data["calibration"] = calibration[0]
         series.last_report = held_json({**data, "value_count": value_count, "value_sum": value_sum})
         event = cloud_event("slostream.sli.window", source, event_id_of_text(f"sli\x1f{series.key}\x1f{start}"), end,
                             data, subject=series.key)
-        windows.append((series, data, (series.service.encode(), event)))
+        sums = None if calibration is None else calibration[1]
+        windows.append((series, data, (series.service.encode(), event), sums))
     return windows
 
 

@@ -22,7 +22,7 @@ from slostream.pipeline.ownership import (
 )
 from slostream.pipeline.types import Forward, Output, PipelineConfig, SourceRecord
 
-_OUTCOME, _ID, _VALUE, _TIMESTAMP = (operator.attrgetter(name) for name in ("outcome", "id", "value", "timestamp"))
+_ID, _VALUE, _TIMESTAMP = (operator.attrgetter(name) for name in ("id", "value", "timestamp"))
 _SERIES_KEY = operator.attrgetter("service", "metric")
 # Forwarded records are cut to hold at most this many bytes' worth of measurements each.
 FORWARD_BYTES_PER_MEASUREMENT = 40
@@ -113,10 +113,8 @@ class Intake:
         the original's."""
         per_record = max(1, min(MAX_FORWARD_BYTES, self.config.max_record_bytes) // FORWARD_BYTES_PER_MEASUREMENT)
         label_keys = self.config.label_keys
-        # Outcome and id are rare: each is read once for the batch, and sent only when present.
-        outcomes = list(map(_OUTCOME, cols.measurements))
-        outcome_column = np.full(len(cols), -1, dtype=np.int8) if outcomes.count(None) == len(outcomes) else \
-            np.array([-1 if o is None else o for o in outcomes], dtype=np.int8)
+        # Outcome and id are rare: each is read once for the batch.
+        outcomes = rows.outcome_column(cols.measurements)
         names = list(map(_ID, cols.measurements))
         with_names = names.count(None) < len(names)
         for owner in np.unique(owners[routed]).tolist():
@@ -135,7 +133,7 @@ class Intake:
                 positions = (record_offsets[cols.record[idx]] * rows.ELEMENTS_PER_RECORD
                              + np.maximum(cols.position[idx], 0))
                 value = encode_forwarded(table, local.reshape(-1), cols.ts[idx], cols.values[idx], cols.oks[idx],
-                                         outcome_column[idx], positions,
+                                         outcomes[idx], positions,
                                          [names[i] for i in idx.tolist()] if with_names else None,
                                          written_by(float(record_times[cols.record[idx]].max()), self.now))
                 out.forwards.append(Forward(owner, value, [forward_header(self.partition)], idx.size))

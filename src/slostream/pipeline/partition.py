@@ -41,6 +41,7 @@ from slostream.pipeline.alignment import (
     read_until_claim,
     written_by,
 )
+from slostream.pipeline.calibration import Calibration
 from slostream.pipeline.envelopes import QUANTILE_LEVELS, deadletter_event, sli_windows
 from slostream.pipeline.evaluators import Closes, Evaluator, Runs
 from slostream.pipeline.evaluators.drift import DriftEvaluator
@@ -78,6 +79,9 @@ class PartitionProcessor:
         # Every evaluator, in the order each is called.
         self.evaluators: tuple[Evaluator, ...] = (self.slos, PolicyEvaluator(config, self.alerting),
                                                   DriftEvaluator(config, self.alerting))
+        self.calibration = Calibration(config)
+        # What keeps state per series, each in a section of the series' record (``state``).
+        self.series_keepers = (*self.evaluators, self.calibration)
         self.control_offset = -1  # last control command applied
         self._deleted_keys: list[str] = []  # state keys to delete at the next checkpoint (evicted, old layout)
         self.checkpoints = state.Checkpoints(now, self._replay_state(), config.report_window_s)
@@ -213,6 +217,7 @@ class PartitionProcessor:
         touched = [series_of[sid] for sid in sids[series_firsts].tolist()]
         owners = np.array([series.windows.owner for series in touched], dtype=np.int64)
         self.store.add(np.repeat(owners, np.diff(np.r_[series_firsts, sids.size])), starts, values, oks)
+        self.calibration.add(series_of, sids, ts, values, batch.outcomes[idx])
         newest_ts = np.maximum.reduceat(ts, series_firsts)
         newest_marks = np.maximum.reduceat(marks_after[idx], series_firsts)
         np.maximum.at(self.store.mark, owners, np.maximum.reduceat(run_offsets, series_firsts))
@@ -238,12 +243,14 @@ class PartitionProcessor:
         store = self.store
         before = store.closed_until[owners].copy()
         closed = store.close(owners, store.watermark[owners], QUANTILE_LEVELS)
+        self.calibration.take(closed, self._series_of_owner)
         reports = []
         if len(closed):
-            for series, data, event in sli_windows(closed, self.config.report_window_s, self._series_of_owner,
+            for series, data, event, calibration in sli_windows(closed, self.config.report_window_s,
+                                                                 self._series_of_owner,
                                                    self.config.source):
                 out.sli.append(event)
-                reports.append((series, data))
+                reports.append((series, data, calibration))
         moved = np.flatnonzero(store.closed_until[owners] != before).tolist()
         closes = Closes(series_list, owners, before, moved, closed, reports, advanced)
         for evaluator in self.evaluators:
@@ -321,8 +328,8 @@ class PartitionProcessor:
             del held[series.windows.owner]
             self._deleted_keys.append(state_keys.series_key(self.partition, series.key))
             out.evicted += 1
-            for evaluator in self.evaluators:
-                evaluator.release(series)
+            for keeper in self.series_keepers:
+                keeper.release(series)
         for series in evicted:
             store.release(series.windows.owner)
 

@@ -3,6 +3,7 @@ decoded from JSON here or received as columns from another partition (``ownershi
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,6 +13,7 @@ import numpy as np
 from slostream.core.measurement import Columns
 from slostream.pipeline.ownership import Forwarded
 
+_OUTCOME = operator.attrgetter("outcome")
 # A replay mark is (offset of the record in this partition, element index) as one number.
 ELEMENTS_PER_RECORD = 1 << 24
 # The source of measurements windowed where they were read (forwarded ones: their source partition).
@@ -23,6 +25,7 @@ class Rows:
     ts: np.ndarray
     values: np.ndarray  # NaN: no value
     oks: np.ndarray  # 1, 0, -1: no ok
+    outcomes: np.ndarray  # 1, 0, -1: no outcome
     record: np.ndarray  # index of the record in the batch
     position: np.ndarray  # index in the record's array, -1 when the record held one object
     marks: np.ndarray  # replay marks: record offset * ELEMENTS_PER_RECORD + index
@@ -40,13 +43,21 @@ class Rows:
         return self.elements[int(self.part[i])](int(self.local[i]))
 
 
+def outcome_column(measurements: list) -> np.ndarray:
+    """Each measurement's outcome, -1 where it has none (outcomes are rare: read once a batch)."""
+    outcomes = list(map(_OUTCOME, measurements))
+    if outcomes.count(None) == len(outcomes):
+        return np.full(len(outcomes), -1, dtype=np.int8)
+    return np.array([-1 if o is None else o for o in outcomes], dtype=np.int8)
+
+
 def from_columns(cols: Columns, sources: np.ndarray, ids: np.ndarray, keys: list[tuple],
                  record_offsets: np.ndarray) -> Rows:
     marks = record_offsets[cols.record] * ELEMENTS_PER_RECORD + np.maximum(cols.position, 0)
     measurements = cols.measurements
-    return Rows(cols.ts, cols.values, cols.oks, cols.record, cols.position, marks, sources, ids, keys,
-                [lambda i: msgspec.to_builtins(measurements[i])], np.zeros(len(cols), dtype=np.int64),
-                np.arange(len(cols)))
+    return Rows(cols.ts, cols.values, cols.oks, outcome_column(measurements), cols.record, cols.position, marks,
+                sources, ids, keys, [lambda i: msgspec.to_builtins(measurements[i])],
+                np.zeros(len(cols), dtype=np.int64), np.arange(len(cols)))
 
 
 def from_forwarded(forwarded: Forwarded, columns: dict[str, np.ndarray], keep: np.ndarray, record: int,
@@ -75,7 +86,8 @@ def from_forwarded(forwarded: Forwarded, columns: dict[str, np.ndarray], keep: n
             found["id"] = forwarded.ids[j]
         return found
 
-    return Rows(columns["ts"][idx], columns["value"][idx], columns["ok"][idx], np.full(idx.size, record),
+    return Rows(columns["ts"][idx], columns["value"][idx], columns["ok"][idx], columns["outcome"][idx],
+                np.full(idx.size, record),
                 idx.astype(np.int64), record_offset * ELEMENTS_PER_RECORD + idx, np.full(idx.size, source),
                 ids.reshape(-1), [keys[i] for i in used.tolist()], [element], np.zeros(idx.size, dtype=np.int64),
                 np.arange(idx.size))
@@ -98,6 +110,6 @@ def merge(parts: list[Rows]) -> Rows:
         return np.concatenate([getattr(p, name) for p in parts])[order]
 
     part = np.concatenate([np.full(len(p), n) for n, p in enumerate(parts)])[order]
-    return Rows(joined("ts"), joined("values"), joined("oks"), record[order], joined("position"), joined("marks"),
-                joined("sources"), np.concatenate(ids)[order], list(numbering),
+    return Rows(joined("ts"), joined("values"), joined("oks"), joined("outcomes"), record[order], joined("position"),
+                joined("marks"), joined("sources"), np.concatenate(ids)[order], list(numbering),
                 [e for p in parts for e in p.elements], part, joined("local"))

@@ -36,7 +36,7 @@ class Series:
     what it judges of the series in a slot of its own (``pipeline.evaluators``)."""
 
     __slots__ = ("ident", "key", "service", "metric", "labels", "windows", "last_report", "trackers", "watches",
-                 "drift")
+                 "drift", "calibration")
 
     def __init__(self, ident: tuple, key: str, service: str, metric: str, labels: dict,
                  windows: TumblingWindows):
@@ -51,6 +51,8 @@ class Series:
         self.trackers: list[SloTracker] = []  # SLOs this series feeds
         self.watches: list[PolicyWatch] = []  # policies watching this series
         self.drift: SeriesDrift | None = None  # its drift watches, unless drift is off for it
+        # Calibration sums of its open windows by (length, start), once it has sent an outcome.
+        self.calibration: dict[tuple[int, int], np.ndarray] | None = None
 
     max_ts = _Clock()  # newest event time seen
     watermark = _Clock()  # max_ts - grace, or later when idle

@@ -139,7 +139,7 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
             proc.alerting.book = AlertBook.from_state(orjson.loads(value), config.alert_cooldown_s,
                                                       config.escalate_after_s)
     proc.slos.restore(tracker_headers, tracker_slots)
-    evaluators = {e.kind: e for e in proc.evaluators}
+    keepers = {k.kind: k for k in proc.series_keepers}
     for series_key, record in records.items():
         header, sections, windows_state = _read_series_record(record)
         lengths = proc.window_lengths(header["service"], header["metric"])
@@ -164,13 +164,13 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
         if "watches" in header:  # version 5 and before
             PolicyEvaluator.restore_watches(series, header["watches"])
         for kind, saved in sections.items():
-            if kind in evaluators:
-                evaluators[kind].restore_series(series, saved)
+            if kind in keepers:
+                keepers[kind].restore_series(series, saved)
 
 
 def series_record(proc: PartitionProcessor, series: Series, windows: bytes | None = None) -> bytes:
     """A series' persisted record; ``windows``: its windows' state, if encoded already."""
-    sections = [(e.kind, e.series_state(series)) for e in proc.evaluators]
+    sections = [(k.kind, k.series_state(series)) for k in proc.series_keepers]
     if windows is None:
         windows = series.windows.to_state()
     header = orjson.dumps({"service": series.service, "metric": series.metric, "labels": series.labels,

@@ -51,6 +51,9 @@ class PipelineConfig:
     partitions: int  # of the measurement topic: who owns which service
     series_ttl_s: float  # wall time of quiet after which a series with nothing pending is evicted
     drift: DriftRules  # on by default: every series' p95 and error ratio
+    calibration_bins: int  # equal-width bins of [0, 1] of the expected calibration error
+    calibration_bound_c: float  # c of ece_bound = max(0.015, c * sqrt(bins / n))
+    calibration_weekly_delta: float  # a week's ece or brier this far from the week before's is drift
 
     @property
     def max_source_skew_s(self) -> float:

@@ -77,7 +77,9 @@ class Closes:
     before: np.ndarray  # their closed horizons before the close
     moved: list[int]  # which of them the close moved
     closed: Closed  # the windows completed
-    reports: list[tuple[Series, dict]]  # the completed report windows: series and SLI data
+    # The completed report windows: series, SLI data, and the calibration sums (``core.calibration``)
+    # of a window with outcomes (else None).
+    reports: list[tuple[Series, dict, np.ndarray | None]]
     advanced: bool  # moved by a tick or by alignment, not by measurements
 
 

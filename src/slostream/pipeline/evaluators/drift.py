@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 
 from slostream.core.alerts import SEVERITIES, Condition
+from slostream.core.calibration import CalibrationWeeks
 from slostream.core.drift import Detection, DriftWatch
 from slostream.core.drift_rules import AGGREGATE_FIELDS, DriftRule
 from slostream.pipeline.alerting import Alerting
@@ -30,7 +31,7 @@ DRIFT_ALERT = "SLIDrift"
 
 
 class SeriesDrift:
-    __slots__ = ("pooled", "watches", "alert", "firing")
+    __slots__ = ("pooled", "watches", "alert", "firing", "weeks")
 
     def __init__(self, watches: dict[str, DriftWatch], alert: str = "off", pooled: tuple[int, int] = (0, 0)):
         self.watches = watches
@@ -38,6 +39,7 @@ class SeriesDrift:
         # Aggregates whose alert fires (until their change's cooldown ends), with its severity.
         self.firing: dict[str, str] = {}
         self.pooled = pooled  # requests and errors of the windows not yet fed to the error-ratio watch
+        self.weeks: CalibrationWeeks | None = None  # weekly calibration, once a window had outcomes
 
     @classmethod
     def of_rule(cls, rule: DriftRule) -> SeriesDrift:
@@ -74,15 +76,19 @@ class SeriesDrift:
         return errors / requests
 
     def to_state(self) -> bytes:
+        """The head, each watch (its aggregate, whether its alert fires, its state), then the weekly
+        calibration's state, if any."""
         parts = [_HEAD.pack(STATE_VERSION, *self.pooled, len(self.watches))]
         for aggregate, watch in self.watches.items():
             state = watch.to_state()
             firing = SEVERITIES.index(self.firing[aggregate]) + 1 if aggregate in self.firing else 0
             parts += (_WATCH.pack(len(aggregate), len(state), firing), aggregate.encode(), state)
+        if self.weeks is not None:
+            parts.append(self.weeks.to_state())
         return b"".join(parts)
 
     @classmethod
-    def from_state(cls, state: bytes, rule: DriftRule) -> SeriesDrift:
+    def from_state(cls, state: bytes, rule: DriftRule, bound_c: float, delta: float) -> SeriesDrift:
         """The drift of a series as saved, under its rule now: a watch the rule no longer asks for is
         dropped, one it asks for anew, or with other settings, starts afresh."""
         if state[:1] != bytes((STATE_VERSION,)):
@@ -102,6 +108,8 @@ class SeriesDrift:
                 if firing:
                     fresh.firing[aggregate] = SEVERITIES[firing - 1]
         fresh.pooled = (requests, errors)
+        if at < len(state):
+            fresh.weeks = CalibrationWeeks.from_state(state[at:], bound_c, delta)
         return fresh
 
 
@@ -112,13 +120,16 @@ class DriftEvaluator(Evaluator):
         self.rules = config.drift
         self.source = config.source
         self.alerting = alerting
+        self.bins = config.calibration_bins
+        self.bound_c = config.calibration_bound_c
+        self.weekly_delta = config.calibration_weekly_delta
 
     def watch(self, series: Series) -> None:
         rule = self.rules.for_series(series.service, series.metric)
         series.drift = None if rule is None else SeriesDrift.of_rule(rule)
 
     def closed(self, closes: Closes, out: Output) -> None:
-        for series, window in closes.reports:
+        for series, window, calibration in closes.reports:
             drift = series.drift
             if drift is None:
                 continue
@@ -134,6 +145,11 @@ class DriftEvaluator(Evaluator):
                 if drift.alert != "off":
                     conditions.append(_condition(series, aggregate, drift.alert, detection))
                     drift.firing[aggregate] = drift.alert
+            if calibration is not None:
+                if drift.weeks is None or drift.weeks.bins != self.bins:
+                    drift.weeks = CalibrationWeeks(self.bins, self.bound_c, self.weekly_delta)
+                for aggregate, detection in drift.weeks.update(float(window["window_start"]), calibration):
+                    out.drift.append(drift_event(self.source, series, aggregate, "weekly_delta", detection))
             if conditions:
                 self.alerting.evaluate(end, conditions, out)
 
@@ -143,7 +159,8 @@ class DriftEvaluator(Evaluator):
 
     def restore_series(self, series: Series, state: bytes) -> None:
         if series.drift is not None:
-            series.drift = SeriesDrift.from_state(state, self.rules.for_series(series.service, series.metric))
+            series.drift = SeriesDrift.from_state(state, self.rules.for_series(series.service, series.metric),
+                                                  self.bound_c, self.weekly_delta)
 
 
 def _condition(series: Series, aggregate: str, severity: str, detection: Detection | None) -> Condition:

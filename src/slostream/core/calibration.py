@@ -1,0 +1,135 @@
+"""Calibration of predicted probabilities against what happened, per window.
+
+A measurement with a ``value`` (a predicted probability) and an ``outcome`` (0 or 1) is counted in
+one of ``bins`` equal-width bins of [0, 1] (the last bin includes 1). A window keeps one row of
+sums, ``3 * bins + 2`` numbers, which add across windows: per bin the count, the sum of
+predictions and the sum of outcomes, then the sum of squared errors and the count of values
+outside [0, 1] (the model misbehaving: counted, left out of the statistics, never dead-lettered).
+
+- ``ece``, the expected calibration error: the bins' gaps between mean prediction and outcome rate,
+  weighted by their share of the ``n`` measurements, which is ``sum |sum_p - sum_y| / n``;
+- ``ece_bound`` = max(0.015, c * sqrt(bins / n)): about what a perfectly calibrated model shows
+  at this ``n`` by chance; ``ece_excess`` = ``ece - ece_bound`` is the part that is not noise;
+- ``brier``, the mean squared error of the predictions.
+
+>>> row = calibration_row(np.array([0.1, 0.15, 0.8, 0.95]), np.array([0, 0, 1, 0]), bins=10)
+>>> stats = calibration_stats(row, bins=10, bound_c=1.0)
+>>> stats["n"], round(stats["ece"], 4), round(stats["brier"], 4), stats["out_of_range"]
+(4, 0.35, 0.2437, 0)
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from .drift import Detection
+
+MIN_ECE_BOUND = 0.015
+CALIBRATION_AGGREGATES = ("ece", "ece_excess", "brier")  # what policies can watch of a window's statistics
+
+
+def row_size(bins: int) -> int:
+    return 3 * bins + 2
+
+
+def calibration_row(values: np.ndarray, outcomes: np.ndarray, bins: int) -> np.ndarray:
+    """The sums of ``values`` against ``outcomes`` (0 or 1)."""
+    return calibration_rows(values, outcomes, np.zeros(values.size, dtype=np.int64), 1, bins)[0]
+
+
+def calibration_rows(values: np.ndarray, outcomes: np.ndarray, groups: np.ndarray, n_groups: int,
+                     bins: int) -> np.ndarray:
+    """One row of sums per group (``groups``: 0 to ``n_groups`` - 1 per measurement)."""
+    inside = (values >= 0.0) & (values <= 1.0)
+    rows = np.zeros((n_groups, row_size(bins)))
+    rows[:, 3 * bins + 1] = np.bincount(groups[~inside], minlength=n_groups)
+    v, y, g = values[inside], outcomes[inside].astype(np.float64), groups[inside]
+    cell = g * bins + np.minimum((v * bins).astype(np.int64), bins - 1)
+    size = n_groups * bins
+    rows[:, :bins] = np.bincount(cell, minlength=size).reshape(n_groups, bins)
+    rows[:, bins:2 * bins] = np.bincount(cell, v, minlength=size).reshape(n_groups, bins)
+    rows[:, 2 * bins:3 * bins] = np.bincount(cell, y, minlength=size).reshape(n_groups, bins)
+    rows[:, 3 * bins] = np.bincount(g, (v - y) ** 2, minlength=n_groups)
+    return rows
+
+
+def calibration_stats(row: np.ndarray, bins: int, bound_c: float) -> dict:
+    """The readable statistics of a row (``n`` 0: no statistic, null)."""
+    n = int(row[:bins].sum())
+    out_of_range = int(row[3 * bins + 1])
+    if n == 0:
+        return {"n": 0, "ece": None, "ece_bound": None, "ece_excess": None, "brier": None,
+                "out_of_range": out_of_range}
+    ece = float(np.abs(row[bins:2 * bins] - row[2 * bins:3 * bins]).sum() / n)
+    bound = max(MIN_ECE_BOUND, bound_c * math.sqrt(bins / n))
+    return {"n": n, "ece": ece, "ece_bound": bound, "ece_excess": ece - bound, "brier": float(row[3 * bins] / n),
+            "out_of_range": out_of_range}
+
+
+WEEK_S = 7 * 86400
+_MONDAY = 4 * 86400  # Unix time 0 was a Thursday: weeks run Monday 00:00 UTC to Monday
+_WEEKS_HEAD = struct.Struct("<BqddH")  # version, the week summed, last week's ece and brier (NaN: none), bins
+WEEKS_STATE_VERSION = 1
+
+
+class CalibrationWeeks:
+    """This week's calibration sums (event time) against the week before it with data: when a
+    window of a later week arrives, the week summed is complete, and an ``ece`` or ``brier`` that
+    moved more than ``delta`` (absolute) from the week before is a change (``ece_weekly_delta``,
+    ``brier_weekly_delta``).
+
+    >>> weeks = CalibrationWeeks(bins=10, bound_c=1.0, delta=0.01)
+    >>> rng = np.random.default_rng(1)
+    >>> def week(w, skew):  # a week of predictions whose outcomes run ``skew`` above them
+    ...     p = rng.random(5000)
+    ...     return calibration_row(p, (rng.random(5000) < np.clip(p + skew, 0, 1)).astype(np.int8), 10)
+    >>> [weeks.update(_MONDAY + w * WEEK_S, week(w, skew)) for w, skew in ((0, 0.0), (1, 0.0), (2, 0.15))]
+    [[], [], []]
+    >>> [(a, round(d.before, 2), round(d.after, 2)) for a, d in weeks.update(_MONDAY + 3 * WEEK_S, week(3, 0.0))]
+    [('ece_weekly_delta', 0.01, 0.13), ('brier_weekly_delta', 0.17, 0.18)]
+    """
+
+    __slots__ = ("bins", "bound_c", "delta", "week", "row", "last")
+
+    def __init__(self, bins: int, bound_c: float, delta: float):
+        self.bins, self.bound_c, self.delta = bins, bound_c, delta
+        self.week = -1  # the week being summed (-1: none yet)
+        self.row = np.zeros(row_size(bins))
+        self.last = (math.nan, math.nan)  # ece and brier of the last complete week with data
+
+    def update(self, window_start: float, row: np.ndarray) -> list[tuple[str, Detection]]:
+        """A window's sums: the weekly changes its week's start completes."""
+        week = int((window_start - _MONDAY) // WEEK_S)
+        found = []
+        if week > self.week >= 0:
+            stats = calibration_stats(self.row, self.bins, self.bound_c)
+            if stats["n"]:
+                start = _MONDAY + self.week * WEEK_S
+                for aggregate, before, after in (("ece_weekly_delta", self.last[0], stats["ece"]),
+                                                 ("brier_weekly_delta", self.last[1], stats["brier"])):
+                    if abs(after - before) > self.delta:  # NaN (no week before) compares false
+                        found.append((aggregate, Detection(start + WEEK_S, start, before, after)))
+                self.last = (stats["ece"], stats["brier"])
+            self.row = np.zeros(row_size(self.bins))
+        if week >= self.week:
+            self.week = week
+            self.row += row
+        return found
+
+    def to_state(self) -> bytes:
+        head = _WEEKS_HEAD.pack(WEEKS_STATE_VERSION, self.week, *self.last, self.bins)
+        return head + self.row.astype("<f8").tobytes()
+
+    @classmethod
+    def from_state(cls, state: bytes, bound_c: float, delta: float) -> CalibrationWeeks:
+        version, week, last_ece, last_brier, bins = _WEEKS_HEAD.unpack_from(state)
+        if version != WEEKS_STATE_VERSION:
+            raise ValueError(f"unsupported calibration weeks state version {version} "
+                             f"(this version reads {WEEKS_STATE_VERSION})")
+        weeks = cls(bins, bound_c, delta)
+        weeks.week, weeks.last = week, (last_ece, last_brier)
+        weeks.row = np.frombuffer(state, "<f8", row_size(bins), _WEEKS_HEAD.size).copy()
+        return weeks

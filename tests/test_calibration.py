@@ -1,0 +1,60 @@
+"""Calibration statistics against a brute-force numpy computation, and added across windows."""
+
+import numpy as np
+import pytest
+
+from slostream.core.calibration import calibration_row, calibration_rows, calibration_stats
+
+
+def _brute_force(values: np.ndarray, outcomes: np.ndarray, bins: int) -> tuple[float, float, int]:
+    """ECE as the textbook defines it: per bin, its share times |mean prediction - outcome rate|."""
+    inside = (values >= 0) & (values <= 1)
+    v, y = values[inside], outcomes[inside]
+    ece = 0.0
+    for b in range(bins):
+        lo, hi = b / bins, (b + 1) / bins
+        chosen = (v >= lo) & ((v < hi) if b < bins - 1 else (v <= hi))
+        if chosen.any():
+            ece += chosen.mean() * abs(v[chosen].mean() - y[chosen].mean())
+    return ece, float(np.mean((v - y) ** 2)), int((~inside).sum())
+
+
+@pytest.mark.parametrize(("seed", "bins"), [(0, 10), (1, 15), (2, 5)])
+def test_ece_and_brier_equal_numpy_for_a_miscalibrated_model(seed, bins):
+    rng = np.random.default_rng(seed)
+    predicted = rng.beta(2, 5, 5000)
+    outcomes = (rng.random(5000) < np.clip(predicted * 1.3, 0, 1)).astype(np.int8)  # 30% over the prediction
+    predicted[:7] = [-0.1, 1.2, 1.0, 0.0, 2.0, 0.5, -3.0]  # out of range (4), and both ends counted
+    ece, brier, out = _brute_force(predicted, outcomes, bins)
+    stats = calibration_stats(calibration_row(predicted, outcomes, bins), bins, bound_c=1.0)
+    assert stats["n"] == 5000 - out and stats["out_of_range"] == out == 4
+    assert stats["ece"] == pytest.approx(ece, rel=1e-12) and stats["brier"] == pytest.approx(brier, rel=1e-12)
+    assert stats["ece_bound"] == pytest.approx(max(0.015, (bins / stats["n"]) ** 0.5))
+    assert stats["ece_excess"] == pytest.approx(stats["ece"] - stats["ece_bound"])
+
+
+def test_rows_of_windows_add_up_to_the_row_of_their_union():
+    rng = np.random.default_rng(3)
+    values, outcomes = rng.random(900), rng.integers(0, 2, 900)
+    groups = rng.integers(0, 3, 900)
+    rows = calibration_rows(values, outcomes, groups, 3, 10)
+    assert np.allclose(rows.sum(axis=0), calibration_row(values, outcomes, 10))
+    for g in range(3):
+        assert np.allclose(rows[g], calibration_row(values[groups == g], outcomes[groups == g], 10))
+
+
+def test_a_well_calibrated_model_stays_within_its_bound():
+    """The bound is about what chance gives a calibrated model: seeded, 50 windows of 2000."""
+    rng = np.random.default_rng(4)
+    within = 0
+    for _ in range(50):
+        predicted = rng.random(2000)
+        outcomes = (rng.random(2000) < predicted).astype(np.int8)
+        stats = calibration_stats(calibration_row(predicted, outcomes, 10), 10, bound_c=1.0)
+        within += stats["ece_excess"] <= 0
+    assert within == 50
+
+
+def test_no_pairs_give_no_statistics():
+    stats = calibration_stats(calibration_row(np.array([1.5]), np.array([1]), 10), 10, 1.0)
+    assert stats == {"n": 0, "ece": None, "ece_bound": None, "ece_excess": None, "brier": None, "out_of_range": 1}
