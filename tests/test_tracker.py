@@ -338,3 +338,30 @@ def test_pipeline_state_holds_no_reference_cycles():
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+def test_an_slo_fed_by_label_split_series_judges_as_one_unsplit_series_would():
+    """Three regions are three series (label_keys), all feeding one SLO: its counts, status and alerts
+    are those of the same measurements as one series, batched alike."""
+    rng = np.random.default_rng(8)
+    items = []
+    for step in range(720):  # an hour; the eu region fails hard in its last quarter
+        for region in ("eu", "us", "ap"):
+            failing = region == "eu" and step >= 540
+            items += [{"service": "checkout", "metric": "http", "ok": bool(rng.random() > (0.5 if failing else 0.0005)),
+                       "ts": T0 + step * 5 + i, "labels": {"region": region, "pod": f"p{i}"}} for i in range(3)]
+    runs = {}
+    for label_keys in (("region",), ()):
+        proc = _processor(_slo(), label_keys=label_keys)
+        alerts = []
+        for n, first in enumerate(range(0, len(items), 450)):
+            chunk = items[first:first + 450]
+            out = proc.process([SourceRecord("m", 0, n, chunk[-1]["ts"], None, orjson.dumps(chunk))], now=float(n))
+            alerts += [(e["type"], e["data"]["labels"]["severity"], e["time"]) for _, e in out.alerts]
+        status = proc.slos.trackers["co"].status
+        runs[label_keys] = (len(proc.series), proc.slos.trackers["co"].sources, alerts,
+                            {k: v for k, v in status.items() if k != "tiers"}, status["tiers"])
+    split, whole = runs[("region",)], runs[()]
+    assert split[:2] == (3, 3) and whole[:2] == (1, 1)
+    assert split[2] and split[2] == whole[2]  # the page fired, at the same time
+    assert split[3:] == whole[3:]
