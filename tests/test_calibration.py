@@ -4,19 +4,7 @@ import numpy as np
 import pytest
 
 from slostream.core.calibration import calibration_row, calibration_rows, calibration_stats
-
-
-def _brute_force(values: np.ndarray, outcomes: np.ndarray, bins: int) -> tuple[float, float, int]:
-    """ECE as the textbook defines it: per bin, its share times |mean prediction - outcome rate|."""
-    inside = (values >= 0) & (values <= 1)
-    v, y = values[inside], outcomes[inside]
-    ece = 0.0
-    for b in range(bins):
-        lo, hi = b / bins, (b + 1) / bins
-        chosen = (v >= lo) & ((v < hi) if b < bins - 1 else (v <= hi))
-        if chosen.any():
-            ece += chosen.mean() * abs(v[chosen].mean() - y[chosen].mean())
-    return ece, float(np.mean((v - y) ** 2)), int((~inside).sum())
+from tests.calibration_reference import brute_force_calibration
 
 
 @pytest.mark.parametrize(("seed", "bins"), [(0, 10), (1, 15), (2, 5)])
@@ -25,7 +13,7 @@ def test_ece_and_brier_equal_numpy_for_a_miscalibrated_model(seed, bins):
     predicted = rng.beta(2, 5, 5000)
     outcomes = (rng.random(5000) < np.clip(predicted * 1.3, 0, 1)).astype(np.int8)  # 30% over the prediction
     predicted[:7] = [-0.1, 1.2, 1.0, 0.0, 2.0, 0.5, -3.0]  # out of range (4), and both ends counted
-    ece, brier, out = _brute_force(predicted, outcomes, bins)
+    ece, brier, out = brute_force_calibration(predicted, outcomes, bins)
     stats = calibration_stats(calibration_row(predicted, outcomes, bins), bins, bound_c=1.0)
     assert stats["n"] == 5000 - out and stats["out_of_range"] == out == 4
     assert stats["ece"] == pytest.approx(ece, rel=1e-12) and stats["brier"] == pytest.approx(brier, rel=1e-12)

@@ -10,9 +10,9 @@ from slostream.core.calibration import WEEK_S
 from slostream.core.objectives import Policy
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
+from tests.calibration_reference import brute_force_calibration
 from tests.pipeline_sim import make_config
 from tests.schemas import validator
-from tests.test_calibration import _brute_force
 
 MONDAY = 4 * 86400
 T0 = MONDAY + (1_700_000_000 - MONDAY) // WEEK_S * WEEK_S  # a Monday, 00:00 UTC
@@ -54,11 +54,12 @@ CONFIG = make_config(grace_s=5.0, policies=(POLICY,))
 @pytest.fixture(scope="module")
 def run():
     items = _items()
-    return items, _run(PartitionProcessor(0, CONFIG, 0.0), _records(items))
+    proc = PartitionProcessor(0, CONFIG, 0.0)
+    return items, _run(proc, _records(items)), proc
 
 
 def test_each_window_carries_numpy_s_ece_and_brier(run):
-    items, (sli, _, _) = run
+    items, (sli, _, _), _ = run
     by_window = {}
     for m in items:
         by_window.setdefault(int(m["ts"] // 60 * 60), []).append(m)
@@ -67,7 +68,7 @@ def test_each_window_carries_numpy_s_ece_and_brier(run):
         window = by_window[event["data"]["window_start"]]
         values = np.array([m["value"] for m in window])
         outcomes = np.array([m["outcome"] for m in window])
-        ece, brier, out = _brute_force(values, outcomes, 10)
+        ece, brier, out = brute_force_calibration(values, outcomes, 10)
         calibration = event["data"]["calibration"]
         assert calibration["n"] == len(window) - out and calibration["out_of_range"] == out
         assert calibration["ece"] == pytest.approx(ece, rel=1e-9)
@@ -76,7 +77,7 @@ def test_each_window_carries_numpy_s_ece_and_brier(run):
 
 
 def test_the_drifting_week_is_a_drift_event_and_the_steady_one_is_not(run):
-    _, (_, drift, _) = run
+    _, (_, drift, _), _ = run
     weekly = [(e["data"]["aggregate"], e["data"]["changed_at"], e["data"]["detected_at"]) for e in drift
               if e["data"]["detector"] == "weekly_delta"]
     assert weekly == [("ece_weekly_delta", SKEW_FROM, SKEW_FROM + WEEK_S),
@@ -87,14 +88,16 @@ def test_the_drifting_week_is_a_drift_event_and_the_steady_one_is_not(run):
 
 
 def test_a_policy_on_ece_excess_breaches_in_the_drifting_week_only(run):
-    _, (_, _, breaches) = run
+    _, (_, _, breaches), proc = run
     started = [(e["data"]["level"], e["data"]["window_start"]) for e in breaches if e["type"].endswith("started")]
     assert started and all(start >= SKEW_FROM for _, start in started)
     assert started[0] == ("critical", SKEW_FROM)
+    breaching = proc.snapshot(kinds=("policies",)).statuses["policies"]  # still drifting at the end
+    assert [(s["policy"], s["level"]) for s in breaching] == [("ranker-ece", "critical")]
 
 
 def test_a_restore_in_the_middle_changes_nothing(run):
-    items, whole = run
+    items, whole, _ = run
     records = _records(items)
     proc = PartitionProcessor(0, CONFIG, 0.0)
     cut = next(n for n, r in enumerate(records) if r.timestamp > SKEW_FROM + 3 * 86400)

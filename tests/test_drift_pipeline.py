@@ -91,6 +91,9 @@ def test_a_drift_rule_with_an_alert_fires_at_the_detection_and_resolves_after_th
     cut = next(n for n, r in enumerate(records) if r.timestamp > detected_at + 600)
     proc = PartitionProcessor(0, config, 0.0)
     before = _drift_and_alerts(proc, records[:cut])
+    in_progress = proc.snapshot(kinds=("drift",)).statuses["drift"]
+    assert [(s["service"], s["aggregate"], s["settles_at"], s["alert"]) for s in in_progress] == [
+        ("stepped", "p95", detected_at + 1800.0, "warning")]
     writes, offset = proc.checkpoint(final=True)
     restored = PartitionProcessor.restore(0, config, dict(writes).items(), 0.0)
     after = _drift_and_alerts(restored, records[offset + 1:])

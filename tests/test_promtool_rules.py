@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from slostream.core.budget import default_tiers
-from tests.test_tracker import T0, Feed, _processor, _slo
+from tests.slo_feed import T0, Feed, checkout_slo, slo_processor
 
 OBJECTIVE = 0.999
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
@@ -48,7 +48,7 @@ def sloth_rules() -> dict:
 
 def run_scenario(errors_per_second) -> tuple[Feed, int]:
     """slostream's view: 1 request a second; ``errors_per_second(t)`` says whether second t failed."""
-    feed = Feed(_processor(_slo(objective=OBJECTIVE)))
+    feed = Feed(slo_processor(checkout_slo(objective=OBJECTIVE)))
     seconds = errors_per_second.duration
     for t in range(seconds):
         feed.send(T0 + t, not errors_per_second(t))

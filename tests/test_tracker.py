@@ -13,23 +13,15 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from slostream.core.buckets import COUNT, DEFAULT_RESOLUTIONS, OK, OK_KNOWN
-from slostream.core.budget import BurnTier, default_tiers, detection_seconds
-from slostream.core.objectives import GoodRule, Policy, Slo, SloWindow, Timeslices, calendar_start
+from slostream.core.budget import BurnTier, detection_seconds
+from slostream.core.objectives import GoodRule, Policy, SloWindow, Timeslices, calendar_start
 from slostream.core.running_totals import RunningTotals
 from slostream.core.windows import SeriesWindows
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.state_keys import series_key
 from slostream.pipeline.types import SourceRecord
 from tests.pipeline_sim import make_config
-
-T0 = 1_700_000_000 - 1_700_000_000 % 86400  # a UTC midnight
-
-
-def _slo(**changes) -> Slo:
-    base = dict(name="co", service="checkout", metric="http", objective=0.999, window=SloWindow(rolling_s=30 * 86400),
-                good=GoodRule("ok"), tiers=default_tiers(30 * 86400))
-    base.update(changes)
-    return Slo(**base)
+from tests.slo_feed import T0, Feed, checkout_slo, slo_processor
 
 
 def _rounded_start(windows: SeriesWindows, lo: int) -> int:
@@ -103,38 +95,10 @@ def test_running_totals_carried_across_closes_equal_a_fresh_sum_and_brute_force(
             assert running[COUNT] == len(inside) and running[OK] == sum(o for _, o in inside)
 
 
-def _processor(*slos, **config) -> PartitionProcessor:
-    return PartitionProcessor(0, make_config(slos=slos, grace_s=2, **config), now=0)
-
-
-class Feed:
-    """One measurement per record through the real partition pipeline."""
-
-    def __init__(self, proc: PartitionProcessor):
-        self.proc = proc
-        self.offset = 0
-        self.alerts: list[dict] = []
-
-    def send(self, ts: float, ok: bool | None = None, value: float | None = None, metric: str = "http") -> None:
-        doc = {"service": "checkout", "metric": metric, "ts": ts}
-        if ok is not None:
-            doc["ok"] = ok
-        if value is not None:
-            doc["value"] = value
-        out = self.proc.process([SourceRecord("m", 0, self.offset, ts, b"checkout", orjson.dumps(doc))], 0.0)
-        self.offset += 1
-        self.alerts.extend(event for _, event in out.alerts)
-
-    def times(self, kind: str, severity: str) -> list[float]:
-        return [dt.datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp() - T0
-                for e in self.alerts if e["type"] == f"slostream.alert.{kind}"
-                and e["data"]["labels"]["severity"] == severity and "escalated_from" not in e["data"]["labels"]]
-
-
 def test_total_outage_fires_the_page_at_the_workbook_time_and_resets_when_the_short_window_clears():
     # 1 good request a second for two hours, then a total outage of 10 minutes, then good again.
-    slo = _slo(tiers=(BurnTier("page", 3600, 300, 14.4),))
-    feed = Feed(_processor(slo))
+    slo = checkout_slo(tiers=(BurnTier("page", 3600, 300, 14.4),))
+    feed = Feed(slo_processor(slo))
     for t in range(0, 7200):
         feed.send(T0 + t, True)
     for t in range(7200, 7800):
@@ -153,8 +117,8 @@ def test_total_outage_fires_the_page_at_the_workbook_time_and_resets_when_the_sh
 
 
 def test_half_outage_at_99_percent_fires_at_the_workbook_time():
-    slo = _slo(objective=0.99, tiers=(BurnTier("page", 3600, 300, 14.4),))
-    feed = Feed(_processor(slo))
+    slo = checkout_slo(objective=0.99, tiers=(BurnTier("page", 3600, 300, 14.4),))
+    feed = Feed(slo_processor(slo))
     for t in range(0, 3600):
         feed.send(T0 + t, True)
     for t in range(3600, 5400):
@@ -166,8 +130,8 @@ def test_half_outage_at_99_percent_fires_at_the_workbook_time():
 @pytest.mark.slow
 def test_budget_and_burn_rates_equal_brute_force_counts():
     rng = np.random.default_rng(7)
-    slo = _slo(good=GoodRule("value_le", 300.0))
-    feed = Feed(_processor(slo))
+    slo = checkout_slo(good=GoodRule("value_le", 300.0))
+    feed = Feed(slo_processor(slo))
     times = np.sort(rng.uniform(0, 2 * 86400, 20_000))
     values = rng.lognormal(5, 0.5, times.size)
     for t, v in zip(times, values):
@@ -195,8 +159,8 @@ def test_budget_and_burn_rates_equal_brute_force_counts():
 
 
 def test_timeslices_count_slices_judged_by_their_good_ratio():
-    slo = _slo(budgeting=Timeslices(60, 0.9), tiers=(BurnTier("page", 3600, 300, 14.4),))
-    feed = Feed(_processor(slo))
+    slo = checkout_slo(budgeting=Timeslices(60, 0.9), tiers=(BurnTier("page", 3600, 300, 14.4),))
+    feed = Feed(slo_processor(slo))
     rng = np.random.default_rng(3)
     good_ratio_per_minute = rng.uniform(0.8, 1.0, 120)
     for minute, ratio in enumerate(good_ratio_per_minute):
@@ -227,8 +191,8 @@ def test_calendar_windows_start_at_local_midnight_across_dst(moment, calendar, z
 
 
 def test_calendar_window_budget_resets_at_the_boundary_in_its_time_zone():
-    slo = _slo(window=SloWindow(calendar="month", timezone="Europe/Berlin"), tiers=())
-    feed = Feed(_processor(slo))
+    slo = checkout_slo(window=SloWindow(calendar="month", timezone="Europe/Berlin"), tiers=())
+    feed = Feed(slo_processor(slo))
     boundary = dt.datetime.fromisoformat("2026-03-31T22:00:00+00:00").timestamp()
     for t in range(-1800, 0, 10):  # bad events in the last half hour of March, Berlin time
         feed.send(boundary + t, False)
@@ -242,8 +206,8 @@ def test_calendar_window_budget_resets_at_the_boundary_in_its_time_zone():
 
 
 def test_low_traffic_guard_and_no_data_alert():
-    slo = _slo(tiers=(BurnTier("page", 3600, 300, 14.4),), min_events=100, no_data_s=120)
-    feed = Feed(_processor(slo))
+    slo = checkout_slo(tiers=(BurnTier("page", 3600, 300, 14.4),), min_events=100, no_data_s=120)
+    feed = Feed(slo_processor(slo))
     for t in range(0, 500, 10):  # 50 events, all bad: burn is huge but the long window is thin
         feed.send(T0 + t, False)
     assert feed.times("firing", "page") == []
@@ -257,7 +221,7 @@ def test_low_traffic_guard_and_no_data_alert():
 
 
 def test_state_round_trip_keeps_counts_and_alerts_without_repeats():
-    slo = _slo(tiers=(BurnTier("page", 3600, 300, 14.4),))
+    slo = checkout_slo(tiers=(BurnTier("page", 3600, 300, 14.4),))
     config = make_config(slos=(slo,), grace_s=2)
     feed = Feed(PartitionProcessor(0, config, now=0))
     for t in range(0, 3600):
@@ -273,18 +237,18 @@ def test_state_round_trip_keeps_counts_and_alerts_without_repeats():
     assert len(feed.times("firing", "page")) == 1
     assert restored.slos.trackers["co"].evaluate(T0 + 3719)[0]["bad_events"] == 120
     # A changed good rule invalidates the stored counts instead of misreading them.
-    changed = make_config(slos=(_slo(good=GoodRule("value_le", 1.0)),), grace_s=2)
+    changed = make_config(slos=(checkout_slo(good=GoodRule("value_le", 1.0)),), grace_s=2)
     fresh = PartitionProcessor.restore(0, changed, writes, now=0).slos.trackers["co"]
     assert fresh.counts(T0, T0 + 4000) == (0.0, 0.0)
 
 
 def test_a_backlog_in_one_batch_fires_when_it_would_have_live_with_the_same_event_id():
-    slo = _slo(tiers=(BurnTier("page", 3600, 300, 14.4),))
-    live = Feed(_processor(slo))
+    slo = checkout_slo(tiers=(BurnTier("page", 3600, 300, 14.4),))
+    live = Feed(slo_processor(slo))
     docs = [(T0 + t, t < 3600) for t in range(3700)]
     for ts, ok in docs:
         live.send(ts, ok)
-    backlog = _processor(slo)
+    backlog = slo_processor(slo)
     records = [SourceRecord("m", 0, i, ts, b"checkout", orjson.dumps({"service": "checkout", "metric": "http",
                                                                        "ts": ts, "ok": ok}))
                for i, (ts, ok) in enumerate(docs)]
@@ -295,7 +259,7 @@ def test_a_backlog_in_one_batch_fires_when_it_would_have_live_with_the_same_even
 
 
 def test_an_slo_whose_series_was_evicted_still_raises_its_no_data_alert_after_a_restart():
-    slo = _slo(tiers=(BurnTier("page", 3600, 300, 14.4),), no_data_s=600)
+    slo = checkout_slo(tiers=(BurnTier("page", 3600, 300, 14.4),), no_data_s=600)
     config = make_config(slos=(slo,), grace_s=2, series_ttl_s=120)
     feed = Feed(PartitionProcessor(0, config, now=0))
     for t in range(0, 300, 10):
@@ -317,7 +281,7 @@ def test_an_slo_whose_series_was_evicted_still_raises_its_no_data_alert_after_a_
 def test_pipeline_state_holds_no_reference_cycles():
     """The worker keeps its state out of the cyclic garbage collector (``io.ingest.keep_out_of_gc``):
     that frees nothing late only if state dies by reference counting alone."""
-    config = make_config(slos=(_slo(),), policies=(Policy("p99", "checkout", "http", "p99", 60, "above", 300.0,
+    config = make_config(slos=(checkout_slo(),), policies=(Policy("p99", "checkout", "http", "p99", 60, "above", 300.0,
                                                              500.0),), grace_s=2, series_ttl_s=100)
     gc.collect()
     gc.disable()
@@ -352,7 +316,7 @@ def test_an_slo_fed_by_label_split_series_judges_as_one_unsplit_series_would():
                        "ts": T0 + step * 5 + i, "labels": {"region": region, "pod": f"p{i}"}} for i in range(3)]
     runs = {}
     for label_keys in (("region",), ()):
-        proc = _processor(_slo(), label_keys=label_keys)
+        proc = slo_processor(checkout_slo(), label_keys=label_keys)
         alerts = []
         for n, first in enumerate(range(0, len(items), 450)):
             chunk = items[first:first + 450]

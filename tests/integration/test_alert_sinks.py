@@ -16,7 +16,7 @@ import pytest
 
 from slostream.io.broker import free_port
 from tests.conftest import consume, produce
-from tests.integration.test_alerts_e2e import DEFINITIONS, _history, _of
+from tests.integration.alert_streams import DEFINITIONS, alerts_of, incident_history
 
 AM_CONFIG = """
 route:
@@ -90,9 +90,9 @@ def test_alertmanager_and_webhook_receive_firing_then_resolved(kafka, make_worke
     prefix = make_worker.prefix
     base = float(int(time.time()) - 3 * 3600)
     outage = (7200, 7500)
-    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=_history(base, 0, 7400, outage))
-    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: _of(ev, "firing", "page"))
-    fingerprint = _of(events, "firing", "page")[0]["data"]["fingerprint"]
+    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=incident_history(base, 0, 7400, outage))
+    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: alerts_of(ev, "firing", "page"))
+    fingerprint = alerts_of(events, "firing", "page")[0]["data"]["fingerprint"]
 
     deadline = time.monotonic() + 30
     active = []
@@ -109,8 +109,8 @@ def test_alertmanager_and_webhook_receive_firing_then_resolved(kafka, make_worke
     time.sleep(5)  # outlives several resend intervals: re-posting must not duplicate it
     assert len([a for a in amtool_alerts(alertmanager) if a["labels"].get("severity") == "page"]) == 1
 
-    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=_history(base, 7400, 9900, outage))
-    consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: _of(ev, "resolved", "page"), timeout=90)
+    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=incident_history(base, 7400, 9900, outage))
+    consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: alerts_of(ev, "resolved", "page"), timeout=90)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and any(a["labels"].get("severity") == "page"
                                               for a in amtool_alerts(alertmanager)):

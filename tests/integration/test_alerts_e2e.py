@@ -12,48 +12,12 @@ import pytest
 
 from slostream.core.alerts import fingerprint
 from tests.conftest import consume, produce
+from tests.integration.alert_streams import DEFINITIONS, alerts_of, incident_history
 from tests.schemas import validator
-
-DEFINITIONS = """
-slos:
-  - name: checkout-availability
-    service: checkout
-    metric: http
-    objective: 0.999
-    window: 30d
-    good: ok
-    runbook_url: https://runbooks.example/checkout
-policies:
-  - name: checkout-p99
-    service: checkout
-    metric: latency_ms
-    aggregate: p99
-    window: 1m
-    warning: 300
-    critical: 800
-    consecutive: 2
-"""
-
-
-def _history(base: float, start: int, stop: int, outage: tuple[int, int]) -> list[tuple[bytes, bytes]]:
-    """One request a second, all failing during ``outage``; latency every 10 s, slow during the outage."""
-    records = []
-    for t in range(start, stop):
-        bad = outage[0] <= t < outage[1]
-        records.append((b"checkout", orjson.dumps({"service": "checkout", "metric": "http", "ts": base + t,
-                                                   "ok": not bad})))
-        if t % 10 == 0:
-            records.append((b"checkout", orjson.dumps({"service": "checkout", "metric": "latency_ms",
-                                                       "ts": base + t, "value": 1000.0 if bad else 120.0})))
-    return records
 
 
 def _control(kafka, prefix: str, *commands: bytes) -> None:
     produce(kafka.bootstrap, f"{prefix}control", list(commands), key=b"ops")
-
-
-def _of(events, kind: str, severity: str) -> list[dict]:
-    return [e for e in events if e["type"] == f"slostream.alert.{kind}" and e["data"]["labels"]["severity"] == severity]
 
 
 def test_incident_fires_pages_resolves_once_across_a_restart(kafka, make_worker, tmp_path):
@@ -67,9 +31,9 @@ def test_incident_fires_pages_resolves_once_across_a_restart(kafka, make_worker,
     # five minutes of total outage, then 40 minutes good again.
     base = float(int(time.time()) - 3 * 3600)
     outage = (7200, 7500)
-    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=_history(base, 0, 7400, outage))
-    events = consume(kafka.bootstrap, alerts_topic, lambda ev: len(_of(ev, "firing", "page")) >= 1)
-    page = _of(events, "firing", "page")[0]
+    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=incident_history(base, 0, 7400, outage))
+    events = consume(kafka.bootstrap, alerts_topic, lambda ev: len(alerts_of(ev, "firing", "page")) >= 1)
+    page = alerts_of(events, "firing", "page")[0]
     alert = page["data"]
     assert alert["labels"] == {"alertname": "SLOErrorBudgetBurn", "service": "checkout",
                                "slo": "checkout-availability", "severity": "page"}
@@ -83,7 +47,7 @@ def test_incident_fires_pages_resolves_once_across_a_restart(kafka, make_worker,
     starts = _ts(alert["startsAt"]) - base - outage[0]
     assert 43.2 - 10 <= starts <= 43.2 + 10
     # The ticket tier (1x over 3d/6h) fired first and is inhibited by the page.
-    assert _of(events, "firing", "ticket") and _of(events, "resolved", "ticket")
+    assert alerts_of(events, "firing", "ticket") and alerts_of(events, "resolved", "ticket")
     for event in events:
         validator("alert-event.schema.json").validate(event)
 
@@ -94,9 +58,9 @@ def test_incident_fires_pages_resolves_once_across_a_restart(kafka, make_worker,
                            "by": "ana", "reason": "known slow dependency"}),
              b'{"command": "silence", "matchers": {}}', b"\xff not json")
     events = consume(kafka.bootstrap, alerts_topic,
-                     lambda ev: _of(ev, "acknowledged", "page") and _of(ev, "silenced", "critical"))
-    acked = _of(events, "acknowledged", "page")[0]["data"]
-    assert _of(events, "silenced", "critical")[0]["data"]["labels"]["policy"] == "checkout-p99"
+                     lambda ev: alerts_of(ev, "acknowledged", "page") and alerts_of(ev, "silenced", "critical"))
+    acked = alerts_of(events, "acknowledged", "page")[0]["data"]
+    assert alerts_of(events, "silenced", "critical")[0]["data"]["labels"]["policy"] == "checkout-p99"
     assert acked["annotations"]["acknowledged_by"] == "ana" and acked["fingerprint"] == alert["fingerprint"]
     dead = consume(kafka.bootstrap, f"{prefix}deadletter",
                    lambda ev: sum(e["data"]["reason"] == "bad_command" for e in ev) >= 2)
@@ -111,14 +75,14 @@ def test_incident_fires_pages_resolves_once_across_a_restart(kafka, make_worker,
     # Restart in the middle of the incident, then let it recover.
     assert worker.stop() == 0
     second = make_worker("alerts", **env).start()
-    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=_history(base, 7400, 9900, outage))
-    events = consume(kafka.bootstrap, alerts_topic, lambda ev: _of(ev, "resolved", "page"), timeout=90)
-    assert len(_of(events, "firing", "page")) == 1 and len(_of(events, "resolved", "page")) == 1
-    assert len(_of(events, "acknowledged", "page")) == 1
+    produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=incident_history(base, 7400, 9900, outage))
+    events = consume(kafka.bootstrap, alerts_topic, lambda ev: alerts_of(ev, "resolved", "page"), timeout=90)
+    assert len(alerts_of(events, "firing", "page")) == 1 and len(alerts_of(events, "resolved", "page")) == 1
+    assert len(alerts_of(events, "acknowledged", "page")) == 1
     ids = collections.Counter(e["id"] for e in events)
     assert max(ids.values()) == 1, "an alert event was emitted twice"
     # It resets once the 30m short window of the 6h tier holds under 6 x 0.1% x 1800 = 10.8 failures.
-    resolved = _of(events, "resolved", "page")[0]["data"]
+    resolved = alerts_of(events, "resolved", "page")[0]["data"]
     assert abs(_ts(resolved["endsAt"]) - base - (outage[1] + 1800 - 10.8)) <= 10
     assert resolved["status"] == "resolved" and resolved["fingerprint"] == alert["fingerprint"]
 
@@ -167,13 +131,13 @@ def test_a_rebalance_mid_incident_neither_repeats_nor_loses_alert_events(kafka, 
     outage = (7200, 7500)
 
     def both(start: int, stop: int) -> list[tuple[bytes, bytes]]:
-        records = _history(base, start, stop, outage)
+        records = incident_history(base, start, stop, outage)
         cart = [(b"cart", value.replace(b'"checkout"', b'"cart"')) for _, value in records]
         return records + cart
 
     first = make_worker("rebalance", **env).start()
     produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=both(0, 7400))
-    consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(_of(ev, "firing", "page")) >= 2)
+    consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(alerts_of(ev, "firing", "page")) >= 2)
     second = make_worker("rebalance", **env).start()
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # wait until the group has split the partitions
@@ -183,11 +147,11 @@ def test_a_rebalance_mid_incident_neither_repeats_nor_loses_alert_events(kafka, 
         time.sleep(0.5)
     assert all(len(p) == 1 for p in owned), owned
     produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=both(7400, 9900))
-    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(_of(ev, "resolved", "page")) >= 2,
+    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(alerts_of(ev, "resolved", "page")) >= 2,
                      timeout=120)
     for slo in ("checkout-availability", "cart-availability"):
         mine = [e for e in events if e["data"]["labels"].get("slo") == slo]
-        assert len(_of(mine, "firing", "page")) == 1 and len(_of(mine, "resolved", "page")) == 1, slo
+        assert len(alerts_of(mine, "firing", "page")) == 1 and len(alerts_of(mine, "resolved", "page")) == 1, slo
     ids = collections.Counter(e["id"] for e in events)
     assert max(ids.values()) == 1, "an alert event was emitted twice"
     assert first.stop() == 0 and second.stop() == 0
@@ -210,8 +174,8 @@ def test_escalation_cooldown_and_unsilence_end_to_end(kafka, make_worker, tmp_pa
     # 10 minutes good, 2 minutes of errors: the ticket fires, and 60 s later, unacknowledged,
     # escalates to a page; the page ends with the condition.
     produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=traffic(0, 1200, (600, 720)))
-    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: _of(ev, "resolved", "page"))
-    ticket, page = _of(events, "firing", "ticket")[0]["data"], _of(events, "firing", "page")[0]["data"]
+    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: alerts_of(ev, "resolved", "page"))
+    ticket, page = alerts_of(events, "firing", "ticket")[0]["data"], alerts_of(events, "firing", "page")[0]["data"]
     assert page["labels"]["escalated_from"] == "ticket" and page["labels"]["slo"] == "cart-errors"
     assert 55 <= _ts(page["startsAt"]) - _ts(ticket["startsAt"]) <= 70
     assert [e["type"] for e in events].count("slostream.alert.firing") == 2
@@ -221,17 +185,17 @@ def test_escalation_cooldown_and_unsilence_end_to_end(kafka, make_worker, tmp_pa
     time.sleep(3)
     seen = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: False, timeout=3)
     timeline = [(e["type"], e["data"]["labels"]["severity"], _ts(e["time"]) - base) for e in seen]
-    assert len(_of(seen, "firing", "ticket")) == 1, timeline
+    assert len(alerts_of(seen, "firing", "ticket")) == 1, timeline
 
     # After the cooldown a new episode fires; silence it, then lift the silence: firing again.
     produce(kafka.bootstrap, f"{prefix}measurements", [], keyed=traffic(1500, 2500, (2400, 2500)))
-    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(_of(ev, "firing", "ticket")) >= 2)
-    second = _of(events, "firing", "ticket")[1]["data"]
+    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(alerts_of(ev, "firing", "ticket")) >= 2)
+    second = alerts_of(events, "firing", "ticket")[1]["data"]
     assert _ts(second["startsAt"]) - base >= 2400
     _control(kafka, prefix, orjson.dumps({"command": "silence", "id": "maint", "matchers": {"slo": "cart-errors"},
                                           "for": "1h", "by": "ana"}))
-    consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: _of(ev, "silenced", "ticket"))
+    consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: alerts_of(ev, "silenced", "ticket"))
     _control(kafka, prefix, orjson.dumps({"command": "unsilence", "id": "maint", "by": "ana"}))
-    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(_of(ev, "firing", "ticket")) >= 3)
-    assert _of(events, "firing", "ticket")[2]["data"]["fingerprint"] == second["fingerprint"]
+    events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(alerts_of(ev, "firing", "ticket")) >= 3)
+    assert alerts_of(events, "firing", "ticket")[2]["data"]["fingerprint"] == second["fingerprint"]
     assert worker.stop() == 0

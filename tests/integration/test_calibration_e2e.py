@@ -7,9 +7,9 @@ import time
 import numpy as np
 import orjson
 
+from tests.calibration_reference import brute_force_calibration
 from tests.conftest import consume
 from tests.integration.streams import send_records
-from tests.test_calibration import _brute_force
 
 
 def test_a_model_s_windows_carry_numpy_s_calibration_through_kafka(kafka, make_worker):
@@ -34,10 +34,14 @@ def test_a_model_s_windows_carry_numpy_s_calibration_through_kafka(kafka, make_w
     assert windows <= set(events)
     for window in sorted(windows):
         chosen = (ts // 60 * 60) == window
-        ece, brier, out = _brute_force(predicted.round(4)[chosen], outcomes[chosen], 10)
+        ece, brier, out = brute_force_calibration(predicted.round(4)[chosen], outcomes[chosen], 10)
         calibration = events[window]["data"]["calibration"]
         assert calibration["out_of_range"] == out and calibration["n"] == chosen.sum() - out
         assert abs(calibration["ece"] - ece) < 1e-9 and abs(calibration["brier"] - brier) < 1e-9
+    status, body = worker.get("/api/policies")
+    assert status == 200 and orjson.loads(body) == {"breaching": [], "configured": []}
+    status, body = worker.get("/api/drift")
+    assert status == 200 and orjson.loads(body) == {"detections": [], "in_progress": []}
     page = worker.get("/metrics")[1].decode()
     assert re.search(r'^slostream_sli_window_ece\{metric="score",service="ranker"\} [0-9.e-]+$', page, re.M)
     rejected = re.findall(r"^slostream_ingest_measurements_rejected_total\{[^}]*\} (\S+)$", page, re.M)

@@ -125,9 +125,9 @@ class IngestService:
             ]
             proc = PartitionProcessor.restore(partition, self.pipeline_config, items, time.time())
             self.processors[partition] = proc
-            restored = proc.snapshot()
+            restored = proc.snapshot(kinds=("slos",))
             log.info("partition %d: restored %d series and %d SLOs, resuming after offset %d",
-                     partition, restored.series, len(restored.slos), restored.applied_offset)
+                     partition, restored.series, len(restored.statuses["slos"]), restored.applied_offset)
             self._pending_control.add(partition)
         return proc
 
@@ -227,15 +227,19 @@ class IngestService:
                 await self._emit(proc.apply_control(record, command))
                 self._uncheckpointed.add(partition)
 
-    def snapshots(self, reports: bool = False) -> list[Snapshot]:
+    def snapshots(self, reports: bool = False, kinds: tuple[str, ...] = ()) -> list[Snapshot]:
         """What the web views and metrics read: each owned partition's ``Snapshot``, by partition."""
-        return [proc.snapshot(reports) for _, proc in sorted(self.processors.items())]
+        return [proc.snapshot(reports, kinds) for _, proc in sorted(self.processors.items())]
+
+    def statuses(self, kind: str) -> list[dict]:
+        """The statuses of one kind of evaluator, over every owned partition."""
+        return [status for snap in self.snapshots(kinds=(kind,)) for status in snap.statuses[kind]]
 
     def firing_alerts(self) -> list[dict]:
         return [alert for snap in self.snapshots() for alert in snap.firing]
 
     def slo_statuses(self) -> list[dict]:
-        return sorted((status for snap in self.snapshots() for status in snap.slos), key=lambda s: s["slo"])
+        return sorted(self.statuses("slos"), key=lambda s: s["slo"])
 
     async def _emit(self, out: Output) -> None:
         if out.sli:

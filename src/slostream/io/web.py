@@ -29,9 +29,13 @@ def register_views(app: SloApp, ingest: IngestService, metrics: PipelineMetrics,
         silences = {silence["id"]: silence for snap in snapshots for silence in snap.silences}
         return web.json({"alerts": ingest.firing_alerts(), "silences": list(silences.values())})
 
+    @app.page("/api/policies")
+    async def policies_view(web, request):
+        return web.json({"breaching": ingest.statuses("policies"), "configured": [p.name for p in settings.policies]})
+
     @app.page("/api/drift")
     async def drift_view(web, request):
-        return web.json({"detections": list(reversed(ingest.drift_recent))})
+        return web.json({"detections": list(reversed(ingest.drift_recent)), "in_progress": ingest.statuses("drift")})
 
     @app.page("/health")
     async def health_view(web, request):

@@ -363,10 +363,13 @@ class PartitionProcessor:
         """Whether an alert an acknowledgement selects (by fingerprint, or by matchers) is firing."""
         return self.alerting.book.fires_matching(fingerprint, matchers)
 
-    def snapshot(self, reports: bool = False) -> Snapshot:
+    def snapshot(self, reports: bool = False, kinds: tuple[str, ...] = ()) -> Snapshot:
+        """What the web views and metrics read: ``reports``, each series' newest SLI report; the
+        statuses of the evaluators of ``kinds``."""
         book = self.alerting.book
+        statuses = {e.kind: e.status() for e in self.evaluators if e.kind in kinds}
         return Snapshot(self.partition, len(self.series), self.applied_offset, self.newest_event_ts,
-                        self.alignment.aligned_until, self.slos.status(), book.firing(),
+                        self.alignment.aligned_until, statuses, book.firing(),
                         [vars(silence).copy() for silence in book.silences.values()],
                         [s.last_report for s in self.series.values() if s.last_report is not None] if reports else [])
 

@@ -100,7 +100,7 @@ class Snapshot:
     applied_offset: int
     newest_event_ts: float
     aligned_until: float
-    slos: list[dict]  # each SLO's status
+    statuses: dict[str, list[dict]]  # by evaluator kind, the statuses asked for
     firing: list[dict]  # alerts firing
     silences: list[dict]
     reports: list[bytes]  # each series' newest SLI report (JSON), when asked for
