@@ -12,7 +12,8 @@ import statistics
 import tempfile
 import time
 
-from slostream import bench
+from slostream.bench.common import REPORT_S, SPAN_S, _ceiling, _expected_windows, _payloads, _prepare
+from slostream.bench.throughput import _bench_definitions, _end_to_end
 from slostream.io.broker import EmbeddedBroker
 
 
@@ -22,23 +23,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--slos", action="store_true", help="both workers run the bench's SLOs and policies")
     args = parser.parse_args()
-    t0 = time.time() - bench.SPAN_S - 2 * bench.REPORT_S
+    t0 = time.time() - SPAN_S - 2 * REPORT_S
     records = 20_000
-    payloads = bench._payloads(100, records, t0)
+    payloads = _payloads(100, records, t0)
     measurements = records * 100
-    expected = bench._expected_windows(t0)
-    definitions = bench._bench_definitions(os.path.join(tempfile.mkdtemp(), "defs.yaml")) if args.slos else None
+    expected = _expected_windows(t0)
+    definitions = _bench_definitions(os.path.join(tempfile.mkdtemp(), "defs.yaml")) if args.slos else None
     sources = {"baseline": args.baseline_src, "this": None}
     mps: dict[str, list[float]] = {"ceiling": [], "baseline": [], "this": []}
     with EmbeddedBroker() as broker:
         for number in range(args.rounds):
             topics = {f"r{number}{name}": (payloads, 1) for name in ("ceiling", *sources)}
-            asyncio.run(bench._prepare(broker, topics))
-            seconds, _ = asyncio.run(bench._ceiling(broker.bootstrap, f"r{number}ceiling.measurements", len(payloads)))
+            asyncio.run(_prepare(broker, topics))
+            seconds, _ = asyncio.run(_ceiling(broker.bootstrap, f"r{number}ceiling.measurements", len(payloads)))
             mps["ceiling"].append(measurements / seconds)
             order = list(sources) if number % 2 == 0 else list(sources)[::-1]
             for name in order:
-                seconds = bench._end_to_end(broker, f"r{number}{name}.", expected, definitions, source=sources[name])
+                seconds = _end_to_end(broker, f"r{number}{name}.", expected, definitions, source=sources[name])
                 mps[name].append(measurements / seconds)
             print(f"round {number}: " + ", ".join(f"{k} {v[-1] / 1e3:.0f} k/s" for k, v in mps.items()), flush=True)
     medians = {name: statistics.median(runs) for name, runs in mps.items()}
