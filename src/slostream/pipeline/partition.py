@@ -221,8 +221,8 @@ class PartitionProcessor:
         newest_ts = np.maximum.reduceat(ts, series_firsts)
         newest_marks = np.maximum.reduceat(marks_after[idx], series_firsts)
         np.maximum.at(self.store.mark, owners, np.maximum.reduceat(run_offsets, series_firsts))
-        runs = Runs(touched, sids, starts, idx, values, oks, run_offsets, ts, series_of, newest_marks.tolist(),
-                    series_firsts, batch)
+        runs = Runs(touched, sids, starts, idx, values, oks, run_offsets, ts, series_of, newest_marks, series_firsts,
+                    batch)
         for evaluator in self.evaluators:
             evaluator.ingested(runs)
         out.accepted += len(idx)
@@ -367,7 +367,7 @@ class PartitionProcessor:
         """What the web views and metrics read: ``reports``, each series' newest SLI report; the
         statuses of the evaluators of ``kinds``."""
         book = self.alerting.book
-        statuses = {e.kind: e.status() for e in self.evaluators if e.kind in kinds}
+        statuses = {e.kind: e.status(self.series.values()) for e in self.evaluators if e.kind in kinds}
         return Snapshot(self.partition, len(self.series), self.applied_offset, self.newest_event_ts,
                         self.alignment.aligned_until, statuses, book.firing(),
                         [vars(silence).copy() for silence in book.silences.values()],

@@ -40,14 +40,14 @@ class Runs:
 
     def __init__(self, series: list[Series], sids: np.ndarray, starts: np.ndarray, idx: np.ndarray,
                  values: np.ndarray, oks: np.ndarray, offsets: np.ndarray, ts: np.ndarray,
-                 series_of: dict[int, Series], marks_after: list[float], series_firsts: np.ndarray,
+                 series_of: dict[int, Series], marks_after: np.ndarray, series_firsts: np.ndarray,
                  batch: rows.Rows):
         self.series = series  # each series of the part, once
         self.values, self.oks, self.offsets = values, oks, offsets  # of every measurement, in run order
         self.idx = idx  # each measurement's row in ``batch``
         self.batch = batch
         self._sids, self._starts, self._ts, self._series_of = sids, starts, ts, series_of
-        self._marks_after = dict(zip(sids[series_firsts].tolist(), marks_after))
+        self._series_firsts, self._marks_after = series_firsts, marks_after
 
     @cached_property
     def bounds(self) -> list[int]:
@@ -62,7 +62,8 @@ class Runs:
         bounds = self.bounds
         firsts = bounds[:-1]
         newest = np.maximum.reduceat(self._ts, firsts).tolist()
-        return [(series, start, max(series.watermark, self._marks_after[sid]), latest, a, b)
+        marks_after = dict(zip(self._sids[self._series_firsts].tolist(), self._marks_after.tolist()))
+        return [(series, start, max(series.watermark, marks_after[sid]), latest, a, b)
                 for sid, start, latest, a, b in zip(self._sids[firsts].tolist(), self._starts[firsts].tolist(),
                                                     newest, bounds, bounds[1:])
                 for series in (self._series_of[sid],)]
@@ -102,7 +103,8 @@ class Evaluator:
     def release(self, series: Series) -> None:
         """``series`` is evicted."""
 
-    def status(self) -> list[dict]:
+    def status(self, series: Iterable[Series]) -> list[dict]:
+        """Its status for the JSON API, from the partition's ``series``."""
         return []
 
     def series_state(self, series: Series) -> bytes | None:

@@ -10,6 +10,7 @@ false detections in four days at 6 requests a minute). Pooled, a point says some
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 from slostream.core.alerts import SEVERITIES, Condition
 from slostream.core.calibration import CalibrationWeeks
@@ -123,22 +124,16 @@ class DriftEvaluator(Evaluator):
         self.bins = config.calibration_bins
         self.bound_c = config.calibration_bound_c
         self.weekly_delta = config.calibration_weekly_delta
-        self._watched: dict[int, Series] = {}  # window owner -> series with drift watches
 
     def watch(self, series: Series) -> None:
         rule = self.rules.for_series(series.service, series.metric)
         series.drift = None if rule is None else SeriesDrift.of_rule(rule)
-        if series.drift is not None:
-            self._watched[series.windows.owner] = series
 
-    def release(self, series: Series) -> None:
-        self._watched.pop(series.windows.owner, None)
-
-    def status(self) -> list[dict]:
+    def status(self, series: Iterable[Series]) -> list[dict]:
         """Every change in progress: detected, its cooldown not over at its series' newest event time."""
         return [{"service": s.service, "metric": s.metric, "labels": s.labels, "aggregate": aggregate,
                  "settles_at": watch.quiet_until, "alert": s.drift.firing.get(aggregate)}
-                for s in self._watched.values() for aggregate, watch in s.drift.watches.items()
+                for s in series if s.drift is not None for aggregate, watch in s.drift.watches.items()
                 if s.drift.in_progress(aggregate, s.max_ts)]
 
     def closed(self, closes: Closes, out: Output) -> None:

@@ -4,6 +4,8 @@ levels alert conditions."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import orjson
 
@@ -34,22 +36,16 @@ class PolicyEvaluator(Evaluator):
         # Per series (window owner) watched, the horizons at which a live run would have closed it
         # within the part of a batch just taken in: its windows are judged in those steps.
         self._steps: dict[int, list[int]] = {}
-        self._watched: dict[int, Series] = {}  # window owner -> series with policies
 
     def watch(self, series: Series) -> None:
         series.watches = [PolicyWatch(p) for p in self.policies_for.get(series.group, ())]
-        if series.watches:
-            self._watched[series.windows.owner] = series
 
-    def release(self, series: Series) -> None:
-        self._watched.pop(series.windows.owner, None)
-
-    def status(self) -> list[dict]:
+    def status(self, series: Iterable[Series]) -> list[dict]:
         """Every series a policy finds at warning or critical: the level, the value and the end of the
         window that set it."""
         return sorted(({"policy": w.policy.name, "service": s.service, "metric": s.metric, "labels": s.labels,
                         "level": w.level, "value": w.last_value, "window_end": w.evaluated_until}
-                       for s in self._watched.values() for w in s.watches if w.level != "ok"),
+                       for s in series for w in s.watches if w.level != "ok"),
                       key=lambda status: (status["policy"], orjson.dumps(status["labels"])))
 
     def window_lengths(self, group: tuple[str, str]) -> dict[int, bool]:
@@ -59,7 +55,7 @@ class PolicyEvaluator(Evaluator):
         return lengths
 
     def ingested(self, runs: Runs) -> None:
-        if not any(series.watches for series in runs.series):
+        if not self.policies_for or not any(series.watches for series in runs.series):
             return
         for series, start, target, _, _, _ in runs.each:
             if series.watches:

@@ -71,7 +71,7 @@ class SloEvaluator(Evaluator):
             del self.sources[series.group]
             self.idle_clocks[series.group] = IdleClock(series.max_ts, series.watermark, series.last_activity)
 
-    def status(self) -> list[dict]:
+    def status(self, series: Iterable[Series]) -> list[dict]:
         return sorted((t.status for t in self.trackers.values() if t.status is not None), key=lambda s: s["slo"])
 
     def writes(self, partition: int) -> Iterator[tuple[str, bytes]]:
@@ -143,7 +143,7 @@ class SloEvaluator(Evaluator):
         """Count each run into the SLOs its series feeds, in order: an SLO fed by that series alone
         at once (each SLO rule judges the whole part once), one that covers several series once it
         has gathered them all (``_feed_gathered``)."""
-        if not any(series.trackers for series in runs.series):
+        if not self.slos_for or not any(series.trackers for series in runs.series):
             return
         tallies: dict[GoodRule, Tally] = {}
         gathered: dict[str, list[np.ndarray]] = {}
