@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import shutil
+import signal
 import subprocess
 import time
 
@@ -13,6 +14,7 @@ import pytest
 from slostream.core.alerts import fingerprint
 from tests.conftest import consume, produce
 from tests.integration.alert_streams import DEFINITIONS, alerts_of, incident_history
+from tests.integration.streams import send_records
 from tests.schemas import validator
 
 
@@ -199,3 +201,41 @@ def test_escalation_cooldown_and_unsilence_end_to_end(kafka, make_worker, tmp_pa
     events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(alerts_of(ev, "firing", "ticket")) >= 3)
     assert alerts_of(events, "firing", "ticket")[2]["data"]["fingerprint"] == second["fingerprint"]
     assert worker.stop() == 0
+
+
+def test_alerts_sent_again_after_a_sigkill_are_identical(kafka, make_worker, tmp_path):
+    """The worker is killed after sending alerts and before any checkpoint: its successor replays
+    the whole log in bigger batches, so it judges the SLO at other points within the buckets, and
+    sends every alert event of the log again, each as it was first sent (unkeyed lz4 records, fed
+    live, so the first worker judges partial buckets)."""
+    definitions = tmp_path / "slos.yaml"
+    definitions.write_text(DEFINITIONS)
+    env = {"SLOSTREAM_DEFINITION_FILES": str(definitions), "SLOSTREAM_CHECKPOINT_INTERVAL_S": "3600"}
+    prefix = make_worker.prefix
+    base = float(int(time.time()) - 3 * 3600)
+    outage = (7200, 7500)
+    history = [value for _, value in incident_history(base, 0, 7800, outage)]
+    records = [(None, b"[" + b",".join(history[i:i + 7]) + b"]") for i in range(0, len(history), 7)]
+    first = make_worker("alerts", **env).start()
+    before_outage = (7100 + 710) // 7  # the records of the first 7100 s: a request a second, latency every 10 s
+    send_records(kafka.bootstrap, f"{prefix}measurements", records[:before_outage], compression="lz4")
+    send_records(kafka.bootstrap, f"{prefix}measurements", records[before_outage:], compression="lz4",
+                 pause_every=1, pause_s=0.05)
+    consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: alerts_of(ev, "resolved", "ticket")
+            and alerts_of(ev, "firing", "page"))
+    time.sleep(1)  # what the last batch judged is sent
+    first.stop(signal.SIGKILL)
+    sent = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: False, timeout=2)  # all the first worker sent
+    second = make_worker("alerts", **env).start()
+
+    def replayed(events: list[dict]) -> bool:
+        counts = collections.Counter(e["id"] for e in events)
+        return all(counts[e["id"]] >= 2 for e in sent)
+
+    events = consume(kafka.bootstrap, f"{prefix}alerts", replayed, timeout=90)
+    assert replayed(events), "an alert of the first worker was not sent again"
+    assert {"page", "ticket", "critical"} <= {e["data"]["labels"]["severity"] for e in sent}
+    by_id: dict[str, dict] = {}
+    for event in events:
+        assert by_id.setdefault(event["id"], event) == event, "two payloads under one alert id"
+    assert second.stop() == 0

@@ -222,6 +222,15 @@ class AlertBook:
             events.append(AlertEvent("firing", now, raised.model(), raised.starts_at))
         return events
 
+    def keep_times(self, key: str, starts_at: float, ends_at: float | None) -> None:
+        """An episode judged again (a replay after a crash) keeps the times its sent event named,
+        so what follows names them too."""
+        alert = self.alerts.get(key)
+        if alert is not None:
+            alert.starts_at = starts_at
+            if ends_at is not None and alert.ends_at is not None:
+                alert.ends_at = ends_at
+
     # --- operator commands ------------------------------------------------
 
     def silence(self, now: float, silence: Silence) -> list[AlertEvent]:

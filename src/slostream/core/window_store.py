@@ -283,7 +283,11 @@ class WindowStore(AwaitingReads, SparseKeyLog, StoreCodec):
         stats[rows, OK_KNOWN] += np.bincount(inverse, ok_known, minlength=groups)
         stats[rows, OK] += np.bincount(inverse, ok, minlength=groups)
         stats[rows, VALUES] += np.bincount(inverse, has_value, minlength=groups)
-        stats[rows, SUM] += np.bincount(inverse, total, minlength=groups)
+        # A left fold in arrival order, not a sum of partial sums: however a log is cut into
+        # batches, a window's sum (and so its mean) comes out the same to the last bit.
+        sums = stats[rows, SUM]
+        np.add.at(sums, inverse, total)
+        stats[rows, SUM] = sums
         lowest = np.full(groups, np.inf)
         np.minimum.at(lowest, inverse, low)
         highest = np.full(groups, -np.inf)

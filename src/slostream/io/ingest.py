@@ -242,6 +242,8 @@ class IngestService:
         return sorted(self.statuses("slos"), key=lambda s: s["slo"])
 
     async def _emit(self, out: Output) -> None:
+        if out.alert_log:
+            await self._log_alerts(out.alert_log)
         if out.sli:
             await self.outputs.send_keyed(self.sli_topic, ((key, orjson.dumps(event)) for key, event in out.sli))
         for key, event in out.alerts:
@@ -331,18 +333,35 @@ class IngestService:
         """Make the outputs durable, then the changed state (each stage's end noted)."""
         await self.outputs.flush()
         stage_ends.append(("outputs", time.monotonic()))
+        await self._write_changelog(snapshot, written)
+        stage_ends.append(("changelog", time.monotonic()))
+
+    async def _write_changelog(self, records: list[tuple[int, bytes, bytes | None]], partitions: list[int]) -> None:
+        """Changelog records (partition, key, value), durable when this returns."""
         # In batches awaited here, not Faust's send_soon buffer, whose flush() gives up after
         # 0.1 s without a send and would let the commit run ahead of the changelog.
-        # Checkpoints are serialised, so order holds.
         changelog = self.state.changelog_topic.get_topic_name()
-        await asyncio.gather(*await self.outputs.send_batches(changelog, snapshot))
+        await asyncio.gather(*await self.outputs.send_batches(changelog, records))
         if self.settings.changelog_fence:
             # Tansu reports a partition's end offset from the first record of its last batch,
             # and Faust recovers a changelog only up to the end offset: a last batch of one
             # record makes the end right. Restore ignores the key.
-            fences = [(partition, state_keys.fence_key(partition).encode(), b"") for partition in written]
+            fences = [(partition, state_keys.fence_key(partition).encode(), b"") for partition in partitions]
             await asyncio.gather(*await self.outputs.send_batches(changelog, fences))
-        stage_ends.append(("changelog", time.monotonic()))
+
+    async def _log_alerts(self, entries: list[tuple[int, str, bytes]]) -> None:
+        """Alert events go to the state before they are sent (``pipeline.alerting``), so a replay
+        after a crash sends them again as they were. If the broker does not take them the worker
+        stops, as at a checkpoint."""
+        records = [(partition, key.encode(), value) for partition, key, value in entries]
+        for _, raw_key, value in records:
+            self.state.data[raw_key] = value
+        try:
+            await self._write_changelog(records, sorted({partition for partition, _, _ in records}))
+        except (NotDelivered, KafkaError) as exc:
+            log.error("the alert log was not delivered; stopping without sending its alerts: %r", exc)
+            await self.app.crash(exc)
+            raise
 
     async def final_checkpoint(self, partitions: set[int] | None = None) -> None:
         """Write every series' changes before a revoke or a stop, waiting at most

@@ -1,24 +1,59 @@
 """The alert lifecycle of a partition: every evaluator's alert conditions go through one
 ``AlertBook`` (dedup, inhibition, silences, acknowledgements, escalation, cooldown) and come out as
-``slostream.alert.*`` events; operators' commands act on the same book."""
+``slostream.alert.*`` events; operators' commands act on the same book.
+
+An alert event's id names its base buckets, but where in a bucket an SLO is judged depends on how
+the log was cut into batches. So every event is logged to the state (``Output.alert_log``, made
+durable before the event is sent) until a checkpoint's replay offset passes it. A replay after a
+crash that judges the same transition again sends the logged event, byte for byte, and the episode
+keeps the times it named: events sharing an id are identical."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
+
+import orjson
 
 from slostream.core.alerts import AlertBook, AlertEvent, Condition
 from slostream.core.buckets import bucket_start
 from slostream.core.control import Command
 from slostream.pipeline.envelopes import alert_envelope
+from slostream.pipeline.state_keys import sent_alert_key
 from slostream.pipeline.types import Output, PipelineConfig
+
+SENT_VERSION = 1
+
+
+class SentAlert(NamedTuple):
+    offset: int  # the newest source offset judged when it was sent: a replay from beyond never repeats it
+    starts_at: float
+    ends_at: float | None
+    key: bytes
+    event: dict
+
+    def encode(self) -> bytes:
+        return orjson.dumps({"v": SENT_VERSION, "offset": self.offset, "starts_at": self.starts_at,
+                             "ends_at": self.ends_at, "key": self.key.decode(), "event": self.event})
+
+    @classmethod
+    def decode(cls, raw: bytes) -> SentAlert:
+        saved = orjson.loads(raw)
+        if saved.get("v") != SENT_VERSION:
+            raise ValueError(f"unsupported sent alert version {saved.get('v')!r}")
+        return cls(saved["offset"], saved["starts_at"], saved["ends_at"], saved["key"].encode(), saved["event"])
 
 
 class Alerting:
-    __slots__ = ("book", "dirty", "width", "source")
+    __slots__ = ("book", "dirty", "width", "source", "partition", "sent", "offset")
 
-    def __init__(self, config: PipelineConfig):
+    def __init__(self, config: PipelineConfig, partition: int):
         self.book = AlertBook(config.alert_cooldown_s, config.escalate_after_s)
         self.dirty = False  # the book changed since it was last written
         self.width = config.resolutions[0].width
         self.source = config.source
+        self.partition = partition
+        self.sent: dict[str, SentAlert] = {}  # by event id, since the replay offset
+        self.offset = -1  # the newest source offset being judged
 
     def evaluate(self, at: float, conditions: list[Condition], out: Output) -> None:
         """Conditions judged at event time ``at``: the alert events they cause."""
@@ -37,7 +72,22 @@ class Alerting:
 
     def emit(self, events: list[AlertEvent], out: Output) -> None:
         for alert_event in events:
-            out.alerts.append(alert_envelope(alert_event, bucket_start(alert_event.alert_start, self.width),
-                                             bucket_start(alert_event.time, self.width), self.source))
+            key, event = alert_envelope(alert_event, bucket_start(alert_event.alert_start, self.width),
+                                        bucket_start(alert_event.time, self.width), self.source)
+            sent = self.sent.get(event["id"])
+            if sent is None:
+                ends_at = alert_event.time if alert_event.type == "resolved" else None
+                sent = self.sent[event["id"]] = SentAlert(self.offset, alert_event.alert_start, ends_at, key, event)
+                out.alert_log.append((self.partition, sent_alert_key(self.partition, event["id"]), sent.encode()))
+            else:
+                self.book.keep_times(event["data"]["fingerprint"], sent.starts_at, sent.ends_at)
+            out.alerts.append((sent.key, sent.event))
         if events:
             self.dirty = True
+
+    def settled(self, replay_offset: int) -> list[str]:
+        """Forget the events a replay from ``replay_offset`` can no longer repeat: their state keys."""
+        done = [event_id for event_id, sent in self.sent.items() if sent.offset <= replay_offset]
+        for event_id in done:
+            del self.sent[event_id]
+        return [sent_alert_key(self.partition, event_id) for event_id in done]

@@ -74,7 +74,7 @@ class PartitionProcessor:
         self._aligned_applied = -np.inf  # the aligned time align_parts last closed the waiting series up to
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
-        self.alerting = Alerting(config)
+        self.alerting = Alerting(config, partition)
         self.slos = SloEvaluator(config, self.alerting)
         # Every evaluator, in the order each is called.
         self.evaluators: tuple[Evaluator, ...] = (self.slos, PolicyEvaluator(config, self.alerting),
@@ -94,6 +94,7 @@ class PartitionProcessor:
         if not fresh:
             return out
         self.now = self.intake.now = now
+        self.alerting.offset = fresh[-1].offset
         # Cut at progress records: what follows one is judged with it applied, however the log is
         # cut into batches.
         start = 0
@@ -293,6 +294,7 @@ class PartitionProcessor:
         """``tick`` a slice of the series at a time (a worker yields to its event loop between
         them): read them all before this processor takes anything else."""
         self.now = now
+        self.alerting.offset = self.applied_offset
         yield from self._advance_in_slices(self.store.owners(), now, idle=True)
         out = Output()
         self.slos.advance_idle_clocks(now)
@@ -336,6 +338,7 @@ class PartitionProcessor:
     def evaluate_pending(self, now: float) -> Output:
         """Judge SLOs the wall-clock limiter held back, once the interval has passed."""
         out = Output()
+        self.alerting.offset = self.applied_offset
         self.slos.evaluate_due(now, out)
         return out
 
@@ -356,6 +359,7 @@ class PartitionProcessor:
                 rejection = Rejection(0, None, Reason.BAD_COMMAND, command.message, None)
                 out.deadletter.append(deadletter_event(self.config, record, rejection))
             return out
+        self.alerting.offset = self.applied_offset
         self.alerting.command(self.newest_event_ts if self.newest_event_ts > -np.inf else command.time, command, out)
         return out
 

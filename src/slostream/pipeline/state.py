@@ -24,6 +24,7 @@ from slostream.core.tumbling import TumblingWindows
 from slostream.core.window_store import WindowStore
 from slostream.core.windows import SeriesWindows
 from slostream.pipeline import state_keys
+from slostream.pipeline.alerting import SentAlert
 from slostream.pipeline.alignment import Alignment
 from slostream.pipeline.evaluators.policy import PolicyEvaluator
 from slostream.pipeline.series import Series, finite_or_none, from_finite, held_json
@@ -86,6 +87,7 @@ def checkpoint_writes(proc: PartitionProcessor, deleted: list[str], dirty: np.nd
     if proc.alerting.dirty:
         writes.append((state_keys.book_key(p), held_json(proc.alerting.book.to_state())))
         proc.alerting.dirty = False
+    writes.extend((key, None) for key in proc.alerting.settled(replay["applied_offset"]))
     partition_state = {
         "v": STATE_VERSION,
         **replay,
@@ -135,6 +137,8 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
         elif kind == state_keys.SLO_SLOT:
             windows_kind, level, slot, name = fields
             tracker_slots.setdefault(name, []).append((windows_kind, int(level), int(slot), orjson.loads(value)))
+        elif kind == state_keys.SENT_ALERT:
+            proc.alerting.sent[fields[0]] = SentAlert.decode(value)
         elif kind == state_keys.BOOK:
             proc.alerting.book = AlertBook.from_state(orjson.loads(value), config.alert_cooldown_s,
                                                       config.escalate_after_s)

@@ -6,6 +6,8 @@ One key per piece of state a checkpoint writes (``PartitionProcessor.checkpoint`
 - ``h␟<series>``: a series' whole state;
 - ``S␟<slo>``: an SLO's header; ``s␟<kind>␟<level>␟<slot>␟<slo>``: one of its count slots;
 - ``a``: the alert book;
+- ``e␟<id>``: an alert event sent since the offset a replay starts from (``Alerting``), written
+  before the event is sent;
 - ``b␟<level>␟<slot>␟<series>``: a series' window slot of state version 3 and before (only read);
 - ``fence``: ends a checkpoint on brokers that need it (restore skips it like any key it does not know).
 
@@ -18,8 +20,8 @@ One key per piece of state a checkpoint writes (``PartitionProcessor.checkpoint`
 from __future__ import annotations
 
 SEP = "\x1f"
-PARTITION, SERIES, SLO_HEADER, SLO_SLOT, BOOK, OLD_SERIES_SLOT = "c", "h", "S", "s", "a", "b"
-_FIELDS = {PARTITION: 0, SERIES: 1, SLO_HEADER: 1, SLO_SLOT: 4, BOOK: 0, OLD_SERIES_SLOT: 3}
+PARTITION, SERIES, SLO_HEADER, SLO_SLOT, BOOK, SENT_ALERT, OLD_SERIES_SLOT = "c", "h", "S", "s", "a", "e", "b"
+_FIELDS = {PARTITION: 0, SERIES: 1, SLO_HEADER: 1, SLO_SLOT: 4, BOOK: 0, SENT_ALERT: 1, OLD_SERIES_SLOT: 3}
 
 
 def partition_prefix(partition: int) -> str:
@@ -45,6 +47,10 @@ def slo_slot_key(partition: int, kind: str, level: int, slot: int, name: str) ->
 
 def book_key(partition: int) -> str:
     return f"{partition}{SEP}{BOOK}"
+
+
+def sent_alert_key(partition: int, event_id: str) -> str:
+    return f"{partition}{SEP}{SENT_ALERT}{SEP}{event_id}"
 
 
 def fence_key(partition: int) -> str:

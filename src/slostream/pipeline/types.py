@@ -68,6 +68,8 @@ class Output:
     sli: list[tuple[bytes, dict]] = field(default_factory=list)  # (key, event)
     deadletter: list[tuple[bytes, dict]] = field(default_factory=list)
     alerts: list[tuple[bytes, dict]] = field(default_factory=list)
+    # State writes to make durable before ``alerts`` are sent (``Alerting``): (partition, key, value)
+    alert_log: list[tuple[int, str, bytes]] = field(default_factory=list)
     breaches: list[tuple[bytes, dict]] = field(default_factory=list)
     drift: list[tuple[bytes, dict]] = field(default_factory=list)
     forwards: list[Forward] = field(default_factory=list)  # forwarded measurements and progress

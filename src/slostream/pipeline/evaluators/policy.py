@@ -9,7 +9,6 @@ from collections.abc import Iterable
 import numpy as np
 import orjson
 
-from slostream.core.alerts import Condition
 from slostream.core.buckets import Aggregate, bucket_start
 from slostream.core.closed import Closed
 from slostream.core.policy import PolicyWatch, aggregate_value
@@ -92,9 +91,10 @@ class PolicyEvaluator(Evaluator):
 
     def _judge(self, series: Series, completed: list[Aggregate], closed_until: int, out: Output) -> None:
         """Judge every policy window a close up to ``closed_until`` completed (a window without data,
-        too: no value, or throughput 0), at most the newest ten per policy after a jump."""
+        too: no value, or throughput 0), at most the newest ten per policy after a jump. Each
+        policy's alert conditions are judged at the end of its newest window, not at the horizon:
+        where a close stops depends on how the log was cut into batches."""
         aggregates = {(agg.start, agg.end): agg for agg in completed}
-        conditions: list[Condition] = []
         for watch in series.watches:
             policy = watch.policy
             window = policy.window_s
@@ -118,9 +118,7 @@ class PolicyEvaluator(Evaluator):
             if changed:  # a replay would not judge it again: written at the next checkpoint
                 store, owner = series.windows.store, series.windows.owner
                 store.changed[owner] = store.emitted[owner] = True
-                conditions.extend(watch.conditions(series.labels))
-        if conditions:
-            self.alerting.evaluate(closed_until, conditions, out)
+                self.alerting.evaluate(watch.evaluated_until, watch.conditions(series.labels), out)
 
     def series_state(self, series: Series) -> bytes | None:
         if not series.watches:
