@@ -10,7 +10,7 @@ import struct
 
 import numpy as np
 
-from slostream.core.calibration import CALIBRATION_AGGREGATES, calibration_rows, calibration_stats, row_size
+from slostream.core.calibration import CALIBRATION_AGGREGATES, add_calibration, calibration_stats, row_size
 from slostream.core.closed import Closed
 from slostream.pipeline.series import Series
 from slostream.pipeline.types import PipelineConfig
@@ -32,6 +32,7 @@ class Calibration:
             if policy.aggregate in CALIBRATION_AGGREGATES:
                 self.policy_lengths.setdefault((policy.service, policy.metric), set()).add(policy.window_s)
         self.owners: set[int] = set()  # window owners of the series that hold calibration sums
+        self._empty = np.zeros(row_size(self.bins))
 
     def add(self, series_of: dict[int, Series], sids: np.ndarray, ts: np.ndarray, values: np.ndarray,
             outcomes: np.ndarray) -> None:
@@ -48,14 +49,11 @@ class Calibration:
                 self.owners.add(series.windows.owner)
             for length in (self.report_s, *sorted(self.policy_lengths.get(series.group, ()))):
                 starts, groups = np.unique(np.floor(ts[a:b] / length).astype(np.int64) * length, return_inverse=True)
-                rows = calibration_rows(values[a:b], outcomes[a:b], groups.reshape(-1), starts.size, self.bins)
                 held = series.calibration
-                for start, row in zip(starts.tolist(), rows):
-                    key = (length, start)
-                    if key in held:
-                        held[key] += row
-                    else:
-                        held[key] = row
+                keys = [(length, start) for start in starts.tolist()]
+                rows = np.stack([held.get(key, self._empty) for key in keys])
+                add_calibration(rows, values[a:b], outcomes[a:b], groups.reshape(-1), self.bins)
+                held.update(zip(keys, rows))
 
     def take(self, closed: Closed, series_of: dict[int, Series]) -> None:
         """The statistics of the closed windows that hold calibration sums (``closed.calibration``)."""
