@@ -16,6 +16,7 @@ from slostream.core.calibration import WEEK_S, CalibrationWeeks, calibration_row
 from slostream.core.drift import DriftWatch
 from slostream.core.seasonal import SeasonalBaseline
 from slostream.core.sketch import QuantileSketch
+from slostream.core.threshold_model import ThresholdModel
 from slostream.core.tumbling import TumblingWindows
 from slostream.core.windows import SeriesWindows
 
@@ -63,6 +64,17 @@ def _series_windows_step(windows: SeriesWindows, i: int, rng) -> list:
     return windows.totals(max(0, 10 * i - 600), 10 * i)[:SUM].tolist()
 
 
+def _threshold_step(model: ThresholdModel, i: int, rng) -> tuple:
+    model.update(300.0 * i, float(rng.lognormal(4, 0.2)))
+    if i % 250 or i == 0:
+        return ()
+    if i == 1000:
+        model.drifted(300.0 * 900)
+    prediction = model.predict(70.0, model.forecast(300.0 * i, 86400))
+    model.recalibrate(prediction.covers(0.1))
+    return prediction.violation_rate, prediction.ci_low, prediction.ci_high
+
+
 CASES = {
     "seasonal baseline": Case(
         SeasonalBaseline,
@@ -90,6 +102,9 @@ CASES = {
         lambda s: TumblingWindows.from_state(s, {60: True, 300: False}), _tumbling_version),
     "multi-resolution windows": Case(
         SeriesWindows, _series_windows_step, lambda w: w.to_state(), SeriesWindows.from_state, _header_version),
+    "threshold model": Case(
+        lambda: ThresholdModel("above", 300), _threshold_step, lambda m: m.to_state(), ThresholdModel.from_state,
+        _dict_version),
     "quantile sketch": Case(
         QuantileSketch, lambda s, i, rng: (s.add_values(rng.lognormal(3, 1, 7)), s.quantiles((0.5, 0.99)))[1],
         lambda s: s.to_state(), QuantileSketch.from_state, _dict_version),
