@@ -19,6 +19,7 @@ import yaml
 
 from slostream.core.buckets import DEFAULT_RESOLUTIONS, Resolution
 from slostream.core.drift_rules import DriftRules
+from slostream.core.recommend import STRATEGIES
 from slostream.pipeline.types import PipelineConfig
 
 ENV_PREFIX = "SLOSTREAM_"
@@ -64,6 +65,10 @@ class Settings:
     calibration_bins: int = 10
     calibration_bound_c: float = 1.0
     calibration_weekly_delta: float = 0.01
+    threshold_models: bool = True
+    recommend_strategy: str = "balanced"
+    recommend_every_s: float = 604800.0
+    recommend_horizon_s: float = 604800.0
     # Parsed from the YAML's slos:/policies: lists and from definition_files.
     slos: tuple = ()
     policies: tuple = ()
@@ -88,6 +93,9 @@ class Settings:
 
 
 _HELP = {
+    "recommend_strategy": f"use one of {', '.join(STRATEGIES)}",
+    "recommend_every_s": "give seconds of event time between scheduled recommendations, e.g. 604800 for 7 days",
+    "recommend_horizon_s": "give the seconds of event time a recommendation predicts, e.g. 604800 for 7 days",
     "broker": "use kafka://host:port[,host:port], or leave unset to start the embedded broker",
     "web_port": "use a TCP port between 1 and 65535",
     "partitions": "use a whole number of partitions from 1 to 1024",
@@ -123,6 +131,10 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         calibration_bins=settings.calibration_bins,
         calibration_bound_c=settings.calibration_bound_c,
         calibration_weekly_delta=settings.calibration_weekly_delta,
+        threshold_models=settings.threshold_models,
+        recommend_strategy=settings.recommend_strategy,
+        recommend_every_s=settings.recommend_every_s,
+        recommend_horizon_s=settings.recommend_horizon_s,
     )
 
 
@@ -296,6 +308,11 @@ def validate(s: Settings) -> None:
         fail("calibration_bound_c", f"is {s.calibration_bound_c}, it must be above 0")
     if not 0 < s.calibration_weekly_delta < 1:
         fail("calibration_weekly_delta", f"is {s.calibration_weekly_delta}, it must be between 0 and 1")
+    if s.recommend_strategy not in STRATEGIES:
+        fail("recommend_strategy", f"is {s.recommend_strategy!r}")
+    for name in ("recommend_every_s", "recommend_horizon_s"):
+        if not 3600 <= getattr(s, name) <= 90 * 86400:
+            fail(name, f"is {getattr(s, name)}, it must be from 3600 (an hour) to 7776000 (90 days)")
     if not 64 <= s.max_deadletter_bytes <= s.max_record_bytes:
         fail("max_deadletter_bytes", f"is {s.max_deadletter_bytes}, it must be from 64 to max_record_bytes")
     if s.log_level not in ("debug", "info", "warning", "error"):

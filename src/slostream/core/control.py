@@ -1,4 +1,5 @@
-"""Operator commands from the control topic: silence, unsilence, ack; and the log of those still in force.
+"""Operator commands from the control topic: silence, unsilence, ack, recommend; and the log of those
+still in force.
 
 >>> cmd = parse_command(b'{"command": "silence", "matchers": {"slo": "checkout"}, "for": "2h", "by": "ana"}',
 ...                     offset=7, record_time=1000.0)
@@ -20,7 +21,7 @@ import orjson
 from .alerts import Silence
 from .durations import parse_duration
 
-COMMANDS = ("silence", "unsilence", "ack")
+COMMANDS = ("silence", "unsilence", "ack", "recommend")
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class Command:
     silence_id: str | None = None
     fingerprint: str | None = None
     matchers: dict[str, str] | None = None
+    policy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,11 @@ def parse_command(raw: bytes | None, offset: int, record_time: float) -> Command
         if not isinstance(silence_id, str) or not silence_id:
             return CommandError("unsilence needs the silence's 'id'")
         return Command(kind, record_time, by, silence_id=silence_id)
+    if kind == "recommend":
+        policy = doc.get("policy")
+        if not isinstance(policy, str) or not policy:
+            return CommandError("recommend needs the 'policy' whose levels to recommend")
+        return Command(kind, record_time, by, policy=policy)
     fingerprint = doc.get("fingerprint")
     if fingerprint is None and matchers is None:
         return CommandError("ack needs a fingerprint (from the alert event) or matchers")
@@ -120,7 +127,7 @@ class ControlLog:
     partition would hold: a silence when it has expired (by its ``until``, with the same margin, so
     a partition whose event time lags still has it) or a later unsilence lifted it; an unsilence
     (what it lifted is as old, and gone); an ack when no alert it selects is firing; a malformed
-    command (its dead letter was sent when it was read).
+    command (its dead letter was sent when it was read); a recommend (its events were sent).
 
     >>> log = ControlLog()
     >>> log.append("r1", parse_command(b'{"command": "silence", "matchers": {"slo": "a"}, "for": "1h"}', 1, 0.0), 0.0)
@@ -153,7 +160,7 @@ class ControlLog:
 
 def _in_force(command: Command | CommandError, index: int, now: float, last_unsilence: dict[str, int],
               firing: Callable[[Command], bool]) -> bool:
-    if isinstance(command, CommandError) or command.kind == "unsilence":
+    if isinstance(command, CommandError) or command.kind in ("unsilence", "recommend"):
         return False
     if command.kind == "silence":
         lifted = last_unsilence.get(command.silence.id, -1) > index

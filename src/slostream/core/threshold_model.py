@@ -57,6 +57,8 @@ OLD_WEIGHT_AFTER_DRIFT = 0.2
 WINDOWS_TO_FORGET_DRIFT = 288
 EPS_SHARE = 0.01
 HOUR_S = 3600
+UNUSUAL_WINDOWS = 3
+UNUSUAL_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ class ThresholdModel:
         intercept, slope = _weighted_line(days, residuals, weights)
         errors = residuals - (intercept + slope * days)
         order = np.argsort(errors, kind="stable")
-        return Fit(now, eps, intercept, slope, errors[order], np.cumsum(weights[order]), ends, values)
+        return Fit(now, eps, intercept, slope, errors[order], np.cumsum(weights[order]), ends, values, errors)
 
     def _weights(self, ends: np.ndarray) -> np.ndarray:
         weights = np.ones(ends.size)
@@ -204,6 +206,17 @@ class ThresholdModel:
                 high = middle
         return (low + high) / 2
 
+    def unusual(self, windows: int = UNUSUAL_WINDOWS) -> bool:
+        """Whether the newest ``windows`` windows are all beyond the 99th percentile (on the policy's
+        side) of what the baseline and the trend leave: an incident, by the model's measure."""
+        fit = self.fit()
+        if fit is None or fit.ends.size <= windows:
+            return False
+        newest = fit.errors_by_time[-windows:]
+        if self.direction == "above":
+            return bool(np.all(newest > np.quantile(fit.errors_by_time, 1 - UNUSUAL_SHARE)))
+        return bool(np.all(newest < np.quantile(fit.errors_by_time, UNUSUAL_SHARE)))
+
     # --- state ----------------------------------------------------------------
 
     def to_state(self) -> dict:
@@ -245,6 +258,7 @@ class Fit:
     cumulative: np.ndarray  # their weights, summed in that order
     ends: np.ndarray
     values: np.ndarray
+    errors_by_time: np.ndarray  # the errors, oldest window first
 
 
 def _hour_centres(ends: np.ndarray) -> np.ndarray:

@@ -80,6 +80,7 @@ class IngestService:
         self.drift_detections: Counter[tuple[str, str, str, str]] = Counter()
         self.drift_changed_at: dict[tuple[str, str, str], float] = {}
         self.drift_recent: deque[dict] = deque(maxlen=RECENT_DRIFT_EVENTS)
+        self.recommendations_emitted = 0
         self.processors: dict[int, PartitionProcessor] = {}
         self.lock = asyncio.Lock()
         self.slicer = Slicer()
@@ -112,9 +113,10 @@ class IngestService:
         self.alerts_topic = settings.topic("alerts")
         self.breaches_topic = settings.topic("breaches")
         self.drift_topic = settings.topic("drift")
+        self.recommendations_topic = settings.topic("recommendations")
         self.control_topic = settings.topic("control")
         outputs.track([self.sli_topic, self.deadletter_topic, self.alerts_topic, self.breaches_topic, self.drift_topic,
-                       self.state.changelog_topic.get_topic_name()], [self.topic])
+                       self.recommendations_topic, self.state.changelog_topic.get_topic_name()], [self.topic])
 
     def processor(self, partition: int) -> PartitionProcessor:
         proc = self.processors.get(partition)
@@ -260,6 +262,9 @@ class IngestService:
             self.drift_detections[data["service"], data["metric"], data["aggregate"], data["direction"]] += 1
             self.drift_changed_at[data["service"], data["metric"], data["aggregate"]] = data["changed_at"]
             self.drift_recent.append(event)
+        for key, event in out.recommendations:
+            await self.outputs.send(self.recommendations_topic, key, orjson.dumps(event))
+            self.recommendations_emitted += 1
         for forward in out.forwards:
             await self.outputs.forward(self.topic, forward.partition, forward.value, forward.headers)
         if out.deadletter:

@@ -37,6 +37,11 @@ def register_views(app: SloApp, ingest: IngestService, metrics: PipelineMetrics,
     async def drift_view(web, request):
         return web.json({"detections": list(reversed(ingest.drift_recent)), "in_progress": ingest.statuses("drift")})
 
+    @app.page("/api/recommendations")
+    async def recommendations_view(web, request):
+        """The newest recommendation of every target (a policy's warning or critical on a series)."""
+        return web.json({"recommendations": ingest.statuses("thresholds")})
+
     @app.page("/health")
     async def health_view(web, request):
         return web.json({"status": "alive"})

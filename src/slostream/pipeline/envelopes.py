@@ -115,6 +115,16 @@ def drift_event(source: str, series: Series, aggregate: str, detector: str, dete
                                                 subject=series.key)
 
 
+def recommendation_event(source: str, series: Series, data: dict) -> tuple[bytes, dict]:
+    """A ``slostream.recommendation``, keyed by service; its id is the series, the target, the
+    event time it was made at and what made it, so a replay repeats it exactly."""
+    target = data["target"]
+    id_ = event_id("recommendation", series.key, target["kind"], target["name"], target["level"], data["made_at"],
+                   data["trigger"])
+    return series.service.encode(), cloud_event("slostream.recommendation", source, id_, data["made_at"], data,
+                                                subject=series.key)
+
+
 def deadletter_event(config: PipelineConfig, record: SourceRecord, rejection: Rejection) -> tuple[bytes, dict]:
     """The dead-letter event of a rejected record or array element, keyed by the reason. A record's
     letter carries the record's bytes; an element's carries that element alone, encoded as JSON

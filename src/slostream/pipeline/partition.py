@@ -47,6 +47,7 @@ from slostream.pipeline.evaluators import Closes, Evaluator, Runs
 from slostream.pipeline.evaluators.drift import DriftEvaluator
 from slostream.pipeline.evaluators.policy import PolicyEvaluator
 from slostream.pipeline.evaluators.slo import SloEvaluator
+from slostream.pipeline.evaluators.thresholds import ThresholdEvaluator
 from slostream.pipeline.intake import Intake
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
 from slostream.pipeline.series import Series, finite_or_none, series_key
@@ -77,8 +78,9 @@ class PartitionProcessor:
         self.alerting = Alerting(config, partition)
         self.slos = SloEvaluator(config, self.alerting)
         # Every evaluator, in the order each is called.
+        self.thresholds = ThresholdEvaluator(config, self.alerting)
         self.evaluators: tuple[Evaluator, ...] = (self.slos, PolicyEvaluator(config, self.alerting),
-                                                  DriftEvaluator(config, self.alerting))
+                                                  DriftEvaluator(config, self.alerting), self.thresholds)
         self.calibration = Calibration(config)
         # What keeps state per series, each in a section of the series' record (``state``).
         self.series_keepers = (*self.evaluators, self.calibration)
@@ -360,6 +362,10 @@ class PartitionProcessor:
                 out.deadletter.append(deadletter_event(self.config, record, rejection))
             return out
         self.alerting.offset = self.applied_offset
+        if command.kind == "recommend":
+            trigger = f"control command at offset {record.offset}" + (f" by {command.by}" if command.by else "")
+            self.thresholds.recommend_now(self.series.values(), command.policy, trigger, out)
+            return out
         self.alerting.command(self.newest_event_ts if self.newest_event_ts > -np.inf else command.time, command, out)
         return out
 

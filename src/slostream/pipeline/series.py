@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from slostream.core.policy import PolicyWatch
     from slostream.core.tracker import SloTracker
     from slostream.pipeline.evaluators.drift import SeriesDrift
+    from slostream.pipeline.evaluators.thresholds import PolicyModel
 
 
 class _Clock:
@@ -36,7 +37,7 @@ class Series:
     what it judges of the series in a slot of its own (``pipeline.evaluators``)."""
 
     __slots__ = ("ident", "key", "service", "metric", "labels", "windows", "last_report", "trackers", "watches",
-                 "drift", "calibration")
+                 "drift", "calibration", "models")
 
     def __init__(self, ident: tuple, key: str, service: str, metric: str, labels: dict,
                  windows: TumblingWindows):
@@ -53,6 +54,7 @@ class Series:
         self.drift: SeriesDrift | None = None  # its drift watches, unless drift is off for it
         # Calibration sums of its open windows by (length, start), once it has sent an outcome.
         self.calibration: dict[tuple[int, int], np.ndarray] | None = None
+        self.models: dict[str, PolicyModel] | None = None  # threshold models, by policy
 
     max_ts = _Clock()  # newest event time seen
     watermark = _Clock()  # max_ts - grace, or later when idle

@@ -54,6 +54,10 @@ class PipelineConfig:
     calibration_bins: int  # equal-width bins of [0, 1] of the expected calibration error
     calibration_bound_c: float  # c of ece_bound = max(0.015, c * sqrt(bins / n))
     calibration_weekly_delta: float  # a week's ece or brier this far from the week before's is drift
+    threshold_models: bool  # a threshold model on every policy's aggregate
+    recommend_strategy: str  # core.recommend.STRATEGIES
+    recommend_every_s: float  # event time between scheduled recommendations
+    recommend_horizon_s: float  # what a recommendation predicts
 
     @property
     def max_source_skew_s(self) -> float:
@@ -72,6 +76,7 @@ class Output:
     alert_log: list[tuple[int, str, bytes]] = field(default_factory=list)
     breaches: list[tuple[bytes, dict]] = field(default_factory=list)
     drift: list[tuple[bytes, dict]] = field(default_factory=list)
+    recommendations: list[tuple[bytes, dict]] = field(default_factory=list)
     forwards: list[Forward] = field(default_factory=list)  # forwarded measurements and progress
     accepted: int = 0
     skipped_replay: int = 0

@@ -32,7 +32,7 @@ DRIFT_ALERT = "SLIDrift"
 
 
 class SeriesDrift:
-    __slots__ = ("pooled", "watches", "alert", "firing", "weeks")
+    __slots__ = ("pooled", "watches", "alert", "firing", "weeks", "recent")
 
     def __init__(self, watches: dict[str, DriftWatch], alert: str = "off", pooled: tuple[int, int] = (0, 0)):
         self.watches = watches
@@ -41,11 +41,18 @@ class SeriesDrift:
         self.firing: dict[str, str] = {}
         self.pooled = pooled  # requests and errors of the windows not yet fed to the error-ratio watch
         self.weeks: CalibrationWeeks | None = None  # weekly calibration, once a window had outcomes
+        # The detections of the close being judged, for the evaluators after this one (not state:
+        # what they do with a detection is in their own state).
+        self.recent: list[tuple[str, Detection]] = []
 
     @classmethod
     def of_rule(cls, rule: DriftRule) -> SeriesDrift:
         return cls({aggregate: DriftWatch(rule.detector, rule.params, rule.warmup_windows, rule.cooldown_s)
                     for aggregate in rule.aggregates}, rule.alert)
+
+    def settling(self, ts: float) -> list[str]:
+        """The aggregates whose detected change is still settling at event time ``ts``."""
+        return [aggregate for aggregate in self.watches if self.in_progress(aggregate, ts)]
 
     def in_progress(self, aggregate: str, ts: float) -> bool:
         """Whether a change of ``aggregate`` detected before event time ``ts`` is still settling:
@@ -66,6 +73,7 @@ class SeriesDrift:
             detection = watch.update(float(window["window_end"]), value)
             if detection is not None:
                 found.append((aggregate, detection))
+        self.recent.extend(found)
         return found
 
     def _pool(self, requests: int, errors: int) -> float | None:
@@ -137,6 +145,9 @@ class DriftEvaluator(Evaluator):
                 if s.drift.in_progress(aggregate, s.max_ts)]
 
     def closed(self, closes: Closes, out: Output) -> None:
+        for series in closes.series:
+            if series.drift is not None:
+                series.drift.recent = []
         for series, window, calibration in closes.reports:
             drift = series.drift
             if drift is None:

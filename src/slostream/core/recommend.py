@@ -1,0 +1,215 @@
+"""Recommended warning and critical levels of a policy, from its threshold model.
+
+**The objective.** For a level with target violation rate ``r`` (the share of windows on the wrong
+side), the cost of a candidate level ``T`` is
+
+    J(T) = |ln((p(T) + r/10) / (r + r/10))|          reliability: the predicted rate p on target
+         + 2.0 * share of hours with p_h(T) > 3 r      achievability: met in most hours of the week
+         + s * |ln(T / current)|                       stability: small changes
+
+over the predicted rates of the horizon (``ThresholdModel.hourly_rates``), ``s`` the strategy's
+stability weight. Candidates are the level whose predicted rate is exactly ``r``, 41 levels
+around it (up to ±50%, evenly in log), and the current level. The best is then approached, not
+jumped to: ``current * (best / current) ** adaptation_rate``, at most ``max_change`` either way.
+
+**Guards**, in order: the bounds ``min``/``max``; warning stays on the safe side of critical
+(5% inside it); the oscillation guard (a change against the direction of one of the last
+``OSCILLATION_CYCLES`` changes is halved, and withheld when what is left is under 2%); a change
+under 1% is no change. Each guard that acted is named in ``guards``.
+
+**Strategies** (``STRATEGIES``): target rates, ``adaptation_rate``, ``max_change``, the stability
+weight, and how much history the model needs before any recommendation. ``adaptive`` moves as far
+as the model's confidence allows: ``adaptation_rate = confidence``, ``max_change = 0.1 + 0.4 *
+confidence``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .threshold_model import MODEL_VERSION, Forecast, Prediction, ThresholdModel
+
+WEEK_S = 604800
+ACHIEVABILITY_WEIGHT = 2.0
+HOUR_RATE_LIMIT = 3.0  # an hour whose predicted rate is over this many times the target misses it
+OSCILLATION_CYCLES = 3
+NO_CHANGE = 0.01
+WITHHOLD_BELOW = 0.02
+WARNING_INSIDE_CRITICAL = 0.05
+FULL_CONFIDENCE_SPAN_S = 14 * 86400
+FULL_CONFIDENCE_WINDOWS = 2016
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    warning_rate: float
+    critical_rate: float
+    adaptation_rate: float | None  # None: the model's confidence
+    max_change: float | None  # None: 0.1 + 0.4 * confidence
+    stability_weight: float
+    min_windows: int
+    min_span_s: float
+
+    def rate(self, level: str) -> float:
+        return self.warning_rate if level == "warning" else self.critical_rate
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "warning_rate": self.warning_rate, "critical_rate": self.critical_rate,
+                "adaptation_rate": self.adaptation_rate, "max_change": self.max_change,
+                "stability_weight": self.stability_weight, "min_windows": self.min_windows,
+                "min_span_s": self.min_span_s}
+
+
+STRATEGIES = {
+    "conservative": Strategy("conservative", 0.01, 0.0025, 0.5, 0.10, 1.0, 2016, 14 * 86400),
+    "balanced": Strategy("balanced", 0.02, 0.005, 0.7, 0.25, 0.5, 1008, 7 * 86400),
+    "aggressive": Strategy("aggressive", 0.05, 0.01, 1.0, 0.50, 0.2, 288, 2 * 86400),
+    "adaptive": Strategy("adaptive", 0.02, 0.005, None, None, 0.5, 1008, 7 * 86400),
+}
+
+
+@dataclass(frozen=True)
+class LevelChoice:
+    level: str  # warning or critical
+    current: float
+    recommended: float
+    predicted_current: Prediction
+    predicted_recommended: Prediction
+    guards: tuple[str, ...]
+    status: str  # changed, unchanged, withheld
+
+
+def ready(model: ThresholdModel, strategy: Strategy) -> str | None:
+    """Why the model cannot recommend yet (None: it can)."""
+    if model.seen < strategy.min_windows:
+        return f"{model.seen} windows learned, the {strategy.name} strategy needs {strategy.min_windows}"
+    if model.span_s < strategy.min_span_s:
+        return (f"{model.span_s / 86400:.1f} days of history, the {strategy.name} strategy needs "
+                f"{strategy.min_span_s / 86400:.0f}")
+    return None
+
+
+def confidence(model: ThresholdModel, forecast: Forecast, target: float) -> float:
+    """Data sufficiency (span of history and windows, each toward two weeks) times fit: how narrow
+    the interval of the level predicted to meet ``target`` is, against the target."""
+    sufficiency = min(1.0, model.span_s / FULL_CONFIDENCE_SPAN_S) * min(1.0, model.seen / FULL_CONFIDENCE_WINDOWS)
+    prediction = model.predict(model.level_for(target, forecast), forecast)
+    return sufficiency / (1.0 + (prediction.ci_high - prediction.ci_low) / (2 * target))
+
+
+def choose(model: ThresholdModel, forecast: Forecast, level: str, current: float, strategy: Strategy,
+           model_confidence: float, past_changes: list[float], bounds: tuple[float | None, float | None],
+           critical: float | None) -> LevelChoice:
+    """The recommended value of one level (see the module). ``past_changes``: the log-ratios of
+    the last changes of this level, newest last; ``critical``: the critical level the warning
+    must stay inside (None for the critical level itself)."""
+    target = strategy.rate(level)
+    exact = model.level_for(target, forecast)
+    candidates = np.r_[exact * np.exp(np.linspace(-0.5, 0.5, 41)), current]
+    best = min(candidates.tolist(), key=lambda t: _cost(model, forecast, t, target, current, strategy))
+    adaptation = model_confidence if strategy.adaptation_rate is None else strategy.adaptation_rate
+    max_change = 0.1 + 0.4 * model_confidence if strategy.max_change is None else strategy.max_change
+    guards = []
+    change = adaptation * _log_ratio(best, current)
+    if abs(change) > math.log1p(max_change):
+        change = math.copysign(math.log1p(max_change), change)
+        guards.append(f"change held to {max_change:.0%} a cycle ({strategy.name})")
+    recommended = current * math.exp(change)
+    low, high = bounds
+    if low is not None and recommended < low:
+        recommended, guards = low, [*guards, f"raised to the bound min {low:g}"]
+    if high is not None and recommended > high:
+        recommended, guards = high, [*guards, f"lowered to the bound max {high:g}"]
+    if critical is not None:
+        inside = critical * (1 - WARNING_INSIDE_CRITICAL) if model.direction == "above" else \
+            critical * (1 + WARNING_INSIDE_CRITICAL)
+        if (recommended > inside) if model.direction == "above" else (recommended < inside):
+            recommended, guards = inside, [*guards, f"kept {WARNING_INSIDE_CRITICAL:.0%} inside critical {critical:g}"]
+    status = "changed"
+    change = _log_ratio(recommended, current)
+    reversed_from = [c for c in past_changes[-OSCILLATION_CYCLES:] if c * change < 0]
+    if reversed_from and abs(change) >= NO_CHANGE:
+        change /= 2
+        recommended = current * math.exp(change)
+        guards.append(f"halved: reverses a change of {math.expm1(reversed_from[-1]):+.1%} within the last "
+                      f"{OSCILLATION_CYCLES} cycles")
+        if abs(change) < WITHHOLD_BELOW:
+            recommended, status = current, "withheld"
+            guards.append("withheld: what is left of the reversal is under 2%")
+    if status == "changed" and abs(_log_ratio(recommended, current)) < NO_CHANGE:
+        recommended, status = current, "unchanged"
+    return LevelChoice(level, current, recommended, model.predict(current, forecast),
+                       model.predict(recommended, forecast), tuple(guards), status)
+
+
+def _cost(model: ThresholdModel, forecast: Forecast, level: float, target: float, current: float,
+          strategy: Strategy) -> float:
+    hourly = model.hourly_rates(level, forecast)
+    rate = float(hourly.mean())
+    reliability = abs(math.log((rate + target / 10) / (target * 1.1)))
+    achievability = float(np.mean(hourly > HOUR_RATE_LIMIT * target))
+    return reliability + ACHIEVABILITY_WEIGHT * achievability + strategy.stability_weight * abs(
+        _log_ratio(level, current))
+
+
+def _log_ratio(a: float, b: float) -> float:
+    if a > 0 and b > 0:
+        return math.log(a / b)
+    return (a - b) / max(abs(b), 1e-12)
+
+
+def backtest(model: ThresholdModel, level: float, consecutive: int, span_s: float = WEEK_S) -> dict:
+    """What ``level`` would have done over the last ``span_s`` of retained windows, exactly: its
+    breach windows and its alert episodes (``consecutive`` windows in a row to start one, as
+    many to end it, as a policy does)."""
+    ends, values = model.history()
+    chosen = ends > ends[-1] - span_s if ends.size else ends.astype(bool)
+    crossed = values[chosen] > level if model.direction == "above" else values[chosen] < level
+    return {"windows": int(chosen.sum()), "breach_windows": int(crossed.sum()),
+            "episodes": episodes(crossed, consecutive)}
+
+
+def episodes(crossed: np.ndarray, consecutive: int) -> int:
+    """Breach episodes of a level: entered after ``consecutive`` crossing windows in a row, left
+    after as many that do not cross."""
+    inside, streak, count = False, 0, 0
+    for crossing in crossed.tolist():
+        if crossing != inside:
+            streak += 1
+            if streak >= consecutive:
+                inside, streak = crossing, 0
+                count += inside
+        else:
+            streak = 0
+    return count
+
+
+def risk(choice: LevelChoice, model_confidence: float, span_s: float, target: float) -> tuple[str, list[str]]:
+    """``low``, ``medium`` or ``high``, with the reasons."""
+    reasons: list[tuple[int, str]] = []
+    change = abs(math.expm1(_log_ratio(choice.recommended, choice.current)))
+    if change > 0.30:
+        reasons.append((2, f"a change of {change:.0%}"))
+    elif change > 0.15:
+        reasons.append((1, f"a change of {change:.0%}"))
+    if model_confidence < 0.4:
+        reasons.append((2, f"confidence {model_confidence:.2f}"))
+    elif model_confidence < 0.7:
+        reasons.append((1, f"confidence {model_confidence:.2f}"))
+    if choice.predicted_recommended.violation_rate > 2 * target:
+        reasons.append((2, f"predicted violation rate {choice.predicted_recommended.violation_rate:.2%} is over "
+                           f"twice the target {target:.2%}"))
+    if span_s < FULL_CONFIDENCE_SPAN_S:
+        reasons.append((1, f"{span_s / 86400:.1f} days of history"))
+    worst = max((weight for weight, _ in reasons), default=0)
+    return ("low", "medium", "high")[worst], [reason for _, reason in reasons]
+
+
+def model_summary(model: ThresholdModel, start: float) -> dict:
+    return {"version": MODEL_VERSION, "windows_seen": model.seen, "history_windows": len(model.history()[0]),
+            "seasonality": model.baseline.estimate(start)[0], "alpha": model.alpha,
+            "drift_at": None if math.isnan(model.drift_at) else model.drift_at}

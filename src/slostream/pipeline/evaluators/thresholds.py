@@ -1,0 +1,235 @@
+"""Threshold models of policies (``core.threshold_model``) and the levels they recommend
+(``core.recommend``).
+
+Every policy's aggregate on every series it watches gets a model, fed each closed policy window in
+event time. A policy's warning and critical levels are recommended:
+
+- on a schedule: every ``recommend_every_s`` of event time after the model's first window;
+- after a drift detection on the series, once the change has settled;
+- on demand: the control command ``{"command": "recommend", "policy": ...}``.
+
+None is made on schedule or after a drift while a change or an incident is **in progress** on the
+series: a drift detection still in its cooldown (``SeriesDrift.settling``), or an incident by the
+model's own measure (``ThresholdModel.unusual``: its newest windows all beyond what it expects at
+their hours 99% of the time). Not the policy's level: a policy kept at warning by a level set too
+tight is what a recommendation is for. A scheduled one waits for the first window after; one
+asked for is made at once, with the reason among its risks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import orjson
+
+from slostream.core.closed import Closed
+from slostream.core.objectives import Policy
+from slostream.core.policy import aggregate_value
+from slostream.core.recommend import (
+    STRATEGIES,
+    LevelChoice,
+    backtest,
+    choose,
+    confidence,
+    model_summary,
+    ready,
+    risk,
+)
+from slostream.core.threshold_model import ThresholdModel
+from slostream.pipeline.alerting import Alerting
+from slostream.pipeline.envelopes import recommendation_event
+from slostream.pipeline.evaluators import Closes, Evaluator
+from slostream.pipeline.series import Series
+from slostream.pipeline.types import Output, PipelineConfig
+
+STATE_VERSION = 1
+LEVELS = ("critical", "warning")  # critical first: the warning is kept inside the recommended critical
+PAST_CHANGES = 3
+
+
+class PolicyModel:
+    """The model of one policy on one series, and its recommendation schedule and history."""
+
+    __slots__ = ("model", "due_at", "after_drift", "changes", "latest")
+
+    def __init__(self, model: ThresholdModel):
+        self.model = model
+        self.due_at = math.nan  # event time of the next scheduled recommendation
+        self.after_drift = False  # a drift was detected: recommend once it has settled
+        self.changes: dict[str, list[float]] = {level: [] for level in LEVELS}  # log-ratios, newest last
+        self.latest: dict[str, dict] = {}  # the newest recommendation's data, by level
+
+    def to_state(self) -> dict:
+        return {"model": self.model.to_state(), "due_at": None if math.isnan(self.due_at) else self.due_at,
+                "after_drift": self.after_drift, "changes": self.changes, "latest": self.latest}
+
+    @classmethod
+    def from_state(cls, state: dict) -> PolicyModel:
+        held = cls(ThresholdModel.from_state(state["model"]))
+        held.due_at = math.nan if state["due_at"] is None else state["due_at"]
+        held.after_drift, held.changes, held.latest = state["after_drift"], state["changes"], state["latest"]
+        return held
+
+
+class ThresholdEvaluator(Evaluator):
+    kind = "thresholds"
+
+    def __init__(self, config: PipelineConfig, alerting: Alerting):
+        self.enabled = config.threshold_models
+        self.strategy = STRATEGIES[config.recommend_strategy]
+        self.every_s = config.recommend_every_s
+        self.horizon_s = config.recommend_horizon_s
+        self.source = config.source
+        self.alerting = alerting
+        self.policies_for: dict[tuple[str, str], list[Policy]] = {}
+        for policy in config.policies:
+            self.policies_for.setdefault((policy.service, policy.metric), []).append(policy)
+
+    def watch(self, series: Series) -> None:
+        policies = self.policies_for.get(series.group, ()) if self.enabled else ()
+        series.models = {p.name: PolicyModel(ThresholdModel(p.direction, p.window_s)) for p in policies} or None
+
+    def closed(self, closes: Closes, out: Output) -> None:
+        for i in closes.moved:
+            series = closes.series[i]
+            if series.models:
+                self._learn(series, closes.closed, out)
+
+    def _learn(self, series: Series, closed: Closed, out: Output) -> None:
+        mine = np.flatnonzero(closed.owners == series.windows.owner)
+        detections = series.drift.recent if series.drift is not None else []
+        for policy in self.policies_for[series.group]:
+            held = series.models[policy.name]
+            for _, detection in detections:
+                held.model.drifted(detection.changed_at)
+                held.after_drift = True
+            chosen = mine[closed.lengths[mine] == policy.window_s]
+            for j in chosen[np.argsort(closed.starts[chosen], kind="stable")].tolist():
+                aggregate = closed.aggregate(j)
+                end = int(closed.starts[j] + closed.lengths[j])
+                held.model.update(end, aggregate_value(aggregate, policy.aggregate) if aggregate.count else None)
+                if math.isnan(held.due_at):
+                    held.due_at = end + self.every_s
+                scheduled = end >= held.due_at
+                if (scheduled or held.after_drift) and _in_progress(series, held, end) is None:
+                    made = self._recommend(series, policy, held, end, "drift" if held.after_drift else "schedule",
+                                           out)
+                    if scheduled:  # made, or the model not ready yet: the next cycle
+                        held.due_at = end + self.every_s
+                    held.after_drift = held.after_drift and not made
+
+    def recommend_now(self, series: Iterable[Series], policy_name: str, trigger: str, out: Output) -> int:
+        """The control command ``recommend``: every series of the policy recommends at once, at the
+        end of its newest closed window, in progress or not; how many did."""
+        made = 0
+        for one in series:
+            held = (one.models or {}).get(policy_name)
+            if held is not None and held.model.seen:
+                policy = next(p for p in self.policies_for[one.group] if p.name == policy_name)
+                at = float(held.model.history()[0][-1])
+                made += self._recommend(one, policy, held, at, trigger, out)
+        return made
+
+    def _recommend(self, series: Series, policy: Policy, held: PolicyModel, at: float, trigger: str,
+                   out: Output) -> bool:
+        model, strategy = held.model, self.strategy
+        if ready(model, strategy) is not None:
+            return False
+        forecast = model.forecast(at, self.horizon_s)
+        in_progress = _in_progress(series, held, at)
+        critical = None
+        for level in LEVELS:
+            current = getattr(policy, level)
+            if current is None:
+                continue
+            model_confidence = confidence(model, forecast, strategy.rate(level))
+            choice = choose(model, forecast, level, current, strategy, model_confidence, held.changes[level],
+                            (None, None), critical if level == "warning" else None)
+            if level == "critical":
+                critical = choice.recommended
+            data = self._data(series, policy, held, choice, at, trigger, model_confidence, forecast, in_progress)
+            out.recommendations.append(recommendation_event(self.source, series, data))
+            if choice.status == "changed":
+                held.changes[level] = [*held.changes[level], math.log(choice.recommended / choice.current)
+                                       if choice.recommended > 0 and choice.current > 0 else 0.0][-PAST_CHANGES:]
+            held.latest[level] = data
+        store, owner = series.windows.store, series.windows.owner
+        store.changed[owner] = store.emitted[owner] = True  # written at the next checkpoint
+        return True
+
+    def _data(self, series: Series, policy: Policy, held: PolicyModel, choice: LevelChoice, at: float, trigger: str,
+              model_confidence: float, forecast, in_progress: str | None) -> dict:
+        model, strategy = held.model, self.strategy
+        target = strategy.rate(choice.level)
+        risk_level, reasons = risk(choice, model_confidence, model.span_s, target)
+        if in_progress is not None:
+            risk_level, reasons = "high", [*reasons, f"made while {in_progress}"]
+        now_bt, new_bt = (backtest(model, level, policy.consecutive) for level in (choice.current, choice.recommended))
+        predicted_now, predicted_new = choice.predicted_current, choice.predicted_recommended
+        days = self.horizon_s / 86400
+        rationale = (
+            f"Over the last {now_bt['windows']} windows ({model.span_s / 86400:.1f} days retained, the last 7 days "
+            f"backtested) the {policy.aggregate} of {series.service} {series.metric} crossed {choice.current:g} in "
+            f"{now_bt['breach_windows']} windows ({now_bt['episodes']} alert episodes); {choice.recommended:g} would "
+            f"have been crossed in {new_bt['breach_windows']} ({new_bt['episodes']} episodes). For the next "
+            f"{days:g} days the model predicts {predicted_now.violation_rate:.2%} "
+            f"[{predicted_now.ci_low:.2%}, {predicted_now.ci_high:.2%}] of windows at the current level and "
+            f"{predicted_new.violation_rate:.2%} [{predicted_new.ci_low:.2%}, {predicted_new.ci_high:.2%}] at the "
+            f"recommended one, against a {choice.level} target of {target:.2%}.")
+        rollback_rate = max(3 * target, 1.5 * predicted_new.ci_high)
+        return {
+            "target": {"kind": "policy", "name": policy.name, "level": choice.level},
+            "service": series.service, "metric": series.metric, "labels": series.labels,
+            "aggregate": policy.aggregate, "direction": policy.direction,
+            "made_at": at, "trigger": trigger, "status": choice.status,
+            "current": choice.current, "recommended": choice.recommended, "horizon_s": self.horizon_s,
+            "predicted": {"current": predicted_now.as_dict(), "recommended": predicted_new.as_dict()},
+            "backtest": {"span_s": 7 * 86400, "current": now_bt, "recommended": new_bt},
+            "confidence": model_confidence,
+            "risk": {"level": risk_level, "reasons": reasons},
+            "rationale": rationale,
+            "rollback_criteria": [
+                f"the realised violation rate of {choice.recommended:g} over 24 h is above {rollback_rate:.2%}",
+                f"more than {max(1, round(predicted_new.breaches_per_week / 7 / max(policy.consecutive, 1)) * 2)} "
+                f"alert episodes in 24 h",
+                "a drift is detected on the series",
+            ],
+            "guards": list(choice.guards),
+            "strategy": strategy.as_dict(),
+            "model": model_summary(model, at),
+        }
+
+    def status(self, series: Iterable[Series]) -> list[dict]:
+        """The newest recommendation of every target."""
+        return [data for s in series if s.models for held in s.models.values() for data in held.latest.values()]
+
+    def series_state(self, series: Series) -> bytes | None:
+        if not series.models:
+            return None
+        return orjson.dumps({"v": STATE_VERSION, "models": {name: held.to_state()
+                                                            for name, held in series.models.items()}})
+
+    def restore_series(self, series: Series, state: bytes) -> None:
+        saved = orjson.loads(state)
+        if saved.get("v") != STATE_VERSION:
+            raise ValueError(f"unsupported threshold models state version {saved.get('v')!r} (this version reads "
+                             f"{STATE_VERSION})")
+        if series.models:
+            policies = {p.name: p for p in self.policies_for.get(series.group, ())}
+            for name, held in saved["models"].items():
+                policy = policies.get(name)
+                restored = PolicyModel.from_state(held)
+                if policy is not None and (restored.model.direction, restored.model.window_s) == (
+                        policy.direction, policy.window_s):
+                    series.models[name] = restored
+
+
+def _in_progress(series: Series, held: PolicyModel, at: float) -> str | None:
+    """What is in progress on the series at event time ``at`` (None: nothing)."""
+    settling = series.drift.settling(at) if series.drift is not None else []
+    if settling:
+        return f"a drift of {', '.join(settling)} settles"
+    if held.model.unusual():
+        return "an incident: the newest windows are all beyond what the model expects 99% of the time"
+    return None

@@ -1,0 +1,114 @@
+"""Threshold models through the partition pipeline: a policy whose warning is too tight and whose
+critical is too loose gets recommendations on schedule, with backtests equal to a brute-force
+count over the windows, that a restore mid-way repeats exactly; and one on demand."""
+
+import math
+from itertools import pairwise
+
+import numpy as np
+import orjson
+import pytest
+
+from slostream.core.control import parse_command
+from slostream.core.policy import Policy
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import SourceRecord
+from tests.pipeline_sim import make_config
+from tests.schemas import validator
+
+T0 = 1_699_833_600  # a Monday, 00:00 UTC
+DAYS = 9
+WINDOW = 300
+POLICY = Policy("api-p95", "api", "latency_ms", "p95", WINDOW, "above", warning=100.0, critical=400.0)
+CONFIG = make_config(grace_s=5.0, policies=(POLICY,), recommend_every_s=86400.0)
+
+
+def _items() -> list[dict]:
+    """A request every 15 s for nine days: lognormal latency around 100 ms with a daily cycle."""
+    rng = np.random.default_rng(11)
+    ts = T0 + 15.0 * np.arange(DAYS * 86400 // 15) + rng.uniform(0, 1, DAYS * 86400 // 15)
+    cycle = 1 + 0.3 * np.sin(2 * np.pi * ((ts % 86400) / 3600 - 8) / 24)
+    values = 100 * cycle * rng.lognormal(0, 0.25, ts.size)
+    return [{"service": "api", "metric": "latency_ms", "ts": float(t), "value": float(v)} for t, v in zip(ts, values)]
+
+
+def _records(items: list[dict], per_record: int = 500) -> list[SourceRecord]:
+    return [SourceRecord("m", 0, n, items[min(i + per_record, len(items)) - 1]["ts"], None,
+                         orjson.dumps(items[i:i + per_record]))
+            for n, i in enumerate(range(0, len(items), per_record))]
+
+
+def _recommendations(proc: PartitionProcessor, records: list[SourceRecord]) -> list[dict]:
+    return [event for record in records for _, event in proc.process([record], 0.0).recommendations]
+
+
+@pytest.fixture(scope="module")
+def run() -> tuple[list[dict], list[dict], PartitionProcessor]:
+    items = _items()
+    proc = PartitionProcessor(0, CONFIG, 0.0)
+    return items, _recommendations(proc, _records(items)), proc
+
+
+def test_scheduled_recommendations_loosen_the_tight_level_and_tighten_the_loose_one(run):
+    _, events, _ = run
+    check = validator("recommendation-event.schema.json")
+    for event in events:
+        check.validate(event)
+    made = sorted({e["data"]["made_at"] for e in events})
+    # The balanced strategy waits for seven days of history; then one a day.
+    assert made and made[0] >= T0 + 7 * 86400 and len(made) == len(set(made))
+    assert all(later - earlier == pytest.approx(86400, abs=WINDOW) for earlier, later in pairwise(made))
+    first = {e["data"]["target"]["level"]: e["data"] for e in events if e["data"]["made_at"] == made[0]}
+    warning, critical = first["warning"], first["critical"]
+    assert warning["trigger"] == "schedule" and warning["status"] == "changed"
+    assert warning["recommended"] > warning["current"] and critical["recommended"] < critical["current"]
+    # Each cycle moves at most 25% (balanced).
+    assert warning["recommended"] <= 1.25 * 100.0 + 1e-9 and critical["recommended"] >= 400.0 / 1.25 - 1e-9
+    assert warning["predicted"]["current"]["violation_rate"] > 0.2  # far too tight
+    assert critical["predicted"]["current"]["violation_rate"] < 0.005
+    assert warning["predicted"]["recommended"]["violation_rate"] < warning["predicted"]["current"]["violation_rate"]
+    assert warning["recommended"] < critical["recommended"]
+
+
+def test_the_backtest_counts_what_the_windows_did(run):
+    """Brute force: each closed 5-minute window's p95 from the raw values (numpy), over the last
+    seven days before the recommendation; the pipeline's quantiles are 1% sketches, so a window
+    within 1% of the level may fall either side."""
+    items, events, _ = run
+    data = next(e["data"] for e in events if e["data"]["target"]["level"] == "warning")
+    ts = np.array([i["ts"] for i in items])
+    values = np.array([i["value"] for i in items])
+    starts = np.arange(data["made_at"] - 7 * 86400, data["made_at"], WINDOW)
+    p95 = np.array([np.quantile(values[(ts >= s) & (ts < s + WINDOW)], 0.95) for s in starts])
+    for which in ("current", "recommended"):
+        level = data[which]
+        counted = data["backtest"][which]
+        assert counted["windows"] == starts.size
+        surely, maybe = int((p95 > level * 1.01).sum()), int((p95 > level * 0.99).sum())
+        assert surely <= counted["breach_windows"] <= maybe, (which, counted, surely, maybe)
+
+
+def test_a_restore_mid_way_makes_the_same_recommendations(run):
+    items, events, _ = run
+    records = _records(items)
+    proc = PartitionProcessor(0, CONFIG, 0.0)
+    half = len(records) * 8 // 10
+    before = _recommendations(proc, records[:half])
+    writes, offset = proc.checkpoint(final=True)
+    restored = PartitionProcessor.restore(0, CONFIG, dict(writes).items(), 0.0)
+    after = _recommendations(restored, records[offset + 1:])
+    assert [e["id"] for e in before + after] == [e["id"] for e in events]
+    assert before + after == events
+
+
+def test_a_recommendation_on_demand(run):
+    _, events, proc = run
+    command = parse_command(b'{"command": "recommend", "policy": "api-p95", "by": "ana"}', 3, 0.0)
+    record = SourceRecord("control", 0, 3, 0.0, None, b"")
+    asked = [event for _, event in proc.apply_control(record, command).recommendations]
+    assert {e["data"]["target"]["level"] for e in asked} == {"warning", "critical"}
+    assert all(e["data"]["trigger"] == "control command at offset 3 by ana" for e in asked)
+    assert not {e["id"] for e in asked} & {e["id"] for e in events}
+    latest = {(s["target"]["level"]): s for s in proc.snapshot(kinds=("thresholds",)).statuses["thresholds"]}
+    assert latest["warning"]["trigger"].startswith("control command")
+    assert math.isfinite(latest["warning"]["recommended"])
