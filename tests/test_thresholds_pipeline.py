@@ -10,26 +10,14 @@ import orjson
 import pytest
 
 from slostream.core.control import parse_command
-from slostream.core.policy import Policy
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
 from tests.pipeline_sim import make_config
 from tests.schemas import validator
+from tests.threshold_streams import POLICY, T0, WINDOW, latency_items
 
-T0 = 1_699_833_600  # a Monday, 00:00 UTC
 DAYS = 9
-WINDOW = 300
-POLICY = Policy("api-p95", "api", "latency_ms", "p95", WINDOW, "above", warning=100.0, critical=400.0)
 CONFIG = make_config(grace_s=5.0, policies=(POLICY,), recommend_every_s=86400.0)
-
-
-def _items() -> list[dict]:
-    """A request every 15 s for nine days: lognormal latency around 100 ms with a daily cycle."""
-    rng = np.random.default_rng(11)
-    ts = T0 + 15.0 * np.arange(DAYS * 86400 // 15) + rng.uniform(0, 1, DAYS * 86400 // 15)
-    cycle = 1 + 0.3 * np.sin(2 * np.pi * ((ts % 86400) / 3600 - 8) / 24)
-    values = 100 * cycle * rng.lognormal(0, 0.25, ts.size)
-    return [{"service": "api", "metric": "latency_ms", "ts": float(t), "value": float(v)} for t, v in zip(ts, values)]
 
 
 def _records(items: list[dict], per_record: int = 500) -> list[SourceRecord]:
@@ -44,7 +32,7 @@ def _recommendations(proc: PartitionProcessor, records: list[SourceRecord]) -> l
 
 @pytest.fixture(scope="module")
 def run() -> tuple[list[dict], list[dict], PartitionProcessor]:
-    items = _items()
+    items = latency_items(DAYS)
     proc = PartitionProcessor(0, CONFIG, 0.0)
     return items, _recommendations(proc, _records(items)), proc
 
@@ -112,3 +100,45 @@ def test_a_recommendation_on_demand(run):
     latest = {(s["target"]["level"]): s for s in proc.snapshot(kinds=("thresholds",)).statuses["thresholds"]}
     assert latest["warning"]["trigger"].startswith("control command")
     assert math.isfinite(latest["warning"]["recommended"])
+
+
+def test_recommendations_are_scored_after_their_horizon_and_an_inaccurate_model_alerts():
+    """A horizon of a day: the recommendation of day 7 is scored on day 8 against a brute-force
+    count of its windows; on day 8 latency rises by 60%, so that day's is off and fires
+    ThresholdModelInaccurate."""
+    config = make_config(grace_s=5.0, policies=(POLICY,), recommend_every_s=86400.0, recommend_horizon_s=86400.0)
+    items = latency_items(10)
+    shift_at = T0 + 8 * 86400 + 3 * 3600
+    for item in items:
+        if item["ts"] >= shift_at:
+            item["value"] *= 1.6
+    proc = PartitionProcessor(0, config, 0.0)
+    events, alerts = [], []
+    for record in _records(items):
+        out = proc.process([record], 0.0)
+        events += [e for _, e in out.recommendations]
+        alerts += [e for _, e in out.alerts if e["data"]["labels"]["alertname"] == "ThresholdModelInaccurate"]
+    scored = [e for e in events if e["type"] == "slostream.recommendation.scored"]
+    check = validator("recommendation-scored-event.schema.json")
+    for event in scored:
+        check.validate(event)
+    made = {(e["data"]["target"]["level"], e["data"]["made_at"]): e["data"] for e in events
+            if e["type"] == "slostream.recommendation"}
+    assert {(s["data"]["target"]["level"], s["data"]["made_at"]) for s in scored} <= set(made)
+    first = next(s["data"] for s in scored if s["data"]["target"]["level"] == "warning")
+    ts = np.array([i["ts"] for i in items])
+    values = np.array([i["value"] for i in items])
+    starts = np.arange(first["made_at"], first["made_at"] + 86400, WINDOW)
+    p95 = np.array([np.quantile(values[(ts >= s) & (ts < s + WINDOW)], 0.95) for s in starts])
+    for which in ("current", "recommended"):
+        level = first["levels"][which]
+        assert first[which]["windows"] == starts.size
+        surely, maybe = int((p95 > level * 1.01).sum()), int((p95 > level * 0.99).sum())
+        assert surely <= first[which]["breach_windows"] <= maybe
+        assert first[which]["actual"] == first[which]["breach_windows"] / starts.size
+    assert first["recommended"]["covered"] and not first["recommended"]["inaccurate"]
+    late = [s["data"] for s in scored if s["data"]["made_at"] >= T0 + 8 * 86400]
+    assert any(d["recommended"]["inaccurate"] for d in late)
+    fired = [a for a in alerts if a["type"] == "slostream.alert.firing"]
+    assert fired and fired[0]["data"]["labels"]["policy"] == "api-p95"
+    assert fired[0]["data"]["labels"]["severity"] == "ticket"

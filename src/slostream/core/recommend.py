@@ -213,3 +213,21 @@ def model_summary(model: ThresholdModel, start: float) -> dict:
     return {"version": MODEL_VERSION, "windows_seen": model.seen, "history_windows": len(model.history()[0]),
             "seasonality": model.baseline.estimate(start)[0], "alpha": model.alpha,
             "drift_at": None if math.isnan(model.drift_at) else model.drift_at}
+
+
+INACCURATE_RELATIVE_ERROR = 0.15
+
+
+def score(predicted: dict, windows: int, crossed: int) -> dict:
+    """A prediction (``Prediction.as_dict``) against what its horizon did: ``crossed`` of
+    ``windows`` on the wrong side. It is inaccurate when off by more than 15% relative and outside
+    its 95% interval: the interval already holds the sampling error of that many (autocorrelated)
+    windows, so an error outside it is significant at 5%."""
+    actual = crossed / windows if windows else math.nan
+    rate = predicted["violation_rate"]
+    covered = bool(windows) and predicted["ci_low"] <= actual <= predicted["ci_high"]
+    relative = abs(rate - actual) / actual if actual else (0.0 if rate == 0 else math.inf)
+    return {"predicted": rate, "ci_low": predicted["ci_low"], "ci_high": predicted["ci_high"], "actual": actual,
+            "windows": windows, "breach_windows": crossed, "covered": covered,
+            "relative_error": relative if math.isfinite(relative) else None,
+            "inaccurate": bool(windows) and not covered and relative > INACCURATE_RELATIVE_ERROR}

@@ -260,11 +260,28 @@ def _recommendation_metrics(latest: list[dict], emitted: int):
         if held is None or data["predicted"]["current"]["violation_rate"] > held["predicted"]["current"][
                 "violation_rate"]:
             worst[names] = data
+    error = GaugeMetricFamily("slostream_threshold_prediction_relative_error",
+                              "|predicted - actual| / actual violation rate of the newest scored recommendation.",
+                              labels=[*labels, "threshold"])
+    coverage = GaugeMetricFamily("slostream_threshold_model_interval_coverage_ratio",
+                                 "Share of scored predictions whose 95% interval held the actual rate.", labels=labels)
+    running = GaugeMetricFamily("slostream_threshold_model_mean_relative_error",
+                                "Running mean (newest weighs 0.2) of the relative error of scored predictions.",
+                                labels=labels)
     for names, data in sorted(worst.items()):
         names = list(names)
         current.add_metric(names, data["current"])
         recommended.add_metric(names, data["recommended"])
         for which in ("current", "recommended"):
             predicted.add_metric([*names, which], data["predicted"][which]["violation_rate"])
-    count = CounterMetricFamily("slostream_recommendation_events", "Recommendation events emitted.", value=emitted)
-    yield from (current, recommended, predicted, count)
+            scored = data["last_score"]
+            if scored is not None and scored[which]["relative_error"] is not None:
+                error.add_metric([*names, which], scored[which]["relative_error"])
+        accuracy = data["accuracy"]
+        if accuracy["scored"]:
+            coverage.add_metric(names, accuracy["covered"] / accuracy["scored"])
+        if accuracy["mean_relative_error"] is not None:
+            running.add_metric(names, accuracy["mean_relative_error"])
+    count = CounterMetricFamily("slostream_recommendation_events", "Recommendation and score events emitted.",
+                                value=emitted)
+    yield from (current, recommended, predicted, error, coverage, running, count)

@@ -125,6 +125,16 @@ def recommendation_event(source: str, series: Series, data: dict) -> tuple[bytes
                                                 subject=series.key)
 
 
+def scored_event(source: str, series: Series, data: dict) -> tuple[bytes, dict]:
+    """A ``slostream.recommendation.scored``: a recommendation's predictions against its horizon,
+    keyed by service; its id names the recommendation it scores."""
+    target = data["target"]
+    id_ = event_id("scored", series.key, target["kind"], target["name"], target["level"], data["made_at"],
+                   data["trigger"])
+    return series.service.encode(), cloud_event("slostream.recommendation.scored", source, id_, data["scored_at"],
+                                                data, subject=series.key)
+
+
 def deadletter_event(config: PipelineConfig, record: SourceRecord, rejection: Rejection) -> tuple[bytes, dict]:
     """The dead-letter event of a rejected record or array element, keyed by the reason. A record's
     letter carries the record's bytes; an element's carries that element alone, encoded as JSON

@@ -8,6 +8,13 @@ event time. A policy's warning and critical levels are recommended:
 - after a drift detection on the series, once the change has settled;
 - on demand: the control command ``{"command": "recommend", "policy": ...}``.
 
+Once its horizon has passed, each recommendation is scored: the predicted violation rates of the
+current level (which ran) and of the recommended one (in shadow) against the share of the
+horizon's windows that crossed each, counted exactly as the windows close. Each score is a
+``slostream.recommendation.scored`` event; it recalibrates the model's intervals (adaptive
+conformal inference), and an inaccurate one (``core.recommend.score``) fires
+``ThresholdModelInaccurate`` (ticket) until a later score of that level is accurate.
+
 None is made on schedule or after a drift while a change or an incident is **in progress** on the
 series: a drift detection still in its cooldown (``SeriesDrift.settling``), or an incident by the
 model's own measure (``ThresholdModel.unusual``: its newest windows all beyond what it expects at
@@ -23,6 +30,7 @@ from collections.abc import Iterable
 import numpy as np
 import orjson
 
+from slostream.core.alerts import Condition
 from slostream.core.closed import Closed
 from slostream.core.objectives import Policy
 from slostream.core.policy import aggregate_value
@@ -35,10 +43,11 @@ from slostream.core.recommend import (
     model_summary,
     ready,
     risk,
+    score,
 )
 from slostream.core.threshold_model import ThresholdModel
 from slostream.pipeline.alerting import Alerting
-from slostream.pipeline.envelopes import recommendation_event
+from slostream.pipeline.envelopes import recommendation_event, scored_event
 from slostream.pipeline.evaluators import Closes, Evaluator
 from slostream.pipeline.series import Series
 from slostream.pipeline.types import Output, PipelineConfig
@@ -46,12 +55,15 @@ from slostream.pipeline.types import Output, PipelineConfig
 STATE_VERSION = 1
 LEVELS = ("critical", "warning")  # critical first: the warning is kept inside the recommended critical
 PAST_CHANGES = 3
+MAX_PENDING = 64  # recommendations awaiting their score, per model: the oldest beyond are dropped
+ACCURACY_SMOOTHING = 0.2  # weight of the newest score in the running mean relative error
+INACCURATE_ALERT = "ThresholdModelInaccurate"
 
 
 class PolicyModel:
     """The model of one policy on one series, and its recommendation schedule and history."""
 
-    __slots__ = ("model", "due_at", "after_drift", "changes", "latest")
+    __slots__ = ("model", "due_at", "after_drift", "changes", "latest", "pending", "accuracy", "scored")
 
     def __init__(self, model: ThresholdModel):
         self.model = model
@@ -59,16 +71,38 @@ class PolicyModel:
         self.after_drift = False  # a drift was detected: recommend once it has settled
         self.changes: dict[str, list[float]] = {level: [] for level in LEVELS}  # log-ratios, newest last
         self.latest: dict[str, dict] = {}  # the newest recommendation's data, by level
+        self.pending: list[dict] = []  # recommendations awaiting their score, with their counts so far
+        self.accuracy = {"scored": 0, "covered": 0, "mean_relative_error": None}
+        self.scored: dict[str, dict] = {}  # the newest score's data, by level
+
+    def count(self, end: float, value: float | None, direction: str) -> list[dict]:
+        """Count a closed window into the recommendations whose horizon holds it; those whose
+        horizon it ends, taken out."""
+        if value is None or not math.isfinite(value):
+            return []
+        done = []
+        for pending in self.pending:
+            if pending["made_at"] < end <= pending["until"]:
+                pending["windows"] += 1
+                for which, level in pending["levels"].items():
+                    pending["crossed"][which] += value > level if direction == "above" else value < level
+            if end >= pending["until"]:
+                done.append(pending)
+        if done:
+            self.pending = [p for p in self.pending if p not in done]
+        return done
 
     def to_state(self) -> dict:
         return {"model": self.model.to_state(), "due_at": None if math.isnan(self.due_at) else self.due_at,
-                "after_drift": self.after_drift, "changes": self.changes, "latest": self.latest}
+                "after_drift": self.after_drift, "changes": self.changes, "latest": self.latest,
+                "pending": self.pending, "accuracy": self.accuracy, "scored": self.scored}
 
     @classmethod
     def from_state(cls, state: dict) -> PolicyModel:
         held = cls(ThresholdModel.from_state(state["model"]))
         held.due_at = math.nan if state["due_at"] is None else state["due_at"]
         held.after_drift, held.changes, held.latest = state["after_drift"], state["changes"], state["latest"]
+        held.pending, held.accuracy, held.scored = state["pending"], state["accuracy"], state["scored"]
         return held
 
 
@@ -108,7 +142,10 @@ class ThresholdEvaluator(Evaluator):
             for j in chosen[np.argsort(closed.starts[chosen], kind="stable")].tolist():
                 aggregate = closed.aggregate(j)
                 end = int(closed.starts[j] + closed.lengths[j])
-                held.model.update(end, aggregate_value(aggregate, policy.aggregate) if aggregate.count else None)
+                value = aggregate_value(aggregate, policy.aggregate) if aggregate.count else None
+                held.model.update(end, value)
+                for pending in held.count(end, value, policy.direction):
+                    self._score(series, policy, held, pending, end, out)
                 if math.isnan(held.due_at):
                     held.due_at = end + self.every_s
                 scheduled = end >= held.due_at
@@ -154,9 +191,40 @@ class ThresholdEvaluator(Evaluator):
                 held.changes[level] = [*held.changes[level], math.log(choice.recommended / choice.current)
                                        if choice.recommended > 0 and choice.current > 0 else 0.0][-PAST_CHANGES:]
             held.latest[level] = data
+            held.pending = [*held.pending, {
+                "level": level, "made_at": at, "until": at + self.horizon_s, "trigger": trigger,
+                "levels": {"current": choice.current, "recommended": choice.recommended},
+                "predicted": data["predicted"], "windows": 0, "crossed": {"current": 0, "recommended": 0}},
+            ][-MAX_PENDING:]
         store, owner = series.windows.store, series.windows.owner
         store.changed[owner] = store.emitted[owner] = True  # written at the next checkpoint
         return True
+
+    def _score(self, series: Series, policy: Policy, held: PolicyModel, pending: dict, end: float,
+               out: Output) -> None:
+        """A recommendation whose horizon ``end`` closed: its score event, the model recalibrated,
+        and the inaccuracy alert of its level judged."""
+        scores = {which: score(pending["predicted"][which], pending["windows"], pending["crossed"][which])
+                  for which in ("current", "recommended")}
+        accuracy = held.accuracy
+        for which in ("current", "recommended"):
+            held.model.recalibrate(scores[which]["covered"])
+            accuracy["scored"] += 1
+            accuracy["covered"] += scores[which]["covered"]
+            error = scores[which]["relative_error"]
+            if error is not None:
+                previous = accuracy["mean_relative_error"]
+                accuracy["mean_relative_error"] = error if previous is None else (
+                    (1 - ACCURACY_SMOOTHING) * previous + ACCURACY_SMOOTHING * error)
+        level = pending["level"]
+        data = {"target": {"kind": "policy", "name": policy.name, "level": level},
+                "service": series.service, "metric": series.metric, "labels": series.labels,
+                "made_at": pending["made_at"], "scored_at": end, "horizon_s": pending["until"] - pending["made_at"],
+                "trigger": pending["trigger"], "levels": pending["levels"], **scores, "accuracy": dict(accuracy)}
+        out.recommendations.append(scored_event(self.source, series, data))
+        held.scored[level] = data
+        inaccurate = [which for which in ("current", "recommended") if scores[which]["inaccurate"]]
+        self.alerting.evaluate(end, [_inaccurate_condition(series, policy, level, data, inaccurate)], out)
 
     def _data(self, series: Series, policy: Policy, held: PolicyModel, choice: LevelChoice, at: float, trigger: str,
               model_confidence: float, forecast, in_progress: str | None) -> dict:
@@ -201,8 +269,10 @@ class ThresholdEvaluator(Evaluator):
         }
 
     def status(self, series: Iterable[Series]) -> list[dict]:
-        """The newest recommendation of every target."""
-        return [data for s in series if s.models for held in s.models.values() for data in held.latest.values()]
+        """The newest recommendation of every target, with the newest score of that target and the
+        model's running accuracy."""
+        return [{**data, "last_score": held.scored.get(level), "accuracy": held.accuracy}
+                for s in series if s.models for held in s.models.values() for level, data in held.latest.items()]
 
     def series_state(self, series: Series) -> bytes | None:
         if not series.models:
@@ -223,6 +293,20 @@ class ThresholdEvaluator(Evaluator):
                 if policy is not None and (restored.model.direction, restored.model.window_s) == (
                         policy.direction, policy.window_s):
                     series.models[name] = restored
+
+
+def _inaccurate_condition(series: Series, policy: Policy, level: str, data: dict, inaccurate: list[str]) -> Condition:
+    labels = {**series.labels, "alertname": INACCURATE_ALERT, "service": series.service, "metric": series.metric,
+              "policy": policy.name, "level": level, "severity": "ticket"}
+    if not inaccurate:
+        return Condition(labels, False)
+    parts = [f"{which} level {data['levels'][which]:g}: predicted {data[which]['predicted']:.2%} "
+             f"[{data[which]['ci_low']:.2%}, {data[which]['ci_high']:.2%}], actual {data[which]['actual']:.2%}"
+             for which in inaccurate]
+    notes = {"summary": f"threshold model of {policy.name} {level} on {series.service} was off by more than 15%",
+             "description": "; ".join(parts) + f" over {data[inaccurate[0]]['windows']} windows. Its intervals are "
+                            "recalibrated; the alert resolves at the next accurate score of this level."}
+    return Condition(labels, True, notes)
 
 
 def _in_progress(series: Series, held: PolicyModel, at: float) -> str | None:
