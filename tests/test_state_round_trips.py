@@ -103,8 +103,8 @@ CASES = {
     "multi-resolution windows": Case(
         SeriesWindows, _series_windows_step, lambda w: w.to_state(), SeriesWindows.from_state, _header_version),
     "threshold model": Case(
-        lambda: ThresholdModel("above", 300), _threshold_step, lambda m: m.to_state(), ThresholdModel.from_state,
-        _dict_version),
+        lambda: ThresholdModel("above", 300), _threshold_step, lambda m: (m.to_state(), m.chunks()),
+        lambda saved: ThresholdModel.from_state(*saved), lambda saved: (_dict_version(saved[0]), saved[1])),
     "quantile sketch": Case(
         QuantileSketch, lambda s, i, rng: (s.add_values(rng.lognormal(3, 1, 7)), s.quantiles((0.5, 0.99)))[1],
         lambda s: s.to_state(), QuantileSketch.from_state, _dict_version),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from slostream.core.threshold_model import HISTORY, ThresholdModel
+from slostream.core.threshold_model import CHUNK, HISTORY, ThresholdModel
 
 T0 = 1_699_833_600  # a Monday, 00:00 UTC
 WEEK = 604800
@@ -118,3 +118,30 @@ def test_the_model_keeps_its_history_in_under_32_kib():
     assert np.array_equal(values, fed[-HISTORY:].astype(np.float32))
     held = len(model._ends) * model._ends.itemsize + len(model._values) * model._values.itemsize
     assert held + len(model.baseline.to_state()) <= 32 * 1024
+
+
+def test_state_in_chunks_restores_the_history_after_it_wraps():
+    """The head holds the windows since the newest chunk boundary; each complete chunk is saved once,
+    as it fills. Restored from the head and the chunks saved by then, the model has the same
+    history; a chunk saved after the head is left out; a missing one leaves a gap."""
+    rng = np.random.default_rng(4)
+    model = ThresholdModel("above", W)
+    saved: dict[int, bytes] = {}
+    for i in range(HISTORY + 1234):
+        model.update(T0 + W * (i + 1), float(rng.lognormal(4, 0.2)))
+        first = model.completed_chunk()
+        if first is not None:
+            saved[first] = model.chunk(first)
+    head = model.to_state()
+    ahead = ThresholdModel.from_state(head, saved)
+    while ahead.completed_chunk() is None or ahead.completed_chunk() in saved:
+        ahead.update(ahead.history()[0][-1] + W, 100.0)
+    later = {**saved, ahead.completed_chunk(): ahead.chunk(ahead.completed_chunk())}
+    restored = ThresholdModel.from_state(head, later)
+    for got, want in zip(restored.history(), model.history()):
+        assert np.array_equal(got, want)
+    assert restored.to_state() == head
+    week = model.forecast(T0 + W * (HISTORY + 1235), WEEK)
+    assert restored.predict(120.0, restored.forecast(T0 + W * (HISTORY + 1235), WEEK)) == model.predict(120.0, week)
+    gap = ThresholdModel.from_state(head, {k: v for k, v in saved.items() if k != max(saved) - CHUNK})
+    assert gap.history()[0].size == model.history()[0].size - CHUNK

@@ -25,7 +25,9 @@ A drift detection on the series (``drifted``) makes the model weigh recent data 
 before the change count a fifth, and not at all once 288 windows have been seen after it.
 
 The values and end times of the last ``HISTORY`` windows are kept (float32 and uint32: 27 kB),
-so backtests are exact over that history. State is JSON with a version.
+so backtests are exact over that history. State is JSON with a version (``to_state``), without
+the history's complete chunks of ``CHUNK`` windows: each is persisted once, when it fills
+(``chunk``), so what a series writes every minute stays small.
 
 >>> model = ThresholdModel("above", 300)
 >>> rng = np.random.default_rng(1)
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import base64
 import math
+import struct
 from array import array
 from dataclasses import dataclass
 
@@ -51,6 +54,8 @@ from .seasonal import SeasonalBaseline
 
 MODEL_VERSION = 1
 HISTORY = 3400  # windows retained: 11.8 days of 5-minute windows
+CHUNK = 200  # windows per persisted chunk of the history (HISTORY is a multiple)
+_CHUNK_HEAD = struct.Struct("<BQ")  # version, the number of its first window
 TARGET_MISCOVERAGE = 0.05
 ACI_STEP = 0.02  # gamma of adaptive conformal inference
 OLD_WEIGHT_AFTER_DRIFT = 0.2
@@ -83,7 +88,7 @@ class Prediction:
 class ThresholdModel:
     """See the module."""
 
-    __slots__ = ("direction", "window_s", "baseline", "_ends", "_values", "_next", "seen", "drift_at", "alpha")
+    __slots__ = ("direction", "window_s", "baseline", "_ends", "_values", "seen", "drift_at", "alpha")
 
     def __init__(self, direction: str, window_s: int):
         if direction not in ("above", "below"):
@@ -91,9 +96,10 @@ class ThresholdModel:
         self.direction = direction
         self.window_s = window_s
         self.baseline = SeasonalBaseline()
-        self._ends = array("I")  # window end times, a ring of HISTORY once full
+        # Window end times and values: window number n (counted from 0) is at slot n % HISTORY. An
+        # end of 0 marks a slot whose persisted chunk was not found at a restore.
+        self._ends = array("I")
         self._values = array("f")
-        self._next = 0
         self.seen = 0
         self.drift_at = math.nan  # event time of the last detected change
         self.alpha = TARGET_MISCOVERAGE
@@ -109,8 +115,8 @@ class ThresholdModel:
             self._ends.append(int(end))
             self._values.append(value)
         else:
-            self._ends[self._next], self._values[self._next] = int(end), value
-            self._next = (self._next + 1) % HISTORY
+            slot = self.seen % HISTORY
+            self._ends[slot], self._values[slot] = int(end), value
         self.seen += 1
 
     def drifted(self, changed_at: float) -> None:
@@ -126,10 +132,15 @@ class ThresholdModel:
 
     def history(self) -> tuple[np.ndarray, np.ndarray]:
         """The retained windows' end times and values, oldest first."""
-        ends = np.frombuffer(self._ends, dtype=np.uint32).astype(np.float64)
-        values = np.frombuffer(self._values, dtype=np.float32).astype(np.float64)
-        order = np.r_[self._next:len(ends), 0:self._next]
-        return ends[order], values[order]
+        slots = self._slots(max(0, self.seen - HISTORY), self.seen)
+        ends = np.frombuffer(self._ends, dtype=np.uint32)[slots].astype(np.float64)
+        values = np.frombuffer(self._values, dtype=np.float32)[slots].astype(np.float64)
+        known = ends > 0
+        return ends[known], values[known]
+
+    @staticmethod
+    def _slots(first: int, stop: int) -> np.ndarray:
+        return np.arange(first, stop) % HISTORY
 
     @property
     def span_s(self) -> float:
@@ -220,24 +231,63 @@ class ThresholdModel:
     # --- state ----------------------------------------------------------------
 
     def to_state(self) -> dict:
+        """Everything but the history's complete chunks (``chunk``): the baseline, the windows since
+        the newest chunk boundary, and the counters."""
+        open_first = self.seen - self.seen % CHUNK
+        slots = self._slots(open_first, self.seen)
+        ends = np.frombuffer(self._ends, dtype=np.uint32)[slots]
+        values = np.frombuffer(self._values, dtype=np.float32)[slots]
         return {"v": MODEL_VERSION, "direction": self.direction, "window_s": self.window_s,
                 "baseline": base64.b64encode(self.baseline.to_state()).decode(),
-                "ends": base64.b64encode(self._ends.tobytes()).decode(),
-                "values": base64.b64encode(self._values.tobytes()).decode(),
-                "next": self._next, "seen": self.seen,
-                "drift_at": None if math.isnan(self.drift_at) else self.drift_at, "alpha": self.alpha}
+                "open_ends": base64.b64encode(ends.tobytes()).decode(),
+                "open_values": base64.b64encode(values.tobytes()).decode(),
+                "seen": self.seen, "drift_at": None if math.isnan(self.drift_at) else self.drift_at,
+                "alpha": self.alpha}
+
+    def completed_chunk(self) -> int | None:
+        """The number of the first window of the chunk the newest window completed (None: none)."""
+        return self.seen - CHUNK if self.seen and self.seen % CHUNK == 0 else None
+
+    def chunk(self, first: int) -> bytes:
+        """The persisted form of the complete chunk of windows ``first`` to ``first + CHUNK``."""
+        slots = self._slots(first, first + CHUNK)
+        return (_CHUNK_HEAD.pack(MODEL_VERSION, first) + np.frombuffer(self._ends, dtype=np.uint32)[slots].tobytes()
+                + np.frombuffer(self._values, dtype=np.float32)[slots].tobytes())
+
+    def chunks(self) -> dict[int, bytes]:
+        """Every complete chunk still in the history, by its first window's number. The oldest may
+        begin with slots the newest windows have taken since; a restore puts those back after it."""
+        open_first = self.seen - self.seen % CHUNK
+        return {first: self.chunk(first) for first in range(max(0, open_first - HISTORY), open_first, CHUNK)}
 
     @classmethod
-    def from_state(cls, state: dict) -> ThresholdModel:
+    def from_state(cls, state: dict, chunks: dict[int, bytes]) -> ThresholdModel:
+        """The model of ``to_state`` and the chunks persisted until then (one written later, or
+        missing, is left out: a missing one leaves a gap in the history)."""
         if state.get("v") != MODEL_VERSION:
             raise ValueError(f"unsupported threshold model state version {state.get('v')!r} "
                              f"(this version reads {MODEL_VERSION})")
         model = cls(state["direction"], state["window_s"])
         model.baseline = SeasonalBaseline.from_state(base64.b64decode(state["baseline"]))
-        model._ends = array("I", base64.b64decode(state["ends"]))
-        model._values = array("f", base64.b64decode(state["values"]))
-        model._next, model.seen, model.alpha = state["next"], state["seen"], state["alpha"]
+        model.seen, model.alpha = state["seen"], state["alpha"]
         model.drift_at = math.nan if state["drift_at"] is None else state["drift_at"]
+        held = min(model.seen, HISTORY)
+        ends, values = np.zeros(held, dtype=np.uint32), np.zeros(held, dtype=np.float32)
+        open_first = model.seen - model.seen % CHUNK
+        for first, saved in chunks.items():
+            version, number = _CHUNK_HEAD.unpack_from(saved)
+            if version != MODEL_VERSION:
+                raise ValueError(f"unsupported threshold model chunk version {version!r} "
+                                 f"(this version reads {MODEL_VERSION})")
+            if number == first and first + CHUNK <= open_first and first + CHUNK > model.seen - HISTORY:
+                slots = model._slots(first, first + CHUNK)
+                body = saved[_CHUNK_HEAD.size:]
+                ends[slots] = np.frombuffer(body[:4 * CHUNK], dtype=np.uint32)
+                values[slots] = np.frombuffer(body[4 * CHUNK:], dtype=np.float32)
+        slots = model._slots(open_first, model.seen)
+        ends[slots] = np.frombuffer(base64.b64decode(state["open_ends"]), dtype=np.uint32)
+        values[slots] = np.frombuffer(base64.b64decode(state["open_values"]), dtype=np.float32)
+        model._ends, model._values = array("I", ends.tobytes()), array("f", values.tobytes())
         return model
 
 

@@ -107,6 +107,8 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
     slots: dict[str, list] = {}
     tracker_headers: dict[str, dict] = {}
     tracker_slots: dict[str, list] = {}
+    model_chunks: dict[tuple[str, str], dict[int, bytes]] = {}
+    model_reports: dict[tuple[str, str], bytes] = {}
     for key, value in items:
         parsed = None if value is None else state_keys.parse_key(partition, key)  # None: deleted, not compacted yet
         if parsed is None:
@@ -137,12 +139,18 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
         elif kind == state_keys.SLO_SLOT:
             windows_kind, level, slot, name = fields
             tracker_slots.setdefault(name, []).append((windows_kind, int(level), int(slot), orjson.loads(value)))
+        elif kind == state_keys.MODEL_CHUNK:
+            policy, first, series_key = fields
+            model_chunks.setdefault((series_key, policy), {})[int(first)] = value
+        elif kind == state_keys.MODEL_REPORT:
+            model_reports[fields[1], fields[0]] = value
         elif kind == state_keys.SENT_ALERT:
             proc.alerting.sent[fields[0]] = SentAlert.decode(value)
         elif kind == state_keys.BOOK:
             proc.alerting.book = AlertBook.from_state(orjson.loads(value), config.alert_cooldown_s,
                                                       config.escalate_after_s)
     proc.slos.restore(tracker_headers, tracker_slots)
+    proc.thresholds.restore_parts(model_chunks, model_reports)
     keepers = {k.kind: k for k in proc.series_keepers}
     for series_key, record in records.items():
         header, sections, windows_state = _read_series_record(record)

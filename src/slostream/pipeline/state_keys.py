@@ -8,6 +8,9 @@ One key per piece of state a checkpoint writes (``PartitionProcessor.checkpoint`
 - ``a``: the alert book;
 - ``e␟<id>``: an alert event sent since the offset a replay starts from (``Alerting``), written
   before the event is sent;
+- ``m␟<policy>␟<first>␟<series>``: a complete chunk of a threshold model's history, from window
+  number ``first`` (``core.threshold_model``), written once as it fills;
+- ``r␟<policy>␟<series>``: a threshold model's newest recommendation and score, by level;
 - ``b␟<level>␟<slot>␟<series>``: a series' window slot of state version 3 and before (only read);
 - ``fence``: ends a checkpoint on brokers that need it (restore skips it like any key it does not know).
 
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 SEP = "\x1f"
 PARTITION, SERIES, SLO_HEADER, SLO_SLOT, BOOK, SENT_ALERT, OLD_SERIES_SLOT = "c", "h", "S", "s", "a", "e", "b"
-_FIELDS = {PARTITION: 0, SERIES: 1, SLO_HEADER: 1, SLO_SLOT: 4, BOOK: 0, SENT_ALERT: 1, OLD_SERIES_SLOT: 3}
+MODEL_CHUNK, MODEL_REPORT = "m", "r"
+_FIELDS = {PARTITION: 0, SERIES: 1, SLO_HEADER: 1, SLO_SLOT: 4, BOOK: 0, SENT_ALERT: 1, OLD_SERIES_SLOT: 3,
+           MODEL_CHUNK: 3, MODEL_REPORT: 2}
 
 
 def partition_prefix(partition: int) -> str:
@@ -51,6 +56,14 @@ def book_key(partition: int) -> str:
 
 def sent_alert_key(partition: int, event_id: str) -> str:
     return f"{partition}{SEP}{SENT_ALERT}{SEP}{event_id}"
+
+
+def model_chunk_key(partition: int, policy: str, first: int, series: str) -> str:
+    return f"{partition}{SEP}{MODEL_CHUNK}{SEP}{policy}{SEP}{first}{SEP}{series}"
+
+
+def model_report_key(partition: int, policy: str, series: str) -> str:
+    return f"{partition}{SEP}{MODEL_REPORT}{SEP}{policy}{SEP}{series}"
 
 
 def fence_key(partition: int) -> str:

@@ -46,6 +46,7 @@ from slostream.core.recommend import (
     score,
 )
 from slostream.core.threshold_model import ThresholdModel
+from slostream.pipeline import state_keys
 from slostream.pipeline.alerting import Alerting
 from slostream.pipeline.envelopes import recommendation_event, scored_event
 from slostream.pipeline.evaluators import Closes, Evaluator
@@ -93,16 +94,20 @@ class PolicyModel:
         return done
 
     def to_state(self) -> dict:
+        """What changes with every window, written with the series; the history's chunks and the
+        newest recommendations and scores have keys of their own (``ThresholdEvaluator.writes``)."""
         return {"model": self.model.to_state(), "due_at": None if math.isnan(self.due_at) else self.due_at,
-                "after_drift": self.after_drift, "changes": self.changes, "latest": self.latest,
-                "pending": self.pending, "accuracy": self.accuracy, "scored": self.scored}
+                "after_drift": self.after_drift, "changes": self.changes, "pending": self.pending,
+                "accuracy": self.accuracy}
 
     @classmethod
-    def from_state(cls, state: dict) -> PolicyModel:
-        held = cls(ThresholdModel.from_state(state["model"]))
+    def from_state(cls, state: dict, chunks: dict[int, bytes], report: dict | None) -> PolicyModel:
+        held = cls(ThresholdModel.from_state(state["model"], chunks))
         held.due_at = math.nan if state["due_at"] is None else state["due_at"]
-        held.after_drift, held.changes, held.latest = state["after_drift"], state["changes"], state["latest"]
-        held.pending, held.accuracy, held.scored = state["pending"], state["accuracy"], state["scored"]
+        held.after_drift, held.changes = state["after_drift"], state["changes"]
+        held.pending, held.accuracy = state["pending"], state["accuracy"]
+        if report is not None:
+            held.latest, held.scored = report["latest"], report["scored"]
         return held
 
 
@@ -119,6 +124,12 @@ class ThresholdEvaluator(Evaluator):
         self.policies_for: dict[tuple[str, str], list[Policy]] = {}
         for policy in config.policies:
             self.policies_for.setdefault((policy.service, policy.metric), []).append(policy)
+        # Writes for the next checkpoint, by (kind, policy, chunk's first window, series key); None
+        # deletes the key.
+        self._writes: dict[tuple[str, str, int, str], bytes | None] = {}
+        # Read at a restore, until each series takes its own: (series key, policy) -> chunks, report.
+        self._restored_chunks: dict[tuple[str, str], dict[int, bytes]] = {}
+        self._restored_reports: dict[tuple[str, str], dict] = {}
 
     def watch(self, series: Series) -> None:
         policies = self.policies_for.get(series.group, ()) if self.enabled else ()
@@ -144,6 +155,9 @@ class ThresholdEvaluator(Evaluator):
                 end = int(closed.starts[j] + closed.lengths[j])
                 value = aggregate_value(aggregate, policy.aggregate) if aggregate.count else None
                 held.model.update(end, value)
+                first = held.model.completed_chunk()
+                if first is not None:
+                    self._writes[state_keys.MODEL_CHUNK, policy.name, first, series.key] = held.model.chunk(first)
                 for pending in held.count(end, value, policy.direction):
                     self._score(series, policy, held, pending, end, out)
                 if math.isnan(held.due_at):
@@ -196,9 +210,16 @@ class ThresholdEvaluator(Evaluator):
                 "levels": {"current": choice.current, "recommended": choice.recommended},
                 "predicted": data["predicted"], "windows": 0, "crossed": {"current": 0, "recommended": 0}},
             ][-MAX_PENDING:]
-        store, owner = series.windows.store, series.windows.owner
-        store.changed[owner] = store.emitted[owner] = True  # written at the next checkpoint
+        self._report_changed(series, policy.name, held)
         return True
+
+    def _report_changed(self, series: Series, policy: str, held: PolicyModel) -> None:
+        """Its newest recommendation or score changed: written at the next checkpoint, with the
+        series (whose state moved with it)."""
+        self._writes[state_keys.MODEL_REPORT, policy, 0, series.key] = orjson.dumps(
+            {"v": STATE_VERSION, "latest": held.latest, "scored": held.scored})
+        store, owner = series.windows.store, series.windows.owner
+        store.changed[owner] = store.emitted[owner] = True
 
     def _score(self, series: Series, policy: Policy, held: PolicyModel, pending: dict, end: float,
                out: Output) -> None:
@@ -223,6 +244,7 @@ class ThresholdEvaluator(Evaluator):
                 "trigger": pending["trigger"], "levels": pending["levels"], **scores, "accuracy": dict(accuracy)}
         out.recommendations.append(scored_event(self.source, series, data))
         held.scored[level] = data
+        self._report_changed(series, policy.name, held)
         inaccurate = [which for which in ("current", "recommended") if scores[which]["inaccurate"]]
         self.alerting.evaluate(end, [_inaccurate_condition(series, policy, level, data, inaccurate)], out)
 
@@ -274,11 +296,36 @@ class ThresholdEvaluator(Evaluator):
         return [{**data, "last_score": held.scored.get(level), "accuracy": held.accuracy}
                 for s in series if s.models for held in s.models.values() for level, data in held.latest.items()]
 
+    def release(self, series: Series) -> None:
+        """Delete the keys of its models' chunks and reports."""
+        for name, held in (series.models or {}).items():
+            for first in held.model.chunks():
+                self._writes[state_keys.MODEL_CHUNK, name, first, series.key] = None
+            self._writes[state_keys.MODEL_REPORT, name, 0, series.key] = None
+
+    def writes(self, partition: int) -> Iterable[tuple[str, bytes | None]]:
+        writes, self._writes = self._writes, {}
+        for (kind, policy, first, series_key), value in writes.items():
+            key = state_keys.model_chunk_key(partition, policy, first, series_key) if kind == state_keys.MODEL_CHUNK \
+                else state_keys.model_report_key(partition, policy, series_key)
+            yield key, value
+
     def series_state(self, series: Series) -> bytes | None:
         if not series.models:
             return None
         return orjson.dumps({"v": STATE_VERSION, "models": {name: held.to_state()
                                                             for name, held in series.models.items()}})
+
+    def restore_parts(self, chunks: dict[tuple[str, str], dict[int, bytes]], reports: dict[tuple[str, str], bytes]):
+        """The chunks and reports read at a restore, before the series that own them."""
+        self._restored_chunks = chunks
+        self._restored_reports = {}
+        for owner, raw in reports.items():
+            report = orjson.loads(raw)
+            if report.get("v") != STATE_VERSION:
+                raise ValueError(f"unsupported threshold model report version {report.get('v')!r} (this version "
+                                 f"reads {STATE_VERSION})")
+            self._restored_reports[owner] = report
 
     def restore_series(self, series: Series, state: bytes) -> None:
         saved = orjson.loads(state)
@@ -289,7 +336,8 @@ class ThresholdEvaluator(Evaluator):
             policies = {p.name: p for p in self.policies_for.get(series.group, ())}
             for name, held in saved["models"].items():
                 policy = policies.get(name)
-                restored = PolicyModel.from_state(held)
+                restored = PolicyModel.from_state(held, self._restored_chunks.pop((series.key, name), {}),
+                                                  self._restored_reports.pop((series.key, name), None))
                 if policy is not None and (restored.model.direction, restored.model.window_s) == (
                         policy.direction, policy.window_s):
                     series.models[name] = restored

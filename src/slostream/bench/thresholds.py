@@ -1,0 +1,151 @@
+"""Threshold-model quality through the partition pipeline (issue 11).
+
+Seeded latency series, each with a daily and a weekly cycle, a slow trend, noise that lasts from
+window to window, and labelled incidents (one to three hours at +80%), start with a poor static
+warning level: too tight (0.6 times the level crossed by 2% of windows) on half of them, too
+loose (1.8 times) on the other half. Five weeks run through ``PartitionProcessor`` in event time;
+each week's recommendation is applied as an operator would (the processor restarts from its
+checkpoint with the new levels). The week-4 recommendation is judged on the held-out fifth week:
+
+- ``prediction_coverage``: the share of series whose actual violation rate at the recommended
+  level lies in its predicted 95% interval (its ``slostream.recommendation.scored`` event), and
+  ``prediction_median_relative_error``;
+- ``noise_cut``: how many fewer breach windows outside incidents the final levels have than the
+  initial ones over week 5, and the labelled incidents each detects (a breach window inside);
+- the model's memory per series.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+
+from slostream.config import Settings, pipeline_config
+from slostream.core.objectives import Policy
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import SourceRecord
+
+DAY, WEEK = 86400, 7 * 86400
+T0 = 1_699_833_600  # a Monday, 00:00 UTC
+SERIES = 16
+WEEKS = 5
+WINDOW = 300
+EVERY_S = 20  # a measurement every 20 s: 15 to a 5-minute window
+INCIDENTS_PER_WEEK = 3
+INCIDENT_FACTOR = 1.8
+PER_RECORD = 500
+
+
+def _series(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tuple[float, float]]]:
+    """One series' measurement times and latencies, and its incidents (start, end)."""
+    n = (WEEKS * WEEK + 3600) // EVERY_S
+    ts = T0 + EVERY_S * np.arange(n) + rng.uniform(0, 1, n)
+    hour = (ts % DAY) / 3600
+    daily = 1 + 0.35 * np.sin(2 * np.pi * (hour - 8) / 24)
+    weekly = np.where(((ts // DAY) + 3) % 7 >= 5, 0.8, 1.0)  # 1970-01-01 was a Thursday
+    trend = 1 + rng.uniform(-0.03, 0.05) * (ts - T0) / WEEK
+    windows = ((ts - T0) // WINDOW).astype(np.int64)
+    lasting = np.zeros(windows.max() + 1)  # noise that lasts from window to window: AR(1)
+    shocks = rng.normal(0, 0.08 * math.sqrt(1 - 0.5 ** 2), lasting.size)
+    for i in range(1, lasting.size):
+        lasting[i] = 0.5 * lasting[i - 1] + shocks[i]
+    incidents = []
+    for week in range(WEEKS):
+        for start in sorted(rng.uniform(0, WEEK - 4 * 3600, INCIDENTS_PER_WEEK)):
+            begin = T0 + week * WEEK + start // WINDOW * WINDOW
+            incidents.append((begin, begin + 3600 * int(rng.integers(1, 4))))
+    factor = np.ones(ts.size)
+    for begin, end in incidents:
+        factor[(ts >= begin) & (ts < end)] = INCIDENT_FACTOR
+    values = 100 * daily * weekly * trend * np.exp(lasting[windows]) * rng.lognormal(0, 0.25, ts.size) * factor
+    return ts, values, incidents
+
+
+def _window_p95(ts: np.ndarray, values: np.ndarray, first: float, last: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each complete 5-minute window's end and p95 in [first, last), exactly (numpy)."""
+    chosen = (ts >= first) & (ts < last)
+    index = ((ts[chosen] - first) // WINDOW).astype(np.int64)
+    order = np.argsort(index, kind="stable")
+    index, chosen_values = index[order], values[chosen][order]
+    bounds = np.flatnonzero(np.diff(index)) + 1
+    groups = np.split(chosen_values, bounds)
+    starts = first + WINDOW * index[np.r_[0, bounds]]
+    return starts + WINDOW, np.array([np.quantile(g, 0.95) for g in groups])
+
+
+def _outside(ends: np.ndarray, incidents: list[tuple[float, float]]) -> np.ndarray:
+    inside = np.zeros(ends.size, dtype=bool)
+    for begin, end in incidents:
+        inside |= (ends > begin) & (ends - WINDOW < end)
+    return ~inside
+
+
+def threshold_quality(series: int = SERIES, seed: int = 7) -> dict:
+    rng = np.random.default_rng(seed)
+    made = [_series(rng) for _ in range(series)]
+    initial = {}
+    for i, (ts, values, incidents) in enumerate(made):
+        ends, p95 = _window_p95(ts, values, T0, T0 + 4 * WEEK)
+        quiet = p95[_outside(ends, incidents)]
+        initial[f"s{i}"] = float(np.quantile(quiet, 0.98)) * (0.6 if i % 2 else 1.8)
+    levels = dict(initial)
+
+    def config(levels: dict[str, float]):
+        policies = tuple(Policy(f"{name}-p95", name, "latency_ms", "p95", WINDOW, "above", warning=level,
+                                critical=2 * level) for name, level in levels.items())
+        return pipeline_config(Settings(partitions=1, grace_s=5.0, policies=policies))
+
+    items = sorted(((float(t), f"s{i}", float(v)) for i, (ts, values, _) in enumerate(made)
+                    for t, v in zip(ts.tolist(), values.tolist())))
+    records = [SourceRecord("m", 0, n, items[min(k + PER_RECORD, len(items)) - 1][0], None,
+                            orjson.dumps([{"service": s, "metric": "latency_ms", "ts": t, "value": v}
+                                          for t, s, v in items[k:k + PER_RECORD]]))
+               for n, k in enumerate(range(0, len(items), PER_RECORD))]
+    proc = PartitionProcessor(0, config(levels), 0.0)
+    scored: dict[str, dict] = {}
+    week_end = T0 + WEEK + WINDOW
+    held_out_levels = dict(levels)  # in force over the fifth week: set by the week-4 recommendations
+    for record in records:
+        out = proc.process([record], 0.0)
+        for _, event in out.recommendations:
+            data = event["data"]
+            if event["type"] == "slostream.recommendation" and data["target"]["level"] == "warning":
+                levels[data["service"]] = data["recommended"]
+            elif event["type"] == "slostream.recommendation.scored" and data["target"]["level"] == "warning":
+                scored[data["service"]] = data
+        if record.timestamp >= week_end:  # apply the week's recommendations, as an operator would
+            writes, _ = proc.checkpoint(final=True)
+            proc = PartitionProcessor.restore(0, config(levels), dict(writes).items(), 0.0)
+            if week_end < T0 + 5 * WEEK:
+                held_out_levels = dict(levels)
+            week_end += WEEK
+    covered, errors, noise, detected = [], [], {"initial": 0, "final": 0}, {"initial": 0, "final": 0, "labelled": 0}
+    for i, (ts, values, incidents) in enumerate(made):
+        name = f"s{i}"
+        score = scored.get(name)
+        if score is not None and score["made_at"] >= T0 + 4 * WEEK:
+            covered.append(score["recommended"]["covered"])
+            if score["recommended"]["relative_error"] is not None:
+                errors.append(score["recommended"]["relative_error"])
+        ends, p95 = _window_p95(ts, values, T0 + 4 * WEEK, T0 + 5 * WEEK)
+        outside = _outside(ends, incidents)
+        week5 = [(b, e) for b, e in incidents if b >= T0 + 4 * WEEK]
+        detected["labelled"] += len(week5)
+        for which, level in (("initial", initial[name]), ("final", held_out_levels[name])):
+            noise[which] += int((p95[outside] > level).sum())
+            detected[which] += sum(bool(((ends > b) & (ends - WINDOW < e) & (p95 > level)).any()) for b, e in week5)
+    model_bytes = [len(m.model._ends) * 4 + len(m.model._values) * 4 + len(m.model.baseline.to_state())
+                   for s in proc.series.values() for m in (s.models or {}).values()]
+    return {
+        "series": series,
+        "scored_held_out": len(covered),
+        "prediction_coverage": round(float(np.mean(covered)), 3) if covered else None,
+        "prediction_median_relative_error": round(float(np.median(errors)), 3) if errors else None,
+        "breach_windows_outside_incidents": noise,
+        "noise_cut": round(1 - noise["final"] / noise["initial"], 3) if noise["initial"] else None,
+        "incidents_detected": detected,
+        "model_bytes_per_series": int(np.mean(model_bytes)) if model_bytes else None,
+    }
+
