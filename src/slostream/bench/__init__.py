@@ -36,12 +36,14 @@ from slostream.bench.cardinality import (
 )
 from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITIONS, _expected_windows, _payloads
 from slostream.bench.drift import drift_quality, drift_state
+from slostream.bench.thresholds import threshold_quality
 from slostream.bench.throughput import (
     _alert_latency,
     _bench_definitions,
     _core_drift_cost,
     _core_evaluation_cost,
     _core_mps,
+    _core_threshold_models_cost,
     _evaluation_us,
     _latency_definitions,
     _throughput_rounds,
@@ -102,6 +104,9 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
     # Drift is on by default, so every figure above includes it; what it costs, alone:
     result["core_drift_cost_batched"] = round(_core_drift_cost(batched, 200), 3)
     result["core_drift_cost_single"] = round(_core_drift_cost(single, 5000), 3)
+    # Threshold models are on by default for every policy: what they cost on top of the policies.
+    result["core_threshold_models_cost_batched"] = round(_core_threshold_models_cost(batched, 200, definitions), 3)
+    result["core_threshold_models_cost_single"] = round(_core_threshold_models_cost(single, 5000, definitions), 3)
     cardinality = [_cardinality(n) for n in CARDINALITY_SERIES]
     without_drift = _cardinality(CARDINALITY_SERIES[0], drift=False)
     result.update({
@@ -118,6 +123,7 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         "evaluation_us_per_slo": round(_evaluation_us(), 1),
         "drift": drift_quality(),
         "drift_state": drift_state(),
+        "thresholds": threshold_quality(),
         "alert_trials": len(latencies),
         "alert_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
         "alert_latency_p99_s": round(float(np.percentile(latencies, 99)), 3),

@@ -1,7 +1,8 @@
 """Threshold-model quality through the partition pipeline (issue 11).
 
-Seeded latency series, each with a daily and a weekly cycle, a slow trend, noise that lasts from
-window to window, and labelled incidents (one to three hours at +80%), start with a poor static
+Seeded latency series, each with a daily and a weekly cycle, a slow trend (-3% to +5% a week),
+noise that lasts from window to window (AR(1), phi 0.3), and a labelled incident a week (one or
+two hours at +80%), start with a poor static
 warning level: too tight (0.6 times the level crossed by 2% of windows) on half of them, too
 loose (1.8 times) on the other half. Five weeks run through ``PartitionProcessor`` in event time;
 each week's recommendation is applied as an operator would (the processor restarts from its
@@ -33,9 +34,10 @@ SERIES = 16
 WEEKS = 5
 WINDOW = 300
 EVERY_S = 20  # a measurement every 20 s: 15 to a 5-minute window
-INCIDENTS_PER_WEEK = 3
+INCIDENTS_PER_WEEK = 1
 INCIDENT_FACTOR = 1.8
 PER_RECORD = 500
+LASTING_PHI, LASTING_SD = 0.3, 0.06
 
 
 def _series(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tuple[float, float]]]:
@@ -48,14 +50,14 @@ def _series(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[tupl
     trend = 1 + rng.uniform(-0.03, 0.05) * (ts - T0) / WEEK
     windows = ((ts - T0) // WINDOW).astype(np.int64)
     lasting = np.zeros(windows.max() + 1)  # noise that lasts from window to window: AR(1)
-    shocks = rng.normal(0, 0.08 * math.sqrt(1 - 0.5 ** 2), lasting.size)
+    shocks = rng.normal(0, LASTING_SD * math.sqrt(1 - LASTING_PHI ** 2), lasting.size)
     for i in range(1, lasting.size):
-        lasting[i] = 0.5 * lasting[i - 1] + shocks[i]
+        lasting[i] = LASTING_PHI * lasting[i - 1] + shocks[i]
     incidents = []
     for week in range(WEEKS):
         for start in sorted(rng.uniform(0, WEEK - 4 * 3600, INCIDENTS_PER_WEEK)):
             begin = T0 + week * WEEK + start // WINDOW * WINDOW
-            incidents.append((begin, begin + 3600 * int(rng.integers(1, 4))))
+            incidents.append((begin, begin + 3600 * int(rng.integers(1, 3))))
     factor = np.ones(ts.size)
     for begin, end in incidents:
         factor[(ts >= begin) & (ts < end)] = INCIDENT_FACTOR
@@ -84,9 +86,9 @@ def _outside(ends: np.ndarray, incidents: list[tuple[float, float]]) -> np.ndarr
 
 def threshold_quality(series: int = SERIES, seed: int = 7) -> dict:
     rng = np.random.default_rng(seed)
-    made = [_series(rng) for _ in range(series)]
+    generated = [_series(rng) for _ in range(series)]
     initial = {}
-    for i, (ts, values, incidents) in enumerate(made):
+    for i, (ts, values, incidents) in enumerate(generated):
         ends, p95 = _window_p95(ts, values, T0, T0 + 4 * WEEK)
         quiet = p95[_outside(ends, incidents)]
         initial[f"s{i}"] = float(np.quantile(quiet, 0.98)) * (0.6 if i % 2 else 1.8)
@@ -97,35 +99,39 @@ def threshold_quality(series: int = SERIES, seed: int = 7) -> dict:
                                 critical=2 * level) for name, level in levels.items())
         return pipeline_config(Settings(partitions=1, grace_s=5.0, policies=policies))
 
-    items = sorted(((float(t), f"s{i}", float(v)) for i, (ts, values, _) in enumerate(made)
+    items = sorted(((float(t), f"s{i}", float(v)) for i, (ts, values, _) in enumerate(generated)
                     for t, v in zip(ts.tolist(), values.tolist())))
     records = [SourceRecord("m", 0, n, items[min(k + PER_RECORD, len(items)) - 1][0], None,
                             orjson.dumps([{"service": s, "metric": "latency_ms", "ts": t, "value": v}
                                           for t, s, v in items[k:k + PER_RECORD]]))
                for n, k in enumerate(range(0, len(items), PER_RECORD))]
     proc = PartitionProcessor(0, config(levels), 0.0)
-    scored: dict[str, dict] = {}
+    scored: dict[tuple[str, float, str], dict] = {}  # warning scores by (service, made_at, trigger)
+    newest: dict[str, tuple[float, str]] = {}  # each service's newest warning recommendation
     week_end = T0 + WEEK + WINDOW
-    held_out_levels = dict(levels)  # in force over the fifth week: set by the week-4 recommendations
+    held_out_levels, held_out_made = dict(levels), {}  # in force over the fifth week, and what set them
     for record in records:
         out = proc.process([record], 0.0)
         for _, event in out.recommendations:
             data = event["data"]
-            if event["type"] == "slostream.recommendation" and data["target"]["level"] == "warning":
+            if data["target"]["level"] != "warning":
+                continue
+            if event["type"] == "slostream.recommendation":
                 levels[data["service"]] = data["recommended"]
-            elif event["type"] == "slostream.recommendation.scored" and data["target"]["level"] == "warning":
-                scored[data["service"]] = data
+                newest[data["service"]] = (data["made_at"], data["trigger"])
+            else:
+                scored[data["service"], data["made_at"], data["trigger"]] = data
         if record.timestamp >= week_end:  # apply the week's recommendations, as an operator would
             writes, _ = proc.checkpoint(final=True)
             proc = PartitionProcessor.restore(0, config(levels), dict(writes).items(), 0.0)
             if week_end < T0 + 5 * WEEK:
-                held_out_levels = dict(levels)
+                held_out_levels, held_out_made = dict(levels), dict(newest)
             week_end += WEEK
     covered, errors, noise, detected = [], [], {"initial": 0, "final": 0}, {"initial": 0, "final": 0, "labelled": 0}
-    for i, (ts, values, incidents) in enumerate(made):
+    for i, (ts, values, incidents) in enumerate(generated):
         name = f"s{i}"
-        score = scored.get(name)
-        if score is not None and score["made_at"] >= T0 + 4 * WEEK:
+        score = scored.get((name, *held_out_made[name])) if name in held_out_made else None
+        if score is not None:
             covered.append(score["recommended"]["covered"])
             if score["recommended"]["relative_error"] is not None:
                 errors.append(score["recommended"]["relative_error"])

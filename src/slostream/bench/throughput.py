@@ -4,6 +4,7 @@ latency of SLO evaluation."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import subprocess
@@ -206,6 +207,17 @@ def _core_evaluation_cost(payloads: list[bytes], chunk: int, definitions: str) -
         raise RuntimeError(f"bench definitions are invalid: {problems}")
     with_definitions = Settings(partitions=1, slos=loaded.slos, policies=loaded.policies)
     return _core_cost(payloads, chunk, (pipeline_config(Settings(partitions=1)), pipeline_config(with_definitions)))
+
+
+def _core_threshold_models_cost(payloads: list[bytes], chunk: int, definitions: str) -> float:
+    """What threshold models, on by default, cost on top of the bench's SLOs and policies (a p99
+    policy on every series), in-process (``_core_cost``)."""
+    from slostream.definitions.native import load_definition_file
+
+    loaded, _ = load_definition_file(definitions)
+    settings = Settings(partitions=1, slos=loaded.slos, policies=loaded.policies)
+    return _core_cost(payloads, chunk, (pipeline_config(dataclasses.replace(settings, threshold_models=False)),
+                                        pipeline_config(settings)))
 
 
 def _core_drift_cost(payloads: list[bytes], chunk: int) -> float:

@@ -21,8 +21,10 @@ row over a level are not independent): ``n (1 - rho) / (1 + rho)``. Its miscover
 starts at 5% and is recalibrated by adaptive conformal inference (Gibbs and Candès, 2021) each
 time a prediction is scored against what happened (``recalibrate``).
 
-A drift detection on the series (``drifted``) makes the model weigh recent data more: windows
-before the change count a fifth, and not at all once 288 windows have been seen after it.
+A drift detection on the series whose change has lasted (``lasting``: six hours after it, the
+windows since differ from those before by 10% or more, which an incident that has ended does
+not) makes the model weigh recent data more (``drifted``): windows before the change count a
+fifth, and not at all once 288 windows have been seen after it.
 
 The values and end times of the last ``HISTORY`` windows are kept (float32 and uint32: 27 kB),
 so backtests are exact over that history. State is JSON with a version (``to_state``), without
@@ -63,6 +65,9 @@ WINDOWS_TO_FORGET_DRIFT = 288
 EPS_SHARE = 0.01
 HOUR_S = 3600
 UNUSUAL_WINDOWS = 3
+LASTING_AFTER_S = 6 * 3600
+LASTING_SHIFT = 0.10
+LASTING_P = 0.001
 UNUSUAL_SHARE = 0.01
 
 
@@ -153,7 +158,8 @@ class ThresholdModel:
         if ends.size < 2:
             return None
         eps = EPS_SHARE * max(float(np.median(np.abs(values))), 1e-12)
-        expected = np.array([self.baseline.estimate(t)[1] for t in _hour_centres(ends)])
+        hours, at_hour = np.unique(_hour_centres(ends), return_inverse=True)  # a baseline read per hour
+        expected = np.array([self.baseline.estimate(t)[1] for t in hours.tolist()])[at_hour.reshape(-1)]
         residuals = np.log(np.maximum(values, 0.0) + eps) - np.log(np.maximum(expected, 0.0) + eps)
         weights = self._weights(ends)
         now = float(ends[-1])
@@ -216,6 +222,21 @@ class ThresholdModel:
             else:
                 high = middle
         return (low + high) / 2
+
+    def lasting(self, since: float) -> bool:
+        """Whether a change detected at ``since`` has lasted (asked ``LASTING_AFTER_S`` after it,
+        longer than incidents last): the median error of the windows since differs from the median
+        before by at least 10%, and significantly (Mann-Whitney U, p < 0.001)."""
+        fit = self.fit()
+        if fit is None:
+            return False
+        after = fit.ends >= since
+        if after.all() or not after.any():
+            return False
+        since_errors, before_errors = fit.errors_by_time[after], fit.errors_by_time[~after]
+        if abs(np.median(since_errors) - np.median(before_errors)) < math.log1p(LASTING_SHIFT):
+            return False
+        return bool(stats.mannwhitneyu(since_errors, before_errors).pvalue < LASTING_P)
 
     def unusual(self, windows: int = UNUSUAL_WINDOWS) -> bool:
         """Whether the newest ``windows`` windows are all beyond the 99th percentile (on the policy's

@@ -5,7 +5,8 @@ Every policy's aggregate on every series it watches gets a model, fed each close
 event time. A policy's warning and critical levels are recommended:
 
 - on a schedule: every ``recommend_every_s`` of event time after the model's first window;
-- after a drift detection on the series, once the change has settled;
+- after a drift detection on the series, six hours on, if the change has lasted
+  (``ThresholdModel.lasting``: an incident that has ended is no reason);
 - on demand: the control command ``{"command": "recommend", "policy": ...}``.
 
 Once its horizon has passed, each recommendation is scored: the predicted violation rates of the
@@ -45,7 +46,7 @@ from slostream.core.recommend import (
     risk,
     score,
 )
-from slostream.core.threshold_model import ThresholdModel
+from slostream.core.threshold_model import LASTING_AFTER_S, ThresholdModel
 from slostream.pipeline import state_keys
 from slostream.pipeline.alerting import Alerting
 from slostream.pipeline.envelopes import recommendation_event, scored_event
@@ -69,7 +70,7 @@ class PolicyModel:
     def __init__(self, model: ThresholdModel):
         self.model = model
         self.due_at = math.nan  # event time of the next scheduled recommendation
-        self.after_drift = False  # a drift was detected: recommend once it has settled
+        self.after_drift = math.nan  # the start of a detected change, until it has settled
         self.changes: dict[str, list[float]] = {level: [] for level in LEVELS}  # log-ratios, newest last
         self.latest: dict[str, dict] = {}  # the newest recommendation's data, by level
         self.pending: list[dict] = []  # recommendations awaiting their score, with their counts so far
@@ -97,14 +98,15 @@ class PolicyModel:
         """What changes with every window, written with the series; the history's chunks and the
         newest recommendations and scores have keys of their own (``ThresholdEvaluator.writes``)."""
         return {"model": self.model.to_state(), "due_at": None if math.isnan(self.due_at) else self.due_at,
-                "after_drift": self.after_drift, "changes": self.changes, "pending": self.pending,
-                "accuracy": self.accuracy}
+                "after_drift": None if math.isnan(self.after_drift) else self.after_drift, "changes": self.changes,
+                "pending": self.pending, "accuracy": self.accuracy}
 
     @classmethod
     def from_state(cls, state: dict, chunks: dict[int, bytes], report: dict | None) -> PolicyModel:
         held = cls(ThresholdModel.from_state(state["model"], chunks))
         held.due_at = math.nan if state["due_at"] is None else state["due_at"]
-        held.after_drift, held.changes = state["after_drift"], state["changes"]
+        held.after_drift = math.nan if state["after_drift"] is None else state["after_drift"]
+        held.changes = state["changes"]
         held.pending, held.accuracy = state["pending"], state["accuracy"]
         if report is not None:
             held.latest, held.scored = report["latest"], report["scored"]
@@ -147,8 +149,7 @@ class ThresholdEvaluator(Evaluator):
         for policy in self.policies_for[series.group]:
             held = series.models[policy.name]
             for _, detection in detections:
-                held.model.drifted(detection.changed_at)
-                held.after_drift = True
+                held.after_drift = detection.changed_at
             chosen = mine[closed.lengths[mine] == policy.window_s]
             for j in chosen[np.argsort(closed.starts[chosen], kind="stable")].tolist():
                 aggregate = closed.aggregate(j)
@@ -163,12 +164,16 @@ class ThresholdEvaluator(Evaluator):
                 if math.isnan(held.due_at):
                     held.due_at = end + self.every_s
                 scheduled = end >= held.due_at
-                if (scheduled or held.after_drift) and _in_progress(series, held, end) is None:
-                    made = self._recommend(series, policy, held, end, "drift" if held.after_drift else "schedule",
-                                           out)
+                drifted = end - held.after_drift >= LASTING_AFTER_S  # False while NaN: no change pending
+                if (scheduled or drifted) and _in_progress(series, held, end) is None:
+                    lasted = drifted and held.model.lasting(held.after_drift)
+                    if lasted:
+                        held.model.drifted(held.after_drift)
+                    held.after_drift = math.nan
+                    if scheduled or lasted:
+                        self._recommend(series, policy, held, end, "schedule" if scheduled else "drift", out)
                     if scheduled:  # made, or the model not ready yet: the next cycle
                         held.due_at = end + self.every_s
-                    held.after_drift = held.after_drift and not made
 
     def recommend_now(self, series: Iterable[Series], policy_name: str, trigger: str, out: Output) -> int:
         """The control command ``recommend``: every series of the policy recommends at once, at the
