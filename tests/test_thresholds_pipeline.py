@@ -2,6 +2,7 @@
 critical is too loose gets recommendations on schedule, with backtests equal to a brute-force
 count over the windows, that a restore mid-way repeats exactly; and one on demand."""
 
+import dataclasses
 import math
 from itertools import pairwise
 
@@ -142,3 +143,16 @@ def test_recommendations_are_scored_after_their_horizon_and_an_inaccurate_model_
     fired = [a for a in alerts if a["type"] == "slostream.alert.firing"]
     assert fired and fired[0]["data"]["labels"]["policy"] == "api-p95"
     assert fired[0]["data"]["labels"]["severity"] == "ticket"
+
+
+def test_a_policys_bounds_hold_its_recommendations():
+    """Both levels too tight, with a bound max of 130: critical would rise 25% to 150 and stops at
+    the bound; warning would rise to 125 and is kept 5% inside the new critical."""
+    bounded = dataclasses.replace(POLICY, warning=100.0, critical=120.0, max_level=130.0)
+    proc = PartitionProcessor(0, make_config(grace_s=5.0, policies=(bounded,), recommend_every_s=86400.0), 0.0)
+    events = _recommendations(proc, _records(latency_items(8)))
+    first = {e["data"]["target"]["level"]: e["data"] for e in events}
+    assert first["critical"]["recommended"] == 130.0
+    assert "lowered to the bound max 130" in first["critical"]["guards"]
+    assert first["warning"]["recommended"] == pytest.approx(130.0 * 0.95)
+    assert all(e["data"]["recommended"] <= 130.0 for e in events)

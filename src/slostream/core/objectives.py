@@ -136,6 +136,9 @@ class Policy:
     critical: float | None
     consecutive: int = 1
     runbook_url: str | None = None
+    # Bounds of the levels (``min``/``max``; 0 and 1 for ratios): no recommendation goes outside.
+    min_level: float | None = None
+    max_level: float | None = None
 
     def level(self, value: float | None) -> str | None:
         """``critical``, ``warning``, ``ok``; None when the window gives no value."""

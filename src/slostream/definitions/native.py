@@ -254,7 +254,7 @@ def parse_policy(doc: Any, file: str, position: int) -> tuple[Policy | None, lis
     if check.problems:
         return None, check.problems
     return Policy(name, service, metric, aggregate, window_s, direction, warning, critical, consecutive,
-                  doc.get("runbook_url")), []
+                  doc.get("runbook_url"), low, high), []
 
 
 def _bound(value: float | None) -> str:

@@ -201,7 +201,7 @@ class ThresholdEvaluator(Evaluator):
                 continue
             model_confidence = confidence(model, forecast, strategy.rate(level))
             choice = choose(model, forecast, level, current, strategy, model_confidence, held.changes[level],
-                            (None, None), critical if level == "warning" else None)
+                            (policy.min_level, policy.max_level), critical if level == "warning" else None)
             if level == "critical":
                 critical = choice.recommended
             data = self._data(series, policy, held, choice, at, trigger, model_confidence, forecast, in_progress)
