@@ -2,8 +2,12 @@
 
 import asyncio
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
+from slostream.config import load_settings, pipeline_config
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import SourceRecord
 from tests.conftest import consume
 
 PARTITIONS = 4
@@ -63,3 +67,17 @@ def read_sli(bootstrap: str, prefix: str, truth: dict, timeout: float = 90) -> d
     for service, start in truth:
         last[service] = max(last.get(service, start), start)
     return {key: n for key, n in windows.items() if key[1] <= last.get(key[0], key[1])}
+
+
+def in_process_events(items: list[dict], env: dict[str, str], output: str, per_record: int) -> dict[str, dict]:
+    """The events of one output (``Output`` field ``output``) of an uninterrupted run of ``items`` in
+    process, with the worker's settings from ``env`` on one partition, by id: what a worker must
+    emit when every series is read by its owner alone."""
+    settings = load_settings(env={**env, "SLOSTREAM_PARTITIONS": "1"})
+    proc = PartitionProcessor(0, pipeline_config(settings), 0.0)
+    events = {}
+    for i in range(0, len(items), per_record):
+        chunk = items[i:i + per_record]
+        record = SourceRecord("m", 0, i, chunk[-1]["ts"], None, orjson.dumps(chunk))
+        events.update((event["id"], event) for _, event in getattr(proc.process([record], 0.0), output))
+    return events

@@ -8,11 +8,9 @@ import time
 
 import orjson
 
-from slostream.config import load_settings, pipeline_config
-from slostream.pipeline.partition import PartitionProcessor
-from slostream.pipeline.types import SourceRecord
 from tests.conftest import consume, produce
 from tests.drift_streams import SERVICES, SPAN, T0, seasonal_items
+from tests.integration.streams import in_process_events
 
 ACCEPTED = re.compile(rb"^slostream_ingest_measurements_accepted_total (\S+)$", re.M)
 
@@ -27,22 +25,10 @@ def _records(items: list[dict], per_record: int = 360) -> list[tuple[bytes, byte
     return [(key, value) for _, key, value in sorted(records)]
 
 
-def _expected(items: list[dict]) -> dict[str, dict]:
-    """The drift events of an uninterrupted run with the worker's settings, in process (one partition:
-    the records are keyed by service, so each series is read by its owner alone)."""
-    settings = load_settings(env={"SLOSTREAM_GRACE_S": "5", "SLOSTREAM_PARTITIONS": "1"})
-    proc = PartitionProcessor(0, pipeline_config(settings), 0.0)
-    events = {}
-    for i in range(0, len(items), 1000):
-        chunk = items[i:i + 1000]
-        record = SourceRecord("m", 0, i, chunk[-1]["ts"], None, orjson.dumps(chunk))
-        events.update((event["id"], event) for _, event in proc.process([record], 0.0).drift)
-    return events
-
-
 def test_drift_events_survive_a_sigkill_exactly(kafka, make_worker):
     items = seasonal_items()
-    expected = _expected(items)
+    # One partition in process: the records are keyed by service, so each series is read by its owner alone.
+    expected = in_process_events(items, {"SLOSTREAM_GRACE_S": "5"}, "drift", 1000)
     assert [(e["data"]["service"], e["data"]["aggregate"]) for e in expected.values()] == [("stepped", "p95")]
     records = _records(items)
     topic = f"{make_worker.prefix}measurements"

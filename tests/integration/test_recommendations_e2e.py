@@ -11,34 +11,19 @@ import subprocess
 
 import orjson
 
-from slostream.config import load_settings, pipeline_config
-from slostream.pipeline.partition import PartitionProcessor
-from slostream.pipeline.types import SourceRecord
 from tests.conftest import consume, produce
-from tests.integration.streams import send_records
+from tests.integration.streams import in_process_events, send_records
 from tests.schemas import validator
 from tests.threshold_streams import POLICY_YAML, latency_items
-
-
-def _expected(items: list[dict], definitions: str) -> dict[str, dict]:
-    settings = load_settings(env={"SLOSTREAM_GRACE_S": "5", "SLOSTREAM_PARTITIONS": "1",
-                                  "SLOSTREAM_DEFINITION_FILES": definitions})
-    proc = PartitionProcessor(0, pipeline_config(settings), 0.0)
-    events = {}
-    for i in range(0, len(items), 500):
-        chunk = items[i:i + 500]
-        record = SourceRecord("m", 0, i, chunk[-1]["ts"], None, orjson.dumps(chunk))
-        events.update((event["id"], event) for _, event in proc.process([record], 0.0).recommendations)
-    return events
 
 
 def test_recommendations_end_to_end(kafka, make_worker, tmp_path):
     definitions = tmp_path / "policies.yaml"
     definitions.write_text(POLICY_YAML)
     items = latency_items(8)
-    expected = _expected(items, str(definitions))
-    assert sorted(e["data"]["target"]["level"] for e in expected.values()) == ["critical", "warning"]
     env = {"SLOSTREAM_GRACE_S": "5", "SLOSTREAM_DEFINITION_FILES": str(definitions)}
+    expected = in_process_events(items, env, "recommendations", 500)
+    assert sorted(e["data"]["target"]["level"] for e in expected.values()) == ["critical", "warning"]
     worker = make_worker("recommend", **env).start()
     prefix = make_worker.prefix
     records = [(b"api", orjson.dumps(items[i:i + 500])) for i in range(0, len(items), 500)]
