@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-import numpy as np
 import orjson
 
 from slostream.core.buckets import Aggregate, bucket_start
@@ -74,7 +73,7 @@ class PolicyEvaluator(Evaluator):
         """Judge the series' policies on its windows in ``closed``: first at each step that completed
         a window, then at its final horizon (moved from ``before``), so a backlog read in one batch
         judges (and alerts) window by window as a live run does."""
-        mine = np.flatnonzero(closed.owners == series.windows.owner).tolist()
+        mine = closed.rows_of(series.windows.owner).tolist()
         ends = [int(closed.starts[i] + closed.lengths[i]) for i in mine]
         aggregates = [closed.aggregate(i) for i in mine]
         final = series.windows.closed_until

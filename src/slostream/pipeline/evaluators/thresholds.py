@@ -144,7 +144,7 @@ class ThresholdEvaluator(Evaluator):
                 self._learn(series, closes.closed, out)
 
     def _learn(self, series: Series, closed: Closed, out: Output) -> None:
-        mine = np.flatnonzero(closed.owners == series.windows.owner)
+        mine = closed.rows_of(series.windows.owner)
         detections = series.drift.recent if series.drift is not None else []
         for policy in self.policies_for[series.group]:
             held = series.models[policy.name]
