@@ -93,22 +93,22 @@ def ready(model: ThresholdModel, strategy: Strategy) -> str | None:
     return None
 
 
-def confidence(model: ThresholdModel, forecast: Forecast, target: float) -> float:
+def confidence(model: ThresholdModel, forecast: Forecast, target: float, exact: float) -> float:
     """Data sufficiency (span of history and windows, each toward two weeks) times fit: how narrow
-    the interval of the level predicted to meet ``target`` is, against the target."""
+    the interval of ``exact``, the level predicted to meet ``target``, is against the target."""
     sufficiency = min(1.0, model.span_s / FULL_CONFIDENCE_SPAN_S) * min(1.0, model.seen / FULL_CONFIDENCE_WINDOWS)
-    prediction = model.predict(model.level_for(target, forecast), forecast)
+    prediction = model.predict(exact, forecast)
     return sufficiency / (1.0 + (prediction.ci_high - prediction.ci_low) / (2 * target))
 
 
-def choose(model: ThresholdModel, forecast: Forecast, level: str, current: float, strategy: Strategy,
+def choose(model: ThresholdModel, forecast: Forecast, level: str, current: float, exact: float, strategy: Strategy,
            model_confidence: float, past_changes: list[float], bounds: tuple[float | None, float | None],
            critical: float | None) -> LevelChoice:
-    """The recommended value of one level (see the module). ``past_changes``: the log-ratios of
-    the last changes of this level, newest last; ``critical``: the critical level the warning
-    must stay inside (None for the critical level itself)."""
+    """The recommended value of one level (see the module). ``exact``: the level predicted to meet
+    its target rate (``ThresholdModel.level_for``); ``past_changes``: the log-ratios of the last
+    changes of this level, newest last; ``critical``: the critical level the warning must stay
+    inside (None for the critical level itself)."""
     target = strategy.rate(level)
-    exact = model.level_for(target, forecast)
     candidates = np.r_[exact * np.exp(np.linspace(-0.5, 0.5, 41)), current]
     best = min(candidates.tolist(), key=lambda t: _cost(model, forecast, t, target, current, strategy))
     adaptation = model_confidence if strategy.adaptation_rate is None else strategy.adaptation_rate

@@ -223,11 +223,11 @@ class ThresholdModel:
                 high = middle
         return (low + high) / 2
 
-    def lasting(self, since: float) -> bool:
-        """Whether a change detected at ``since`` has lasted (asked ``LASTING_AFTER_S`` after it,
-        longer than incidents last): the median error of the windows since differs from the median
-        before by at least 10%, and significantly (Mann-Whitney U, p < 0.001)."""
-        fit = self.fit()
+    @staticmethod
+    def lasting(since: float, fit: Fit | None) -> bool:
+        """Whether a change detected at ``since`` has lasted in ``fit`` (asked ``LASTING_AFTER_S``
+        after it, longer than incidents last): the median error of the windows since differs from
+        the median before by at least 10%, and significantly (Mann-Whitney U, p < 0.001)."""
         if fit is None:
             return False
         after = fit.ends >= since
@@ -238,10 +238,10 @@ class ThresholdModel:
             return False
         return bool(stats.mannwhitneyu(since_errors, before_errors).pvalue < LASTING_P)
 
-    def unusual(self, windows: int = UNUSUAL_WINDOWS) -> bool:
-        """Whether the newest ``windows`` windows are all beyond the 99th percentile (on the policy's
-        side) of what the baseline and the trend leave: an incident, by the model's measure."""
-        fit = self.fit()
+    def unusual(self, fit: Fit | None, windows: int = UNUSUAL_WINDOWS) -> bool:
+        """Whether the newest ``windows`` windows of ``fit`` are all beyond the 99th percentile (on
+        the policy's side) of what the baseline and the trend leave: an incident, by the model's
+        measure."""
         if fit is None or fit.ends.size <= windows:
             return False
         newest = fit.errors_by_time[-windows:]

@@ -146,7 +146,7 @@ class DriftEvaluator(Evaluator):
 
     def closed(self, closes: Closes, out: Output) -> None:
         for series in closes.series:
-            if series.drift is not None:
+            if series.drift is not None and series.drift.recent:
                 series.drift.recent = []
         for series, window, calibration in closes.reports:
             drift = series.drift

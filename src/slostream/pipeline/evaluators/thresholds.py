@@ -46,7 +46,7 @@ from slostream.core.recommend import (
     risk,
     score,
 )
-from slostream.core.threshold_model import LASTING_AFTER_S, ThresholdModel
+from slostream.core.threshold_model import LASTING_AFTER_S, Fit, ThresholdModel
 from slostream.pipeline import state_keys
 from slostream.pipeline.alerting import Alerting
 from slostream.pipeline.envelopes import recommendation_event, scored_event
@@ -82,16 +82,14 @@ class PolicyModel:
         horizon it ends, taken out."""
         if value is None or not math.isfinite(value):
             return []
-        done = []
         for pending in self.pending:
             if pending["made_at"] < end <= pending["until"]:
                 pending["windows"] += 1
                 for which, level in pending["levels"].items():
                     pending["crossed"][which] += value > level if direction == "above" else value < level
-            if end >= pending["until"]:
-                done.append(pending)
+        done = [p for p in self.pending if end >= p["until"]]
         if done:
-            self.pending = [p for p in self.pending if p not in done]
+            self.pending = [p for p in self.pending if end < p["until"]]
         return done
 
     def to_state(self) -> dict:
@@ -165,15 +163,24 @@ class ThresholdEvaluator(Evaluator):
                     held.due_at = end + self.every_s
                 scheduled = end >= held.due_at
                 drifted = end - held.after_drift >= LASTING_AFTER_S  # False while NaN: no change pending
-                if (scheduled or drifted) and _in_progress(series, held, end) is None:
-                    lasted = drifted and held.model.lasting(held.after_drift)
-                    if lasted:
-                        held.model.drifted(held.after_drift)
-                    held.after_drift = math.nan
-                    if scheduled or lasted:
-                        self._recommend(series, policy, held, end, "schedule" if scheduled else "drift", out)
-                    if scheduled:  # made, or the model not ready yet: the next cycle
-                        held.due_at = end + self.every_s
+                if scheduled or drifted:
+                    self._consider(series, policy, held, end, scheduled, drifted, out)
+
+    def _consider(self, series: Series, policy: Policy, held: PolicyModel, end: float, scheduled: bool,
+                  drifted: bool, out: Output) -> None:
+        """A recommendation is due, or a change pending: make it unless something is in progress."""
+        fit = held.model.fit()
+        if _in_progress(series, held, end, fit) is not None:
+            return
+        lasted = drifted and held.model.lasting(held.after_drift, fit)
+        if lasted:
+            held.model.drifted(held.after_drift)
+            fit = held.model.fit()  # the weights moved
+        held.after_drift = math.nan
+        if scheduled or lasted:
+            self._recommend(series, policy, held, end, "schedule" if scheduled else "drift", fit, out)
+        if scheduled:  # made, or the model not ready yet: the next cycle
+            held.due_at = end + self.every_s
 
     def recommend_now(self, series: Iterable[Series], policy_name: str, trigger: str, out: Output) -> int:
         """The control command ``recommend``: every series of the policy recommends at once, at the
@@ -184,27 +191,29 @@ class ThresholdEvaluator(Evaluator):
             if held is not None and held.model.seen:
                 policy = next(p for p in self.policies_for[one.group] if p.name == policy_name)
                 at = float(held.model.history()[0][-1])
-                made += self._recommend(one, policy, held, at, trigger, out)
+                made += self._recommend(one, policy, held, at, trigger, held.model.fit(), out)
         return made
 
     def _recommend(self, series: Series, policy: Policy, held: PolicyModel, at: float, trigger: str,
-                   out: Output) -> bool:
+                   fit: Fit | None, out: Output) -> bool:
+        """Both levels' recommendations at event time ``at``, from the model's ``fit``."""
         model, strategy = held.model, self.strategy
         if ready(model, strategy) is not None:
             return False
-        forecast = model.forecast(at, self.horizon_s)
-        in_progress = _in_progress(series, held, at)
+        forecast = model.forecast(at, self.horizon_s, fit)
+        in_progress = _in_progress(series, held, at, fit)
         critical = None
         for level in LEVELS:
             current = getattr(policy, level)
             if current is None:
                 continue
-            model_confidence = confidence(model, forecast, strategy.rate(level))
-            choice = choose(model, forecast, level, current, strategy, model_confidence, held.changes[level],
+            exact = model.level_for(strategy.rate(level), forecast)
+            model_confidence = confidence(model, forecast, strategy.rate(level), exact)
+            choice = choose(model, forecast, level, current, exact, strategy, model_confidence, held.changes[level],
                             (policy.min_level, policy.max_level), critical if level == "warning" else None)
             if level == "critical":
                 critical = choice.recommended
-            data = self._data(series, policy, held, choice, at, trigger, model_confidence, forecast, in_progress)
+            data = self._data(series, policy, held, choice, at, trigger, model_confidence, in_progress)
             out.recommendations.append(recommendation_event(self.source, series, data))
             if choice.status == "changed":
                 held.changes[level] = [*held.changes[level], math.log(choice.recommended / choice.current)
@@ -254,7 +263,7 @@ class ThresholdEvaluator(Evaluator):
         self.alerting.evaluate(end, [_inaccurate_condition(series, policy, level, data, inaccurate)], out)
 
     def _data(self, series: Series, policy: Policy, held: PolicyModel, choice: LevelChoice, at: float, trigger: str,
-              model_confidence: float, forecast, in_progress: str | None) -> dict:
+              model_confidence: float, in_progress: str | None) -> dict:
         model, strategy = held.model, self.strategy
         target = strategy.rate(choice.level)
         risk_level, reasons = risk(choice, model_confidence, model.span_s, target)
@@ -362,11 +371,11 @@ def _inaccurate_condition(series: Series, policy: Policy, level: str, data: dict
     return Condition(labels, True, notes)
 
 
-def _in_progress(series: Series, held: PolicyModel, at: float) -> str | None:
-    """What is in progress on the series at event time ``at`` (None: nothing)."""
+def _in_progress(series: Series, held: PolicyModel, at: float, fit: Fit | None) -> str | None:
+    """What is in progress on the series at event time ``at`` (None: nothing); ``fit``: its model's."""
     settling = series.drift.settling(at) if series.drift is not None else []
     if settling:
         return f"a drift of {', '.join(settling)} settles"
-    if held.model.unusual():
+    if held.model.unusual(fit):
         return "an incident: the newest windows are all beyond what the model expects 99% of the time"
     return None
