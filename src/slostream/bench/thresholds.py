@@ -13,7 +13,10 @@ checkpoint with the new levels). The week-4 recommendation is judged on the held
   ``prediction_median_relative_error``;
 - ``noise_cut``: how many fewer breach windows outside incidents the final levels have than the
   initial ones over week 5, and the labelled incidents each detects (a breach window inside);
-- the model's memory per series.
+- the model's memory per series;
+- the same figures for a **naive baseline** in the same run: the warning level set to week 4's
+  empirical 98th percentile of window p95s, predicting a 2% violation rate with a Jeffreys
+  interval on week 4's windows (``naive``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import math
 
 import numpy as np
 import orjson
+
+from scipy import stats
 
 from slostream.config import Settings, pipeline_config
 from slostream.core.objectives import Policy
@@ -34,6 +39,7 @@ SERIES = 16
 WEEKS = 5
 WINDOW = 300
 EVERY_S = 20  # a measurement every 20 s: 15 to a 5-minute window
+NAIVE_QUANTILE = 0.98
 INCIDENTS_PER_WEEK = 1
 INCIDENT_FACTOR = 1.8
 PER_RECORD = 500
@@ -128,6 +134,7 @@ def threshold_quality(series: int = SERIES, seed: int = 7) -> dict:
                 held_out_levels, held_out_made = dict(levels), dict(newest)
             week_end += WEEK
     covered, errors, noise, detected = [], [], {"initial": 0, "final": 0}, {"initial": 0, "final": 0, "labelled": 0}
+    naive = {"covered": [], "errors": [], "noise": 0, "detected": 0}
     for i, (ts, values, incidents) in enumerate(generated):
         name = f"s{i}"
         score = scored.get((name, *held_out_made[name])) if name in held_out_made else None
@@ -139,9 +146,23 @@ def threshold_quality(series: int = SERIES, seed: int = 7) -> dict:
         outside = _outside(ends, incidents)
         week5 = [(b, e) for b, e in incidents if b >= T0 + 4 * WEEK]
         detected["labelled"] += len(week5)
-        for which, level in (("initial", initial[name]), ("final", held_out_levels[name])):
-            noise[which] += int((p95[outside] > level).sum())
-            detected[which] += sum(bool(((ends > b) & (ends - WINDOW < e) & (p95 > level)).any()) for b, e in week5)
+        _, week4 = _window_p95(ts, values, T0 + 3 * WEEK, T0 + 4 * WEEK)
+        naive_level = float(np.quantile(week4, NAIVE_QUANTILE))
+        for which, level in (("initial", initial[name]), ("final", held_out_levels[name]), ("naive", naive_level)):
+            crossed = (p95[outside] > level).sum()
+            found = sum(bool(((ends > b) & (ends - WINDOW < e) & (p95 > level)).any()) for b, e in week5)
+            if which == "naive":
+                naive["noise"] += int(crossed)
+                naive["detected"] += found
+            else:
+                noise[which] += int(crossed)
+                detected[which] += found
+        actual = float(np.mean(p95 > naive_level))
+        over = round((1 - NAIVE_QUANTILE) * week4.size)
+        low, high = stats.beta.ppf([0.025, 0.975], over + 0.5, week4.size - over + 0.5)
+        naive["covered"].append(bool(low <= actual <= high))
+        if actual:
+            naive["errors"].append(abs(1 - NAIVE_QUANTILE - actual) / actual)
     model_bytes = [len(m.model._ends) * 4 + len(m.model._values) * 4 + len(m.model.baseline.to_state())
                    for s in proc.series.values() for m in (s.models or {}).values()]
     return {
@@ -153,5 +174,13 @@ def threshold_quality(series: int = SERIES, seed: int = 7) -> dict:
         "noise_cut": round(1 - noise["final"] / noise["initial"], 3) if noise["initial"] else None,
         "incidents_detected": detected,
         "model_bytes_per_series": int(np.mean(model_bytes)) if model_bytes else None,
+        "naive": {
+            "prediction_coverage": round(float(np.mean(naive["covered"])), 3),
+            "prediction_median_relative_error": round(float(np.median(naive["errors"])), 3)
+            if naive["errors"] else None,
+            "breach_windows_outside_incidents": naive["noise"],
+            "noise_cut": round(1 - naive["noise"] / noise["initial"], 3) if noise["initial"] else None,
+            "incidents_detected": naive["detected"],
+        },
     }
 
