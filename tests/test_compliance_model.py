@@ -103,14 +103,14 @@ def test_backtest_at_an_edge_is_a_brute_force_count_of_the_last_week():
     rng = np.random.default_rng(4)
     model = ComplianceModel(300.0, good_below=True, objective=0.995)
     raw = []
-    for minute in range(10 * 1440):
+    for minute in range(10 * 1440 + 90):
         values = rng.lognormal(math.log(200), 0.4, 30)
         model.update(T0 + 60 * minute, model.histogram(values))
         raw.append((T0 + 60 * minute, values))
+    assert model.newest_end == T0 + 10 * DAY  # the hours up to an hour before the newest window learned
     level = float(model.edges[BINS // 2 + 2])
     result = model.backtest(level)
-    newest_day = (T0 + 60 * (10 * 1440 - 1)) // DAY
-    week = np.concatenate([v for t, v in raw if t // DAY > newest_day - 7])
+    week = np.concatenate([v for t, v in raw if T0 + 3 * DAY <= t < T0 + 10 * DAY])
     assert result["events"] == week.size
     assert result["bad_events"] == int(np.sum(week > level))
     assert result["compliance"] == pytest.approx(1 - np.sum(week > level) / week.size)
@@ -140,8 +140,26 @@ def test_a_lasting_change_is_told_from_an_incident():
         model.update(T0 + h * HOUR, model.histogram(normal.rvs(1000, random_state=rng)))
     assert not model.unusual()
     assert not model.lasting(T0 + 13 * DAY, None)
-    model.update(T0 + 14 * DAY, model.histogram(worse.rvs(1000, random_state=rng) * 1.3))
+    for h in range(3):  # an incident hour, learned once a window an hour after its end comes
+        model.update(T0 + 14 * DAY + h * HOUR, model.histogram(worse.rvs(1000, random_state=rng) * 1.3))
     assert model.unusual()
-    for h in range(1, 7):
+    for h in range(2, 9):
         model.update(T0 + 14 * DAY + h * HOUR, model.histogram(worse.rvs(1000, random_state=rng)))
     assert model.lasting(T0 + 14 * DAY, None)
+
+
+def test_windows_of_several_series_learn_the_same_whatever_their_interleaving():
+    """Two series' windows in two arrival orders (one series up to 50 minutes behind the other):
+    the hours learned are bit for bit the same."""
+    rng = np.random.default_rng(7)
+    windows = [(T0 + 60 * minute, series, rng.lognormal(math.log(200 + 50 * series), 0.4, 17))
+               for minute in range(3 * 1440) for series in (0, 1)]
+    in_order = ComplianceModel(300.0, good_below=True, objective=0.99)
+    lagging = ComplianceModel(300.0, good_below=True, objective=0.99)
+    learned = [in_order.update(start, in_order.histogram(values)) for start, _, values in windows]
+    behind = sorted(windows, key=lambda w: w[0] + 3000 * w[1])  # series 1 arrives 50 minutes late
+    relearned = [lagging.update(start, lagging.histogram(values)) for start, _, values in behind]
+    assert [end for hours in learned for end, _ in hours] == [end for hours in relearned for end, _ in hours][
+        :sum(map(len, learned))]
+    state, other = in_order.to_state(), lagging.to_state()
+    assert state["hours"] == other["hours"] and state["days"] == other["days"]

@@ -13,6 +13,11 @@ it, the configured threshold an edge), with one bin below and one above:
   against what the model expects of it gives the interval, and the backtest is exact from them;
 - **by hour**: the last ``RECENT_HOURS`` hours, to tell a change that lasted from an incident.
 
+An hour is learned whole (``update`` returns it), once a window starting ``FOLD_AFTER_S`` after its
+end arrives: the windows of the SLO's several series come in an order that depends on how their
+records were batched, and float32 sums do not commute, so each hour's counts are summed exactly
+first (float64 sums of whole counts). A window of an hour already learned is added on its own.
+
 The predicted violation rate of a threshold over a horizon is the event-weighted bad share of the
 horizon's hours of week. Its 95% interval comes from the days: each day's residual
 ``r = ln((bad + 0.5) / (expected bad + 0.5))``; the horizon's rate is the prediction times
@@ -34,7 +39,7 @@ Memory: 168 x 34 + 28 x 34 + 24 x 34 float32 counts, 30 kB.
 >>> rng = np.random.default_rng(3)
 >>> for minute in range(4 * 7 * 1440):  # four weeks of minute windows, 60 events each
 ...     values = 150 * rng.lognormal(0.0, 0.3, 60)
-...     model.update(1_700_006_400 + 60 * minute, model.histogram(values))
+...     _ = model.update(1_700_006_400 + 60 * minute, model.histogram(values))
 >>> week = model.forecast(1_700_006_400 + 4 * 604800, 604800)
 >>> prediction = model.predict(300.0, week)
 >>> exact = 1 - float(stats.lognorm(0.3, scale=150).cdf(300))
@@ -61,6 +66,7 @@ WEEK_S, DAY_S, HOUR_S = 604800, 86400, 3600
 WEEKLY_DECAY = 0.75
 SHRINK_EVENTS = 20.0
 MIN_DAY_EVENTS = 20
+FOLD_AFTER_S = 3600
 TARGET_MISCOVERAGE = 0.05
 ACI_STEP = 0.02
 OLD_WEIGHT_AFTER_DRIFT = 0.2
@@ -109,7 +115,7 @@ class ComplianceModel:
     """See the module."""
 
     __slots__ = ("threshold", "good_below", "objective", "edges", "hours", "hour_week", "days", "day_number",
-                 "recent", "recent_hour", "seen", "first_start", "newest_end", "drift_at", "alpha")
+                 "recent", "recent_hour", "open", "seen", "first_start", "newest_end", "drift_at", "alpha")
 
     def __init__(self, threshold: float, good_below: bool, objective: float):
         if not threshold > 0:
@@ -122,7 +128,8 @@ class ComplianceModel:
         self.day_number = np.full(DAYS, -1, dtype=np.int64)
         self.recent = np.zeros((RECENT_HOURS, BINS + 2), dtype=np.float32)
         self.recent_hour = np.full(RECENT_HOURS, -1, dtype=np.int64)
-        self.seen = 0  # windows learned
+        self.open: dict[int, np.ndarray] = {}  # hour number -> exact counts of an hour not learned yet
+        self.seen = 0  # windows taken in
         self.first_start = math.nan
         self.newest_end = math.nan
         self.drift_at = math.nan
@@ -135,7 +142,8 @@ class ComplianceModel:
 
     @property
     def span_s(self) -> float:
-        return 0.0 if math.isnan(self.first_start) else self.newest_end - self.first_start
+        """Event time from the first window to the end of the newest hour learned."""
+        return 0.0 if math.isnan(self.newest_end) else self.newest_end - self.first_start
 
     def histogram(self, values: np.ndarray) -> np.ndarray:
         """Counts of ``values`` by bin: at or below ``edges[0]``, in each ``(edges[k-1], edges[k]]``,
@@ -144,19 +152,40 @@ class ComplianceModel:
 
     # --- learning -------------------------------------------------------------
 
-    def update(self, start: float, counts: np.ndarray) -> None:
-        """One closed window starting at ``start``: its values' ``histogram``."""
-        total = float(counts.sum())
-        if total <= 0:
-            return
+    def update(self, start: float, counts: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        """One closed window starting at ``start``: its values' ``histogram``. Returns the hours it
+        completed (learned), as (end, counts), oldest first."""
+        if float(counts.sum()) <= 0:
+            return []
+        self.seen += 1
+        if math.isnan(self.first_start):
+            self.first_start = start
         hour_number = int(start // HOUR_S)
-        hour, week = hour_number % HOURS_OF_WEEK, int(start // WEEK_S)
+        if math.isfinite(self.newest_end) and hour_number * HOUR_S < self.newest_end:
+            self._learn(hour_number, counts)  # late: its hour is learned already
+            return []
+        held = self.open.get(hour_number)
+        self.open[hour_number] = counts.astype(np.float64) if held is None else held + counts
+        done = []
+        for number in sorted(self.open):
+            end = (number + 1) * HOUR_S
+            if end + FOLD_AFTER_S > start:
+                break
+            hour_counts = self.open.pop(number)
+            self._learn(number, hour_counts)
+            self.newest_end = float(end)
+            done.append((float(end), hour_counts))
+        return done
+
+    def _learn(self, hour_number: int, counts: np.ndarray) -> None:
+        counts = counts.astype(np.float32)
+        hour, week = hour_number % HOURS_OF_WEEK, hour_number * HOUR_S // WEEK_S
         if self.hour_week[hour] != week:
             if self.hour_week[hour] >= 0:
                 self.hours[hour] *= np.float32(WEEKLY_DECAY ** (week - self.hour_week[hour]))
             self.hour_week[hour] = week
         self.hours[hour] += counts
-        day = int(start // DAY_S)
+        day = hour_number * HOUR_S // DAY_S
         slot = day % DAYS
         if self.day_number[slot] != day:
             self.days[slot], self.day_number[slot] = 0, day
@@ -165,10 +194,6 @@ class ComplianceModel:
         if self.recent_hour[slot] != hour_number:
             self.recent[slot], self.recent_hour[slot] = 0, hour_number
         self.recent[slot] += counts
-        if math.isnan(self.first_start):
-            self.first_start = start
-        self.newest_end = max(start, self.newest_end if math.isfinite(self.newest_end) else start)
-        self.seen += 1
 
     def drifted(self, changed_at: float) -> None:
         """A lasting change: the hours learned so far weigh ``OLD_WEIGHT_AFTER_DRIFT``."""
@@ -210,8 +235,8 @@ class ComplianceModel:
         return events, (cumulative + SHRINK_EVENTS * pooled) / (events + SHRINK_EVENTS)[:, None]
 
     def forecast(self, start: float, horizon_s: float) -> ComplianceForecast | None:
-        """The horizon of ``horizon_s`` from ``start``, hour by hour (None: nothing learned)."""
-        if not self.seen:
+        """The horizon of ``horizon_s`` from ``start``, hour by hour (None: no hour learned)."""
+        if math.isnan(self.newest_end):
             return None
         events, below = self._shares_below(self._rows(self.newest_end))
         hours = (int(start // HOUR_S) + np.arange(max(int(horizon_s // HOUR_S), 1))) % HOURS_OF_WEEK
@@ -296,7 +321,7 @@ class ComplianceModel:
     def backtest(self, level: float, span_s: float = WEEK_S) -> dict:
         """What ``level`` would have judged over the last ``span_s`` of retained days, exactly at the
         edges (to the sketches' accuracy): events, bad events, compliance and budget burn."""
-        newest = int(self.newest_end // DAY_S) if math.isfinite(self.newest_end) else -1
+        newest = int((self.newest_end - 1) // DAY_S) if math.isfinite(self.newest_end) else -1  # of the newest hour
         slots = np.flatnonzero((self.day_number >= 0) & (self.day_number > newest - span_s // DAY_S))
         events = float(self.days[slots].sum(dtype=np.float64))
         bad = float(self.bad_of(level, self.days[slots]).sum()) if slots.size else 0.0
@@ -313,8 +338,9 @@ class ComplianceModel:
     def unusual(self) -> bool:
         """An incident by the model's measure: the newest hour's bad share at the configured
         threshold is over twice what the model expects of it, significantly (binomial, p < 0.01)."""
-        newest = int(self.newest_end // HOUR_S) if math.isfinite(self.newest_end) else -1
-        found = self._recent_test(newest * HOUR_S, UNUSUAL_P, two_sided=False)
+        if math.isnan(self.newest_end):
+            return False
+        found = self._recent_test(self.newest_end - HOUR_S, UNUSUAL_P, two_sided=False)
         return found is not None and found > UNUSUAL_FACTOR
 
     def _recent_test(self, since: float, p: float, two_sided: bool) -> float | None:
@@ -350,7 +376,9 @@ class ComplianceModel:
         return {"v": MODEL_VERSION, "threshold": self.threshold, "good_below": self.good_below,
                 "objective": self.objective, "hours": _pack(self.hours), "hour_week": self.hour_week.tolist(),
                 "days": _pack(self.days), "day_number": self.day_number.tolist(), "recent": _pack(self.recent),
-                "recent_hour": self.recent_hour.tolist(), "seen": self.seen, "first_start": _finite(self.first_start),
+                "recent_hour": self.recent_hour.tolist(),
+                "open": {str(number): counts.tolist() for number, counts in sorted(self.open.items())},
+                "seen": self.seen, "first_start": _finite(self.first_start),
                 "newest_end": _finite(self.newest_end), "drift_at": _finite(self.drift_at), "alpha": self.alpha}
 
     @classmethod
@@ -365,6 +393,7 @@ class ComplianceModel:
         model.day_number = np.array(state["day_number"], dtype=np.int64)
         model.recent = _unpack(state["recent"], model.recent.shape)
         model.recent_hour = np.array(state["recent_hour"], dtype=np.int64)
+        model.open = {int(number): np.array(counts, dtype=np.float64) for number, counts in state["open"].items()}
         model.seen, model.alpha = state["seen"], state["alpha"]
         model.first_start, model.newest_end, model.drift_at = (
             math.nan if state[name] is None else state[name] for name in ("first_start", "newest_end", "drift_at"))
