@@ -13,6 +13,7 @@ import pytest
 from slostream.core.alerts import AlertBook, Condition
 from slostream.core.buckets import SUM
 from slostream.core.calibration import WEEK_S, CalibrationWeeks, calibration_row
+from slostream.core.compliance_model import ComplianceModel
 from slostream.core.drift import DriftWatch
 from slostream.core.seasonal import SeasonalBaseline
 from slostream.core.sketch import QuantileSketch
@@ -75,6 +76,16 @@ def _threshold_step(model: ThresholdModel, i: int, rng) -> tuple:
     return prediction.violation_rate, prediction.ci_low, prediction.ci_high
 
 
+def _compliance_step(model: ComplianceModel, i: int, rng) -> tuple:
+    """Ten-minute windows of two series, the second up to twenty minutes behind."""
+    learned = model.update(600.0 * (i - i % 2 * 2), model.histogram(rng.lognormal(5.3, 0.3, 20)))
+    if i % 300 or i == 0:
+        return tuple(end for end, _ in learned)
+    prediction = model.predict(250.0, model.forecast(600.0 * i, 86400))
+    model.recalibrate(prediction.covers(0.03))
+    return prediction.violation_rate, prediction.ci_low, prediction.ci_high, model.unusual()
+
+
 CASES = {
     "seasonal baseline": Case(
         SeasonalBaseline,
@@ -105,6 +116,9 @@ CASES = {
     "threshold model": Case(
         lambda: ThresholdModel("above", 300), _threshold_step, lambda m: (m.to_state(), m.chunks()),
         lambda saved: ThresholdModel.from_state(*saved), lambda saved: (_dict_version(saved[0]), saved[1])),
+    "compliance model": Case(
+        lambda: ComplianceModel(200.0, good_below=True, objective=0.99), _compliance_step, lambda m: m.to_state(),
+        ComplianceModel.from_state, _dict_version),
     "quantile sketch": Case(
         QuantileSketch, lambda s, i, rng: (s.add_values(rng.lognormal(3, 1, 7)), s.quantiles((0.5, 0.99)))[1],
         lambda s: s.to_state(), QuantileSketch.from_state, _dict_version),

@@ -50,7 +50,8 @@ def test_recommendations_end_to_end(kafka, make_worker, tmp_path):
     assert status == 200 and set(latest) == {"warning", "critical"}
     assert latest["warning"]["trigger"].startswith("control command")
     status, metrics = worker.get("/metrics")
-    line = (b'slostream_threshold_recommended{level="warning",metric="latency_ms",policy="api-p95",service="api"} '
+    line = (b'slostream_threshold_recommended{kind="policy",level="warning",metric="latency_ms",service="api",'
+            b'target="api-p95"} '
             + repr(latest["warning"]["recommended"]).encode())
     assert line in metrics
     check = subprocess.run([shutil.which("promtool"), "check", "metrics"], input=metrics, capture_output=True)

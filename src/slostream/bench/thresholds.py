@@ -25,7 +25,6 @@ import math
 
 import numpy as np
 import orjson
-
 from scipy import stats
 
 from slostream.config import Settings, pipeline_config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .buckets import Aggregate
+from .buckets import VALUES, Aggregate
 from .sketch import QuantileSketch
 
 
@@ -32,6 +32,23 @@ class Closed:
         """The rows of one owner's windows: a binary search, the columns being ordered by owner (a
         close of many series reads each one's rows without a pass over all of them)."""
         return np.arange(np.searchsorted(self.owners, owner, "left"), np.searchsorted(self.owners, owner, "right"))
+
+    def value_histogram(self, i: int, edges: np.ndarray) -> np.ndarray:
+        """Window ``i``'s values counted by bin: at or below ``edges[0]`` (zero and negative values
+        too), in each ``(edges[k-1], edges[k]]``, above ``edges[-1]``; each value as its sketch key
+        stands for it (to the sketch's relative accuracy). Zeros when the window kept no values."""
+        counts = np.zeros(len(edges) + 1)
+        sketch = self._sketches.get(i)
+        if sketch is not None:
+            keys, weights = sketch.positive_counts()
+        elif self._key_bounds[i, 1] >= 0:
+            keys, weights = self._keys[self._key_bounds[i, 0]:self._key_bounds[i, 1]], None
+        else:
+            return counts
+        values = QuantileSketch.key_values(np.asarray(keys), self._accuracy)
+        counts += np.bincount(np.searchsorted(edges, values, side="left"), weights, minlength=len(edges) + 1)
+        counts[0] += self.stats[i, VALUES] - counts.sum()
+        return counts
 
     def aggregate(self, i: int) -> Aggregate:
         sketch = self._sketches.get(i)

@@ -319,8 +319,9 @@ class ComplianceModel:
         return float(self.threshold * math.exp(BIN_WIDTH * ((low + high) / 2 - BINS // 2)))
 
     def backtest(self, level: float, span_s: float = WEEK_S) -> dict:
-        """What ``level`` would have judged over the last ``span_s`` of retained days, exactly at the
-        edges (to the sketches' accuracy): events, bad events, compliance and budget burn."""
+        """What ``level`` would have judged over the retained days of the last ``span_s`` (the UTC
+        day of the newest hour learned, up to it, and the days before), exactly at the edges (to the
+        sketches' accuracy): events, bad events, compliance and budget burn."""
         newest = int((self.newest_end - 1) // DAY_S) if math.isfinite(self.newest_end) else -1  # of the newest hour
         slots = np.flatnonzero((self.day_number >= 0) & (self.day_number > newest - span_s // DAY_S))
         events = float(self.days[slots].sum(dtype=np.float64))
@@ -350,12 +351,12 @@ class ComplianceModel:
         chosen = np.flatnonzero((self.recent_hour >= 0) & (self.recent_hour >= since // HOUR_S))
         if not chosen.size:
             return None
-        events, below = self._shares_below(self._rows(self.newest_end))
+        _, below = self._shares_below(self._rows(self.newest_end))
         at = below[:, BINS // 2]
         hourly_bad = 1.0 - at if self.good_below else at
         counts = self.recent[chosen]
         total = float(counts.sum(dtype=np.float64))
-        bad = int(round(float(self.bad_of(self.threshold, counts).sum())))
+        bad = round(float(self.bad_of(self.threshold, counts).sum()))
         expected_share = float(np.average(hourly_bad[self.recent_hour[chosen] % HOURS_OF_WEEK],
                                           weights=counts.sum(axis=1)))
         if total < 1 or not 0 < expected_share < 1:
@@ -406,7 +407,7 @@ class ComplianceModel:
 
 def _at(cumulative: np.ndarray, position: float) -> np.ndarray:
     """Columns of ``cumulative`` read at a fractional ``position``, linearly between neighbours."""
-    low = int(math.floor(position))
+    low = math.floor(position)
     high = min(low + 1, cumulative.shape[-1] - 1)
     part = position - low
     return cumulative[..., low] * (1 - part) + cumulative[..., high] * part

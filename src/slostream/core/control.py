@@ -34,6 +34,7 @@ class Command:
     fingerprint: str | None = None
     matchers: dict[str, str] | None = None
     policy: str | None = None
+    slo: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,11 @@ def parse_command(raw: bytes | None, offset: int, record_time: float) -> Command
             return CommandError("unsilence needs the silence's 'id'")
         return Command(kind, record_time, by, silence_id=silence_id)
     if kind == "recommend":
-        policy = doc.get("policy")
-        if not isinstance(policy, str) or not policy:
-            return CommandError("recommend needs the 'policy' whose levels to recommend")
-        return Command(kind, record_time, by, policy=policy)
+        policy, slo = doc.get("policy"), doc.get("slo")
+        if (policy is None) == (slo is None) or not isinstance(policy or slo, str) or not (policy or slo):
+            return CommandError("recommend needs either the 'policy' whose levels or the 'slo' whose threshold to "
+                                "recommend")
+        return Command(kind, record_time, by, policy=policy, slo=slo)
     fingerprint = doc.get("fingerprint")
     if fingerprint is None and matchers is None:
         return CommandError("ack needs a fingerprint (from the alert event) or matchers")

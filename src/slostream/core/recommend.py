@@ -17,7 +17,8 @@ jumped to: ``current * (best / current) ** adaptation_rate``, at most ``max_chan
 ``OSCILLATION_CYCLES`` changes is halved, and withheld when what is left is under 2%); a change
 under 1% is no change. Each guard that acted is named in ``guards``.
 
-**Strategies** (``STRATEGIES``): target rates, ``adaptation_rate``, ``max_change``, the stability
+**Strategies** (``STRATEGIES``): target rates (a threshold SLO's: ``slo_budget_burn`` times its error
+budget, so the SLO keeps a margin), ``adaptation_rate``, ``max_change``, the stability
 weight, and how much history the model needs before any recommendation. ``adaptive`` moves as far
 as the model's confidence allows: ``adaptation_rate = confidence``, ``max_change = 0.1 + 0.4 *
 confidence``.
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .compliance_model import ComplianceForecast, ComplianceModel, CompliancePrediction
 from .threshold_model import MODEL_VERSION, Forecast, Prediction, ThresholdModel
 
 WEEK_S = 604800
@@ -48,6 +50,7 @@ class Strategy:
     name: str
     warning_rate: float
     critical_rate: float
+    slo_budget_burn: float  # a threshold SLO's target bad share, as a multiple of its error budget
     adaptation_rate: float | None  # None: the model's confidence
     max_change: float | None  # None: 0.1 + 0.4 * confidence
     stability_weight: float
@@ -59,16 +62,17 @@ class Strategy:
 
     def as_dict(self) -> dict:
         return {"name": self.name, "warning_rate": self.warning_rate, "critical_rate": self.critical_rate,
+                "slo_budget_burn": self.slo_budget_burn,
                 "adaptation_rate": self.adaptation_rate, "max_change": self.max_change,
                 "stability_weight": self.stability_weight, "min_windows": self.min_windows,
                 "min_span_s": self.min_span_s}
 
 
 STRATEGIES = {
-    "conservative": Strategy("conservative", 0.01, 0.0025, 0.5, 0.10, 1.0, 2016, 14 * 86400),
-    "balanced": Strategy("balanced", 0.02, 0.005, 0.7, 0.25, 0.5, 1008, 7 * 86400),
-    "aggressive": Strategy("aggressive", 0.05, 0.01, 1.0, 0.50, 0.2, 288, 2 * 86400),
-    "adaptive": Strategy("adaptive", 0.02, 0.005, None, None, 0.5, 1008, 7 * 86400),
+    "conservative": Strategy("conservative", 0.01, 0.0025, 0.5, 0.5, 0.10, 1.0, 2016, 14 * 86400),
+    "balanced": Strategy("balanced", 0.02, 0.005, 0.7, 0.7, 0.25, 0.5, 1008, 7 * 86400),
+    "aggressive": Strategy("aggressive", 0.05, 0.01, 0.9, 1.0, 0.50, 0.2, 288, 2 * 86400),
+    "adaptive": Strategy("adaptive", 0.02, 0.005, 0.7, None, None, 0.5, 1008, 7 * 86400),
 }
 
 
@@ -77,8 +81,8 @@ class LevelChoice:
     level: str  # warning or critical
     current: float
     recommended: float
-    predicted_current: Prediction
-    predicted_recommended: Prediction
+    predicted_current: Prediction | CompliancePrediction
+    predicted_recommended: Prediction | CompliancePrediction
     guards: tuple[str, ...]
     status: str  # changed, unchanged, withheld
 
@@ -101,14 +105,13 @@ def confidence(model: ThresholdModel, forecast: Forecast, target: float, exact: 
     return sufficiency / (1.0 + (prediction.ci_high - prediction.ci_low) / (2 * target))
 
 
-def choose(model: ThresholdModel, forecast: Forecast, level: str, current: float, exact: float, strategy: Strategy,
-           model_confidence: float, past_changes: list[float], bounds: tuple[float | None, float | None],
-           critical: float | None) -> LevelChoice:
-    """The recommended value of one level (see the module). ``exact``: the level predicted to meet
-    its target rate (``ThresholdModel.level_for``); ``past_changes``: the log-ratios of the last
-    changes of this level, newest last; ``critical``: the critical level the warning must stay
-    inside (None for the critical level itself)."""
-    target = strategy.rate(level)
+def choose(model: ThresholdModel | ComplianceModel, forecast: Forecast | ComplianceForecast, level: str,
+           current: float, target: float, exact: float, strategy: Strategy, model_confidence: float,
+           past_changes: list[float], bounds: tuple[float | None, float | None], critical: float | None) -> LevelChoice:
+    """The recommended value of one level (``warning``, ``critical``, or an SLO's ``threshold``; see
+    the module). ``target``: its target violation rate; ``exact``: the level predicted to meet it
+    (``level_for``); ``past_changes``: the log-ratios of the last changes of this level, newest
+    last; ``critical``: the critical level the warning must stay inside (None otherwise)."""
     candidates = np.r_[exact * np.exp(np.linspace(-0.5, 0.5, 41)), current]
     best = min(candidates.tolist(), key=lambda t: _cost(model, forecast, t, target, current, strategy))
     adaptation = model_confidence if strategy.adaptation_rate is None else strategy.adaptation_rate

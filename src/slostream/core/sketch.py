@@ -278,6 +278,17 @@ class QuantileSketch:
         values = QuantileSketch.key_values(ordered[ranks], self.relative_accuracy).tolist()
         return [value if 0.0 <= q <= 1.0 else None for q, value in zip(qs, values)]
 
+    def positive_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """The keys of its positive values and the count at each (zero and negative values are
+        ``count`` less these)."""
+        if self._keys is not None:
+            keys, counts = np.unique(np.frombuffer(self._keys, dtype=np.int32), return_counts=True)
+            return keys.astype(np.int64), counts.astype(np.float64)
+        bins = self._positive
+        if bins.counts is None:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        return bins.offset + np.arange(len(bins.counts)), np.asarray(bins.counts, dtype=np.float64)
+
     def copy(self) -> QuantileSketch:
         sketch = QuantileSketch(self.relative_accuracy, self.max_bins)
         sketch._keys = None if self._keys is None else array("i", self._keys)

@@ -240,6 +240,9 @@ class IngestService:
     def firing_alerts(self) -> list[dict]:
         return [alert for snap in self.snapshots() for alert in snap.firing]
 
+    def recommendation_statuses(self) -> list[dict]:
+        return [*self.statuses("thresholds"), *self.statuses("slo_thresholds")]
+
     def slo_statuses(self) -> list[dict]:
         return sorted(self.statuses("slos"), key=lambda s: s["slo"])
 

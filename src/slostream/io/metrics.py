@@ -226,7 +226,7 @@ def _slo_metrics(ingest: IngestService):
     for labels, changed_at in sorted(ingest.drift_changed_at.items()):
         changed.add_metric(list(labels), changed_at)
     yield from (objective, sli, remaining, events, burn, firing, emitted, breaches, drift, changed)
-    yield from _recommendation_metrics(ingest.statuses("thresholds"), ingest.recommendations_emitted)
+    yield from _recommendation_metrics(ingest.recommendation_statuses(), ingest.recommendations_emitted)
     if ingest.sinks is not None:
         sink = CounterMetricFamily("slostream_sink_deliveries", "Alert deliveries to sinks, by outcome.",
                                    labels=["sink", "outcome"])
@@ -243,19 +243,22 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
 
 
 def _recommendation_metrics(latest: list[dict], emitted: int):
-    """The levels and predicted violation rates of the newest recommendation of every target. A
-    policy over label-split series has one model per series; the series of the worst (highest)
-    predicted rate at the current level stands for them."""
-    labels = ["policy", "level", "service", "metric"]
-    current = GaugeMetricFamily("slostream_threshold_current", "A policy level in force, by target.", labels=labels)
+    """The levels and predicted violation rates of the newest recommendation of every target (``kind``
+    policy or slo, ``target`` its name). A policy over label-split series has one model per series;
+    the series of the worst (highest) predicted rate at the current level stands for them."""
+    labels = ["kind", "target", "level", "service", "metric"]
+    current = GaugeMetricFamily("slostream_threshold_current", "A policy level or SLO threshold in force, by target.",
+                                labels=labels)
     recommended = GaugeMetricFamily("slostream_threshold_recommended", "The newest recommended level, by target.",
                                     labels=labels)
     predicted = GaugeMetricFamily("slostream_threshold_predicted_violation_ratio",
-                                  "Predicted share of windows over the horizon on the wrong side of a level.",
+                                  "Predicted share of windows (policies) or events (SLOs) over the horizon on the "
+                                  "wrong side of a level.",
                                   labels=[*labels, "threshold"])
     worst: dict[tuple, dict] = {}
     for data in latest:
-        names = (data["target"]["name"], data["target"]["level"], data["service"], data["metric"])
+        names = (data["target"]["kind"], data["target"]["name"], data["target"]["level"], data["service"],
+                 data["metric"])
         held = worst.get(names)
         if held is None or data["predicted"]["current"]["violation_rate"] > held["predicted"]["current"][
                 "violation_rate"]:

@@ -39,8 +39,9 @@ def register_views(app: SloApp, ingest: IngestService, metrics: PipelineMetrics,
 
     @app.page("/api/recommendations")
     async def recommendations_view(web, request):
-        """The newest recommendation of every target (a policy's warning or critical on a series)."""
-        return web.json({"recommendations": ingest.statuses("thresholds")})
+        """The newest recommendation of every target (a policy's warning or critical on a series, a
+        threshold SLO's threshold)."""
+        return web.json({"recommendations": ingest.recommendation_statuses()})
 
     @app.page("/health")
     async def health_view(web, request):

@@ -115,24 +115,25 @@ def drift_event(source: str, series: Series, aggregate: str, detector: str, dete
                                                 subject=series.key)
 
 
-def recommendation_event(source: str, series: Series, data: dict) -> tuple[bytes, dict]:
-    """A ``slostream.recommendation``, keyed by service; its id is the series, the target, the
-    event time it was made at and what made it, so a replay repeats it exactly."""
+def recommendation_event(source: str, service: str, subject: str, data: dict) -> tuple[bytes, dict]:
+    """A ``slostream.recommendation``, keyed by service; ``subject``: the series key (a policy's) or
+    the SLO's name. Its id is the subject, the target, the event time it was made at and what made
+    it, so a replay repeats it exactly."""
     target = data["target"]
-    id_ = event_id("recommendation", series.key, target["kind"], target["name"], target["level"], data["made_at"],
+    id_ = event_id("recommendation", subject, target["kind"], target["name"], target["level"], data["made_at"],
                    data["trigger"])
-    return series.service.encode(), cloud_event("slostream.recommendation", source, id_, data["made_at"], data,
-                                                subject=series.key)
+    return service.encode(), cloud_event("slostream.recommendation", source, id_, data["made_at"], data,
+                                         subject=subject)
 
 
-def scored_event(source: str, series: Series, data: dict) -> tuple[bytes, dict]:
+def scored_event(source: str, service: str, subject: str, data: dict) -> tuple[bytes, dict]:
     """A ``slostream.recommendation.scored``: a recommendation's predictions against its horizon,
     keyed by service; its id names the recommendation it scores."""
     target = data["target"]
-    id_ = event_id("scored", series.key, target["kind"], target["name"], target["level"], data["made_at"],
+    id_ = event_id("scored", subject, target["kind"], target["name"], target["level"], data["made_at"],
                    data["trigger"])
-    return series.service.encode(), cloud_event("slostream.recommendation.scored", source, id_, data["scored_at"],
-                                                data, subject=series.key)
+    return service.encode(), cloud_event("slostream.recommendation.scored", source, id_, data["scored_at"],
+                                         data, subject=subject)
 
 
 def deadletter_event(config: PipelineConfig, record: SourceRecord, rejection: Rejection) -> tuple[bytes, dict]:

@@ -47,6 +47,7 @@ from slostream.pipeline.evaluators import Closes, Evaluator, Runs
 from slostream.pipeline.evaluators.drift import DriftEvaluator
 from slostream.pipeline.evaluators.policy import PolicyEvaluator
 from slostream.pipeline.evaluators.slo import SloEvaluator
+from slostream.pipeline.evaluators.slo_thresholds import SloThresholdEvaluator
 from slostream.pipeline.evaluators.thresholds import ThresholdEvaluator
 from slostream.pipeline.intake import Intake
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
@@ -79,8 +80,10 @@ class PartitionProcessor:
         self.slos = SloEvaluator(config, self.alerting)
         # Every evaluator, in the order each is called.
         self.thresholds = ThresholdEvaluator(config, self.alerting)
+        self.slo_thresholds = SloThresholdEvaluator(config, self.alerting)
         self.evaluators: tuple[Evaluator, ...] = (self.slos, PolicyEvaluator(config, self.alerting),
-                                                  DriftEvaluator(config, self.alerting), self.thresholds)
+                                                  DriftEvaluator(config, self.alerting), self.thresholds,
+                                                  self.slo_thresholds)
         self.calibration = Calibration(config)
         # What keeps state per series, each in a section of the series' record (``state``).
         self.series_keepers = (*self.evaluators, self.calibration)
@@ -364,7 +367,10 @@ class PartitionProcessor:
         self.alerting.offset = self.applied_offset
         if command.kind == "recommend":
             trigger = f"control command at offset {record.offset}" + (f" by {command.by}" if command.by else "")
-            self.thresholds.recommend_now(self.series.values(), command.policy, trigger, out)
+            if command.policy is not None:
+                self.thresholds.recommend_now(self.series.values(), command.policy, trigger, out)
+            else:
+                self.slo_thresholds.recommend_now(command.slo, trigger, out)
             return out
         self.alerting.command(self.newest_event_ts if self.newest_event_ts > -np.inf else command.time, command, out)
         return out

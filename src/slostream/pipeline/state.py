@@ -109,6 +109,7 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
     tracker_slots: dict[str, list] = {}
     model_chunks: dict[tuple[str, str], dict[int, bytes]] = {}
     model_reports: dict[tuple[str, str], bytes] = {}
+    slo_models: dict[str, bytes] = {}
     for key, value in items:
         parsed = None if value is None else state_keys.parse_key(partition, key)  # None: deleted, not compacted yet
         if parsed is None:
@@ -144,6 +145,8 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
             model_chunks.setdefault((series_key, policy), {})[int(first)] = value
         elif kind == state_keys.MODEL_REPORT:
             model_reports[fields[1], fields[0]] = value
+        elif kind == state_keys.SLO_MODEL:
+            slo_models[fields[0]] = value
         elif kind == state_keys.SENT_ALERT:
             proc.alerting.sent[fields[0]] = SentAlert.decode(value)
         elif kind == state_keys.BOOK:
@@ -151,6 +154,7 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
                                                       config.escalate_after_s)
     proc.slos.restore(tracker_headers, tracker_slots)
     proc.thresholds.restore_parts(model_chunks, model_reports)
+    proc.slo_thresholds.restore(slo_models)
     keepers = {k.kind: k for k in proc.series_keepers}
     for series_key, record in records.items():
         header, sections, windows_state = _read_series_record(record)

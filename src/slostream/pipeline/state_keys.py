@@ -11,6 +11,7 @@ One key per piece of state a checkpoint writes (``PartitionProcessor.checkpoint`
 - ``m␟<policy>␟<first>␟<series>``: a complete chunk of a threshold model's history, from window
   number ``first`` (``core.threshold_model``), written once as it fills;
 - ``r␟<policy>␟<series>``: a threshold model's newest recommendation and score, by level;
+- ``t␟<slo>``: a threshold SLO's compliance model, schedule and newest recommendation;
 - ``b␟<level>␟<slot>␟<series>``: a series' window slot of state version 3 and before (only read);
 - ``fence``: ends a checkpoint on brokers that need it (restore skips it like any key it does not know).
 
@@ -24,9 +25,9 @@ from __future__ import annotations
 
 SEP = "\x1f"
 PARTITION, SERIES, SLO_HEADER, SLO_SLOT, BOOK, SENT_ALERT, OLD_SERIES_SLOT = "c", "h", "S", "s", "a", "e", "b"
-MODEL_CHUNK, MODEL_REPORT = "m", "r"
+MODEL_CHUNK, MODEL_REPORT, SLO_MODEL = "m", "r", "t"
 _FIELDS = {PARTITION: 0, SERIES: 1, SLO_HEADER: 1, SLO_SLOT: 4, BOOK: 0, SENT_ALERT: 1, OLD_SERIES_SLOT: 3,
-           MODEL_CHUNK: 3, MODEL_REPORT: 2}
+           MODEL_CHUNK: 3, MODEL_REPORT: 2, SLO_MODEL: 1}
 
 
 def partition_prefix(partition: int) -> str:
@@ -64,6 +65,10 @@ def model_chunk_key(partition: int, policy: str, first: int, series: str) -> str
 
 def model_report_key(partition: int, policy: str, series: str) -> str:
     return f"{partition}{SEP}{MODEL_REPORT}{SEP}{policy}{SEP}{series}"
+
+
+def slo_model_key(partition: int, slo: str) -> str:
+    return f"{partition}{SEP}{SLO_MODEL}{SEP}{slo}"
 
 
 def fence_key(partition: int) -> str:

@@ -99,16 +99,35 @@ class PolicyModel:
                 "after_drift": None if math.isnan(self.after_drift) else self.after_drift, "changes": self.changes,
                 "pending": self.pending, "accuracy": self.accuracy}
 
+    def learn_score(self, scores: dict[str, dict]) -> None:
+        """A score of both levels (``core.recommend.score``): the model's intervals recalibrated and
+        its running accuracy moved."""
+        accuracy = self.accuracy
+        for which in ("current", "recommended"):
+            self.model.recalibrate(scores[which]["covered"])
+            accuracy["scored"] += 1
+            accuracy["covered"] += scores[which]["covered"]
+            error = scores[which]["relative_error"]
+            if error is not None:
+                previous = accuracy["mean_relative_error"]
+                accuracy["mean_relative_error"] = error if previous is None else (
+                    (1 - ACCURACY_SMOOTHING) * previous + ACCURACY_SMOOTHING * error)
+
     @classmethod
     def from_state(cls, state: dict, chunks: dict[int, bytes], report: dict | None) -> PolicyModel:
         held = cls(ThresholdModel.from_state(state["model"], chunks))
+        held.restore_schedule(state, report)
+        return held
+
+    def restore_schedule(self, state: dict, report: dict | None) -> None:
+        """What ``to_state`` and the report keep besides the model."""
+        held = self
         held.due_at = math.nan if state["due_at"] is None else state["due_at"]
         held.after_drift = math.nan if state["after_drift"] is None else state["after_drift"]
         held.changes = state["changes"]
         held.pending, held.accuracy = state["pending"], state["accuracy"]
         if report is not None:
             held.latest, held.scored = report["latest"], report["scored"]
-        return held
 
 
 class ThresholdEvaluator(Evaluator):
@@ -207,14 +226,16 @@ class ThresholdEvaluator(Evaluator):
             current = getattr(policy, level)
             if current is None:
                 continue
-            exact = model.level_for(strategy.rate(level), forecast)
-            model_confidence = confidence(model, forecast, strategy.rate(level), exact)
-            choice = choose(model, forecast, level, current, exact, strategy, model_confidence, held.changes[level],
-                            (policy.min_level, policy.max_level), critical if level == "warning" else None)
+            target = strategy.rate(level)
+            exact = model.level_for(target, forecast)
+            model_confidence = confidence(model, forecast, target, exact)
+            choice = choose(model, forecast, level, current, target, exact, strategy, model_confidence,
+                            held.changes[level], (policy.min_level, policy.max_level),
+                            critical if level == "warning" else None)
             if level == "critical":
                 critical = choice.recommended
             data = self._data(series, policy, held, choice, at, trigger, model_confidence, in_progress)
-            out.recommendations.append(recommendation_event(self.source, series, data))
+            out.recommendations.append(recommendation_event(self.source, series.service, series.key, data))
             if choice.status == "changed":
                 held.changes[level] = [*held.changes[level], math.log(choice.recommended / choice.current)
                                        if choice.recommended > 0 and choice.current > 0 else 0.0][-PAST_CHANGES:]
@@ -241,26 +262,21 @@ class ThresholdEvaluator(Evaluator):
         and the inaccuracy alert of its level judged."""
         scores = {which: score(pending["predicted"][which], pending["windows"], pending["crossed"][which])
                   for which in ("current", "recommended")}
+        held.learn_score(scores)
         accuracy = held.accuracy
-        for which in ("current", "recommended"):
-            held.model.recalibrate(scores[which]["covered"])
-            accuracy["scored"] += 1
-            accuracy["covered"] += scores[which]["covered"]
-            error = scores[which]["relative_error"]
-            if error is not None:
-                previous = accuracy["mean_relative_error"]
-                accuracy["mean_relative_error"] = error if previous is None else (
-                    (1 - ACCURACY_SMOOTHING) * previous + ACCURACY_SMOOTHING * error)
         level = pending["level"]
         data = {"target": {"kind": "policy", "name": policy.name, "level": level},
                 "service": series.service, "metric": series.metric, "labels": series.labels,
                 "made_at": pending["made_at"], "scored_at": end, "horizon_s": pending["until"] - pending["made_at"],
                 "trigger": pending["trigger"], "levels": pending["levels"], **scores, "accuracy": dict(accuracy)}
-        out.recommendations.append(scored_event(self.source, series, data))
+        out.recommendations.append(scored_event(self.source, series.service, series.key, data))
         held.scored[level] = data
         self._report_changed(series, policy.name, held)
         inaccurate = [which for which in ("current", "recommended") if scores[which]["inaccurate"]]
-        self.alerting.evaluate(end, [_inaccurate_condition(series, policy, level, data, inaccurate)], out)
+        labels = {**series.labels, "service": series.service, "metric": series.metric, "policy": policy.name,
+                  "level": level}
+        self.alerting.evaluate(end, [inaccurate_condition(labels, f"{policy.name} {level} on {series.service}", data,
+                                                          inaccurate)], out)
 
     def _data(self, series: Series, policy: Policy, held: PolicyModel, choice: LevelChoice, at: float, trigger: str,
               model_confidence: float, in_progress: str | None) -> dict:
@@ -357,15 +373,16 @@ class ThresholdEvaluator(Evaluator):
                     series.models[name] = restored
 
 
-def _inaccurate_condition(series: Series, policy: Policy, level: str, data: dict, inaccurate: list[str]) -> Condition:
-    labels = {**series.labels, "alertname": INACCURATE_ALERT, "service": series.service, "metric": series.metric,
-              "policy": policy.name, "level": level, "severity": "ticket"}
+def inaccurate_condition(labels: dict[str, str], what: str, data: dict, inaccurate: list[str]) -> Condition:
+    """``ThresholdModelInaccurate`` of the target ``labels`` name (``what`` in words), from a score's
+    ``data``: firing when a level's score is ``inaccurate``."""
+    labels = {**labels, "alertname": INACCURATE_ALERT, "severity": "ticket"}
     if not inaccurate:
         return Condition(labels, False)
     parts = [f"{which} level {data['levels'][which]:g}: predicted {data[which]['predicted']:.2%} "
              f"[{data[which]['ci_low']:.2%}, {data[which]['ci_high']:.2%}], actual {data[which]['actual']:.2%}"
              for which in inaccurate]
-    notes = {"summary": f"threshold model of {policy.name} {level} on {series.service} was off by more than 15%",
+    notes = {"summary": f"threshold model of {what} was off by more than 15%",
              "description": "; ".join(parts) + f" over {data[inaccurate[0]]['windows']} windows. Its intervals are "
                             "recalibrated; the alert resolves at the next accurate score of this level."}
     return Condition(labels, True, notes)

@@ -1,0 +1,295 @@
+"""Compliance models of threshold SLOs (``core.compliance_model``) and the thresholds they recommend.
+
+Every SLO whose good events are judged by a threshold on the value (``value_le`` and the like,
+above 0) gets one model, fed the value histogram of each closed report window of every series the
+SLO reads. The model learns whole hours (``ComplianceModel.update``), and everything here happens
+at the end of an hour it learns, so the SLO's several series may close their windows in any order.
+
+The threshold is recommended as a policy's levels are (``evaluators.thresholds``): on a schedule
+(``recommend_every_s`` after the model's first hour), after a drift detection on one of the SLO's
+series whose change has lasted six hours (``ComplianceModel.lasting``), and on demand (the control
+command ``{"command": "recommend", "slo": ...}``). Its target is the strategy's
+``slo_budget_burn`` times the SLO's error budget: the share of bad events that would spend, say,
+70% of the budget (balanced), so the SLO keeps a margin. Nothing is made on schedule while a drift
+is settling (detected less than six hours before) or while an incident runs (``unusual``: the
+newest hour's bad share over twice what the model expects, significantly).
+
+Each recommendation is scored once its horizon has passed: the bad events of the current and the
+recommended threshold among the horizon's events, counted exactly (to the sketches' accuracy) as
+its hours are learned."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+
+import orjson
+
+from slostream.core.closed import Closed
+from slostream.core.compliance_model import BIN_WIDTH, MODEL_VERSION, ComplianceModel
+from slostream.core.objectives import Slo
+from slostream.core.recommend import STRATEGIES, LevelChoice, choose, confidence, ready, risk, score
+from slostream.core.threshold_model import LASTING_AFTER_S
+from slostream.pipeline.alerting import Alerting
+from slostream.pipeline.envelopes import recommendation_event, scored_event
+from slostream.pipeline.evaluators import Closes, Evaluator
+from slostream.pipeline.evaluators.thresholds import MAX_PENDING, PAST_CHANGES, PolicyModel, inaccurate_condition
+from slostream.pipeline.series import Series
+from slostream.pipeline.state_keys import slo_model_key
+from slostream.pipeline.types import Output, PipelineConfig
+
+STATE_VERSION = 1
+LEVEL = "threshold"
+
+
+def modelled(slo: Slo) -> bool:
+    """Whether an SLO gets a compliance model: its good events are a positive threshold's."""
+    return slo.good.kind != "ok" and slo.good.threshold is not None and slo.good.threshold > 0
+
+
+class SloModel(PolicyModel):
+    """The model of one threshold SLO, and its recommendation schedule and history."""
+
+    __slots__ = ()
+
+    def __init__(self, model: ComplianceModel):
+        super().__init__(model)
+        self.changes = {LEVEL: []}
+
+    def count_hour(self, end: float, counts) -> list[dict]:
+        """Count a learned hour into the recommendations whose horizon holds it; those whose horizon
+        it ends, taken out."""
+        model: ComplianceModel = self.model
+        for pending in self.pending:
+            if pending["made_at"] < end <= pending["until"]:
+                pending["events"] += float(counts.sum())
+                for which, level in pending["levels"].items():
+                    pending["bad"][which] += float(model.bad_of(level, counts[None])[0])
+        done = [p for p in self.pending if end >= p["until"]]
+        if done:
+            self.pending = [p for p in self.pending if end < p["until"]]
+        return done
+
+    @classmethod
+    def restore(cls, state: dict) -> SloModel:
+        held = cls(ComplianceModel.from_state(state["model"]))
+        held.restore_schedule(state, state["report"])
+        return held
+
+    def to_state(self) -> dict:
+        return {**super().to_state(), "report": {"latest": self.latest, "scored": self.scored}}
+
+
+class SloThresholdEvaluator(Evaluator):
+    kind = "slo_thresholds"
+
+    def __init__(self, config: PipelineConfig, alerting: Alerting):
+        self.enabled = config.threshold_models
+        self.strategy = STRATEGIES[config.recommend_strategy]
+        self.every_s = config.recommend_every_s
+        self.horizon_s = config.recommend_horizon_s
+        self.source = config.source
+        self.window_s = config.report_window_s
+        self.alerting = alerting
+        self.slos_for: dict[tuple[str, str], list[Slo]] = {}
+        for slo in config.slos:
+            if self.enabled and modelled(slo):
+                self.slos_for.setdefault((slo.service, slo.metric), []).append(slo)
+        self.models: dict[str, SloModel] = {}
+        self._changed: set[str] = set()  # models to write at the next checkpoint
+
+    def watch(self, series: Series) -> None:
+        for slo in self.slos_for.get(series.group, ()):
+            if slo.name not in self.models:
+                self.models[slo.name] = SloModel(ComplianceModel(
+                    slo.good.threshold, slo.good.kind in ("value_le", "value_lt"), slo.objective))
+
+    def window_lengths(self, group: tuple[str, str]) -> dict[int, bool]:
+        return {self.window_s: True} if group in self.slos_for else {}
+
+    def closed(self, closes: Closes, out: Output) -> None:
+        for i in closes.moved:
+            series = closes.series[i]
+            slos = self.slos_for.get(series.group)
+            if slos:
+                self._learn(series, slos, closes.closed, out)
+
+    def _learn(self, series: Series, slos: list[Slo], closed: Closed, out: Output) -> None:
+        mine = closed.rows_of(series.windows.owner)
+        chosen = mine[closed.lengths[mine] == self.window_s]
+        chosen = chosen[closed.starts[chosen].argsort(kind="stable")].tolist()
+        detections = series.drift.recent if series.drift is not None else []
+        for slo in slos:
+            held = self.models[slo.name]
+            for _, detection in detections:
+                held.after_drift = detection.changed_at
+            for j in chosen:
+                for end, counts in held.model.update(float(closed.starts[j]),
+                                                     closed.value_histogram(j, held.model.edges)):
+                    self._hour(slo, held, end, counts, out)
+            if chosen:
+                self._changed.add(slo.name)
+
+    def _hour(self, slo: Slo, held: SloModel, end: float, counts, out: Output) -> None:
+        """An hour learned, ending at ``end``: scores due, and a recommendation if one is."""
+        for pending in held.count_hour(end, counts):
+            self._score(slo, held, pending, end, out)
+        if math.isnan(held.due_at):
+            held.due_at = end + self.every_s
+        scheduled = end >= held.due_at
+        drifted = end - held.after_drift >= LASTING_AFTER_S  # False while NaN
+        if not (scheduled or drifted) or _in_progress(held, end) is not None:
+            return
+        lasted = drifted and held.model.lasting(held.after_drift, None)
+        if lasted:
+            held.model.drifted(held.after_drift)
+        held.after_drift = math.nan
+        if scheduled or lasted:
+            self._recommend(slo, held, end, "schedule" if scheduled else "drift", out)
+        if scheduled:
+            held.due_at = end + self.every_s
+
+    def recommend_now(self, slo_name: str, trigger: str, out: Output) -> int:
+        """The control command ``recommend`` of an SLO: at the end of the newest hour learned."""
+        held = self.models.get(slo_name)
+        slo = next((s for slos in self.slos_for.values() for s in slos if s.name == slo_name), None)
+        if held is None or slo is None or math.isnan(held.model.newest_end):
+            return 0
+        made = self._recommend(slo, held, held.model.newest_end, trigger, out)
+        self._changed.add(slo_name)
+        return made
+
+    def _recommend(self, slo: Slo, held: SloModel, at: float, trigger: str, out: Output) -> bool:
+        model, strategy = held.model, self.strategy
+        if ready(model, strategy) is not None:
+            return False
+        forecast = model.forecast(at, self.horizon_s)
+        target = strategy.slo_budget_burn * (1 - slo.objective)
+        exact = model.level_for(target, forecast)
+        model_confidence = confidence(model, forecast, target, exact)
+        choice = choose(model, forecast, LEVEL, slo.good.threshold, target, exact, strategy, model_confidence,
+                        held.changes[LEVEL], (float(model.edges[0]), float(model.edges[-1])), None)
+        choice = _on_an_edge(model, forecast, choice)
+        data = self._data(slo, held, choice, at, trigger, target, model_confidence, _in_progress(held, at))
+        out.recommendations.append(recommendation_event(self.source, slo.service, slo.name, data))
+        if choice.status == "changed":
+            held.changes[LEVEL] = [*held.changes[LEVEL], math.log(choice.recommended / choice.current)][-PAST_CHANGES:]
+        held.latest[LEVEL] = data
+        held.pending = [*held.pending, {
+            "level": LEVEL, "made_at": at, "until": at + self.horizon_s, "trigger": trigger,
+            "levels": {"current": choice.current, "recommended": choice.recommended},
+            "predicted": data["predicted"], "events": 0.0, "bad": {"current": 0.0, "recommended": 0.0}},
+        ][-MAX_PENDING:]
+        return True
+
+    def _data(self, slo: Slo, held: SloModel, choice: LevelChoice, at: float, trigger: str, target: float,
+              model_confidence: float, in_progress: str | None) -> dict:
+        model, strategy = held.model, self.strategy
+        risk_level, reasons = risk(choice, model_confidence, model.span_s, target)
+        if in_progress is not None:
+            risk_level, reasons = "high", [*reasons, f"made while {in_progress}"]
+        now_bt, new_bt = model.backtest(choice.current), model.backtest(choice.recommended)
+        now, new = choice.predicted_current, choice.predicted_recommended
+        symbol = slo.good.describe().split()[0]
+        rationale = (
+            f"Over the last {now_bt['days']} days, {slo.name} ({slo.service} {slo.metric} good when {symbol} "
+            f"{choice.current:g}) met {now_bt['compliance']:.3%} against an objective of {slo.objective:.3%} "
+            f"(budget burn {now_bt['budget_burn']:.2f}); good when {symbol} {choice.recommended:g} it would have "
+            f"met {new_bt['compliance']:.3%} (burn {new_bt['budget_burn']:.2f}). For the next "
+            f"{self.horizon_s / 86400:g} days the model predicts a compliance of {now.compliance:.3%} "
+            f"[{1 - now.ci_high:.3%}, {1 - now.ci_low:.3%}] at the current threshold and {new.compliance:.3%} "
+            f"[{1 - new.ci_high:.3%}, {1 - new.ci_low:.3%}] at the recommended one, against a target burn of "
+            f"{strategy.slo_budget_burn:g} ({1 - target:.3%}).")
+        return {
+            "target": {"kind": "slo", "name": slo.name, "level": LEVEL},
+            "service": slo.service, "metric": slo.metric, "labels": dict(slo.labels),
+            "aggregate": slo.good.kind, "direction": model.direction, "objective": slo.objective,
+            "made_at": at, "trigger": trigger, "status": choice.status,
+            "current": choice.current, "recommended": choice.recommended, "horizon_s": self.horizon_s,
+            "predicted": {"current": now.as_dict(), "recommended": new.as_dict()},
+            "backtest": {"span_s": 7 * 86400, "current": now_bt, "recommended": new_bt},
+            "confidence": model_confidence,
+            "risk": {"level": risk_level, "reasons": reasons},
+            "rationale": rationale,
+            "rollback_criteria": [
+                f"the SLO's budget burn over 24 h at {choice.recommended:g} is above "
+                f"{max(2.0, 1.5 * new.ci_high / (1 - slo.objective)):.2f}",
+                f"compliance over 24 h at {choice.recommended:g} is below {1 - max(2 * target, new.ci_high):.3%}",
+                "a drift is detected on one of the SLO's series",
+            ],
+            "guards": list(choice.guards),
+            "strategy": strategy.as_dict(),
+            "model": {"version": MODEL_VERSION, "windows_seen": model.seen, "seasonality": model.seasonality(),
+                      "alpha": model.alpha, "drift_at": None if math.isnan(model.drift_at) else model.drift_at},
+        }
+
+    def _score(self, slo: Slo, held: SloModel, pending: dict, end: float, out: Output) -> None:
+        events = round(pending["events"])
+        scores = {which: score(pending["predicted"][which], events, round(pending["bad"][which]))
+                  for which in ("current", "recommended")}
+        held.learn_score(scores)
+        for which in ("current", "recommended"):
+            scored = scores[which]
+            scored["events"], scored["bad_events"] = scored.pop("windows"), scored.pop("breach_windows")
+        data = {"target": {"kind": "slo", "name": slo.name, "level": LEVEL},
+                "service": slo.service, "metric": slo.metric, "labels": dict(slo.labels),
+                "made_at": pending["made_at"], "scored_at": end, "horizon_s": pending["until"] - pending["made_at"],
+                "trigger": pending["trigger"], "levels": pending["levels"], **scores, "accuracy": dict(held.accuracy)}
+        out.recommendations.append(scored_event(self.source, slo.service, slo.name, data))
+        held.scored[LEVEL] = data
+        inaccurate = [which for which in ("current", "recommended") if scores[which]["inaccurate"]]
+        labels = {**slo.labels, "service": slo.service, "metric": slo.metric, "slo": slo.name, "level": LEVEL}
+        self.alerting.evaluate(end, [inaccurate_condition(labels, f"the threshold of SLO {slo.name}", data,
+                                                          inaccurate)], out)
+
+    def status(self, series: Iterable[Series]) -> list[dict]:
+        return [{**data, "last_score": held.scored.get(LEVEL), "accuracy": held.accuracy}
+                for _, held in sorted(self.models.items()) for data in held.latest.values()]
+
+    def writes(self, partition: int) -> Iterable[tuple[str, bytes]]:
+        changed, self._changed = self._changed, set()
+        for name in sorted(changed):
+            yield slo_model_key(partition, name), orjson.dumps({"v": STATE_VERSION,
+                                                                "model": self.models[name].to_state()})
+
+    def restore(self, saved: dict[str, bytes]) -> None:
+        """The models of the threshold SLOs configured now, from their saved state; one whose
+        threshold, rule or objective changed starts afresh."""
+        slos = {slo.name: slo for slos in self.slos_for.values() for slo in slos}
+        for name, raw in saved.items():
+            state = orjson.loads(raw)
+            if state.get("v") != STATE_VERSION:
+                raise ValueError(f"unsupported SLO model state version {state.get('v')!r} (this version reads "
+                                 f"{STATE_VERSION})")
+            slo = slos.get(name)
+            held = SloModel.restore(state["model"])
+            model = held.model
+            if slo is not None and (model.threshold, model.good_below, model.objective) == (
+                    slo.good.threshold, slo.good.kind in ("value_le", "value_lt"), slo.objective):
+                self.models[name] = held
+
+
+def _on_an_edge(model: ComplianceModel, forecast, choice: LevelChoice) -> LevelChoice:
+    """The choice moved to the model's nearest bin edge on the current threshold's side (the current
+    threshold is an edge), so its backtest and scores are exact counts: thresholds move in steps of
+    about 10%, and never further than the strategy allows."""
+    now, new = model.position(choice.current), model.position(choice.recommended)
+    edge = math.floor(new + 1e-9) if new > now else math.ceil(new - 1e-9)
+    if edge == round(now):
+        status = choice.status if choice.status == "withheld" else "unchanged"
+        return dataclasses.replace(choice, recommended=choice.current, status=status,
+                                   predicted_recommended=choice.predicted_current)
+    level = float(model.edges[edge])
+    guards = choice.guards if level == choice.recommended else (
+        *choice.guards, f"moved to {level:g} on the model's {BIN_WIDTH:.0%} grid (exact backtests and scores)")
+    return dataclasses.replace(choice, recommended=level, guards=guards,
+                               predicted_recommended=model.predict(level, forecast))
+
+
+def _in_progress(held: SloModel, at: float) -> str | None:
+    if at - held.after_drift < LASTING_AFTER_S:
+        return "a drift detected on one of its series settles"
+    if held.model.unusual():
+        return "an incident: the newest hour's bad share is over twice what the model expects, significantly"
+    return None

@@ -1,0 +1,138 @@
+"""Threshold SLOs' compliance models through the partition pipeline: an SLO whose threshold is too
+loose and one whose threshold is too tight get recommendations on schedule, with backtests and
+scores equal to brute-force counts of the raw values; a restore mid-way repeats them exactly; one
+is made on demand."""
+
+import math
+from itertools import pairwise
+
+import numpy as np
+import orjson
+import pytest
+
+from slostream.core.control import parse_command
+from slostream.core.objectives import GoodRule, Slo, SloWindow
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import SourceRecord
+from tests.pipeline_sim import make_config
+from tests.schemas import validator
+from tests.threshold_streams import T0
+
+DAYS = 8.2  # a week of learning, and the day that scores the first recommendations
+LOOSE = Slo("api-fast", "api", "latency_ms", 0.99, SloWindow(rolling_s=28 * 86400), GoodRule("value_le", 300.0))
+TIGHT = Slo("api-snappy", "api", "latency_ms", 0.99, SloWindow(rolling_s=28 * 86400), GoodRule("value_lt", 120.0))
+CONFIG = make_config(grace_s=5.0, slos=(LOOSE, TIGHT), recommend_every_s=86400.0, recommend_horizon_s=86400.0)
+
+
+def _records(items: list[dict], per_record: int = 500) -> list[SourceRecord]:
+    return [SourceRecord("m", 0, n, items[min(i + per_record, len(items)) - 1]["ts"], None,
+                         orjson.dumps(items[i:i + per_record]))
+            for n, i in enumerate(range(0, len(items), per_record))]
+
+
+def _events(proc: PartitionProcessor, records: list[SourceRecord]) -> list[dict]:
+    return [event for record in records for _, event in proc.process([record], 0.0).recommendations]
+
+
+def latency_bursts(days: float) -> list[dict]:
+    """Eight requests every two minutes, lognormal around 100 ms with a ±30% daily cycle (bursts:
+    an SLO judges where a batch enters a new bucket, and a request every few seconds would make
+    this test slow, not stronger)."""
+    rng = np.random.default_rng(12)
+    starts = T0 + 120.0 * np.arange(int(days * 720))
+    ts = (starts[:, None] + np.linspace(0, 5, 8)[None, :]).ravel()
+    cycle = 1 + 0.3 * np.sin(2 * np.pi * ((ts % 86400) / 3600 - 8) / 24)
+    values = 100 * cycle * rng.lognormal(0, 0.25, ts.size)
+    return [{"service": "api", "metric": "latency_ms", "ts": float(t), "value": float(v)} for t, v in zip(ts, values)]
+
+
+@pytest.fixture(scope="module")
+def run() -> tuple[list[dict], list[dict], PartitionProcessor]:
+    items = latency_bursts(DAYS)
+    proc = PartitionProcessor(0, CONFIG, 0.0)
+    return items, _events(proc, _records(items)), proc
+
+
+def _made(events: list[dict], slo: str) -> list[dict]:
+    return [e["data"] for e in events if e["type"] == "slostream.recommendation" and e["data"]["target"]["name"] == slo]
+
+
+def test_thresholds_are_recommended_daily_toward_the_target_burn(run):
+    _, events, _ = run
+    check = validator("recommendation-event.schema.json")
+    for event in events:
+        if event["type"] == "slostream.recommendation":
+            check.validate(event)
+    loose, tight = _made(events, "api-fast"), _made(events, "api-snappy")
+    assert loose and tight
+    made = [data["made_at"] for data in loose]
+    assert made[0] >= T0 + 7 * 86400 and all(b - a == 86400 for a, b in pairwise(made))
+    first = loose[0]
+    assert first["target"] == {"kind": "slo", "name": "api-fast", "level": "threshold"}
+    # Balanced: a target of 70% of the 1% budget, at most 25% a cycle, on the model's 10% grid.
+    assert first["recommended"] == pytest.approx(300.0 * math.exp(-0.2))
+    assert first["predicted"]["current"]["budget_burn"] < 0.1
+    assert first["predicted"]["recommended"]["budget_burn"] > 4 * first["predicted"]["current"]["budget_burn"]
+    assert tight[0]["recommended"] == pytest.approx(120.0 * math.exp(0.2))
+    assert tight[0]["predicted"]["current"]["budget_burn"] > 10
+    assert tight[0]["predicted"]["recommended"]["compliance"] > tight[0]["predicted"]["current"]["compliance"]
+
+
+def test_the_backtest_counts_the_raw_values(run):
+    """Brute force over the UTC day of the recommendation, up to it, and the six days before; values
+    within 1% of a threshold may fall either side in the sketches."""
+    items, events, _ = run
+    ts = np.array([i["ts"] for i in items])
+    values = np.array([i["value"] for i in items])
+    for data in (_made(events, "api-fast")[0], _made(events, "api-snappy")[0]):
+        first_day = ((data["made_at"] - 1) // 86400 - 6) * 86400
+        chosen = values[(ts >= first_day) & (ts < data["made_at"])]
+        for which in ("current", "recommended"):
+            counted, level = data["backtest"][which], data[which]
+            assert counted["days"] == 7 and counted["events"] == chosen.size
+            surely, maybe = int((chosen > level * 1.01).sum()), int((chosen > level * 0.99).sum())
+            assert surely <= counted["bad_events"] <= maybe, (which, counted, surely, maybe)
+            assert counted["budget_burn"] == pytest.approx(counted["bad_events"] / chosen.size / 0.01)
+
+
+def test_each_recommendation_is_scored_on_the_day_after(run):
+    items, events, _ = run
+    check = validator("recommendation-scored-event.schema.json")
+    scored = [e["data"] for e in events if e["type"] == "slostream.recommendation.scored"]
+    assert scored
+    ts = np.array([i["ts"] for i in items])
+    values = np.array([i["value"] for i in items])
+    for data in scored:
+        check.validate(next(e for e in events if e["data"] is data))
+        horizon = values[(ts >= data["made_at"]) & (ts < data["made_at"] + 86400)]
+        for which in ("current", "recommended"):
+            level, result = data["levels"][which], data[which]
+            assert result["events"] == horizon.size
+            surely, maybe = int((horizon > level * 1.01).sum()), int((horizon > level * 0.99).sum())
+            assert surely <= result["bad_events"] <= maybe
+            assert result["actual"] == pytest.approx(result["bad_events"] / horizon.size)
+    assert any(d[w]["covered"] for d in scored for w in ("current", "recommended"))
+
+
+def test_a_restore_mid_way_makes_the_same_events(run):
+    items, events, _ = run
+    records = _records(items)
+    proc = PartitionProcessor(0, CONFIG, 0.0)
+    half = len(records) * 8 // 10
+    before = _events(proc, records[:half])
+    writes, offset = proc.checkpoint(final=True)
+    restored = PartitionProcessor.restore(0, CONFIG, dict(writes).items(), 0.0)
+    assert before + _events(restored, records[offset + 1:]) == events
+
+
+def test_a_threshold_on_demand(run):
+    _, events, proc = run
+    command = parse_command(b'{"command": "recommend", "slo": "api-fast", "by": "ana"}', 5, 0.0)
+    asked = [event for _, event in proc.apply_control(SourceRecord("control", 0, 5, 0.0, None, b""),
+                                                        command).recommendations]
+    assert [e["data"]["target"]["name"] for e in asked] == ["api-fast"]
+    assert asked[0]["data"]["trigger"] == "control command at offset 5 by ana"
+    assert not {e["id"] for e in asked} & {e["id"] for e in events}
+    latest = {s["target"]["name"]: s for s in proc.snapshot(kinds=("slo_thresholds",)).statuses["slo_thresholds"]}
+    assert latest["api-fast"]["trigger"].startswith("control command")
+    assert math.isfinite(latest["api-snappy"]["recommended"])
