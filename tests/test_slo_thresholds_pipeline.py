@@ -16,7 +16,7 @@ from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
 from tests.pipeline_sim import make_config
 from tests.schemas import validator
-from tests.threshold_streams import T0
+from tests.threshold_streams import T0, latency_bursts
 
 DAYS = 8.2  # a week of learning, and the day that scores the first recommendations
 LOOSE = Slo("api-fast", "api", "latency_ms", 0.99, SloWindow(rolling_s=28 * 86400), GoodRule("value_le", 300.0))
@@ -32,18 +32,6 @@ def _records(items: list[dict], per_record: int = 500) -> list[SourceRecord]:
 
 def _events(proc: PartitionProcessor, records: list[SourceRecord]) -> list[dict]:
     return [event for record in records for _, event in proc.process([record], 0.0).recommendations]
-
-
-def latency_bursts(days: float) -> list[dict]:
-    """Eight requests every two minutes, lognormal around 100 ms with a ±30% daily cycle (bursts:
-    an SLO judges where a batch enters a new bucket, and a request every few seconds would make
-    this test slow, not stronger)."""
-    rng = np.random.default_rng(12)
-    starts = T0 + 120.0 * np.arange(int(days * 720))
-    ts = (starts[:, None] + np.linspace(0, 5, 8)[None, :]).ravel()
-    cycle = 1 + 0.3 * np.sin(2 * np.pi * ((ts % 86400) / 3600 - 8) / 24)
-    values = 100 * cycle * rng.lognormal(0, 0.25, ts.size)
-    return [{"service": "api", "metric": "latency_ms", "ts": float(t), "value": float(v)} for t, v in zip(ts, values)]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""Latency of one service for the threshold-model tests: a request every 15 s, lognormal around
-100 ms with a ±30% daily cycle, and a policy whose warning is too tight and critical too loose."""
+"""Latency of one service for the threshold-model tests: lognormal around 100 ms with a ±30% daily
+cycle; a policy whose warning is too tight and critical too loose, and an SLO whose threshold is
+too loose."""
 
 import numpy as np
 
@@ -27,3 +28,29 @@ def latency_items(days: int) -> list[dict]:
     cycle = 1 + 0.3 * np.sin(2 * np.pi * ((ts % 86400) / 3600 - 8) / 24)
     values = 100 * cycle * rng.lognormal(0, 0.25, ts.size)
     return [{"service": "api", "metric": "latency_ms", "ts": float(t), "value": float(v)} for t, v in zip(ts, values)]
+
+
+SLO_YAML = """
+slos:
+  - name: api-fast
+    service: api
+    metric: latency_ms
+    objective: 0.99
+    window: 28d
+    good: {value_le: 300}
+"""
+
+
+def latency_bursts(days: float, per_burst: int = 8, hosts: int = 1, shift_at_day: float | None = None) -> list[dict]:
+    """``per_burst`` requests every two minutes, over ``hosts`` hosts (label ``host``); from
+    ``shift_at_day`` on, 50% slower for good. Bursts, because an SLO judges where a batch enters a
+    new bucket, and a request every few seconds would make the tests slow, not stronger."""
+    rng = np.random.default_rng(12)
+    starts = T0 + 120.0 * np.arange(int(days * 720))
+    ts = (starts[:, None] + np.linspace(0, 5, per_burst)[None, :]).ravel()
+    cycle = 1 + 0.3 * np.sin(2 * np.pi * ((ts % 86400) / 3600 - 8) / 24)
+    shift = np.where(ts >= T0 + 86400 * shift_at_day, 1.5, 1.0) if shift_at_day is not None else 1.0
+    values = 100 * cycle * shift * rng.lognormal(0, 0.25, ts.size)
+    return [{"service": "api", "metric": "latency_ms", "ts": float(t), "value": float(v),
+             **({"labels": {"host": f"h{k % hosts}"}} if hosts > 1 else {})}
+            for k, (t, v) in enumerate(zip(ts.tolist(), values.tolist()))]

@@ -8,13 +8,14 @@ an hour of event time) is dead-lettered as too late (``max_source_skew_s``, see 
 
 import shutil
 import subprocess
+import time
 
 import orjson
 
 from tests.conftest import consume, produce
 from tests.integration.streams import in_process_events, send_records
 from tests.schemas import validator
-from tests.threshold_streams import POLICY_YAML, latency_items
+from tests.threshold_streams import POLICY_YAML, SLO_YAML, latency_bursts, latency_items
 
 
 def test_recommendations_end_to_end(kafka, make_worker, tmp_path):
@@ -59,3 +60,76 @@ def test_recommendations_end_to_end(kafka, make_worker, tmp_path):
     dead = consume(kafka.bootstrap, f"{prefix}deadletter", lambda ev: False, timeout=2)
     assert dead == []
     assert worker.stop() == 0
+
+
+def _caught_up(worker, timeout: float = 60.0) -> None:
+    """Until the worker has processed every record of its partitions (its lag metric is 0)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, metrics = worker.get("/metrics")
+        lags = [float(line.rsplit(b" ", 1)[1]) for line in metrics.splitlines()
+                if line.startswith(b"slostream_consumer_lag_records{")]
+        if lags and not any(lags):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the worker did not catch up")
+
+
+def test_live_unkeyed_producers_get_policy_and_slo_recommendations_across_a_restart(kafka, make_worker, tmp_path):
+    """Three hosts' latency, unkeyed lz4 records of eight minutes each, fed live over four
+    partitions; the service slows by 50% on day 2.4 for good. A policy (per host) and a threshold
+    SLO (over the hosts) with the aggressive strategy, a day's cycle and horizon: recommendations
+    on schedule and after the drift, scores a day later, exactly those of an in-process run with one
+    partition, though the worker is stopped and another takes over half-way."""
+    definitions = tmp_path / "definitions.yaml"
+    definitions.write_text(POLICY_YAML + SLO_YAML)
+    items = latency_bursts(3.3, per_burst=9, hosts=3, shift_at_day=2.4)
+    env = {"SLOSTREAM_GRACE_S": "5", "SLOSTREAM_DEFINITION_FILES": str(definitions), "SLOSTREAM_LABEL_KEYS": "host",
+           "SLOSTREAM_RECOMMEND_STRATEGY": "aggressive", "SLOSTREAM_RECOMMEND_EVERY_S": "86400",
+           "SLOSTREAM_RECOMMEND_HORIZON_S": "86400"}
+    expected = in_process_events(items, env, "recommendations", 36)
+    made = [e["data"] for e in expected.values() if e["type"] == "slostream.recommendation"]
+    assert {(d["target"]["kind"], d["trigger"]) for d in made} == {("policy", "schedule"), ("policy", "drift"),
+                                                                   ("slo", "schedule")}
+    assert any(e["type"] == "slostream.recommendation.scored" and e["data"]["target"]["kind"] == "slo"
+               for e in expected.values())
+    prefix = make_worker.prefix
+    records = [(None, orjson.dumps(items[i:i + 36])) for i in range(0, len(items), 36)]
+    half = len(records) // 2
+    first = make_worker("recommend", **env).start()
+    send_records(kafka.bootstrap, f"{prefix}measurements", records[:half], compression="lz4", pause_every=1,
+                 pause_s=0.03)
+    _caught_up(first)
+    assert first.stop() == 0
+    second = make_worker("recommend", **env).start()
+    send_records(kafka.bootstrap, f"{prefix}measurements", records[half:], compression="lz4", pause_every=1,
+                 pause_s=0.03)
+    topic = f"{prefix}recommendations"
+    events = consume(kafka.bootstrap, topic, lambda ev: {e["id"] for e in ev} >= set(expected), timeout=120)
+    by_id: dict[str, dict] = {}
+    for event in events:
+        assert by_id.setdefault(event["id"], event) == event, "two recommendation events under one id differ"
+    assert by_id == expected
+    checks = {kind: validator(f"{kind}.schema.json") for kind in ("recommendation-event",
+                                                                  "recommendation-scored-event")}
+    for event in events:
+        checks["recommendation-event" if event["type"] == "slostream.recommendation"
+               else "recommendation-scored-event"].validate(event)
+
+    produce(kafka.bootstrap, f"{prefix}control", [b'{"command": "recommend", "slo": "api-fast", "by": "ana"}'],
+            key=b"ops")
+    events = consume(kafka.bootstrap, topic, lambda ev: any(e["data"]["trigger"].startswith("control") for e in ev),
+                     timeout=60)
+    asked = [e["data"] for e in events if e["data"]["trigger"].startswith("control command")]
+    assert [d["target"] for d in asked] == [{"kind": "slo", "name": "api-fast", "level": "threshold"}]
+    status, body = second.get("/api/recommendations")
+    latest = {(d["target"]["kind"], d["target"]["level"], d["labels"].get("host")): d
+              for d in orjson.loads(body)["recommendations"]}
+    assert status == 200 and latest["slo", "threshold", None]["trigger"].startswith("control command")
+    assert {key[2] for key in latest if key[0] == "policy"} == {"h0", "h1", "h2"}
+    _, metrics = second.get("/metrics")
+    assert (b'slostream_threshold_recommended{kind="slo",level="threshold",metric="latency_ms",service="api",'
+            b'target="api-fast"} ' + repr(latest["slo", "threshold", None]["recommended"]).encode()) in metrics
+    dead = consume(kafka.bootstrap, f"{prefix}deadletter", lambda ev: False, timeout=2)
+    assert dead == []
+    assert second.stop() == 0

@@ -382,9 +382,11 @@ def inaccurate_condition(labels: dict[str, str], what: str, data: dict, inaccura
     parts = [f"{which} level {data['levels'][which]:g}: predicted {data[which]['predicted']:.2%} "
              f"[{data[which]['ci_low']:.2%}, {data[which]['ci_high']:.2%}], actual {data[which]['actual']:.2%}"
              for which in inaccurate]
+    counted = data[inaccurate[0]]
+    over = f"{counted['windows']} windows" if "windows" in counted else f"{counted['events']} events"
     notes = {"summary": f"threshold model of {what} was off by more than 15%",
-             "description": "; ".join(parts) + f" over {data[inaccurate[0]]['windows']} windows. Its intervals are "
-                            "recalibrated; the alert resolves at the next accurate score of this level."}
+             "description": "; ".join(parts) + f" over {over}. Its intervals are recalibrated; the alert resolves "
+                            "at the next accurate score of this level."}
     return Condition(labels, True, notes)
 
 
