@@ -86,3 +86,20 @@ def test_drift_settings_make_the_rules_of_each_series(tmp_path):
     assert (queue.aggregates, queue.detector, queue.params, queue.cooldown_s) == (
         ("max",), "page_hinkley", {"threshold": 5}, 1800.0)
     assert load_settings().drift.for_series("any", "thing").aggregates == ("p95", "error_ratio")
+
+
+def test_models_are_policies_without_levels_and_share_their_names(tmp_path):
+    path = tmp_path / "models.yaml"
+    path.write_text("models:\n  - {name: api-p95-model, service: api, metric: latency_ms, aggregate: p95}\n"
+                    "  - {name: api-errors, service: api, metric: http, aggregate: error_ratio, window: 10m}\n")
+    s = load_settings(str(path), {}, {})
+    first, second = s.models
+    assert (first.window_s, first.direction, first.warning, first.critical) == (300, "above", None, None)
+    assert (second.window_s, second.min_level, second.max_level) == (600, 0.0, 1.0)
+    path.write_text("models:\n  - {name: m, service: api, metric: latency_ms, aggregate: p95, warning: 3}\n")
+    with pytest.raises(ConfigError, match=r"model 'm': field 'warning': is not a field of a model"):
+        load_settings(str(path), {}, {})
+    path.write_text("policies:\n  - {name: m, service: api, metric: x, aggregate: p95, warning: 3}\n"
+                    "models:\n  - {name: m, service: api, metric: latency_ms, aggregate: p95}\n")
+    with pytest.raises(ConfigError, match=r"policy or model 'm'.*is used twice"):
+        load_settings(str(path), {}, {})

@@ -15,7 +15,7 @@ from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
 from tests.pipeline_sim import make_config
 from tests.schemas import validator
-from tests.threshold_streams import POLICY, T0, WINDOW, latency_items
+from tests.threshold_streams import POLICY, T0, WINDOW, latency_bursts, latency_items
 
 DAYS = 9
 CONFIG = make_config(grace_s=5.0, policies=(POLICY,), recommend_every_s=86400.0)
@@ -156,3 +156,40 @@ def test_a_policys_bounds_hold_its_recommendations():
     assert "lowered to the bound max 130" in first["critical"]["guards"]
     assert first["warning"]["recommended"] == pytest.approx(130.0 * 0.95)
     assert all(e["data"]["recommended"] <= 130.0 for e in events)
+
+
+def test_a_model_without_a_policy_recommends_the_levels_that_meet_the_targets():
+    """A ``models:`` entry: the warning and critical levels predicted to be crossed by 2% and 0.5%
+    of windows (balanced), with a backtest equal to a brute-force count, and scores of those
+    levels alone a day later."""
+    model = dataclasses.replace(POLICY, name="api-p95-model", warning=None, critical=None)
+    config = make_config(grace_s=5.0, models=(model,), recommend_every_s=86400.0, recommend_horizon_s=86400.0)
+    items = latency_bursts(8.2)
+    proc = PartitionProcessor(0, config, 0.0)
+    events = _recommendations(proc, _records(items))
+    made = {e["data"]["target"]["level"]: e["data"] for e in events if e["type"] == "slostream.recommendation"}
+    check = validator("recommendation-event.schema.json")
+    for event in events:
+        if event["type"] == "slostream.recommendation":
+            check.validate(event)
+    warning, critical = made["warning"], made["critical"]
+    assert warning["target"] == {"kind": "model", "name": "api-p95-model", "level": "warning"}
+    assert (warning["status"], warning["current"], warning["predicted"]["current"]) == ("new", None, None)
+    assert warning["predicted"]["recommended"]["violation_rate"] == pytest.approx(0.02, abs=0.002)
+    assert critical["predicted"]["recommended"]["violation_rate"] == pytest.approx(0.005, abs=0.001)
+    assert warning["recommended"] < critical["recommended"]
+    ts = np.array([i["ts"] for i in items])
+    values = np.array([i["value"] for i in items])
+    starts = np.arange(warning["made_at"] - 7 * 86400, warning["made_at"], WINDOW)
+    # The sketches' rank rule: the value at rank floor(q (n - 1)) (numpy's "lower").
+    p95 = np.array([np.quantile(values[(ts >= s) & (ts < s + WINDOW)], 0.95, method="lower") for s in starts])
+    level, counted = warning["recommended"], warning["backtest"]["recommended"]
+    assert counted["windows"] == starts.size
+    assert int((p95 > level * 1.01).sum()) <= counted["breach_windows"] <= int((p95 > level * 0.99).sum())
+    scored = [e for e in events if e["type"] == "slostream.recommendation.scored"]
+    assert {e["data"]["target"]["level"] for e in scored} == {"warning", "critical"}
+    check = validator("recommendation-scored-event.schema.json")
+    for event in scored:
+        check.validate(event)
+        assert event["data"]["current"] is None and event["data"]["recommended"]["windows"] == 288
+    assert proc.snapshot(kinds=("policies",)).statuses["policies"] == []  # a model judges no level

@@ -72,6 +72,7 @@ class Settings:
     # Parsed from the YAML's slos:/policies: lists and from definition_files.
     slos: tuple = ()
     policies: tuple = ()
+    models: tuple = ()  # the YAML's models: list, threshold models without a policy
     # Parsed from the YAML's drift: section (definitions.drift).
     drift: DriftRules = field(default_factory=DriftRules)
     config_file: str | None = field(default=None, compare=False)
@@ -106,7 +107,7 @@ _HELP = {
 }
 
 
-STRUCTURED = ("slos", "policies", "alertmanager", "drift")
+STRUCTURED = ("slos", "policies", "models", "alertmanager", "drift")
 
 
 def pipeline_config(settings: Settings) -> PipelineConfig:
@@ -123,6 +124,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         source=settings.source,
         slos=settings.slos,
         policies=settings.policies,
+        models=settings.models,
         alert_cooldown_s=settings.alert_cooldown_s,
         escalate_after_s=settings.escalate_after_s,
         partitions=settings.partitions,
@@ -230,7 +232,7 @@ def _definitions(config_file: str | None, inline, files: tuple[str, ...]) -> dic
     if problems:
         raise ConfigError(f"{len(problems)} problem(s) in SLO/policy definitions:\n" +
                           "\n".join(f"  {p}" for p in problems))
-    return {"slos": merged.slos, "policies": merged.policies}
+    return {"slos": merged.slos, "policies": merged.policies, "models": merged.models}
 
 
 def _read_yaml(path: str) -> tuple[dict[str, Any], Any]:
@@ -268,7 +270,7 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], Any]:
         if name not in _fields():
             raise _unknown(str(name), path)
         out[name] = _coerce(name, raw, path)
-    definitions = parse_document({k: document[k] for k in ("slos", "policies") if k in document}, path, 0)
+    definitions = parse_document({k: document[k] for k in ("slos", "policies", "models") if k in document}, path, 0)
     return out, definitions
 
 
@@ -331,7 +333,7 @@ def validate(s: Settings) -> None:
         if any(span % s.bucket_s for span in spans):
             raise ConfigError(f"{where}: slo '{slo.name}': alerting windows and slices must be multiples of "
                               f"bucket_s ({s.bucket_s}s). Fix: change the windows or bucket_s.")
-    for policy in s.policies:
+    for policy in (*s.policies, *s.models):
         if policy.window_s % s.bucket_s:
             raise ConfigError(f"{where}: policy '{policy.name}': field 'window' ({policy.window_s}s) must be a "
                               f"multiple of bucket_s ({s.bucket_s}s). Fix: change the window or bucket_s.")

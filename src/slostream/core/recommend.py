@@ -78,13 +78,13 @@ STRATEGIES = {
 
 @dataclass(frozen=True)
 class LevelChoice:
-    level: str  # warning or critical
-    current: float
+    level: str  # warning, critical, or an SLO's threshold
+    current: float | None  # None: a model without a policy (``models:``)
     recommended: float
-    predicted_current: Prediction | CompliancePrediction
+    predicted_current: Prediction | CompliancePrediction | None
     predicted_recommended: Prediction | CompliancePrediction
     guards: tuple[str, ...]
-    status: str  # changed, unchanged, withheld
+    status: str  # changed, unchanged, withheld; new (no current level)
 
 
 def ready(model: ThresholdModel, strategy: Strategy) -> str | None:
@@ -121,17 +121,7 @@ def choose(model: ThresholdModel | ComplianceModel, forecast: Forecast | Complia
     if abs(change) > math.log1p(max_change):
         change = math.copysign(math.log1p(max_change), change)
         guards.append(f"change held to {max_change:.0%} a cycle ({strategy.name})")
-    recommended = current * math.exp(change)
-    low, high = bounds
-    if low is not None and recommended < low:
-        recommended, guards = low, [*guards, f"raised to the bound min {low:g}"]
-    if high is not None and recommended > high:
-        recommended, guards = high, [*guards, f"lowered to the bound max {high:g}"]
-    if critical is not None:
-        inside = critical * (1 - WARNING_INSIDE_CRITICAL) if model.direction == "above" else \
-            critical * (1 + WARNING_INSIDE_CRITICAL)
-        if (recommended > inside) if model.direction == "above" else (recommended < inside):
-            recommended, guards = inside, [*guards, f"kept {WARNING_INSIDE_CRITICAL:.0%} inside critical {critical:g}"]
+    recommended = _within(model, current * math.exp(change), bounds, critical, guards)
     status = "changed"
     change = _log_ratio(recommended, current)
     reversed_from = [c for c in past_changes[-OSCILLATION_CYCLES:] if c * change < 0]
@@ -147,6 +137,35 @@ def choose(model: ThresholdModel | ComplianceModel, forecast: Forecast | Complia
         recommended, status = current, "unchanged"
     return LevelChoice(level, current, recommended, model.predict(current, forecast),
                        model.predict(recommended, forecast), tuple(guards), status)
+
+
+def first_level(model: ThresholdModel, forecast: Forecast, level: str, exact: float,
+                bounds: tuple[float | None, float | None], critical: float | None) -> LevelChoice:
+    """The level of a model without a policy (``models:``): the one predicted to meet its target,
+    within the bounds and, for the warning, inside ``critical``; ``current`` None, status ``new``."""
+    guards: list[str] = []
+    recommended = _within(model, exact, bounds, critical, guards)
+    return LevelChoice(level, None, recommended, None, model.predict(recommended, forecast), tuple(guards), "new")
+
+
+def _within(model: ThresholdModel | ComplianceModel, recommended: float, bounds: tuple[float | None, float | None],
+            critical: float | None, guards: list[str]) -> float:
+    """``recommended`` held to the bounds, and a warning kept on the safe side of ``critical``;
+    each guard that acted is added to ``guards``."""
+    low, high = bounds
+    if low is not None and recommended < low:
+        recommended = low
+        guards.append(f"raised to the bound min {low:g}")
+    if high is not None and recommended > high:
+        recommended = high
+        guards.append(f"lowered to the bound max {high:g}")
+    if critical is not None:
+        inside = critical * (1 - WARNING_INSIDE_CRITICAL) if model.direction == "above" else \
+            critical * (1 + WARNING_INSIDE_CRITICAL)
+        if (recommended > inside) if model.direction == "above" else (recommended < inside):
+            recommended = inside
+            guards.append(f"kept {WARNING_INSIDE_CRITICAL:.0%} inside critical {critical:g}")
+    return recommended
 
 
 def _cost(model: ThresholdModel, forecast: Forecast, level: float, target: float, current: float,
@@ -194,7 +213,7 @@ def episodes(crossed: np.ndarray, consecutive: int) -> int:
 def risk(choice: LevelChoice, model_confidence: float, span_s: float, target: float) -> tuple[str, list[str]]:
     """``low``, ``medium`` or ``high``, with the reasons."""
     reasons: list[tuple[int, str]] = []
-    change = abs(math.expm1(_log_ratio(choice.recommended, choice.current)))
+    change = 0.0 if choice.current is None else abs(math.expm1(_log_ratio(choice.recommended, choice.current)))
     if change > 0.30:
         reasons.append((2, f"a change of {change:.0%}"))
     elif change > 0.15:

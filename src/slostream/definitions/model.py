@@ -15,6 +15,9 @@ DEFAULT_NO_DATA = {"after": "15m", "severity": "ticket"}
 class Definitions:
     slos: tuple[Slo, ...] = ()
     policies: tuple[Policy, ...] = ()
+    # ``models:``: aggregates that get a threshold model and recommended levels without a policy
+    # (policies with neither level).
+    models: tuple[Policy, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ SLO_FIELDS = {"name", "service", "metric", "objective", "window", "good", "budge
               "description", "runbook_url", "labels"}
 POLICY_FIELDS = {"name", "service", "metric", "aggregate", "window", "direction", "warning", "critical",
                  "consecutive", "min", "max", "runbook_url"}
+MODEL_FIELDS = {"name", "service", "metric", "aggregate", "window", "direction", "consecutive", "min", "max"}
 MAX_POLICY_WINDOW_S = 6 * 3600  # quantile sketches are kept for 6 hours
 
 
@@ -207,27 +208,34 @@ def _number(check: _Checker, doc: dict, name: str) -> float | None:
     return float(value)
 
 
-def parse_policy(doc: Any, file: str, position: int) -> tuple[Policy | None, list[SloProblem]]:
+def parse_model(doc: Any, file: str, position: int) -> tuple[Policy | None, list[SloProblem]]:
+    """A ``models:`` entry: a policy's fields but the levels (window 5m unless given)."""
+    return parse_policy(doc, file, position, kind="model")
+
+
+def parse_policy(doc: Any, file: str, position: int, kind: str = "policy") -> tuple[Policy | None, list[SloProblem]]:
     name = doc.get("name") if isinstance(doc, dict) else None
-    check = _Checker(file, f"policy '{name}'" if isinstance(name, str) and name else f"policies[{position}]")
+    plural = {"policy": "policies", "model": "models"}[kind]
+    check = _Checker(file, f"{kind} '{name}'" if isinstance(name, str) and name else f"{plural}[{position}]")
     if not isinstance(doc, dict):
-        check.fail("policies", f"entry {position} is {doc!r}. Fix: each policy is a mapping")
+        check.fail(plural, f"entry {position} is {doc!r}. Fix: each {kind} is a mapping")
         return None, check.problems
-    for unknown in sorted(set(doc) - POLICY_FIELDS):
-        check.fail(unknown, "is not a field of a policy. "
-                            f"Fix: remove it or use one of {', '.join(sorted(POLICY_FIELDS))}")
+    fields = POLICY_FIELDS if kind == "policy" else MODEL_FIELDS
+    for unknown in sorted(set(doc) - fields):
+        check.fail(unknown, f"is not a field of a {kind}. "
+                            f"Fix: remove it or use one of {', '.join(sorted(fields))}")
     name, service, metric = check.text(doc, "name"), check.text(doc, "service"), check.text(doc, "metric")
     aggregate = doc.get("aggregate")
     if aggregate not in AGGREGATES:
         check.fail("aggregate", f"is {aggregate!r}. Fix: use one of {', '.join(AGGREGATES)}")
-    window_s = check.duration(doc.get("window", "1m"), "window")
+    window_s = check.duration(doc.get("window", "1m" if kind == "policy" else "5m"), "window")
     if window_s is not None and (window_s > MAX_POLICY_WINDOW_S or window_s % 10):
         check.fail("window", f"is {doc.get('window')!r}. Fix: use a multiple of 10s up to 6h")
     direction = doc.get("direction", "above")
     if direction not in ("above", "below"):
         check.fail("direction", f"is {direction!r}. Fix: use above (larger is worse) or below (smaller is worse)")
     warning, critical = _number(check, doc, "warning"), _number(check, doc, "critical")
-    if warning is None and critical is None and "warning" not in doc and "critical" not in doc:
+    if kind == "policy" and warning is None and critical is None and "warning" not in doc and "critical" not in doc:
         check.fail("critical", "and warning are both missing. Fix: give at least one level")
     if warning is not None and critical is not None and direction in ("above", "below"):
         safe = warning < critical if direction == "above" else warning > critical
@@ -262,10 +270,10 @@ def _bound(value: float | None) -> str:
 
 
 def parse_document(document: dict, path: str, number: int) -> tuple[Definitions, list[SloProblem]]:
-    """The ``slos:`` and ``policies:`` lists of one YAML document."""
+    """The ``slos:``, ``policies:`` and ``models:`` lists of one YAML document."""
     problems: list[SloProblem] = []
-    found: dict[str, list] = {"slos": [], "policies": []}
-    for key, parse in (("slos", parse_slo), ("policies", parse_policy)):
+    found: dict[str, list] = {"slos": [], "policies": [], "models": []}
+    for key, parse in (("slos", parse_slo), ("policies", parse_policy), ("models", parse_model)):
         entries = document.get(key, [])
         if not isinstance(entries, list):
             problems.append(SloProblem(path, f"document {number}", key, f"must be a list. Fix: write {key}: [...]"))
@@ -275,12 +283,13 @@ def parse_document(document: dict, path: str, number: int) -> tuple[Definitions,
             problems.extend(errors)
             if item is not None:
                 found[key].append(item)
-    return Definitions(tuple(found["slos"]), tuple(found["policies"])), problems
+    return Definitions(tuple(found["slos"]), tuple(found["policies"]), tuple(found["models"])), problems
 
 
 def check_unique(definitions: Definitions, path: str) -> list[SloProblem]:
     problems = []
-    for kind, items in (("slo", definitions.slos), ("policy", definitions.policies)):
+    # Policies and models share their names' space: a model's state is kept under its name as a policy's is.
+    for kind, items in (("slo", definitions.slos), ("policy or model", (*definitions.policies, *definitions.models))):
         seen: set[str] = set()
         for item in items:
             if item.name in seen:
@@ -291,7 +300,8 @@ def check_unique(definitions: Definitions, path: str) -> list[SloProblem]:
 
 
 def merge(*parts: Definitions) -> Definitions:
-    return Definitions(tuple(s for p in parts for s in p.slos), tuple(q for p in parts for q in p.policies))
+    return Definitions(tuple(s for p in parts for s in p.slos), tuple(q for p in parts for q in p.policies),
+                       tuple(m for p in parts for m in p.models))
 
 
 def load_definition_file(path: str) -> tuple[Definitions, list[SloProblem]]:
@@ -311,7 +321,7 @@ def load_definition_file(path: str) -> tuple[Definitions, list[SloProblem]]:
     for number, document in enumerate(documents):
         if isinstance(document, dict) and is_openslo(document):
             openslo_docs.append((number, document))
-        elif isinstance(document, dict) and ("slos" in document or "policies" in document):
+        elif isinstance(document, dict) and ("slos" in document or "policies" in document or "models" in document):
             definitions, found = parse_document(document, path, number)
             parts.append(definitions)
             problems.extend(found)

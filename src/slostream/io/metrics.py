@@ -242,6 +242,11 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
+def _standing_rate(data: dict) -> float:
+    """The predicted violation rate of the level in force (the recommended one without a policy)."""
+    return (data["predicted"]["current"] or data["predicted"]["recommended"])["violation_rate"]
+
+
 def _recommendation_metrics(latest: list[dict], emitted: int):
     """The levels and predicted violation rates of the newest recommendation of every target (``kind``
     policy or slo, ``target`` its name). A policy over label-split series has one model per series;
@@ -260,8 +265,7 @@ def _recommendation_metrics(latest: list[dict], emitted: int):
         names = (data["target"]["kind"], data["target"]["name"], data["target"]["level"], data["service"],
                  data["metric"])
         held = worst.get(names)
-        if held is None or data["predicted"]["current"]["violation_rate"] > held["predicted"]["current"][
-                "violation_rate"]:
+        if held is None or _standing_rate(data) > _standing_rate(held):
             worst[names] = data
     error = GaugeMetricFamily("slostream_threshold_prediction_relative_error",
                               "|predicted - actual| / actual violation rate of the newest scored recommendation.",
@@ -273,12 +277,14 @@ def _recommendation_metrics(latest: list[dict], emitted: int):
                                 labels=labels)
     for names, data in sorted(worst.items()):
         names = list(names)
-        current.add_metric(names, data["current"])
+        if data["current"] is not None:  # None: a model without a policy
+            current.add_metric(names, data["current"])
         recommended.add_metric(names, data["recommended"])
         for which in ("current", "recommended"):
-            predicted.add_metric([*names, which], data["predicted"][which]["violation_rate"])
+            if data["predicted"][which] is not None:
+                predicted.add_metric([*names, which], data["predicted"][which]["violation_rate"])
             scored = data["last_score"]
-            if scored is not None and scored[which]["relative_error"] is not None:
+            if scored is not None and scored[which] is not None and scored[which]["relative_error"] is not None:
                 error.add_metric([*names, which], scored[which]["relative_error"])
         accuracy = data["accuracy"]
         if accuracy["scored"]:

@@ -46,6 +46,7 @@ class PipelineConfig:
     source: str
     slos: tuple[Slo, ...]
     policies: tuple[Policy, ...]
+    models: tuple[Policy, ...]  # threshold models without a policy: policies with neither level
     alert_cooldown_s: float
     escalate_after_s: float | None
     partitions: int  # of the measurement topic: who owns which service

@@ -2,7 +2,9 @@
 (``core.recommend``).
 
 Every policy's aggregate on every series it watches gets a model, fed each closed policy window in
-event time. A policy's warning and critical levels are recommended:
+event time, and so does every entry of ``models:`` (a policy without levels: its recommendations
+are the levels that would meet the strategy's targets, ``current`` null, status ``new``). A
+policy's warning and critical levels are recommended:
 
 - on a schedule: every ``recommend_every_s`` of event time after the model's first window;
 - after a drift detection on the series, six hours on, if the change has lasted
@@ -41,6 +43,7 @@ from slostream.core.recommend import (
     backtest,
     choose,
     confidence,
+    first_level,
     model_summary,
     ready,
     risk,
@@ -86,7 +89,8 @@ class PolicyModel:
             if pending["made_at"] < end <= pending["until"]:
                 pending["windows"] += 1
                 for which, level in pending["levels"].items():
-                    pending["crossed"][which] += value > level if direction == "above" else value < level
+                    if level is not None:
+                        pending["crossed"][which] += value > level if direction == "above" else value < level
         done = [p for p in self.pending if end >= p["until"]]
         if done:
             self.pending = [p for p in self.pending if end < p["until"]]
@@ -104,6 +108,8 @@ class PolicyModel:
         its running accuracy moved."""
         accuracy = self.accuracy
         for which in ("current", "recommended"):
+            if scores[which] is None:  # no current level (``models:``)
+                continue
             self.model.recalibrate(scores[which]["covered"])
             accuracy["scored"] += 1
             accuracy["covered"] += scores[which]["covered"]
@@ -141,14 +147,23 @@ class ThresholdEvaluator(Evaluator):
         self.source = config.source
         self.alerting = alerting
         self.policies_for: dict[tuple[str, str], list[Policy]] = {}
-        for policy in config.policies:
+        for policy in (*config.policies, *config.models):
             self.policies_for.setdefault((policy.service, policy.metric), []).append(policy)
+        self.models_only = {model.name for model in config.models}
         # Writes for the next checkpoint, by (kind, policy, chunk's first window, series key); None
         # deletes the key.
         self._writes: dict[tuple[str, str, int, str], bytes | None] = {}
         # Read at a restore, until each series takes its own: (series key, policy) -> chunks, report.
         self._restored_chunks: dict[tuple[str, str], dict[int, bytes]] = {}
         self._restored_reports: dict[tuple[str, str], dict] = {}
+
+    def window_lengths(self, group: tuple[str, str]) -> dict[int, bool]:
+        """A ``models:`` entry's windows (a policy's are the policy evaluator's)."""
+        lengths: dict[int, bool] = {}
+        for policy in self.policies_for.get(group, ()) if self.enabled else ():
+            if policy.name in self.models_only:
+                lengths[policy.window_s] = lengths.get(policy.window_s, False) or policy.aggregate.startswith("p")
+        return lengths
 
     def watch(self, series: Series) -> None:
         policies = self.policies_for.get(series.group, ()) if self.enabled else ()
@@ -222,16 +237,18 @@ class ThresholdEvaluator(Evaluator):
         forecast = model.forecast(at, self.horizon_s, fit)
         in_progress = _in_progress(series, held, at, fit)
         critical = None
+        model_only = policy.name in self.models_only
         for level in LEVELS:
             current = getattr(policy, level)
-            if current is None:
+            if current is None and not model_only:
                 continue
             target = strategy.rate(level)
             exact = model.level_for(target, forecast)
             model_confidence = confidence(model, forecast, target, exact)
-            choice = choose(model, forecast, level, current, target, exact, strategy, model_confidence,
-                            held.changes[level], (policy.min_level, policy.max_level),
-                            critical if level == "warning" else None)
+            bounds, inside = (policy.min_level, policy.max_level), critical if level == "warning" else None
+            choice = first_level(model, forecast, level, exact, bounds, inside) if model_only else choose(
+                model, forecast, level, current, target, exact, strategy, model_confidence, held.changes[level],
+                bounds, inside)
             if level == "critical":
                 critical = choice.recommended
             data = self._data(series, policy, held, choice, at, trigger, model_confidence, in_progress)
@@ -260,19 +277,20 @@ class ThresholdEvaluator(Evaluator):
                out: Output) -> None:
         """A recommendation whose horizon ``end`` closed: its score event, the model recalibrated,
         and the inaccuracy alert of its level judged."""
-        scores = {which: score(pending["predicted"][which], pending["windows"], pending["crossed"][which])
+        scores = {which: None if pending["levels"][which] is None else score(
+                  pending["predicted"][which], pending["windows"], pending["crossed"][which])
                   for which in ("current", "recommended")}
         held.learn_score(scores)
         accuracy = held.accuracy
         level = pending["level"]
-        data = {"target": {"kind": "policy", "name": policy.name, "level": level},
+        data = {"target": {"kind": self._kind(policy), "name": policy.name, "level": level},
                 "service": series.service, "metric": series.metric, "labels": series.labels,
                 "made_at": pending["made_at"], "scored_at": end, "horizon_s": pending["until"] - pending["made_at"],
                 "trigger": pending["trigger"], "levels": pending["levels"], **scores, "accuracy": dict(accuracy)}
         out.recommendations.append(scored_event(self.source, series.service, series.key, data))
         held.scored[level] = data
         self._report_changed(series, policy.name, held)
-        inaccurate = [which for which in ("current", "recommended") if scores[which]["inaccurate"]]
+        inaccurate = [which for which in ("current", "recommended") if scores[which] and scores[which]["inaccurate"]]
         labels = {**series.labels, "service": series.service, "metric": series.metric, "policy": policy.name,
                   "level": level}
         self.alerting.evaluate(end, [inaccurate_condition(labels, f"{policy.name} {level} on {series.service}", data,
@@ -285,9 +303,14 @@ class ThresholdEvaluator(Evaluator):
         risk_level, reasons = risk(choice, model_confidence, model.span_s, target)
         if in_progress is not None:
             risk_level, reasons = "high", [*reasons, f"made while {in_progress}"]
-        now_bt, new_bt = (backtest(model, level, policy.consecutive) for level in (choice.current, choice.recommended))
-        predicted_now, predicted_new = choice.predicted_current, choice.predicted_recommended
+        new_bt = backtest(model, choice.recommended, policy.consecutive)
+        predicted_new = choice.predicted_recommended
         days = self.horizon_s / 86400
+        if choice.current is None:
+            return self._first_data(series, policy, held, choice, at, trigger, model_confidence, new_bt,
+                                    risk_level, reasons)
+        now_bt = backtest(model, choice.current, policy.consecutive)
+        predicted_now = choice.predicted_current
         rationale = (
             f"Over the last {now_bt['windows']} windows ({model.span_s / 86400:.1f} days retained, the last 7 days "
             f"backtested) the {policy.aggregate} of {series.service} {series.metric} crossed {choice.current:g} in "
@@ -299,11 +322,7 @@ class ThresholdEvaluator(Evaluator):
             f"recommended one, against a {choice.level} target of {target:.2%}.")
         rollback_rate = max(3 * target, 1.5 * predicted_new.ci_high)
         return {
-            "target": {"kind": "policy", "name": policy.name, "level": choice.level},
-            "service": series.service, "metric": series.metric, "labels": series.labels,
-            "aggregate": policy.aggregate, "direction": policy.direction,
-            "made_at": at, "trigger": trigger, "status": choice.status,
-            "current": choice.current, "recommended": choice.recommended, "horizon_s": self.horizon_s,
+            **self._head(series, policy, choice, at, trigger),
             "predicted": {"current": predicted_now.as_dict(), "recommended": predicted_new.as_dict()},
             "backtest": {"span_s": 7 * 86400, "current": now_bt, "recommended": new_bt},
             "confidence": model_confidence,
@@ -315,6 +334,45 @@ class ThresholdEvaluator(Evaluator):
                 f"alert episodes in 24 h",
                 "a drift is detected on the series",
             ],
+            "guards": list(choice.guards),
+            "strategy": strategy.as_dict(),
+            "model": model_summary(model, at),
+        }
+
+    def _kind(self, policy: Policy) -> str:
+        return "model" if policy.name in self.models_only else "policy"
+
+    def _head(self, series: Series, policy: Policy, choice: LevelChoice, at: float, trigger: str) -> dict:
+        """What every recommendation's data starts with: its target, and the levels."""
+        return {"target": {"kind": self._kind(policy), "name": policy.name, "level": choice.level},
+                "service": series.service, "metric": series.metric, "labels": series.labels,
+                "aggregate": policy.aggregate, "direction": policy.direction,
+                "made_at": at, "trigger": trigger, "status": choice.status,
+                "current": choice.current, "recommended": choice.recommended, "horizon_s": self.horizon_s}
+
+    def _first_data(self, series: Series, policy: Policy, held: PolicyModel, choice: LevelChoice, at: float,
+                    trigger: str, model_confidence: float, new_bt: dict, risk_level: str, reasons: list[str]) -> dict:
+        """The data of a level recommended for a ``models:`` entry: nothing to compare it with."""
+        model, strategy = held.model, self.strategy
+        target = strategy.rate(choice.level)
+        predicted = choice.predicted_recommended
+        rationale = (
+            f"{series.service} {series.metric} has no {choice.level} level. Over the last {new_bt['windows']} "
+            f"windows ({model.span_s / 86400:.1f} days retained, the last 7 days backtested) its {policy.aggregate} "
+            f"would have crossed {choice.recommended:g} in {new_bt['breach_windows']} windows ({new_bt['episodes']} "
+            f"alert episodes). For the next {self.horizon_s / 86400:g} days the model predicts "
+            f"{predicted.violation_rate:.2%} [{predicted.ci_low:.2%}, {predicted.ci_high:.2%}] of windows over it, "
+            f"against a {choice.level} target of {target:.2%}.")
+        return {
+            **self._head(series, policy, choice, at, trigger),
+            "predicted": {"current": None, "recommended": predicted.as_dict()},
+            "backtest": {"span_s": 7 * 86400, "current": None, "recommended": new_bt},
+            "confidence": model_confidence,
+            "risk": {"level": risk_level, "reasons": reasons},
+            "rationale": rationale,
+            "rollback_criteria": [f"the realised violation rate of {choice.recommended:g} over 24 h is above "
+                                  f"{max(3 * target, 1.5 * predicted.ci_high):.2%}",
+                                  "a drift is detected on the series"],
             "guards": list(choice.guards),
             "strategy": strategy.as_dict(),
             "model": model_summary(model, at),
