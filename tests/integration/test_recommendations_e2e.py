@@ -80,17 +80,19 @@ def test_live_unkeyed_producers_get_policy_and_slo_recommendations_across_a_rest
     partitions; the service slows by 50% on day 2.4 for good. A policy (per host) and a threshold
     SLO (over the hosts) with the aggressive strategy, a day's cycle and horizon: recommendations
     on schedule and after the drift, scores a day later, exactly those of an in-process run with one
-    partition, though the worker is stopped and another takes over half-way."""
+    partition, though the worker is stopped and another takes over half-way. A models: entry (p50,
+    no policy) gets levels too."""
     definitions = tmp_path / "definitions.yaml"
-    definitions.write_text(POLICY_YAML + SLO_YAML)
+    definitions.write_text(POLICY_YAML + SLO_YAML + "models:\n  - {name: api-p50, service: api, metric: latency_ms, "
+                           "aggregate: p50}\n")
     items = latency_bursts(3.3, per_burst=9, hosts=3, shift_at_day=2.4)
     env = {"SLOSTREAM_GRACE_S": "5", "SLOSTREAM_DEFINITION_FILES": str(definitions), "SLOSTREAM_LABEL_KEYS": "host",
            "SLOSTREAM_RECOMMEND_STRATEGY": "aggressive", "SLOSTREAM_RECOMMEND_EVERY_S": "86400",
            "SLOSTREAM_RECOMMEND_HORIZON_S": "86400"}
     expected = in_process_events(items, env, "recommendations", 36)
     made = [e["data"] for e in expected.values() if e["type"] == "slostream.recommendation"]
-    assert {(d["target"]["kind"], d["trigger"]) for d in made} == {("policy", "schedule"), ("policy", "drift"),
-                                                                   ("slo", "schedule")}
+    assert {(d["target"]["kind"], d["trigger"]) for d in made} == {
+        ("policy", "schedule"), ("policy", "drift"), ("slo", "schedule"), ("model", "schedule"), ("model", "drift")}
     assert any(e["type"] == "slostream.recommendation.scored" and e["data"]["target"]["kind"] == "slo"
                for e in expected.values())
     prefix = make_worker.prefix
