@@ -14,9 +14,10 @@ PARTITIONS = 4
 
 
 def send_records(bootstrap: str, topic: str, records: list[tuple[bytes | None, bytes]], compression: str | None = None,
-          pause_every: int = 0, pause_s: float = 0.0) -> None:
+          pause_every: int = 0, pause_s: float = 0.0, wait=None) -> None:
     """Produce (key, value) records in order; unkeyed ones go where aiokafka's partitioner puts them
-    (a random partition), keyed ones to murmur2(key) as with any Kafka client."""
+    (a random partition), keyed ones to murmur2(key) as with any Kafka client. Every ``pause_every``
+    records: flushed, then ``pause_s`` of sleep, and ``wait(records sent)`` (a blocking call) if given."""
 
     async def run():
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap, compression_type=compression, linger_ms=5,
@@ -28,6 +29,8 @@ def send_records(bootstrap: str, topic: str, records: list[tuple[bytes | None, b
                 if pause_every and number % pause_every == pause_every - 1:
                     await producer.flush()
                     await asyncio.sleep(pause_s)
+                    if wait is not None:
+                        await asyncio.to_thread(wait, number + 1)
             await producer.flush()
         finally:
             await producer.stop()

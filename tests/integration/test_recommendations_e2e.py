@@ -62,17 +62,19 @@ def test_recommendations_end_to_end(kafka, make_worker, tmp_path):
     assert worker.stop() == 0
 
 
-def _caught_up(worker, timeout: float = 60.0) -> None:
-    """Until the worker has processed every record of its partitions (its lag metric is 0)."""
+def _reached(worker, event_time: float, timeout: float = 60.0) -> None:
+    """Until the worker's newest watermark has reached ``event_time``: a live producer's records are
+    read as they come, while days of event time are sent in seconds here (a backlog of unkeyed
+    records is read from four partitions at different speeds, see the other test)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _, metrics = worker.get("/metrics")
-        lags = [float(line.rsplit(b" ", 1)[1]) for line in metrics.splitlines()
-                if line.startswith(b"slostream_consumer_lag_records{")]
-        if lags and not any(lags):
+        marks = [float(line.rsplit(b" ", 1)[1]) for line in metrics.splitlines()
+                 if line.startswith(b"slostream_watermark_seconds{")]
+        if marks and max(marks) >= event_time:
             return
-        time.sleep(0.2)
-    raise AssertionError("the worker did not catch up")
+        time.sleep(0.02)
+    raise AssertionError(f"the worker did not reach event time {event_time}")
 
 
 def test_live_unkeyed_producers_get_policy_and_slo_recommendations_across_a_restart(kafka, make_worker, tmp_path):
@@ -97,15 +99,16 @@ def test_live_unkeyed_producers_get_policy_and_slo_recommendations_across_a_rest
                for e in expected.values())
     prefix = make_worker.prefix
     records = [(None, orjson.dumps(items[i:i + 36])) for i in range(0, len(items), 36)]
+    newest = [items[min(i + 36, len(items)) - 1]["ts"] - 10 for i in range(0, len(items), 36)]
     half = len(records) // 2
     first = make_worker("recommend", **env).start()
-    send_records(kafka.bootstrap, f"{prefix}measurements", records[:half], compression="lz4", pause_every=1,
-                 pause_s=0.03)
-    _caught_up(first)
+    send_records(kafka.bootstrap, f"{prefix}measurements", records[:half], compression="lz4", pause_every=2,
+                 wait=lambda sent: _reached(first, newest[sent - 1]))
+    _reached(first, newest[half - 1])
     assert first.stop() == 0
     second = make_worker("recommend", **env).start()
-    send_records(kafka.bootstrap, f"{prefix}measurements", records[half:], compression="lz4", pause_every=1,
-                 pause_s=0.03)
+    send_records(kafka.bootstrap, f"{prefix}measurements", records[half:], compression="lz4", pause_every=2,
+                 wait=lambda sent: _reached(second, newest[half + sent - 1]))
     topic = f"{prefix}recommendations"
     events = consume(kafka.bootstrap, topic, lambda ev: {e["id"] for e in ev} >= set(expected), timeout=120)
     by_id: dict[str, dict] = {}
