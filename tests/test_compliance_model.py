@@ -6,26 +6,13 @@ import math
 import numpy as np
 import orjson
 import pytest
-from scipy import special, stats
+from scipy import stats
 
+from slostream.bench.thresholds import seasonal_hourly_histograms
 from slostream.core.compliance_model import BINS, ComplianceModel
 
 T0 = 1_699_833_600  # a Monday, 00:00 UTC
 HOUR, DAY, WEEK = 3600, 86400, 604800
-
-
-def _hourly_counts(model: ComplianceModel, rng: np.random.Generator, weeks: int, day_sd: float, hour_sd: float = 0.03):
-    """Hourly histograms of a seasonal lognormal latency (a daily cycle, lower weekends, a random
-    effect per day and per hour), as (start, counts) pairs."""
-    base, sigma, per_hour = 150 * rng.uniform(0.8, 1.2), rng.uniform(0.25, 0.35), rng.uniform(500, 3000)
-    day_effect = rng.normal(0, day_sd, weeks * 7)
-    for h in range(weeks * 168):
-        start = T0 + h * HOUR
-        daily = 1 + 0.3 * math.sin(2 * math.pi * ((start % DAY) / HOUR - 8) / 24)
-        weekend = 0.85 if ((start // DAY) + 3) % 7 >= 5 else 1.0
-        scale = base * daily * weekend * math.exp(day_effect[h // 24] + rng.normal(0, hour_sd))
-        shares = np.diff(np.r_[0.0, special.ndtr(np.log(model.edges / scale) / sigma), 1.0])
-        yield start, rng.multinomial(rng.poisson(per_hour * (0.5 + 0.5 * daily)), shares).astype(np.float32)
 
 
 def test_histogram_is_a_brute_force_count_by_bin():
@@ -83,7 +70,7 @@ def test_held_out_week_lies_in_the_95_interval_for_most_seeded_series(day_sd):
         rng = np.random.default_rng(seed)
         model = ComplianceModel(300.0, good_below=True, objective=0.99)
         held_out = np.zeros(BINS + 2)
-        for start, counts in _hourly_counts(model, rng, 5, day_sd):
+        for start, counts in seasonal_hourly_histograms(model, rng, 5, day_sd):
             if start < T0 + 4 * WEEK:
                 model.update(start, counts)
             else:
@@ -120,7 +107,7 @@ def test_backtest_at_an_edge_is_a_brute_force_count_of_the_last_week():
 def test_state_round_trips_exactly_and_stays_under_32_kib():
     rng = np.random.default_rng(5)
     model = ComplianceModel(250.0, good_below=False, objective=0.999)
-    for start, counts in _hourly_counts(model, rng, 3, 0.05):
+    for start, counts in seasonal_hourly_histograms(model, rng, 3, 0.05):
         model.update(start, counts)
     model.recalibrate(False)
     model.drifted(T0 + 2 * WEEK)

@@ -36,7 +36,7 @@ from slostream.bench.cardinality import (
 )
 from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITIONS, _expected_windows, _payloads
 from slostream.bench.drift import drift_quality, drift_state
-from slostream.bench.thresholds import threshold_quality
+from slostream.bench.thresholds import slo_threshold_quality, threshold_quality
 from slostream.bench.throughput import (
     _alert_latency,
     _bench_definitions,
@@ -124,6 +124,8 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         "drift": drift_quality(),
         "drift_state": drift_state(),
         "thresholds": threshold_quality(),
+        "slo_thresholds": {"day_effect_0.05": slo_threshold_quality(),
+                           "no_day_effect": slo_threshold_quality(day_sd=0.0)},
         "alert_trials": len(latencies),
         "alert_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
         "alert_latency_p99_s": round(float(np.percentile(latencies, 99)), 3),
