@@ -126,13 +126,18 @@ def test_a_lasting_change_is_told_from_an_incident():
     for h in range(14 * 24):
         model.update(T0 + h * HOUR, model.histogram(normal.rvs(1000, random_state=rng)))
     assert not model.unusual()
-    assert not model.lasting(T0 + 13 * DAY, None)
-    for h in range(3):  # an incident hour, learned once a window an hour after its end comes
+    assert not model.lasting(T0 + 13 * DAY)  # no change detected
+    model.change_detected()
+    for h in range(4):  # the same as before: no lasting change
+        model.update(T0 + 14 * DAY + h * HOUR, model.histogram(normal.rvs(1000, random_state=rng)))
+    assert not model.lasting(T0 + 14 * DAY)
+    for h in range(4, 7):  # an incident hour, learned once a window an hour after its end comes
         model.update(T0 + 14 * DAY + h * HOUR, model.histogram(worse.rvs(1000, random_state=rng) * 1.3))
     assert model.unusual()
-    for h in range(2, 9):
+    model.change_detected()
+    for h in range(6, 13):
         model.update(T0 + 14 * DAY + h * HOUR, model.histogram(worse.rvs(1000, random_state=rng)))
-    assert model.lasting(T0 + 14 * DAY, None)
+    assert model.lasting(T0 + 14 * DAY + 4 * HOUR)
 
 
 def test_windows_of_several_series_learn_the_same_whatever_their_interleaving():

@@ -94,7 +94,8 @@ def test_live_unkeyed_producers_get_policy_and_slo_recommendations_across_a_rest
     expected = in_process_events(items, env, "recommendations", 36)
     made = [e["data"] for e in expected.values() if e["type"] == "slostream.recommendation"]
     assert {(d["target"]["kind"], d["trigger"]) for d in made} == {
-        ("policy", "schedule"), ("policy", "drift"), ("slo", "schedule"), ("model", "schedule"), ("model", "drift")}
+        ("policy", "schedule"), ("policy", "drift"), ("slo", "schedule"), ("slo", "drift"), ("model", "schedule"),
+        ("model", "drift")}
     assert any(e["type"] == "slostream.recommendation.scored" and e["data"]["target"]["kind"] == "slo"
                for e in expected.values())
     prefix = make_worker.prefix

@@ -11,7 +11,8 @@ it, the configured threshold an edge), with one bin below and one above:
   pooled histogram of all hours (``SHRINK_EVENTS`` events' worth);
 - **by day**: the last ``DAYS`` days' histograms, undecayed: the spread of what each day did
   against what the model expects of it gives the interval, and the backtest is exact from them;
-- **by hour**: the last ``RECENT_HOURS`` hours, to tell a change that lasted from an incident.
+- **by hour**: the last ``RECENT_HOURS`` hours, to tell a change that lasted (against what the
+  model expected when it was detected) from an incident.
 
 An hour is learned whole (``update`` returns it), once a window starting ``FOLD_AFTER_S`` after its
 end arrives: the windows of the SLO's several series come in an order that depends on how their
@@ -115,7 +116,8 @@ class ComplianceModel:
     """See the module."""
 
     __slots__ = ("threshold", "good_below", "objective", "edges", "hours", "hour_week", "days", "day_number",
-                 "recent", "recent_hour", "open", "seen", "first_start", "newest_end", "drift_at", "alpha")
+                 "recent", "recent_hour", "open", "before_change", "seen", "first_start", "newest_end", "drift_at",
+                 "alpha")
 
     def __init__(self, threshold: float, good_below: bool, objective: float):
         if not threshold > 0:
@@ -129,6 +131,7 @@ class ComplianceModel:
         self.recent = np.zeros((RECENT_HOURS, BINS + 2), dtype=np.float32)
         self.recent_hour = np.full(RECENT_HOURS, -1, dtype=np.int64)
         self.open: dict[int, np.ndarray] = {}  # hour number -> exact counts of an hour not learned yet
+        self.before_change: np.ndarray | None = None  # ``change_detected``
         self.seen = 0  # windows taken in
         self.first_start = math.nan
         self.newest_end = math.nan
@@ -330,37 +333,50 @@ class ComplianceModel:
         return {"days": int(slots.size), "events": round(events), "bad_events": round(bad),
                 "compliance": 1.0 - rate, "budget_burn": rate / (1.0 - self.objective)}
 
-    def lasting(self, since: float, forecast: ComplianceForecast | None) -> bool:
+    def change_detected(self) -> None:
+        """A drift detection on one of the SLO's series: what the model expects of each hour of the
+        week now, before it learns the hours after the change, is kept for ``lasting``."""
+        self.before_change = self._hourly_bad().astype(np.float32)
+
+    def lasting(self, since: float) -> bool:
         """Whether a change detected at ``since`` has lasted: the bad share at the configured
-        threshold in the retained hours since differs from what the model expects of them by 10% or
-        more, and significantly (binomial test, p < 0.001)."""
-        return self._recent_test(since, LASTING_P, two_sided=True) is not None
+        threshold in the retained hours since differs from what the model expected of them when the
+        change was detected (``change_detected``) by 10% or more, and significantly (binomial
+        test, p < 0.001)."""
+        if self.before_change is None:
+            return False
+        return self._recent_test(since, LASTING_P, True, self.before_change) is not None
 
     def unusual(self) -> bool:
         """An incident by the model's measure: the newest hour's bad share at the configured
         threshold is over twice what the model expects of it, significantly (binomial, p < 0.01)."""
         if math.isnan(self.newest_end):
             return False
-        found = self._recent_test(self.newest_end - HOUR_S, UNUSUAL_P, two_sided=False)
+        found = self._recent_test(self.newest_end - HOUR_S, UNUSUAL_P, False, self._hourly_bad())
         return found is not None and found > UNUSUAL_FACTOR
 
-    def _recent_test(self, since: float, p: float, two_sided: bool) -> float | None:
+    def _hourly_bad(self) -> np.ndarray:
+        """The expected bad share at the configured threshold of each hour of the week."""
+        _, below = self._shares_below(self._rows(self.newest_end))
+        at = below[:, BINS // 2]
+        return 1.0 - at if self.good_below else at
+
+    def _recent_test(self, since: float, p: float, two_sided: bool, hourly_bad: np.ndarray) -> float | None:
         """The ratio of the bad events at the threshold in the retained hours from ``since`` to what
-        the model expects of them, when it differs significantly at ``p`` (and, two-sided, by at
+        ``hourly_bad`` expects of them, when it differs significantly at ``p`` (and, two-sided, by at
         least ``LASTING_SHIFT``); None otherwise."""
         chosen = np.flatnonzero((self.recent_hour >= 0) & (self.recent_hour >= since // HOUR_S))
         if not chosen.size:
             return None
-        _, below = self._shares_below(self._rows(self.newest_end))
-        at = below[:, BINS // 2]
-        hourly_bad = 1.0 - at if self.good_below else at
         counts = self.recent[chosen]
         total = float(counts.sum(dtype=np.float64))
         bad = round(float(self.bad_of(self.threshold, counts).sum()))
         expected_share = float(np.average(hourly_bad[self.recent_hour[chosen] % HOURS_OF_WEEK],
                                           weights=counts.sum(axis=1)))
-        if total < 1 or not 0 < expected_share < 1:
+        if total < 1:
             return None
+        # An hour never seen bad (or never good) still expects half an event of it.
+        expected_share = min(max(expected_share, 0.5 / total), 1 - 0.5 / total)
         ratio = bad / total / expected_share
         if two_sided and abs(math.log(max(ratio, 1e-12))) < math.log1p(LASTING_SHIFT):
             return None
@@ -379,6 +395,7 @@ class ComplianceModel:
                 "days": _pack(self.days), "day_number": self.day_number.tolist(), "recent": _pack(self.recent),
                 "recent_hour": self.recent_hour.tolist(),
                 "open": {str(number): counts.tolist() for number, counts in sorted(self.open.items())},
+                "before_change": None if self.before_change is None else _pack(self.before_change),
                 "seen": self.seen, "first_start": _finite(self.first_start),
                 "newest_end": _finite(self.newest_end), "drift_at": _finite(self.drift_at), "alpha": self.alpha}
 
@@ -395,6 +412,8 @@ class ComplianceModel:
         model.recent = _unpack(state["recent"], model.recent.shape)
         model.recent_hour = np.array(state["recent_hour"], dtype=np.int64)
         model.open = {int(number): np.array(counts, dtype=np.float64) for number, counts in state["open"].items()}
+        if state["before_change"] is not None:
+            model.before_change = _unpack(state["before_change"], (HOURS_OF_WEEK,))
         model.seen, model.alpha = state["seen"], state["alpha"]
         model.first_start, model.newest_end, model.drift_at = (
             math.nan if state[name] is None else state[name] for name in ("first_start", "newest_end", "drift_at"))

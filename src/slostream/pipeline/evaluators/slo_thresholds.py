@@ -12,7 +12,8 @@ command ``{"command": "recommend", "slo": ...}``). Its target is the strategy's
 ``slo_budget_burn`` times the SLO's error budget: the share of bad events that would spend, say,
 70% of the budget (balanced), so the SLO keeps a margin. Nothing is made on schedule while a drift
 is settling (detected less than six hours before) or while an incident runs (``unusual``: the
-newest hour's bad share over twice what the model expects, significantly).
+newest hour's bad share over twice what the model expects, significantly), unless a change has
+lasted: its hours look like an incident to the weekly model until it has learned them.
 
 Each recommendation is scored once its horizon has passed: the bad events of the current and the
 recommended threshold among the horizon's events, counted exactly (to the sketches' accuracy) as
@@ -124,6 +125,7 @@ class SloThresholdEvaluator(Evaluator):
             held = self.models[slo.name]
             for _, detection in detections:
                 held.after_drift = detection.changed_at
+                held.model.change_detected()
             for j in chosen:
                 for end, counts in held.model.update(float(closed.starts[j]),
                                                      closed.value_histogram(j, held.model.edges)):
@@ -139,9 +141,13 @@ class SloThresholdEvaluator(Evaluator):
             held.due_at = end + self.every_s
         scheduled = end >= held.due_at
         drifted = end - held.after_drift >= LASTING_AFTER_S  # False while NaN
-        if not (scheduled or drifted) or _in_progress(held, end) is not None:
+        if not (scheduled or drifted):
             return
-        lasted = drifted and held.model.lasting(held.after_drift, None)
+        # A change that lasted is no incident, though its hours look like one to the weekly model
+        # until it has learned them: only without one does an incident hold a recommendation back.
+        lasted = drifted and held.model.lasting(held.after_drift)
+        if not lasted and _in_progress(held, end) is not None:
+            return
         if lasted:
             held.model.drifted(held.after_drift)
         held.after_drift = math.nan
