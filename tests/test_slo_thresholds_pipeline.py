@@ -7,7 +7,6 @@ import math
 from itertools import pairwise
 
 import numpy as np
-import orjson
 import pytest
 
 from slostream.core.control import parse_command
@@ -16,7 +15,7 @@ from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
 from tests.pipeline_sim import make_config
 from tests.schemas import validator
-from tests.threshold_streams import T0, latency_bursts
+from tests.threshold_streams import T0, latency_bursts, recommendations_of, records_of, restored_half_way
 
 DAYS = 8.2  # a week of learning, and the day that scores the first recommendations
 LOOSE = Slo("api-fast", "api", "latency_ms", 0.99, SloWindow(rolling_s=28 * 86400), GoodRule("value_le", 300.0))
@@ -24,21 +23,11 @@ TIGHT = Slo("api-snappy", "api", "latency_ms", 0.99, SloWindow(rolling_s=28 * 86
 CONFIG = make_config(grace_s=5.0, slos=(LOOSE, TIGHT), recommend_every_s=86400.0, recommend_horizon_s=86400.0)
 
 
-def _records(items: list[dict], per_record: int = 500) -> list[SourceRecord]:
-    return [SourceRecord("m", 0, n, items[min(i + per_record, len(items)) - 1]["ts"], None,
-                         orjson.dumps(items[i:i + per_record]))
-            for n, i in enumerate(range(0, len(items), per_record))]
-
-
-def _events(proc: PartitionProcessor, records: list[SourceRecord]) -> list[dict]:
-    return [event for record in records for _, event in proc.process([record], 0.0).recommendations]
-
-
 @pytest.fixture(scope="module")
 def run() -> tuple[list[dict], list[dict], PartitionProcessor]:
     items = latency_bursts(DAYS)
     proc = PartitionProcessor(0, CONFIG, 0.0)
-    return items, _events(proc, _records(items)), proc
+    return items, recommendations_of(proc, records_of(items)), proc
 
 
 def _made(events: list[dict], slo: str) -> list[dict]:
@@ -104,13 +93,7 @@ def test_each_recommendation_is_scored_on_the_day_after(run):
 
 def test_a_restore_mid_way_makes_the_same_events(run):
     items, events, _ = run
-    records = _records(items)
-    proc = PartitionProcessor(0, CONFIG, 0.0)
-    half = len(records) * 8 // 10
-    before = _events(proc, records[:half])
-    writes, offset = proc.checkpoint(final=True)
-    restored = PartitionProcessor.restore(0, CONFIG, dict(writes).items(), 0.0)
-    assert before + _events(restored, records[offset + 1:]) == events
+    assert restored_half_way(CONFIG, records_of(items)) == events
 
 
 def test_a_threshold_on_demand(run):

@@ -7,7 +7,6 @@ import math
 from itertools import pairwise
 
 import numpy as np
-import orjson
 import pytest
 
 from slostream.core.control import parse_command
@@ -15,27 +14,26 @@ from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
 from tests.pipeline_sim import make_config
 from tests.schemas import validator
-from tests.threshold_streams import POLICY, T0, WINDOW, latency_bursts, latency_items
+from tests.threshold_streams import (
+    POLICY,
+    T0,
+    WINDOW,
+    latency_bursts,
+    latency_items,
+    recommendations_of,
+    records_of,
+    restored_half_way,
+)
 
 DAYS = 9
 CONFIG = make_config(grace_s=5.0, policies=(POLICY,), recommend_every_s=86400.0)
-
-
-def _records(items: list[dict], per_record: int = 500) -> list[SourceRecord]:
-    return [SourceRecord("m", 0, n, items[min(i + per_record, len(items)) - 1]["ts"], None,
-                         orjson.dumps(items[i:i + per_record]))
-            for n, i in enumerate(range(0, len(items), per_record))]
-
-
-def _recommendations(proc: PartitionProcessor, records: list[SourceRecord]) -> list[dict]:
-    return [event for record in records for _, event in proc.process([record], 0.0).recommendations]
 
 
 @pytest.fixture(scope="module")
 def run() -> tuple[list[dict], list[dict], PartitionProcessor]:
     items = latency_items(DAYS)
     proc = PartitionProcessor(0, CONFIG, 0.0)
-    return items, _recommendations(proc, _records(items)), proc
+    return items, recommendations_of(proc, records_of(items)), proc
 
 
 def test_scheduled_recommendations_loosen_the_tight_level_and_tighten_the_loose_one(run):
@@ -79,15 +77,9 @@ def test_the_backtest_counts_what_the_windows_did(run):
 
 def test_a_restore_mid_way_makes_the_same_recommendations(run):
     items, events, _ = run
-    records = _records(items)
-    proc = PartitionProcessor(0, CONFIG, 0.0)
-    half = len(records) * 8 // 10
-    before = _recommendations(proc, records[:half])
-    writes, offset = proc.checkpoint(final=True)
-    restored = PartitionProcessor.restore(0, CONFIG, dict(writes).items(), 0.0)
-    after = _recommendations(restored, records[offset + 1:])
-    assert [e["id"] for e in before + after] == [e["id"] for e in events]
-    assert before + after == events
+    replayed = restored_half_way(CONFIG, records_of(items))
+    assert [e["id"] for e in replayed] == [e["id"] for e in events]
+    assert replayed == events
 
 
 def test_a_recommendation_on_demand(run):
@@ -115,7 +107,7 @@ def test_recommendations_are_scored_after_their_horizon_and_an_inaccurate_model_
             item["value"] *= 1.6
     proc = PartitionProcessor(0, config, 0.0)
     events, alerts = [], []
-    for record in _records(items):
+    for record in records_of(items):
         out = proc.process([record], 0.0)
         events += [e for _, e in out.recommendations]
         alerts += [e for _, e in out.alerts if e["data"]["labels"]["alertname"] == "ThresholdModelInaccurate"]
@@ -150,7 +142,7 @@ def test_a_policys_bounds_hold_its_recommendations():
     the bound; warning would rise to 125 and is kept 5% inside the new critical."""
     bounded = dataclasses.replace(POLICY, warning=100.0, critical=120.0, max_level=130.0)
     proc = PartitionProcessor(0, make_config(grace_s=5.0, policies=(bounded,), recommend_every_s=86400.0), 0.0)
-    events = _recommendations(proc, _records(latency_items(8)))
+    events = recommendations_of(proc, records_of(latency_items(8)))
     first = {e["data"]["target"]["level"]: e["data"] for e in events}
     assert first["critical"]["recommended"] == 130.0
     assert "lowered to the bound max 130" in first["critical"]["guards"]
@@ -166,7 +158,7 @@ def test_a_model_without_a_policy_recommends_the_levels_that_meet_the_targets():
     config = make_config(grace_s=5.0, models=(model,), recommend_every_s=86400.0, recommend_horizon_s=86400.0)
     items = latency_bursts(8.2)
     proc = PartitionProcessor(0, config, 0.0)
-    events = _recommendations(proc, _records(items))
+    events = recommendations_of(proc, records_of(items))
     made = {e["data"]["target"]["level"]: e["data"] for e in events if e["type"] == "slostream.recommendation"}
     check = validator("recommendation-event.schema.json")
     for event in events:

@@ -3,8 +3,11 @@ cycle; a policy whose warning is too tight and critical too loose, and an SLO wh
 too loose."""
 
 import numpy as np
+import orjson
 
 from slostream.core.policy import Policy
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import SourceRecord
 
 T0 = 1_699_833_600  # a Monday, 00:00 UTC
 WINDOW = 300
@@ -54,3 +57,25 @@ def latency_bursts(days: float, per_burst: int = 8, hosts: int = 1, shift_at_day
     return [{"service": "api", "metric": "latency_ms", "ts": float(t), "value": float(v),
              **({"labels": {"host": f"h{k % hosts}"}} if hosts > 1 else {})}
             for k, (t, v) in enumerate(zip(ts.tolist(), values.tolist()))]
+
+
+def records_of(items: list[dict], per_record: int = 500) -> list[SourceRecord]:
+    """``items`` as the records of one partition, ``per_record`` measurements each."""
+    return [SourceRecord("m", 0, n, items[min(i + per_record, len(items)) - 1]["ts"], None,
+                         orjson.dumps(items[i:i + per_record]))
+            for n, i in enumerate(range(0, len(items), per_record))]
+
+
+def recommendations_of(proc: PartitionProcessor, records: list[SourceRecord]) -> list[dict]:
+    """The recommendation and score events of feeding ``records`` to ``proc`` one by one."""
+    return [event for record in records for _, event in proc.process([record], 0.0).recommendations]
+
+
+def restored_half_way(config, records: list[SourceRecord]) -> list[dict]:
+    """The recommendation events of ``records`` through a processor checkpointed after 80% of
+    them and restored from its writes for the rest."""
+    proc = PartitionProcessor(0, config, 0.0)
+    before = recommendations_of(proc, records[:len(records) * 8 // 10])
+    writes, offset = proc.checkpoint(final=True)
+    restored = PartitionProcessor.restore(0, config, dict(writes).items(), 0.0)
+    return before + recommendations_of(restored, records[offset + 1:])

@@ -30,12 +30,12 @@ import orjson
 from slostream.core.closed import Closed
 from slostream.core.compliance_model import BIN_WIDTH, MODEL_VERSION, ComplianceModel
 from slostream.core.objectives import Slo
-from slostream.core.recommend import STRATEGIES, LevelChoice, choose, confidence, ready, risk, score
+from slostream.core.recommend import LevelChoice, choose, confidence, ready, risk, score
 from slostream.core.threshold_model import LASTING_AFTER_S
 from slostream.pipeline.alerting import Alerting
-from slostream.pipeline.envelopes import recommendation_event, scored_event
-from slostream.pipeline.evaluators import Closes, Evaluator
-from slostream.pipeline.evaluators.thresholds import MAX_PENDING, PAST_CHANGES, PolicyModel, inaccurate_condition
+from slostream.pipeline.envelopes import recommendation_event
+from slostream.pipeline.evaluators import Closes
+from slostream.pipeline.evaluators.thresholds import PolicyModel, RecommendingEvaluator
 from slostream.pipeline.series import Series
 from slostream.pipeline.state_keys import slo_model_key
 from slostream.pipeline.types import Output, PipelineConfig
@@ -57,6 +57,11 @@ class SloModel(PolicyModel):
     def __init__(self, model: ComplianceModel):
         super().__init__(model)
         self.changes = {LEVEL: []}
+
+    @staticmethod
+    def counters() -> dict:
+        """What a pending recommendation counts over its horizon: events, and those judged bad."""
+        return {"events": 0.0, "bad": {"current": 0.0, "recommended": 0.0}}
 
     def count_hour(self, end: float, counts) -> list[dict]:
         """Count a learned hour into the recommendations whose horizon holds it; those whose horizon
@@ -82,17 +87,12 @@ class SloModel(PolicyModel):
         return {**super().to_state(), "report": {"latest": self.latest, "scored": self.scored}}
 
 
-class SloThresholdEvaluator(Evaluator):
+class SloThresholdEvaluator(RecommendingEvaluator):
     kind = "slo_thresholds"
 
     def __init__(self, config: PipelineConfig, alerting: Alerting):
-        self.enabled = config.threshold_models
-        self.strategy = STRATEGIES[config.recommend_strategy]
-        self.every_s = config.recommend_every_s
-        self.horizon_s = config.recommend_horizon_s
-        self.source = config.source
+        super().__init__(config, alerting)
         self.window_s = config.report_window_s
-        self.alerting = alerting
         self.slos_for: dict[tuple[str, str], list[Slo]] = {}
         for slo in config.slos:
             if self.enabled and modelled(slo):
@@ -179,14 +179,7 @@ class SloThresholdEvaluator(Evaluator):
         choice = _on_an_edge(model, forecast, choice)
         data = self._data(slo, held, choice, at, trigger, target, model_confidence, _in_progress(held, at))
         out.recommendations.append(recommendation_event(self.source, slo.service, slo.name, data))
-        if choice.status == "changed":
-            held.changes[LEVEL] = [*held.changes[LEVEL], math.log(choice.recommended / choice.current)][-PAST_CHANGES:]
-        held.latest[LEVEL] = data
-        held.pending = [*held.pending, {
-            "level": LEVEL, "made_at": at, "until": at + self.horizon_s, "trigger": trigger,
-            "levels": {"current": choice.current, "recommended": choice.recommended},
-            "predicted": data["predicted"], "events": 0.0, "bad": {"current": 0.0, "recommended": 0.0}},
-        ][-MAX_PENDING:]
+        held.made(choice, data, trigger, self.horizon_s)
         return True
 
     def _data(self, slo: Slo, held: SloModel, choice: LevelChoice, at: float, trigger: str, target: float,
@@ -234,20 +227,14 @@ class SloThresholdEvaluator(Evaluator):
         events = round(pending["events"])
         scores = {which: score(pending["predicted"][which], events, round(pending["bad"][which]))
                   for which in ("current", "recommended")}
-        held.learn_score(scores)
         for which in ("current", "recommended"):
             scored = scores[which]
             scored["events"], scored["bad_events"] = scored.pop("windows"), scored.pop("breach_windows")
-        data = {"target": {"kind": "slo", "name": slo.name, "level": LEVEL},
-                "service": slo.service, "metric": slo.metric, "labels": dict(slo.labels),
-                "made_at": pending["made_at"], "scored_at": end, "horizon_s": pending["until"] - pending["made_at"],
-                "trigger": pending["trigger"], "levels": pending["levels"], **scores, "accuracy": dict(held.accuracy)}
-        out.recommendations.append(scored_event(self.source, slo.service, slo.name, data))
-        held.scored[LEVEL] = data
-        inaccurate = [which for which in ("current", "recommended") if scores[which]["inaccurate"]]
+        about = {"target": {"kind": "slo", "name": slo.name, "level": LEVEL},
+                 "service": slo.service, "metric": slo.metric, "labels": dict(slo.labels)}
         labels = {**slo.labels, "service": slo.service, "metric": slo.metric, "slo": slo.name, "level": LEVEL}
-        self.alerting.evaluate(end, [inaccurate_condition(labels, f"the threshold of SLO {slo.name}", data,
-                                                          inaccurate)], out)
+        self._publish_score(held, pending, scores, end, about, slo.name, labels, f"the threshold of SLO {slo.name}",
+                            out)
 
     def status(self, series: Iterable[Series]) -> list[dict]:
         return [{**data, "last_score": held.scored.get(LEVEL), "accuracy": held.accuracy}

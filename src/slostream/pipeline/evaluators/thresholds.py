@@ -80,6 +80,25 @@ class PolicyModel:
         self.accuracy = {"scored": 0, "covered": 0, "mean_relative_error": None}
         self.scored: dict[str, dict] = {}  # the newest score's data, by level
 
+    def made(self, choice: LevelChoice, data: dict, trigger: str, horizon_s: float) -> None:
+        """A recommendation of ``choice.level`` was made (its event's ``data``): kept as the newest,
+        its change among the past ones, and awaiting its score."""
+        level, at = choice.level, data["made_at"]
+        if choice.status == "changed":
+            self.changes[level] = [*self.changes[level], math.log(choice.recommended / choice.current)
+                                   if choice.recommended > 0 and choice.current > 0 else 0.0][-PAST_CHANGES:]
+        self.latest[level] = data
+        self.pending = [*self.pending, {
+            "level": level, "made_at": at, "until": at + horizon_s, "trigger": trigger,
+            "levels": {"current": choice.current, "recommended": choice.recommended},
+            "predicted": data["predicted"], **self.counters()},
+        ][-MAX_PENDING:]
+
+    @staticmethod
+    def counters() -> dict:
+        """What a pending recommendation counts over its horizon: windows, and those crossing."""
+        return {"windows": 0, "crossed": {"current": 0, "recommended": 0}}
+
     def count(self, end: float, value: float | None, direction: str) -> list[dict]:
         """Count a closed window into the recommendations whose horizon holds it; those whose
         horizon it ends, taken out."""
@@ -136,8 +155,8 @@ class PolicyModel:
             held.latest, held.scored = report["latest"], report["scored"]
 
 
-class ThresholdEvaluator(Evaluator):
-    kind = "thresholds"
+class RecommendingEvaluator(Evaluator):
+    """What the evaluators that recommend levels share: their settings, and publishing a score."""
 
     def __init__(self, config: PipelineConfig, alerting: Alerting):
         self.enabled = config.threshold_models
@@ -146,6 +165,27 @@ class ThresholdEvaluator(Evaluator):
         self.horizon_s = config.recommend_horizon_s
         self.source = config.source
         self.alerting = alerting
+
+    def _publish_score(self, held: PolicyModel, pending: dict, scores: dict, end: float, about: dict, subject: str,
+                       alert_labels: dict[str, str], what: str, out: Output) -> None:
+        """A recommendation's ``scores`` (None for a level it did not have): the model learns them,
+        the ``slostream.recommendation.scored`` event (``about``: its target, service, metric and
+        labels) goes out, and ``ThresholdModelInaccurate`` of the target (``alert_labels``) is judged."""
+        held.learn_score(scores)
+        data = {**about, "made_at": pending["made_at"], "scored_at": end,
+                "horizon_s": pending["until"] - pending["made_at"], "trigger": pending["trigger"],
+                "levels": pending["levels"], **scores, "accuracy": dict(held.accuracy)}
+        out.recommendations.append(scored_event(self.source, about["service"], subject, data))
+        held.scored[pending["level"]] = data
+        inaccurate = [which for which in ("current", "recommended") if scores[which] and scores[which]["inaccurate"]]
+        self.alerting.evaluate(end, [inaccurate_condition(alert_labels, what, data, inaccurate)], out)
+
+
+class ThresholdEvaluator(RecommendingEvaluator):
+    kind = "thresholds"
+
+    def __init__(self, config: PipelineConfig, alerting: Alerting):
+        super().__init__(config, alerting)
         self.policies_for: dict[tuple[str, str], list[Policy]] = {}
         for policy in (*config.policies, *config.models):
             self.policies_for.setdefault((policy.service, policy.metric), []).append(policy)
@@ -253,15 +293,7 @@ class ThresholdEvaluator(Evaluator):
                 critical = choice.recommended
             data = self._data(series, policy, held, choice, at, trigger, model_confidence, in_progress)
             out.recommendations.append(recommendation_event(self.source, series.service, series.key, data))
-            if choice.status == "changed":
-                held.changes[level] = [*held.changes[level], math.log(choice.recommended / choice.current)
-                                       if choice.recommended > 0 and choice.current > 0 else 0.0][-PAST_CHANGES:]
-            held.latest[level] = data
-            held.pending = [*held.pending, {
-                "level": level, "made_at": at, "until": at + self.horizon_s, "trigger": trigger,
-                "levels": {"current": choice.current, "recommended": choice.recommended},
-                "predicted": data["predicted"], "windows": 0, "crossed": {"current": 0, "recommended": 0}},
-            ][-MAX_PENDING:]
+            held.made(choice, data, trigger, self.horizon_s)
         self._report_changed(series, policy.name, held)
         return True
 
@@ -280,21 +312,14 @@ class ThresholdEvaluator(Evaluator):
         scores = {which: None if pending["levels"][which] is None else score(
                   pending["predicted"][which], pending["windows"], pending["crossed"][which])
                   for which in ("current", "recommended")}
-        held.learn_score(scores)
-        accuracy = held.accuracy
         level = pending["level"]
-        data = {"target": {"kind": self._kind(policy), "name": policy.name, "level": level},
-                "service": series.service, "metric": series.metric, "labels": series.labels,
-                "made_at": pending["made_at"], "scored_at": end, "horizon_s": pending["until"] - pending["made_at"],
-                "trigger": pending["trigger"], "levels": pending["levels"], **scores, "accuracy": dict(accuracy)}
-        out.recommendations.append(scored_event(self.source, series.service, series.key, data))
-        held.scored[level] = data
-        self._report_changed(series, policy.name, held)
-        inaccurate = [which for which in ("current", "recommended") if scores[which] and scores[which]["inaccurate"]]
+        about = {"target": {"kind": self._kind(policy), "name": policy.name, "level": level},
+                 "service": series.service, "metric": series.metric, "labels": series.labels}
         labels = {**series.labels, "service": series.service, "metric": series.metric, "policy": policy.name,
                   "level": level}
-        self.alerting.evaluate(end, [inaccurate_condition(labels, f"{policy.name} {level} on {series.service}", data,
-                                                          inaccurate)], out)
+        self._publish_score(held, pending, scores, end, about, series.key, labels,
+                            f"{policy.name} {level} on {series.service}", out)
+        self._report_changed(series, policy.name, held)
 
     def _data(self, series: Series, policy: Policy, held: PolicyModel, choice: LevelChoice, at: float, trigger: str,
               model_confidence: float, in_progress: str | None) -> dict:
