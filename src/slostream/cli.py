@@ -48,10 +48,13 @@ def _add_client_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _client_settings(args: argparse.Namespace) -> Settings:
+    from slostream.io.security import redact_logs
+
     settings = load_settings(args.config, os.environ, {"broker": args.broker, "topic_prefix": args.topic_prefix})
     if settings.broker is None:
         raise ConfigError("field 'broker' is not set. Fix: pass --broker kafka://host:port (a worker started "
                           "without one logs the embedded broker's address) or set SLOSTREAM_BROKER.")
+    redact_logs(settings)
     return settings
 
 
@@ -145,14 +148,25 @@ def make_worker(app, log_level: str):
 def run_worker(settings: Settings) -> int:
     from slostream.io.app import create_app
     from slostream.io.broker import EmbeddedBroker
+    from slostream.io.security import redact_logs
     from slostream.io.topics import ensure_topics
 
+    redact_logs(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     broker = None
+    if settings.broker is None and settings.security_protocol != "PLAINTEXT":
+        raise ConfigError(f"field 'security_protocol' is {settings.security_protocol}, but no broker is set and the "
+                          "embedded broker speaks PLAINTEXT only. Fix: set broker, or leave security_protocol unset.")
     if settings.broker is None:
         broker = EmbeddedBroker().start()
         settings = dataclasses.replace(settings, broker=broker.url)
         log.warning("embedded broker at %s (memory-only: state lasts as long as this process)", broker.url)
+    elif settings.security_protocol == "PLAINTEXT":
+        log.warning("Kafka security_protocol is PLAINTEXT: the broker does not know who this worker is, and "
+                    "anyone on the network path can read and write its traffic (see README, Threat model)")
+    elif settings.security_protocol == "SASL_PLAINTEXT" and settings.sasl_mechanism == "PLAIN":
+        log.warning("sasl_mechanism PLAIN over SASL_PLAINTEXT sends the password in clear text; use SASL_SSL "
+                    "or SCRAM")
     try:
         cluster_id = asyncio.run(ensure_topics(settings))
         if settings.changelog_fence is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,38 @@ class ConfigError(ValueError):
     """A setting is wrong; the message names where, which field and the fix."""
 
 
+class Secret:
+    """A credential. Its repr and str are ``***``, so it cannot reach a log line, ``/api`` or a
+    metric by being formatted; ``reveal()`` hands the value to the one client that sends it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str):
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# Each of these secrets can instead be read from the file named by <field>_file (trailing newline
+# dropped; webhook_urls: one URL a line), as Docker and Kubernetes mount secrets.
+SECRET_FILES = ("sasl_password", "alertmanager_password", "alertmanager_bearer_token", "webhook_urls")
+
+
 @dataclass(frozen=True)
 class Settings:
     broker: str | None = None
@@ -38,6 +71,15 @@ class Settings:
     web_port: int = 6066
     topic_prefix: str = "slostream."
     partitions: int = 4
+    replication_factor: int = 1
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret | None = None
+    sasl_password_file: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
     bucket_s: int = 10
     report_window_s: int = 60
     grace_s: float = 30.0
@@ -58,7 +100,13 @@ class Settings:
     source: str = "urn:slostream"
     definition_files: tuple[str, ...] = ()
     alertmanager_url: str | None = None
-    webhook_urls: tuple[str, ...] = ()
+    alertmanager_username: str | None = None
+    alertmanager_password: Secret | None = None
+    alertmanager_password_file: str | None = None
+    alertmanager_bearer_token: Secret | None = None
+    alertmanager_bearer_token_file: str | None = None
+    webhook_urls: tuple[Secret, ...] = ()
+    webhook_urls_file: str | None = None
     alert_cooldown_s: float = 300.0
     escalate_after_s: float | None = None
     alert_resend_s: float = 60.0
@@ -104,10 +152,14 @@ _HELP = {
     "report_window_s": "use a whole multiple of bucket_s, at most 300 seconds",
     "grace_s": "use a number of seconds from 0 to 300",
     "log_level": "use one of debug, info, warning, error",
+    "replication_factor": "use a whole number from 1 to the number of brokers (3 is usual in production)",
+    "security_protocol": f"use one of {', '.join(SECURITY_PROTOCOLS)}",
+    "sasl_mechanism": f"use one of {', '.join(SASL_MECHANISMS)} (SCRAM where the broker supports it)",
 }
 
 
 STRUCTURED = ("slos", "policies", "models", "alertmanager", "drift")
+ALERTMANAGER_KEYS = ("url", "username", "password", "password_file", "bearer_token", "bearer_token_file")
 
 
 def pipeline_config(settings: Settings) -> PipelineConfig:
@@ -173,13 +225,15 @@ def _coerce(name: str, raw: Any, where: str) -> Any:
             items = raw.split(",") if isinstance(raw, str) else raw
             if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
                 raise ValueError(raw)
-            return tuple(i.strip() for i in items if i.strip())
+            kept = tuple(i.strip() for i in items if i.strip())
+            return tuple(map(Secret, kept)) if kind.startswith("tuple[Secret") else kept
         if not isinstance(raw, str):
             raise ValueError(raw)
-        return raw
+        return Secret(raw) if kind.startswith("Secret") else raw
     except (TypeError, ValueError):
+        shown = "***" if "Secret" in kind else repr(raw)
         raise ConfigError(
-            f"{where}: field '{name}' has value {raw!r}, which is not a valid {kind}. "
+            f"{where}: field '{name}' has value {shown}, which is not a valid {kind}. "
             f"Fix: {_HELP.get(name, 'give a ' + kind)}."
         ) from None
 
@@ -210,6 +264,7 @@ def load_settings(
         if raw is not None:
             values[name] = _coerce(name, raw, f"flag --{name.replace('_', '-')}")
     values.update(_definitions(config_file, definitions, values.get("definition_files", ())))
+    values.update(_secrets_from_files(values, config_file or "settings"))
     settings = Settings(**values, config_file=config_file)
     validate(settings)
     return settings
@@ -235,6 +290,27 @@ def _definitions(config_file: str | None, inline, files: tuple[str, ...]) -> dic
     return {"slos": merged.slos, "policies": merged.policies, "models": merged.models}
 
 
+def _secrets_from_files(values: dict[str, Any], where: str) -> dict[str, Any]:
+    """Each secret whose ``<field>_file`` is set, read from that file."""
+    read = {}
+    for name in SECRET_FILES:
+        path = values.get(f"{name}_file")
+        if path is None:
+            continue
+        if values.get(name):
+            raise ConfigError(f"{where}: fields '{name}' and '{name}_file' are both set. Fix: keep one of them.")
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"{where}: field '{name}_file' names {path}, which cannot be read ({exc.strerror}). "
+                              "Fix: name a readable file that holds the secret.") from None
+        if name == "webhook_urls":
+            read[name] = tuple(Secret(line.strip()) for line in text.splitlines() if line.strip())
+        else:
+            read[name] = Secret(text.rstrip("\r\n"))
+    return read
+
+
 def _read_yaml(path: str) -> tuple[dict[str, Any], Any]:
     try:
         text = Path(path).read_text()
@@ -254,10 +330,13 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], Any]:
     out = {}
     alertmanager = document.get("alertmanager")
     if alertmanager is not None:
-        if not isinstance(alertmanager, dict) or set(alertmanager) - {"url"}:
-            raise ConfigError(f"{path}: field 'alertmanager' is {alertmanager!r}. "
-                              "Fix: write alertmanager: {url: http://host:9093}.")
-        out["alertmanager_url"] = _coerce("alertmanager_url", alertmanager.get("url"), path)
+        keys = ALERTMANAGER_KEYS
+        if not isinstance(alertmanager, dict) or set(alertmanager) - set(keys):
+            shown = sorted(alertmanager) if isinstance(alertmanager, dict) else repr(alertmanager)
+            raise ConfigError(f"{path}: field 'alertmanager' has {shown}. Fix: write alertmanager: "
+                              f"{{url: http://host:9093}}, optionally with {', '.join(keys[1:])}.")
+        for key, raw in alertmanager.items():
+            out[f"alertmanager_{key}"] = _coerce(f"alertmanager_{key}", raw, f"{path}: alertmanager")
     from slostream.definitions.drift import DriftSettingsError, parse_drift
 
     try:
@@ -319,11 +398,21 @@ def validate(s: Settings) -> None:
         fail("max_deadletter_bytes", f"is {s.max_deadletter_bytes}, it must be from 64 to max_record_bytes")
     if s.log_level not in ("debug", "info", "warning", "error"):
         fail("log_level", f"is {s.log_level!r}")
-    if s.alertmanager_url is not None and not re.match(r"^https?://[^/\s]+", s.alertmanager_url):
-        fail("alertmanager_url", f"is {s.alertmanager_url!r}, not an http(s) URL")
-    for url in s.webhook_urls:
-        if not re.match(r"^https?://[^/\s]+", url):
-            fail("webhook_urls", f"holds {url!r}, not an http(s) URL")
+    if s.alertmanager_url is not None and not re.match(r"^https?://[^/@\s]+(/|$)", s.alertmanager_url):
+        fail("alertmanager_url", f"is {redact_url(s.alertmanager_url)!r}, not an http(s) URL without credentials "
+                                 "(give them as alertmanager username/password or bearer_token)")
+    for number, url in enumerate(s.webhook_urls, 1):
+        if not re.match(r"^https?://[^/\s]+", url.reveal()):
+            fail("webhook_urls", f"holds a URL (number {number}) that is not an http(s) URL")
+    if s.alertmanager_bearer_token is not None and (s.alertmanager_username or s.alertmanager_password):
+        raise ConfigError(f"{where}: alertmanager has both a bearer_token and a username/password. "
+                          "Fix: keep the one your Alertmanager (or the proxy in front of it) checks.")
+    if (s.alertmanager_username is None) != (s.alertmanager_password is None):
+        raise ConfigError(f"{where}: alertmanager needs both username and password (or password_file) for "
+                          "basic auth. Fix: set both, or neither.")
+    if not 1 <= s.replication_factor <= 32:
+        fail("replication_factor", f"is {s.replication_factor}")
+    _validate_security(s, where)
     if s.alert_cooldown_s < 0 or s.alert_resend_s <= 0 or (s.escalate_after_s is not None and s.escalate_after_s <= 0):
         fail("alert_cooldown_s", "or alert_resend_s or escalate_after_s is out of range; they must be positive")
     for slo in s.slos:
@@ -339,3 +428,58 @@ def validate(s: Settings) -> None:
                               f"multiple of bucket_s ({s.bucket_s}s). Fix: change the window or bucket_s.")
     if not s.topic_prefix or not re.match(r"^[A-Za-z0-9._\-]+$", s.topic_prefix):
         fail("topic_prefix", f"is {s.topic_prefix!r}; topic names allow letters, digits, '.', '_' and '-'")
+
+
+def redact_url(url: str) -> str:
+    """What a log line or a metric may show of a URL that can hold a token in its user info, path
+    or query (a Slack or Teams webhook does): its scheme, host and port."""
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*://)(?:[^/@?#]*@)?([^/?#]*)(.*)$", url)
+    if match is None:
+        return "***"
+    scheme, host, rest = match.groups()
+    return f"{scheme}{host}/***" if rest.strip("/") else f"{scheme}{host}"
+
+
+def _validate_security(s: Settings, where: str) -> None:
+    """Kafka security settings that fit together, and certificate files that load."""
+
+    def fail(problem: str, fix: str) -> None:
+        raise ConfigError(f"{where}: {problem}. Fix: {fix}.")
+
+    protocol = s.security_protocol
+    if protocol not in SECURITY_PROTOCOLS:
+        fail(f"field 'security_protocol' is {protocol!r}", _HELP["security_protocol"])
+    sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+    sasl_fields = [name for name in ("sasl_mechanism", "sasl_username", "sasl_password") if getattr(s, name)]
+    if sasl:
+        if s.sasl_mechanism not in SASL_MECHANISMS:
+            fail(f"field 'sasl_mechanism' is {s.sasl_mechanism!r} with security_protocol {protocol}",
+                 _HELP["sasl_mechanism"])
+        for name in ("sasl_username", "sasl_password"):
+            if not getattr(s, name):
+                fail(f"field '{name}' is not set, and security_protocol {protocol} needs it",
+                     f"set {name}" + (" or sasl_password_file" if name == "sasl_password" else ""))
+    elif sasl_fields:
+        fail(f"field '{sasl_fields[0]}' is set but security_protocol is {protocol}, which sends no credentials",
+             "set security_protocol: SASL_SSL (or SASL_PLAINTEXT on a trusted network)")
+    ssl_fields = [name for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile") if getattr(s, name)]
+    if not tls:
+        if ssl_fields:
+            fail(f"field '{ssl_fields[0]}' is set but security_protocol is {protocol}, which does not use TLS",
+                 "set security_protocol: SSL or SASL_SSL")
+        return
+    if bool(s.ssl_certfile) != bool(s.ssl_keyfile):
+        fail("fields 'ssl_certfile' and 'ssl_keyfile' come together (a client certificate and its key)",
+             "set both, or neither")
+    for name in ssl_fields:
+        if not Path(getattr(s, name)).is_file():
+            fail(f"field '{name}' names {getattr(s, name)}, which is not a readable file", "name a PEM file")
+    try:
+        context = ssl.create_default_context(cafile=s.ssl_cafile)
+        if s.ssl_certfile:
+            context.load_cert_chain(s.ssl_certfile, s.ssl_keyfile)
+    except (ssl.SSLError, ValueError) as exc:
+        named = "ssl_certfile/ssl_keyfile" if s.ssl_certfile else "ssl_cafile"
+        fail(f"the TLS files ({named}) do not load: {exc}",
+             "give PEM files: the CA that signed the broker's certificate, and a client certificate with its "
+             "unencrypted key")

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from slostream.config import load_settings
 from slostream.io.broker import EmbeddedBroker, free_port
+from slostream.io.security import kafka_client_options
 from slostream.io.topics import ensure_topics
 
 RATE_PER_SERVICE = 100  # measurements per second
@@ -48,9 +49,10 @@ def incident(service: str, t: float) -> tuple[float, float, str]:
     return 1.0, 0.0, ""
 
 
-async def _produce(bootstrap: str, topic: str, stop: asyncio.Event, started: float) -> None:
+async def _produce(bootstrap: str, settings, stop: asyncio.Event, started: float) -> None:
     rng = random.Random(1)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    topic = settings.topic("measurements")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, **kafka_client_options(settings))
     await producer.start()
     try:
         tick = 0.1
@@ -100,7 +102,7 @@ def _alert_line(event: dict) -> str:
 async def _print(bootstrap: str, settings, stop: asyncio.Event, started: float) -> None:
     topics = [settings.topic(name) for name in ("sli", "alerts", "breaches")]
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                group_id=None)
+                                group_id=None, **kafka_client_options(settings))
     await consumer.start()
     try:
         while not stop.is_set():
@@ -120,7 +122,7 @@ async def _main(duration: float | None, bootstrap: str, settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     started = time.time()
     tasks = [
-        asyncio.create_task(_produce(bootstrap, settings.topic("measurements"), stop, started)),
+        asyncio.create_task(_produce(bootstrap, settings, stop, started)),
         asyncio.create_task(_print(bootstrap, settings, stop, started)),
     ]
     try:

@@ -16,6 +16,7 @@ from slostream.io.consumer import SloApp
 from slostream.io.ingest import IngestService, source_record
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.producer import OutputProducer
+from slostream.io.security import faust_broker_credentials, kafka_client_options
 from slostream.io.sinks import AlertSinks
 from slostream.io.web import register_views
 from slostream.pipeline.types import EVALUATION_INTERVAL_S
@@ -31,7 +32,8 @@ def create_app(settings: Settings) -> SloApp:
         broker=settings.broker,
         store="memory://",
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.replication_factor,
+        broker_credentials=faust_broker_credentials(settings),
         topic_allow_declare=True,
         consumer_auto_offset_reset="earliest",
         web_enabled=True,
@@ -52,7 +54,8 @@ def create_app(settings: Settings) -> SloApp:
         table_standby_replicas=0,
     )
     metrics = PipelineMetrics()
-    outputs = OutputProducer(settings.broker_hosts, lone_forwards=bool(settings.changelog_fence))
+    outputs = OutputProducer(settings.broker_hosts, lone_forwards=bool(settings.changelog_fence),
+                             client_options=kafka_client_options(settings))
     app.add_dependency(outputs)
     ingest = IngestService(app, settings, metrics, outputs)
     undecodable.install(ingest.skipped_batch, ingest.topic, source_record)
@@ -61,8 +64,7 @@ def create_app(settings: Settings) -> SloApp:
     app.ingest = ingest
     app.topics.add(ingest.measurements)
     if settings.alertmanager_url or settings.webhook_urls:
-        ingest.sinks = AlertSinks(settings.alertmanager_url, settings.webhook_urls, settings.alert_resend_s,
-                                  ingest.firing_alerts)
+        ingest.sinks = AlertSinks(settings, ingest.firing_alerts)
         app.add_dependency(ingest.sinks)
 
     @app.task

@@ -16,6 +16,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from slostream.config import Settings
+from slostream.io.security import kafka_client_options
 
 
 def read_measurements(stream: IO[bytes]) -> Iterator[tuple[bytes | None, bytes]]:
@@ -67,7 +68,8 @@ async def produce(settings: Settings, stream: IO[bytes], per_record: int, compre
     """Send every measurement of ``stream`` to the measurement topic; return (records, measurements)."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.broker_hosts, linger_ms=20, acks="all",
                                 compression_type=None if compression == "none" else compression,
-                                max_request_size=max(settings.max_record_bytes, 1 << 20))
+                                max_request_size=max(settings.max_record_bytes, 1 << 20),
+                                **kafka_client_options(settings))
     await producer.start()
     records = measurements = 0
     try:
@@ -86,7 +88,8 @@ async def tail(settings: Settings, topic: str, from_beginning: bool, count: int 
     """Print the events of ``topic`` (an output topic's short name, or a full name), one JSON per line."""
     name = topic if topic.startswith(settings.topic_prefix) else settings.topic(topic)
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.broker_hosts, enable_auto_commit=False,
-                                auto_offset_reset="earliest" if from_beginning else "latest")
+                                auto_offset_reset="earliest" if from_beginning else "latest",
+                                **kafka_client_options(settings))
     await consumer.start()
     printed = 0
     try:

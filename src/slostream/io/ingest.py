@@ -22,6 +22,7 @@ from slostream.core.measurement import Reason, Rejection
 from slostream.io.consumer import SloApp
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.producer import YIELD_EVERY_WRITES, NotDelivered, OutputProducer
+from slostream.io.security import kafka_client_options
 from slostream.io.sinks import AlertSinks
 from slostream.io.slicer import Slicer
 from slostream.pipeline import state_keys
@@ -393,7 +394,8 @@ class IngestService:
     async def read_control(self) -> None:
         """Every worker reads the whole control topic (no group): commands apply to all partitions."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.broker_hosts, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=self.settings.fetch_max_wait_ms)
+                                    auto_offset_reset="earliest", fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+                                    **kafka_client_options(self.settings))
         await consumer.start()
         try:
             consumer.assign([TopicPartition(self.control_topic, 0)])

@@ -47,9 +47,11 @@ class OutputProducer(mode.Service):
     checkpoints, late SLI events and lost dead letters).
     """
 
-    def __init__(self, hosts: list[str], lone_forwards: bool, **kwargs: Any):
+    def __init__(self, hosts: list[str], lone_forwards: bool, client_options: dict[str, Any], **kwargs: Any):
+        """``client_options``: security keyword arguments for both producers (``security.kafka_client_options``)."""
         super().__init__(**kwargs)
         self.hosts = hosts
+        self.client_options = client_options
         self.lone_forwards = lone_forwards
         self._outputs_topics: set[str] = set()
         self._forward_topics: set[str] = set()
@@ -61,11 +63,11 @@ class OutputProducer(mode.Service):
     async def on_start(self) -> None:
         # aiokafka binds to the running loop, so the producers are made here.
         self.producer = AIOKafkaProducer(bootstrap_servers=self.hosts, linger_ms=2, acks="all",
-                                         max_batch_size=1 << 20, max_request_size=4 << 20)
+                                         max_batch_size=1 << 20, max_request_size=4 << 20, **self.client_options)
         # A record larger than max_batch_size gets a batch of its own.
         self.forwards = AIOKafkaProducer(bootstrap_servers=self.hosts, linger_ms=2, acks="all",
                                          max_batch_size=64 if self.lone_forwards else 1 << 20,
-                                         max_request_size=4 << 20)
+                                         max_request_size=4 << 20, **self.client_options)
         await self.producer.start()
         await self.forwards.start()
         for topic in self._outputs_topics:

@@ -21,6 +21,8 @@ from collections.abc import Callable
 import aiohttp
 import mode
 
+from slostream.config import Settings, redact_url
+
 log = logging.getLogger("slostream.sinks")
 
 QUEUE_LIMIT = 10_000
@@ -37,12 +39,26 @@ def alertmanager_payload(alert: dict) -> dict:
     return body
 
 
+def alertmanager_headers(settings: Settings) -> dict[str, str]:
+    """The Authorization header for Alertmanager (or the proxy in front of it), if one is set."""
+    if settings.alertmanager_bearer_token is not None:
+        return {"Authorization": f"Bearer {settings.alertmanager_bearer_token.reveal()}"}
+    if settings.alertmanager_password is not None:
+        login = aiohttp.BasicAuth(settings.alertmanager_username, settings.alertmanager_password.reveal())
+        return {"Authorization": login.encode()}
+    return {}
+
+
 class AlertSinks(mode.Service):
-    def __init__(self, alertmanager_url: str | None, webhook_urls: tuple[str, ...], resend_s: float,
-                 firing_alerts: Callable[[], list[dict]], **kwargs):
+    """Webhooks are named ``webhook-1``, ``webhook-2``, ... (in the order of ``webhook_urls``) in logs and
+    metrics: their URLs often hold a token."""
+
+    def __init__(self, settings: Settings, firing_alerts: Callable[[], list[dict]], **kwargs):
         super().__init__(**kwargs)
-        self.alertmanager_url = alertmanager_url.rstrip("/") if alertmanager_url else None
-        self.webhook_urls = webhook_urls
+        self.alertmanager_url = settings.alertmanager_url.rstrip("/") if settings.alertmanager_url else None
+        self.alertmanager_headers = alertmanager_headers(settings)
+        self.webhook_urls = {f"webhook-{number}": url for number, url in enumerate(settings.webhook_urls, 1)}
+        resend_s = settings.alert_resend_s
         self.resend_s = resend_s
         self.firing_alerts = firing_alerts
         self.queue: deque[tuple[str, object]] = deque()
@@ -63,8 +79,8 @@ class AlertSinks(mode.Service):
         alert = event["data"]
         if self.alertmanager_url and event["type"] != "slostream.alert.silenced":
             self._put(("alertmanager", [alertmanager_payload(alert)]))
-        for url in self.webhook_urls:
-            self._put((url, event))
+        for name in self.webhook_urls:
+            self._put((name, event))
 
     def _put(self, item) -> None:
         if len(self.queue) >= QUEUE_LIMIT:
@@ -102,26 +118,30 @@ class AlertSinks(mode.Service):
                 self._put(("alertmanager", firing))
 
     async def _post_with_retries(self, target: str, body) -> None:
-        url = f"{self.alertmanager_url}/api/v2/alerts" if target == "alertmanager" else target
+        if target == "alertmanager":
+            url, headers, shown = f"{self.alertmanager_url}/api/v2/alerts", self.alertmanager_headers, target
+        else:
+            url, headers, shown = self.webhook_urls[target].reveal(), {}, target
         delay = BACKOFF_START_S
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                async with self.session.post(url, json=body) as response:
+                async with self.session.post(url, json=body, headers=headers) as response:
                     if response.status < 300:
                         self.delivered[target] += 1
                         return
                     if 400 <= response.status < 500 and response.status != 429:
                         text = await response.text()
-                        log.error("sink %s refused an alert (%d: %s); not retried", url, response.status, text[:200])
+                        log.error("sink %s refused an alert (%d: %s); not retried", shown, response.status, text[:200])
                         self.failed[target] += 1
                         return
                     problem = f"HTTP {response.status}"
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                problem = repr(exc)
+                # aiohttp puts the URL in some errors' text
+                problem = repr(exc).replace(url, redact_url(url))
             if attempt == MAX_ATTEMPTS:
                 break
-            log.warning("sink %s: %s; retry %d in %.1fs", url, problem, attempt, delay)
+            log.warning("sink %s: %s; retry %d in %.1fs", shown, problem, attempt, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_CAP_S)
         self.failed[target] += 1
-        log.error("sink %s: gave up after %d attempts", url, MAX_ATTEMPTS)
+        log.error("sink %s: gave up after %d attempts", shown, MAX_ATTEMPTS)

@@ -8,6 +8,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from slostream.config import ConfigError, Settings
+from slostream.io.security import kafka_client_options
 
 TOPIC_NAMES = ("measurements", "sli", "deadletter", "alerts", "breaches", "drift", "recommendations", "control")
 # Operator commands need one total order, so every worker applies them alike.
@@ -16,12 +17,14 @@ SINGLE_PARTITION = ("control",)
 
 async def ensure_topics(settings: Settings) -> str:
     """Create missing topics; return the cluster id (Tansu calls itself ``tansu_cluster``)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_hosts, request_timeout_ms=10_000)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_hosts, request_timeout_ms=10_000,
+                                **kafka_client_options(settings))
     await admin.start()
     try:
         cluster_id = (await admin.describe_cluster()).get("cluster_id") or ""
         existing = set(await admin.list_topics())
-        missing = [NewTopic(settings.topic(name), 1 if name in SINGLE_PARTITION else settings.partitions, 1)
+        missing = [NewTopic(settings.topic(name), 1 if name in SINGLE_PARTITION else settings.partitions,
+                            settings.replication_factor)
                    for name in TOPIC_NAMES if settings.topic(name) not in existing]
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
