@@ -44,8 +44,8 @@ def alertmanager_headers(settings: Settings) -> dict[str, str]:
     if settings.alertmanager_bearer_token is not None:
         return {"Authorization": f"Bearer {settings.alertmanager_bearer_token.reveal()}"}
     if settings.alertmanager_password is not None:
-        login = aiohttp.BasicAuth(settings.alertmanager_username, settings.alertmanager_password.reveal())
-        return {"Authorization": login.encode()}
+        login = aiohttp.encode_basic_auth(settings.alertmanager_username, settings.alertmanager_password.reveal())
+        return {"Authorization": login}
     return {}
 
 
