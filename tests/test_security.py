@@ -9,6 +9,7 @@ import ssl
 import pytest
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.types.auth import AuthProtocol
+from mode.utils.logging import ExtensionFormatter
 
 from slostream.config import ConfigError, Secret, load_settings, redact_url
 from slostream.io.security import faust_broker_credentials, kafka_client_options, redact_logs
@@ -149,6 +150,9 @@ def test_log_records_are_redacted_in_message_arguments_and_traceback(tmp_path):
         except RuntimeError:
             logger.exception("traceback")
         logger.error("a Secret formatted: %s %r", settings.sasl_password, settings.sasl_password)
+        # Faust's workers format with mode's formatter, which re-reads the arguments.
+        record = logger.makeRecord("test", logging.ERROR, __file__, 1, "mode %s", (SECRET,), None)
+        mode_formatted = ExtensionFormatter().format(record)
     finally:
         logging.setLogRecordFactory(factory)
         logger.removeHandler(handler)
@@ -158,6 +162,7 @@ def test_log_records_are_redacted_in_message_arguments_and_traceback(tmp_path):
     assert "password *** in arguments" in text and "url https://hooks.example/*** in the message" in text
     assert "path /*** alone" in text and "RuntimeError: failed with ***" in text
     assert "a Secret formatted: *** Secret('***')" in text
+    assert mode_formatted.endswith("mode ***")
 
 
 def test_secret_equality_and_hash_follow_the_value():

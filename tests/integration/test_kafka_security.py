@@ -8,13 +8,22 @@ TLS with a client certificate and SCRAM logins checked by a real SCRAM server, i
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
+import json
 import os
+import shutil
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
+from typing import ClassVar
 
 import orjson
 import pytest
@@ -26,6 +35,7 @@ from slostream.config import load_settings
 from slostream.io.broker import free_port
 from slostream.io.security import kafka_client_options
 from tests.conftest import Broker, Worker
+from tests.integration.alert_streams import DEFINITIONS, incident_history
 from tests.kafka_front import KafkaFront, make_certificates
 
 PASSWORD = "scram-pw-7Hq2-for-tests"
@@ -219,3 +229,121 @@ def test_tansu_cannot_enforce_tls_or_scram_here(tmp_path):
         log = authenticating.stop()
     assert outcomes == ["KafkaConnectionError", "KafkaConnectionError", "KeyError"]
     assert "NotAuthenticated" in log and "NoSharedMechanism" in log
+
+
+AM_PASSWORD = "am-pw-Zq81-secret"
+HOOK_TOKEN = "hook-tok-Pp93-secret"
+AM_CONFIG = "route: {receiver: blackhole, group_wait: 1s, group_interval: 1s}\nreceivers: [{name: blackhole}]\n"
+
+
+class Hook(BaseHTTPRequestHandler):
+    """A webhook that refuses its first delivery (so the worker logs a retry) and keeps the rest."""
+
+    received: ClassVar[list[tuple[str, dict]]] = []
+    calls: ClassVar[int] = 0
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        Hook.calls += 1
+        if Hook.calls == 1:
+            self.send_response(503)
+        else:
+            Hook.received.append((self.path, json.loads(body)))
+            self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def guarded_alertmanager(tmp_path):
+    """Debian's Alertmanager behind basic auth (its web config, a bcrypt hash of AM_PASSWORD)."""
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    assert binary, "Alertmanager is missing: scripts/setup test installs Debian's prometheus-alertmanager"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # libxcrypt's bcrypt; Python 3.11 still has the module
+
+        hashed = crypt.crypt(AM_PASSWORD, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+    (tmp_path / "am.yml").write_text(AM_CONFIG)
+    (tmp_path / "web.yml").write_text(f"basic_auth_users:\n  slostream: '{hashed}'\n")
+    port = free_port()
+    with open(tmp_path / "alertmanager.log", "wb") as log:  # Alertmanager keeps its own descriptor
+        process = subprocess.Popen(
+            [binary, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am-data'}",
+             f"--web.listen-address=127.0.0.1:{port}", f"--web.config.file={tmp_path / 'web.yml'}",
+             "--cluster.listen-address="], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while _status(f"{url}/-/ready") != 401:  # up, and guarded
+        assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "alertmanager.log").read_text()
+        time.sleep(0.2)
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+def _status(url: str, headers: dict[str, str] | None = None) -> int | None:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def test_secrets_never_reach_metrics_the_api_or_the_logs(secured, tmp_path, guarded_alertmanager):
+    """A debug-level worker with a secret in every secret setting (SASL password, Alertmanager
+    basic auth, a webhook URL with a token in its path and query): each secret works, and none
+    shows on /metrics, in /api or in the log."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Hook.received, Hook.calls = [], 0
+    (tmp_path / "am-password").write_text(AM_PASSWORD)
+    (tmp_path / "slos.yaml").write_text(DEFINITIONS)
+    hook_url = f"http://127.0.0.1:{server.server_port}/hooks/{HOOK_TOKEN}?token={HOOK_TOKEN}"
+    worker = secured_worker(secured, tmp_path, {
+        **secured.env, "SLOSTREAM_LOG_LEVEL": "debug", "SLOSTREAM_DEFINITION_FILES": str(tmp_path / "slos.yaml"),
+        "SLOSTREAM_ALERTMANAGER_URL": guarded_alertmanager, "SLOSTREAM_ALERTMANAGER_USERNAME": "slostream",
+        "SLOSTREAM_ALERTMANAGER_PASSWORD_FILE": str(tmp_path / "am-password"), "SLOSTREAM_ALERT_RESEND_S": "2",
+        "SLOSTREAM_WEBHOOK_URLS": hook_url}).start()
+    settings = load_settings(None, secured.env, {"broker": secured.front.url, "topic_prefix": worker.prefix})
+    base = float(int(time.time()) - 3 * 3600)
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=settings.broker_hosts, **kafka_client_options(settings))
+        await producer.start()
+        try:
+            for key, value in incident_history(base, 0, 7400, (7200, 7500)):
+                await producer.send(settings.topic("measurements"), value, key=key)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
+    auth = {"Authorization": "Basic " + base64.b64encode(f"slostream:{AM_PASSWORD}".encode()).decode()}
+    deadline = time.monotonic() + 60
+    paged = []
+    while time.monotonic() < deadline and not (paged and len(Hook.received) >= 1):
+        with urllib.request.urlopen(urllib.request.Request(f"{guarded_alertmanager}/api/v2/alerts", headers=auth),
+                                    timeout=5) as response:
+            paged = [a for a in json.loads(response.read()) if a["labels"].get("severity") == "page"]
+        time.sleep(0.5)
+    assert paged, "the page never reached the guarded Alertmanager"
+    assert Hook.received and Hook.received[0][0] == f"/hooks/{HOOK_TOKEN}?token={HOOK_TOKEN}"
+    assert _status(f"{guarded_alertmanager}/api/v2/alerts") == 401
+
+    pages = {path: worker.get(path) for path in ("/metrics", "/api/slos", "/api/alerts", "/api/policies",
+                                                 "/api/drift", "/api/recommendations", "/health", "/ready")}
+    assert all(status == 200 for status, _ in pages.values()), {p: s for p, (s, _) in pages.items()}
+    metrics = pages["/metrics"][1].decode()
+    assert 'slostream_sink_deliveries_total{outcome="delivered",sink="webhook-1"}' in metrics
+    assert worker.stop() == 0
+    log = worker.log_path.read_text()
+    assert "sink webhook-1: HTTP 503; retry 1" in log and "Authenticated as slostream via SCRAM-SHA-512" in log
+    for secret in (PASSWORD, AM_PASSWORD, HOOK_TOKEN, auth["Authorization"].split()[1]):
+        assert secret not in log
+        for path, (_, body) in pages.items():
+            assert secret.encode() not in body, path

@@ -78,7 +78,7 @@ def redact_logs(settings: Settings) -> None:
                 record.exc_text = record.exc_text.replace(secret, shown)
             if record.stack_info:
                 record.stack_info = record.stack_info.replace(secret, shown)
-        record.msg, record.args = message, None
+        record.msg, record.args = message, ()  # () not None: mode's formatter wraps None into (None,)
         return record
 
     logging.setLogRecordFactory(redacted_record)
