@@ -4,7 +4,10 @@ tests/integration/test_kafka_security.py for the clients through a TLS and SCRAM
 from __future__ import annotations
 
 import logging
+import os
 import ssl
+import subprocess
+import sys
 
 import pytest
 from faust.auth import SASLCredentials, SSLCredentials
@@ -168,3 +171,10 @@ def test_log_records_are_redacted_in_message_arguments_and_traceback(tmp_path):
 def test_secret_equality_and_hash_follow_the_value():
     assert Secret("a") == Secret("a") and Secret("a") != Secret("b") and Secret("a") != "a"
     assert len({Secret("a"), Secret("a")}) == 1
+
+
+def test_the_embedded_broker_is_refused_with_a_security_protocol():
+    result = subprocess.run([sys.executable, "-m", "slostream", "run"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "SLOSTREAM_SECURITY_PROTOCOL": "SSL"})
+    assert result.returncode == 2
+    assert "field 'security_protocol' is SSL, but no broker is set" in result.stderr and "Fix:" in result.stderr
