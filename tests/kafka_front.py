@@ -1,15 +1,16 @@
-"""A TLS and SASL/SCRAM front for the embedded broker, for the security tests.
+"""A TLS and SASL front for the embedded broker, for the security tests.
 
-Tansu 0.6 cannot enforce either here (see README, Kafka security): its ``--cert``/``--key``
-build a TLS acceptor that its accept loop never uses, so a TLS client's ClientHello is read as a
-Kafka frame ("early eof"); and with ``--authentication`` its memory and S3 storage keep no SCRAM
-credentials (every SCRAM login fails) while PLAIN is not offered (NoSharedMechanism).
+Tansu 0.6 cannot enforce either here (see README, Kafka security): it will not start with both
+``--cert`` and ``--key``, and its accept loop never uses a TLS acceptor anyway, so a TLS client's
+ClientHello is read as a Kafka frame ("early eof"); with ``--authentication`` its memory and S3
+storage keep no SCRAM credentials (every SCRAM login fails) and PLAIN is not offered.
 
 So this front does what a secured Kafka listener does, in front of a plain Tansu that advertises
 the front's address: it terminates TLS (optionally requiring a client certificate), and with
-``users`` it answers SaslHandshake and SaslAuthenticate itself (a real SCRAM server, ``scramp``),
-lets ApiVersions through before login as Kafka does, and closes a connection that sends anything
-else before it logged in. After login, or without ``users``, bytes pass through unchanged.
+``users`` it answers SaslHandshake and SaslAuthenticate itself (PLAIN, and SCRAM with a real SCRAM
+server, ``scramp``), lets ApiVersions through before login as Kafka does, and closes a connection
+that sends anything else before it logged in. After login, or without ``users``, bytes pass
+through unchanged.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from slostream.io.broker import free_port
 
 API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE = 18, 17, 36
 SASL_AUTHENTICATION_FAILED, UNSUPPORTED_SASL_MECHANISM = 58, 33
-MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+SCRAM = ("SCRAM-SHA-256", "SCRAM-SHA-512")
+MECHANISMS = ("PLAIN", *SCRAM)
 
 
 @dataclass
@@ -87,8 +89,9 @@ class KafkaFront:
     def __init__(self, certificates: Certificates | None, users: dict[str, str] | None,
                  require_client_certificate: bool = False):
         self.port, self.broker_port = free_port(), free_port()
+        self.passwords = dict(users or {})  # for PLAIN
         self.users = {name: {mechanism: ScramMechanism(mechanism).make_auth_info(password, iteration_count=4096)
-                             for mechanism in MECHANISMS} for name, password in (users or {}).items()}
+                             for mechanism in SCRAM} for name, password in self.passwords.items()}
         self.tls = None
         if certificates is not None:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=certificates.cafile)
@@ -196,6 +199,16 @@ class KafkaFront:
             message = body[4:4 + size].decode()
             response = SaslAuthenticateResponse_v1 if api_version >= 1 else SaslAuthenticateResponse_v0
             extra = (0,) if api_version >= 1 else ()
+            if mechanism == "PLAIN":  # RFC 4616: authzid NUL authcid NUL password
+                _, name, password = message.split("\0", 2)
+                if self.passwords.get(name) != password:
+                    self.refused.append("PLAIN: wrong user or password")
+                    await _reply(client_writer, correlation_id,
+                                 response(SASL_AUTHENTICATION_FAILED, "Authentication failed", b"", *extra))
+                    return False
+                await _reply(client_writer, correlation_id, response(0, None, b"", *extra))
+                self.logins.append(name)
+                return True
             try:
                 if scram is None:
                     scram = ScramMechanism(mechanism).make_server(self._credentials(mechanism, user))

@@ -168,6 +168,20 @@ def test_log_records_are_redacted_in_message_arguments_and_traceback(tmp_path):
     assert mode_formatted.endswith("mode ***")
 
 
+def test_a_non_ascii_password_is_redacted_from_a_bytes_repr_too(tmp_path):
+    password = "pässwörd-" + SECRET
+    settings = _settings(security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="u",
+                         sasl_password=password)
+    factory = logging.getLogRecordFactory()
+    try:
+        redact_logs(settings)
+        record = logging.getLogger("test").makeRecord("test", logging.DEBUG, __file__, 1, "request %r",
+                                                      (b"u\x00u\x00" + password.encode(),), None)
+    finally:
+        logging.setLogRecordFactory(factory)
+    assert record.getMessage() == "request b'u\\x00u\\x00***'"
+
+
 def test_secret_equality_and_hash_follow_the_value():
     assert Secret("a") == Secret("a") and Secret("a") != Secret("b") and Secret("a") != "a"
     assert len({Secret("a"), Secret("a")}) == 1

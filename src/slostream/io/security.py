@@ -42,9 +42,14 @@ def faust_broker_credentials(settings: Settings) -> CredentialsT | None:
 
 def secret_texts(settings: Settings) -> list[tuple[str, str]]:
     """(secret text, what a log line shows instead) for every secret of the settings."""
-    texts = [(secret.reveal(), "***") for secret in
-             (settings.sasl_password, settings.alertmanager_password, settings.alertmanager_bearer_token)
-             if secret is not None and secret.reveal()]
+    texts = []
+    for secret in (settings.sasl_password, settings.alertmanager_password, settings.alertmanager_bearer_token):
+        if secret is not None and secret.reveal():
+            texts.append((secret.reveal(), "***"))
+            # As a bytes repr shows it: aiokafka logs its SASL PLAIN request at debug level.
+            escaped = repr(secret.reveal().encode())[2:-1]
+            if escaped != secret.reveal():
+                texts.append((escaped, "***"))
     for url in settings.webhook_urls:
         full = url.reveal()
         texts.append((full, redact_url(full)))
