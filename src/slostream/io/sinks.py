@@ -58,8 +58,7 @@ class AlertSinks(mode.Service):
         self.alertmanager_url = settings.alertmanager_url.rstrip("/") if settings.alertmanager_url else None
         self.alertmanager_headers = alertmanager_headers(settings)
         self.webhook_urls = {f"webhook-{number}": url for number, url in enumerate(settings.webhook_urls, 1)}
-        resend_s = settings.alert_resend_s
-        self.resend_s = resend_s
+        self.resend_s = settings.alert_resend_s
         self.firing_alerts = firing_alerts
         self.queue: deque[tuple[str, object]] = deque()
         self.wakeup = asyncio.Event()
@@ -119,9 +118,9 @@ class AlertSinks(mode.Service):
 
     async def _post_with_retries(self, target: str, body) -> None:
         if target == "alertmanager":
-            url, headers, shown = f"{self.alertmanager_url}/api/v2/alerts", self.alertmanager_headers, target
+            url, headers = f"{self.alertmanager_url}/api/v2/alerts", self.alertmanager_headers
         else:
-            url, headers, shown = self.webhook_urls[target].reveal(), {}, target
+            url, headers = self.webhook_urls[target].reveal(), {}
         delay = BACKOFF_START_S
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
@@ -131,7 +130,7 @@ class AlertSinks(mode.Service):
                         return
                     if 400 <= response.status < 500 and response.status != 429:
                         text = await response.text()
-                        log.error("sink %s refused an alert (%d: %s); not retried", shown, response.status, text[:200])
+                        log.error("sink %s refused an alert (%d: %s); not retried", target, response.status, text[:200])
                         self.failed[target] += 1
                         return
                     problem = f"HTTP {response.status}"
@@ -140,8 +139,8 @@ class AlertSinks(mode.Service):
                 problem = repr(exc).replace(url, redact_url(url))
             if attempt == MAX_ATTEMPTS:
                 break
-            log.warning("sink %s: %s; retry %d in %.1fs", shown, problem, attempt, delay)
+            log.warning("sink %s: %s; retry %d in %.1fs", target, problem, attempt, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_CAP_S)
         self.failed[target] += 1
-        log.error("sink %s: gave up after %d attempts", shown, MAX_ATTEMPTS)
+        log.error("sink %s: gave up after %d attempts", target, MAX_ATTEMPTS)
