@@ -291,26 +291,28 @@ def _control_keys(raw: Any, path: str, env: Mapping[str, str]) -> tuple[ControlK
         raise ConfigError(f"{path}: field 'control_keys' is {raw!r}. Fix: write control_keys: {shape}.")
     keys = []
     for key_id, grant in raw.items():
-        where = f"{path}: field 'control_keys.{key_id}'"
+        def where(name: str = "") -> str:
+            return f"{path}: field 'control_keys.{key_id}{name}'"
+
         if not isinstance(grant, dict) or set(grant) - {"public_key_file", "public_key_env", "commands"}:
-            raise ConfigError(f"{where} is {grant!r}. Fix: write control_keys: {shape}.")
+            raise ConfigError(f"{where()} is {grant!r}. Fix: write control_keys: {shape}.")
         commands = grant.get("commands")
         if (not isinstance(commands, list) or not commands
                 or not all(isinstance(c, str) and c in COMMANDS for c in commands)):
-            raise ConfigError(f"{where}.commands is {commands!r}. Fix: list the commands this key may send, "
+            raise ConfigError(f"{where('.commands')} is {commands!r}. Fix: list the commands this key may send, "
                               f"from {', '.join(COMMANDS)}.")
         if ("public_key_file" in grant) == ("public_key_env" in grant):
-            raise ConfigError(f"{where} needs exactly one of public_key_file and public_key_env. Fix: give the PEM "
+            raise ConfigError(f"{where()} needs exactly one of public_key_file and public_key_env. Fix: give the PEM "
                               "file of the public key, or the environment variable that holds its PEM text.")
         if "public_key_file" in grant:
-            field_name = f"{where}.public_key_file"
+            field_name = where(".public_key_file")
             file = Path(path).parent / str(grant["public_key_file"])
             try:
                 pem = file.read_bytes()
             except OSError as exc:
                 raise ConfigError(f"{field_name}: cannot read {file} ({exc.strerror}). Fix: {KEYGEN_FIX}.") from None
         else:
-            field_name = f"{where}.public_key_env"
+            field_name = where(".public_key_env")
             text = env.get(str(grant["public_key_env"]))
             if not text:
                 raise ConfigError(f"{field_name}: environment variable {grant['public_key_env']} is not set. "
