@@ -291,7 +291,7 @@ def _control_keys(raw: Any, path: str, env: Mapping[str, str]) -> tuple[ControlK
         raise ConfigError(f"{path}: field 'control_keys' is {raw!r}. Fix: write control_keys: {shape}.")
     keys = []
     for key_id, grant in raw.items():
-        def where(name: str = "") -> str:
+        def where(name: str = "", key_id: Any = key_id) -> str:
             return f"{path}: field 'control_keys.{key_id}{name}'"
 
         if not isinstance(grant, dict) or set(grant) - {"public_key_file", "public_key_env", "commands"}:
