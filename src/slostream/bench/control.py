@@ -5,6 +5,7 @@ under 1 s).
 
 The 10,000 series share one learned model: learning ten thousand models over a week of windows
 would take the bench many minutes, and a recommendation costs the same whichever model it reads.
+``fuzz`` sends a million mutated commands through the judgement and the application of its audit.
 """
 
 from __future__ import annotations
@@ -60,6 +61,57 @@ def signature_cost(commands: int = COMMANDS) -> dict:
             "judge_us_per_command": round(judge_s / commands * 1e6, 1)}
 
 
+FUZZED = 1_000_000
+
+
+def fuzz(records: int = FUZZED, seed: int = 5) -> dict:
+    """``records`` control records, each a seed command (signed or not, valid or not) with random
+    bytes flipped, cut or inserted, judged by partition 0's processor (every other one with keys
+    configured, the rest without, so that mutated commands are applied too), and its audit event
+    applied by partition 0 and by partition 1: that none raises, and the outcomes."""
+    key, auth = _auth()
+    auths = (auth, ControlAuth())
+    now = time.time()
+    seeds = [orjson.dumps(doc) for doc in (
+        sign({"command": "silence", "matchers": {"slo": "checkout"}, "for": "2h", "by": "ops", "id": "s",
+              "issued_at": now, "key_id": "ops"}, key),
+        {"command": "silence", "matchers": {"slo": "a"}, "until": "2026-11-22T18:00:00Z", "id": "u"},
+        {"command": "unsilence", "silence_id": "s", "by": "ops"},
+        {"command": "ack", "fingerprint": "758851f0a38aca21", "by": "ana"},
+        {"command": "recommend", "policy": "p99"},
+        {"command": "silence", "matchers": {"slo": "a"}, "for": "9" * 400 + "w"},
+    )]
+    config = pipeline_config(Settings(partitions=2))
+    judge, other = PartitionProcessor(0, config, now), PartitionProcessor(1, config, now)
+    limits = ControlLimits()
+    rng = np.random.default_rng(seed)
+    picks, edits = rng.integers(0, len(seeds), records), rng.integers(0, 4, records)
+    positions, values = rng.random(records), rng.integers(0, 256, records)
+    outcomes: dict[str, int] = {}
+    started = time.perf_counter()
+    for n in range(records):
+        raw = bytearray(seeds[picks[n]])
+        at = int(positions[n] * len(raw))
+        if edits[n] == 0:
+            raw[at] = values[n]
+        elif edits[n] == 1:
+            del raw[at:]
+        elif edits[n] == 2:
+            raw.insert(at, values[n])
+        _, event = judge.judge_control(SourceRecord("control", 0, n, now, None, bytes(raw)), now, auths[n % 2],
+                                        limits)
+        audit = SourceRecord("audit", 0, n, now, None, orjson.dumps(event))
+        for proc in (judge, other):
+            for _ in proc.apply_control(audit):
+                pass
+        reason = event["data"]["reason"] or "applied"
+        outcomes[reason] = outcomes.get(reason, 0) + 1
+    seconds = time.perf_counter() - started
+    assert judge.control_offset == other.control_offset == records - 1
+    return {"records": records, "audited": sum(outcomes.values()), "outcomes": dict(sorted(outcomes.items())),
+            "us_per_record": round(seconds / records * 1e6, 1)}
+
+
 def _learned(series: int) -> PartitionProcessor:
     """A processor with ``series`` series of one p95 policy, each with a model ready to recommend."""
     policy = Policy("api-p95", "api", "latency_ms", "p95", WINDOW, "above", warning=150.0, critical=300.0)
@@ -105,4 +157,4 @@ def recommend_holds(series: int = RECOMMEND_SERIES) -> dict:
 
 
 def control_part() -> dict:
-    return {**signature_cost(), "recommend": recommend_holds()}
+    return {**signature_cost(), "fuzz": fuzz(), "recommend": recommend_holds()}
