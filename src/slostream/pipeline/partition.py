@@ -418,10 +418,6 @@ class PartitionProcessor:
             self.thresholds.recommend_now((one,), command.policy, trigger, out)
             yield out
 
-    def alert_fires(self, fingerprint: str | None, matchers: dict[str, str] | None) -> bool:
-        """Whether an alert an acknowledgement selects (by fingerprint, or by matchers) is firing."""
-        return self.alerting.book.fires_matching(fingerprint, matchers)
-
     def snapshot(self, reports: bool = False, kinds: tuple[str, ...] = ()) -> Snapshot:
         """What the web views and metrics read: ``reports``, each series' newest SLI report; the
         statuses of the evaluators of ``kinds``."""
