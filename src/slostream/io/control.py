@@ -21,6 +21,7 @@ from collections import Counter
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
 from slostream.config import Settings
@@ -33,6 +34,7 @@ log = logging.getLogger("slostream")
 
 JUDGE_PARTITION = 0  # the owner of this measurement partition judges the commands
 IDLE_S = 0.5  # how often a worker that does not judge, or has nothing to apply, looks again
+RETRY_S = 2.0  # after the broker failed a request
 READ_MAX_RECORDS = 500
 
 
@@ -58,6 +60,10 @@ class ControlService:
         self.control = TopicPartition(settings.topic("control"), 0)
         self.audit = TopicPartition(settings.topic("audit"), 0)
         self.judged: Counter[tuple[str, str]] = Counter()  # (outcome, reason) of the commands judged here
+        # The processor of partition 0 judged with (a new one: this worker became the judge), and
+        # the end of the audit topic it must have applied before it judges.
+        self._judging: PartitionProcessor | None = None
+        self._audit_end = 0
         if not self.auth.enabled:
             log.warning("control_keys is not set: control commands are applied unsigned, so anyone who can write "
                         "%s can silence every alert (see README, Signed control commands)", self.control.topic)
@@ -69,32 +75,39 @@ class ControlService:
         await producer.start()
         try:
             consumer.assign([self.control])
-            judging: PartitionProcessor | None = None  # the processor of partition 0 judged with
-            audit_end = 0
             while True:
-                proc = self.ingest.processors.get(JUDGE_PARTITION)
-                if proc is not judging and proc is not None:  # (again) the owner: apply what was audited first
-                    audit_end = (await consumer.end_offsets([self.audit]))[self.audit]
-                judging = proc
-                if proc is None or proc.audit_offset + 1 < audit_end:
-                    await asyncio.sleep(IDLE_S)
-                    continue
-                if await consumer.position(self.control) != proc.control_offset + 1:
-                    consumer.seek(self.control, proc.control_offset + 1)
-                batch = await consumer.getmany(self.control, timeout_ms=1000, max_records=READ_MAX_RECORDS)
-                for record in batch.get(self.control, []):
-                    end = await self._judge_one(producer, proc, record)
-                    if end is None:
-                        break
-                    audit_end = end
+                try:
+                    await self._judge_batch(consumer, producer)
+                except KafkaError as exc:  # the broker is away: nothing was judged that is not audited
+                    log.warning("control commands: %r; judging again in %g s", exc, RETRY_S)
+                    self._judging = None  # read the audit topic's end again
+                    await asyncio.sleep(RETRY_S)
         finally:
             await producer.stop()
             await consumer.stop()
 
+    async def _judge_batch(self, consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+        proc = self.ingest.processors.get(JUDGE_PARTITION)
+        if proc is not self._judging and proc is not None:  # (again) the owner: apply what was audited first
+            self._audit_end = (await consumer.end_offsets([self.audit]))[self.audit]
+        self._judging = proc
+        if proc is None or proc.audit_offset + 1 < self._audit_end:
+            await asyncio.sleep(IDLE_S)
+            return
+        if await consumer.position(self.control) != proc.control_offset + 1:
+            consumer.seek(self.control, proc.control_offset + 1)
+        batch = await consumer.getmany(self.control, timeout_ms=1000, max_records=READ_MAX_RECORDS)
+        for record in batch.get(self.control, []):
+            end = await self._judge_one(producer, proc, record)
+            if end is None:
+                return
+            self._audit_end = end
+
     async def _judge_one(self, producer: AIOKafkaProducer, proc: PartitionProcessor,
                          record: ConsumerRecord) -> int | None:
         """Judge and audit one command; the audit topic's end after it (None: partition 0 moved, or
-        the command is not the next one, so nothing was judged)."""
+        the command is not the next one, so nothing was judged). The lock is held until the audit
+        event is written: a revoke of partition 0 waits for it, so its next owner sees it."""
         async with self.ingest.lock:
             if self.ingest.processors.get(JUDGE_PARTITION) is not proc or record.offset != proc.control_offset + 1:
                 return None
@@ -109,8 +122,8 @@ class ControlService:
                 log.warning("control command at offset %d refused (%s): %s", record.offset, data["reason"],
                             data["message"])
             if proc.audit_offset + 1 == written.offset:  # in sequence: partition 0 applies it now, not when read
-                await self._apply(proc, source_record(self.audit.topic, 0, written.offset, time.time(), key, value,
-                                                      ()))
+                await self._apply(proc, source_record(self.audit.topic, 0, written.offset, written.timestamp, key,
+                                                      value, ()))
             return written.offset + 1
 
     async def apply_audited(self) -> None:
@@ -120,23 +133,30 @@ class ControlService:
         try:
             consumer.assign([self.audit])
             while True:
-                processors = self.ingest.processors
-                if not processors:
-                    await asyncio.sleep(IDLE_S)
-                    continue
-                needed = min(proc.audit_offset for proc in processors.values()) + 1
-                if await consumer.position(self.audit) != needed:
-                    consumer.seek(self.audit, needed)
-                batch = await consumer.getmany(self.audit, timeout_ms=1000, max_records=READ_MAX_RECORDS)
-                records = [source_record(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, ())
-                           for r in batch.get(self.audit, [])]
-                if records:
-                    async with self.ingest.lock:
-                        for record in records:
-                            for proc in list(self.ingest.processors.values()):
-                                await self._apply(proc, record)
+                try:
+                    await self._apply_batch(consumer)
+                except KafkaError as exc:
+                    log.warning("audit topic: %r; reading again in %g s", exc, RETRY_S)
+                    await asyncio.sleep(RETRY_S)
         finally:
             await consumer.stop()
+
+    async def _apply_batch(self, consumer: AIOKafkaConsumer) -> None:
+        processors = self.ingest.processors
+        if not processors:
+            await asyncio.sleep(IDLE_S)
+            return
+        needed = min(proc.audit_offset for proc in processors.values()) + 1
+        if await consumer.position(self.audit) != needed:
+            consumer.seek(self.audit, needed)
+        batch = await consumer.getmany(self.audit, timeout_ms=1000, max_records=READ_MAX_RECORDS)
+        records = [source_record(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value, ())
+                   for r in batch.get(self.audit, [])]
+        if records:
+            async with self.ingest.lock:
+                for record in records:
+                    for proc in list(self.ingest.processors.values()):
+                        await self._apply(proc, record)
 
     async def _apply(self, proc: PartitionProcessor, record: SourceRecord) -> None:
         """One audit record to one partition (under the processing lock): a recommend over many
