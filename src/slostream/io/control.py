@@ -80,7 +80,7 @@ class ControlService:
                     await self._judge_batch(consumer, producer)
                 except KafkaError as exc:  # the broker is away: nothing was judged that is not audited
                     log.warning("control commands: %r; judging again in %g s", exc, RETRY_S)
-                    self._judging = None  # read the audit topic's end again
+                    self._judging = None  # read the audit topic's end, and seek, again
                     await asyncio.sleep(RETRY_S)
         finally:
             await producer.stop()
@@ -90,27 +90,32 @@ class ControlService:
         proc = self.ingest.processors.get(JUDGE_PARTITION)
         if proc is not self._judging and proc is not None:  # (again) the owner: apply what was audited first
             self._audit_end = (await consumer.end_offsets([self.audit]))[self.audit]
+            consumer.seek(self.control, proc.control_offset + 1)
         self._judging = proc
         if proc is None or proc.audit_offset + 1 < self._audit_end:
             await asyncio.sleep(IDLE_S)
             return
-        if await consumer.position(self.control) != proc.control_offset + 1:
-            consumer.seek(self.control, proc.control_offset + 1)
         batch = await consumer.getmany(self.control, timeout_ms=1000, max_records=READ_MAX_RECORDS)
         for record in batch.get(self.control, []):
             end = await self._judge_one(producer, proc, record)
-            if end is None:
+            if end is None:  # partition 0 moved: its next judge seeks for itself
                 return
             self._audit_end = end
+            if proc.audit_offset + 1 < end:  # partition 0 applies it when read back: judge the next after that
+                consumer.seek(self.control, record.offset + 1)
+                return
 
     async def _judge_one(self, producer: AIOKafkaProducer, proc: PartitionProcessor,
                          record: ConsumerRecord) -> int | None:
-        """Judge and audit one command; the audit topic's end after it (None: partition 0 moved, or
-        the command is not the next one, so nothing was judged). The lock is held until the audit
+        """Judge and audit one command; the audit topic's end after it (None: partition 0 moved, so
+        nothing was judged). A command at or before the offset partition 0 has applied was judged
+        already; offsets may skip (retention, transaction markers). The lock is held until the audit
         event is written: a revoke of partition 0 waits for it, so its next owner sees it."""
         async with self.ingest.lock:
-            if self.ingest.processors.get(JUDGE_PARTITION) is not proc or record.offset != proc.control_offset + 1:
+            if self.ingest.processors.get(JUDGE_PARTITION) is not proc:
                 return None
+            if record.offset <= proc.control_offset:
+                return self._audit_end
             key, event = proc.judge_control(
                 source_record(record.topic, record.partition, record.offset, record.timestamp, record.key,
                               record.value, ()), time.time(), self.auth, self.limits)
