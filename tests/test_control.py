@@ -286,3 +286,29 @@ def test_control_settings_errors_name_the_field_and_the_fix(tmp_path, yaml, env,
     config.write_text(yaml + "\n")
     with pytest.raises(ConfigError, match=problem):
         load_settings(str(config), env, {})
+
+
+@pytest.mark.parametrize(("argv", "fields"), [
+    (["unsilence", "3f2a"], {"command": "unsilence", "silence_id": "3f2a"}),
+    (["ack", "--fingerprint", "758851f0a38aca21"], {"command": "ack", "fingerprint": "758851f0a38aca21"}),
+    (["ack", "--match", "slo=checkout", "--match", "severity=page"],
+     {"command": "ack", "matchers": {"slo": "checkout", "severity": "page"}}),
+    (["recommend", "--policy", "api-p95"], {"command": "recommend", "policy": "api-p95"}),
+    (["silence", "--match", "slo=a", "--until", "2026-11-22T18:00:00Z"],
+     {"command": "silence", "until": "2026-11-22T18:00:00Z"}),
+])
+def test_slostream_control_builds_each_command(argv, fields):
+    args = build_parser().parse_args(["control", "--key-id", "ops", "--by", "ana", *argv])
+    doc = control_command(args)
+    COMMAND_SCHEMA.validate({**doc, "sig": "x"})
+    assert fields.items() <= doc.items() and doc["by"] == "ana" and doc["key_id"] == "ops"
+
+
+def test_slostream_control_names_a_bad_match_or_key(tmp_path):
+    args = build_parser().parse_args(["control", "silence", "--match", "checkout", "--for", "1h"])
+    with pytest.raises(ConfigError, match=r"flag --match is 'checkout'.*LABEL=VALUE"):
+        control_command(args)
+    (tmp_path / "rsa.key").write_bytes(b"not a key")
+    args = build_parser().parse_args(["control", "--key", str(tmp_path / "rsa.key"), "unsilence", "a"])
+    with pytest.raises(ConfigError, match=r"flag --key: .*rsa.key: not an unencrypted PEM private key"):
+        sign_command(control_command(args), args)
