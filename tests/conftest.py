@@ -66,7 +66,9 @@ _names = itertools.count()
 class Worker:
     """A real ``slostream run`` process."""
 
-    def __init__(self, broker: Broker, prefix: str, app_id: str, env: dict[str, str], log_path):
+    def __init__(self, broker: Broker, prefix: str, app_id: str, env: dict[str, str], log_path,
+                 config: str | None = None):
+        self.config = config
         self.broker = broker
         self.prefix = prefix
         self.app_id = app_id
@@ -81,7 +83,8 @@ class Worker:
         with open(self.log_path, "ab") as log:  # the worker keeps its own descriptor
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "slostream", "run", "--broker", self.broker.url,
-                 "--topic-prefix", self.prefix, "--app-id", self.app_id, "--web-port", str(self.port)],
+                 "--topic-prefix", self.prefix, "--app-id", self.app_id, "--web-port", str(self.port),
+                 *(["--config", self.config] if self.config else [])],
                 env=env, stdout=log, stderr=subprocess.STDOUT,
             )
         if wait_ready:
@@ -120,8 +123,9 @@ def make_worker(kafka, tmp_path):
     workers: list[Worker] = []
     prefix = f"t{next(_names)}-{os.getpid()}."
 
-    def factory(app_id: str = "slo", **env: str) -> Worker:
-        worker = Worker(kafka, prefix, f"{prefix}{app_id}", env, tmp_path / f"worker{len(workers)}.log")
+    def factory(app_id: str = "slo", config: str | None = None, **env: str) -> Worker:
+        """A worker of group ``app_id``, with the YAML settings file ``config`` and settings in ``env``."""
+        worker = Worker(kafka, prefix, f"{prefix}{app_id}", env, tmp_path / f"worker{len(workers)}.log", config)
         workers.append(worker)
         return worker
 

@@ -5,9 +5,12 @@ has read, as a worker does every ``tick_interval_s``."""
 
 import random
 
+import orjson
+
 from slostream.config import Settings, pipeline_config
+from slostream.core.control import ControlAuth, ControlLimits
 from slostream.pipeline.partition import PartitionProcessor
-from slostream.pipeline.types import PipelineConfig, SourceRecord
+from slostream.pipeline.types import Output, PipelineConfig, SourceRecord
 
 START = 1_800_010_000.0  # wall time at the start: late enough that no measurement is "in the future"
 
@@ -112,3 +115,31 @@ class Cluster:
         return counts
 
 
+
+
+class ControlTopics:
+    """The control topic and the audit topic as lists: a judge (the processor of partition 0)
+    judges each command once and appends its audit event; ``apply`` hands the audit log to
+    processors as a worker does (each skips what it applied already)."""
+
+    def __init__(self, auth: ControlAuth | None = None, limits: ControlLimits | None = None):
+        self.auth = auth or ControlAuth()
+        self.limits = limits or ControlLimits()
+        self.control: list[SourceRecord] = []
+        self.audit: list[SourceRecord] = []
+
+    def send(self, judge: PartitionProcessor, value: bytes, now: float) -> dict:
+        """Append a command to the control topic; the judge judges it at ``now``: its audit event."""
+        record = SourceRecord("control", 0, len(self.control), now, None, value)
+        self.control.append(record)
+        key, event = judge.judge_control(record, now, self.auth, self.limits)
+        self.audit.append(SourceRecord("audit", 0, len(self.audit), now, key, orjson.dumps(event)))
+        return event
+
+    def apply(self, *procs: PartitionProcessor) -> Output:
+        out = Output()
+        for proc in procs:
+            for record in self.audit:
+                for part in proc.apply_control(record):
+                    out.extend(part)
+        return out

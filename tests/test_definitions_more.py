@@ -166,21 +166,21 @@ def test_settings_yaml_carries_slos_and_policies_and_rejects_bad_ones(tmp_path):
 
 
 @pytest.mark.parametrize(("raw", "problem"), [
-    (b'{"command": "silence", "matchers": {"slo": "a"}}', "'until' is None"),
+    (b'{"command": "silence", "matchers": {"slo": "a"}}', "'until' is 'None'"),
     (b'{"command": "silence", "matchers": {"slo": "a"}, "until": "tomorrow"}', "RFC 3339"),
-    (b'{"command": "unsilence"}', "needs the silence's 'id'"),
+    (b'{"command": "unsilence", "id": "maint"}', "needs 'silence_id'"),
     (b'{"command": "ack", "fingerprint": "abc"}', "needs 'by'"),
     (b'{"command": "reboot"}', "use one of silence, unsilence, ack"),
     (b'[1, 2]', "a command is a JSON object"),
 ])
 def test_malformed_commands_say_why(raw, problem):
-    parsed = parse_command(raw, offset=1, record_time=0.0)
+    parsed = parse_command(raw, offset=1, now=0.0)
     assert isinstance(parsed, CommandError) and problem in parsed.message
 
 
 def test_commands_parse():
     silence = parse_command(b'{"command": "silence", "matchers": {"slo": "a"}, "until": "2026-11-22T18:00:00Z",'
-                            b' "id": "s1", "by": "ana"}', offset=3, record_time=0.0)
+                            b' "id": "s1", "by": "ana"}', offset=3, now=0.0)
     assert silence.silence.until == 1795370400.0 and silence.silence.id == "s1"
     ack = parse_command(b'{"command": "ack", "matchers": {"severity": "page"}, "by": "bo"}', 4, 0.0)
     assert ack.kind == "ack" and ack.matchers == {"severity": "page"} and ack.by == "bo"

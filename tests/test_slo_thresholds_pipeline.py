@@ -9,11 +9,9 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from slostream.core.control import parse_command
 from slostream.core.objectives import GoodRule, Slo, SloWindow
 from slostream.pipeline.partition import PartitionProcessor
-from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import make_config
+from tests.pipeline_sim import START, ControlTopics, make_config
 from tests.schemas import validator
 from tests.threshold_streams import T0, latency_bursts, recommendations_of, records_of, restored_half_way
 
@@ -98,11 +96,11 @@ def test_a_restore_mid_way_makes_the_same_events(run):
 
 def test_a_threshold_on_demand(run):
     _, events, proc = run
-    command = parse_command(b'{"command": "recommend", "slo": "api-fast", "by": "ana"}', 5, 0.0)
-    asked = [event for _, event in proc.apply_control(SourceRecord("control", 0, 5, 0.0, None, b""),
-                                                        command).recommendations]
+    topics = ControlTopics()
+    topics.send(proc, b'{"command": "recommend", "slo": "api-fast", "by": "ana"}', START)
+    asked = [event for _, event in topics.apply(proc).recommendations]
     assert [e["data"]["target"]["name"] for e in asked] == ["api-fast"]
-    assert asked[0]["data"]["trigger"] == "control command at offset 5 by ana"
+    assert asked[0]["data"]["trigger"] == "control command at offset 0 by ana"
     assert not {e["id"] for e in asked} & {e["id"] for e in events}
     latest = {s["target"]["name"]: s for s in proc.snapshot(kinds=("slo_thresholds",)).statuses["slo_thresholds"]}
     assert latest["api-fast"]["trigger"].startswith("control command")

@@ -9,10 +9,8 @@ from itertools import pairwise
 import numpy as np
 import pytest
 
-from slostream.core.control import parse_command
 from slostream.pipeline.partition import PartitionProcessor
-from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import make_config
+from tests.pipeline_sim import START, ControlTopics, make_config
 from tests.schemas import validator
 from tests.threshold_streams import (
     POLICY,
@@ -84,11 +82,11 @@ def test_a_restore_mid_way_makes_the_same_recommendations(run):
 
 def test_a_recommendation_on_demand(run):
     _, events, proc = run
-    command = parse_command(b'{"command": "recommend", "policy": "api-p95", "by": "ana"}', 3, 0.0)
-    record = SourceRecord("control", 0, 3, 0.0, None, b"")
-    asked = [event for _, event in proc.apply_control(record, command).recommendations]
+    topics = ControlTopics()
+    topics.send(proc, b'{"command": "recommend", "policy": "api-p95", "by": "ana"}', START)
+    asked = [event for _, event in topics.apply(proc).recommendations]
     assert {e["data"]["target"]["level"] for e in asked} == {"warning", "critical"}
-    assert all(e["data"]["trigger"] == "control command at offset 3 by ana" for e in asked)
+    assert all(e["data"]["trigger"] == "control command at offset 0 by ana" for e in asked)
     assert not {e["id"] for e in asked} & {e["id"] for e in events}
     latest = {(s["target"]["level"]): s for s in proc.snapshot(kinds=("thresholds",)).statuses["thresholds"]}
     assert latest["warning"]["trigger"].startswith("control command")

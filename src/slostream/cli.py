@@ -1,4 +1,4 @@
-"""The ``slostream`` command: run, demo, validate, produce, tail, bench."""
+"""The ``slostream`` command: run, demo, validate, produce, tail, keygen, control, bench."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ import dataclasses
 import logging
 import os
 import sys
+import time
+import uuid
+from pathlib import Path
 
 from slostream.config import ConfigError, Settings, load_settings
 
@@ -81,6 +84,34 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true", help="start at the oldest event, not the newest")
     tail.add_argument("--count", type=int, help="exit after this many events")
     tail.add_argument("--idle-exit", type=float, metavar="SECONDS", help="exit after this long without an event")
+    keygen = sub.add_parser("keygen", help="write an Ed25519 key pair for signing control commands: NAME.key "
+                                           "(private, PKCS#8 PEM) and NAME.pub (public, as openssl pkey -pubout "
+                                           "writes)")
+    keygen.add_argument("name", metavar="NAME", help="path and name of the pair, without .key/.pub")
+    control = sub.add_parser("control", help="send a control command (signed with --key) to the control topic")
+    _add_client_flags(control)
+    control.add_argument("--key", metavar="NAME.key", help="private key to sign with (unset: send unsigned)")
+    control.add_argument("--key-id", help="key id the workers know the key by (default: the key file's name "
+                                          "without .key)")
+    control.add_argument("--by", help="who sends the command (default: the key id)")
+    commands = control.add_subparsers(dest="control_command", required=True)
+    silence = commands.add_parser("silence", help="silence the alerts whose labels match")
+    silence.add_argument("--match", action="append", required=True, metavar="LABEL=VALUE",
+                         help="a label the silenced alerts carry (repeat for more)")
+    lasting = silence.add_mutually_exclusive_group(required=True)
+    lasting.add_argument("--for", dest="for_", metavar="DURATION", help="how long: 30m, 2h, 1d, 1w")
+    lasting.add_argument("--until", help="until when: RFC 3339 with a zone, e.g. 2026-11-22T18:00:00Z")
+    silence.add_argument("--reason", default="", help="why (kept with the silence and in the audit)")
+    unsilence = commands.add_parser("unsilence", help="lift a silence")
+    unsilence.add_argument("silence_id", help="the silence's id (the id of the command that made it)")
+    ack = commands.add_parser("ack", help="acknowledge firing alerts (stops escalation)")
+    target = ack.add_mutually_exclusive_group(required=True)
+    target.add_argument("--fingerprint", help="the alert's fingerprint (from its alert event)")
+    target.add_argument("--match", action="append", metavar="LABEL=VALUE", help="a label the alerts carry")
+    recommend = commands.add_parser("recommend", help="ask for recommended levels or an SLO's threshold now")
+    what = recommend.add_mutually_exclusive_group(required=True)
+    what.add_argument("--policy", help="the policy whose levels to recommend")
+    what.add_argument("--slo", help="the threshold SLO whose threshold to recommend")
     bench = sub.add_parser("bench", help="measure throughput against the embedded broker")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--batched-records", type=int, default=20_000)
@@ -109,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
             from slostream.io.clients import run_tail
 
             return run_tail(_client_settings(args), args.topic, args.from_beginning, args.count, args.idle_exit)
+        if args.command == "keygen":
+            return write_key_pair(args.name)
+        if args.command == "control":
+            from slostream.io.clients import run_control
+
+            doc = control_command(args)
+            return run_control(_client_settings(args), sign_command(doc, args))
         if args.command == "bench":
             from slostream.bench import run_bench
 
@@ -132,6 +170,71 @@ def validate_files(files: list[str]) -> int:
         else:
             print(f"{path}: {len(definitions.slos)} SLO(s) and {len(definitions.policies)} policies valid")
     return 1 if failed else 0
+
+
+def write_key_pair(name: str) -> int:
+    from slostream.core.control import new_key_pair
+
+    private, public = new_key_pair()
+    key_file, pub_file = Path(f"{name}.key"), Path(f"{name}.pub")
+    for file in (key_file, pub_file):
+        if file.exists():
+            raise ConfigError(f"{file} exists. Fix: choose another NAME, or remove the old pair first.")
+    # Readable by its owner alone, from the moment it exists.
+    with os.fdopen(os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        out.write(private)
+    pub_file.write_bytes(public)
+    print(f"slostream keygen: wrote {key_file} (keep it secret) and {pub_file} (for control_keys)", file=sys.stderr)
+    return 0
+
+
+def _matchers(pairs: list[str]) -> dict[str, str]:
+    matchers = {}
+    for pair in pairs:
+        label, sep, value = pair.partition("=")
+        if not sep or not label:
+            raise ConfigError(f"flag --match is {pair!r}. Fix: write LABEL=VALUE, e.g. --match slo=checkout.")
+        matchers[label] = value
+    return matchers
+
+
+def control_command(args: argparse.Namespace) -> dict:
+    """The command object of ``slostream control`` (unsigned): with a unique id and issued_at."""
+    key_id = args.key_id or (Path(args.key).name.removesuffix(".key") if args.key else None)
+    doc = {"command": args.control_command, "id": uuid.uuid4().hex, "issued_at": int(time.time())}
+    by = args.by or key_id
+    if by:
+        doc["by"] = by
+    if key_id:
+        doc["key_id"] = key_id
+    if args.control_command == "silence":
+        doc["matchers"] = _matchers(args.match)
+        doc.update({"for": args.for_} if args.for_ else {"until": args.until})
+        if args.reason:
+            doc["reason"] = args.reason
+    elif args.control_command == "unsilence":
+        doc["silence_id"] = args.silence_id
+    elif args.control_command == "ack":
+        doc.update({"fingerprint": args.fingerprint} if args.fingerprint else {"matchers": _matchers(args.match)})
+    else:
+        doc.update({"policy": args.policy} if args.policy else {"slo": args.slo})
+    return doc
+
+
+def sign_command(doc: dict, args: argparse.Namespace) -> dict:
+    from slostream.core.control import private_key_of_pem, sign
+
+    if not args.key:
+        return doc
+    try:
+        key = private_key_of_pem(Path(args.key).read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"flag --key: cannot read {args.key} ({exc.strerror}). Fix: pass the NAME.key that "
+                          "`slostream keygen NAME` wrote.") from None
+    except ValueError as exc:
+        raise ConfigError(f"flag --key: {args.key}: {exc}. Fix: pass an Ed25519 private key in PEM, as "
+                          "`slostream keygen NAME` or `openssl genpkey -algorithm ed25519` writes it.") from None
+    return sign(doc, key)
 
 
 def make_worker(app, log_level: str):

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from slostream.core.buckets import DEFAULT_RESOLUTIONS, Resolution
+from slostream.core.control import COMMANDS, ControlKey, public_key_of_pem
 from slostream.core.drift_rules import DriftRules
 from slostream.core.recommend import STRATEGIES
 from slostream.pipeline.types import PipelineConfig
@@ -117,6 +118,10 @@ class Settings:
     recommend_strategy: str = "balanced"
     recommend_every_s: float = 604800.0
     recommend_horizon_s: float = 604800.0
+    max_silence_s: float = 30 * 86400.0
+    max_silences: int = 1000
+    # Parsed from the YAML's control_keys: mapping (key id -> public key and allowed commands).
+    control_keys: tuple[ControlKey, ...] = ()
     # Parsed from the YAML's slos:/policies: lists and from definition_files.
     slos: tuple = ()
     policies: tuple = ()
@@ -158,8 +163,10 @@ _HELP = {
 }
 
 
-STRUCTURED = ("slos", "policies", "models", "alertmanager", "drift")
+STRUCTURED = ("slos", "policies", "models", "alertmanager", "drift", "control_keys")
 ALERTMANAGER_KEYS = ("url", "username", "password", "password_file", "bearer_token", "bearer_token_file")
+KEYGEN_FIX = ("make a key pair with `slostream keygen NAME` (or `openssl genpkey -algorithm ed25519 -out NAME.key` "
+              "and `openssl pkey -in NAME.key -pubout -out NAME.pub`) and name NAME.pub")
 
 
 def pipeline_config(settings: Settings) -> PipelineConfig:
@@ -252,7 +259,7 @@ def load_settings(
     values: dict[str, Any] = {}
     definitions = None
     if config_file:
-        values, definitions = _read_yaml(config_file)
+        values, definitions = _read_yaml(config_file, env or {})
     for key, raw in (env or {}).items():
         if not key.startswith(ENV_PREFIX) or key == f"{ENV_PREFIX}TEST_KAFKA":
             continue
@@ -311,7 +318,7 @@ def _secrets_from_files(values: dict[str, Any], where: str) -> dict[str, Any]:
     return read
 
 
-def _read_yaml(path: str) -> tuple[dict[str, Any], Any]:
+def _read_yaml(path: str, env: Mapping[str, str]) -> tuple[dict[str, Any], Any]:
     try:
         text = Path(path).read_text()
     except OSError as exc:
@@ -337,6 +344,8 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], Any]:
                               f"{{url: http://host:9093}}, optionally with {', '.join(keys[1:])}.")
         for key, raw in alertmanager.items():
             out[f"alertmanager_{key}"] = _coerce(f"alertmanager_{key}", raw, f"{path}: alertmanager")
+    if document.get("control_keys") is not None:
+        out["control_keys"] = _control_keys(document["control_keys"], path, env)
     from slostream.definitions.drift import DriftSettingsError, parse_drift
 
     try:
@@ -351,6 +360,49 @@ def _read_yaml(path: str) -> tuple[dict[str, Any], Any]:
         out[name] = _coerce(name, raw, path)
     definitions = parse_document({k: document[k] for k in ("slos", "policies", "models") if k in document}, path, 0)
     return out, definitions
+
+
+def _control_keys(raw: Any, path: str, env: Mapping[str, str]) -> tuple[ControlKey, ...]:
+    """The YAML's control_keys: {KEY_ID: {public_key_file: FILE | public_key_env: NAME, commands: [...]}}.
+    A relative public_key_file is read from the config file's directory."""
+    shape = "{KEY_ID: {public_key_file: FILE or public_key_env: NAME, commands: [silence, ack, ...]}}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: field 'control_keys' is {raw!r}. Fix: write control_keys: {shape}.")
+    keys = []
+    for key_id, grant in raw.items():
+        def where(name: str = "", key_id: Any = key_id) -> str:
+            return f"{path}: field 'control_keys.{key_id}{name}'"
+
+        if not isinstance(grant, dict) or set(grant) - {"public_key_file", "public_key_env", "commands"}:
+            raise ConfigError(f"{where()} is {grant!r}. Fix: write control_keys: {shape}.")
+        commands = grant.get("commands")
+        if (not isinstance(commands, list) or not commands
+                or not all(isinstance(c, str) and c in COMMANDS for c in commands)):
+            raise ConfigError(f"{where('.commands')} is {commands!r}. Fix: list the commands this key may send, "
+                              f"from {', '.join(COMMANDS)}.")
+        if ("public_key_file" in grant) == ("public_key_env" in grant):
+            raise ConfigError(f"{where()} needs exactly one of public_key_file and public_key_env. Fix: give the PEM "
+                              "file of the public key, or the environment variable that holds its PEM text.")
+        if "public_key_file" in grant:
+            field_name = where(".public_key_file")
+            file = Path(path).parent / str(grant["public_key_file"])
+            try:
+                pem = file.read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"{field_name}: cannot read {file} ({exc.strerror}). Fix: {KEYGEN_FIX}.") from None
+        else:
+            field_name = where(".public_key_env")
+            text = env.get(str(grant["public_key_env"]))
+            if not text:
+                raise ConfigError(f"{field_name}: environment variable {grant['public_key_env']} is not set. "
+                                  "Fix: set it to the PEM text of the public key (NAME.pub).")
+            pem = text.encode()
+        try:
+            public_key = public_key_of_pem(pem)
+        except ValueError as exc:
+            raise ConfigError(f"{field_name}: {exc}. Fix: {KEYGEN_FIX}.") from None
+        keys.append(ControlKey(str(key_id), public_key, tuple(commands)))
+    return tuple(keys)
 
 
 def validate(s: Settings) -> None:
@@ -394,6 +446,10 @@ def validate(s: Settings) -> None:
     for name in ("recommend_every_s", "recommend_horizon_s"):
         if not 3600 <= getattr(s, name) <= 90 * 86400:
             fail(name, f"is {getattr(s, name)}, it must be from 3600 (an hour) to 7776000 (90 days)")
+    if not 0 < s.max_silence_s <= 366 * 86400:
+        fail("max_silence_s", f"is {s.max_silence_s}, it must be above 0 and at most 31622400 (a year)")
+    if not 1 <= s.max_silences <= 100_000:
+        fail("max_silences", f"is {s.max_silences}, it must be from 1 to 100000")
     if not 64 <= s.max_deadletter_bytes <= s.max_record_bytes:
         fail("max_deadletter_bytes", f"is {s.max_deadletter_bytes}, it must be from 64 to max_record_bytes")
     if s.log_level not in ("debug", "info", "warning", "error"):

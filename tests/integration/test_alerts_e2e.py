@@ -64,10 +64,11 @@ def test_incident_fires_pages_resolves_once_across_a_restart(kafka, make_worker,
     acked = alerts_of(events, "acknowledged", "page")[0]["data"]
     assert alerts_of(events, "silenced", "critical")[0]["data"]["labels"]["policy"] == "checkout-p99"
     assert acked["annotations"]["acknowledged_by"] == "ana" and acked["fingerprint"] == alert["fingerprint"]
-    dead = consume(kafka.bootstrap, f"{prefix}deadletter",
-                   lambda ev: sum(e["data"]["reason"] == "bad_command" for e in ev) >= 2)
-    bad_commands = [e for e in dead if e["data"]["reason"] == "bad_command"]
-    assert len(bad_commands) == 2 and "matchers" in bad_commands[0]["data"]["message"]
+    audit = consume(kafka.bootstrap, f"{prefix}audit", lambda ev: len(ev) >= 4)
+    assert [e["type"].rsplit(".", 1)[1] for e in audit] == ["applied", "applied", "refused", "refused"]
+    assert [e["data"]["reason"] for e in audit[2:]] == ["malformed", "malformed"]
+    assert "matchers" in audit[2]["data"]["message"] and audit[3]["data"]["raw"].endswith(" not json")
+    assert b"slostream_control_auth_enabled 0.0" in worker.get("/metrics")[1]  # no control_keys: unsigned
     status, body = worker.get("/api/alerts")
     listed = orjson.loads(body)
     assert status == 200 and any(a["fingerprint"] == alert["fingerprint"] and a["acknowledgedBy"] == "ana"
@@ -197,7 +198,7 @@ def test_escalation_cooldown_and_unsilence_end_to_end(kafka, make_worker, tmp_pa
     _control(kafka, prefix, orjson.dumps({"command": "silence", "id": "maint", "matchers": {"slo": "cart-errors"},
                                           "for": "1h", "by": "ana"}))
     consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: alerts_of(ev, "silenced", "ticket"))
-    _control(kafka, prefix, orjson.dumps({"command": "unsilence", "id": "maint", "by": "ana"}))
+    _control(kafka, prefix, orjson.dumps({"command": "unsilence", "silence_id": "maint", "by": "ana"}))
     events = consume(kafka.bootstrap, f"{prefix}alerts", lambda ev: len(alerts_of(ev, "firing", "ticket")) >= 3)
     assert alerts_of(events, "firing", "ticket")[2]["data"]["fingerprint"] == second["fingerprint"]
     assert worker.stop() == 0

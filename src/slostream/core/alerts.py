@@ -252,14 +252,6 @@ class AlertBook:
             events.extend(self.acknowledge(now, fp, by))
         return events
 
-    def fires_matching(self, key: str | None, matchers: dict[str, str] | None) -> bool:
-        """Whether an alert an ack selects (by fingerprint, or by matchers) is firing."""
-        if key is not None:
-            alert = self.alerts.get(key)
-            return alert is not None and alert.firing
-        probe = Silence("", matchers or {}, 0.0)
-        return any(a.firing and probe.matches(a.labels) for a in self.alerts.values())
-
     def firing(self) -> list[dict]:
         """Every alert firing now (silenced ones included, marked), as Alertmanager models."""
         out = []

@@ -13,6 +13,7 @@ import time
 from slostream.config import Settings
 from slostream.io import end_offsets, undecodable
 from slostream.io.consumer import SloApp
+from slostream.io.control import ControlService
 from slostream.io.ingest import IngestService, source_record
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.producer import OutputProducer
@@ -67,9 +68,16 @@ def create_app(settings: Settings) -> SloApp:
         ingest.sinks = AlertSinks(settings, ingest.firing_alerts)
         app.add_dependency(ingest.sinks)
 
+    control = ControlService(ingest, settings)
+    metrics.attach_control(control)
+
     @app.task
-    async def control_reader() -> None:
-        await ingest.read_control()
+    async def judge_control_commands() -> None:
+        await control.judge()
+
+    @app.task
+    async def apply_control_commands() -> None:
+        await control.apply_audited()
 
     @app.task
     async def probe_event_loop() -> None:

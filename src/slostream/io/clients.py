@@ -1,4 +1,4 @@
-"""``slostream produce`` and ``slostream tail``: a way in and out without kcat.
+"""``slostream produce``, ``slostream tail`` and ``slostream control``: a way in and out without kcat.
 
 The embedded broker (Tansu 0.6) refuses librdkafka clients (kcat, confluent-kafka, Vector, Fluent
 Bit), so these two commands, on aiokafka, feed measurements and read events on any broker.
@@ -132,4 +132,27 @@ def run_produce(settings: Settings, path: str | None, per_record: int, compressi
 
 def run_tail(settings: Settings, topic: str, from_beginning: bool, count: int | None, idle_exit_s: float | None) -> int:
     asyncio.run(tail(settings, topic, from_beginning, count, idle_exit_s))
+    return 0
+
+
+def command_producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(bootstrap_servers=settings.broker_hosts, acks="all", **kafka_client_options(settings))
+
+
+async def send_command(settings: Settings, command: dict) -> int:
+    """Send one control command; the control topic's offset it got."""
+    producer = command_producer(settings)
+    await producer.start()
+    try:
+        sent = await producer.send_and_wait(settings.topic("control"), orjson.dumps(command),
+                                            key=str(command.get("id", "")).encode())
+    finally:
+        await producer.stop()
+    return sent.offset
+
+
+def run_control(settings: Settings, command: dict) -> int:
+    offset = asyncio.run(send_command(settings, command))
+    print(f"slostream control: {command['command']} {command['id']} sent to {settings.topic('control')} at offset "
+          f"{offset}; its outcome is on {settings.topic('audit')}", file=sys.stderr)
     return 0

@@ -1,5 +1,6 @@
 """The worker's batch ingest over the pure pipeline: one ``PartitionProcessor`` per owned partition,
-the state table, the checkpoint (outputs, then changelog, then the commit), control commands.
+the state table, the checkpoint (outputs, then changelog, then the commit); control commands reach
+the processors through ``io.control``.
 Offsets of the measurement topic are committed by the checkpoint, only after the state that covers
 them is durable in the changelog."""
 
@@ -12,17 +13,14 @@ import time
 from collections import Counter, deque
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from slostream.config import Settings, pipeline_config
-from slostream.core.control import ControlLog, parse_command
 from slostream.core.measurement import Reason, Rejection
 from slostream.io.consumer import SloApp
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.producer import YIELD_EVERY_WRITES, NotDelivered, OutputProducer
-from slostream.io.security import kafka_client_options
 from slostream.io.sinks import AlertSinks
 from slostream.io.slicer import Slicer
 from slostream.pipeline import state_keys
@@ -72,8 +70,6 @@ class IngestService:
         self.topic = settings.topic("measurements")
         self.pipeline_config = pipeline_config(settings)
         self.sinks: AlertSinks | None = None
-        # The control commands in force, for partitions restored later.
-        self.control_log = ControlLog()
         self.alerts_emitted: Counter[str] = Counter()
         self.breaches_emitted = 0
         # Detections by (service, metric, aggregate, direction), the start of each one's newest
@@ -99,7 +95,6 @@ class IngestService:
         self.sli_emitted = 0
         self.checkpoints = 0
         self._uncheckpointed: set[int] = set()
-        self._pending_control: set[int] = set()
         self._progress_sent: dict[int, float] = {}  # partition -> wall time of its last progress
         self.state = app.Table(
             STATE_TABLE,
@@ -115,7 +110,6 @@ class IngestService:
         self.breaches_topic = settings.topic("breaches")
         self.drift_topic = settings.topic("drift")
         self.recommendations_topic = settings.topic("recommendations")
-        self.control_topic = settings.topic("control")
         outputs.track([self.sli_topic, self.deadletter_topic, self.alerts_topic, self.breaches_topic, self.drift_topic,
                        self.recommendations_topic, self.state.changelog_topic.get_topic_name()], [self.topic])
 
@@ -131,18 +125,7 @@ class IngestService:
             restored = proc.snapshot(kinds=("slos",))
             log.info("partition %d: restored %d series and %d SLOs, resuming after offset %d",
                      partition, restored.series, len(restored.statuses["slos"]), restored.applied_offset)
-            self._pending_control.add(partition)
         return proc
-
-    async def catch_up_control(self) -> None:
-        """Apply the control commands a newly restored partition has not seen (under the lock)."""
-        for partition in sorted(self._pending_control):
-            proc = self.processors.get(partition)
-            if proc is None:
-                continue
-            for record, command in self.control_log:
-                await self._emit(proc.apply_control(record, command))
-        self._pending_control.clear()
 
     async def handle(self, partition: int, batch: list[SourceRecord]) -> None:
         """A fetched batch of the measurement topic (built as ``SourceRecord`` by ``io.undecodable``)."""
@@ -150,7 +133,6 @@ class IngestService:
             async with self.lock:
                 started = time.perf_counter()  # not the wait for the lock (a tick or checkpoint yielding)
                 proc = self.processor(partition)
-                await self.catch_up_control()
                 out = proc.process(records, time.time())
                 self._uncheckpointed.add(partition)
                 await self._emit(out)
@@ -186,7 +168,6 @@ class IngestService:
                 for tp in self.app.consumer.assignment():
                     if tp.topic == self.topic:
                         self.processor(tp.partition)
-            await self.catch_up_control()
             await self._send_progress(list(self.processors))  # from every assigned partition, traffic or not
             now = time.time()
             for partition, proc in list(self.processors.items()):
@@ -194,8 +175,6 @@ class IngestService:
                 for out in proc.tick_parts(now):
                     await self._emit(out)
                     await asyncio.sleep(0)  # timers and the web endpoints run; the lock keeps the state still
-            self.control_log.prune(now, lambda ack: any(proc.alert_fires(ack.fingerprint, ack.matchers)
-                                                        for proc in self.processors.values()))
 
     async def _send_progress(self, partitions: list[int], only_at_end: bool = False) -> None:
         """Tell every partition how far each of ``partitions`` has read (``pipeline.alignment``),
@@ -222,13 +201,13 @@ class IngestService:
                     self._uncheckpointed.add(partition)
                 await self._emit(out)
 
-    async def apply_control(self, record: SourceRecord) -> None:
-        command = parse_command(record.value, record.offset, record.timestamp)
-        async with self.lock:
-            self.control_log.append(record, command, time.time())
-            for partition, proc in self.processors.items():
-                await self._emit(proc.apply_control(record, command))
-                self._uncheckpointed.add(partition)
+    async def emit_parts(self, partition: int, parts) -> None:
+        """Emit the outputs of a processor's step made in slices (under the lock), yielding to the
+        event loop between them; the partition's state is then due at the next checkpoint."""
+        for out in parts:
+            await self._emit(out)
+            await asyncio.sleep(0)  # timers and the web endpoints run; the lock keeps the state still
+        self._uncheckpointed.add(partition)
 
     def snapshots(self, reports: bool = False, kinds: tuple[str, ...] = ()) -> list[Snapshot]:
         """What the web views and metrics read: each owned partition's ``Snapshot``, by partition."""
@@ -390,23 +369,6 @@ class IngestService:
             for partition in mine:
                 self.processors.pop(partition, None)
                 self._uncheckpointed.discard(partition)
-
-    async def read_control(self) -> None:
-        """Every worker reads the whole control topic (no group): commands apply to all partitions."""
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.broker_hosts, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
-                                    **kafka_client_options(self.settings))
-        await consumer.start()
-        try:
-            consumer.assign([TopicPartition(self.control_topic, 0)])
-            await consumer.seek_to_beginning()
-            while True:
-                for batch in (await consumer.getmany(timeout_ms=1000)).values():
-                    for r in batch:
-                        await self.apply_control(SourceRecord(r.topic, r.partition, r.offset,
-                                                              (r.timestamp or 0) / 1000.0, r.key, r.value))
-        finally:
-            await consumer.stop()
 
     def lag(self, snapshots: list[Snapshot]) -> dict[int, int]:
         lags = {}

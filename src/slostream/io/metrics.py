@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 from slostream.core.measurement import Reason
 
 if TYPE_CHECKING:
+    from slostream.io.control import ControlService
     from slostream.io.ingest import IngestService
 
 SLI_GAUGES = (
@@ -60,6 +61,9 @@ class PipelineMetrics:
     def attach(self, ingest: IngestService) -> None:
         self.registry.register(_StateCollector(ingest))
 
+    def attach_control(self, control: ControlService) -> None:
+        self.registry.register(_ControlCollector(control))
+
     def observe_batch(self, seconds: float) -> None:
         self.batch_seconds.observe(seconds)
 
@@ -68,6 +72,22 @@ class PipelineMetrics:
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _ControlCollector(Collector):
+    def __init__(self, control: ControlService):
+        self.control = control
+
+    def collect(self):
+        yield GaugeMetricFamily("slostream_control_auth_enabled",
+                                "1 when control commands must be signed (control_keys is set), 0 when any is taken.",
+                                value=int(self.control.auth.enabled))
+        judged = CounterMetricFamily("slostream_control_commands",
+                                     "Control commands this worker judged (while it owned partition 0) and audited, "
+                                     "by outcome and reason.", labels=["outcome", "reason"])
+        for (outcome, reason), count in sorted(self.control.judged.items()):
+            judged.add_metric([outcome, reason], count)
+        yield judged
 
 
 class _StateCollector(Collector):
@@ -103,9 +123,6 @@ class _StateCollector(Collector):
         yield _counter("slostream_sli_events", "SLI window events emitted.", ingest.sli_emitted)
         yield _counter("slostream_series_evicted", "Series dropped after series_ttl_s of quiet (state deleted).",
                        ingest.series_evicted)
-        yield GaugeMetricFamily("slostream_control_log_commands",
-                                "Control commands still in force, kept for partitions restored later.",
-                                value=len(ingest.control_log))
         snapshots = ingest.snapshots(reports=True)
         held = GaugeMetricFamily("slostream_series", "Series held, by partition.", labels=["partition"])
         for snap in snapshots:

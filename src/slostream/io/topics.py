@@ -10,9 +10,10 @@ from aiokafka.errors import TopicAlreadyExistsError
 from slostream.config import ConfigError, Settings
 from slostream.io.security import kafka_client_options
 
-TOPIC_NAMES = ("measurements", "sli", "deadletter", "alerts", "breaches", "drift", "recommendations", "control")
-# Operator commands need one total order, so every worker applies them alike.
-SINGLE_PARTITION = ("control",)
+TOPIC_NAMES = ("measurements", "sli", "deadletter", "alerts", "breaches", "drift", "recommendations", "control",
+               "audit")
+# Operator commands need one total order, so every worker applies them alike; so do their judgements.
+SINGLE_PARTITION = ("control", "audit")
 
 
 async def ensure_topics(settings: Settings) -> str:

@@ -1,5 +1,6 @@
 """The CloudEvents slostream emits, with their keys and deterministic ids: SLI windows, breaches,
-alerts, drift detections and dead letters. A replay, batched however, makes the same ids."""
+alerts, drift detections, dead letters and the audit of control commands. A replay, batched
+however, makes the same ids."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import orjson
 from slostream.core.alerts import AlertEvent
 from slostream.core.buckets import COUNT, MAX, MIN, OK, OK_KNOWN, SUM, VALUES
 from slostream.core.closed import Closed
+from slostream.core.control import APPLIED, REFUSED, Command, CommandError
 from slostream.core.drift import Detection
 from slostream.core.events import cloud_event, event_id, event_id_of_text
 from slostream.core.measurement import Rejection
@@ -164,6 +166,38 @@ def deadletter_event(config: PipelineConfig, record: SourceRecord, rejection: Re
         record.timestamp, data,
     )
     return rejection.reason.value.encode(), event
+
+
+def audit_event(config: PipelineConfig, record: SourceRecord, verdict: Command | CommandError,
+                judged_at: float) -> tuple[bytes, dict]:
+    """The audit event of the control record ``record``, judged at wall time ``judged_at``: applied
+    or refused (with the reason). Its id is the control record's position, so however often it is
+    written it is one event. A command that is no JSON object is carried as text, cut at
+    ``max_deadletter_bytes`` (as every refused command is cut: the record itself may be longer)."""
+    doc = verdict.doc
+    applied = isinstance(verdict, Command)
+    data = {
+        "command_id": _string_of(doc, "id"),
+        "key_id": _string_of(doc, "key_id"),
+        "by": _string_of(doc, "by"),
+        "command": doc,
+        "raw": None,
+        "reason": None if applied else verdict.reason.value,
+        "message": None if applied else verdict.message,
+        "topic": record.topic,
+        "offset": record.offset,
+        "judged_at": judged_at,
+    }
+    if doc is None:
+        data["raw"] = (record.value or b"")[:config.max_deadletter_bytes].decode("utf-8", "replace")
+    event = cloud_event(APPLIED if applied else REFUSED, config.source,
+                        event_id("command", record.topic, record.offset), judged_at, data, subject=data["command_id"])
+    return (b"applied" if applied else b"refused"), event
+
+
+def _string_of(doc: dict | None, name: str) -> str | None:
+    value = None if doc is None else doc.get(name)
+    return value if isinstance(value, str) else None
 
 
 def _element_json(element) -> tuple[Any, bytes]:

@@ -25,7 +25,17 @@ import msgspec
 import numpy as np
 import orjson
 
-from slostream.core.control import Command, CommandError
+from slostream.core.control import (
+    Command,
+    CommandError,
+    ControlAuth,
+    ControlLimits,
+    Refusal,
+    judge,
+    parse_command,
+    read_audit,
+    remember,
+)
 from slostream.core.measurement import Reason, Rejection
 from slostream.core.tumbling import TumblingWindows
 from slostream.core.window_store import WindowStore
@@ -42,7 +52,7 @@ from slostream.pipeline.alignment import (
     written_by,
 )
 from slostream.pipeline.calibration import Calibration
-from slostream.pipeline.envelopes import QUANTILE_LEVELS, deadletter_event, sli_windows
+from slostream.pipeline.envelopes import QUANTILE_LEVELS, audit_event, deadletter_event, sli_windows
 from slostream.pipeline.evaluators import Closes, Evaluator, Runs
 from slostream.pipeline.evaluators.drift import DriftEvaluator
 from slostream.pipeline.evaluators.policy import PolicyEvaluator
@@ -87,7 +97,11 @@ class PartitionProcessor:
         self.calibration = Calibration(config)
         # What keeps state per series, each in a section of the series' record (``state``).
         self.series_keepers = (*self.evaluators, self.calibration)
-        self.control_offset = -1  # last control command applied
+        # The audit topic's offset, and the control topic's, of the last command applied; the
+        # ids of recent signed commands (replays), by when each was issued.
+        self.audit_offset = -1
+        self.control_offset = -1
+        self.seen_commands: dict[str, float] = {}
         self._deleted_keys: list[str] = []  # state keys to delete at the next checkpoint (evicted, old layout)
         self.checkpoints = state.Checkpoints(now, self._replay_state(), config.report_window_s)
 
@@ -349,35 +363,60 @@ class PartitionProcessor:
 
     # --- operator commands --------------------------------------------------
 
-    def apply_control(self, record: SourceRecord, command: Command | CommandError) -> Output:
-        """Apply one control command once (its offset is persisted with the state).
+    def judge_control(self, record: SourceRecord, now: float, auth: ControlAuth,
+                      limits: ControlLimits) -> tuple[bytes, dict]:
+        """Judge a record of the control topic at wall time ``now``, against the commands and
+        silences this partition holds (the worker that owns partition 0 judges for the group): its
+        audit event, applied or refused."""
+        if len(record.value or b"") > self.config.max_deadletter_bytes:
+            verdict: Command | CommandError = CommandError(
+                Refusal.TOO_LARGE, f"the command is {len(record.value)} bytes; at most "
+                                   f"{self.config.max_deadletter_bytes} (max_deadletter_bytes)")
+        else:
+            verdict = judge(parse_command(record.value, record.offset, now), now, auth, limits,
+                            self.seen_commands, self.alerting.book.silences)
+        return audit_event(self.config, record, verdict, now)
 
-        Every partition applies every command; only partition 0 dead-letters a
-        malformed one, so it is reported once.
-        """
-        out = Output()
-        if record.offset <= self.control_offset:
-            return out
-        self.control_offset = record.offset
-        if isinstance(command, CommandError):
+    def apply_control(self, record: SourceRecord) -> Iterator[Output]:
+        """Apply a record of the audit topic once (its offset is persisted with the state): the
+        command it says was applied, and the id of any signed command, for replays. A record that
+        is no audit event is dead-lettered by partition 0 alone. A policy's ``recommend`` comes one
+        series at a time (a worker yields to its event loop between them): read them all before
+        this processor takes anything else."""
+        if record.offset <= self.audit_offset:
+            return
+        self.audit_offset = record.offset
+        audited = read_audit(record.value)
+        if isinstance(audited, str):
             if self.partition == 0:
-                rejection = Rejection(0, None, Reason.BAD_COMMAND, command.message, None)
-                out.deadletter.append(deadletter_event(self.config, record, rejection))
-            return out
+                rejection = Rejection(0, None, Reason.BAD_COMMAND, audited, None)
+                yield Output(deadletter=[deadletter_event(self.config, record, rejection)])
+            return
+        offset, judged_at, data, command = audited
+        if offset <= self.control_offset:  # audited twice (a judge that lost partition 0 as it wrote)
+            return
+        self.control_offset = offset
+        remember(self.seen_commands, data, judged_at)
+        if command is None:
+            return
         self.alerting.offset = self.applied_offset
-        if command.kind == "recommend":
-            trigger = f"control command at offset {record.offset}" + (f" by {command.by}" if command.by else "")
-            if command.policy is not None:
-                self.thresholds.recommend_now(self.series.values(), command.policy, trigger, out)
-            else:
-                self.slo_thresholds.recommend_now(command.slo, trigger, out)
-            return out
-        self.alerting.command(self.newest_event_ts if self.newest_event_ts > -np.inf else command.time, command, out)
-        return out
-
-    def alert_fires(self, fingerprint: str | None, matchers: dict[str, str] | None) -> bool:
-        """Whether an alert an acknowledgement selects (by fingerprint, or by matchers) is firing."""
-        return self.alerting.book.fires_matching(fingerprint, matchers)
+        if command.kind != "recommend":
+            out = Output()
+            self.alerting.command(self.newest_event_ts if self.newest_event_ts > -np.inf else command.time, command,
+                                  out)
+            yield out
+            return
+        trigger = f"control command at offset {offset}" + (f" by {command.by}" if command.by else "")
+        if command.slo is not None:
+            out = Output()
+            self.slo_thresholds.recommend_now(command.slo, trigger, out)
+            yield out
+            return
+        # One series' recommendation at a time: each fits and forecasts its model (~25 ms).
+        for one in [one for one in self.series.values() if one.models and command.policy in one.models]:
+            out = Output()
+            self.thresholds.recommend_now((one,), command.policy, trigger, out)
+            yield out
 
     def snapshot(self, reports: bool = False, kinds: tuple[str, ...] = ()) -> Snapshot:
         """What the web views and metrics read: ``reports``, each series' newest SLI report; the

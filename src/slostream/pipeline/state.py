@@ -92,6 +92,8 @@ def checkpoint_writes(proc: PartitionProcessor, deleted: list[str], dirty: np.nd
         "v": STATE_VERSION,
         **replay,
         "control_offset": proc.control_offset,
+        "audit_offset": proc.audit_offset,
+        "seen_commands": proc.seen_commands,
         "newest_event_ts": finite_or_none(proc.newest_event_ts),
         "idle_clocks": proc.slos.idle_state(),
     }
@@ -119,6 +121,8 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
             saved = orjson.loads(value)
             proc.applied_offset = saved["applied_offset"]
             proc.control_offset = saved.get("control_offset", -1)
+            proc.audit_offset = saved.get("audit_offset", -1)
+            proc.seen_commands = saved.get("seen_commands", {})
             proc.intake.forward_marks = {int(p): o for p, o in saved.get("forward_marks", {}).items()}
             proc.alignment = Alignment.from_state(config.partitions, saved.get("alignment"))
             proc.read_through = from_finite(saved.get("read_through"))
