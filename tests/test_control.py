@@ -312,3 +312,9 @@ def test_slostream_control_names_a_bad_match_or_key(tmp_path):
     args = build_parser().parse_args(["control", "--key", str(tmp_path / "rsa.key"), "unsilence", "a"])
     with pytest.raises(ConfigError, match=r"flag --key: .*rsa.key: not an unencrypted PEM private key"):
         sign_command(control_command(args), args)
+
+
+def test_an_unsigned_unsilence_may_still_name_the_silence_by_id():
+    """Without keys, commands work as before signatures: 'id' names the silence to lift."""
+    command = parse_command(b'{"command": "unsilence", "id": "maint", "by": "ana"}', 3, START)
+    assert isinstance(command, Command) and command.silence_id == "maint"

@@ -168,7 +168,8 @@ def test_settings_yaml_carries_slos_and_policies_and_rejects_bad_ones(tmp_path):
 @pytest.mark.parametrize(("raw", "problem"), [
     (b'{"command": "silence", "matchers": {"slo": "a"}}', "'until' is 'None'"),
     (b'{"command": "silence", "matchers": {"slo": "a"}, "until": "tomorrow"}', "RFC 3339"),
-    (b'{"command": "unsilence", "id": "maint"}', "needs 'silence_id'"),
+    (b'{"command": "unsilence", "by": "ana"}', "needs 'silence_id'"),
+    (b'{"command": "unsilence", "id": "maint", "sig": "c2ln"}', "needs 'silence_id'"),
     (b'{"command": "ack", "fingerprint": "abc"}', "needs 'by'"),
     (b'{"command": "reboot"}', "use one of silence, unsilence, ack"),
     (b'[1, 2]', "a command is a JSON object"),
