@@ -93,6 +93,7 @@ class IngestService:
         self.forwarded = 0
         self.forward_duplicates = 0
         self.series_evicted = 0
+        self.series_dropped_label_keys = 0
         self.undecodable_batches = 0
         self._undecodable_letters: list[tuple[bytes, dict]] = []
         self.sli_emitted = 0
@@ -279,6 +280,11 @@ class IngestService:
         self.forwarded += out.forwarded
         self.forward_duplicates += out.forward_duplicates
         self.series_evicted += out.evicted
+        if out.dropped_label_keys:
+            self.series_dropped_label_keys += out.dropped_label_keys
+            log.warning("dropped %d restored series kept under other label_keys than %s (their state is deleted, "
+                        "their alerts resolved; their services start new series)", out.dropped_label_keys,
+                        list(self.settings.label_keys))
         self.sli_emitted += len(out.sli)
 
     async def checkpoint(self, partitions: set[int] | None = None, final: bool = False) -> None:

@@ -103,6 +103,9 @@ class _StateCollector(Collector):
         yield _counter("slostream_sli_events", "SLI window events emitted.", ingest.sli_emitted)
         yield _counter("slostream_series_evicted", "Series dropped after series_ttl_s of quiet (state deleted).",
                        ingest.series_evicted)
+        yield _counter("slostream_series_dropped_label_keys",
+                       "Restored series kept under other label_keys than configured, dropped (state deleted).",
+                       ingest.series_dropped_label_keys)
         yield GaugeMetricFamily("slostream_control_log_commands",
                                 "Control commands still in force, kept for partitions restored later.",
                                 value=len(ingest.control_log))

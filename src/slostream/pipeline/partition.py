@@ -25,6 +25,7 @@ import msgspec
 import numpy as np
 import orjson
 
+from slostream.core.alerts import fingerprint
 from slostream.core.control import Command, CommandError
 from slostream.core.measurement import Reason, Rejection
 from slostream.core.tumbling import TumblingWindows
@@ -89,6 +90,7 @@ class PartitionProcessor:
         self.series_keepers = (*self.evaluators, self.calibration)
         self.control_offset = -1  # last control command applied
         self._deleted_keys: list[str] = []  # state keys to delete at the next checkpoint (evicted, old layout)
+        self.pending = Output()  # what a restore emits (alerts of what is no longer configured), at the next tick
         self.checkpoints = state.Checkpoints(now, self._replay_state(), config.report_window_s)
 
     # --- processing -------------------------------------------------------
@@ -300,6 +302,8 @@ class PartitionProcessor:
         them): read them all before this processor takes anything else."""
         self.now = now
         self.alerting.offset = self.applied_offset
+        pending, self.pending = self.pending, Output()
+        yield pending
         yield from self._advance_in_slices(self.store.owners(), now, idle=True)
         out = Output()
         self.slos.advance_idle_clocks(now)
@@ -330,15 +334,24 @@ class PartitionProcessor:
         quiet = np.flatnonzero((now - store.last_activity[:used] >= self.config.series_ttl_s) &
                                (store.open_count[:used] == 0))
         evicted = [held[owner] for owner in quiet.tolist() if owner in held]
+        self.evict(evicted, out)
+        out.evicted += len(evicted)
+
+    def evict(self, evicted: list[Series], out: Output) -> None:
+        """Drop ``evicted`` with their state (tombstones), their open windows unreported (none, for a
+        quiet series), and the alerts raised about each alone (resolved, if firing, at the series'
+        own event time)."""
+        store, held = self.store, self._series_of_owner
         for series in evicted:
+            keys = [fingerprint(labels) for evaluator in self.evaluators for labels in evaluator.alert_labels(series)]
+            self.alerting.retire(max(series.max_ts, series.watermark + self.config.grace_s), keys, out)
             del self.series[series.ident]
             del held[series.windows.owner]
             self._deleted_keys.append(state_keys.series_key(self.partition, series.key))
-            out.evicted += 1
             for keeper in self.series_keepers:
                 keeper.release(series)
         for series in evicted:
-            store.release(series.windows.owner)
+            store.discard(series.windows.owner)
 
     def evaluate_pending(self, now: float) -> Output:
         """Judge SLOs the wall-clock limiter held back, once the interval has passed."""
