@@ -62,7 +62,7 @@ def create_app(settings: Settings) -> SloApp:
     app.topics.add(ingest.measurements)
     if settings.alertmanager_url or settings.webhook_urls:
         ingest.sinks = AlertSinks(settings.alertmanager_url, settings.webhook_urls, settings.alert_resend_s,
-                                  ingest.firing_alerts)
+                                  ingest.firing_alerts, metrics.observe_sink_delivery)
         app.add_dependency(ingest.sinks)
 
     @app.task

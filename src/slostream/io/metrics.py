@@ -56,6 +56,15 @@ class PipelineMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
         )
+        self.sink_delivery_seconds = Histogram(
+            "slostream_sink_delivery_seconds",
+            "Wall time from an alert's queueing for a sink to the sink accepting it (retries included).",
+            ["sink"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=self.registry,
+        )
+
+    def observe_sink_delivery(self, sink: str, seconds: float) -> None:
+        self.sink_delivery_seconds.labels(sink).observe(seconds)
 
     def attach(self, ingest: IngestService) -> None:
         self.registry.register(_StateCollector(ingest))
@@ -233,12 +242,17 @@ def _slo_metrics(ingest: IngestService):
     if ingest.sinks is not None:
         sink = CounterMetricFamily("slostream_sink_deliveries", "Alert deliveries to sinks, by outcome.",
                                    labels=["sink", "outcome"])
-        for target in sorted(set(ingest.sinks.delivered) | set(ingest.sinks.failed)):
-            sink.add_metric([target, "delivered"], ingest.sinks.delivered.get(target, 0))
-            sink.add_metric([target, "failed"], ingest.sinks.failed.get(target, 0))
-        yield sink
-        yield _counter("slostream_sink_dropped", "Alert deliveries dropped because the sink queue was full.",
-                       ingest.sinks.dropped)
+        dropped = CounterMetricFamily("slostream_sink_dropped",
+                                      "Alert deliveries dropped (the oldest) because the sink's queue was full.",
+                                      labels=["sink"])
+        queued = GaugeMetricFamily("slostream_sink_queued", "Alert deliveries waiting in the sink's queue.",
+                                   labels=["sink"])
+        for target in ingest.sinks.sinks:
+            sink.add_metric([target.name, "delivered"], target.delivered)
+            sink.add_metric([target.name, "failed"], target.failed)
+            dropped.add_metric([target.name], target.dropped)
+            queued.add_metric([target.name], len(target.queue))
+        yield from (sink, dropped, queued)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
