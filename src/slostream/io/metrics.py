@@ -230,12 +230,12 @@ def _slo_metrics(ingest: IngestService):
                                    value=ingest.breaches_emitted)
     drift = CounterMetricFamily("slostream_drift_detections", "Drift detections, by series and aggregate.",
                                 labels=["service", "metric", "aggregate", "direction"])
-    for labels, count in sorted(ingest.drift_detections.items()):
+    for labels, count in ingest.drift.detections():
         drift.add_metric(list(labels), count)
     changed = GaugeMetricFamily("slostream_drift_last_change_timestamp_seconds",
                                 "Estimated start (event time) of the newest detected change, by series and aggregate.",
                                 labels=["service", "metric", "aggregate"])
-    for labels, changed_at in sorted(ingest.drift_changed_at.items()):
+    for labels, changed_at in ingest.drift.changes():
         changed.add_metric(list(labels), changed_at)
     yield from (objective, sli, remaining, events, burn, firing, emitted, breaches, drift, changed)
     yield from _recommendation_metrics(ingest.recommendation_statuses(), ingest.recommendations_emitted)

@@ -19,6 +19,7 @@ out exact even when the crash tore a checkpoint in half.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 import msgspec
@@ -71,6 +72,7 @@ class PartitionProcessor:
         self.series: dict[tuple, Series] = {}
         self.store = WindowStore(config.resolutions[0].width, RELATIVE_ACCURACY)  # every series' windows
         self._series_of_owner: dict[int, Series] = {}
+        self._held_of_group: Counter[tuple[str, str]] = Counter()  # series held per (service, metric)
         self.applied_offset = -1  # last source offset fully processed
         self.alignment = Alignment(config.partitions)  # every partition's progress, as read here
         self.read_through = -np.inf  # every record appended to this partition before it is read (alignment)
@@ -280,6 +282,7 @@ class PartitionProcessor:
             evaluator.watch(series)
         self.series[series.ident] = series
         self._series_of_owner[series.windows.owner] = series
+        self._held_of_group[series.group] += 1
 
     def window_lengths(self, service: str, metric: str) -> dict[int, bool]:
         """The tumbling window lengths a series' readers need, and whether each needs quantiles: the
@@ -347,6 +350,10 @@ class PartitionProcessor:
             self.alerting.retire(max(series.max_ts, series.watermark + self.config.grace_s), keys, out)
             del self.series[series.ident]
             del held[series.windows.owner]
+            self._held_of_group[series.group] -= 1
+            if not self._held_of_group[series.group]:
+                del self._held_of_group[series.group]
+                out.retired_groups.append(series.group)
             self._deleted_keys.append(state_keys.series_key(self.partition, series.key))
             for keeper in self.series_keepers:
                 keeper.release(series)
