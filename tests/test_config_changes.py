@@ -4,8 +4,9 @@ held, leaves no firing alert and no state key behind (issue 25, point 7)."""
 import orjson
 
 from slostream.core.objectives import GoodRule, Policy
+from slostream.pipeline.evaluators.thresholds import STATE_VERSION as THRESHOLDS_VERSION
 from slostream.pipeline.partition import PartitionProcessor
-from slostream.pipeline.state_keys import SEP, slo_model_key
+from slostream.pipeline.state_keys import SEP, model_chunk_key, model_report_key, slo_model_key
 from slostream.pipeline.types import SourceRecord
 from tests.pipeline_sim import make_config
 from tests.slo_feed import T0, checkout_slo
@@ -73,7 +74,11 @@ def test_a_removed_slo_and_policy_resolve_their_alerts_and_lose_their_state_keys
     run.checkpoint()
     assert run.firing() == {"SLOErrorBudgetBurn", "ThresholdBreach"}
     assert run.live_keys("S") and run.live_keys("s")
-    run.changelog[slo_model_key(0, SLO.name)] = b'{"v": 1, "model": {}}'  # a model of the SLO, as kept
+    # Threshold models of the SLO and of the policy's series, as kept (unread once unconfigured).
+    series = run.proc.series[("checkout", "http")].key
+    run.changelog[slo_model_key(0, SLO.name)] = b'{"v": 1, "model": {}}'
+    run.changelog[model_chunk_key(0, POLICY.name, 0, series)] = b"chunk"
+    run.changelog[model_report_key(0, POLICY.name, series)] = orjson.dumps({"v": THRESHOLDS_VERSION})
 
     after = run.restart(make_config(grace_s=2))
     resolved = [e for e in after.alerts if e["type"] == "slostream.alert.resolved"]
@@ -85,6 +90,7 @@ def test_a_removed_slo_and_policy_resolve_their_alerts_and_lose_their_state_keys
     assert after.proc.alerting.book.alerts == {}
     # Every key of the SLO is deleted; a second restart finds nothing of it and sends nothing.
     assert after.live_keys("S") == after.live_keys("s") == after.live_keys("t") == []
+    assert after.live_keys("m") == after.live_keys("r") == []
     again = after.restart(make_config(grace_s=2))
     assert again.alerts == []
 
