@@ -305,10 +305,8 @@ class PartitionProcessor:
         them): read them all before this processor takes anything else."""
         self.now = now
         self.alerting.offset = self.applied_offset
-        pending, self.pending = self.pending, Output()
-        yield pending
         yield from self._advance_in_slices(self.store.owners(), now, idle=True)
-        out = Output()
+        out, self.pending = self.pending, Output()
         self.slos.advance_idle_clocks(now)
         self._evict_quiet(now, out)
         self.slos.evaluate_due(now, out, force=True)
