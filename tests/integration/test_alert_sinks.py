@@ -2,61 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
 import threading
 import time
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import orjson
 import pytest
 
-from slostream.io.broker import free_port
+from slostream.bench.sinks import alertmanager as run_alertmanager
+from slostream.bench.sinks import pages_while_a_webhook_hangs
 from tests.conftest import consume, produce
 from tests.integration.alert_streams import DEFINITIONS, alerts_of, incident_history
-
-AM_CONFIG = """
-route:
-  receiver: blackhole
-  group_wait: 1s
-  group_interval: 1s
-receivers:
-  - name: blackhole
-"""
 
 
 @pytest.fixture
 def alertmanager(tmp_path):
-    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-    assert binary and shutil.which("amtool"), \
-        "Alertmanager is missing: scripts/setup test installs Debian's prometheus-alertmanager"
-    (tmp_path / "am.yml").write_text(AM_CONFIG)
-    port = free_port()
-    with open(tmp_path / "alertmanager.log", "wb") as log:  # Alertmanager keeps its own descriptor
-        process = subprocess.Popen(
-            [binary, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am-data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"Alertmanager did not start; see {tmp_path / 'alertmanager.log'}")
-        time.sleep(0.2)
-    yield url
-    process.terminate()
-    process.wait(10)
+    assert shutil.which("amtool"), "amtool is missing: scripts/setup test installs Debian's prometheus-alertmanager"
+    with run_alertmanager(tmp_path) as url:
+        yield url
 
 
 def amtool_alerts(url: str) -> list[dict]:
@@ -132,3 +100,12 @@ def test_alertmanager_and_webhook_receive_firing_then_resolved(kafka, make_worke
     still = [a for a in orjson.loads(worker.get("/api/alerts")[1])["alerts"] if a["labels"]["severity"] == "page"]
     assert still == []
     assert worker.stop() == 0
+
+
+def test_pages_reach_alertmanager_while_a_webhook_hangs(alertmanager):
+    """Each sink has its own queue and task: a webhook that never answers holds only its own."""
+    latencies, held = asyncio.run(pages_while_a_webhook_hangs(alertmanager, 50, 0.01))
+    assert held >= 1  # the webhook held a delivery the whole time
+    assert len(latencies) == 50
+    pages = {a["labels"]["slo"] for a in amtool_alerts(alertmanager) if a["labels"].get("alertname") == "BenchPage"}
+    assert pages == {f"bench-{n}" for n in range(50)}

@@ -39,6 +39,7 @@ from slostream.bench.cardinality import (
 from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITIONS, _expected_windows, _payloads
 from slostream.bench.control import control_part
 from slostream.bench.drift import drift_quality, drift_state
+from slostream.bench.sinks import sink_latency
 from slostream.bench.thresholds import slo_threshold_quality, threshold_quality
 from slostream.bench.throughput import (
     _alert_latency,
@@ -177,7 +178,9 @@ PARTS: dict[str, Callable[[BenchRun], dict]] = {
     "cardinality": _cardinality_part,
     "drift": lambda run: {"drift": drift_quality(), "drift_state": drift_state()},
     "thresholds": lambda run: {"thresholds": threshold_quality()},
+    # Alertmanager page latency while a webhook sink hangs (each sink has its own queue and task).
     "control": lambda run: {"control": control_part()},
+    "sinks": lambda run: {"sinks": sink_latency(run.workdir)},
     "slo_thresholds": lambda run: {"slo_thresholds": {"day_effect_0.05": slo_threshold_quality(),
                                                       "no_day_effect": slo_threshold_quality(day_sd=0.0)}},
 }

@@ -222,6 +222,19 @@ class AlertBook:
             events.append(AlertEvent("firing", now, raised.model(), raised.starts_at))
         return events
 
+    def retire(self, now: float, keys: list[str]) -> list[AlertEvent]:
+        """Forget the alerts of ``keys`` for good (what judged them is gone: an SLO or a policy no
+        longer configured, an evicted series), each firing one, or the alert it was escalated to,
+        resolved first."""
+        events = []
+        for key in keys:
+            alert = self.alerts.pop(key, None)
+            while alert is not None:
+                if alert.firing:
+                    events.append(self._resolve(max(now, alert.starts_at), alert))
+                alert = None if alert.escalated_to is None else self.alerts.pop(alert.escalated_to, None)
+        return events
+
     def keep_times(self, key: str, starts_at: float, ends_at: float | None) -> None:
         """An episode judged again (a replay after a crash) keeps the times its sent event named,
         so what follows names them too."""

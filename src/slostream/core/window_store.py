@@ -135,6 +135,15 @@ class WindowStore(AwaitingReads, SparseKeyLog, StoreCodec):
         self.unwritten_from[owner] = -1
         self._free_owners.append(owner)
 
+    def discard(self, owner: int) -> None:
+        """Forget an owner with its open windows unreported (its series is dropped)."""
+        used = self._rows
+        mine = self.row_live[:used] & (self.row_owner[:used] == owner)
+        if mine.any():
+            last_end = float((self.row_start[:used] + self.row_length[:used])[mine].max())
+            self.close(np.array([owner]), np.array([last_end]))
+        self.release(owner)
+
     def take_writes(self, boundary: int, stale_before: int) -> tuple[np.ndarray, int | None]:
         """The owners whose state is to be written now, ascending, and the oldest boundary whose
         changes the others still hold unwritten (None: none).

@@ -65,7 +65,7 @@ def create_app(settings: Settings) -> SloApp:
     app.ingest = ingest
     app.topics.add(ingest.measurements)
     if settings.alertmanager_url or settings.webhook_urls:
-        ingest.sinks = AlertSinks(settings, ingest.firing_alerts)
+        ingest.sinks = AlertSinks(settings, ingest.firing_alerts, metrics.observe_sink_delivery)
         app.add_dependency(ingest.sinks)
 
     control = ControlService(ingest, settings)

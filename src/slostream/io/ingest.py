@@ -59,6 +59,33 @@ def keep_out_of_gc() -> None:
     gc.freeze()
 
 
+class DriftTally:
+    """Drift detections per series group (service, metric): counts by (aggregate, direction) and
+    the start of each aggregate's newest change. A group is forgotten with its last series."""
+
+    def __init__(self) -> None:
+        self.groups: dict[tuple[str, str], tuple[Counter[tuple[str, str]], dict[str, float]]] = {}
+
+    def add(self, data: dict) -> None:
+        counts, changed_at = self.groups.setdefault((data["service"], data["metric"]), (Counter(), {}))
+        counts[data["aggregate"], data["direction"]] += 1
+        changed_at[data["aggregate"]] = data["changed_at"]
+
+    def forget(self, groups: list[tuple[str, str]]) -> None:
+        for group in groups:
+            self.groups.pop(group, None)
+
+    def detections(self) -> list[tuple[tuple[str, str, str, str], int]]:
+        """((service, metric, aggregate, direction), count), sorted."""
+        return sorted(((*group, *kind), count) for group, (counts, _) in self.groups.items()
+                      for kind, count in counts.items())
+
+    def changes(self) -> list[tuple[tuple[str, str, str], float]]:
+        """((service, metric, aggregate), start of its newest change), sorted."""
+        return sorted(((*group, aggregate), at) for group, (_, changed_at) in self.groups.items()
+                      for aggregate, at in changed_at.items())
+
+
 class IngestService:
     """Owns the partition processors of this worker and their persistence."""
 
@@ -72,10 +99,8 @@ class IngestService:
         self.sinks: AlertSinks | None = None
         self.alerts_emitted: Counter[str] = Counter()
         self.breaches_emitted = 0
-        # Detections by (service, metric, aggregate, direction), the start of each one's newest
-        # change, and the newest detections for /api/drift.
-        self.drift_detections: Counter[tuple[str, str, str, str]] = Counter()
-        self.drift_changed_at: dict[tuple[str, str, str], float] = {}
+        # Detections by series group (forgotten with its last series), and the newest for /api/drift.
+        self.drift = DriftTally()
         self.drift_recent: deque[dict] = deque(maxlen=RECENT_DRIFT_EVENTS)
         self.recommendations_emitted = 0
         self.processors: dict[int, PartitionProcessor] = {}
@@ -90,6 +115,7 @@ class IngestService:
         self.forwarded = 0
         self.forward_duplicates = 0
         self.series_evicted = 0
+        self.series_dropped_label_keys = 0
         self.undecodable_batches = 0
         self._undecodable_letters: list[tuple[bytes, dict]] = []
         self.sli_emitted = 0
@@ -241,10 +267,9 @@ class IngestService:
             self.breaches_emitted += 1
         for key, event in out.drift:
             await self.outputs.send(self.drift_topic, key, orjson.dumps(event))
-            data = event["data"]
-            self.drift_detections[data["service"], data["metric"], data["aggregate"], data["direction"]] += 1
-            self.drift_changed_at[data["service"], data["metric"], data["aggregate"]] = data["changed_at"]
+            self.drift.add(event["data"])
             self.drift_recent.append(event)
+        self.drift.forget(out.retired_groups)
         for key, event in out.recommendations:
             await self.outputs.send(self.recommendations_topic, key, orjson.dumps(event))
             self.recommendations_emitted += 1
@@ -259,6 +284,11 @@ class IngestService:
         self.forwarded += out.forwarded
         self.forward_duplicates += out.forward_duplicates
         self.series_evicted += out.evicted
+        if out.dropped_label_keys:
+            self.series_dropped_label_keys += out.dropped_label_keys
+            log.warning("dropped %d restored series kept under other label_keys than %s (their state is deleted, "
+                        "their alerts resolved; their services start new series)", out.dropped_label_keys,
+                        list(self.settings.label_keys))
         self.sli_emitted += len(out.sli)
 
     async def checkpoint(self, partitions: set[int] | None = None, final: bool = False) -> None:

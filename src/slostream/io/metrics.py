@@ -57,6 +57,15 @@ class PipelineMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
             registry=self.registry,
         )
+        self.sink_delivery_seconds = Histogram(
+            "slostream_sink_delivery_seconds",
+            "Wall time from an alert's queueing for a sink to the sink accepting it (retries included).",
+            ["sink"], buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=self.registry,
+        )
+
+    def observe_sink_delivery(self, sink: str, seconds: float) -> None:
+        self.sink_delivery_seconds.labels(sink).observe(seconds)
 
     def attach(self, ingest: IngestService) -> None:
         self.registry.register(_StateCollector(ingest))
@@ -123,6 +132,9 @@ class _StateCollector(Collector):
         yield _counter("slostream_sli_events", "SLI window events emitted.", ingest.sli_emitted)
         yield _counter("slostream_series_evicted", "Series dropped after series_ttl_s of quiet (state deleted).",
                        ingest.series_evicted)
+        yield _counter("slostream_series_dropped_label_keys",
+                       "Restored series kept under other label_keys than configured, dropped (state deleted).",
+                       ingest.series_dropped_label_keys)
         snapshots = ingest.snapshots(reports=True)
         held = GaugeMetricFamily("slostream_series", "Series held, by partition.", labels=["partition"])
         for snap in snapshots:
@@ -235,24 +247,29 @@ def _slo_metrics(ingest: IngestService):
                                    value=ingest.breaches_emitted)
     drift = CounterMetricFamily("slostream_drift_detections", "Drift detections, by series and aggregate.",
                                 labels=["service", "metric", "aggregate", "direction"])
-    for labels, count in sorted(ingest.drift_detections.items()):
+    for labels, count in ingest.drift.detections():
         drift.add_metric(list(labels), count)
     changed = GaugeMetricFamily("slostream_drift_last_change_timestamp_seconds",
                                 "Estimated start (event time) of the newest detected change, by series and aggregate.",
                                 labels=["service", "metric", "aggregate"])
-    for labels, changed_at in sorted(ingest.drift_changed_at.items()):
+    for labels, changed_at in ingest.drift.changes():
         changed.add_metric(list(labels), changed_at)
     yield from (objective, sli, remaining, events, burn, firing, emitted, breaches, drift, changed)
     yield from _recommendation_metrics(ingest.recommendation_statuses(), ingest.recommendations_emitted)
     if ingest.sinks is not None:
         sink = CounterMetricFamily("slostream_sink_deliveries", "Alert deliveries to sinks, by outcome.",
                                    labels=["sink", "outcome"])
-        for target in sorted(set(ingest.sinks.delivered) | set(ingest.sinks.failed)):
-            sink.add_metric([target, "delivered"], ingest.sinks.delivered.get(target, 0))
-            sink.add_metric([target, "failed"], ingest.sinks.failed.get(target, 0))
-        yield sink
-        yield _counter("slostream_sink_dropped", "Alert deliveries dropped because the sink queue was full.",
-                       ingest.sinks.dropped)
+        dropped = CounterMetricFamily("slostream_sink_dropped",
+                                      "Alert deliveries dropped (the oldest) because the sink's queue was full.",
+                                      labels=["sink"])
+        queued = GaugeMetricFamily("slostream_sink_queued", "Alert deliveries waiting in the sink's queue.",
+                                   labels=["sink"])
+        for target in ingest.sinks.sinks:
+            sink.add_metric([target.name, "delivered"], target.delivered)
+            sink.add_metric([target.name, "failed"], target.failed)
+            dropped.add_metric([target.name], target.dropped)
+            queued.add_metric([target.name], len(target.queue))
+        yield from (sink, dropped, queued)
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

@@ -1,8 +1,9 @@
 """Alert sinks: Alertmanager's API v2 and generic webhooks.
 
-Deliveries run in a background task from a bounded queue, so a slow or dead
-endpoint never blocks the stream: the queue drops its oldest item when full
-(counted), and each delivery is retried with exponential backoff.
+Each sink (Alertmanager, each webhook) has a bounded queue and a delivery task of its own, so a
+slow or dead endpoint never blocks the stream nor another sink: while a webhook hangs, pages still
+reach Alertmanager at once. A full queue drops its oldest item (counted per sink, and logged when a
+sink starts dropping); each delivery is retried with exponential backoff.
 
 Alertmanager semantics: a firing alert is posted without ``endsAt`` and
 re-posted every ``resend_s`` while it fires (Alertmanager resolves alerts it
@@ -15,20 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, deque
+import time
+from collections import deque
 from collections.abc import Callable
 
 import aiohttp
 import mode
 
-from slostream.config import Settings, redact_url
+from slostream.config import Secret, Settings, redact_url
 
 log = logging.getLogger("slostream.sinks")
 
-QUEUE_LIMIT = 10_000
+QUEUE_LIMIT = 10_000  # per sink
 MAX_ATTEMPTS = 8
 BACKOFF_START_S = 0.5
 BACKOFF_CAP_S = 30.0
+ATTEMPT_TIMEOUT_S = 10.0
 
 
 def alertmanager_payload(alert: dict) -> dict:
@@ -49,55 +52,35 @@ def alertmanager_headers(settings: Settings) -> dict[str, str]:
     return {}
 
 
-class AlertSinks(mode.Service):
-    """Webhooks are named ``webhook-1``, ``webhook-2``, ... (in the order of ``webhook_urls``) in logs and
-    metrics: their URLs often hold a token."""
+class Sink:
+    """One endpoint: its queue of bodies (each with the monotonic time it was queued), its counts.
+    Its ``name`` is what logs and metrics show: never the URL, which often holds a token."""
 
-    def __init__(self, settings: Settings, firing_alerts: Callable[[], list[dict]], **kwargs):
-        super().__init__(**kwargs)
-        self.alertmanager_url = settings.alertmanager_url.rstrip("/") if settings.alertmanager_url else None
-        self.alertmanager_headers = alertmanager_headers(settings)
-        self.webhook_urls = {f"webhook-{number}": url for number, url in enumerate(settings.webhook_urls, 1)}
-        self.resend_s = settings.alert_resend_s
-        self.firing_alerts = firing_alerts
-        self.queue: deque[tuple[str, object]] = deque()
+    def __init__(self, name: str, url: Secret, on_delivered: Callable[[str, float], None],
+                 headers: dict[str, str] | None = None):
+        self.name = name
+        self.url = url
+        self.headers = headers or {}
+        self.on_delivered = on_delivered  # (name, seconds from queued to accepted)
+        self.queue: deque[tuple[float, object]] = deque()
         self.wakeup = asyncio.Event()
-        self.delivered: Counter[str] = Counter()
-        self.failed: Counter[str] = Counter()
-        self.dropped = 0
-        self.session: aiohttp.ClientSession | None = None
+        self.delivered = self.failed = self.dropped = 0
+        self._dropping = False  # dropping since the queue last had room: logged once
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.alertmanager_url or self.webhook_urls)
-
-    def submit(self, event: dict) -> None:
-        """Queue one alert CloudEvent for every sink; never waits."""
-        if not self.enabled:
-            return
-        alert = event["data"]
-        if self.alertmanager_url and event["type"] != "slostream.alert.silenced":
-            self._put(("alertmanager", [alertmanager_payload(alert)]))
-        for name in self.webhook_urls:
-            self._put((name, event))
-
-    def _put(self, item) -> None:
+    def put(self, body) -> None:
         if len(self.queue) >= QUEUE_LIMIT:
             self.queue.popleft()
             self.dropped += 1
-        self.queue.append(item)
+            if not self._dropping:
+                self._dropping = True
+                log.warning("sink %s: queue full (%d alerts), dropping the oldest", self.name, QUEUE_LIMIT)
+        elif self._dropping and len(self.queue) < QUEUE_LIMIT // 2:
+            self._dropping = False
+        self.queue.append((time.monotonic(), body))
         self.wakeup.set()
 
-    async def on_start(self) -> None:
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-
-    async def on_stop(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-
-    @mode.Service.task
-    async def _deliver(self) -> None:
-        while not self.should_stop:
+    async def run(self, session: aiohttp.ClientSession, should_stop: Callable[[], bool]) -> None:
+        while not should_stop():
             if not self.queue:
                 self.wakeup.clear()
                 try:
@@ -105,42 +88,77 @@ class AlertSinks(mode.Service):
                 except TimeoutError:
                     continue
             if self.queue:
-                target, body = self.queue.popleft()
-                await self._post_with_retries(target, body)
+                queued_at, body = self.queue.popleft()
+                if await self._post_with_retries(session, body):
+                    self.delivered += 1
+                    self.on_delivered(self.name, time.monotonic() - queued_at)
+                else:
+                    self.failed += 1
 
-    @mode.Service.task
-    async def _resend(self) -> None:
-        while not self.should_stop and self.alertmanager_url:
-            await asyncio.sleep(self.resend_s)
-            firing = [alertmanager_payload(a) for a in self.firing_alerts() if not a.get("silencedBy")]
-            if firing:
-                self._put(("alertmanager", firing))
-
-    async def _post_with_retries(self, target: str, body) -> None:
-        if target == "alertmanager":
-            url, headers = f"{self.alertmanager_url}/api/v2/alerts", self.alertmanager_headers
-        else:
-            url, headers = self.webhook_urls[target].reveal(), {}
+    async def _post_with_retries(self, session: aiohttp.ClientSession, body) -> bool:
+        url = self.url.reveal()
         delay = BACKOFF_START_S
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
-                async with self.session.post(url, json=body, headers=headers) as response:
+                async with session.post(url, json=body, headers=self.headers) as response:
                     if response.status < 300:
-                        self.delivered[target] += 1
-                        return
+                        return True
                     if 400 <= response.status < 500 and response.status != 429:
                         text = await response.text()
-                        log.error("sink %s refused an alert (%d: %s); not retried", target, response.status, text[:200])
-                        self.failed[target] += 1
-                        return
+                        log.error("sink %s refused an alert (%d: %s); not retried", self.name, response.status,
+                                  text[:200])
+                        return False
                     problem = f"HTTP {response.status}"
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 # aiohttp puts the URL in some errors' text
                 problem = repr(exc).replace(url, redact_url(url))
             if attempt == MAX_ATTEMPTS:
                 break
-            log.warning("sink %s: %s; retry %d in %.1fs", target, problem, attempt, delay)
+            log.warning("sink %s: %s; retry %d in %.1fs", self.name, problem, attempt, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, BACKOFF_CAP_S)
-        self.failed[target] += 1
-        log.error("sink %s: gave up after %d attempts", target, MAX_ATTEMPTS)
+        log.error("sink %s: gave up after %d attempts", self.name, MAX_ATTEMPTS)
+        return False
+
+
+class AlertSinks(mode.Service):
+    """Alertmanager, and the webhooks named ``webhook-1``, ``webhook-2``, ... (in the order of
+    ``webhook_urls``)."""
+
+    def __init__(self, settings: Settings, firing_alerts: Callable[[], list[dict]],
+                 on_delivered: Callable[[str, float], None], **kwargs):
+        super().__init__(**kwargs)
+        self.resend_s = settings.alert_resend_s
+        self.firing_alerts = firing_alerts
+        base = settings.alertmanager_url.rstrip("/") if settings.alertmanager_url else None
+        self.alertmanager = None if base is None else Sink(
+            "alertmanager", Secret(f"{base}/api/v2/alerts"), on_delivered, alertmanager_headers(settings))
+        self.webhooks = [Sink(f"webhook-{number}", url, on_delivered)
+                         for number, url in enumerate(settings.webhook_urls, 1)]
+        self.sinks = [*([self.alertmanager] if self.alertmanager else []), *self.webhooks]
+        self.session: aiohttp.ClientSession | None = None
+
+    def submit(self, event: dict) -> None:
+        """Queue one alert CloudEvent for every sink; never waits."""
+        alert = event["data"]
+        if self.alertmanager is not None and event["type"] != "slostream.alert.silenced":
+            self.alertmanager.put([alertmanager_payload(alert)])
+        for webhook in self.webhooks:
+            webhook.put(event)
+
+    async def on_start(self) -> None:
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ATTEMPT_TIMEOUT_S))
+        for sink in self.sinks:
+            self.add_future(sink.run(self.session, lambda: self.should_stop))
+
+    async def on_stop(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    @mode.Service.task
+    async def _resend(self) -> None:
+        while not self.should_stop and self.alertmanager is not None:
+            await asyncio.sleep(self.resend_s)
+            firing = [alertmanager_payload(a) for a in self.firing_alerts() if not a.get("silencedBy")]
+            if firing:
+                self.alertmanager.put(firing)

@@ -70,6 +70,18 @@ class Alerting:
         self.emit(events, out)
         self.dirty = True
 
+    def retire(self, at: float, keys: list[str], out: Output) -> None:
+        """Alerts whose judge is gone (``AlertBook.retire``), resolved at event time ``at`` if firing."""
+        if keys:
+            self.emit(self.book.retire(at, keys), out)
+            self.dirty = True
+
+    def unconfigured(self, slos: set[str], policies: set[str]) -> list[str]:
+        """The alerts of SLOs and policies not among those named (no longer configured)."""
+        return [key for key, alert in self.book.alerts.items()
+                if ("slo" in alert.labels and alert.labels["slo"] not in slos)
+                or ("policy" in alert.labels and alert.labels["policy"] not in policies)]
+
     def emit(self, events: list[AlertEvent], out: Output) -> None:
         for alert_event in events:
             key, event = alert_envelope(alert_event, bucket_start(alert_event.alert_start, self.width),

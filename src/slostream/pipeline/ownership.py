@@ -71,9 +71,12 @@ def owner_of(service: str, partitions: int) -> int:
 
 
 class Owners:
-    """``owner_of`` memoised per service (a batch repeats a few services many times)."""
+    """``owner_of`` memoised per service (a batch repeats a few services many times), for at most
+    ``MEMO_LIMIT`` services: the memo starts afresh when full, so services long gone (evicted, or
+    owned elsewhere) are not kept for ever."""
 
     __slots__ = ("partitions", "_known")
+    MEMO_LIMIT = 1 << 16
 
     def __init__(self, partitions: int):
         self.partitions = partitions
@@ -82,8 +85,13 @@ class Owners:
     def __call__(self, service: str) -> int:
         owner = self._known.get(service)
         if owner is None:
+            if len(self._known) >= self.MEMO_LIMIT:
+                self._known.clear()
             owner = self._known[service] = owner_of(service, self.partitions)
         return owner
+
+    def __len__(self) -> int:
+        return len(self._known)
 
 
 class Forwarded(msgspec.Struct, frozen=True):

@@ -19,12 +19,14 @@ out exact even when the crash tore a checkpoint in half.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 
 import msgspec
 import numpy as np
 import orjson
 
+from slostream.core.alerts import fingerprint
 from slostream.core.control import (
     Command,
     CommandError,
@@ -80,6 +82,7 @@ class PartitionProcessor:
         self.series: dict[tuple, Series] = {}
         self.store = WindowStore(config.resolutions[0].width, RELATIVE_ACCURACY)  # every series' windows
         self._series_of_owner: dict[int, Series] = {}
+        self._held_of_group: Counter[tuple[str, str]] = Counter()  # series held per (service, metric)
         self.applied_offset = -1  # last source offset fully processed
         self.alignment = Alignment(config.partitions)  # every partition's progress, as read here
         self.read_through = -np.inf  # every record appended to this partition before it is read (alignment)
@@ -103,6 +106,7 @@ class PartitionProcessor:
         self.control_offset = -1
         self.seen_commands: dict[str, float] = {}
         self._deleted_keys: list[str] = []  # state keys to delete at the next checkpoint (evicted, old layout)
+        self.pending = Output()  # what a restore emits (alerts of what is no longer configured), at the next tick
         self.checkpoints = state.Checkpoints(now, self._replay_state(), config.report_window_s)
 
     # --- processing -------------------------------------------------------
@@ -292,6 +296,7 @@ class PartitionProcessor:
             evaluator.watch(series)
         self.series[series.ident] = series
         self._series_of_owner[series.windows.owner] = series
+        self._held_of_group[series.group] += 1
 
     def window_lengths(self, service: str, metric: str) -> dict[int, bool]:
         """The tumbling window lengths a series' readers need, and whether each needs quantiles: the
@@ -315,7 +320,7 @@ class PartitionProcessor:
         self.now = now
         self.alerting.offset = self.applied_offset
         yield from self._advance_in_slices(self.store.owners(), now, idle=True)
-        out = Output()
+        out, self.pending = self.pending, Output()
         self.slos.advance_idle_clocks(now)
         self._evict_quiet(now, out)
         self.slos.evaluate_due(now, out, force=True)
@@ -344,15 +349,28 @@ class PartitionProcessor:
         quiet = np.flatnonzero((now - store.last_activity[:used] >= self.config.series_ttl_s) &
                                (store.open_count[:used] == 0))
         evicted = [held[owner] for owner in quiet.tolist() if owner in held]
+        self.evict(evicted, out)
+        out.evicted += len(evicted)
+
+    def evict(self, evicted: list[Series], out: Output) -> None:
+        """Drop ``evicted`` with their state (tombstones), their open windows unreported (none, for a
+        quiet series), and the alerts raised about each alone (resolved, if firing, at the series'
+        own event time)."""
+        store, held = self.store, self._series_of_owner
         for series in evicted:
+            keys = [fingerprint(labels) for evaluator in self.evaluators for labels in evaluator.alert_labels(series)]
+            self.alerting.retire(max(series.max_ts, series.watermark + self.config.grace_s), keys, out)
             del self.series[series.ident]
             del held[series.windows.owner]
+            self._held_of_group[series.group] -= 1
+            if not self._held_of_group[series.group]:
+                del self._held_of_group[series.group]
+                out.retired_groups.append(series.group)
             self._deleted_keys.append(state_keys.series_key(self.partition, series.key))
-            out.evicted += 1
             for keeper in self.series_keepers:
                 keeper.release(series)
         for series in evicted:
-            store.release(series.windows.owner)
+            store.discard(series.windows.owner)
 
     def evaluate_pending(self, now: float) -> Output:
         """Judge SLOs the wall-clock limiter held back, once the interval has passed."""

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 # 5: a series' record is binary; 6: evaluators' state in sections of the series' record.
 STATE_VERSION = 6
 _RECORD_VERSION = bytes((STATE_VERSION,))
+# The first field of the in-memory key of a restored series kept under other label_keys.
+OTHER_LABEL_KEYS = object()
 # A series' changes wait unwritten for at most this many report windows of wall time.
 UNWRITTEN_REPORT_WINDOWS = 2
 
@@ -156,9 +158,9 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
         elif kind == state_keys.BOOK:
             proc.alerting.book = AlertBook.from_state(orjson.loads(value), config.alert_cooldown_s,
                                                       config.escalate_after_s)
-    proc.slos.restore(tracker_headers, tracker_slots)
+    restored_slos = proc.slos.restore(tracker_headers, tracker_slots)
     proc.thresholds.restore_parts(model_chunks, model_reports)
-    proc.slo_thresholds.restore(slo_models)
+    restored_models = proc.slo_thresholds.restore(slo_models)
     keepers = {k.kind: k for k in proc.series_keepers}
     for series_key, record in records.items():
         header, sections, windows_state = _read_series_record(record)
@@ -170,9 +172,12 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
             windows = TumblingWindows.from_ring(ring, lengths, proc.store)
         else:
             windows = TumblingWindows.from_state(windows_state, lengths, proc.store)
-        labels = tuple(header["labels"].get(k, "") for k in config.label_keys)
-        ident = (header["service"], header["metric"], labels) if config.label_keys else (
-            header["service"], header["metric"])
+        if set(header["labels"]) == set(config.label_keys):
+            labels = tuple(header["labels"][k] for k in config.label_keys)
+            ident = (header["service"], header["metric"], labels) if config.label_keys else (
+                header["service"], header["metric"])
+        else:  # kept under other label_keys: held apart (never merged), and dropped below
+            ident = (OTHER_LABEL_KEYS, series_key)
         series = Series(ident, series_key, header["service"], header["metric"], header["labels"], windows)
         if not isinstance(windows_state, bytes):  # version 4 and before: the clock and reads are the header's
             max_ts, watermark = header.get("clock", partition_clock)
@@ -186,6 +191,29 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
         for kind, saved in sections.items():
             if kind in keepers:
                 keepers[kind].restore_series(series, saved)
+    stale_trackers = {name: tracker_slots.get(name, []) for name in tracker_headers.keys() - restored_slos}
+    _retire_stale(proc, stale_trackers, slo_models.keys() - restored_models)
+
+
+def _retire_stale(proc: PartitionProcessor, stale_trackers: dict[str, list], stale_models: set[str]) -> None:
+    """What the configuration no longer has, out of a restored processor: the series kept under
+    other ``label_keys`` (evicted, their alerts resolved), the alerts of SLOs and policies no longer
+    configured (resolved and forgotten), and the state keys of the SLO trackers and models not
+    restored (removed, or counted under another rule: tombstones). What this emits goes out at the
+    next tick (``pending``)."""
+    p, config, out = proc.partition, proc.config, proc.pending
+    proc.alerting.offset = proc.applied_offset
+    other = [series for ident, series in proc.series.items() if ident[0] is OTHER_LABEL_KEYS]
+    proc.evict(other, out)
+    out.dropped_label_keys += len(other)
+    stale = proc.alerting.unconfigured({slo.name for slo in config.slos},
+                                       {policy.name for policy in (*config.policies, *config.models)})
+    proc.alerting.retire(proc.newest_event_ts, stale, out)
+    for name, slots in stale_trackers.items():
+        proc._deleted_keys.append(state_keys.slo_header_key(p, name))
+        proc._deleted_keys.extend(state_keys.slo_slot_key(p, kind, level, slot, name) for kind, level, slot, _ in slots)
+    proc._deleted_keys.extend(state_keys.slo_model_key(p, name) for name in stale_models)
+    proc.thresholds.forget_unclaimed()
 
 
 def series_record(proc: PartitionProcessor, series: Series, windows: bytes | None = None) -> bytes:

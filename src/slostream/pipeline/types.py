@@ -84,6 +84,9 @@ class Output:
     forwarded: int = 0  # measurements sent on to their owner
     forward_duplicates: int = 0  # forwarded measurements this owner already held (a source replayed)
     evicted: int = 0  # series dropped after series_ttl_s of quiet
+    dropped_label_keys: int = 0  # restored series kept under other label_keys, dropped
+    # (service, metric) whose last series here was evicted: what the worker keeps of them goes too.
+    retired_groups: list[tuple[str, str]] = field(default_factory=list)
 
     def extend(self, other: Output) -> None:
         for name, value in vars(other).items():

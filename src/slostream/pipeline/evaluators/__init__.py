@@ -12,7 +12,8 @@ calls them at the same points, in the same order:
 - ``closed`` after every close (``Closes``): the windows completed, in event time, however the
   data was batched, so a replay or a backlog is judged as a live run is; events go into the
   output, alert conditions through the partition's ``Alerting``;
-- ``release`` when the series is evicted;
+- ``release`` when the series is evicted, after the alerts it raised about the series alone
+  (``alert_labels``) are resolved and forgotten;
 - ``status`` for the JSON API;
 - state: ``series_state`` / ``restore_series`` for what it keeps per series (a section of the
   series' record, versioned by the evaluator, which refuses a version it does not know), and
@@ -99,6 +100,10 @@ class Evaluator:
 
     def closed(self, closes: Closes, out: Output) -> None:
         """Judge what a close completed."""
+
+    def alert_labels(self, series: Series) -> Iterable[dict[str, str]]:
+        """The labels of the alerts it raises about ``series`` alone."""
+        return ()
 
     def release(self, series: Series) -> None:
         """``series`` is evicted."""

@@ -173,6 +173,10 @@ class DriftEvaluator(Evaluator):
                 self.alerting.evaluate(end, conditions, out)
 
 
+    def alert_labels(self, series: Series) -> list[dict[str, str]]:
+        firing = {} if series.drift is None else series.drift.firing
+        return [_condition(series, aggregate, severity, None).labels for aggregate, severity in firing.items()]
+
     def series_state(self, series: Series) -> bytes | None:
         return None if series.drift is None else series.drift.to_state()
 

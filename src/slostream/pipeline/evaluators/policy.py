@@ -119,6 +119,9 @@ class PolicyEvaluator(Evaluator):
                 store.changed[owner] = store.emitted[owner] = True
                 self.alerting.evaluate(watch.evaluated_until, watch.conditions(series.labels), out)
 
+    def alert_labels(self, series: Series) -> list[dict[str, str]]:
+        return [condition.labels for watch in series.watches for condition in watch.conditions(series.labels)]
+
     def series_state(self, series: Series) -> bytes | None:
         if not series.watches:
             return None

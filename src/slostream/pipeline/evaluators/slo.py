@@ -82,8 +82,9 @@ class SloEvaluator(Evaluator):
                 yield slo_slot_key(partition, kind, level, slot, name), held_json(state)
             yield slo_header_key(partition, name), held_json(tracker.header_state())
 
-    def restore(self, headers: dict[str, dict], slots: dict[str, list]) -> None:
-        """The trackers of the SLOs configured now, from their saved headers and count slots."""
+    def restore(self, headers: dict[str, dict], slots: dict[str, list]) -> set[str]:
+        """The trackers of the SLOs configured now, from their saved headers and count slots (unless
+        counted under another rule). The names of those restored."""
         for slo in self.config.slos:
             header = headers.get(slo.name)
             if header is None:
@@ -91,6 +92,7 @@ class SloEvaluator(Evaluator):
             tracker = SloTracker.restore(slo, self.config.resolutions, header, slots.get(slo.name, []))
             if tracker is not None:
                 self.trackers[slo.name] = tracker
+        return set(self.trackers)
 
     def idle_state(self) -> list:
         return [[service, metric, finite_or_none(clock.max_ts), finite_or_none(clock.watermark)]

@@ -246,21 +246,24 @@ class SloThresholdEvaluator(RecommendingEvaluator):
             yield slo_model_key(partition, name), orjson.dumps({"v": STATE_VERSION,
                                                                 "model": self.models[name].to_state()})
 
-    def restore(self, saved: dict[str, bytes]) -> None:
+    def restore(self, saved: dict[str, bytes]) -> set[str]:
         """The models of the threshold SLOs configured now, from their saved state; one whose
-        threshold, rule or objective changed starts afresh."""
+        threshold, rule or objective changed starts afresh. The names of those restored."""
         slos = {slo.name: slo for slos in self.slos_for.values() for slo in slos}
         for name, raw in saved.items():
+            slo = slos.get(name)
+            if slo is None:  # no longer modelled: its key is deleted (``state``)
+                continue
             state = orjson.loads(raw)
             if state.get("v") != STATE_VERSION:
                 raise ValueError(f"unsupported SLO model state version {state.get('v')!r} (this version reads "
                                  f"{STATE_VERSION})")
-            slo = slos.get(name)
             held = SloModel.restore(state["model"])
             model = held.model
-            if slo is not None and (model.threshold, model.good_below, model.objective) == (
+            if (model.threshold, model.good_below, model.objective) == (
                     slo.good.threshold, slo.good.kind in ("value_le", "value_lt"), slo.objective):
                 self.models[name] = held
+        return set(self.models)
 
 
 def _on_an_edge(model: ComplianceModel, forecast, choice: LevelChoice) -> LevelChoice:

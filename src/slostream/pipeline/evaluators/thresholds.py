@@ -315,9 +315,7 @@ class ThresholdEvaluator(RecommendingEvaluator):
         level = pending["level"]
         about = {"target": {"kind": self._kind(policy), "name": policy.name, "level": level},
                  "service": series.service, "metric": series.metric, "labels": series.labels}
-        labels = {**series.labels, "service": series.service, "metric": series.metric, "policy": policy.name,
-                  "level": level}
-        self._publish_score(held, pending, scores, end, about, series.key, labels,
+        self._publish_score(held, pending, scores, end, about, series.key, _target_labels(series, policy.name, level),
                             f"{policy.name} {level} on {series.service}", out)
         self._report_changed(series, policy.name, held)
 
@@ -409,12 +407,14 @@ class ThresholdEvaluator(RecommendingEvaluator):
         return [{**data, "last_score": held.scored.get(level), "accuracy": held.accuracy}
                 for s in series if s.models for held in s.models.values() for level, data in held.latest.items()]
 
+    def alert_labels(self, series: Series) -> list[dict[str, str]]:
+        return [inaccurate_condition(_target_labels(series, name, level), "", {}, []).labels
+                for name in series.models or () for level in LEVELS]
+
     def release(self, series: Series) -> None:
         """Delete the keys of its models' chunks and reports."""
         for name, held in (series.models or {}).items():
-            for first in held.model.chunks():
-                self._writes[state_keys.MODEL_CHUNK, name, first, series.key] = None
-            self._writes[state_keys.MODEL_REPORT, name, 0, series.key] = None
+            self._forget(series.key, name, held.model.chunks())
 
     def writes(self, partition: int) -> Iterable[tuple[str, bytes | None]]:
         writes, self._writes = self._writes, {}
@@ -454,6 +454,27 @@ class ThresholdEvaluator(RecommendingEvaluator):
                 if policy is not None and (restored.model.direction, restored.model.window_s) == (
                         policy.direction, policy.window_s):
                     series.models[name] = restored
+                else:
+                    self._forget(series.key, name, restored.model.chunks())
+
+    def forget_unclaimed(self) -> None:
+        """After a restore: delete the keys of the models no restored series took (of a policy no
+        longer configured, or of a series not restored)."""
+        for (series_key, name), chunks in self._restored_chunks.items():
+            self._forget(series_key, name, chunks)
+        for series_key, name in self._restored_reports.keys() - self._restored_chunks.keys():
+            self._forget(series_key, name, ())
+        self._restored_chunks, self._restored_reports = {}, {}
+
+    def _forget(self, series_key: str, policy: str, chunks: Iterable[int]) -> None:
+        for first in chunks:
+            self._writes[state_keys.MODEL_CHUNK, policy, first, series_key] = None
+        self._writes[state_keys.MODEL_REPORT, policy, 0, series_key] = None
+
+
+def _target_labels(series: Series, policy: str, level: str) -> dict[str, str]:
+    """What names a policy level's model of a series in its alert."""
+    return {**series.labels, "service": series.service, "metric": series.metric, "policy": policy, "level": level}
 
 
 def inaccurate_condition(labels: dict[str, str], what: str, data: dict, inaccurate: list[str]) -> Condition:
