@@ -399,8 +399,7 @@ class PartitionProcessor:
         """Apply a record of the audit topic once (its offset is persisted with the state): the
         command it says was applied, and the id of any signed command, for replays. A record that
         is no audit event is dead-lettered by partition 0 alone. A policy's ``recommend`` comes one
-        series at a time (a worker yields to its event loop between them): read them all before
-        this processor takes anything else."""
+        series at a time: a worker may process other batches between them."""
         if record.offset <= self.audit_offset:
             return
         self.audit_offset = record.offset
