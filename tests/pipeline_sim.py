@@ -10,6 +10,9 @@ from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import PipelineConfig, SourceRecord
 
 START = 1_800_010_000.0  # wall time at the start: late enough that no measurement is "in the future"
+# The wall clock of pure runs that count time from zero: later than every measurement of the tests'
+# data (a ts ahead of the wall clock is a bad timestamp), so ``WALL + s`` is s seconds into a run.
+WALL = 2_000_000_000.0
 
 
 def make_config(**settings) -> PipelineConfig:

@@ -36,8 +36,9 @@ def _commands(fingerprint: str) -> list[tuple[SourceRecord, bytes, float]]:
 
 
 def test_only_commands_in_force_are_kept_and_a_restored_partition_ends_up_the_same():
-    live = PartitionProcessor(0, CONFIG, now=0.0)
-    live.process(_data(600), 0.0)
+    # Read live: the wall clock keeps up with the data (silences run on wall time).
+    live = PartitionProcessor(0, CONFIG, now=T0)
+    live.process(_data(600), T0 + 600)
     fingerprint = next(iter(live.alerting.book.alerts))
     assert live.alerting.book.fires_matching(fingerprint, None)
     log = ControlLog()
@@ -46,9 +47,10 @@ def test_only_commands_in_force_are_kept_and_a_restored_partition_ends_up_the_sa
         log.append(record, command, read_at)
         live.apply_control(record, command)
     # A partition that read its data to 2 h 10 min without seeing a command (its state predates them).
-    stale = PartitionProcessor(0, CONFIG, now=0.0)
-    stale.process(_data(7800), 0.0)
-    live.process(_data(7800, start_s=600), 0.0)
+    stale = PartitionProcessor(0, CONFIG, now=T0)
+    stale.process(_data(600), T0 + 600)
+    stale.process(_data(7800, start_s=600), T0 + 7800)
+    live.process(_data(7800, start_s=600), T0 + 7800)
     store = dict(stale.checkpoint()[0])
 
     log.prune(T0 + 600 + CONTROL_MIN_AGE_S - 1,
@@ -58,12 +60,12 @@ def test_only_commands_in_force_are_kept_and_a_restored_partition_ends_up_the_sa
     kept = [orjson.loads(record.value) for record, _ in log]
     assert [(c["command"], c.get("id")) for c in kept] == [("silence", "long"), ("ack", None)]
 
-    full, pruned = (PartitionProcessor.restore(0, CONFIG, store.items(), now=0.0) for _ in range(2))
+    full, pruned = (PartitionProcessor.restore(0, CONFIG, store.items(), now=T0 + 7800) for _ in range(2))
     for record, value, _ in _commands(fingerprint):
         full.apply_control(record, parse_command(value, record.offset, record.timestamp))
     for record, command in log:
         pruned.apply_control(record, command)
     for proc in (full, pruned, live):  # the next judgement drops what expired (the full log's short silence)
-        proc.process(_data(7830, start_s=7800), 0.0)
+        proc.process(_data(7830, start_s=7800), T0 + 7830)
     assert pruned.alerting.book.to_state() == full.alerting.book.to_state() == live.alerting.book.to_state()
     assert set(live.alerting.book.silences) == {"long"}

@@ -14,7 +14,7 @@ from slostream.pipeline.ownership import MAX_FORWARD_SERIES, decode_forwarded, m
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.rows import ELEMENTS_PER_RECORD
 from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import Cluster, make_config
+from tests.pipeline_sim import WALL, Cluster, make_config
 
 T0 = 1_800_000_000 // 60 * 60
 PARTITIONS = 4
@@ -121,7 +121,7 @@ def test_a_source_that_replays_after_a_crash_forwards_again_and_the_owner_adds_n
     cluster.step(0, 60)
     cluster.step(1, 1000)  # the owner applies forwards made after that checkpoint
     # Crash: the source restarts from its checkpoint and reads (and forwards) those records again.
-    cluster.procs[0] = PartitionProcessor.restore(0, config, [(k, v) for k, v in writes], 0.0)
+    cluster.procs[0] = PartitionProcessor.restore(0, config, [(k, v) for k, v in writes], WALL)
     cluster.read[0] = offset + 1
     cluster.drain()
     cluster.settle()
@@ -153,13 +153,13 @@ def test_dead_letters_stay_where_the_record_was_read():
 
 def test_forwarded_records_are_split_to_fit_the_record_limit():
     config = make_config(partitions=2, max_record_bytes=4096)
-    proc = PartitionProcessor(0, config, now=0.0)
+    proc = PartitionProcessor(0, config, now=WALL)
     foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
     items = [{"service": foreign, "metric": "m", "value": float(i), "ts": T0 + i} for i in range(500)]
     records = [SourceRecord("m", 0, n, T0 + 600, None, orjson.dumps(items[i:i + 50]))
                for n, i in enumerate(range(0, 500, 50))]
     assert all(len(r.value) <= 4096 for r in records)
-    out = proc.process(records, 0.0)
+    out = proc.process(records, WALL)
     assert sum(f.measurements for f in out.forwards) == 500 and len(out.forwards) > 1
     assert all(len(f.value) <= 4096 for f in out.forwards)
     columns = [decode_forwarded(f.value).columns() for f in out.forwards]
@@ -210,12 +210,12 @@ def test_a_partition_read_minutes_after_the_others_loses_nothing():
 
 
 def test_outcome_and_id_travel_with_a_forward_only_when_some_measurement_has_them():
-    proc = PartitionProcessor(0, make_config(partitions=2), now=0.0)
+    proc = PartitionProcessor(0, make_config(partitions=2), now=WALL)
     foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
     plain = [{"service": foreign, "metric": "m", "ok": True, "ts": T0 + i} for i in range(3)]
     marked = [{**plain[0], "outcome": 1, "id": "req-1"}, plain[1], {**plain[2], "outcome": 0}]
     for n, items in enumerate((plain, marked)):
-        out = proc.process([SourceRecord("m", 0, n, T0 + 600, None, orjson.dumps(items))], 0.0)
+        out = proc.process([SourceRecord("m", 0, n, T0 + 600, None, orjson.dumps(items))], WALL)
         forwarded = decode_forwarded(out.forwards[0].value)
         outcomes = forwarded.columns()["outcome"].tolist()
         if items is plain:
@@ -294,8 +294,8 @@ def test_a_partition_claims_the_later_of_its_end_and_its_newest_record_time_less
 
 
 def test_a_progress_record_that_cannot_be_read_is_dead_lettered():
-    proc = PartitionProcessor(0, make_config(partitions=2), now=0.0)
+    proc = PartitionProcessor(0, make_config(partitions=2), now=WALL)
     record = SourceRecord("m", 0, 0, T0, None, b"\x01garbage", (("slostream-progress-from", b"1"),))
-    out = proc.process([record], 1.0)
+    out = proc.process([record], WALL + 1.0)
     assert [e["data"]["reason"] for _, e in out.deadletter] == ["invalid_json"]
     assert "progress of partition 1" in out.deadletter[0][1]["data"]["message"]

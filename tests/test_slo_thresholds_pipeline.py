@@ -13,7 +13,7 @@ from slostream.core.control import parse_command
 from slostream.core.objectives import GoodRule, Slo, SloWindow
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import make_config
+from tests.pipeline_sim import WALL, make_config
 from tests.schemas import validator
 from tests.threshold_streams import T0, latency_bursts, recommendations_of, records_of, restored_half_way
 
@@ -26,7 +26,7 @@ CONFIG = make_config(grace_s=5.0, slos=(LOOSE, TIGHT), recommend_every_s=86400.0
 @pytest.fixture(scope="module")
 def run() -> tuple[list[dict], list[dict], PartitionProcessor]:
     items = latency_bursts(DAYS)
-    proc = PartitionProcessor(0, CONFIG, 0.0)
+    proc = PartitionProcessor(0, CONFIG, WALL)
     return items, recommendations_of(proc, records_of(items)), proc
 
 

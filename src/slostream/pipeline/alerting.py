@@ -44,7 +44,7 @@ class SentAlert(NamedTuple):
 
 
 class Alerting:
-    __slots__ = ("book", "dirty", "width", "source", "partition", "sent", "offset")
+    __slots__ = ("book", "dirty", "width", "source", "partition", "sent", "offset", "now")
 
     def __init__(self, config: PipelineConfig, partition: int):
         self.book = AlertBook(config.alert_cooldown_s, config.escalate_after_s)
@@ -54,10 +54,11 @@ class Alerting:
         self.partition = partition
         self.sent: dict[str, SentAlert] = {}  # by event id, since the replay offset
         self.offset = -1  # the newest source offset being judged
+        self.now = 0.0  # wall time of the batch or tick being judged: silences and escalation run on it
 
     def evaluate(self, at: float, conditions: list[Condition], out: Output) -> None:
-        """Conditions judged at event time ``at``: the alert events they cause."""
-        self.emit(self.book.evaluate(at, conditions), out)
+        """Conditions judged at event time ``at`` (and wall time ``now``): the alert events they cause."""
+        self.emit(self.book.evaluate(at, conditions, self.now), out)
 
     def command(self, now: float, command: Command, out: Output) -> None:
         """A silence, an unsilence or an acknowledgement, at event time ``now``."""

@@ -51,7 +51,8 @@ class Intake:
         partition does not run ahead of the other partitions' share of the same series."""
         whole = len(chosen) == len(records)
         chosen_records = records if whole else [records[i] for i in chosen]
-        batch = self.decoder.decode(list(map(_VALUE, chosen_records)), list(map(_TIMESTAMP, chosen_records)))
+        batch = self.decoder.decode(list(map(_VALUE, chosen_records)), list(map(_TIMESTAMP, chosen_records)),
+                                    self.now)
         cols = batch.columns
         if not whole:  # record numbers of the batch, not of the decoded subset
             index = np.asarray(chosen, dtype=np.int64)

@@ -77,6 +77,7 @@ class PartitionProcessor:
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
         self.alerting = Alerting(config, partition)
+        self.alerting.now = now
         self.slos = SloEvaluator(config, self.alerting)
         # Every evaluator, in the order each is called.
         self.thresholds = ThresholdEvaluator(config, self.alerting)
@@ -98,7 +99,7 @@ class PartitionProcessor:
         fresh = [r for r in records if r.offset > self.applied_offset]
         if not fresh:
             return out
-        self.now = self.intake.now = now
+        self.now = self.intake.now = self.alerting.now = now
         self.alerting.offset = fresh[-1].offset
         # Cut at progress records: what follows one is judged with it applied, however the log is
         # cut into batches.
@@ -298,7 +299,7 @@ class PartitionProcessor:
     def tick_parts(self, now: float) -> Iterator[Output]:
         """``tick`` a slice of the series at a time (a worker yields to its event loop between
         them): read them all before this processor takes anything else."""
-        self.now = now
+        self.now = self.alerting.now = now
         self.alerting.offset = self.applied_offset
         yield from self._advance_in_slices(self.store.owners(), now, idle=True)
         out = Output()
@@ -343,6 +344,7 @@ class PartitionProcessor:
     def evaluate_pending(self, now: float) -> Output:
         """Judge SLOs the wall-clock limiter held back, once the interval has passed."""
         out = Output()
+        self.now = self.alerting.now = now
         self.alerting.offset = self.applied_offset
         self.slos.evaluate_due(now, out)
         return out
