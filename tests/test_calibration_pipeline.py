@@ -102,7 +102,7 @@ def test_a_restore_in_the_middle_changes_nothing(run):
     proc = PartitionProcessor(0, CONFIG, WALL)
     cut = next(n for n, r in enumerate(records) if r.timestamp > SKEW_FROM + 3 * 86400)
     before = _run(proc, records[:cut])
-    writes, offset = proc.checkpoint(final=True)
+    writes, (offset, _) = proc.checkpoint(final=True)
     restored = PartitionProcessor.restore(0, CONFIG, dict(writes).items(), WALL)
     after = _run(restored, records[offset + 1:])
     assert [b + a for b, a in zip(before, after)] == list(whole)

@@ -44,7 +44,7 @@ def test_a_step_is_detected_a_steady_series_is_not_and_a_restore_changes_nothing
     proc = PartitionProcessor(0, CONFIG, WALL)
     half = len(records) // 2 + 3
     before = _drift_events(proc, records[:half])
-    writes, offset = proc.checkpoint(final=True)
+    writes, (offset, _) = proc.checkpoint(final=True)
     restored = PartitionProcessor.restore(0, CONFIG, dict(writes).items(), WALL)
     after = _drift_events(restored, records[offset + 1:])
     assert before + after == events
@@ -94,7 +94,7 @@ def test_a_drift_rule_with_an_alert_fires_at_the_detection_and_resolves_after_th
     in_progress = proc.snapshot(kinds=("drift",)).statuses["drift"]
     assert [(s["service"], s["aggregate"], s["settles_at"], s["alert"]) for s in in_progress] == [
         ("stepped", "p95", detected_at + 1800.0, "warning")]
-    writes, offset = proc.checkpoint(final=True)
+    writes, (offset, _) = proc.checkpoint(final=True)
     restored = PartitionProcessor.restore(0, config, dict(writes).items(), WALL)
     after = _drift_and_alerts(restored, records[offset + 1:])
     assert before[0] + after[0] == drift and before[1] + after[1] == alerts

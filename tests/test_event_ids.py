@@ -60,7 +60,7 @@ def _read(records: list[SourceRecord], rng: random.Random, max_chunk: int, crash
         if not crash_chance:
             continue
         if rng.random() < 0.3:
-            writes, offset = proc.checkpoint()
+            writes, (offset, _) = proc.checkpoint()
             store.update(writes)
             committed = offset + 1
         elif rng.random() < crash_chance:

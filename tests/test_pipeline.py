@@ -131,7 +131,7 @@ def test_restore_and_replay_gives_exact_counts(crash_after):
     for i in range(0, crash_after, 25):
         emitted += proc.process(records[i:min(i + 25, crash_after)], WALL).sli
         if i % 50 == 0:
-            writes, offset = proc.checkpoint()
+            writes, (offset, _) = proc.checkpoint()
             store.update(writes)
             committed = offset + 1
     # A partial checkpoint: some series written, the partition record not.
@@ -199,7 +199,7 @@ def test_eviction_deletes_a_quiet_series_and_its_state_restores_exactly():
         proc.process(batch, now)
         log += batch
         assert proc.tick(now).evicted == (1 if now == WALL + 190.0 else 0)  # 100 s after its last measurement
-        writes, committed = proc.checkpoint()
+        writes, (committed, _) = proc.checkpoint()
         store.update(writes)
     assert [s.service for s in proc.series.values()] == ["busy"]
     assert sum(value is None for value in store.values()) == 1
@@ -267,7 +267,7 @@ def test_a_series_is_written_when_a_window_completes_and_a_crash_replays_its_oth
             for out in (proc.process([record], now), proc.tick(now)):
                 events += out.sli + out.breaches
             if store is not None:
-                writes, committed = proc.checkpoint()
+                writes, (committed, _) = proc.checkpoint()
                 writes = list(writes)
                 series_writes += sum(f"{SEP}h{SEP}" in key and '"s0"' not in key for key, _ in writes)
                 store.update(writes)
@@ -295,12 +295,12 @@ def test_unwritten_changes_become_due_after_two_report_windows_of_quiet():
     proc = PartitionProcessor(0, config, now=WALL)
     proc.process([SourceRecord("m", 0, 0, T0, None, orjson.dumps({"service": "s", "metric": "m", "ok": True,
                                                                    "ts": T0 + 1}))], now=WALL + 1.0)
-    writes, committed = proc.checkpoint()
+    writes, (committed, _) = proc.checkpoint()
     assert not any(key.startswith(series_key(0, "")) for key, _ in writes) and committed == -1
     assert not proc.unwritten_due
     # Held since the processor's first boundary (wall time 0): due two report windows after it.
     assert proc.tick(WALL + 2 * config.report_window_s - 1.0).sli == [] and not proc.unwritten_due
     assert proc.tick(WALL + 2 * config.report_window_s).sli == [] and proc.unwritten_due
-    writes, committed = proc.checkpoint()
+    writes, (committed, _) = proc.checkpoint()
     assert any(key.startswith(series_key(0, "")) for key, _ in writes) and committed == 0
     assert not proc.unwritten_due

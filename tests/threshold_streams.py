@@ -77,6 +77,6 @@ def restored_half_way(config, records: list[SourceRecord]) -> list[dict]:
     them and restored from its writes for the rest."""
     proc = PartitionProcessor(0, config, WALL)
     before = recommendations_of(proc, records[:len(records) * 8 // 10])
-    writes, offset = proc.checkpoint(final=True)
+    writes, (offset, _) = proc.checkpoint(final=True)
     restored = PartitionProcessor.restore(0, config, dict(writes).items(), WALL)
     return before + recommendations_of(restored, records[offset + 1:])

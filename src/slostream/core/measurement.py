@@ -32,6 +32,8 @@ class Reason(enum.StrEnum):
     TOO_LATE = "too_late"
     BAD_COMMAND = "bad_command"  # a control-topic command that cannot be applied
     UNDECODABLE_BATCH = "undecodable_batch"  # a fetched batch that is corrupt or uses an unknown codec
+    # a forward naming a source position the source partition does not hold yet (forged)
+    FORWARD_BEYOND_SOURCE = "forward_beyond_source"
 
 
 AwareDatetime = Annotated[dt.datetime, msgspec.Meta(tz=True)]

@@ -55,11 +55,12 @@ def create_app(settings: Settings) -> SloApp:
     outputs = OutputProducer(settings.broker_hosts, lone_forwards=bool(settings.changelog_fence))
     app.add_dependency(outputs)
     ingest = IngestService(app, settings, metrics, outputs)
-    undecodable.install(ingest.skipped_batch, ingest.topic, source_record)
+    undecodable.install(ingest.skipped_batch, (ingest.topic, ingest.repartition_topic), source_record)
     end_offsets.install()
     metrics.attach(ingest)
     app.ingest = ingest
     app.topics.add(ingest.measurements)
+    app.topics.add(ingest.repartition)
     if settings.alertmanager_url or settings.webhook_urls:
         ingest.sinks = AlertSinks(settings.alertmanager_url, settings.webhook_urls, settings.alert_resend_s,
                                   ingest.firing_alerts)
@@ -99,6 +100,7 @@ def create_app(settings: Settings) -> SloApp:
         # Faust sends no revoke signal on a clean stop; without this a restart would
         # replay up to two report windows and re-judge them (same ids, but a repeat all the same).
         await ingest.final_checkpoint()
+        await ingest.stop_reader()
 
     register_views(app, ingest, metrics, settings)
     return app

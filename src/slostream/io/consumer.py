@@ -1,6 +1,6 @@
 """The Kafka side of the worker's reading: Faust's consumer, handing each fetched batch of the
-measurement topic straight to ``IngestService`` (Faust's stock per-message path costs 60-250 µs a
-record), with a short fetch wait; every other topic takes Faust's normal path."""
+measurement and repartition topics straight to ``IngestService`` (Faust's stock per-message path
+costs 60-250 µs a record), with a short fetch wait; every other topic takes Faust's normal path."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 
 
 class BatchingConsumer(aiokafka_driver.Consumer):
-    """Faust consumer that delivers the measurement topic a fetch batch at a time."""
+    """Faust consumer that delivers the measurement and repartition topics a fetch batch at a time."""
 
     def _new_consumer_thread(self):
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -59,7 +59,7 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         generation = self.app.consumer_generation_id
         passthrough = []
         for tp, batch in records.items():
-            if tp.topic != ingest.topic:
+            if tp.topic not in (ingest.topic, ingest.repartition_topic):
                 passthrough.append((tp, batch))
                 continue
             # During a rebalance the batch is dropped: Faust seeks every assigned
@@ -67,7 +67,10 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             if not self.flow_active or self.app.consumer_generation_id != generation:
                 continue
             if active is None or tp in active:
-                await ingest.handle(tp.partition, batch)
+                if tp.topic == ingest.topic:
+                    await ingest.handle(tp.partition, batch)
+                else:
+                    await ingest.handle_repartition(tp.partition, batch)
         for tp, batch in passthrough:
             for record in batch:
                 yield tp, self._to_message(tp, record)

@@ -9,7 +9,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 
 from slostream.config import ConfigError, Settings
 
-TOPIC_NAMES = ("measurements", "sli", "deadletter", "alerts", "breaches", "drift", "recommendations", "control")
+TOPIC_NAMES = ("measurements", "repartition", "sli", "deadletter", "alerts", "breaches", "drift", "recommendations",
+               "control")
 # Operator commands need one total order, so every worker applies them alike.
 SINGLE_PARTITION = ("control",)
 

@@ -87,7 +87,7 @@ def checkpoint_writes(proc: PartitionProcessor, deleted: list[str], dirty: np.nd
     if proc.alerting.dirty:
         writes.append((state_keys.book_key(p), held_json(proc.alerting.book.to_state())))
         proc.alerting.dirty = False
-    writes.extend((key, None) for key in proc.alerting.settled(replay["applied_offset"]))
+    writes.extend((key, None) for key in proc.alerting.settled(replay["applied_offset"], replay["repartition_offset"]))
     partition_state = {
         "v": STATE_VERSION,
         **replay,
@@ -118,6 +118,7 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
         if kind == state_keys.PARTITION:
             saved = orjson.loads(value)
             proc.applied_offset = saved["applied_offset"]
+            proc.repartition_offset = saved.get("repartition_offset", -1)  # before the repartition topic: none
             proc.control_offset = saved.get("control_offset", -1)
             proc.intake.forward_marks = {int(p): o for p, o in saved.get("forward_marks", {}).items()}
             proc.alignment = Alignment.from_state(config.partitions, saved.get("alignment"))
