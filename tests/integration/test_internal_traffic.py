@@ -8,6 +8,7 @@ import time
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from slostream.pipeline.alignment import encode_progress, progress_header
 from slostream.pipeline.ownership import encode_forwarded, forward_header
@@ -57,3 +58,20 @@ def test_a_forged_forward_and_progress_on_the_measurement_topic_change_no_count(
     assert sorted(e["data"]["reason"] for e in letters) == ["invalid_json"] * (2 * PARTITIONS)
     assert {e["data"]["topic"] for e in letters} == {topic}
     assert worker.stop() == 0
+
+
+def test_a_repartition_topic_not_co_partitioned_with_the_measurements_stops_start_up(kafka, make_worker):
+    async def create():
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(f"{make_worker.prefix}measurements", PARTITIONS, 1),
+                                       NewTopic(f"{make_worker.prefix}repartition", 1, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    worker = make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS)).start(wait_ready=False)
+    assert worker.process.wait(60) == 2
+    log = worker.log_path.read_text()
+    assert f"topic {make_worker.prefix}repartition has 1 partitions" in log and "Fix: delete topic" in log
