@@ -1,7 +1,8 @@
 """A partitioned measurement topic over the pure pipeline: one processor per partition, each
-partition's log an in-memory list (append, read by offset), forwarded and progress records appended
-to the owner's log as the broker would. Every few reads each partition ticks and reports how far it
-has read, as a worker does every ``tick_interval_s``."""
+partition's logs in-memory lists (append, read by offset): the measurement log producers write, and
+the repartition log that forwarded and progress records are appended to, as the broker would. Every
+few reads each partition ticks and reports how far it has read, as a worker does every
+``tick_interval_s``."""
 
 import random
 
@@ -13,6 +14,9 @@ from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import Output, PipelineConfig, SourceRecord
 
 START = 1_800_010_000.0  # wall time at the start: late enough that no measurement is "in the future"
+# The wall clock of pure runs that count time from zero: later than every measurement of the tests'
+# data (a ts ahead of the wall clock is a bad timestamp), so ``WALL + s`` is s seconds into a run.
+WALL = 2_000_000_000.0
 
 
 def make_config(**settings) -> PipelineConfig:
@@ -30,6 +34,8 @@ class Cluster:
         self.tick_every = tick_every  # rounds of reads between ticks
         self.logs: list[list[SourceRecord]] = [[] for _ in range(config.partitions)]
         self.read = [0] * config.partitions
+        self.repartition_logs: list[list[SourceRecord]] = [[] for _ in range(config.partitions)]
+        self.repartition_read = [0] * config.partitions
         self.end_known_at: list[float | None] = [None] * config.partitions  # wall time each was at its log's end
         self.paused: set[int] = set()  # partitions nobody reads (a worker not started yet)
         self.clock = START  # wall time: each read of a chunk takes 10 ms
@@ -39,24 +45,33 @@ class Cluster:
         self.alerts: list[dict] = []
 
     def append(self, partition: int, value: bytes, key: bytes | None = None, headers=()) -> None:
+        """A producer's record (with any headers it likes), stamped as written."""
         log = self.logs[partition]
-        log.append(SourceRecord("m", partition, len(log), self.clock, key, value, tuple(headers)))  # stamped as written
+        log.append(SourceRecord("m", partition, len(log), self.clock, key, value, tuple(headers)))
 
     def step(self, partition: int, max_records: int) -> bool:
-        """Read the next chunk of one partition; its forwards are appended to the owners' logs."""
+        """Read the next chunk of one partition's measurement log, then of its repartition log; its
+        forwards are appended to the owners' repartition logs."""
         start = self.read[partition]
         chunk = self.logs[partition][start:start + max_records]
-        if not chunk:
-            self.end_known_at[partition] = self.clock  # later appends come at this clock or after
-            return False
-        self.read[partition] += len(chunk)
-        self.clock += 0.01
-        self.collect(self.procs[partition].process(chunk, self.clock))
-        for out in self.procs[partition].align_parts():  # as a worker does after each slice
-            self.collect(out)
+        proc = self.procs[partition]
+        if chunk:
+            self.read[partition] += len(chunk)
+            self.clock += 0.01
+            self.collect(proc.process(chunk, self.clock))
+            for out in proc.align_parts():  # as a worker does after each slice
+                self.collect(out)
         if self.read[partition] == len(self.logs[partition]):
-            self.end_known_at[partition] = self.clock
-        return True
+            self.end_known_at[partition] = self.clock  # later appends come at this clock or after
+        start = self.repartition_read[partition]
+        received = self.repartition_logs[partition][start:start + max_records]
+        if received:
+            self.repartition_read[partition] += len(received)
+            self.clock += 0.01
+            self.collect(proc.receive(received, self.clock, {p: len(log) for p, log in enumerate(self.logs)}))
+            for out in proc.align_parts():
+                self.collect(out)
+        return bool(chunk or received)
 
     def tick(self) -> None:
         """Every read partition reports its progress (behind its forwards) and ticks."""
@@ -70,7 +85,9 @@ class Cluster:
         self.deadletter += [e for _, e in out.deadletter]
         self.alerts += [e for _, e in out.alerts]
         for forward in out.forwards:
-            self.append(forward.partition, forward.value, headers=forward.headers)
+            log = self.repartition_logs[forward.partition]
+            log.append(SourceRecord("repartition", forward.partition, len(log), self.clock, None, forward.value,
+                                    tuple(forward.headers)))
 
     def drain(self, produced: list[tuple[int, bytes, bytes | None]] = ()) -> None:
         """Produce ``produced`` (partition, value, key) a few records at a time while the partitions
@@ -78,7 +95,7 @@ class Cluster:
         consumers of different partitions about as fast as each other."""
         pending = list(produced)
         rounds = 0
-        while pending or any(self.read[p] < len(self.logs[p]) for p in self.active()):
+        while pending or any(self.unread(p) for p in self.active()):
             count = self.rng.randint(1, 12)
             for partition, value, key in pending[:count]:
                 self.append(partition, value, key)
@@ -88,6 +105,10 @@ class Cluster:
             rounds += 1
             if rounds % self.tick_every == 0:
                 self.tick()
+
+    def unread(self, partition: int) -> bool:
+        return (self.read[partition] < len(self.logs[partition])
+                or self.repartition_read[partition] < len(self.repartition_logs[partition]))
 
     def active(self) -> list[int]:
         return [p for p in range(len(self.logs)) if p not in self.paused]

@@ -11,7 +11,7 @@ from slostream.core.budget import default_tiers
 from slostream.core.objectives import GoodRule, Slo, SloWindow
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import make_config
+from tests.pipeline_sim import WALL, make_config
 
 T0 = 1_700_000_000 - 1_700_000_000 % 86400  # a UTC midnight
 
@@ -24,7 +24,7 @@ def checkout_slo(**changes) -> Slo:
 
 
 def slo_processor(*slos, **config) -> PartitionProcessor:
-    return PartitionProcessor(0, make_config(slos=slos, grace_s=2, **config), now=0)
+    return PartitionProcessor(0, make_config(slos=slos, grace_s=2, **config), now=WALL)
 
 
 class Feed:
@@ -41,7 +41,7 @@ class Feed:
             doc["ok"] = ok
         if value is not None:
             doc["value"] = value
-        out = self.proc.process([SourceRecord("m", 0, self.offset, ts, b"checkout", orjson.dumps(doc))], 0.0)
+        out = self.proc.process([SourceRecord("m", 0, self.offset, ts, b"checkout", orjson.dumps(doc))], WALL)
         self.offset += 1
         self.alerts.extend(event for _, event in out.alerts)
 

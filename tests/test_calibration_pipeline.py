@@ -11,7 +11,7 @@ from slostream.core.objectives import Policy
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
 from tests.calibration_reference import brute_force_calibration
-from tests.pipeline_sim import make_config
+from tests.pipeline_sim import WALL, make_config
 from tests.schemas import validator
 
 MONDAY = 4 * 86400
@@ -39,7 +39,7 @@ def _records(items: list[dict], per_record: int = 2000) -> list[SourceRecord]:
 def _run(proc: PartitionProcessor, records: list[SourceRecord]):
     sli, drift, breaches = [], [], []
     for record in records:
-        out = proc.process([record], 0.0)
+        out = proc.process([record], WALL)
         assert out.deadletter == []
         sli += [e for _, e in out.sli]
         drift += [e for _, e in out.drift]
@@ -54,7 +54,7 @@ CONFIG = make_config(grace_s=5.0, policies=(POLICY,))
 @pytest.fixture(scope="module")
 def run():
     items = _items()
-    proc = PartitionProcessor(0, CONFIG, 0.0)
+    proc = PartitionProcessor(0, CONFIG, WALL)
     return items, _run(proc, _records(items)), proc
 
 
@@ -99,10 +99,10 @@ def test_a_policy_on_ece_excess_breaches_in_the_drifting_week_only(run):
 def test_a_restore_in_the_middle_changes_nothing(run):
     items, whole, _ = run
     records = _records(items)
-    proc = PartitionProcessor(0, CONFIG, 0.0)
+    proc = PartitionProcessor(0, CONFIG, WALL)
     cut = next(n for n, r in enumerate(records) if r.timestamp > SKEW_FROM + 3 * 86400)
     before = _run(proc, records[:cut])
-    writes, offset = proc.checkpoint(final=True)
-    restored = PartitionProcessor.restore(0, CONFIG, dict(writes).items(), 0.0)
+    writes, (offset, _) = proc.checkpoint(final=True)
+    restored = PartitionProcessor.restore(0, CONFIG, dict(writes).items(), WALL)
     after = _run(restored, records[offset + 1:])
     assert [b + a for b, a in zip(before, after)] == list(whole)

@@ -13,7 +13,7 @@ import pytest
 from slostream.core.policy import Policy
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import make_config
+from tests.pipeline_sim import WALL, make_config
 from tests.slo_feed import T0, checkout_slo
 
 SECONDS = 50 * 60
@@ -49,7 +49,7 @@ def _read(records: list[SourceRecord], rng: random.Random, max_chunk: int, crash
     ``crash_chance``: checkpoint now and then, and after some chunks crash and restore the last
     checkpoint, which replays everything read since; the state holds what a worker made durable
     (the checkpoints, and the alert log before its alerts were sent)."""
-    proc, store, committed, events, i, now = PartitionProcessor(0, CONFIG, 0.0), {}, 0, [], 0, 0.0
+    proc, store, committed, events, i, now = PartitionProcessor(0, CONFIG, WALL), {}, 0, [], 0, WALL
     while i < len(records):
         size = rng.randint(1, max_chunk)
         now += 0.2
@@ -60,7 +60,7 @@ def _read(records: list[SourceRecord], rng: random.Random, max_chunk: int, crash
         if not crash_chance:
             continue
         if rng.random() < 0.3:
-            writes, offset = proc.checkpoint()
+            writes, (offset, _) = proc.checkpoint()
             store.update(writes)
             committed = offset + 1
         elif rng.random() < crash_chance:

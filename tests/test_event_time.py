@@ -15,7 +15,7 @@ from slostream.core.watermark import running_max_before
 from slostream.pipeline.ownership import owner_of
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import Cluster, make_config
+from tests.pipeline_sim import WALL, Cluster, make_config
 
 T0 = 1_800_000_000 // 60 * 60
 
@@ -79,10 +79,10 @@ def test_one_producer_clock_minutes_ahead_leaves_its_neighbours_exact():
         batch.append({"service": "ahead", "metric": "http", "ok": True, "ts": T0 + second + 290})
         items += batch
         records.append(SourceRecord("m", 0, second, T0 + second, None, orjson.dumps(batch)))
-    proc = PartitionProcessor(0, make_config(grace_s=30.0), now=0.0)
+    proc = PartitionProcessor(0, make_config(grace_s=30.0), now=WALL)
     sli, letters = [], []
     for first in range(0, len(records), 13):
-        out = proc.process(records[first:first + 13], 0.0)
+        out = proc.process(records[first:first + 13], WALL)
         sli += [e["data"] for _, e in out.sli]
         letters += out.deadletter
     assert letters == []
@@ -106,8 +106,8 @@ def test_a_five_hour_backlog_in_one_batch_reports_every_window_exactly():
     slo = Slo("backfill-latency", "backfill", "latency_ms", 0.99, SloWindow(rolling_s=86400),
               GoodRule("value_le", 40.0), tiers=(BurnTier("page", 3600, 300, 14.4),))
     policy = Policy("backfill-p99", "backfill", "latency_ms", "p99", 300, "above", warning=60.0, critical=90.0)
-    proc = PartitionProcessor(0, make_config(grace_s=30.0, slos=(slo,), policies=(policy,)), now=0.0)
-    out = proc.process(records, 0.0)  # every record in one fetch: hours of event time at once
+    proc = PartitionProcessor(0, make_config(grace_s=30.0, slos=(slo,), policies=(policy,)), now=WALL)
+    out = proc.process(records, WALL)  # every record in one fetch: hours of event time at once
     assert out.deadletter == []
     series = proc.series[("backfill", "latency_ms")]
     got = {e["data"]["window_start"]: e["data"] for _, e in out.sli}
@@ -183,11 +183,11 @@ def test_any_jumps_and_any_batching_report_every_window_as_brute_force_counts_it
     records = [SourceRecord("m", 0, n, T0 + 400 * 86400, None, v) for n, v in enumerate(values)]
     results = []
     for chunking in (cuts, [len(records)]):
-        proc = PartitionProcessor(0, make_config(grace_s=30.0, slos=(SLO,), policies=(POLICY,)), now=0.0)
+        proc = PartitionProcessor(0, make_config(grace_s=30.0, slos=(SLO,), policies=(POLICY,)), now=WALL)
         sli, late, first, turn = [], 0, 0, 0
         while first < len(records):
             size = chunking[turn % len(chunking)]
-            out = proc.process(records[first:first + size], 0.0)
+            out = proc.process(records[first:first + size], WALL)
             sli += [e for _, e in out.sli]
             late += sum(e["data"]["reason"] == "too_late" for _, e in out.deadletter)
             first, turn = first + size, turn + 1

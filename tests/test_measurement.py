@@ -12,7 +12,7 @@ GOOD = {"service": "checkout", "metric": "latency_ms", "value": 12.5, "ok": True
 
 
 def _decode(*raws, **kw):
-    return MeasurementDecoder(**kw).decode(raws, [NOW] * len(raws))
+    return MeasurementDecoder(**kw).decode(raws, [NOW] * len(raws), NOW)
 
 
 @pytest.mark.parametrize(

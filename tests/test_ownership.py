@@ -9,12 +9,27 @@ from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from slostream.pipeline.alignment import READ_SLACK_S, Alignment, Progress, read_until_claim, written_by
-from slostream.pipeline.ownership import MAX_FORWARD_SERIES, decode_forwarded, murmur2, owner_of
+from slostream.pipeline.alignment import (
+    READ_SLACK_S,
+    Alignment,
+    Progress,
+    encode_progress,
+    progress_header,
+    read_until_claim,
+    written_by,
+)
+from slostream.pipeline.ownership import (
+    MAX_FORWARD_SERIES,
+    decode_forwarded,
+    encode_forwarded,
+    forward_header,
+    murmur2,
+    owner_of,
+)
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.rows import ELEMENTS_PER_RECORD
 from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import Cluster, make_config
+from tests.pipeline_sim import WALL, Cluster, make_config
 
 T0 = 1_800_000_000 // 60 * 60
 PARTITIONS = 4
@@ -82,7 +97,7 @@ def test_any_partitioning_counts_every_measurement_once_in_its_own_series(keying
     for proc in cluster.procs:  # each series lives only where it is owned
         assert all(owner_of(service, PARTITIONS) == proc.partition for service, _ in proc.series)
     if keying == "by_service":
-        forwards = [r for log in cluster.logs for r in log
+        forwards = [r for log in cluster.repartition_logs for r in log
                     if any(name == "slostream-forwarded-from" for name, _ in r.headers)]
         assert forwards == []  # the fast path forwards nothing
 
@@ -116,12 +131,12 @@ def test_a_source_that_replays_after_a_crash_forwards_again_and_the_owner_adds_n
     source = cluster.procs[0]
     cluster.step(0, 40)
     cluster.step(1, 1000)
-    writes, offset = source.checkpoint()  # the last durable state of the source
+    writes, (offset, _) = source.checkpoint()  # the last durable state of the source
     writes = list(writes)
     cluster.step(0, 60)
     cluster.step(1, 1000)  # the owner applies forwards made after that checkpoint
     # Crash: the source restarts from its checkpoint and reads (and forwards) those records again.
-    cluster.procs[0] = PartitionProcessor.restore(0, config, [(k, v) for k, v in writes], 0.0)
+    cluster.procs[0] = PartitionProcessor.restore(0, config, [(k, v) for k, v in writes], WALL)
     cluster.read[0] = offset + 1
     cluster.drain()
     cluster.settle()
@@ -153,13 +168,13 @@ def test_dead_letters_stay_where_the_record_was_read():
 
 def test_forwarded_records_are_split_to_fit_the_record_limit():
     config = make_config(partitions=2, max_record_bytes=4096)
-    proc = PartitionProcessor(0, config, now=0.0)
+    proc = PartitionProcessor(0, config, now=WALL)
     foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
     items = [{"service": foreign, "metric": "m", "value": float(i), "ts": T0 + i} for i in range(500)]
     records = [SourceRecord("m", 0, n, T0 + 600, None, orjson.dumps(items[i:i + 50]))
                for n, i in enumerate(range(0, 500, 50))]
     assert all(len(r.value) <= 4096 for r in records)
-    out = proc.process(records, 0.0)
+    out = proc.process(records, WALL)
     assert sum(f.measurements for f in out.forwards) == 500 and len(out.forwards) > 1
     assert all(len(f.value) <= 4096 for f in out.forwards)
     columns = [decode_forwarded(f.value).columns() for f in out.forwards]
@@ -210,12 +225,12 @@ def test_a_partition_read_minutes_after_the_others_loses_nothing():
 
 
 def test_outcome_and_id_travel_with_a_forward_only_when_some_measurement_has_them():
-    proc = PartitionProcessor(0, make_config(partitions=2), now=0.0)
+    proc = PartitionProcessor(0, make_config(partitions=2), now=WALL)
     foreign = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
     plain = [{"service": foreign, "metric": "m", "ok": True, "ts": T0 + i} for i in range(3)]
     marked = [{**plain[0], "outcome": 1, "id": "req-1"}, plain[1], {**plain[2], "outcome": 0}]
     for n, items in enumerate((plain, marked)):
-        out = proc.process([SourceRecord("m", 0, n, T0 + 600, None, orjson.dumps(items))], 0.0)
+        out = proc.process([SourceRecord("m", 0, n, T0 + 600, None, orjson.dumps(items))], WALL)
         forwarded = decode_forwarded(out.forwards[0].value)
         outcomes = forwarded.columns()["outcome"].tolist()
         if items is plain:
@@ -230,7 +245,7 @@ def test_a_forward_holds_at_most_max_forward_series_series_and_every_measurement
     items = [{"service": f"svc-{i}", "metric": "m", "ok": True, "ts": T0 + t} for i in range(5000) for t in (1, 2)]
     cluster.append(0, orjson.dumps(items))
     cluster.step(0, 1)
-    forwards = [decode_forwarded(r.value) for log in cluster.logs for r in log[1 if log is cluster.logs[0] else 0:]]
+    forwards = [decode_forwarded(r.value) for log in cluster.repartition_logs for r in log]
     assert len(forwards) > 2 and max(len(f.keys) for f in forwards) <= MAX_FORWARD_SERIES
     assert sum(len(f.ts) // 8 for f in forwards) == len(items)
 
@@ -267,7 +282,7 @@ def test_a_record_split_over_several_forwards_is_applied_whole():
     for _ in range(2):  # read in one chunk: the second record straddles two forwards
         cluster.append(0, orjson.dumps([{"service": foreign, "metric": "m", "ok": True, "ts": T0 + 1}] * 60))
     cluster.step(0, 10)
-    assert len(cluster.logs[1]) == 2  # 120 measurements, at most 102 per forward
+    assert len(cluster.repartition_logs[1]) == 2  # 120 measurements, at most 102 per forward
     cluster.settle()
     assert cluster.procs[1].series[(foreign, "m")].windows.pending_count(60) == 120
 
@@ -294,8 +309,53 @@ def test_a_partition_claims_the_later_of_its_end_and_its_newest_record_time_less
 
 
 def test_a_progress_record_that_cannot_be_read_is_dead_lettered():
-    proc = PartitionProcessor(0, make_config(partitions=2), now=0.0)
-    record = SourceRecord("m", 0, 0, T0, None, b"\x01garbage", (("slostream-progress-from", b"1"),))
-    out = proc.process([record], 1.0)
+    proc = PartitionProcessor(0, make_config(partitions=2), now=WALL)
+    record = SourceRecord("repartition", 0, 0, T0, None, b"\x01garbage", (("slostream-progress-from", b"1"),))
+    out = proc.receive([record], WALL + 1.0, {})
     assert [e["data"]["reason"] for _, e in out.deadletter] == ["invalid_json"]
     assert "progress of partition 1" in out.deadletter[0][1]["data"]["message"]
+
+
+def _forged_forward(service: str, count: int, offset: int) -> bytes:
+    """A forward as a worker makes it: ``count`` good measurements of ``service`` at ``T0 + 30``,
+    named as read at ``offset`` of the source partition."""
+    return encode_forwarded([(service, "latency_ms", [])], np.zeros(count, dtype=np.int64), np.full(count, T0 + 30.0),
+                            np.full(count, np.nan), np.ones(count, dtype=np.int8), np.full(count, -1, dtype=np.int8),
+                            offset * ELEMENTS_PER_RECORD + np.arange(count), None, T0 + 30.0)
+
+
+def test_internal_headers_on_the_measurement_topic_carry_no_authority():
+    """A producer writes a forward and a progress mark to the measurement topic, with slostream's
+    headers: they are ordinary measurement records (not JSON: dead-lettered), and no count of any
+    series changes (the forward would add 500 to a series; the progress mark would claim every
+    partition read to the end of time, closing windows before their data arrives)."""
+    rng = random.Random(8)
+    cluster = Cluster(make_config(partitions=PARTITIONS, grace_s=30.0), rng)
+    items = _measurements(2000, 7, seed=4)
+    victim = items[0]["service"]
+    produced = [(rng.randrange(PARTITIONS), orjson.dumps(items[first:first + 5]), None)
+                for first in range(0, len(items), 5)]
+    for partition in range(PARTITIONS):  # forged first: read before the genuine data
+        cluster.append(partition, encode_progress(1e12), headers=[progress_header(partition)])
+    cluster.append(0, _forged_forward(victim, 500, 0), headers=[forward_header(1)])
+    cluster.drain(produced)
+    cluster.settle()
+    for closer in _closers(7):
+        cluster.append(rng.randrange(PARTITIONS), orjson.dumps(closer))
+    cluster.drain()
+    cluster.settle()
+    assert sorted(e["data"]["reason"] for e in cluster.deadletter) == ["invalid_json"] * (PARTITIONS + 1)
+    assert cluster.windows() == _truth(items, T0 + 10_000 - 30)
+
+
+def test_a_forward_naming_a_position_its_source_does_not_hold_is_refused():
+    config = make_config(partitions=2)
+    service = next(s for s in (f"svc-{i}" for i in range(20)) if owner_of(s, 2) == 1)
+    proc = PartitionProcessor(1, config, now=WALL)
+    forward = SourceRecord("repartition", 1, 0, T0 + 30, None, _forged_forward(service, 500, 10),
+                           (forward_header(0),))
+    out = proc.receive([forward], WALL, {0: 10, 1: 0})  # partition 0 holds offsets 0-9 only
+    assert [e["data"]["reason"] for _, e in out.deadletter] == ["forward_beyond_source"] and out.accepted == 0
+    assert proc.series == {}
+    again = SourceRecord("repartition", 1, 1, T0 + 30, None, forward.value, forward.headers)
+    assert proc.receive([again], WALL, {0: 11, 1: 0}).accepted == 500  # once it holds offset 10

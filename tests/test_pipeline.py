@@ -11,7 +11,7 @@ from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.state import series_record
 from slostream.pipeline.state_keys import SEP, series_key
 from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import make_config
+from tests.pipeline_sim import WALL, make_config
 
 T0 = 1_800_000_000 // 60 * 60
 CONFIG = make_config(grace_s=5.0, idle_after_s=2.0)
@@ -34,7 +34,7 @@ def _records(n_records=400, per_record=5, seed=3, late_every=0):
     return records, truth
 
 
-def _run(proc, records, chunk, now=0.0):
+def _run(proc, records, chunk, now=WALL):
     sli, dead = [], []
     for i in range(0, len(records), chunk):
         out = proc.process(records[i:i + chunk], now)
@@ -59,7 +59,7 @@ def _comparable(events):
 
 def test_sli_events_equal_brute_force():
     records, truth = _records()
-    proc = PartitionProcessor(0, CONFIG, now=0.0)
+    proc = PartitionProcessor(0, CONFIG, now=WALL)
     sli, dead = _run(proc, records, 37)
     assert dead == []
     got = _by_window(sli)
@@ -85,7 +85,7 @@ def test_sli_events_equal_brute_force():
 
 def test_event_ids_are_deterministic_and_batching_does_not_matter():
     records, _ = _records(late_every=7)
-    a, b = PartitionProcessor(0, CONFIG, 0.0), PartitionProcessor(0, CONFIG, 0.0)
+    a, b = PartitionProcessor(0, CONFIG, WALL), PartitionProcessor(0, CONFIG, WALL)
     sli_a, dead_a = _run(a, records, 1)
     sli_b, dead_b = _run(b, records, 150)
     assert sorted(_comparable(sli_a), key=lambda e: e["id"]) == sorted(_comparable(sli_b), key=lambda e: e["id"])
@@ -96,9 +96,9 @@ def test_event_ids_are_deterministic_and_batching_does_not_matter():
 
 def test_every_measurement_is_either_counted_or_dead_lettered():
     records, truth = _records(late_every=10)
-    proc = PartitionProcessor(0, CONFIG, 0.0)
+    proc = PartitionProcessor(0, CONFIG, WALL)
     sli, dead = _run(proc, records, 20)
-    sli += proc.tick(10_000.0).sli  # idle long enough: every window closes
+    sli += proc.tick(WALL + 10_000.0).sli  # idle long enough: every window closes
     late = [e["data"] for _, e in dead]
     assert len(late) == len([o for o in range(len(records)) if o and o % 10 == 0])
     assert all(d["reason"] == "too_late" and d["index"] == 0 for d in late)
@@ -107,11 +107,11 @@ def test_every_measurement_is_either_counted_or_dead_lettered():
 
 def test_idle_tick_closes_a_quiet_series():
     records, _ = _records(n_records=100)
-    proc = PartitionProcessor(0, CONFIG, now=1000.0)
-    sli, _ = _run(proc, records, 100, now=1000.0)
+    proc = PartitionProcessor(0, CONFIG, now=WALL + 1000.0)
+    sli, _ = _run(proc, records, 100, now=WALL + 1000.0)
     before = len(sli)
-    assert proc.tick(1001.0).sli == []  # not idle long enough
-    out = proc.tick(1000.0 + 200.0)
+    assert proc.tick(WALL + 1001.0).sli == []  # not idle long enough
+    out = proc.tick(WALL + 1000.0 + 200.0)
     assert len(out.sli) > 0 and len(sli) == before
     last_ts = T0 + 99 * 0.9
     assert max(e["data"]["window_end"] for _, e in out.sli) > last_ts
@@ -121,23 +121,23 @@ def test_idle_tick_closes_a_quiet_series():
 def test_restore_and_replay_gives_exact_counts(crash_after):
     """Crash after an arbitrary record, restore from the last checkpoint, replay from the commit."""
     records, _ = _records()
-    reference = PartitionProcessor(0, CONFIG, 0.0)
+    reference = PartitionProcessor(0, CONFIG, WALL)
     ref_sli, _ = _run(reference, records, 25)
 
-    proc = PartitionProcessor(0, CONFIG, 0.0)
+    proc = PartitionProcessor(0, CONFIG, WALL)
     store: dict[str, bytes] = {}
     emitted = []
     committed = 0
     for i in range(0, crash_after, 25):
-        emitted += proc.process(records[i:min(i + 25, crash_after)], 0.0).sli
+        emitted += proc.process(records[i:min(i + 25, crash_after)], WALL).sli
         if i % 50 == 0:
-            writes, offset = proc.checkpoint()
+            writes, (offset, _) = proc.checkpoint()
             store.update(writes)
             committed = offset + 1
     # A partial checkpoint: some series written, the partition record not.
     writes = list(proc.checkpoint()[0])
     store.update(dict(writes[: len(writes) // 2]))
-    restored = PartitionProcessor.restore(0, CONFIG, store.items(), 0.0)
+    restored = PartitionProcessor.restore(0, CONFIG, store.items(), WALL)
     sli2, dead = _run(restored, records[committed:], 25)
     assert dead == []  # what the restored series hold is skipped, even where its window has closed
     emitted += sli2
@@ -152,8 +152,8 @@ def test_label_keys_split_series_and_other_labels_do_not():
     # Each series closes on its own clock: one later measurement per region.
     items += [{"service": "api", "metric": "http", "ok": True, "ts": T0 + 70, "labels": {"region": region}}
               for region in ("eu", "us")]
-    proc = PartitionProcessor(0, config, 0.0)
-    out = proc.process([SourceRecord("m", 0, 0, T0 + 100, None, orjson.dumps(items))], 0.0)
+    proc = PartitionProcessor(0, config, WALL)
+    out = proc.process([SourceRecord("m", 0, 0, T0 + 100, None, orjson.dumps(items))], WALL)
     got = {e["data"]["labels"].get("region"): e["data"]["count"] for _, e in out.sli}
     assert got == {"eu": 40, "us": 20}
     assert all(set(e["data"]["labels"]) == {"region"} for _, e in out.sli)
@@ -163,12 +163,12 @@ def test_a_rejected_element_is_dead_lettered_alone_and_a_rejected_record_whole()
     """A batched record of many rejected elements must not be copied into every letter: each
     element's letter carries that element; a record rejected whole carries the record, cut."""
     config = make_config(grace_s=5.0, max_deadletter_bytes=100)
-    future = [{"service": f"s{i}", "metric": "m", "ok": True, "ts": T0 + 10_000 + i} for i in range(500)]
+    future = [{"service": f"s{i}", "metric": "m", "ok": True, "ts": WALL + 10_000 + i} for i in range(500)]
     good = {"service": "g", "metric": "m", "ok": True, "ts": T0}
     batched = orjson.dumps([good, *future])
     whole = orjson.dumps({"service": "s", "metric": "m", "ok": "yes", "pad": "x" * 300})
-    proc = PartitionProcessor(0, config, 0.0)
-    out = proc.process([SourceRecord("m", 0, 0, T0, None, batched), SourceRecord("m", 0, 1, T0, None, whole)], 0.0)
+    proc = PartitionProcessor(0, config, WALL)
+    out = proc.process([SourceRecord("m", 0, 0, T0, None, batched), SourceRecord("m", 0, 1, T0, None, whole)], WALL)
     letters = {(e["data"]["offset"], e["data"]["index"]): e["data"] for _, e in out.deadletter}
     assert len(letters) == len(future) + 1 and out.accepted == 1
     for i, element in enumerate(future, 1):
@@ -188,30 +188,30 @@ def test_eviction_deletes_a_quiet_series_and_its_state_restores_exactly():
         return SourceRecord("m", 0, offset, ts, None, orjson.dumps({"service": service, "metric": "m", "ok": True,
                                                                     "value": 1.0, "ts": ts}))
 
-    proc = PartitionProcessor(0, config, now=0.0)
+    proc = PartitionProcessor(0, config, now=WALL)
     store: dict[str, bytes | None] = {}
     log: list[SourceRecord] = []
     for step in range(30):  # "quiet" sends for 100 s of wall time, "busy" throughout
-        now = float(step * 10)
+        now = WALL + step * 10
         batch = [record(len(log), "busy", T0 + step * 10)]
         if step < 10:
             batch.append(record(len(log) + 1, "quiet", T0 + step * 10))
         proc.process(batch, now)
         log += batch
-        assert proc.tick(now).evicted == (1 if now == 190.0 else 0)  # 100 s after its last measurement
-        writes, committed = proc.checkpoint()
+        assert proc.tick(now).evicted == (1 if now == WALL + 190.0 else 0)  # 100 s after its last measurement
+        writes, (committed, _) = proc.checkpoint()
         store.update(writes)
     assert [s.service for s in proc.series.values()] == ["busy"]
     assert sum(value is None for value in store.values()) == 1
-    restored = PartitionProcessor.restore(0, config, store.items(), now=300.0)
-    assert restored.process(log[committed + 1:], 300.0).sli == []  # replayed from the commit: nothing new
+    restored = PartitionProcessor.restore(0, config, store.items(), now=WALL + 300.0)
+    assert restored.process(log[committed + 1:], WALL + 300.0).sli == []  # replayed from the commit: nothing new
     offset = len(log)
     assert restored.series.keys() == proc.series.keys()
     persisted = [series_record(p, p.series[("busy", "m")]) for p in (restored, proc)]
     assert persisted[0] == persisted[1]
     # Both go on alike; the evicted service comes back as a new series with exact windows.
     later = [record(offset + i, service, T0 + 300 + i * 20) for i, service in enumerate(["quiet", "busy"] * 6)]
-    outs = [p.process(later, 300.0).sli + p.tick(400.0).sli for p in (proc, restored)]
+    outs = [p.process(later, WALL + 300.0).sli + p.tick(WALL + 400.0).sli for p in (proc, restored)]
     assert outs[0] == outs[1]
     quiet = [event["data"]["count"] for _, event in outs[0] if event["data"]["service"] == "quiet"]
     assert quiet == [2, 1, 2, 1]  # 0 and 40 s, 80, 120 and 160, 200: every window, once
@@ -224,8 +224,8 @@ def test_a_series_record_of_version_4_restores_the_same_windows_and_clock():
         return SourceRecord("m", 0, offset, ts0, None, orjson.dumps(
             [{"service": "s", "metric": "lat", "value": v, "ok": v < 25, "ts": ts0 + i} for i, v in enumerate(values)]))
 
-    reference = PartitionProcessor(0, CONFIG, 0.0)
-    reference.process([record(0, [10.0, 20.0, 30.0], T0)], 0.0)
+    reference = PartitionProcessor(0, CONFIG, WALL)
+    reference.process([record(0, [10.0, 20.0, 30.0], T0)], WALL)
     store = dict(reference.checkpoint()[0])
     series = reference.series[("s", "lat")]
     assert series.windows.lengths == {60: True}
@@ -236,11 +236,11 @@ def test_a_series_record_of_version_4_restores_the_same_windows_and_clock():
         "windows": {"v": 2, "width": 10, "accuracy": 0.01, "closed_until": series.windows.closed_until,
                     "mark": series.windows.mark,
                     "open": [[60, T0, [3, 3, 2, 3, 60.0, 10.0, 30.0], QuantileSketch.sparse_state(keys, 0.01)]]}})
-    upgraded = PartitionProcessor.restore(0, CONFIG, store.items(), 0.0)
+    upgraded = PartitionProcessor.restore(0, CONFIG, store.items(), WALL)
     assert upgraded.series[("s", "lat")].max_ts == series.max_ts
     replay_and_more = [record(0, [10.0, 20.0, 30.0], T0), record(1, [40.0, 5.0], T0 + 50),
                        record(2, [7.0], T0 + 130)]
-    outs = [p.process(replay_and_more, 0.0).sli + p.tick(100.0).sli for p in (reference, upgraded)]
+    outs = [p.process(replay_and_more, WALL).sli + p.tick(WALL + 100.0).sli for p in (reference, upgraded)]
     assert [e["data"]["count"] for _, e in outs[0]] == [5, 1]
     assert outs[0] == outs[1]
 
@@ -263,21 +263,21 @@ def test_a_series_is_written_when_a_window_completes_and_a_crash_replays_its_oth
     def run(proc, records, store=None):
         events, series_writes = [], 0
         for record in records:
-            now = float(record.offset * 5)
+            now = WALL + record.offset * 5
             for out in (proc.process([record], now), proc.tick(now)):
                 events += out.sli + out.breaches
             if store is not None:
-                writes, committed = proc.checkpoint()
+                writes, (committed, _) = proc.checkpoint()
                 writes = list(writes)
                 series_writes += sum(f"{SEP}h{SEP}" in key and '"s0"' not in key for key, _ in writes)
                 store.update(writes)
                 store["committed"] = committed
         return {event["id"]: event for _, event in events}, series_writes
 
-    reference, _ = run(PartitionProcessor(0, config, 0.0), log)
+    reference, _ = run(PartitionProcessor(0, config, WALL), log)
     assert any(event["type"] == "slostream.breach.started" for event in reference.values())
     store: dict = {}
-    before, series_writes = run(PartitionProcessor(0, config, 0.0), log[:crash_after], store)
+    before, series_writes = run(PartitionProcessor(0, config, WALL), log[:crash_after], store)
     # Series without a policy: a write per completed window at most, not one per measurement (four a
     # window). The watched series is written at each judgement too, of windows without data included.
     sli_before = sum(event["type"] == "slostream.sli.window" and event["data"]["service"] != "s0"
@@ -285,22 +285,22 @@ def test_a_series_is_written_when_a_window_completes_and_a_crash_replays_its_oth
     assert series_writes <= sli_before
     assert store["committed"] < crash_after - 1  # held back: some series' changes are replayed
     restored = PartitionProcessor.restore(0, config, [(k, v) for k, v in store.items() if k != "committed"],
-                                          now=crash_after * 5.0)
+                                          now=WALL + crash_after * 5.0)
     after, _ = run(restored, log[store["committed"] + 1:])
     assert {**before, **after} == reference
 
 
 def test_unwritten_changes_become_due_after_two_report_windows_of_quiet():
     config = make_config(grace_s=5.0, idle_after_s=10_000.0)  # quiet: no window closes
-    proc = PartitionProcessor(0, config, now=0.0)
+    proc = PartitionProcessor(0, config, now=WALL)
     proc.process([SourceRecord("m", 0, 0, T0, None, orjson.dumps({"service": "s", "metric": "m", "ok": True,
-                                                                   "ts": T0 + 1}))], now=1.0)
-    writes, committed = proc.checkpoint()
+                                                                   "ts": T0 + 1}))], now=WALL + 1.0)
+    writes, (committed, _) = proc.checkpoint()
     assert not any(key.startswith(series_key(0, "")) for key, _ in writes) and committed == -1
     assert not proc.unwritten_due
     # Held since the processor's first boundary (wall time 0): due two report windows after it.
-    assert proc.tick(2 * config.report_window_s - 1.0).sli == [] and not proc.unwritten_due
-    assert proc.tick(2 * config.report_window_s).sli == [] and proc.unwritten_due
-    writes, committed = proc.checkpoint()
+    assert proc.tick(WALL + 2 * config.report_window_s - 1.0).sli == [] and not proc.unwritten_due
+    assert proc.tick(WALL + 2 * config.report_window_s).sli == [] and proc.unwritten_due
+    writes, (committed, _) = proc.checkpoint()
     assert any(key.startswith(series_key(0, "")) for key, _ in writes) and committed == 0
     assert not proc.unwritten_due

@@ -24,7 +24,7 @@ from tests.schemas import validator
 )
 def test_measurement_schema_agrees_with_the_decoder(document):
     raw = orjson.dumps(document)
-    accepted = len(MeasurementDecoder().decode([raw], [1_900_000_000.0]).columns) > 0
+    accepted = len(MeasurementDecoder().decode([raw], [1_900_000_000.0], 1_900_000_000.0).columns) > 0
     assert validator("measurement.schema.json").is_valid(document) == accepted
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from slostream.core.objectives import GoodRule, Slo, SloWindow
 from slostream.pipeline.partition import PartitionProcessor
-from tests.pipeline_sim import START, ControlTopics, make_config
+from tests.pipeline_sim import START, WALL, ControlTopics, make_config
 from tests.schemas import validator
 from tests.threshold_streams import T0, latency_bursts, recommendations_of, records_of, restored_half_way
 
@@ -24,7 +24,7 @@ CONFIG = make_config(grace_s=5.0, slos=(LOOSE, TIGHT), recommend_every_s=86400.0
 @pytest.fixture(scope="module")
 def run() -> tuple[list[dict], list[dict], PartitionProcessor]:
     items = latency_bursts(DAYS)
-    proc = PartitionProcessor(0, CONFIG, 0.0)
+    proc = PartitionProcessor(0, CONFIG, WALL)
     return items, recommendations_of(proc, records_of(items)), proc
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from slostream.pipeline.partition import PartitionProcessor
-from tests.pipeline_sim import START, ControlTopics, make_config
+from tests.pipeline_sim import START, WALL, ControlTopics, make_config
 from tests.schemas import validator
 from tests.threshold_streams import (
     POLICY,
@@ -30,7 +30,7 @@ CONFIG = make_config(grace_s=5.0, policies=(POLICY,), recommend_every_s=86400.0)
 @pytest.fixture(scope="module")
 def run() -> tuple[list[dict], list[dict], PartitionProcessor]:
     items = latency_items(DAYS)
-    proc = PartitionProcessor(0, CONFIG, 0.0)
+    proc = PartitionProcessor(0, CONFIG, WALL)
     return items, recommendations_of(proc, records_of(items)), proc
 
 
@@ -103,10 +103,10 @@ def test_recommendations_are_scored_after_their_horizon_and_an_inaccurate_model_
     for item in items:
         if item["ts"] >= shift_at:
             item["value"] *= 1.6
-    proc = PartitionProcessor(0, config, 0.0)
+    proc = PartitionProcessor(0, config, WALL)
     events, alerts = [], []
     for record in records_of(items):
-        out = proc.process([record], 0.0)
+        out = proc.process([record], WALL)
         events += [e for _, e in out.recommendations]
         alerts += [e for _, e in out.alerts if e["data"]["labels"]["alertname"] == "ThresholdModelInaccurate"]
     scored = [e for e in events if e["type"] == "slostream.recommendation.scored"]
@@ -139,7 +139,7 @@ def test_a_policys_bounds_hold_its_recommendations():
     """Both levels too tight, with a bound max of 130: critical would rise 25% to 150 and stops at
     the bound; warning would rise to 125 and is kept 5% inside the new critical."""
     bounded = dataclasses.replace(POLICY, warning=100.0, critical=120.0, max_level=130.0)
-    proc = PartitionProcessor(0, make_config(grace_s=5.0, policies=(bounded,), recommend_every_s=86400.0), 0.0)
+    proc = PartitionProcessor(0, make_config(grace_s=5.0, policies=(bounded,), recommend_every_s=86400.0), WALL)
     events = recommendations_of(proc, records_of(latency_items(8)))
     first = {e["data"]["target"]["level"]: e["data"] for e in events}
     assert first["critical"]["recommended"] == 130.0
@@ -155,7 +155,7 @@ def test_a_model_without_a_policy_recommends_the_levels_that_meet_the_targets():
     model = dataclasses.replace(POLICY, name="api-p95-model", warning=None, critical=None)
     config = make_config(grace_s=5.0, models=(model,), recommend_every_s=86400.0, recommend_horizon_s=86400.0)
     items = latency_bursts(8.2)
-    proc = PartitionProcessor(0, config, 0.0)
+    proc = PartitionProcessor(0, config, WALL)
     events = recommendations_of(proc, records_of(items))
     made = {e["data"]["target"]["level"]: e["data"] for e in events if e["type"] == "slostream.recommendation"}
     check = validator("recommendation-event.schema.json")

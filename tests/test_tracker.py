@@ -20,7 +20,7 @@ from slostream.core.windows import SeriesWindows
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.state_keys import series_key
 from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import make_config
+from tests.pipeline_sim import WALL, make_config
 from tests.slo_feed import T0, Feed, checkout_slo, slo_processor
 
 
@@ -215,22 +215,22 @@ def test_low_traffic_guard_and_no_data_alert():
     feed.send(T0 + 700, True, metric="other")  # another series moves on: checkout's clock does not
     assert feed.times("firing", "ticket") == []
     # Checkout stays quiet: after idle_after_s (5 s) of wall time its clock runs on at wall speed.
-    assert feed.proc.tick(100.0).alerts == []  # 95 s on: not yet silent for 120 s
-    feed.alerts.extend(event for _, event in feed.proc.tick(200.0).alerts)
+    assert feed.proc.tick(WALL + 100.0).alerts == []  # 95 s on: not yet silent for 120 s
+    feed.alerts.extend(event for _, event in feed.proc.tick(WALL + 200.0).alerts)
     assert feed.times("firing", "ticket") and feed.alerts[-1]["data"]["labels"]["alertname"] == "SLONoData"
 
 
 def test_state_round_trip_keeps_counts_and_alerts_without_repeats():
     slo = checkout_slo(tiers=(BurnTier("page", 3600, 300, 14.4),))
     config = make_config(slos=(slo,), grace_s=2)
-    feed = Feed(PartitionProcessor(0, config, now=0))
+    feed = Feed(PartitionProcessor(0, config, now=WALL))
     for t in range(0, 3600):
         feed.send(T0 + t, True)
     for t in range(3600, 3700):
         feed.send(T0 + t, False)
     assert len(feed.times("firing", "page")) == 1
     writes = list(feed.proc.checkpoint()[0])
-    restored = PartitionProcessor.restore(0, config, writes, now=0)
+    restored = PartitionProcessor.restore(0, config, writes, now=WALL)
     feed.proc = restored
     for t in range(3700, 3720):
         feed.send(T0 + t, False)
@@ -238,7 +238,7 @@ def test_state_round_trip_keeps_counts_and_alerts_without_repeats():
     assert restored.slos.trackers["co"].evaluate(T0 + 3719)[0]["bad_events"] == 120
     # A changed good rule invalidates the stored counts instead of misreading them.
     changed = make_config(slos=(checkout_slo(good=GoodRule("value_le", 1.0)),), grace_s=2)
-    fresh = PartitionProcessor.restore(0, changed, writes, now=0).slos.trackers["co"]
+    fresh = PartitionProcessor.restore(0, changed, writes, now=WALL).slos.trackers["co"]
     assert fresh.counts(T0, T0 + 4000) == (0.0, 0.0)
 
 
@@ -252,7 +252,7 @@ def test_a_backlog_in_one_batch_fires_when_it_would_have_live_with_the_same_even
     records = [SourceRecord("m", 0, i, ts, b"checkout", orjson.dumps({"service": "checkout", "metric": "http",
                                                                        "ts": ts, "ok": ok}))
                for i, (ts, ok) in enumerate(docs)]
-    out = backlog.process(records, 0.0)
+    out = backlog.process(records, WALL)
     fired = [e for _, e in out.alerts if e["type"] == "slostream.alert.firing"]
     assert len(fired) == 1
     assert [e["id"] for e in live.alerts] == [fired[0]["id"]]
@@ -261,20 +261,20 @@ def test_a_backlog_in_one_batch_fires_when_it_would_have_live_with_the_same_even
 def test_an_slo_whose_series_was_evicted_still_raises_its_no_data_alert_after_a_restart():
     slo = checkout_slo(tiers=(BurnTier("page", 3600, 300, 14.4),), no_data_s=600)
     config = make_config(slos=(slo,), grace_s=2, series_ttl_s=120)
-    feed = Feed(PartitionProcessor(0, config, now=0))
+    feed = Feed(PartitionProcessor(0, config, now=WALL))
     for t in range(0, 300, 10):
         feed.send(T0 + t, True)
     store: dict[str, bytes | None] = {}
     for now in range(30, 300, 30):  # quiet: after idle_after_s its clock runs at wall speed
-        feed.alerts.extend(event for _, event in feed.proc.tick(float(now)).alerts)
+        feed.alerts.extend(event for _, event in feed.proc.tick(WALL + now).alerts)
         store.update(feed.proc.checkpoint()[0])
     assert ("checkout", "http") not in feed.proc.series  # evicted after 120 s of quiet
     header_key = next(key for key in store if key.startswith(series_key(0, "")))
     assert store[header_key] is None  # a tombstone deletes its state
     assert feed.times("firing", "ticket") == []  # silent for less than 600 s so far
-    restored = PartitionProcessor.restore(0, config, store.items(), now=300.0)
+    restored = PartitionProcessor.restore(0, config, store.items(), now=WALL + 300.0)
     assert restored.series == {} and ("checkout", "http") in restored.slos.idle_clocks
-    fired = [event for now in range(330, 1200, 30) for _, event in restored.tick(float(now)).alerts]
+    fired = [event for now in range(330, 1200, 30) for _, event in restored.tick(WALL + now).alerts]
     assert [e["data"]["labels"]["alertname"] for e in fired if e["type"] == "slostream.alert.firing"] == ["SLONoData"]
 
 
@@ -286,15 +286,15 @@ def test_pipeline_state_holds_no_reference_cycles():
     gc.collect()
     gc.disable()
     try:
-        proc = PartitionProcessor(0, config, now=0)
+        proc = PartitionProcessor(0, config, now=WALL)
         for step in range(400):
             items = [{"service": "checkout", "metric": "http", "value": 100.0 + i, "ok": i % 7 != 0,
                       "ts": T0 + step * 5 + i % 5, "labels": {"host": f"h{i % 3}"}} for i in range(20)]
-            proc.process([SourceRecord("m", 0, step, T0 + 3000, None, orjson.dumps(items))], now=float(step))
+            proc.process([SourceRecord("m", 0, step, T0 + 3000, None, orjson.dumps(items))], now=WALL + step)
             if step % 20 == 0:
                 deque(proc.checkpoint()[0], maxlen=0)
         for now in range(400, 1000, 50):  # quiet: windows close, the series are evicted
-            proc.tick(float(now))
+            proc.tick(WALL + now)
         deque(proc.checkpoint()[0], maxlen=0)
         assert proc.series == {} and proc.alerting.book is not None
         assert gc.collect() == 0
@@ -320,7 +320,7 @@ def test_an_slo_fed_by_label_split_series_judges_as_one_unsplit_series_would():
         alerts = []
         for n, first in enumerate(range(0, len(items), 450)):
             chunk = items[first:first + 450]
-            out = proc.process([SourceRecord("m", 0, n, chunk[-1]["ts"], None, orjson.dumps(chunk))], now=float(n))
+            out = proc.process([SourceRecord("m", 0, n, chunk[-1]["ts"], None, orjson.dumps(chunk))], now=WALL + n)
             alerts += [(e["type"], e["data"]["labels"]["severity"], e["time"]) for _, e in out.alerts]
         status = proc.slos.trackers["co"].status
         runs[label_keys] = (len(proc.series), proc.slos.trackers["co"].sources, alerts,

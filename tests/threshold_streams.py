@@ -8,6 +8,7 @@ import orjson
 from slostream.core.policy import Policy
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
+from tests.pipeline_sim import WALL
 
 T0 = 1_699_833_600  # a Monday, 00:00 UTC
 WINDOW = 300
@@ -68,14 +69,14 @@ def records_of(items: list[dict], per_record: int = 500) -> list[SourceRecord]:
 
 def recommendations_of(proc: PartitionProcessor, records: list[SourceRecord]) -> list[dict]:
     """The recommendation and score events of feeding ``records`` to ``proc`` one by one."""
-    return [event for record in records for _, event in proc.process([record], 0.0).recommendations]
+    return [event for record in records for _, event in proc.process([record], WALL).recommendations]
 
 
 def restored_half_way(config, records: list[SourceRecord]) -> list[dict]:
     """The recommendation events of ``records`` through a processor checkpointed after 80% of
     them and restored from its writes for the rest."""
-    proc = PartitionProcessor(0, config, 0.0)
+    proc = PartitionProcessor(0, config, WALL)
     before = recommendations_of(proc, records[:len(records) * 8 // 10])
-    writes, offset = proc.checkpoint(final=True)
-    restored = PartitionProcessor.restore(0, config, dict(writes).items(), 0.0)
+    writes, (offset, _) = proc.checkpoint(final=True)
+    restored = PartitionProcessor.restore(0, config, dict(writes).items(), WALL)
     return before + recommendations_of(restored, records[offset + 1:])

@@ -9,6 +9,7 @@ from slostream.config import load_settings, pipeline_config
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
 from tests.conftest import consume
+from tests.pipeline_sim import WALL
 
 PARTITIONS = 4
 
@@ -77,10 +78,10 @@ def in_process_events(items: list[dict], env: dict[str, str], output: str, per_r
     process, with the worker's settings from ``env`` on one partition, by id: what a worker must
     emit when every series is read by its owner alone."""
     settings = load_settings(env={**env, "SLOSTREAM_PARTITIONS": "1"})
-    proc = PartitionProcessor(0, pipeline_config(settings), 0.0)
+    proc = PartitionProcessor(0, pipeline_config(settings), WALL)
     events = {}
     for i in range(0, len(items), per_record):
         chunk = items[i:i + per_record]
         record = SourceRecord("m", 0, i, chunk[-1]["ts"], None, orjson.dumps(chunk))
-        events.update((event["id"], event) for _, event in getattr(proc.process([record], 0.0), output))
+        events.update((event["id"], event) for _, event in getattr(proc.process([record], WALL), output))
     return events

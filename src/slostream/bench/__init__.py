@@ -36,6 +36,7 @@ from slostream.bench.cardinality import (
     _live_worker,
     _rejected_burst,
 )
+from slostream.bench.catchup import catchup
 from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITIONS, _expected_windows, _payloads
 from slostream.bench.control import control_part
 from slostream.bench.drift import drift_quality, drift_state
@@ -172,6 +173,7 @@ PARTS: dict[str, Callable[[BenchRun], dict]] = {
     "alert_latency": _alert_latency_part,
     "fleet": lambda run: {"fleet": [_fleet(run.broker, n) for n in FLEET_SERIES]},
     "rejected_burst": lambda run: {"rejected_burst": _rejected_burst(run.broker)},
+    "catchup": lambda run: {"catchup": catchup(run.broker)},
     "live_worker": lambda run: {"live_worker": [_live_worker(run.broker, LIVE_SERIES, partitions)
                                                 for partitions in (1, UNKEYED_PARTITIONS)]},
     "core": _core,

@@ -221,9 +221,10 @@ def _bytes_per_series(policy_window_s: int | None = None) -> int:
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1, policies=policies)), now=0.0)
+        wall = time.time()  # the pipeline's wall clock: after all of the (past) data
+        proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1, policies=policies)), now=wall)
         for offset, payload in enumerate(steps):
-            proc.process([SourceRecord("bench", 0, offset, t0 + offset * 10, None, payload)], now=0.0)
+            proc.process([SourceRecord("bench", 0, offset, t0 + offset * 10, None, payload)], now=wall)
             deque(proc.checkpoint()[0], maxlen=0)  # as the worker does: what is written is not kept
         gc.collect()
         held = tracemalloc.get_traced_memory()[0] - before
@@ -266,13 +267,14 @@ def _cardinality_run(series: int, drift: bool = True) -> dict:
     base = _rss()
     # The worker's defaults, one partition.
     settings = Settings(partitions=1) if drift else Settings(partitions=1, drift=DRIFT_OFF)
-    proc = PartitionProcessor(0, pipeline_config(settings), now=0.0)
+    wall = time.time()  # the pipeline's wall clock: after all of the (past) data
+    proc = PartitionProcessor(0, pipeline_config(settings), now=wall)
     busy = 0.0
     windows = 0
     pacer = CheckpointPacer(Settings().checkpoint_interval_s)  # checkpoints paced as the worker paces them
     for offset, payload in enumerate(payloads):
         started = time.perf_counter()
-        out = proc.process([SourceRecord("bench", 0, offset, t0 + CARDINALITY_SPAN_S, None, payload)], now=0.0)
+        out = proc.process([SourceRecord("bench", 0, offset, t0 + CARDINALITY_SPAN_S, None, payload)], now=wall)
         if pacer.due(checkpoint_started := time.perf_counter()):
             deque(proc.checkpoint()[0], maxlen=0)
             pacer.done(checkpoint_started, time.perf_counter())
@@ -317,12 +319,13 @@ def _live_run(series: int) -> dict:
         payloads.append(orjson.dumps([{"service": names[i], "metric": "latency_ms", "value": value, "ok": True,
                                        "ts": t0 + second} for i, value in zip(chosen, values)]))
     # The worker's defaults, one partition.
-    proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1)), now=0.0)
+    wall = time.time()  # the pipeline's wall clock: after all of the (past) data
+    proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1)), now=wall)
     pacer = CheckpointPacer(Settings().checkpoint_interval_s)
     busy = 0.0
     windows = 0
     for second, payload in enumerate(payloads):
-        now = float(second)
+        now = wall + second
         started = time.perf_counter()
         out = proc.process([SourceRecord("bench", 0, second, t0 + second, None, payload)], now=now)
         out.extend(proc.tick(now))

@@ -175,17 +175,18 @@ def _rss() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-TOPICS = ("measurements", "sli", "deadletter", "alerts", "breaches", "control")
+TOPICS = ("measurements", "repartition", "sli", "deadletter", "alerts", "breaches", "control")
 
 
 async def _create_topics(broker: EmbeddedBroker, prefixes: tuple[str, ...],
                          partitions: dict[str, int] | None = None) -> None:
-    """Every topic of each prefix; the measurement topic with ``partitions[prefix]`` partitions (1)."""
+    """Every topic of each prefix; the measurement and repartition topics with ``partitions[prefix]``
+    partitions (1)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
     await admin.start()
     try:
         await admin.create_topics([
-            NewTopic(f"{p}.{name}", (partitions or {}).get(p, 1) if name == "measurements" else 1, 1)
+            NewTopic(f"{p}.{name}", (partitions or {}).get(p, 1) if name in ("measurements", "repartition") else 1, 1)
             for p in prefixes for name in TOPICS])
     finally:
         await admin.close()

@@ -27,6 +27,7 @@ events: the share whose actual bad share lies in the 95% interval, and the media
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import orjson
@@ -116,13 +117,14 @@ def threshold_quality(series: int = SERIES, seed: int = 7) -> dict:
                             orjson.dumps([{"service": s, "metric": "latency_ms", "ts": t, "value": v}
                                           for t, s, v in items[k:k + PER_RECORD]]))
                for n, k in enumerate(range(0, len(items), PER_RECORD))]
-    proc = PartitionProcessor(0, config(levels), 0.0)
+    wall = time.time()  # the pipeline's wall clock: after all of the (past) data
+    proc = PartitionProcessor(0, config(levels), wall)
     scored: dict[tuple[str, float, str], dict] = {}  # warning scores by (service, made_at, trigger)
     newest: dict[str, tuple[float, str]] = {}  # each service's newest warning recommendation
     week_end = T0 + WEEK + WINDOW
     held_out_levels, held_out_made = dict(levels), {}  # in force over the fifth week, and what set them
     for record in records:
-        out = proc.process([record], 0.0)
+        out = proc.process([record], wall)
         for _, event in out.recommendations:
             data = event["data"]
             if data["target"]["level"] != "warning":
@@ -134,7 +136,7 @@ def threshold_quality(series: int = SERIES, seed: int = 7) -> dict:
                 scored[data["service"], data["made_at"], data["trigger"]] = data
         if record.timestamp >= week_end:  # apply the week's recommendations, as an operator would
             writes, _ = proc.checkpoint(final=True)
-            proc = PartitionProcessor.restore(0, config(levels), dict(writes).items(), 0.0)
+            proc = PartitionProcessor.restore(0, config(levels), dict(writes).items(), wall)
             if week_end < T0 + 5 * WEEK:
                 held_out_levels, held_out_made = dict(levels), dict(newest)
             week_end += WEEK

@@ -2,9 +2,12 @@
 escalate and cool down. Pure: time is passed in, events are returned.
 
 Alerts follow Alertmanager's model (labels, annotations, startsAt, endsAt,
-status, fingerprint). One alert per label set; one ``firing`` event per
-episode and one ``resolved`` event, so replays and restarts (with the state
-restored) emit nothing twice.
+status, fingerprint). Conditions are judged at event time, which names the events; what a person
+decided for a stretch of real time (a silence's end, how long a page waits for an acknowledgement
+before it escalates) is judged at wall time ``wall``, passed in too: a measurement dated in the far
+future or a backlog being caught up moves event time, not the operators' clock. One alert per label
+set; one ``firing`` event per episode and one ``resolved`` event, so replays and restarts (with the
+state restored) emit nothing twice.
 
 >>> book = AlertBook(cooldown_s=0)
 >>> page = {"alertname": "SLOBurn", "slo": "checkout", "severity": "page"}
@@ -94,6 +97,7 @@ class _Alert:
     acknowledged_by: str | None = None
     silenced_by: str | None = None
     escalated_to: str | None = None  # fingerprint of the alert this one was raised to
+    fired_wall: float | None = None  # wall time the episode began firing (escalation)
 
     @property
     def firing(self) -> bool:
@@ -121,9 +125,11 @@ class AlertBook:
 
     # --- evaluation -------------------------------------------------------
 
-    def evaluate(self, now: float, conditions: list[Condition]) -> list[AlertEvent]:
+    def evaluate(self, now: float, conditions: list[Condition], wall: float | None = None) -> list[AlertEvent]:
+        """Conditions judged at event time ``now``, at wall time ``wall`` (None: the same)."""
+        wall = now if wall is None else wall
         events: list[AlertEvent] = []
-        for silence_id in [s.id for s in self.silences.values() if s.until <= now]:
+        for silence_id in [s.id for s in self.silences.values() if s.until <= wall]:
             del self.silences[silence_id]
         # Resolved alerts are kept only as long as the cooldown needs them.
         forget = now - max(self.cooldown_s, RESOLVED_KEEP_S)
@@ -144,11 +150,11 @@ class AlertBook:
                     alert.ends_at = now  # the episode ends here: the cooldown counts from now
                 continue
             if holds:
-                events.extend(self._hold(now, key, alert, condition))
+                events.extend(self._hold(now, wall, key, alert, condition))
             elif alert is not None and alert.firing:
                 events.append(self._resolve(now, alert))
         events.extend(self._refresh_silences(now))
-        events.extend(self._escalate(now))
+        events.extend(self._escalate(now, wall))
         return events
 
     def _raised(self, alert: _Alert | None) -> _Alert | None:
@@ -168,13 +174,14 @@ class AlertBook:
                     return True
         return False
 
-    def _hold(self, now: float, key: str, alert: _Alert | None, condition: Condition) -> list[AlertEvent]:
+    def _hold(self, now: float, wall: float, key: str, alert: _Alert | None,
+              condition: Condition) -> list[AlertEvent]:
         if alert is not None and alert.firing:
             alert.annotations = dict(condition.annotations)
             return []
         if alert is not None and alert.ends_at is not None and now - alert.ends_at < self.cooldown_s:
             return []  # flapping: wait out the cooldown before a new episode
-        alert = _Alert(dict(condition.labels), dict(condition.annotations), starts_at=now)
+        alert = _Alert(dict(condition.labels), dict(condition.annotations), starts_at=now, fired_wall=wall)
         self.alerts[key] = alert
         silence = self._silence_for(alert.labels)
         if silence is not None:
@@ -203,7 +210,7 @@ class AlertBook:
                 events.append(AlertEvent("firing", now, alert.model(), alert.starts_at))
         return events
 
-    def _escalate(self, now: float) -> list[AlertEvent]:
+    def _escalate(self, now: float, wall: float) -> list[AlertEvent]:
         if self.escalate_after_s is None:
             return []
         events = []
@@ -211,12 +218,15 @@ class AlertBook:
             if not alert.firing or alert.acknowledged_by or alert.silenced_by:
                 continue
             higher = escalated(alert.labels.get("severity", ""))
-            if higher is None or now - alert.starts_at < self.escalate_after_s:
+            if alert.fired_wall is None:  # restored from a state written before wall times were kept
+                alert.fired_wall = wall
+            if higher is None or wall - alert.fired_wall < self.escalate_after_s:
                 continue
             events.append(self._resolve(now, alert))
             # Its own label, so the raised alert never collides with that severity's own condition.
             labels = {**alert.labels, "severity": higher, "escalated_from": alert.labels["severity"]}
-            raised = _Alert(labels, {**alert.annotations, "escalated_from": alert.labels["severity"]}, now)
+            raised = _Alert(labels, {**alert.annotations, "escalated_from": alert.labels["severity"]}, now,
+                            fired_wall=wall)
             alert.escalated_to = fingerprint(labels)
             self.alerts[alert.escalated_to] = raised
             events.append(AlertEvent("firing", now, raised.model(), raised.starts_at))

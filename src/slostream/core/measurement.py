@@ -32,6 +32,8 @@ class Reason(enum.StrEnum):
     TOO_LATE = "too_late"
     BAD_COMMAND = "bad_command"  # a control-topic command that cannot be applied
     UNDECODABLE_BATCH = "undecodable_batch"  # a fetched batch that is corrupt or uses an unknown codec
+    # a forward naming a source position the source partition does not hold yet (forged)
+    FORWARD_BEYOND_SOURCE = "forward_beyond_source"
 
 
 AwareDatetime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
@@ -79,7 +81,6 @@ class Columns:
     ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     values: np.ndarray = field(default_factory=lambda: np.zeros(0))
     oks: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
-    record_ts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     position: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # -1: not in an array
 
     def __len__(self) -> int:
@@ -93,7 +94,6 @@ class Columns:
             self.ts[idx],
             self.values[idx],
             self.oks[idx],
-            self.record_ts[idx],
             self.position[idx],
         )
 
@@ -108,7 +108,7 @@ class MeasurementDecoder:
     """Turns raw record values into validated columns plus rejections.
 
     >>> d = MeasurementDecoder()
-    >>> batch = d.decode([b'[{"service":"a","metric":"m","value":1}, 5]'], [100.0])
+    >>> batch = d.decode([b'[{"service":"a","metric":"m","value":1}, 5]'], [100.0], now=100.0)
     >>> len(batch.columns), batch.rejections[0].reason.value, batch.columns.ts.tolist()
     (1, 'not_an_object', [100.0])
     """
@@ -117,8 +117,10 @@ class MeasurementDecoder:
         self.max_record_bytes = max_record_bytes
         self.max_future_skew_s = max_future_skew_s
 
-    def decode(self, values: list[bytes | None], timestamps: list[float]) -> DecodedBatch:
-        """Record ``values`` and their record ``timestamps`` (Unix seconds)."""
+    def decode(self, values: list[bytes | None], timestamps: list[float], now: float) -> DecodedBatch:
+        """Record ``values`` and their record ``timestamps`` (Unix seconds), read at wall time ``now``:
+        a ``ts`` more than ``max_future_skew_s`` after it is a bad timestamp, whatever the record's
+        timestamp says (a producer stamps both)."""
         at_once = self._decode_at_once(values)
         if at_once is None:
             elements, owners, positions, rejections = self._decode_each(values)
@@ -127,7 +129,7 @@ class MeasurementDecoder:
             rejections = []
         columns = self._columns(timestamps, elements, owners)
         columns.position = positions
-        keep = self._check_values(columns, rejections)
+        keep = self._check_values(columns, rejections, now)
         if not keep.all():
             columns = columns.select(keep)
         return DecodedBatch(columns, rejections)
@@ -244,9 +246,9 @@ class MeasurementDecoder:
         values = np.asarray(list(map(_VALUE, elements)), dtype=np.float64)
         ok_float = np.asarray(list(map(_OK, elements)), dtype=np.float64)
         oks = np.where(np.isnan(ok_float), -1, ok_float).astype(np.int8)
-        return Columns(elements, owner, ts, values, oks, record_ts[owner])
+        return Columns(elements, owner, ts, values, oks)
 
-    def _check_values(self, columns: Columns, rejections: list[Rejection]) -> np.ndarray:
+    def _check_values(self, columns: Columns, rejections: list[Rejection], now: float) -> np.ndarray:
         values, ts = columns.values, columns.ts
         missing = np.isnan(values)
         explicit_nan = np.zeros(len(values), dtype=bool)
@@ -257,7 +259,7 @@ class MeasurementDecoder:
         non_finite = (~missing & ~np.isfinite(values)) | explicit_nan
         absent = missing & ~explicit_nan & (columns.oks < 0)
         implausible = ~np.isfinite(ts) | (ts <= 0) | (ts >= MAX_PLAUSIBLE_TS)
-        future = ts > columns.record_ts + self.max_future_skew_s
+        future = ts > now + self.max_future_skew_s
         bad = non_finite | absent | implausible | future
         if not bad.any():
             return ~bad
@@ -273,7 +275,7 @@ class MeasurementDecoder:
                 message = f"ts {m.ts!r} is not a plausible Unix time in seconds{hint}"
             else:
                 reason = Reason.BAD_TIMESTAMP
-                message = f"ts {ts[i]:.3f} is more than {self.max_future_skew_s:g}s after the record timestamp"
+                message = f"ts {ts[i]:.3f} is more than {self.max_future_skew_s:g}s after the wall clock ({now:.3f})"
             element = msgspec.to_builtins(m)
             position = int(columns.position[i])
             rejections.append(Rejection(int(columns.record[i]), None if position < 0 else position, reason, message,

@@ -13,14 +13,17 @@ from .buckets import (
 from .sketch import SPARSE_KEYS, QuantileSketch
 from .store_reads import MAX_READS
 
-STATE_VERSION = 3  # 1: open base buckets; 2: open windows as JSON; 3: binary (``_HEAD``)
-# A state of version 3: this head, then its reads awaiting alignment (pairs of noted time and newest
+# 1: open base buckets; 2: open windows as JSON; 3: binary (``_HEAD_V3``); 4: with the replay mark of
+# forwarded measurements (``_HEAD``)
+STATE_VERSION = 4
+# A state of version 4: this head, then its reads awaiting alignment (pairs of noted time and newest
 # event time, "<f8"), then its open windows (``_ROW``, ordered by length, then start),
 # then the DDSketch keys of the logged ones in that order, then a JSON list of the sketch states of
 # rows whose ``keys`` is -1 (binned sketches). Little-endian throughout.
-_HEAD = np.dtype([("v", "<u2"), ("width", "<u4"), ("accuracy", "<f8"), ("closed_until", "<i8"), ("mark", "<i8"),
-                  ("max_ts", "<f8"), ("watermark", "<f8"), ("aligned_ts", "<f8"), ("reads", "<u2"), ("rows", "<u4"),
-                  ("keys", "<u4"), ("sketch_bytes", "<u4")])
+_HEAD_V3 = np.dtype([("v", "<u2"), ("width", "<u4"), ("accuracy", "<f8"), ("closed_until", "<i8"), ("mark", "<i8"),
+                     ("max_ts", "<f8"), ("watermark", "<f8"), ("aligned_ts", "<f8"), ("reads", "<u2"), ("rows", "<u4"),
+                     ("keys", "<u4"), ("sketch_bytes", "<u4")])
+_HEAD = np.dtype([*((name, _HEAD_V3.fields[name][0]) for name in _HEAD_V3.names), ("forward_mark", "<i8")])
 _ROW = np.dtype([("length", "<i8"), ("start", "<i8"), ("keys", "<i4"), ("stats", "<f8", (N_STATS,))])
 _START_SHIFT, _OWNER_SHIFT = 8, 40  # a window's lookup key: owner, start in base buckets, length index
 
@@ -60,6 +63,7 @@ class StoreCodec:
         heads = np.zeros(owners.size, dtype=_HEAD)
         heads["v"], heads["width"], heads["accuracy"] = STATE_VERSION, self.width, self.relative_accuracy
         heads["closed_until"], heads["mark"] = self.closed_until[owners], self.mark[owners]
+        heads["forward_mark"] = self.forward_mark[owners]
         heads["max_ts"], heads["watermark"] = self.max_ts[owners], self.watermark[owners]
         read_counts = self.read_count[owners]
         heads["aligned_ts"], heads["reads"] = self.aligned_ts[owners], read_counts
@@ -87,8 +91,10 @@ class StoreCodec:
         """Restore an owner's state from ``encode``: its clock, horizon, mark and open windows."""
         head = _read_head(blob)
         self.closed_until[owner], self.mark[owner] = head["closed_until"], head["mark"]
+        # Version 3 knew one log: what it held forwarded came through the partition's own.
+        self.forward_mark[owner] = head["forward_mark"] if "forward_mark" in head.dtype.names else -1
         self.max_ts[owner], self.watermark[owner] = head["max_ts"], head["watermark"]
-        offset = _HEAD.itemsize
+        offset = head.dtype.itemsize
         reads = np.frombuffer(blob, "<f8", count=2 * int(head["reads"]), offset=offset)
         offset += reads.nbytes
         self.put_reads(owner, reads.reshape(-1, 2).tolist(), float(head["aligned_ts"]))
@@ -137,6 +143,7 @@ class StoreCodec:
 
 def _read_head(blob: bytes) -> np.void:
     version = int.from_bytes(blob[:2], "little")
-    if version != STATE_VERSION or len(blob) < _HEAD.itemsize:
+    dtype = {3: _HEAD_V3, STATE_VERSION: _HEAD}.get(version)
+    if dtype is None or len(blob) < dtype.itemsize:
         raise ValueError(f"unsupported tumbling window state version {version!r}")
-    return np.frombuffer(blob, _HEAD, count=1)[0]
+    return np.frombuffer(blob, dtype, count=1)[0]

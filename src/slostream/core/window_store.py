@@ -24,8 +24,9 @@ from .store_reads import MAX_READS, AwaitingReads
 from .store_sketches import SparseKeyLog, grown
 
 STATS, QUANTILES = 1, 2  # what an owner's profile reads of a length
-_OWNER_COLUMNS = ("closed_until", "mark", "due", "open_count", "profile", "changed", "emitted", "unwritten_from",
-                  "in_use", "max_ts", "watermark", "last_activity", "read_at", "read_ts", "read_count", "aligned_ts")
+_OWNER_COLUMNS = ("closed_until", "mark", "forward_mark", "due", "open_count", "profile", "changed", "emitted",
+                  "unwritten_from", "in_use", "max_ts", "watermark", "last_activity", "read_at", "read_ts",
+                  "read_count", "aligned_ts")
 _ROW_COLUMNS = ("stats", "row_start", "row_length", "row_owner", "row_key", "row_live", "row_quantiles", "row_log")
 
 
@@ -48,7 +49,10 @@ class WindowStore(AwaitingReads, SparseKeyLog, StoreCodec):
         self._reads = np.zeros((0, 0), dtype=np.int8)  # profile x length index -> 0, STATS or QUANTILES
         # Per owner.
         self.closed_until = np.zeros(0, dtype=np.int64)
-        self.mark = np.zeros(0, dtype=np.int64)  # newest replay mark applied
+        # Newest replay marks applied: of what was read from the partition's own log, and of what
+        # other partitions forwarded (a log of its own: its offsets are not comparable).
+        self.mark = np.zeros(0, dtype=np.int64)
+        self.forward_mark = np.zeros(0, dtype=np.int64)
         self.due = np.zeros(0)  # earliest end of an open window: no close completes anything before it
         self.open_count = np.zeros(0, dtype=np.int64)
         self.profile = np.zeros(0, dtype=np.int64)
@@ -106,7 +110,7 @@ class WindowStore(AwaitingReads, SparseKeyLog, StoreCodec):
             if owner >= len(self.closed_until):
                 self._grow(_OWNER_COLUMNS, max(64, 2 * owner))
         self.closed_until[owner] = 0
-        self.mark[owner] = -1
+        self.mark[owner] = self.forward_mark[owner] = -1
         self.due[owner] = np.inf
         self.open_count[owner] = 0
         self.changed[owner] = self.emitted[owner] = False

@@ -59,11 +59,12 @@ def create_app(settings: Settings) -> SloApp:
                              client_options=kafka_client_options(settings))
     app.add_dependency(outputs)
     ingest = IngestService(app, settings, metrics, outputs)
-    undecodable.install(ingest.skipped_batch, ingest.topic, source_record)
+    undecodable.install(ingest.skipped_batch, (ingest.topic, ingest.repartition_topic), source_record)
     end_offsets.install()
     metrics.attach(ingest)
     app.ingest = ingest
     app.topics.add(ingest.measurements)
+    app.topics.add(ingest.repartition)
     if settings.alertmanager_url or settings.webhook_urls:
         ingest.sinks = AlertSinks(settings, ingest.firing_alerts, metrics.observe_sink_delivery)
         app.add_dependency(ingest.sinks)
@@ -109,6 +110,7 @@ def create_app(settings: Settings) -> SloApp:
         # Faust sends no revoke signal on a clean stop; without this a restart would
         # replay up to two report windows and re-judge them (same ids, but a repeat all the same).
         await ingest.final_checkpoint()
+        await ingest.stop_reader()
 
     register_views(app, ingest, metrics, settings)
     return app

@@ -1,6 +1,7 @@
 """The Kafka side of the worker's reading: Faust's consumer, handing each fetched batch of the
-measurement topic straight to ``IngestService`` (Faust's stock per-message path costs 60-250 µs a
-record), with a short fetch wait; every other topic takes Faust's normal path."""
+measurement and repartition topics straight to ``IngestService`` (Faust's stock per-message path
+costs 60-250 µs a record; measurements in record-timestamp order across partitions, ``catch_up``),
+with a short fetch wait; every other topic takes Faust's normal path."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 
 from slostream.io import end_offsets
+from slostream.io.catch_up import TimestampOrder
 
 if TYPE_CHECKING:
     from slostream.io.ingest import IngestService
@@ -27,6 +29,19 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = self.app.ingest.settings.fetch_max_wait_ms
         return consumer
+
+    def lagging(self, tp: TP) -> bool:
+        """Whether the broker holds records of ``tp`` past what has been fetched (or nothing of it
+        has been fetched yet)."""
+        try:
+            consumer = self._ensure_consumer()
+            end = consumer.highwater(tp)
+            state = consumer._subscription.subscription.assignment.state_value(tp)
+        except (AssertionError, AttributeError, ConsumerNotStarted, ConsumerStoppedError, KeyError):
+            return False  # not assigned (any more)
+        if end is None or state is None or state.position is None:
+            return True
+        return end > state.position
 
     def end_known_at(self, tp: TP, next_offset: int) -> float | None:
         """A wall time before which everything appended to ``tp`` has been read, if the last fetch
@@ -43,10 +58,18 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 
 
 class BatchingConsumer(aiokafka_driver.Consumer):
-    """Faust consumer that delivers the measurement topic a fetch batch at a time."""
+    """Faust consumer that delivers the measurement and repartition topics a fetch batch at a time."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.order = TimestampOrder()  # measurement records fetched, handed on oldest first (``catch_up``)
+        self._order_generation: int | None = None
 
     def _new_consumer_thread(self):
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _lagging(self, tp: TP) -> bool:
+        return self._thread.lagging(tp)
 
     def end_known_at(self, tp: TP, next_offset: int) -> float | None:
         return self._thread.end_known_at(tp, next_offset)
@@ -57,9 +80,12 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             return
         ingest: IngestService = self.app.ingest
         generation = self.app.consumer_generation_id
+        if generation != self._order_generation:  # a rebalance: Faust seeks back to the committed offsets
+            self.order.forget()
+            self._order_generation = generation
         passthrough = []
         for tp, batch in records.items():
-            if tp.topic != ingest.topic:
+            if tp.topic not in (ingest.topic, ingest.repartition_topic):
                 passthrough.append((tp, batch))
                 continue
             # During a rebalance the batch is dropped: Faust seeks every assigned
@@ -67,7 +93,16 @@ class BatchingConsumer(aiokafka_driver.Consumer):
             if not self.flow_active or self.app.consumer_generation_id != generation:
                 continue
             if active is None or tp in active:
-                await ingest.handle(tp.partition, batch)
+                if tp.topic == ingest.topic:
+                    self.order.add(tp, batch)
+                else:  # forwards, older than what is read now: at once
+                    await ingest.handle_repartition(tp.partition, batch)
+        assigned = {tp for tp in self.assignment() if tp.topic == ingest.topic and (active is None or tp in active)}
+        for tp, run in self.order.runs(assigned, self._lagging):
+            if not self.flow_active or self.app.consumer_generation_id != generation:
+                self.order.forget()
+                break
+            await ingest.handle(tp.partition, run)
         for tp, batch in passthrough:
             for record in batch:
                 yield tp, self._to_message(tp, record)

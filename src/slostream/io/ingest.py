@@ -1,18 +1,20 @@
 """The worker's batch ingest over the pure pipeline: one ``PartitionProcessor`` per owned partition,
 the state table, the checkpoint (outputs, then changelog, then the commit); control commands reach
 the processors through ``io.control``.
-Offsets of the measurement topic are committed by the checkpoint, only after the state that covers
-them is durable in the changelog."""
+Offsets of the measurement and repartition topics are committed by the checkpoint, only after the
+state that covers them is durable in the changelog."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import time
 from collections import Counter, deque
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from faust.types import TP
 
@@ -21,10 +23,12 @@ from slostream.core.measurement import Reason, Rejection
 from slostream.io.consumer import SloApp
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.producer import YIELD_EVERY_WRITES, NotDelivered, OutputProducer
+from slostream.io.security import kafka_client_options
 from slostream.io.sinks import AlertSinks
 from slostream.io.slicer import Slicer
 from slostream.pipeline import state_keys
 from slostream.pipeline.envelopes import deadletter_event
+from slostream.pipeline.ownership import FORWARD_HEADER, header_partition, last_source_offset
 from slostream.pipeline.pacing import CheckpointPacer
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import Output, Snapshot, SourceRecord
@@ -35,6 +39,8 @@ STATE_TABLE = "sli-state"
 # A partition that reaches the end of its log reports at once, but at most this often (each report
 # is one record to every partition); every tick it reports regardless.
 PROGRESS_MIN_INTERVAL_S = 0.25
+# How long reading back a forward's source record may wait for the broker.
+HOLDS_TIMEOUT_MS = 2000
 # A revoke or a stop waits this long for its final checkpoint (a worker that does not stop on
 # SIGTERM is worse than a replay).
 FINAL_CHECKPOINT_TIMEOUT_S = 10.0
@@ -130,6 +136,13 @@ class IngestService:
         )
         self.measurements = app.topic(self.topic, partitions=settings.partitions, acks=False,
                                       key_serializer="raw", value_serializer="raw")
+        # Forwards and progress between partitions: internal, co-partitioned with the measurements
+        # (Faust assigns topics of one partition count to the same members partition by partition).
+        self.repartition_topic = settings.topic("repartition")
+        self.repartition = app.topic(self.repartition_topic, partitions=settings.partitions, acks=False,
+                                     key_serializer="raw", value_serializer="raw")
+        self._source_ends: dict[int, int] = {}  # measurement partition -> its end offset, as last known
+        self._reader: AIOKafkaConsumer | None = None  # reads a forward's source record back (``_holds``)
         self.sli_topic = settings.topic("sli")
         self.deadletter_topic = settings.topic("deadletter")
         self.alerts_topic = settings.topic("alerts")
@@ -137,7 +150,8 @@ class IngestService:
         self.drift_topic = settings.topic("drift")
         self.recommendations_topic = settings.topic("recommendations")
         outputs.track([self.sli_topic, self.deadletter_topic, self.alerts_topic, self.breaches_topic, self.drift_topic,
-                       self.recommendations_topic, self.state.changelog_topic.get_topic_name()], [self.topic])
+                       self.recommendations_topic, self.state.changelog_topic.get_topic_name()],
+                      [self.repartition_topic])
 
     def processor(self, partition: int) -> PartitionProcessor:
         proc = self.processors.get(partition)
@@ -155,26 +169,75 @@ class IngestService:
 
     async def handle(self, partition: int, batch: list[SourceRecord]) -> None:
         """A fetched batch of the measurement topic (built as ``SourceRecord`` by ``io.undecodable``)."""
-        for forwarded, records in self.slicer.slices(batch):
-            async with self.lock:
-                started = time.perf_counter()  # not the wait for the lock (a tick or checkpoint yielding)
-                proc = self.processor(partition)
-                out = proc.process(records, time.time())
-                self._uncheckpointed.add(partition)
-                await self._emit(out)
-                elapsed = time.perf_counter() - started
-                for aligned in proc.align_parts():
-                    await asyncio.sleep(0)  # timers and the web endpoints run; the lock keeps the state still
-                    await self._emit(aligned)
-            self.records_consumed += len(records)
-            self.metrics.observe_batch(elapsed)
-            self.slicer.measured(forwarded, records, elapsed)
-            await asyncio.sleep(0)  # as between the slices of a tick
+        for records in self.slicer.slices(batch, forwarded=False):
+            await self._apply(partition, records, False, functools.partial(PartitionProcessor.process, records=records))
         since_sent = time.time() - self._progress_sent.get(partition, 0.0)
         if self.settings.partitions > 1 and since_sent >= PROGRESS_MIN_INTERVAL_S:
             async with self.lock:  # at the end of its log: say so now, not at the next tick
                 await self._send_progress([partition], only_at_end=True)
 
+    async def handle_repartition(self, partition: int, batch: list[SourceRecord]) -> None:
+        """A fetched batch of the repartition topic: forwards and progress for this partition."""
+        for records in self.slicer.slices(batch, forwarded=True):
+            ends = await self._ends_for(records)
+            await self._apply(partition, records, True,
+                              functools.partial(PartitionProcessor.receive, records=records, source_ends=ends))
+
+    async def _apply(self, partition: int, records: list[SourceRecord], forwarded: bool, step) -> None:
+        async with self.lock:
+            started = time.perf_counter()  # not the wait for the lock (a tick or checkpoint yielding)
+            proc = self.processor(partition)
+            out = step(proc, now=time.time())
+            self._uncheckpointed.add(partition)
+            await self._emit(out)
+            elapsed = time.perf_counter() - started
+            for aligned in proc.align_parts():
+                await asyncio.sleep(0)  # timers and the web endpoints run; the lock keeps the state still
+                await self._emit(aligned)
+        self.records_consumed += len(records)
+        self.metrics.observe_batch(elapsed)
+        self.slicer.measured(forwarded, records, elapsed)
+        await asyncio.sleep(0)  # as between the slices of a tick
+
+    async def _ends_for(self, records: list[SourceRecord]) -> dict[int, int]:
+        """The end offsets of the measurement partitions, as far as the forwards in ``records`` need
+        them: a forward was made after its source records were appended, so an end asked for now
+        holds every genuine one (``PartitionProcessor.receive``). The broker is asked again only for
+        a source named past the end last known; and where its answer still falls short, the named
+        record is read back (Tansu reports a partition's end from the first record of its last
+        batch, which may hold more)."""
+        named: dict[int, int] = {}
+        for record in records:
+            source = header_partition(record.headers, FORWARD_HEADER)
+            offset = None if source is None else last_source_offset(record.value)
+            if offset is not None:
+                named[source] = max(named.get(source, -1), offset)
+        short = {s: o for s, o in named.items() if o >= self._source_ends.get(s, 0)}
+        if short:
+            tps = [TP(self.topic, p) for p in range(self.settings.partitions)]
+            for tp, end in (await self.app.consumer.highwaters(*tps)).items():
+                self._source_ends[tp.partition] = max(end, self._source_ends.get(tp.partition, 0))
+            for source, offset in short.items():
+                if offset >= self._source_ends.get(source, 0) and await self._holds(source, offset):
+                    self._source_ends[source] = offset + 1
+        return self._source_ends
+
+    async def stop_reader(self) -> None:
+        if self._reader is not None:
+            await self._reader.stop()
+
+    async def _holds(self, partition: int, offset: int) -> bool:
+        """Whether ``partition`` of the measurement topic holds a record at ``offset`` (read back)."""
+        if self._reader is None:
+            self._reader = AIOKafkaConsumer(bootstrap_servers=self.settings.broker_hosts, enable_auto_commit=False,
+                                            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
+                                            **kafka_client_options(self.settings))
+            await self._reader.start()
+        tp = TopicPartition(self.topic, partition)
+        self._reader.assign([tp])
+        self._reader.seek(tp, offset)
+        fetched = await self._reader.getmany(tp, timeout_ms=HOLDS_TIMEOUT_MS, max_records=1)
+        return any(record.offset >= offset for record in fetched.get(tp, ()))
     def skipped_batch(self, topic: str, partition: int, first: int, after: int, error: str) -> None:
         """A fetched batch that could not be decoded was skipped (see ``io.undecodable``): count it and
         dead-letter a note of it (its bytes cannot be read, so none are attached)."""
@@ -280,7 +343,7 @@ class IngestService:
             await self.outputs.send(self.recommendations_topic, key, orjson.dumps(event))
             self.recommendations_emitted += 1
         for forward in out.forwards:
-            await self.outputs.forward(self.topic, forward.partition, forward.value, forward.headers)
+            await self.outputs.forward(self.repartition_topic, forward.partition, forward.value, forward.headers)
         if out.deadletter:
             self.rejected.update(event["data"]["reason"] for _, event in out.deadletter)
             await self.outputs.send_keyed(self.deadletter_topic,
@@ -326,8 +389,10 @@ class IngestService:
                         else:
                             self.state.data[raw_key] = value
                         snapshot.append((partition, raw_key, value))
-                    if offset >= 0:
-                        offsets[TP(self.topic, partition)] = offset + 1
+                    for topic, safe in ((self.topic, offset.measurements),
+                                        (self.repartition_topic, offset.repartition)):
+                        if safe >= 0:
+                            offsets[TP(topic, partition)] = safe + 1
                 self._uncheckpointed -= due
                 self.pacer.done(started, time.monotonic())
             stage_ends = [("snapshot", time.monotonic())]
@@ -397,7 +462,7 @@ class IngestService:
             log.exception("final checkpoint failed or timed out; the next owner replays from the last durable one")
 
     async def on_revoked(self, revoked: set[TP]) -> None:
-        mine = {tp.partition for tp in revoked if tp.topic == self.topic}
+        mine = {tp.partition for tp in revoked if tp.topic in (self.topic, self.repartition_topic)}
         if not mine:
             return
         await self.final_checkpoint(mine)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
 from slostream.pipeline.types import SourceRecord
 
 # Measured: the pipeline is fastest on slices of a few MB (about 50,000 measurements);
@@ -14,31 +13,27 @@ CHUNK_SECONDS = 0.2
 
 
 class Slicer:
-    """Cuts fetched batches into slices of about ``CHUNK_SECONDS`` of processing, each of one kind
-    of record: forwarded by slostream (applied to their series: dear with sparse series, each
-    measurement a window close) or read from producers (mostly decoded and forwarded on: cheap).
-    Each kind's cost per byte is measured on its own slices: the slowest lately, decaying by a
-    tenth a slice. Dense series keep large slices; sparse ones never hold the event loop long."""
+    """Cuts fetched batches into slices of about ``CHUNK_SECONDS`` of processing. The two topics'
+    records cost differently: forwarded by slostream (the repartition topic: applied to their
+    series, dear with sparse series, each measurement a window close) or read from producers (the
+    measurement topic: mostly decoded and forwarded on, cheap). Each kind's cost per byte is
+    measured on its own slices: the slowest lately, decaying by a tenth a slice. Dense series keep
+    large slices; sparse ones never hold the event loop long."""
 
     def __init__(self) -> None:
         self.seconds_per_byte = {False: 0.0, True: 0.0}
 
-    def slices(self, batch: list[SourceRecord]):
-        """(forwarded, records) slices of ``batch``, in order."""
+    def slices(self, batch: list[SourceRecord], forwarded: bool):
+        """Slices of ``batch`` (of the repartition topic if ``forwarded``), in order."""
         start = size = 0
-        kind = False
+        limit = self._limit(forwarded)
         for index, record in enumerate(batch):
-            forwarded = header_partition(record.headers, FORWARD_HEADER) is not None  # as the pipeline reads it
-            if index > start and forwarded != kind:
-                yield kind, batch[start:index]
-                start, size = index, 0
-            kind = forwarded
             size += len(record.value or b"")
-            if size >= self._limit(kind):
-                yield kind, batch[start:index + 1]
+            if size >= limit:
+                yield batch[start:index + 1]
                 start, size = index + 1, 0
         if start < len(batch):
-            yield kind, batch[start:]
+            yield batch[start:]
 
     def measured(self, forwarded: bool, records: list[SourceRecord], seconds: float) -> None:
         size = max(sum(len(r.value or b"") for r in records), 1)

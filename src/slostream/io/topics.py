@@ -10,8 +10,8 @@ from aiokafka.errors import TopicAlreadyExistsError
 from slostream.config import ConfigError, Settings
 from slostream.io.security import kafka_client_options
 
-TOPIC_NAMES = ("measurements", "sli", "deadletter", "alerts", "breaches", "drift", "recommendations", "control",
-               "audit")
+TOPIC_NAMES = ("measurements", "repartition", "sli", "deadletter", "alerts", "breaches", "drift", "recommendations",
+               "control", "audit")
 # Operator commands need one total order, so every worker applies them alike; so do their judgements.
 SINGLE_PARTITION = ("control", "audit")
 
@@ -30,15 +30,18 @@ async def ensure_topics(settings: Settings) -> str:
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
-        measurements = settings.topic("measurements")
-        if measurements in existing:
-            described = await admin.describe_topics([measurements])
-            count = len(described[0]["partitions"])
-            if count != settings.partitions:
-                raise ConfigError(
-                    f"field 'partitions' is {settings.partitions} but topic {measurements} has {count} "
-                    f"partitions. Fix: set partitions: {count} (state is co-partitioned with the topic)."
-                )
+        for name in ("measurements", "repartition"):
+            topic = settings.topic(name)
+            if topic not in existing:
+                continue
+            count = len((await admin.describe_topics([topic]))[0]["partitions"])
+            if count == settings.partitions:
+                continue
+            fix = (f"set partitions: {count} (state is co-partitioned with the topic)" if name == "measurements" else
+                   f"delete topic {topic} while no worker runs; it is made again with as many partitions as the "
+                   f"measurements (it is co-partitioned with them)")
+            raise ConfigError(f"field 'partitions' is {settings.partitions} but topic {topic} has {count} "
+                              f"partitions. Fix: {fix}.")
         return cluster_id
     finally:
         await admin.close()

@@ -7,7 +7,7 @@ exception. This replaces aiokafka's per-partition record iterator with one that 
 batch, skips a batch that fails, and reports it (topic, partition, offsets, error), so the
 partition moves on past it and every other partition keeps working.
 
-It also builds the records of one topic (the measurement topic) with a factory of the caller's
+It also builds the records of slostream's own input topics (measurements, repartition) with a factory of the caller's
 instead of aiokafka's ``ConsumerRecord`` (a dataclass of eleven fields, about a microsecond each:
 a fifth of the cost of a one-measurement record).
 """
@@ -34,7 +34,7 @@ class SkippingPartitionRecords(fetcher.PartitionRecords):
     decoding each batch whole before yielding it, so a batch that fails is skipped as a unit."""
 
     report: SkipReport | None = None
-    own_topic: str | None = None
+    own_topics: frozenset[str] = frozenset()
     make_record: RecordFactory | None = None
 
     def _unpack_records(self):
@@ -48,7 +48,7 @@ class SkippingPartitionRecords(fetcher.PartitionRecords):
                 if batch.is_control_batch:
                     self.next_fetch_offset = batch.next_offset
                     continue
-                if tp.topic == SkippingPartitionRecords.own_topic:
+                if tp.topic in SkippingPartitionRecords.own_topics:
                     make, topic, partition = SkippingPartitionRecords.make_record, tp.topic, tp.partition
                     decoded = [make(topic, partition, record.offset, record.timestamp, record.key, record.value,
                                     tuple(record.headers))
@@ -70,10 +70,10 @@ class SkippingPartitionRecords(fetcher.PartitionRecords):
             self.next_fetch_offset = batch.next_offset
 
 
-def install(report: SkipReport, own_topic: str, make_record: RecordFactory) -> None:
+def install(report: SkipReport, own_topics: tuple[str, ...], make_record: RecordFactory) -> None:
     """Make aiokafka's fetcher use the skipping iterator, with ``make_record`` building the records
-    of ``own_topic`` (process-wide: one worker per process)."""
+    of ``own_topics`` (process-wide: one worker per process)."""
     SkippingPartitionRecords.report = staticmethod(report)
-    SkippingPartitionRecords.own_topic = own_topic
+    SkippingPartitionRecords.own_topics = frozenset(own_topics)
     SkippingPartitionRecords.make_record = staticmethod(make_record)
     fetcher.PartitionRecords = SkippingPartitionRecords

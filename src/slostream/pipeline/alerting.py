@@ -25,26 +25,31 @@ SENT_VERSION = 1
 
 
 class SentAlert(NamedTuple):
-    offset: int  # the newest source offset judged when it was sent: a replay from beyond never repeats it
+    # The newest offsets of the partition's measurement and repartition logs judged when it was sent:
+    # a replay from beyond both never repeats it.
+    offset: int
+    repartition_offset: int
     starts_at: float
     ends_at: float | None
     key: bytes
     event: dict
 
     def encode(self) -> bytes:
-        return orjson.dumps({"v": SENT_VERSION, "offset": self.offset, "starts_at": self.starts_at,
-                             "ends_at": self.ends_at, "key": self.key.decode(), "event": self.event})
+        return orjson.dumps({"v": SENT_VERSION, "offset": self.offset, "repartition_offset": self.repartition_offset,
+                             "starts_at": self.starts_at, "ends_at": self.ends_at, "key": self.key.decode(),
+                             "event": self.event})
 
     @classmethod
     def decode(cls, raw: bytes) -> SentAlert:
         saved = orjson.loads(raw)
         if saved.get("v") != SENT_VERSION:
             raise ValueError(f"unsupported sent alert version {saved.get('v')!r}")
-        return cls(saved["offset"], saved["starts_at"], saved["ends_at"], saved["key"].encode(), saved["event"])
+        return cls(saved["offset"], saved.get("repartition_offset", -1), saved["starts_at"], saved["ends_at"],
+                   saved["key"].encode(), saved["event"])
 
 
 class Alerting:
-    __slots__ = ("book", "dirty", "width", "source", "partition", "sent", "offset")
+    __slots__ = ("book", "dirty", "width", "source", "partition", "sent", "offset", "repartition_offset", "now")
 
     def __init__(self, config: PipelineConfig, partition: int):
         self.book = AlertBook(config.alert_cooldown_s, config.escalate_after_s)
@@ -53,11 +58,13 @@ class Alerting:
         self.source = config.source
         self.partition = partition
         self.sent: dict[str, SentAlert] = {}  # by event id, since the replay offset
-        self.offset = -1  # the newest source offset being judged
+        self.offset = -1  # the newest offsets of the measurement and repartition logs being judged
+        self.repartition_offset = -1
+        self.now = 0.0  # wall time of the batch or tick being judged: silences and escalation run on it
 
     def evaluate(self, at: float, conditions: list[Condition], out: Output) -> None:
-        """Conditions judged at event time ``at``: the alert events they cause."""
-        self.emit(self.book.evaluate(at, conditions), out)
+        """Conditions judged at event time ``at`` (and wall time ``now``): the alert events they cause."""
+        self.emit(self.book.evaluate(at, conditions, self.now), out)
 
     def command(self, now: float, command: Command, out: Output) -> None:
         """A silence, an unsilence or an acknowledgement, at event time ``now``."""
@@ -89,7 +96,8 @@ class Alerting:
             sent = self.sent.get(event["id"])
             if sent is None:
                 ends_at = alert_event.time if alert_event.type == "resolved" else None
-                sent = self.sent[event["id"]] = SentAlert(self.offset, alert_event.alert_start, ends_at, key, event)
+                sent = self.sent[event["id"]] = SentAlert(self.offset, self.repartition_offset, alert_event.alert_start,
+                                                          ends_at, key, event)
                 out.alert_log.append((self.partition, sent_alert_key(self.partition, event["id"]), sent.encode()))
             else:
                 self.book.keep_times(event["data"]["fingerprint"], sent.starts_at, sent.ends_at)
@@ -97,9 +105,11 @@ class Alerting:
         if events:
             self.dirty = True
 
-    def settled(self, replay_offset: int) -> list[str]:
-        """Forget the events a replay from ``replay_offset`` can no longer repeat: their state keys."""
-        done = [event_id for event_id, sent in self.sent.items() if sent.offset <= replay_offset]
+    def settled(self, replay_offset: int, replay_repartition_offset: int) -> list[str]:
+        """Forget the events a replay from these offsets (of the measurement and repartition logs)
+        can no longer repeat: their state keys."""
+        done = [event_id for event_id, sent in self.sent.items()
+                if sent.offset <= replay_offset and sent.repartition_offset <= replay_repartition_offset]
         for event_id in done:
             del self.sent[event_id]
         return [sent_alert_key(self.partition, event_id) for event_id in done]

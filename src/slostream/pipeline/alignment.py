@@ -2,9 +2,9 @@
 
 A series read from several partitions (unkeyed producers spread it over all of them) must not close
 a window while a share of it still sits unread in another partition's log. So every partition tells
-every partition, through the measurement topic, how far it has read: ``read_until``, a time such
-that every record *written* to its log before it has been read and forwarded, or None while it
-cannot say yet. It knows that two ways:
+every partition, through the repartition topic (``ownership``), how far it has read:
+``read_until``, a time such that every record *written* to its log before it has been read and
+forwarded, or None while it cannot say yet. It knows that two ways:
 
 - it was at the end of its log: every record appended before the fetch that showed that end was
   sent has been read (``io.end_offsets``);

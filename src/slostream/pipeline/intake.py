@@ -1,6 +1,7 @@
 """What a partition reads: decoding producers' records, numbering their series, and sending each
-measurement that belongs to another partition's series on to its owner (``ownership``); taking
-in what other partitions forwarded here, less what a replaying source sent before."""
+measurement that belongs to another partition's series on to its owner through the repartition
+topic (``ownership``); taking in what other partitions forwarded here, less what a replaying source
+sent before and what no source could have sent."""
 
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ class Intake:
         partition does not run ahead of the other partitions' share of the same series."""
         whole = len(chosen) == len(records)
         chosen_records = records if whole else [records[i] for i in chosen]
-        batch = self.decoder.decode(list(map(_VALUE, chosen_records)), list(map(_TIMESTAMP, chosen_records)))
+        batch = self.decoder.decode(list(map(_VALUE, chosen_records)), list(map(_TIMESTAMP, chosen_records)),
+                                    self.now)
         cols = batch.columns
         if not whole:  # record numbers of the batch, not of the decoded subset
             index = np.asarray(chosen, dtype=np.int64)
@@ -74,10 +76,12 @@ class Intake:
                 ids, keys = ids.reshape(-1), [keys[i] for i in used.tolist()]
         return [rows.from_columns(cols, np.full(len(cols), rows.DIRECT, dtype=np.int64), ids, keys, record_offsets)]
 
-    def receive(self, record: SourceRecord, number: int, source: int,
+    def receive(self, record: SourceRecord, number: int, source: int, source_end: int,
                  out: Output) -> tuple[list[rows.Rows], float | None]:
         """The measurements another partition (or this one) forwarded, less those already applied
-        (the source replayed after a crash), and when their source records were written."""
+        (the source replayed after a crash), and when their source records were written. A forward
+        naming a position at or past ``source_end`` (the next offset of the source partition) is
+        refused whole."""
         try:
             forwarded = decode_forwarded(record.value)
         except ValueError as exc:
@@ -85,6 +89,13 @@ class Intake:
             return [], None
         columns = forwarded.columns()
         positions = columns["positions"]
+        if positions.size and int(positions.max()) >= source_end * rows.ELEMENTS_PER_RECORD:
+            named = int(positions.max()) // rows.ELEMENTS_PER_RECORD
+            message = (f"forward from partition {source} names offset {named}, but that partition ends at "
+                       f"{source_end}: no worker forwards what it has not read")
+            out.deadletter.append(deadletter_event(self.config, record,
+                                                   Rejection(0, None, Reason.FORWARD_BEYOND_SOURCE, message)))
+            return [], None
         mark = self.forward_marks.get(source, -1)
         fresh = positions > mark
         out.forward_duplicates += int(positions.size - fresh.sum())
@@ -161,6 +172,6 @@ class Intake:
         return dense[codes], list(first_of)
 
     def unreadable(self, record: SourceRecord, marked_as: str, exc: ValueError, out: Output) -> None:
-        """Dead-letter a record whose header marks it as slostream's own but whose value is not."""
+        """Dead-letter a record of the repartition log that slostream cannot use."""
         message = f"record marked as {marked_as} cannot be read: {exc}"
         out.deadletter.append(deadletter_event(self.config, record, Rejection(0, None, Reason.INVALID_JSON, message)))

@@ -8,16 +8,21 @@ which is what Kafka's default partitioner (the Java client, kafka-python, aiokaf
 with ``partitioner=murmur2_random``) does with the service as the record key. Records keyed that
 way are read by their owner and take the fast path. Every other measurement (unkeyed records,
 records keyed by host, a record read on the wrong partition) is forwarded to its owner, even when
-that is the partition it was read on, through the measurement topic itself, in a record marked with
-the header ``slostream-forwarded-from`` (the source partition) whose value is ``Forwarded``:
+that is the partition it was read on, through the internal repartition topic (``<prefix>repartition``,
+as many partitions as the measurement topic, co-partitioned with it: its partition p is read by
+the owner of measurement partition p; only workers write it, as Kafka Streams' repartition topics),
+in a record marked with the header ``slostream-forwarded-from`` (the source partition) whose value
+is ``Forwarded``:
 columns in msgpack, decoded without JSON or an object per measurement. Each measurement carries its
 source position (offset * 2**24 + index in its array); the receiver applies it only if that is
 above the highest it has applied from that partition, so a source that replays after a crash (and
 forwards again, perhaps cut differently) adds nothing twice.
 
-Forwarding goes into the same topic, not a repartition topic of its own, so that each partition
-has one log order: per-series lateness and SLO judgements depend on the order measurements arrive
-in, and one log replays exactly as it was first read.
+Headers on the measurement topic carry no authority: a producer writing one of these headers there
+writes an ordinary measurement record. A forward naming a source position that its source
+partition does not hold yet is refused. The owner keeps a replay mark per series for each of its
+two logs (the measurement partition and the repartition partition), so a replay of either after a
+crash adds nothing twice.
 
 >>> owner_of("checkout", 8), owner_of("checkout", 1)
 (2, 0)
@@ -156,6 +161,15 @@ def decode_forwarded(value: bytes | None) -> Forwarded:
     if any(size != n for size in sizes) or (forwarded.ids is not None and len(forwarded.ids) != n):
         raise ValueError("forwarded record columns differ in length")
     return forwarded
+
+
+def last_source_offset(value: bytes | None) -> int | None:
+    """The newest offset of its source partition that a forward names (None: unreadable or empty)."""
+    try:
+        positions = np.frombuffer(decode_forwarded(value).positions, dtype="<i8")
+    except ValueError:
+        return None
+    return int(positions.max()) >> 24 if positions.size else None
 
 
 def header_partition(headers, name: str) -> int | None:

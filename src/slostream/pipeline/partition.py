@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import msgspec
 import numpy as np
@@ -66,6 +67,14 @@ from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
 from slostream.pipeline.series import Series, finite_or_none, series_key
 from slostream.pipeline.types import RELATIVE_ACCURACY, Forward, Output, PipelineConfig, Snapshot, SourceRecord
 
+
+class SafeOffsets(NamedTuple):
+    """The last offsets of a partition's two logs that a checkpoint's writes hold (-1: none)."""
+
+    measurements: int
+    repartition: int
+
+
 # Series a tick advances between yields to the worker's event loop (0.1-0.2 s of closes at most).
 TICK_SLICE_SERIES = 2000
 
@@ -83,13 +92,15 @@ class PartitionProcessor:
         self.store = WindowStore(config.resolutions[0].width, RELATIVE_ACCURACY)  # every series' windows
         self._series_of_owner: dict[int, Series] = {}
         self._held_of_group: Counter[tuple[str, str]] = Counter()  # series held per (service, metric)
-        self.applied_offset = -1  # last source offset fully processed
+        self.applied_offset = -1  # last offset of the measurement log fully processed
+        self.repartition_offset = -1  # and of the repartition log
         self.alignment = Alignment(config.partitions)  # every partition's progress, as read here
         self.read_through = -np.inf  # every record appended to this partition before it is read (alignment)
         self._aligned_applied = -np.inf  # the aligned time align_parts last closed the waiting series up to
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
         self.alerting = Alerting(config, partition)
+        self.alerting.now = now
         self.slos = SloEvaluator(config, self.alerting)
         # Every evaluator, in the order each is called.
         self.thresholds = ThresholdEvaluator(config, self.alerting)
@@ -112,50 +123,73 @@ class PartitionProcessor:
     # --- processing -------------------------------------------------------
 
     def process(self, records: list[SourceRecord], now: float) -> Output:
+        """Records of this partition of the measurement topic, as producers wrote them: their headers
+        carry no authority (forwards and progress come through the repartition log: ``receive``)."""
         out = Output()
         fresh = [r for r in records if r.offset > self.applied_offset]
         if not fresh:
             return out
-        self.now = self.intake.now = now
-        self.alerting.offset = fresh[-1].offset
-        # Cut at progress records: what follows one is judged with it applied, however the log is
-        # cut into batches.
-        start = 0
-        for i, record in enumerate(fresh):
-            source = header_partition(record.headers, PROGRESS_HEADER) if record.headers else None
-            if source is not None:
-                self._measurements(fresh[start:i], out, now)
-                self._progress(record, source, out)
-                start = i + 1
-        self._measurements(fresh[start:], out, now)
+        self.now = self.intake.now = self.alerting.now = now
+        self.alerting.offset, self.alerting.repartition_offset = fresh[-1].offset, self.repartition_offset
+        record_offsets = np.fromiter((r.offset for r in fresh), dtype=np.int64, count=len(fresh))
+        record_times = np.fromiter((r.timestamp for r in fresh), dtype=np.float64, count=len(fresh))
+        parts = self.intake.read(fresh, list(range(len(fresh))), record_offsets, record_times, out)
+        if parts:  # when the data read here was written, for alignment
+            self._window(fresh, rows.merge(parts), out, now, written_by(float(record_times.max()), now),
+                         "mark")
         self.applied_offset = fresh[-1].offset
         self.read_through = max(self.read_through, written_by(max(r.timestamp for r in fresh), now))
         self.slos.evaluate_due(now, out)
         return out
 
-    def _measurements(self, records: list[SourceRecord], out: Output, now: float) -> None:
+    def receive(self, records: list[SourceRecord], now: float, source_ends: dict[int, int]) -> Output:
+        """Records of this partition of the repartition topic, which only workers write: the
+        measurements other partitions (and this one) forwarded here, and their progress. A forward
+        naming a position at or past its source partition's end in ``source_ends`` (the next offset
+        of each partition of the measurement topic, as known after the records were read) is refused:
+        no worker forwards what it has not read."""
+        out = Output()
+        fresh = [r for r in records if r.offset > self.repartition_offset]
+        if not fresh:
+            return out
+        self.now = self.intake.now = self.alerting.now = now
+        self.alerting.offset, self.alerting.repartition_offset = self.applied_offset, fresh[-1].offset
+        # Cut at progress records: what follows one is judged with it applied, however the log is
+        # cut into batches.
+        start = 0
+        for i, record in enumerate(fresh):
+            source = header_partition(record.headers, PROGRESS_HEADER)
+            if source is not None:
+                self._forwards(fresh[start:i], out, now, source_ends)
+                self._progress(record, source, out)
+                start = i + 1
+        self._forwards(fresh[start:], out, now, source_ends)
+        self.repartition_offset = fresh[-1].offset
+        self.slos.evaluate_due(now, out)
+        return out
+
+    def _forwards(self, records: list[SourceRecord], out: Output, now: float, source_ends: dict[int, int]) -> None:
         if not records:
             return
-        record_offsets = np.fromiter((r.offset for r in records), dtype=np.int64, count=len(records))
-        record_times = np.fromiter((r.timestamp for r in records), dtype=np.float64, count=len(records))
-        origins = [header_partition(r.headers, FORWARD_HEADER) if r.headers else None for r in records]
         parts = []
-        read_here = [i for i, origin in enumerate(origins) if origin is None]
-        written = -np.inf  # when the data read here was written, for alignment
-        if read_here:
-            parts += self.intake.read(records, read_here, record_offsets, record_times, out)
-            written = written_by(float(record_times[read_here].max()), now)
-        for i, origin in enumerate(origins):
-            if origin is not None:
-                received, forwarded_written = self.intake.receive(records[i], i, origin, out)
-                parts += received
-                written = max(written, now if forwarded_written is None else written_by(forwarded_written, now))
+        written = -np.inf  # when the data forwarded was written, for alignment
+        for i, record in enumerate(records):
+            origin = header_partition(record.headers, FORWARD_HEADER)
+            if origin is None or not 0 <= origin < self.config.partitions:
+                self.intake.unreadable(record, "repartitioned", ValueError("it names no source partition"), out)
+                continue
+            received, forwarded_written = self.intake.receive(record, i, origin, source_ends.get(origin, 0), out)
+            parts += received
+            written = max(written, now if forwarded_written is None else written_by(forwarded_written, now))
         if parts:
-            self._window(records, rows.merge(parts), out, now, written)
+            self._window(records, rows.merge(parts), out, now, written, "forward_mark")
 
     def _progress(self, record: SourceRecord, source: int, out: Output) -> None:
         """Another partition's (or this one's) progress. A series in the batch after it is judged
         with it; the others close what it aligns in ``align_parts``."""
+        if not 0 <= source < self.config.partitions:
+            self.intake.unreadable(record, "progress", ValueError(f"there is no partition {source}"), out)
+            return
         try:
             progress = decode_progress(record.value)
         except ValueError as exc:
@@ -185,10 +219,12 @@ class PartitionProcessor:
             out.forwards = [Forward(p, value, header, 0) for p in range(self.config.partitions)]
         return out
 
-    def _window(self, records: list[SourceRecord], batch: rows.Rows, out: Output, now: float, written: float) -> None:
+    def _window(self, records: list[SourceRecord], batch: rows.Rows, out: Output, now: float, written: float,
+                replay_marks: str) -> None:
         """Judge lateness per series, then window the batch part by part (cut where an SLO's clock
         enters a new base bucket, so it is judged there as a live run would). Its records were
-        written by ``written`` (alignment)."""
+        written by ``written`` (alignment); ``replay_marks``: the store's column of replay marks of
+        the log they were read from (``WindowStore.mark`` or ``forward_mark``)."""
         width = self.config.resolutions[0].width
         grace = self.config.grace_s
         ids, keys = batch.ids, batch.keys
@@ -197,7 +233,7 @@ class PartitionProcessor:
         before, after, newest = watermarks.of_batch(self.config, self.store, self.alignment.aligned_until, ids,
                                                     owners, batch.ts, written)
         # Held already (the source replayed after a crash): skipped before lateness is judged.
-        replayed = batch.marks <= watermarks.per_key(self.store.mark, owners, -1)[ids]
+        replayed = batch.marks <= watermarks.per_key(getattr(self.store, replay_marks), owners, -1)[ids]
         out.skipped_replay += int(replayed.sum())
         with np.errstate(invalid="ignore"):
             horizon = np.floor(before / width) * width
@@ -220,10 +256,10 @@ class PartitionProcessor:
                 self.slos.judge_crossing(group, clock, out)
             accepted = np.flatnonzero(~(late[start:stop] | replayed[start:stop])) + start
             if accepted.size:
-                self._ingest(accepted, batch, known, after, out, now, written)
+                self._ingest(accepted, batch, known, after, out, now, written, replay_marks)
 
     def _ingest(self, idx: np.ndarray, batch: rows.Rows, known: list[Series | None], marks_after: np.ndarray,
-                out: Output, now: float, written: float) -> None:
+                out: Output, now: float, written: float, replay_marks: str) -> None:
         """Window the accepted measurements ``idx`` (ascending) of one part of a batch; ``known`` holds
         each key's series as held before the batch."""
         width = self.config.resolutions[0].width
@@ -244,7 +280,7 @@ class PartitionProcessor:
         self.calibration.add(series_of, sids, ts, values, batch.outcomes[idx])
         newest_ts = np.maximum.reduceat(ts, series_firsts)
         newest_marks = np.maximum.reduceat(marks_after[idx], series_firsts)
-        np.maximum.at(self.store.mark, owners, np.maximum.reduceat(run_offsets, series_firsts))
+        np.maximum.at(getattr(self.store, replay_marks), owners, np.maximum.reduceat(run_offsets, series_firsts))
         runs = Runs(touched, sids, starts, idx, values, oks, run_offsets, ts, series_of, newest_marks, series_firsts,
                     batch)
         for evaluator in self.evaluators:
@@ -317,8 +353,8 @@ class PartitionProcessor:
     def tick_parts(self, now: float) -> Iterator[Output]:
         """``tick`` a slice of the series at a time (a worker yields to its event loop between
         them): read them all before this processor takes anything else."""
-        self.now = now
-        self.alerting.offset = self.applied_offset
+        self.now = self.alerting.now = now
+        self.alerting.offset, self.alerting.repartition_offset = self.applied_offset, self.repartition_offset
         yield from self._advance_in_slices(self.store.owners(), now, idle=True)
         out, self.pending = self.pending, Output()
         self.slos.advance_idle_clocks(now)
@@ -375,7 +411,8 @@ class PartitionProcessor:
     def evaluate_pending(self, now: float) -> Output:
         """Judge SLOs the wall-clock limiter held back, once the interval has passed."""
         out = Output()
-        self.alerting.offset = self.applied_offset
+        self.now = self.alerting.now = now
+        self.alerting.offset, self.alerting.repartition_offset = self.applied_offset, self.repartition_offset
         self.slos.evaluate_due(now, out)
         return out
 
@@ -416,7 +453,7 @@ class PartitionProcessor:
         remember(self.seen_commands, data, judged_at)
         if command is None:
             return
-        self.alerting.offset = self.applied_offset
+        self.alerting.offset, self.alerting.repartition_offset = self.applied_offset, self.repartition_offset
         if command.kind != "recommend":
             out = Output()
             self.alerting.command(self.newest_event_ts if self.newest_event_ts > -np.inf else command.time, command,
@@ -447,11 +484,12 @@ class PartitionProcessor:
 
     # --- state ------------------------------------------------------------
 
-    def checkpoint(self, final: bool = False) -> tuple[Iterator[tuple[str, bytes | None]], int]:
-        """Changed state as (key, value) writes (None: delete the key), and the offset they make safe.
+    def checkpoint(self, final: bool = False) -> tuple[Iterator[tuple[str, bytes | None]], SafeOffsets]:
+        """Changed state as (key, value) writes (None: delete the key), and the offsets they make safe.
 
-        Everything up to and including the returned offset is in the writes, so
-        the consumer may commit ``offset + 1`` once they are durable. A series is written once
+        Everything up to and including the returned offsets (of the measurement and the
+        repartition log) is in the writes, so the consumer may commit ``offset + 1`` of each once
+        they are durable. A series is written once
         something was emitted from its state (a window completed, or a policy judged one), or once
         its changes have waited ``state.UNWRITTEN_REPORT_WINDOWS`` report windows of wall time; until
         then the offset stays at the checkpoint before its first unwritten change, and a replay
@@ -464,7 +502,8 @@ class PartitionProcessor:
         """
         deleted, self._deleted_keys = self._deleted_keys, []
         dirty, replay = self.checkpoints.take(self.store, self.now, self._replay_state(), final or bool(deleted))
-        return state.checkpoint_writes(self, deleted, dirty, replay), replay["applied_offset"]
+        return (state.checkpoint_writes(self, deleted, dirty, replay),
+                SafeOffsets(replay["applied_offset"], replay["repartition_offset"]))
 
     @property
     def unwritten_due(self) -> bool:
@@ -478,6 +517,7 @@ class PartitionProcessor:
         only grows, or is kept with replay marks of its own."""
         return {
             "applied_offset": self.applied_offset,
+            "repartition_offset": self.repartition_offset,
             "forward_marks": {str(p): o for p, o in self.intake.forward_marks.items()},
             "alignment": self.alignment.to_state(),
             "read_through": finite_or_none(self.read_through),

@@ -89,7 +89,7 @@ def checkpoint_writes(proc: PartitionProcessor, deleted: list[str], dirty: np.nd
     if proc.alerting.dirty:
         writes.append((state_keys.book_key(p), held_json(proc.alerting.book.to_state())))
         proc.alerting.dirty = False
-    writes.extend((key, None) for key in proc.alerting.settled(replay["applied_offset"]))
+    writes.extend((key, None) for key in proc.alerting.settled(replay["applied_offset"], replay["repartition_offset"]))
     partition_state = {
         "v": STATE_VERSION,
         **replay,
@@ -122,6 +122,7 @@ def restore(proc: PartitionProcessor, items, now: float) -> None:
         if kind == state_keys.PARTITION:
             saved = orjson.loads(value)
             proc.applied_offset = saved["applied_offset"]
+            proc.repartition_offset = saved.get("repartition_offset", -1)  # before the repartition topic: none
             proc.control_offset = saved.get("control_offset", -1)
             proc.audit_offset = saved.get("audit_offset", -1)
             proc.seen_commands = saved.get("seen_commands", {})

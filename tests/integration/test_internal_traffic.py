@@ -1,0 +1,77 @@
+"""Producers cannot forge slostream's internal traffic: forwards and progress go through the
+repartition topic, and headers on the measurement topic carry no authority."""
+
+import asyncio
+import random
+import time
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from slostream.pipeline.alignment import encode_progress, progress_header
+from slostream.pipeline.ownership import encode_forwarded, forward_header
+from tests.conftest import consume
+from tests.integration.streams import PARTITIONS, read_sli, send_records, truth_of
+
+SERVICES = ("checkout", "search", "ads", "cart")
+
+
+def _forged(bootstrap: str, topic: str, victim: str, ts: float) -> None:
+    """A forward of 500 good measurements of ``victim``, as a worker would make it, and a progress
+    mark claiming each partition read to the end of time, with slostream's headers."""
+    count = 500
+    forward = encode_forwarded([(victim, "http", [])], np.zeros(count, dtype=np.int64), np.full(count, ts),
+                               np.full(count, np.nan), np.ones(count, dtype=np.int8), np.full(count, -1, dtype=np.int8),
+                               np.arange(count), None, ts)
+
+    async def run():
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            for partition in range(PARTITIONS):
+                await producer.send(topic, encode_progress(1e12), partition=partition,
+                                    headers=[progress_header((partition + 1) % PARTITIONS)])
+                await producer.send(topic, forward, partition=partition, headers=[forward_header(0)])
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def test_a_forged_forward_and_progress_on_the_measurement_topic_change_no_count(kafka, make_worker):
+    worker = make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS)).start()
+    topic = f"{make_worker.prefix}measurements"
+    t0 = (time.time() - 3600) // 60 * 60
+    _forged(kafka.bootstrap, topic, "checkout", t0 + 30)
+    rng = random.Random(3)
+    items = [{"service": SERVICES[i % 4], "metric": "http", "ok": rng.random() > 0.1, "ts": t0 + i * 0.5}
+             for i in range(4 * 600)]
+    records = [(None, orjson.dumps(items[first:first + 20])) for first in range(0, len(items), 20)]
+    records += [(None, orjson.dumps({"service": s, "metric": "http", "ok": True, "ts": t0 + 1500})) for s in SERVICES]
+    send_records(kafka.bootstrap, topic, records)
+    truth = truth_of(items)
+    assert read_sli(kafka.bootstrap, make_worker.prefix, truth) == truth
+    letters = consume(kafka.bootstrap, f"{make_worker.prefix}deadletter", lambda ev: len(ev) >= 2 * PARTITIONS)
+    assert sorted(e["data"]["reason"] for e in letters) == ["invalid_json"] * (2 * PARTITIONS)
+    assert {e["data"]["topic"] for e in letters} == {topic}
+    assert worker.stop() == 0
+
+
+def test_a_repartition_topic_not_co_partitioned_with_the_measurements_stops_start_up(kafka, make_worker):
+    async def create():
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(f"{make_worker.prefix}measurements", PARTITIONS, 1),
+                                       NewTopic(f"{make_worker.prefix}repartition", 1, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    worker = make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS)).start(wait_ready=False)
+    assert worker.process.wait(60) == 2
+    log = worker.log_path.read_text()
+    assert f"topic {make_worker.prefix}repartition has 1 partitions" in log and "Fix: delete topic" in log
