@@ -8,7 +8,7 @@ from slostream.pipeline.evaluators.thresholds import STATE_VERSION as THRESHOLDS
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.state_keys import SEP, model_chunk_key, model_report_key, slo_model_key
 from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import make_config
+from tests.pipeline_sim import WALL, make_config
 from tests.slo_feed import T0, checkout_slo
 
 SLO = checkout_slo()
@@ -19,7 +19,7 @@ class Run:
     """One processor fed one measurement per record, its checkpoints kept as a compacted changelog."""
 
     def __init__(self, config, proc=None):
-        self.proc = proc or PartitionProcessor(0, config, now=0.0)
+        self.proc = proc or PartitionProcessor(0, config, now=WALL)
         self.offset = self.proc.applied_offset + 1
         self.changelog: dict[str, bytes | None] = {}
         self.alerts: list[dict] = []
@@ -27,7 +27,7 @@ class Run:
 
     def send(self, ts: float, labels: dict | None = None, value: float = 1000.0) -> None:
         doc = {"service": "checkout", "metric": "http", "ts": ts, "ok": False, "value": value, "labels": labels or {}}
-        self.collect(self.proc.process([SourceRecord("m", 0, self.offset, ts, b"checkout", orjson.dumps(doc))], 0.0))
+        self.collect(self.proc.process([SourceRecord("m", 0, self.offset, ts, b"checkout", orjson.dumps(doc))], WALL))
         self.offset += 1
 
     def tick(self, now: float) -> None:
@@ -44,9 +44,9 @@ class Run:
     def restart(self, config) -> "Run":
         """A new processor restored from the changelog under ``config``, checkpointed once after
         its first tick, on the same changelog."""
-        restored = Run(config, PartitionProcessor.restore(0, config, self.changelog.items(), now=0.0))
+        restored = Run(config, PartitionProcessor.restore(0, config, self.changelog.items(), now=WALL))
         restored.changelog = self.changelog
-        restored.tick(0.0)
+        restored.tick(WALL)
         restored.checkpoint()
         return restored
 
@@ -111,9 +111,9 @@ def test_an_evicted_series_resolves_its_alerts():
     run = Run(config)
     _burning(run, minutes=5)
     assert run.firing() == {"ThresholdBreach"}
-    run.tick(50.0)
+    run.tick(WALL + 50.0)
     assert run.firing() == {"ThresholdBreach"}
-    run.tick(200.0)  # quiet for the time to live: evicted
+    run.tick(WALL + 200.0)  # quiet for the time to live: evicted
     assert sum(out.evicted for out in run.out) == 1
     assert run.firing() == set()
     assert run.proc.alerting.book.alerts == {}

@@ -8,7 +8,7 @@ from slostream.io.ingest import DriftTally
 from slostream.pipeline.ownership import Owners
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import make_config
+from tests.pipeline_sim import WALL, make_config
 
 T0 = 1_800_000_000 // 60 * 60
 ROUNDS, SERVICES = 4, 300
@@ -18,10 +18,10 @@ def test_series_created_and_evicted_round_after_round_leave_nothing_behind():
     policies = tuple(Policy(f"slow-{r}-{n}", f"svc-{r}-{n}", "http", "mean", 60, "above", warning=100.0,
                             critical=None) for r in range(ROUNDS) for n in range(SERVICES))
     config = make_config(grace_s=2.0, series_ttl_s=100.0, policies=policies)
-    proc = PartitionProcessor(0, config, now=0.0)
+    proc = PartitionProcessor(0, config, now=WALL)
     offset, retired, owners_used, fired = 0, [], [], 0
     for r in range(ROUNDS):
-        now = r * 1000.0
+        now = WALL + r * 1000.0
         records = []
         for t in range(0, 180, 10):  # three minutes of a slow service each: its policy fires
             batch = [{"service": f"svc-{r}-{n}", "metric": "http", "value": 500.0, "ts": T0 + r * 1000 + t}
