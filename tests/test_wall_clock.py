@@ -4,11 +4,10 @@ says, and silences and escalation run on wall time, not on event time."""
 import orjson
 
 from slostream.core.alerts import AlertBook, Condition, Silence
-from slostream.core.control import parse_command
 from slostream.core.objectives import Policy
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
-from tests.pipeline_sim import make_config
+from tests.pipeline_sim import ControlTopics, make_config
 
 T0 = 1_800_000_000 // 60 * 60
 YEAR_3237 = 40_000_000_000.0  # a plausible Unix time in seconds, 1,200 years on
@@ -47,10 +46,10 @@ def test_a_measurement_dated_centuries_ahead_leaves_the_silence_and_its_series_a
     for minute in range(10):  # read live: the wall clock keeps up with the data
         proc.process([_minute(minute * 60, offset)], T0 + minute * 60 + 60)
         offset += 1
-    silence = SourceRecord("control", 0, 0, T0 + 600, None,
-                           orjson.dumps({"command": "silence", "id": "maint", "matchers": {"service": "api"},
-                                         "for": "2h", "by": "ana"}))
-    proc.apply_control(silence, parse_command(silence.value, silence.offset, silence.timestamp))
+    topics = ControlTopics()
+    topics.send(proc, orjson.dumps({"command": "silence", "id": "maint", "matchers": {"service": "api"},
+                                    "for": "2h", "by": "ana"}), T0 + 600)
+    topics.apply(proc)
     assert [a["silencedBy"] for a in proc.alerting.book.firing()] == [["maint"]]
 
     # Its record timestamp says the same: only the wall clock can tell it is not now.
