@@ -172,7 +172,8 @@ class _StateCollector(Collector):
                         summary.add_sample("slostream_sli_window_value", {**named, "quantile": QUANTILE_LABELS[q]},
                                            report[q])
                 summary.add_sample("slostream_sli_window_value_count", named, report.get("value_count", 0))
-                summary.add_sample("slostream_sli_window_value_sum", named, report.get("value_sum", 0.0))
+                if report.get("value_sum") is not None:  # null: not finite (a report from before values were bounded)
+                    summary.add_sample("slostream_sli_window_value_sum", named, report["value_sum"])
         yield watermark
         yield GaugeMetricFamily("slostream_sli_series_omitted",
                                 "Series with a reported window left out of the per-series SLI metrics "

@@ -89,6 +89,7 @@ class PartitionProcessor:
         self.series_keepers = (*self.evaluators, self.calibration)
         self.control_offset = -1  # last control command applied
         self._deleted_keys: list[str] = []  # state keys to delete at the next checkpoint (evicted, old layout)
+        self.unreadable_state = 0  # state records a restore could not read (each part started afresh)
         self.checkpoints = state.Checkpoints(now, self._replay_state(), config.report_window_s)
 
     # --- processing -------------------------------------------------------
@@ -331,14 +332,19 @@ class PartitionProcessor:
                                (store.open_count[:used] == 0))
         evicted = [held[owner] for owner in quiet.tolist() if owner in held]
         for series in evicted:
-            del self.series[series.ident]
-            del held[series.windows.owner]
-            self._deleted_keys.append(state_keys.series_key(self.partition, series.key))
+            self.forget(series)
             out.evicted += 1
-            for keeper in self.series_keepers:
-                keeper.release(series)
         for series in evicted:
             store.release(series.windows.owner)
+
+    def forget(self, series: Series) -> None:
+        """Let go of a held series (its window owner is the caller's to release); its state is
+        deleted at the next checkpoint."""
+        del self.series[series.ident]
+        del self._series_of_owner[series.windows.owner]
+        self._deleted_keys.append(state_keys.series_key(self.partition, series.key))
+        for keeper in self.series_keepers:
+            keeper.release(series)
 
     def evaluate_pending(self, now: float) -> Output:
         """Judge SLOs the wall-clock limiter held back, once the interval has passed."""
