@@ -100,6 +100,9 @@ class _StateCollector(Collector):
         yield _counter("slostream_ingest_undecodable_batches",
                        "Fetched record batches that could not be decoded (corrupt, or an unknown codec) and "
                        "were skipped.", ingest.undecodable_batches)
+        yield _counter("slostream_state_records_unreadable",
+                       "State changelog records a restore could not read (bytes that do not parse, an unknown "
+                       "version, values out of range); what each held started afresh.", ingest.unreadable_state)
         yield _counter("slostream_sli_events", "SLI window events emitted.", ingest.sli_emitted)
         yield _counter("slostream_series_evicted", "Series dropped after series_ttl_s of quiet (state deleted).",
                        ingest.series_evicted)

@@ -4,6 +4,7 @@ alerts, drift detections and dead letters. A replay, batched however, makes the 
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from typing import Any
 
@@ -171,11 +172,10 @@ def deadletter_event(config: PipelineConfig, record: SourceRecord, rejection: Re
 
 
 def oversized_output_event(config: PipelineConfig, topic: str, key: bytes | None, value: bytes,
-                           limit: int, offset: int, now: float) -> tuple[bytes, dict]:
-    """The dead letter that replaces an output event too large for the broker (``limit``: the
-    producer's ``max_output_bytes``): which topic, which event (its type, id and subject, or the
-    state key), its size, and its first bytes. ``offset``: of the measurement partition's applied
-    source, for a deterministic id."""
+                           limit: int, now: float) -> tuple[bytes, dict]:
+    """The dead letter that replaces an output too large for the broker (``limit``: the producer's
+    ``max_output_bytes``): which topic, which event (its type, id and subject) or state key, its
+    size, and its first bytes. Its id is the output's content, so a replay repeats it."""
     what = _event_head(value)
     cut = config.max_deadletter_bytes
     data = {
@@ -184,7 +184,7 @@ def oversized_output_event(config: PipelineConfig, topic: str, key: bytes | None
                             f"max_output_bytes ({limit}) and was not sent: {what}", cut),
         "topic": topic,
         "partition": -1,
-        "offset": offset,
+        "offset": -1,
         "index": None,
         "timestamp": now,
         "key_b64": None if key is None else base64.b64encode(key[:cut]).decode(),
@@ -193,7 +193,7 @@ def oversized_output_event(config: PipelineConfig, topic: str, key: bytes | None
         "value_truncated": len(value) > cut,
         "element": None,
     }
-    id_ = event_id("deadletter", "oversized", topic, key or b"", len(value), offset)
+    id_ = event_id("deadletter", "oversized", topic, hashlib.sha256((key or b"") + b"\x1f" + value).hexdigest())
     return b"too_large", cloud_event("slostream.deadletter", config.source, id_, now, data)
 
 
