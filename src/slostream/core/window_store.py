@@ -142,7 +142,7 @@ class WindowStore(AwaitingReads, SparseKeyLog, StoreCodec):
         if ends.size:
             self.closed_until[owner] = np.iinfo(np.int64).min // 2
             self.due[owner] = -np.inf
-            self.close(np.array([owner]), np.array([float(ends.max())]))
+            self.close(np.array([owner]), np.array([float(ends.max() + self.width)]))
         self.release(owner)
 
     def open_ends(self, owner: int) -> np.ndarray:

@@ -154,10 +154,8 @@ def header_partition(headers, name: str) -> int | None:
     """The partition named by header ``name`` (the source of a forward or of progress), else None."""
     for key, value in headers or ():
         if key == name:
-            try:
-                return int(value)
-            except ValueError:
-                return None
+            # A partition number (at most 1024 partitions); anything else, a null value included, is none.
+            return int(value) if isinstance(value, bytes) and value.isdigit() and len(value) <= 4 else None
     return None
 
 

@@ -211,7 +211,7 @@ def _restore_series(proc: PartitionProcessor, series_key: str, record: bytes, re
     """One series from its record; a record that cannot be read leaves the series to start afresh
     (what it built so far let go, its key deleted at the next checkpoint)."""
     config = proc.config
-    windows = series = None
+    series = None
     try:
         header, sections, windows_state = _read_series_record(record)
         service, metric, labels = header["service"], header["metric"], header["labels"]
@@ -251,10 +251,10 @@ def _restore_series(proc: PartitionProcessor, series_key: str, record: bytes, re
         _unreadable(proc, state_keys.series_key(proc.partition, series_key), exc)
         if series is not None and proc.series.get(series.ident) is series:
             proc.forget(series)
-        elif windows is not None:
+        else:
             proc._deleted_keys.append(state_keys.series_key(proc.partition, series_key))
-        if windows is not None:
-            proc.store.discard(windows.owner)
+        for owner in set(proc.store.owners().tolist()) - set(proc._series_of_owner):  # made before it failed
+            proc.store.discard(owner)
 
 
 def _plausible_clock(x: float) -> bool:
