@@ -378,7 +378,7 @@ def _validate_structure(item: Any, measurement: type) -> Any:
     except msgspec.ValidationError as exc:
         text = str(exc)
         if "length <=" in text:  # a name over max_name_bytes characters, or over max_labels labels
-            return Reason.TOO_LARGE, _short(text)
+            return Reason.TOO_LARGE, f"a name over max_name_bytes or labels over max_labels: {_short(text)}"
         if "$.ts" in text:
             return Reason.BAD_TIMESTAMP, f"ts must be Unix seconds or an RFC 3339 time with offset: {text}"
         return Reason.WRONG_TYPE, text

@@ -34,6 +34,8 @@ from aiokafka.record._crecords import default_records as c_default_records
 
 log = logging.getLogger("slostream")
 
+# gzip is inflated this many bytes at a time.
+INFLATE_CHUNK_BYTES = 1 << 20
 # (topic, partition, first offset, next offset, error, whether it was too large)
 SkipReport = Callable[[str, int, int, int, str, bool], None]
 # (topic, partition, offset, timestamp in ms, key, value, headers) -> the record handed on
@@ -98,17 +100,20 @@ class _Inflate:
 
     @classmethod
     def gzip(cls, payload) -> bytes:
-        """Every gzip member in turn (as Python's GzipFile reads them), at most ``limit`` bytes."""
+        """Every gzip member in turn (as Python's GzipFile reads them), at most ``limit`` bytes, in
+        chunks (zlib's own output buffer would hold the output twice while it joins its blocks)."""
         parts, size, data = [], 0, bytes(payload)
         while data:
             inflater = zlib.decompressobj(wbits=47)  # a gzip or zlib header
-            part = inflater.decompress(data, cls.limit + 1 - size)
-            size += len(part)
-            if size > cls.limit or inflater.unconsumed_tail:
-                raise cls._too_large("gzip")
-            if not inflater.eof:
-                raise zlib.error("gzip stream ends early")
-            parts.append(part)
+            while not inflater.eof:
+                part = inflater.decompress(data, INFLATE_CHUNK_BYTES)
+                size += len(part)
+                if size > cls.limit:
+                    raise cls._too_large("gzip")
+                parts.append(part)
+                data = inflater.unconsumed_tail
+                if not part and not data:
+                    raise zlib.error("gzip stream ends early")
             data = inflater.unused_data
         return b"".join(parts)
 
