@@ -59,6 +59,8 @@ measurement_values = st.one_of(
     st.builds(_encoded, st.lists(_measurement, max_size=6)),
     st.builds(_encoded, _json),
     st.none(),
+    st.sampled_from([b'{"a":' * depth + b"1" + b"}" * depth for depth in (300, 990, 1500)]
+                    + [b"[" * depth + b"]" * depth for depth in (300, 990, 100_000)]),
 )
 _header_names = st.one_of(st.sampled_from([FORWARD_HEADER, PROGRESS_HEADER]), st.text(max_size=10))
 _header_values = st.one_of(st.binary(max_size=20),

@@ -93,8 +93,8 @@ def test_hostile_records_are_dead_lettered_and_neither_the_worker_nor_its_succes
         (1, state_keys.book_key(1).encode(), b'{"v": 99}'),
     ])
     successor = make_worker(**limits).start()
-    produce(kafka.bootstrap, topic, [orjson.dumps({**good, "service": "after", "ts": ts}) for ts in (t0 + 60, t0 + 130)],
-            key=None)
+    after = [orjson.dumps({**good, "service": "after", "ts": ts}) for ts in (t0 + 60, t0 + 130)]
+    produce(kafka.bootstrap, topic, after, key=None)
     sli = consume(kafka.bootstrap, f"{prefix}sli", lambda ev: any(e["data"]["service"] == "after" for e in ev))
     assert any(e["data"]["service"] == "after" for e in sli)
     status, body = successor.get("/metrics")

@@ -38,6 +38,7 @@ from slostream.bench.cardinality import (
 )
 from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITIONS, _expected_windows, _payloads
 from slostream.bench.drift import drift_quality, drift_state
+from slostream.bench.fuzz import fuzz_counts
 from slostream.bench.thresholds import slo_threshold_quality, threshold_quality
 from slostream.bench.throughput import (
     _alert_latency,
@@ -178,6 +179,7 @@ PARTS: dict[str, Callable[[BenchRun], dict]] = {
     "thresholds": lambda run: {"thresholds": threshold_quality()},
     "slo_thresholds": lambda run: {"slo_thresholds": {"day_effect_0.05": slo_threshold_quality(),
                                                       "no_day_effect": slo_threshold_quality(day_sd=0.0)}},
+    "fuzz": lambda run: fuzz_counts(run.broker),
 }
 
 

@@ -221,7 +221,11 @@ def _element_json(element) -> tuple[Any, bytes]:
     try:
         encoded = orjson.dumps(element)
     except (TypeError, orjson.JSONEncodeError):
-        encoded = orjson.dumps(repr(element))
+        try:
+            text = repr(element)
+        except RecursionError:  # nested deeper than Python's repr goes (orjson stops at 255 levels)
+            text = f"<{type(element).__name__} nested too deeply to show>"
+        encoded = orjson.dumps(text)
     return orjson.loads(encoded), encoded
 
 
