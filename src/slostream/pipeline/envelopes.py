@@ -202,7 +202,7 @@ def _event_head(value: bytes) -> str:
     try:
         event = orjson.loads(value)
     except orjson.JSONDecodeError:
-        return "not JSON (a state record)"
+        return "not JSON (a state record or a forward)"
     if not isinstance(event, dict):
         return "not an event"
     return ", ".join(f"{name} {str(event.get(name))[:512]}" for name in ("type", "id", "subject") if name in event)
