@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 
 from slostream.core.budget import default_tiers
 from slostream.core.objectives import GoodRule, Policy, Slo, SloWindow
+from slostream.pipeline.alignment import PROGRESS_HEADER
+from slostream.pipeline.ownership import FORWARD_HEADER
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import SourceRecord
 from tests.hostile import (
@@ -98,3 +100,24 @@ def test_any_state_record_is_read_or_counted_and_the_partition_works(choices, da
     writes, _ = proc.checkpoint(final=True)
     again = PartitionProcessor.restore(0, config, list(writes), NOW + 7200)
     assert again.unreadable_state == 0
+
+
+def _genuine_forwards() -> list[bytes]:
+    proc = PartitionProcessor(0, CONFIGS[2], now=NOW)
+    values = [b'[{"service":"api","metric":"lat","value":3,"labels":{"k":"a"},"id":"x"},'
+              b'{"service":"checkout","metric":"checkout","ok":false,"outcome":1}]'] * 3
+    out = proc.process([SourceRecord("m", 0, i, NOW, None, value) for i, value in enumerate(values)], NOW)
+    return [forward.value for forward in out.forwards + proc.progress(NOW).forwards]
+
+
+GENUINE = _genuine_forwards()
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(GENUINE), st.data(), st.sampled_from(["forward", "progress"]),
+                          st.sampled_from([b"0", b"1"])), min_size=1, max_size=4))
+def test_a_genuine_forward_or_progress_mark_with_bytes_changed_is_no_crash(records):
+    source = [SourceRecord("m", 1, offset, NOW - 5, None, mutated(value, data),
+                           ((FORWARD_HEADER if kind == "forward" else PROGRESS_HEADER, origin),))
+              for offset, (value, data, kind, origin) in enumerate(records)]
+    _run(PartitionProcessor(1, CONFIGS[2], now=NOW), source)
