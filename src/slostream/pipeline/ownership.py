@@ -159,8 +159,8 @@ def decode_forwarded(value: bytes | None) -> Forwarded:
         raise ValueError("forwarded record holds a time or a value out of range")
     if not (np.isin(columns["ok"], (-1, 0, 1)).all() and np.isin(columns["outcome"], (-1, 0, 1)).all()):
         raise ValueError("forwarded record holds an ok or an outcome that is not -1, 0 or 1")
-    if forwarded.written is not None and not 0 < forwarded.written < MAX_PLAUSIBLE_TS:
-        raise ValueError("forwarded record's write time is out of range")
+    if forwarded.written is not None and forwarded.written != forwarded.written:
+        raise ValueError("forwarded record's write time is NaN")
     return forwarded
 
 
