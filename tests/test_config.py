@@ -32,7 +32,7 @@ def test_precedence_defaults_yaml_env_flags(tmp_path):
         ("drift: {alert: loud}\n", "drift.alert", "off, or a severity: info, warning"),
         ("max_name_bytes: 8\n", "max_name_bytes", "see README"),
         ("max_output_bytes: 100000\nmax_deadletter_bytes: 65536\n", "max_deadletter_bytes",
-         "at most (max_output_bytes - 4096) / 4"),
+         "at most (max_output_bytes - 4096) / 5"),
         ("max_output_bytes: 1000\n", "max_output_bytes", "message.max.bytes"),
         ("max_batch_bytes: 1000\n", "max_batch_bytes", "see README"),
     ],

@@ -112,7 +112,7 @@ _HELP = {
     "log_level": "use one of debug, info, warning, error",
     "max_output_bytes": "set it to at most the broker's message.max.bytes (Apache Kafka: 1048588) and the "
                         "output topics' max.message.bytes",
-    "max_deadletter_bytes": "use from 64 to max_record_bytes, and at most (max_output_bytes - 4096) / 4",
+    "max_deadletter_bytes": "use from 64 to max_record_bytes, and at most (max_output_bytes - 4096) / 5",
 }
 
 
@@ -334,10 +334,11 @@ def validate(s: Settings) -> None:
         fail("max_labels", f"is {s.max_labels}, it must be from 0 to 1024")
     if not 1 << 16 <= s.max_output_bytes <= 1 << 28:
         fail("max_output_bytes", f"is {s.max_output_bytes}, it must be from 65536 to 268435456 (256 MiB)")
-    if 4 * s.max_deadletter_bytes + DEADLETTER_OVERHEAD_BYTES > s.max_output_bytes:
-        # A dead letter carries up to four fields of that size (value, key, element, message).
+    if 5 * s.max_deadletter_bytes + DEADLETTER_OVERHEAD_BYTES > s.max_output_bytes:
+        # A dead letter carries four fields of up to that size (value and key in base64, a third
+        # longer; element and message).
         fail("max_deadletter_bytes", f"is {s.max_deadletter_bytes}, so a dead letter may reach "
-             f"{4 * s.max_deadletter_bytes + DEADLETTER_OVERHEAD_BYTES} bytes, over max_output_bytes "
+             f"{5 * s.max_deadletter_bytes + DEADLETTER_OVERHEAD_BYTES} bytes, over max_output_bytes "
              f"({s.max_output_bytes})")
     if not 1 << 20 <= s.max_batch_bytes <= 1 << 31:
         fail("max_batch_bytes", f"is {s.max_batch_bytes}, it must be from 1048576 (1 MiB) to 2147483648 (2 GiB)")
