@@ -275,17 +275,21 @@ def _worker_path(broker: EmbeddedBroker, records: int) -> dict:
     started = time.perf_counter()
     try:
         _wait_ready(port, worker)
-        consumed, settled_at, failed_scrapes, page = 0.0, time.monotonic(), 0, ""
-        while worker.poll() is None and time.monotonic() - settled_at < 15:
+        # Done when nothing is left to read and the counts have not moved for 10 s (progress marks
+        # keep arriving, so the records read never settle).
+        counted, settled_at, failed_scrapes, page = -1.0, time.monotonic(), 0, ""
+        while worker.poll() is None and time.monotonic() - settled_at < 10:
             time.sleep(1)
             try:
                 page, _ = _scrape(port)
             except OSError:
                 failed_scrapes += 1
                 continue
-            now_consumed = _metric(page, "slostream_ingest_records_total")
-            if now_consumed != consumed:
-                consumed, settled_at = now_consumed, time.monotonic()
+            now_counted = (_metric(page, "slostream_ingest_measurements_accepted_total")
+                           + _metric(page, "slostream_ingest_measurements_rejected_total{"))
+            if now_counted != counted or _metric(page, "slostream_consumer_lag_records{"):
+                counted, settled_at = now_counted, time.monotonic()
+        consumed = _metric(page, "slostream_ingest_records_total")
         reasons = {line.split('reason="')[1].split('"')[0]: int(float(line.rsplit(" ", 1)[1]))
                    for line in page.splitlines()
                    if line.startswith("slostream_ingest_measurements_rejected_total{") and not line.endswith(" 0.0")}
