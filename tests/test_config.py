@@ -30,6 +30,11 @@ def test_precedence_defaults_yaml_env_flags(tmp_path):
         ("drift: {overrides: [{service: a, cooldown: soon}]}\n", "drift.overrides[0].cooldown", "a duration"),
         ("drift: {window: 5m}\n", "drift.window", "use enabled, aggregates"),
         ("drift: {alert: loud}\n", "drift.alert", "off, or a severity: info, warning"),
+        ("max_name_bytes: 8\n", "max_name_bytes", "see README"),
+        ("max_output_bytes: 100000\nmax_deadletter_bytes: 65536\n", "max_deadletter_bytes",
+         "at most (max_output_bytes - 4096) / 5"),
+        ("max_output_bytes: 1000\n", "max_output_bytes", "message.max.bytes"),
+        ("max_batch_bytes: 1000\n", "max_batch_bytes", "see README"),
     ],
 )
 def test_errors_name_file_field_and_fix(tmp_path, yaml_text, field, fix):

@@ -107,3 +107,52 @@ def test_decoding_many_records_at_once_equals_decoding_each_alone(raws):
     assert together.columns.position.tolist() == [p for one in alone for p in one.columns.position.tolist()]
     assert [(r.record, r.index, r.reason, r.message) for r in together.rejections] == [
         (n, r.index, r.reason, r.message) for n, one in enumerate(alone) for r in one.rejections]
+
+
+@pytest.mark.parametrize("field", ["service", "metric", "id", "label key", "label value"])
+@pytest.mark.parametrize("text", ["a" * 257, "é" * 129, "\\u00e9" * 129, "\U0001f600" * 65],
+                         ids=["ascii", "two-byte", "escaped", "four-byte"])
+def test_a_name_over_max_name_bytes_in_utf8_rejects_only_its_measurement(field, text):
+    """257 bytes of UTF-8 in each name: in plain ASCII (msgspec's character limit), or in fewer
+    than 256 characters of several bytes each, raw or escaped; the measurement beside it is kept."""
+    element = {**GOOD}
+    if field == "label key":
+        element["labels"] = {"__KEY__": "v"}
+    elif field == "label value":
+        element["labels"] = {"k": "__KEY__"}
+    else:
+        element[field] = "__KEY__"
+    raw = orjson.dumps([GOOD, element]).replace(b"__KEY__", text.encode())
+    for batch in (_decode(raw), _decode(raw, raw)):  # one record alone, and records decoded at once
+        assert len(batch.columns) == len(batch.rejections)
+        assert {(r.reason, r.index) for r in batch.rejections} == {(Reason.TOO_LARGE, 1)}
+        assert "256" in batch.rejections[0].message
+
+
+def test_names_of_exactly_max_name_bytes_are_accepted():
+    element = {**GOOD, "service": "é" * 128, "metric": "m" * 256, "labels": {"k" * 256: "\U0001f600" * 64}}
+    batch = _decode(orjson.dumps(element))
+    assert not batch.rejections and len(batch.columns) == 1
+
+
+def test_more_than_max_labels_is_too_large():
+    labels = {f"k{i}": "v" for i in range(33)}
+    batch = _decode(orjson.dumps([{**GOOD, "labels": labels}, {**GOOD, "labels": dict(list(labels.items())[:32])}]))
+    assert [(r.reason, r.index) for r in batch.rejections] == [(Reason.TOO_LARGE, 0)]
+    assert len(batch.columns) == 1
+    assert [r.reason for r in _decode(orjson.dumps({**GOOD, "labels": labels}), max_labels=40).rejections] == []
+
+
+def test_a_lone_surrogate_escape_is_not_a_name():
+    """Python's json (read for NaN and 1e400) takes "\\ud800", which no UTF-8 encoder writes."""
+    raw = b'{"service": "a\\ud800", "metric": "m", "value": NaN}'
+    batch = _decode(raw)
+    assert [r.reason for r in batch.rejections] == [Reason.INVALID_JSON]
+    assert "surrogate" in batch.rejections[0].message
+
+
+@pytest.mark.parametrize("value", [1e101, -1e300, 1.7e308])
+def test_values_beyond_the_bound_are_out_of_range(value):
+    batch = _decode(orjson.dumps([GOOD, {**GOOD, "value": value}, {**GOOD, "value": 1e100}]))
+    assert [(r.reason, r.index) for r in batch.rejections] == [(Reason.OUT_OF_RANGE, 1)]
+    assert batch.columns.values.tolist() == [12.5, 1e100]

@@ -25,6 +25,8 @@ from slostream.core.recommend import STRATEGIES
 from slostream.pipeline.types import PipelineConfig
 
 ENV_PREFIX = "SLOSTREAM_"
+# What a dead letter holds besides its four bounded fields (names, offsets, CloudEvents attributes).
+DEADLETTER_OVERHEAD_BYTES = 4096
 BROKER_RE = re.compile(r"^kafka://[A-Za-z0-9.\-_\[\]:]+:\d+(,[A-Za-z0-9.\-_\[\]:]+:\d+)*$")
 
 
@@ -90,6 +92,10 @@ class Settings:
     label_keys: tuple[str, ...] = ()
     max_record_bytes: int = 1 << 20
     max_deadletter_bytes: int = 64 << 10
+    max_name_bytes: int = 256
+    max_labels: int = 32
+    max_output_bytes: int = 1 << 20
+    max_batch_bytes: int = 64 << 20
     max_future_skew_s: float = 300.0
     checkpoint_interval_s: float = 1.0
     tick_interval_s: float = 1.0
@@ -160,6 +166,9 @@ _HELP = {
     "replication_factor": "use a whole number from 1 to the number of brokers (3 is usual in production)",
     "security_protocol": f"use one of {', '.join(SECURITY_PROTOCOLS)}",
     "sasl_mechanism": f"use one of {', '.join(SASL_MECHANISMS)} (SCRAM where the broker supports it)",
+    "max_output_bytes": "set it to at most the broker's message.max.bytes (Apache Kafka: 1048588) and the "
+                        "output topics' max.message.bytes",
+    "max_deadletter_bytes": "use from 64 to max_record_bytes, and at most (max_output_bytes - 4096) / 5",
 }
 
 
@@ -180,6 +189,8 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         max_record_bytes=settings.max_record_bytes,
         max_future_skew_s=settings.max_future_skew_s,
         max_deadletter_bytes=settings.max_deadletter_bytes,
+        max_name_bytes=settings.max_name_bytes,
+        max_labels=settings.max_labels,
         source=settings.source,
         slos=settings.slos,
         policies=settings.policies,
@@ -452,6 +463,20 @@ def validate(s: Settings) -> None:
         fail("max_silences", f"is {s.max_silences}, it must be from 1 to 100000")
     if not 64 <= s.max_deadletter_bytes <= s.max_record_bytes:
         fail("max_deadletter_bytes", f"is {s.max_deadletter_bytes}, it must be from 64 to max_record_bytes")
+    if not 16 <= s.max_name_bytes <= 65536:
+        fail("max_name_bytes", f"is {s.max_name_bytes}, it must be from 16 to 65536")
+    if not 0 <= s.max_labels <= 1024:
+        fail("max_labels", f"is {s.max_labels}, it must be from 0 to 1024")
+    if not 1 << 16 <= s.max_output_bytes <= 1 << 28:
+        fail("max_output_bytes", f"is {s.max_output_bytes}, it must be from 65536 to 268435456 (256 MiB)")
+    if 5 * s.max_deadletter_bytes + DEADLETTER_OVERHEAD_BYTES > s.max_output_bytes:
+        # A dead letter carries four fields of up to that size (value and key in base64, a third
+        # longer; element and message).
+        fail("max_deadletter_bytes", f"is {s.max_deadletter_bytes}, so a dead letter may reach "
+             f"{5 * s.max_deadletter_bytes + DEADLETTER_OVERHEAD_BYTES} bytes, over max_output_bytes "
+             f"({s.max_output_bytes})")
+    if not 1 << 20 <= s.max_batch_bytes <= 1 << 31:
+        fail("max_batch_bytes", f"is {s.max_batch_bytes}, it must be from 1048576 (1 MiB) to 2147483648 (2 GiB)")
     if s.log_level not in ("debug", "info", "warning", "error"):
         fail("log_level", f"is {s.log_level!r}")
     if s.alertmanager_url is not None and not re.match(r"^https?://[^/@\s]+(/|$)", s.alertmanager_url):

@@ -40,6 +40,7 @@ from slostream.bench.catchup import catchup
 from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITIONS, _expected_windows, _payloads
 from slostream.bench.control import control_part
 from slostream.bench.drift import drift_quality, drift_state
+from slostream.bench.fuzz import fuzz_counts
 from slostream.bench.sinks import sink_latency
 from slostream.bench.thresholds import slo_threshold_quality, threshold_quality
 from slostream.bench.throughput import (
@@ -185,6 +186,7 @@ PARTS: dict[str, Callable[[BenchRun], dict]] = {
     "sinks": lambda run: {"sinks": sink_latency(run.workdir)},
     "slo_thresholds": lambda run: {"slo_thresholds": {"day_effect_0.05": slo_threshold_quality(),
                                                       "no_day_effect": slo_threshold_quality(day_sd=0.0)}},
+    "fuzz": lambda run: fuzz_counts(run.broker),
 }
 
 

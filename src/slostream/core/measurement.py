@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
 import json
 import operator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ class Reason(enum.StrEnum):
     NON_FINITE_VALUE = "non_finite_value"
     BAD_TIMESTAMP = "bad_timestamp"
     TOO_LARGE = "too_large"
+    OUT_OF_RANGE = "out_of_range"  # a finite value whose sums over a window could overflow
     TOO_LATE = "too_late"
     BAD_COMMAND = "bad_command"  # a control-topic command that cannot be applied
     UNDECODABLE_BATCH = "undecodable_batch"  # a fetched batch that is corrupt or uses an unknown codec
@@ -37,26 +39,35 @@ class Reason(enum.StrEnum):
 
 
 AwareDatetime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 _EMPTY_ARRAY = "empty array: a record must hold at least one measurement"
 
 # Unix seconds above this are almost surely milliseconds (year 5138).
 MAX_PLAUSIBLE_TS = 1e11
+# A value beyond this is refused (out_of_range): sums of 10^200 of them, and of their squares,
+# stay finite, so no window's sum, mean or rate can overflow to inf (and reach JSON as null).
+MAX_ABS_VALUE = 1e100
+DEFAULT_MAX_NAME_BYTES = 256
+DEFAULT_MAX_LABELS = 32
 
 
-class Measurement(msgspec.Struct, gc=False, omit_defaults=True):
-    service: NonEmpty
-    metric: NonEmpty
-    value: float | None = None
-    ok: bool | None = None
-    ts: float | AwareDatetime | None = None
-    labels: dict[str, str] | None = None
-    id: str | None = None
-    outcome: Literal[0, 1] | None = None
+@functools.cache
+def measurement_type(max_name_bytes: int, max_labels: int) -> type[msgspec.Struct]:
+    """The measurement struct whose names (service, metric, id, label keys and values) msgspec
+    checks to be at most ``max_name_bytes`` characters, and its labels at most ``max_labels``,
+    while it decodes (in C). A character is one to four UTF-8 bytes: names that are not plain
+    ASCII get the exact byte check afterwards (``_oversized_names``)."""
+    name = Annotated[str, msgspec.Meta(min_length=1, max_length=max_name_bytes)]
+    text = Annotated[str, msgspec.Meta(max_length=max_name_bytes)]
+    labels = Annotated[dict[text, text], msgspec.Meta(max_length=max_labels)]
+    return msgspec.defstruct("Measurement", [
+        ("service", name), ("metric", name), ("value", float | None, None), ("ok", bool | None, None),
+        ("ts", float | AwareDatetime | None, None), ("labels", labels | None, None), ("id", text | None, None),
+        ("outcome", Literal[0, 1] | None, None),
+    ], gc=False, omit_defaults=True, module=__name__)
 
 
-_FAST_DECODER = msgspec.json.Decoder(list[Measurement] | Measurement)
+Measurement = measurement_type(DEFAULT_MAX_NAME_BYTES, DEFAULT_MAX_LABELS)
 # Records this small on average are decoded in one call (the per-call cost dominates them); larger
 # ones one by one (joining them would copy and scan every byte once more for little gain).
 AT_ONCE_MAX_MEAN_BYTES = 1024
@@ -113,9 +124,13 @@ class MeasurementDecoder:
     (1, 'not_an_object', [100.0])
     """
 
-    def __init__(self, max_record_bytes: int = 1 << 20, max_future_skew_s: float = 300.0):
+    def __init__(self, max_record_bytes: int = 1 << 20, max_future_skew_s: float = 300.0,
+                 max_name_bytes: int = DEFAULT_MAX_NAME_BYTES, max_labels: int = DEFAULT_MAX_LABELS):
         self.max_record_bytes = max_record_bytes
         self.max_future_skew_s = max_future_skew_s
+        self.max_name_bytes = max_name_bytes
+        self.measurement = measurement_type(max_name_bytes, max_labels)
+        self.fast = _fast_decoder(self.measurement)
 
     def decode(self, values: list[bytes | None], timestamps: list[float], now: float) -> DecodedBatch:
         """Record ``values`` and their record ``timestamps`` (Unix seconds), read at wall time ``now``:
@@ -124,19 +139,36 @@ class MeasurementDecoder:
         at_once = self._decode_at_once(values)
         if at_once is None:
             elements, owners, positions, rejections = self._decode_each(values)
+            plain = False
         else:
-            elements, owners, positions = at_once
+            elements, owners, positions, plain = at_once
             rejections = []
         columns = self._columns(timestamps, elements, owners)
         columns.position = positions
-        keep = self._check_values(columns, rejections, now)
+        keep = self._check_values(columns, rejections, now, {} if plain else self._oversized_names(values, columns))
         if not keep.all():
             columns = columns.select(keep)
         return DecodedBatch(columns, rejections)
 
+    def _oversized_names(self, values: list[bytes | None], columns: Columns) -> dict[int, tuple[Reason, str]]:
+        """The elements with a name longer than ``max_name_bytes`` in UTF-8, or not UTF-8 at all (a
+        lone surrogate escape), and why. msgspec counted characters: only records with non-ASCII
+        text (raw, or escaped) can hold a name of fewer characters but more bytes."""
+        suspect = np.fromiter((raw is not None and not _plain_ascii(raw) for raw in values), dtype=bool,
+                              count=len(values))
+        if not suspect.any():
+            return {}
+        problems = {}
+        for i in np.flatnonzero(suspect[columns.record]).tolist():
+            problem = _name_problem(columns.measurements[i], self.max_name_bytes)
+            if problem is not None:
+                problems[i] = problem
+        return problems
+
     def _decode_at_once(self, values: list[bytes | None]):
-        """Every record in one msgspec call, a line each; None when any record needs a closer look
-        (then each is decoded alone, and a refused one gets its exact reason)."""
+        """Every record in one msgspec call, a line each, and whether all their text is plain ASCII;
+        None when any record needs a closer look (then each is decoded alone, and a refused one gets
+        its exact reason)."""
         if not values or None in values:
             return None
         sizes = list(map(len, values))
@@ -146,14 +178,14 @@ class MeasurementDecoder:
         if joined.count(b"\n") != len(values) - 1:  # a record spans lines
             return None
         try:
-            decoded = _FAST_DECODER.decode_lines(joined)
+            decoded = self.fast.decode_lines(joined)
         except Exception:
             return None
         n = len(values)
         if len(decoded) != n:  # a blank record
             return None
         if list not in map(type, decoded):  # one lone object per record
-            return decoded, np.arange(n, dtype=np.int64), np.full(n, -1, dtype=np.int64)
+            return decoded, np.arange(n, dtype=np.int64), np.full(n, -1, dtype=np.int64), _plain_ascii(joined)
         elements: list[Measurement] = []
         segments: list[tuple[int, int, int]] = []
         for number, item in enumerate(decoded):
@@ -165,7 +197,7 @@ class MeasurementDecoder:
             else:
                 elements.append(item)
                 segments.append((number, 1, -1))
-        return (elements, *_owners_and_positions(segments))
+        return (elements, *_owners_and_positions(segments), _plain_ascii(joined))
 
     def _decode_each(self, values: list[bytes | None]):
         elements: list[Measurement] = []
@@ -188,7 +220,7 @@ class MeasurementDecoder:
                 )
                 continue
             try:
-                decoded = _FAST_DECODER.decode(raw)
+                decoded = self.fast.decode(raw)
             except Exception:  # anything the fast path refuses gets an exact reason below
                 self._slow_path(number, raw, elements, segments, rejections)
                 continue
@@ -224,8 +256,8 @@ class MeasurementDecoder:
         else:
             items = [(None, parsed)]
         for position, item in items:
-            outcome = _validate_structure(item)
-            if isinstance(outcome, Measurement):
+            outcome = _validate_structure(item, self.measurement)
+            if not isinstance(outcome, tuple):
                 elements.append(outcome)
                 segments.append((number, 1, -1 if position is None else position))
             else:
@@ -248,7 +280,10 @@ class MeasurementDecoder:
         oks = np.where(np.isnan(ok_float), -1, ok_float).astype(np.int8)
         return Columns(elements, owner, ts, values, oks)
 
-    def _check_values(self, columns: Columns, rejections: list[Rejection], now: float) -> np.ndarray:
+    def _check_values(self, columns: Columns, rejections: list[Rejection], now: float,
+                      named: dict[int, tuple[Reason, str]]) -> np.ndarray:
+        """Rejects what the structure allows but the values do not (``now``: the reader's wall
+        time); ``named``: the elements already refused for their names, and why."""
         values, ts = columns.values, columns.ts
         missing = np.isnan(values)
         explicit_nan = np.zeros(len(values), dtype=bool)
@@ -257,16 +292,25 @@ class MeasurementDecoder:
             present = np.asarray([m.value is not None for m in columns.measurements], dtype=bool)
             explicit_nan = missing & present
         non_finite = (~missing & ~np.isfinite(values)) | explicit_nan
+        with np.errstate(invalid="ignore"):
+            out_of_range = np.abs(values) > MAX_ABS_VALUE
         absent = missing & ~explicit_nan & (columns.oks < 0)
         implausible = ~np.isfinite(ts) | (ts <= 0) | (ts >= MAX_PLAUSIBLE_TS)
         future = ts > now + self.max_future_skew_s
-        bad = non_finite | absent | implausible | future
+        bad = non_finite | out_of_range | absent | implausible | future
+        if named:
+            bad[list(named)] = True
         if not bad.any():
             return ~bad
         for i in np.flatnonzero(bad).tolist():
             m = columns.measurements[i]
-            if non_finite[i]:
+            if i in named:
+                reason, message = named[i]
+            elif non_finite[i]:
                 reason, message = Reason.NON_FINITE_VALUE, f"value {m.value!r} is not a finite number"
+            elif out_of_range[i]:
+                reason = Reason.OUT_OF_RANGE
+                message = f"value {m.value!r} is beyond ±{MAX_ABS_VALUE:g}, where window sums could overflow"
             elif absent[i]:
                 reason, message = Reason.MISSING_FIELD, "a measurement needs at least one of 'value' and 'ok'"
             elif implausible[i]:
@@ -294,7 +338,36 @@ def _owners_and_positions(segments: list[tuple[int, int, int]]) -> tuple[np.ndar
     return owners, np.repeat(firsts, counts) + within
 
 
-def _validate_structure(item: Any) -> Measurement | tuple[Reason, str]:
+def _fast_decoder(measurement: type) -> msgspec.json.Decoder:
+    return msgspec.json.Decoder(list[measurement] | measurement)
+
+
+def _plain_ascii(raw: bytes) -> bool:
+    """Whether every string JSON ``raw`` holds is plain ASCII (one byte per character): no byte
+    above 127 and no escape (a one-byte search runs at memchr speed, a two-byte one at a tenth)."""
+    return raw.isascii() and b"\\" not in raw
+
+
+def _name_problem(m, max_name_bytes: int) -> tuple[Reason, str] | None:
+    """Why a decoded measurement's names are refused: longer than ``max_name_bytes`` in UTF-8, or
+    not UTF-8 (Python's json reads a lone surrogate escape)."""
+    names = [("service", m.service), ("metric", m.metric), ("id", m.id)]
+    for key, value in (m.labels or {}).items():
+        names += (("a label key", key), (f"label {key[:64]!r}", value))
+    for what, text in names:
+        if text is None:
+            continue
+        try:
+            size = len(text.encode())
+        except UnicodeEncodeError:
+            return Reason.INVALID_JSON, f"{what} holds a lone UTF-16 surrogate escape, which is not valid UTF-8"
+        if size > max_name_bytes:
+            return Reason.TOO_LARGE, f"{what} is {size} bytes in UTF-8, the limit is {max_name_bytes} (max_name_bytes)"
+    return None
+
+
+def _validate_structure(item: Any, measurement: type) -> Any:
+    """The measurement ``item`` makes, or why it is refused (a reason and a message)."""
     if not isinstance(item, dict):
         return Reason.NOT_AN_OBJECT, f"expected a JSON object, got {type(item).__name__}"
     for name in ("service", "metric"):
@@ -303,9 +376,11 @@ def _validate_structure(item: Any) -> Measurement | tuple[Reason, str]:
     if "value" not in item and "ok" not in item:
         return Reason.MISSING_FIELD, "a measurement needs at least one of 'value' and 'ok'"
     try:
-        return msgspec.convert(item, Measurement)
+        return msgspec.convert(item, measurement)
     except msgspec.ValidationError as exc:
         text = str(exc)
+        if "length <=" in text:  # a name over max_name_bytes characters, or over max_labels labels
+            return Reason.TOO_LARGE, f"a name over max_name_bytes or labels over max_labels: {_short(text)}"
         if "$.ts" in text:
             return Reason.BAD_TIMESTAMP, f"ts must be Unix seconds or an RFC 3339 time with offset: {text}"
         return Reason.WRONG_TYPE, text

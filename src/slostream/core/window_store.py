@@ -140,13 +140,20 @@ class WindowStore(AwaitingReads, SparseKeyLog, StoreCodec):
         self._free_owners.append(owner)
 
     def discard(self, owner: int) -> None:
-        """Forget an owner with its open windows unreported (its series is dropped)."""
-        used = self._rows
-        mine = self.row_live[:used] & (self.row_owner[:used] == owner)
-        if mine.any():
-            last_end = float((self.row_start[:used] + self.row_length[:used])[mine].max())
-            self.close(np.array([owner]), np.array([last_end]))
+        """Forget an owner whatever it holds (a restore that failed half-way): its open windows are
+        dropped unreported."""
+        ends = self.open_ends(owner)
+        if ends.size:
+            self.closed_until[owner] = np.iinfo(np.int64).min // 2
+            self.due[owner] = -np.inf
+            self.close(np.array([owner]), np.array([float(ends.max() + self.width)]))
         self.release(owner)
+
+    def open_ends(self, owner: int) -> np.ndarray:
+        """The end of each open window of ``owner``."""
+        used = self._rows
+        rows = np.flatnonzero(self.row_live[:used] & (self.row_owner[:used] == owner))
+        return self.row_start[rows] + self.row_length[rows]
 
     def take_writes(self, boundary: int, stale_before: int) -> tuple[np.ndarray, int | None]:
         """The owners whose state is to be written now, ascending, and the oldest boundary whose

@@ -56,10 +56,11 @@ def create_app(settings: Settings) -> SloApp:
     )
     metrics = PipelineMetrics()
     outputs = OutputProducer(settings.broker_hosts, lone_forwards=bool(settings.changelog_fence),
-                             client_options=kafka_client_options(settings))
+                             client_options=kafka_client_options(settings), max_output_bytes=settings.max_output_bytes)
     app.add_dependency(outputs)
     ingest = IngestService(app, settings, metrics, outputs)
-    undecodable.install(ingest.skipped_batch, (ingest.topic, ingest.repartition_topic), source_record)
+    undecodable.install(ingest.skipped_batch, (ingest.topic, ingest.repartition_topic), source_record,
+                        settings.max_batch_bytes)
     end_offsets.install()
     metrics.attach(ingest)
     app.ingest = ingest

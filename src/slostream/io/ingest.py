@@ -27,7 +27,7 @@ from slostream.io.security import kafka_client_options
 from slostream.io.sinks import AlertSinks
 from slostream.io.slicer import Slicer
 from slostream.pipeline import state_keys
-from slostream.pipeline.envelopes import deadletter_event
+from slostream.pipeline.envelopes import deadletter_event, oversized_output_event
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition, last_source_offset
 from slostream.pipeline.pacing import CheckpointPacer
 from slostream.pipeline.partition import PartitionProcessor
@@ -123,6 +123,7 @@ class IngestService:
         self.series_evicted = 0
         self.series_dropped_label_keys = 0
         self.undecodable_batches = 0
+        self.unreadable_state = 0  # changelog records a restore could not read (what each held started afresh)
         self._undecodable_letters: list[tuple[bytes, dict]] = []
         self.sli_emitted = 0
         self.checkpoints = 0
@@ -161,6 +162,7 @@ class IngestService:
                 (k.decode(), v) for k, v in self.state.data.items() if k.startswith(prefix)
             ]
             proc = PartitionProcessor.restore(partition, self.pipeline_config, items, time.time())
+            self.unreadable_state += proc.unreadable_state
             self.processors[partition] = proc
             restored = proc.snapshot(kinds=("slos",))
             log.info("partition %d: restored %d series and %d SLOs, resuming after offset %d",
@@ -238,14 +240,17 @@ class IngestService:
         self._reader.seek(tp, offset)
         fetched = await self._reader.getmany(tp, timeout_ms=HOLDS_TIMEOUT_MS, max_records=1)
         return any(record.offset >= offset for record in fetched.get(tp, ()))
-    def skipped_batch(self, topic: str, partition: int, first: int, after: int, error: str) -> None:
-        """A fetched batch that could not be decoded was skipped (see ``io.undecodable``): count it and
-        dead-letter a note of it (its bytes cannot be read, so none are attached)."""
+
+    def skipped_batch(self, topic: str, partition: int, first: int, after: int, error: str, too_large: bool) -> None:
+        """A fetched batch that could not be decoded, or inflates past ``max_batch_bytes``
+        (``too_large``), was skipped (see ``io.undecodable``): count it and dead-letter a note of it
+        (its bytes are not read, so none are attached)."""
         self.undecodable_batches += 1
         record = SourceRecord(topic, partition, first, time.time(), None, None)
         message = f"record batch at offsets {first}-{after - 1} could not be decoded and was skipped: {error}"
-        self._undecodable_letters.append(deadletter_event(
-            self.pipeline_config, record, Rejection(0, None, Reason.UNDECODABLE_BATCH, message)))
+        reason = Reason.TOO_LARGE if too_large else Reason.UNDECODABLE_BATCH
+        self._undecodable_letters.append(deadletter_event(self.pipeline_config, record,
+                                                          Rejection(0, None, reason, message)))
 
     async def tick(self) -> None:
         async with self.lock:
@@ -348,6 +353,13 @@ class IngestService:
             self.rejected.update(event["data"]["reason"] for _, event in out.deadletter)
             await self.outputs.send_keyed(self.deadletter_topic,
                                           ((key, orjson.dumps(event)) for key, event in out.deadletter))
+        refused = self.outputs.take_refused()
+        if refused:  # over max_output_bytes: each replaced by a dead letter naming it (small by construction)
+            now = time.time()
+            letters = [oversized_output_event(self.pipeline_config, topic, key, value, self.settings.max_output_bytes,
+                                              now) for topic, key, value in refused]
+            self.rejected.update(event["data"]["reason"] for _, event in letters)
+            await self.outputs.send_keyed(self.deadletter_topic, ((key, orjson.dumps(event)) for key, event in letters))
         self.accepted += out.accepted
         self.skipped_replay += out.skipped_replay
         self.forwarded += out.forwarded
@@ -430,7 +442,7 @@ class IngestService:
         # In batches awaited here, not Faust's send_soon buffer, whose flush() gives up after
         # 0.1 s without a send and would let the commit run ahead of the changelog.
         changelog = self.state.changelog_topic.get_topic_name()
-        await asyncio.gather(*await self.outputs.send_batches(changelog, records))
+        await asyncio.gather(*await self.outputs.send_batches(changelog, records, tombstone_refused=True))
         if self.settings.changelog_fence:
             # Tansu reports a partition's end offset from the first record of its last batch,
             # and Faust recovers a changelog only up to the end offset: a last batch of one

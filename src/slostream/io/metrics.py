@@ -129,6 +129,9 @@ class _StateCollector(Collector):
         yield _counter("slostream_ingest_undecodable_batches",
                        "Fetched record batches that could not be decoded (corrupt, or an unknown codec) and "
                        "were skipped.", ingest.undecodable_batches)
+        yield _counter("slostream_state_records_unreadable",
+                       "State changelog records a restore could not read (bytes that do not parse, an unknown "
+                       "version, values out of range); what each held started afresh.", ingest.unreadable_state)
         yield _counter("slostream_sli_events", "SLI window events emitted.", ingest.sli_emitted)
         yield _counter("slostream_series_evicted", "Series dropped after series_ttl_s of quiet (state deleted).",
                        ingest.series_evicted)
@@ -201,7 +204,8 @@ class _StateCollector(Collector):
                         summary.add_sample("slostream_sli_window_value", {**named, "quantile": QUANTILE_LABELS[q]},
                                            report[q])
                 summary.add_sample("slostream_sli_window_value_count", named, report.get("value_count", 0))
-                summary.add_sample("slostream_sli_window_value_sum", named, report.get("value_sum", 0.0))
+                if report.get("value_sum") is not None:  # null: not finite (a report from before values were bounded)
+                    summary.add_sample("slostream_sli_window_value_sum", named, report["value_sum"])
         yield watermark
         yield GaugeMetricFamily("slostream_sli_series_omitted",
                                 "Series with a reported window left out of the per-series SLI metrics "

@@ -17,6 +17,9 @@ log = logging.getLogger("slostream")
 
 # A checkpoint yields to the event loop after this many state writes (about 0.1 s of serialising).
 YIELD_EVERY_WRITES = 500
+# What a record adds to its key and value in a batch of its own: the batch header (61 bytes), the
+# record's length, offset and timestamp varints and headers (at most a few dozen bytes here).
+RECORD_OVERHEAD_BYTES = 128
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -47,12 +50,17 @@ class OutputProducer(mode.Service):
     checkpoints, late SLI events and lost dead letters).
     """
 
-    def __init__(self, hosts: list[str], lone_forwards: bool, client_options: dict[str, Any], **kwargs: Any):
+    def __init__(self, hosts: list[str], lone_forwards: bool, client_options: dict[str, Any], max_output_bytes: int,
+                 **kwargs: Any):
         """``client_options``: security keyword arguments for both producers (``security.kafka_client_options``)."""
         super().__init__(**kwargs)
         self.hosts = hosts
         self.client_options = client_options
         self.lone_forwards = lone_forwards
+        self.max_output_bytes = max_output_bytes
+        # (topic, key, value) of each record not sent because it is over max_output_bytes; the
+        # caller replaces each with a dead letter naming it (``take_refused``).
+        self._refused: list[tuple[str, bytes | None, bytes]] = []
         self._outputs_topics: set[str] = set()
         self._forward_topics: set[str] = set()
         self.producer: AIOKafkaProducer | None = None
@@ -62,12 +70,15 @@ class OutputProducer(mode.Service):
 
     async def on_start(self) -> None:
         # aiokafka binds to the running loop, so the producers are made here.
+        # No batch, and no request, is larger than the broker takes (max_output_bytes): a record
+        # larger than max_batch_size gets a batch of its own, and no record is larger (``_fits``).
+        batch_size = min(1 << 20, self.max_output_bytes)
         self.producer = AIOKafkaProducer(bootstrap_servers=self.hosts, linger_ms=2, acks="all",
-                                         max_batch_size=1 << 20, max_request_size=4 << 20, **self.client_options)
-        # A record larger than max_batch_size gets a batch of its own.
+                                         max_batch_size=batch_size, max_request_size=self.max_output_bytes,
+                                         **self.client_options)
         self.forwards = AIOKafkaProducer(bootstrap_servers=self.hosts, linger_ms=2, acks="all",
-                                         max_batch_size=64 if self.lone_forwards else 1 << 20,
-                                         max_request_size=4 << 20, **self.client_options)
+                                         max_batch_size=64 if self.lone_forwards else batch_size,
+                                         max_request_size=self.max_output_bytes, **self.client_options)
         await self.producer.start()
         await self.forwards.start()
         for topic in self._outputs_topics:
@@ -85,8 +96,23 @@ class OutputProducer(mode.Service):
         await self.producer.stop()
         await self.forwards.stop()
 
+    def _fits(self, topic: str, key: bytes | None, value: bytes | None) -> bool:
+        """Whether a record is small enough for the broker; one that is not is kept to be refused."""
+        if len(key or b"") + len(value or b"") + RECORD_OVERHEAD_BYTES <= self.max_output_bytes:
+            return True
+        log.error("output to %s of %d bytes is over max_output_bytes (%d): not sent, dead-lettered", topic,
+                  len(value or b""), self.max_output_bytes)
+        self._refused.append((topic, key, value or b""))
+        return False
+
+    def take_refused(self) -> list[tuple[str, bytes | None, bytes]]:
+        """The records not sent for their size since the last call: (topic, key, value)."""
+        refused, self._refused = self._refused, []
+        return refused
+
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self._unconfirmed.append((topic, await self.producer.send(topic, value, key=key)))
+        if self._fits(topic, key, value):
+            self._unconfirmed.append((topic, await self.producer.send(topic, value, key=key)))
 
     async def send_keyed(self, topic: str, records: Iterable[tuple[bytes, bytes]]) -> None:
         """Records, each to the partition Kafka's default partitioner gives its key (``send_batches``)."""
@@ -95,16 +121,22 @@ class OutputProducer(mode.Service):
                                                      for key, value in records))
         self._unconfirmed += ((topic, delivery) for delivery in deliveries)
 
-    async def send_batches(self, topic: str,
-                           records: Iterable[tuple[int, bytes, bytes | None]]) -> list[asyncio.Future]:
+    async def send_batches(self, topic: str, records: Iterable[tuple[int, bytes, bytes | None]],
+                           tombstone_refused: bool = False) -> list[asyncio.Future]:
         """Records (partition, key, value; a None value is a tombstone), appended in order to one
         batch per partition rather than sent one by one (a send and a future each cost more than the
         record itself): the futures of the batches' delivery. Values made as ``records`` is read
         are freed once appended: orjson's results each hold a 4-8 kB buffer, and a list of them
-        costs four times the encoding in page faults."""
+        costs four times the encoding in page faults. A record over ``max_output_bytes`` is not
+        sent (``take_refused``); with ``tombstone_refused`` (state) a tombstone goes in its place,
+        so that a restore starts its key afresh rather than from an older value."""
         batches: dict[int, Any] = {}
         sent = []
         for number, (partition, key, value) in enumerate(records, 1):
+            if value is not None and not self._fits(topic, key, value):
+                if not tombstone_refused:
+                    continue
+                value = None
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = self.producer.create_batch()
@@ -119,7 +151,9 @@ class OutputProducer(mode.Service):
         return sent
 
     async def forward(self, topic: str, partition: int, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        self._unconfirmed.append((topic, await self.forwards.send(topic, value, partition=partition, headers=headers)))
+        if self._fits(topic, None, value):
+            self._unconfirmed.append((topic, await self.forwards.send(topic, value, partition=partition,
+                                                                      headers=headers)))
 
     async def flush(self) -> None:
         """Wait until every output sent since the last flush is delivered; raise ``NotDelivered`` if

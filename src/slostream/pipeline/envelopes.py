@@ -5,6 +5,7 @@ however, makes the same ids."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from typing import Any
 
@@ -17,7 +18,7 @@ from slostream.core.closed import Closed
 from slostream.core.control import APPLIED, REFUSED, Command, CommandError
 from slostream.core.drift import Detection
 from slostream.core.events import cloud_event, event_id, event_id_of_text
-from slostream.core.measurement import Rejection
+from slostream.core.measurement import MAX_PLAUSIBLE_TS, Rejection
 from slostream.core.policy import PolicyWatch
 from slostream.pipeline.series import Series, held_json
 from slostream.pipeline.types import PipelineConfig, SourceRecord
@@ -45,7 +46,7 @@ def sli_windows(closed: Closed, report_s: int, series_of: dict[int, Series],
                   count.astype(np.int64).tolist(), ok.astype(np.int64).tolist(),
                   (ok_known - ok).astype(np.int64).tolist(), _nullable(error_ratio),
                   (count / report_s).tolist(), _nullable(mean), _nullable(low), _nullable(high),
-                  n_values.astype(np.int64).tolist(), stats[:, SUM].tolist(), *map(_nullable, quantiles.T))
+                  n_values.astype(np.int64).tolist(), _nullable(stats[:, SUM]), *map(_nullable, quantiles.T))
     p50, p90, p95, p99 = QUANTILE_NAMES
     windows = []
     for i, owner, start, n, good, bad, ratio, throughput, avg, lowest, highest, value_count, value_sum, q50, q90, \
@@ -141,29 +142,33 @@ def scored_event(source: str, service: str, subject: str, data: dict) -> tuple[b
 def deadletter_event(config: PipelineConfig, record: SourceRecord, rejection: Rejection) -> tuple[bytes, dict]:
     """The dead-letter event of a rejected record or array element, keyed by the reason. A record's
     letter carries the record's bytes; an element's carries that element alone, encoded as JSON
-    (a record of a thousand rejected elements must not become a thousand copies of itself). Either
-    is cut at ``max_deadletter_bytes``."""
+    (a record of a thousand rejected elements must not become a thousand copies of itself). Every
+    field holds at most ``max_deadletter_bytes`` of the input: the bytes and the key are cut, the
+    message too, and an element whose JSON is longer is left out (its first bytes are in
+    ``value_b64``)."""
     element, element_bytes = _element_json(rejection.element)
     raw = (record.value or b"") if rejection.index is None else element_bytes
     limit = config.max_deadletter_bytes
     data = {
         "reason": rejection.reason.value,
-        "message": rejection.message,
+        "message": cut_text(rejection.message, limit),
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
         "index": rejection.index,
         "timestamp": record.timestamp,
-        "key_b64": None if record.key is None else base64.b64encode(record.key).decode(),
+        "key_b64": None if record.key is None else base64.b64encode(record.key[:limit]).decode(),
         "value_b64": base64.b64encode(raw[:limit]).decode(),
         "value_size": len(raw),
         "value_truncated": len(raw) > limit,
-        "element": element,
+        "element": element if len(element_bytes) <= limit else None,
     }
+    if record.key is not None and len(record.key) > limit:
+        data["key_truncated"] = True
     event = cloud_event(
         "slostream.deadletter", config.source,
         event_id("deadletter", record.topic, record.partition, record.offset, rejection.index),
-        record.timestamp, data,
+        min(max(record.timestamp, 0.0), MAX_PLAUSIBLE_TS), data,  # a record's timestamp is any int64 of ms
     )
     return rejection.reason.value.encode(), event
 
@@ -198,6 +203,47 @@ def audit_event(config: PipelineConfig, record: SourceRecord, verdict: Command |
 def _string_of(doc: dict | None, name: str) -> str | None:
     value = None if doc is None else doc.get(name)
     return value if isinstance(value, str) else None
+def oversized_output_event(config: PipelineConfig, topic: str, key: bytes | None, value: bytes,
+                           limit: int, now: float) -> tuple[bytes, dict]:
+    """The dead letter that replaces an output too large for the broker (``limit``: the producer's
+    ``max_output_bytes``): which topic, which event (its type, id and subject) or state key, its
+    size, and its first bytes. Its id is the output's content, so a replay repeats it."""
+    what = _event_head(value)
+    cut = config.max_deadletter_bytes
+    data = {
+        "reason": "too_large",
+        "message": cut_text(f"output to {topic} of {len(value)} bytes (key {len(key or b'')} bytes) is over "
+                            f"max_output_bytes ({limit}) and was not sent: {what}", cut),
+        "topic": topic,
+        "partition": -1,
+        "offset": -1,
+        "index": None,
+        "timestamp": now,
+        "key_b64": None if key is None else base64.b64encode(key[:cut]).decode(),
+        "value_b64": base64.b64encode(value[:cut]).decode(),
+        "value_size": len(value),
+        "value_truncated": len(value) > cut,
+        "element": None,
+    }
+    id_ = event_id("deadletter", "oversized", topic, hashlib.sha256((key or b"") + b"\x1f" + value).hexdigest())
+    return b"too_large", cloud_event("slostream.deadletter", config.source, id_, now, data)
+
+
+def _event_head(value: bytes) -> str:
+    """What an output is, for a dead letter naming it: a CloudEvent's type, id and subject."""
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return "not JSON (a state record or a forward)"
+    if not isinstance(event, dict):
+        return "not an event"
+    return ", ".join(f"{name} {str(event.get(name))[:512]}" for name in ("type", "id", "subject") if name in event)
+
+
+def cut_text(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8 (a character split by the cut is dropped)."""
+    encoded = text.encode("utf-8", "replace")
+    return text if len(encoded) <= limit else encoded[:limit].decode("utf-8", "ignore") + "…"
 
 
 def _element_json(element) -> tuple[Any, bytes]:
@@ -207,10 +253,15 @@ def _element_json(element) -> tuple[Any, bytes]:
     try:
         encoded = orjson.dumps(element)
     except (TypeError, orjson.JSONEncodeError):
-        encoded = orjson.dumps(repr(element))
+        try:
+            text = repr(element)
+        except RecursionError:  # nested deeper than Python's repr goes (orjson stops at 255 levels)
+            text = f"<{type(element).__name__} nested too deeply to show>"
+        encoded = orjson.dumps(text)
     return orjson.loads(encoded), encoded
 
 
 def _nullable(column: np.ndarray) -> list[float | None]:
-    """A float column as JSON values: NaN (no value) as null."""
-    return [None if x != x else x for x in column.tolist()]
+    """A float column as JSON values: NaN (no value) as null, and so anything not finite (values are
+    bounded, ``MAX_ABS_VALUE``: only state from before that could hold one)."""
+    return [x if math.isfinite(x) else None for x in column.tolist()]

@@ -35,7 +35,8 @@ class Intake:
     def __init__(self, partition: int, config: PipelineConfig):
         self.partition = partition
         self.config = config
-        self.decoder = MeasurementDecoder(config.max_record_bytes, config.max_future_skew_s)
+        self.decoder = MeasurementDecoder(config.max_record_bytes, config.max_future_skew_s, config.max_name_bytes,
+                                          config.max_labels)
         self.owners = Owners(config.partitions)
         self.forward_marks: dict[int, int] = {}  # source partition -> highest forwarded element applied
         self.now = 0.0  # wall time of the batch being read

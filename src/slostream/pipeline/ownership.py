@@ -33,6 +33,8 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 
+from slostream.core.measurement import MAX_ABS_VALUE, MAX_PLAUSIBLE_TS
+
 FORWARD_HEADER = "slostream-forwarded-from"
 FORMAT_VERSION = 1
 # Forwarded records stay well under a broker's default 1 MB message limit.
@@ -160,6 +162,18 @@ def decode_forwarded(value: bytes | None) -> Forwarded:
              len(forwarded.positions) // 8)
     if any(size != n for size in sizes) or (forwarded.ids is not None and len(forwarded.ids) != n):
         raise ValueError("forwarded record columns differ in length")
+    # What a worker forwards was checked when it was read; a record that only claims to be a forward
+    # is held to the same bounds, so it cannot make a series, a window or an output out of range.
+    columns = forwarded.columns()
+    series, ts, values = columns["series"], columns["ts"], columns["value"]
+    if n and (series.min() < 0 or series.max() >= len(forwarded.keys)):
+        raise ValueError("forwarded record names a series it does not hold")
+    if not ((ts > 0) & (ts < MAX_PLAUSIBLE_TS)).all() or (np.abs(values) > MAX_ABS_VALUE).any():
+        raise ValueError("forwarded record holds a time or a value out of range")
+    if not (np.isin(columns["ok"], (-1, 0, 1)).all() and np.isin(columns["outcome"], (-1, 0, 1)).all()):
+        raise ValueError("forwarded record holds an ok or an outcome that is not -1, 0 or 1")
+    if forwarded.written is not None and forwarded.written != forwarded.written:
+        raise ValueError("forwarded record's write time is NaN")
     return forwarded
 
 
@@ -176,10 +190,8 @@ def header_partition(headers, name: str) -> int | None:
     """The partition named by header ``name`` (the source of a forward or of progress), else None."""
     for key, value in headers or ():
         if key == name:
-            try:
-                return int(value)
-            except ValueError:
-                return None
+            # A partition number (at most 1024 partitions); anything else, a null value included, is none.
+            return int(value) if isinstance(value, bytes) and value.isdigit() and len(value) <= 4 else None
     return None
 
 

@@ -118,6 +118,7 @@ class PartitionProcessor:
         self.seen_commands: dict[str, float] = {}
         self._deleted_keys: list[str] = []  # state keys to delete at the next checkpoint (evicted, old layout)
         self.pending = Output()  # what a restore emits (alerts of what is no longer configured), at the next tick
+        self.unreadable_state = 0  # state records a restore could not read (each part started afresh)
         self.checkpoints = state.Checkpoints(now, self._replay_state(), config.report_window_s)
 
     # --- processing -------------------------------------------------------
@@ -392,21 +393,26 @@ class PartitionProcessor:
         """Drop ``evicted`` with their state (tombstones), their open windows unreported (none, for a
         quiet series), and the alerts raised about each alone (resolved, if firing, at the series'
         own event time)."""
-        store, held = self.store, self._series_of_owner
+        store = self.store
         for series in evicted:
             keys = [fingerprint(labels) for evaluator in self.evaluators for labels in evaluator.alert_labels(series)]
             self.alerting.retire(max(series.max_ts, series.watermark + self.config.grace_s), keys, out)
-            del self.series[series.ident]
-            del held[series.windows.owner]
             self._held_of_group[series.group] -= 1
             if not self._held_of_group[series.group]:
                 del self._held_of_group[series.group]
                 out.retired_groups.append(series.group)
-            self._deleted_keys.append(state_keys.series_key(self.partition, series.key))
-            for keeper in self.series_keepers:
-                keeper.release(series)
+            self.forget(series)
         for series in evicted:
             store.discard(series.windows.owner)
+
+    def forget(self, series: Series) -> None:
+        """Let go of a held series (its window owner is the caller's to release); its state is
+        deleted at the next checkpoint."""
+        del self.series[series.ident]
+        del self._series_of_owner[series.windows.owner]
+        self._deleted_keys.append(state_keys.series_key(self.partition, series.key))
+        for keeper in self.series_keepers:
+            keeper.release(series)
 
     def evaluate_pending(self, now: float) -> Output:
         """Judge SLOs the wall-clock limiter held back, once the interval has passed."""

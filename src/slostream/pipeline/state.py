@@ -13,6 +13,9 @@ before is one JSON object, starting with ``{``.
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -20,6 +23,7 @@ import numpy as np
 import orjson
 
 from slostream.core.alerts import AlertBook
+from slostream.core.measurement import MAX_PLAUSIBLE_TS
 from slostream.core.tumbling import TumblingWindows
 from slostream.core.window_store import WindowStore
 from slostream.core.windows import SeriesWindows
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 # 5: a series' record is binary; 6: evaluators' state in sections of the series' record.
 STATE_VERSION = 6
 _RECORD_VERSION = bytes((STATE_VERSION,))
+log = logging.getLogger("slostream")
 # The first field of the in-memory key of a restored series kept under other label_keys.
 OTHER_LABEL_KEYS = object()
 # A series' changes wait unwritten for at most this many report windows of wall time.
@@ -104,96 +109,170 @@ def checkpoint_writes(proc: PartitionProcessor, deleted: list[str], dirty: np.nd
 
 
 def restore(proc: PartitionProcessor, items, now: float) -> None:
-    """Fill a new processor from persisted (key, value) pairs of its partition."""
-    partition, config = proc.partition, proc.config
-    partition_clock = [None, None]
-    records: dict[str, bytes] = {}
-    slots: dict[str, list] = {}
-    tracker_headers: dict[str, dict] = {}
-    tracker_slots: dict[str, list] = {}
-    model_chunks: dict[tuple[str, str], dict[int, bytes]] = {}
-    model_reports: dict[tuple[str, str], bytes] = {}
-    slo_models: dict[str, bytes] = {}
+    """Fill a new processor from persisted (key, value) pairs of its partition. A record that cannot
+    be read (bytes that do not parse, a version this one does not know, values out of range) is
+    logged and counted (``unreadable_state``), and what it held starts afresh: a series, an SLO's
+    tracker, a model, the alert book or the partition's offsets. The worker stays up."""
+    partition = proc.partition
+    restored = _Restored()
     for key, value in items:
-        parsed = None if value is None else state_keys.parse_key(partition, key)  # None: deleted, not compacted yet
+        try:
+            parsed = None if value is None else state_keys.parse_key(partition, key)  # None: deleted
+        except Exception as exc:  # a key that is not even text of this layout
+            _unreadable(proc, key, exc)
+            continue
         if parsed is None:
             continue
-        kind, fields = parsed
+        try:
+            restored.take(proc, key, value, *parsed, now)
+        except Exception as exc:
+            _unreadable(proc, key, exc)
+    restored_slos: set[str] = set()
+    for name, header in restored.tracker_headers.items():
+        with _guard(proc, f"SLO {name}"):
+            restored_slos |= proc.slos.restore({name: header}, {name: restored.tracker_slots.get(name, [])})
+    reports = {}
+    for owner, raw in restored.model_reports.items():
+        with _guard(proc, f"threshold model report {owner}"):
+            proc.thresholds.restore_parts({}, {owner: raw})
+            reports[owner] = raw
+    proc.thresholds.restore_parts(restored.model_chunks, reports)
+    restored_models: set[str] = set()
+    for name, raw in restored.slo_models.items():
+        with _guard(proc, f"SLO model {name}"):
+            restored_models |= proc.slo_thresholds.restore({name: raw})
+    for series_key, record in restored.records.items():
+        _restore_series(proc, series_key, record, restored, now)
+    stale_trackers = {name: restored.tracker_slots.get(name, [])
+                      for name in restored.tracker_headers.keys() - restored_slos}
+    _retire_stale(proc, stale_trackers, restored.slo_models.keys() - restored_models)
+
+
+class _Restored:
+    """What a restore has read, by kind, before it builds series and evaluators from it."""
+
+    def __init__(self):
+        self.partition_clock: list = [None, None]
+        self.records: dict[str, bytes] = {}
+        self.slots: dict[str, list] = {}
+        self.tracker_headers: dict[str, dict] = {}
+        self.tracker_slots: dict[str, list] = {}
+        self.model_chunks: dict[tuple[str, str], dict[int, bytes]] = {}
+        self.model_reports: dict[tuple[str, str], bytes] = {}
+        self.slo_models: dict[str, bytes] = {}
+
+    def take(self, proc: PartitionProcessor, key: str, value: bytes, kind: str, fields: list[str], now: float) -> None:
+        config = proc.config
         if kind == state_keys.PARTITION:
-            saved = orjson.loads(value)
-            proc.applied_offset = saved["applied_offset"]
-            proc.repartition_offset = saved.get("repartition_offset", -1)  # before the repartition topic: none
-            proc.control_offset = saved.get("control_offset", -1)
-            proc.audit_offset = saved.get("audit_offset", -1)
-            proc.seen_commands = saved.get("seen_commands", {})
-            proc.intake.forward_marks = {int(p): o for p, o in saved.get("forward_marks", {}).items()}
-            proc.alignment = Alignment.from_state(config.partitions, saved.get("alignment"))
-            proc.read_through = from_finite(saved.get("read_through"))
-            proc.slos.restore_idle(saved.get("idle_clocks", []), now)
-            if saved.get("v") == 1:  # one clock for the whole partition: every series starts from it
-                old = saved["watermark"]
-                partition_clock = [old["max_event_ts"], old["value"]]
-                proc.newest_event_ts = from_finite(old["max_event_ts"])
-            else:
-                proc.newest_event_ts = from_finite(saved["newest_event_ts"])
+            self._partition(proc, orjson.loads(value), now)
         elif kind == state_keys.SERIES:
-            records[fields[0]] = value
+            self.records[fields[0]] = value
         elif kind == state_keys.OLD_SERIES_SLOT:
             level, slot, series_key = fields
-            slots.setdefault(series_key, []).append((int(level), int(slot), orjson.loads(value)))
+            self.slots.setdefault(series_key, []).append((int(level), int(slot), orjson.loads(value)))
             proc._deleted_keys.append(key)
         elif kind == state_keys.SLO_HEADER:
-            tracker_headers[fields[0]] = orjson.loads(value)
+            self.tracker_headers[fields[0]] = orjson.loads(value)
         elif kind == state_keys.SLO_SLOT:
             windows_kind, level, slot, name = fields
-            tracker_slots.setdefault(name, []).append((windows_kind, int(level), int(slot), orjson.loads(value)))
+            self.tracker_slots.setdefault(name, []).append((windows_kind, int(level), int(slot), orjson.loads(value)))
         elif kind == state_keys.MODEL_CHUNK:
             policy, first, series_key = fields
-            model_chunks.setdefault((series_key, policy), {})[int(first)] = value
+            self.model_chunks.setdefault((series_key, policy), {})[int(first)] = value
         elif kind == state_keys.MODEL_REPORT:
-            model_reports[fields[1], fields[0]] = value
+            self.model_reports[fields[1], fields[0]] = value
         elif kind == state_keys.SLO_MODEL:
-            slo_models[fields[0]] = value
+            self.slo_models[fields[0]] = value
         elif kind == state_keys.SENT_ALERT:
             proc.alerting.sent[fields[0]] = SentAlert.decode(value)
         elif kind == state_keys.BOOK:
             proc.alerting.book = AlertBook.from_state(orjson.loads(value), config.alert_cooldown_s,
                                                       config.escalate_after_s)
-    restored_slos = proc.slos.restore(tracker_headers, tracker_slots)
-    proc.thresholds.restore_parts(model_chunks, model_reports)
-    restored_models = proc.slo_thresholds.restore(slo_models)
-    keepers = {k.kind: k for k in proc.series_keepers}
-    for series_key, record in records.items():
+
+    def _partition(self, proc: PartitionProcessor, saved: dict, now: float) -> None:
+        """The partition's record, read whole before any of it is applied."""
+        config = proc.config
+        applied_offset = int(saved["applied_offset"])
+        repartition_offset = int(saved.get("repartition_offset", -1))  # before the repartition topic: none
+        control_offset = int(saved.get("control_offset", -1))
+        audit_offset = int(saved.get("audit_offset", -1))
+        seen_commands = saved.get("seen_commands", {})
+        if not isinstance(seen_commands, dict):
+            raise ValueError("seen_commands is not an object")
+        forward_marks = {int(p): int(o) for p, o in saved.get("forward_marks", {}).items()}
+        alignment = Alignment.from_state(config.partitions, saved.get("alignment"))
+        read_through = _clock(saved.get("read_through"))
+        if saved.get("v") == 1:  # one clock for the whole partition: every series starts from it
+            old = saved["watermark"]
+            clock = [_clock(old["max_event_ts"]), _clock(old["value"])]
+            newest = clock[0]
+        else:
+            clock, newest = self.partition_clock, _clock(saved["newest_event_ts"])
+        idle = proc.slos.idle_clocks
+        proc.slos.restore_idle(saved.get("idle_clocks", []), now)
+        for clocks in proc.slos.idle_clocks.values():
+            if not all(map(_plausible_clock, (clocks.max_ts, clocks.watermark))):
+                proc.slos.idle_clocks = idle
+                raise ValueError(f"idle clock out of range: {clocks.max_ts!r}, {clocks.watermark!r}")
+        proc.applied_offset, proc.repartition_offset = applied_offset, repartition_offset
+        proc.control_offset, proc.audit_offset, proc.seen_commands = control_offset, audit_offset, seen_commands
+        proc.intake.forward_marks = forward_marks
+        proc.alignment, proc.read_through, proc.newest_event_ts = alignment, read_through, newest
+        self.partition_clock = clock
+
+
+def _restore_series(proc: PartitionProcessor, series_key: str, record: bytes, restored: _Restored,
+                    now: float) -> None:
+    """One series from its record; a record that cannot be read leaves the series to start afresh
+    (what it built so far let go, its key deleted at the next checkpoint)."""
+    config = proc.config
+    series = None
+    try:
         header, sections, windows_state = _read_series_record(record)
-        lengths = proc.window_lengths(header["service"], header["metric"])
+        service, metric, labels = header["service"], header["metric"], header["labels"]
+        if not (isinstance(service, str) and isinstance(metric, str) and isinstance(labels, dict)):
+            raise ValueError("service, metric or labels of the wrong type")
+        lengths = proc.window_lengths(service, metric)
         if isinstance(windows_state, bytes):
             windows = TumblingWindows.from_state(windows_state, lengths, proc.store)
         elif "resolutions" in windows_state:
-            ring = SeriesWindows.from_states(windows_state, slots.get(series_key, []))
+            ring = SeriesWindows.from_states(windows_state, restored.slots.get(series_key, []))
             windows = TumblingWindows.from_ring(ring, lengths, proc.store)
         else:
             windows = TumblingWindows.from_state(windows_state, lengths, proc.store)
-        if set(header["labels"]) == set(config.label_keys):
-            labels = tuple(header["labels"][k] for k in config.label_keys)
-            ident = (header["service"], header["metric"], labels) if config.label_keys else (
-                header["service"], header["metric"])
-        else:  # kept under other label_keys: held apart (never merged), and dropped below
+        if set(labels) == set(config.label_keys):
+            label_values = tuple(labels[k] for k in config.label_keys)
+            ident = (service, metric, label_values) if config.label_keys else (service, metric)
+        else:  # kept under other label_keys: held apart (never merged), and dropped by _retire_stale
             ident = (OTHER_LABEL_KEYS, series_key)
-        series = Series(ident, series_key, header["service"], header["metric"], header["labels"], windows)
+        if ident in proc.series:
+            raise ValueError("a second record of the same series")
+        series = Series(ident, series_key, service, metric, labels, windows)
         if not isinstance(windows_state, bytes):  # version 4 and before: the clock and reads are the header's
-            max_ts, watermark = header.get("clock", partition_clock)
+            max_ts, watermark = header.get("clock", restored.partition_clock)
             series.max_ts, series.watermark = from_finite(max_ts), from_finite(watermark)
             proc.store.put_reads(windows.owner, header.get("reads", []), from_finite(header.get("aligned_ts")))
+        store, owner = proc.store, windows.owner
+        clocks = (store.max_ts[owner], store.watermark[owner], store.closed_until[owner], *store.open_ends(owner))
+        if not all(_plausible_clock(float(clock)) for clock in clocks):
+            raise ValueError(f"clock or window out of range: {clocks!r:.300}")
         series.last_activity = now
         series.last_report = None if header["last_report"] is None else held_json(header["last_report"])
         proc.hold(series)
         if "watches" in header:  # version 5 and before
             PolicyEvaluator.restore_watches(series, header["watches"])
+        keepers = {k.kind: k for k in proc.series_keepers}
         for kind, saved in sections.items():
             if kind in keepers:
                 keepers[kind].restore_series(series, saved)
-    stale_trackers = {name: tracker_slots.get(name, []) for name in tracker_headers.keys() - restored_slos}
-    _retire_stale(proc, stale_trackers, slo_models.keys() - restored_models)
+    except Exception as exc:
+        _unreadable(proc, state_keys.series_key(proc.partition, series_key), exc)
+        if series is not None and proc.series.get(series.ident) is series:
+            proc.forget(series)
+        else:
+            proc._deleted_keys.append(state_keys.series_key(proc.partition, series_key))
+        for owner in set(proc.store.owners().tolist()) - set(proc._series_of_owner):  # made before it failed
+            proc.store.discard(owner)
 
 
 def _retire_stale(proc: PartitionProcessor, stale_trackers: dict[str, list], stale_models: set[str]) -> None:
@@ -215,6 +294,33 @@ def _retire_stale(proc: PartitionProcessor, stale_trackers: dict[str, list], sta
         proc._deleted_keys.extend(state_keys.slo_slot_key(p, kind, level, slot, name) for kind, level, slot, _ in slots)
     proc._deleted_keys.extend(state_keys.slo_model_key(p, name) for name in stale_models)
     proc.thresholds.forget_unclaimed()
+
+
+def _plausible_clock(x: float) -> bool:
+    """A persisted event time: unset (-inf), or finite and within Unix seconds' plausible range."""
+    return x == -np.inf or (math.isfinite(x) and abs(x) < MAX_PLAUSIBLE_TS)
+
+
+def _clock(x) -> float:
+    """A persisted clock (null: unset), refused when out of range."""
+    value = from_finite(x if x is None else float(x))
+    if not _plausible_clock(value):
+        raise ValueError(f"clock out of range: {x!r}")
+    return value
+
+
+def _unreadable(proc: PartitionProcessor, key: str, exc: Exception) -> None:
+    proc.unreadable_state += 1
+    log.error("partition %d: state record %.200r cannot be read, what it held starts afresh: %.500s",
+              proc.partition, key, f"{type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def _guard(proc: PartitionProcessor, what: str):
+    try:
+        yield
+    except Exception as exc:
+        _unreadable(proc, what, exc)
 
 
 def series_record(proc: PartitionProcessor, series: Series, windows: bytes | None = None) -> bytes:

@@ -42,7 +42,9 @@ class PipelineConfig:
     label_keys: tuple[str, ...]
     max_record_bytes: int
     max_future_skew_s: float
-    max_deadletter_bytes: int
+    max_deadletter_bytes: int  # of the rejected input, in each field of a dead letter
+    max_name_bytes: int  # UTF-8 bytes of a service, metric, id, label key or label value
+    max_labels: int  # labels of a measurement
     source: str
     slos: tuple[Slo, ...]
     policies: tuple[Policy, ...]
