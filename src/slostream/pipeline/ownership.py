@@ -177,11 +177,20 @@ def decode_forwarded(value: bytes | None) -> Forwarded:
     return forwarded
 
 
+class _Positions(msgspec.Struct):
+    """A forward's positions alone: the rest of it is skipped unread."""
+
+    positions: bytes = b""
+
+
+_POSITIONS = msgspec.msgpack.Decoder(_Positions)
+
+
 def last_source_offset(value: bytes | None) -> int | None:
     """The newest offset of its source partition that a forward names (None: unreadable or empty)."""
     try:
-        positions = np.frombuffer(decode_forwarded(value).positions, dtype="<i8")
-    except ValueError:
+        positions = np.frombuffer(_POSITIONS.decode(value or b"").positions, dtype="<i8")
+    except (msgspec.DecodeError, ValueError):
         return None
     return int(positions.max()) >> 24 if positions.size else None
 
