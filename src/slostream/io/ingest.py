@@ -6,6 +6,7 @@ them is durable in the changelog."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import time
@@ -20,6 +21,7 @@ from slostream.config import Settings, pipeline_config
 from slostream.core.control import ControlLog, parse_command
 from slostream.core.measurement import Reason, Rejection
 from slostream.io.consumer import SloApp
+from slostream.io.fencing import Fenced
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.producer import YIELD_EVERY_WRITES, NotDelivered, OutputProducer
 from slostream.io.sinks import AlertSinks
@@ -66,6 +68,9 @@ class IngestService:
     def __init__(self, app: SloApp, settings: Settings, metrics: PipelineMetrics, outputs: OutputProducer):
         self.app = app
         self.outputs = outputs
+        self.lease = outputs.lease
+        self._fenced = False
+        self.fences = 0
         self.settings = settings
         self.metrics = metrics
         self.topic = settings.topic("measurements")
@@ -145,6 +150,8 @@ class IngestService:
 
     async def handle(self, partition: int, batch: list[SourceRecord]) -> None:
         """A fetched batch of the measurement topic (built as ``SourceRecord`` by ``io.undecodable``)."""
+        if not self.writing():
+            return  # fenced: the rejoin seeks back to the committed offsets
         for forwarded, records in self.slicer.slices(batch):
             async with self.lock:
                 started = time.perf_counter()  # not the wait for the lock (a tick or checkpoint yielding)
@@ -246,7 +253,40 @@ class IngestService:
     def slo_statuses(self) -> list[dict]:
         return sorted(self.statuses("slos"), key=lambda s: s["slo"])
 
+    def writing(self) -> bool:
+        """Whether this worker may write outputs, forwards and state now (``io.fencing``). The
+        first call after its group lease ran out fences it: what it has not delivered is failed,
+        its partitions' state is dropped (the new owner replays from the last commit, and this
+        worker recovers the changelog when the group gives it partitions again), and it rejoins."""
+        if self.lease.held():
+            self._fenced = False
+            return True
+        if self.lease.expired() and not self._fenced:
+            self._fence()
+        return False
+
+    def _fence(self) -> None:
+        self._fenced = True
+        self.fences += 1
+        log.warning("group lease ran out (no heartbeat accepted for %.0f s, session timeout %.0f s): writing "
+                    "nothing, dropping the state of partitions %s and rejoining the group",
+                    time.monotonic() - self.lease.renewed_at, self.lease.session_timeout_s, sorted(self.processors))
+        self.outputs.abandon()
+        prefixes = tuple(state_keys.partition_prefix(partition).encode() for partition in self.processors)
+        for key in [key for key in self.state.data if key.startswith(prefixes)]:
+            del self.state.data[key]
+        self.processors.clear()
+        self._uncheckpointed.clear()
+        self._pending_control.clear()
+        self.app.consumer.rejoin()
+
     async def _emit(self, out: Output) -> None:
+        if not self.writing():
+            return
+        with contextlib.suppress(Fenced):  # the lease ran out while sending: the new owner sends it all again
+            await self._send(out)
+
+    async def _send(self, out: Output) -> None:
         if out.alert_log:
             await self._log_alerts(out.alert_log)
         if out.sli:
@@ -291,6 +331,8 @@ class IngestService:
         are not, so ingest goes on while they drain.
         """
         async with self._checkpoint_lock:
+            if not self.writing():
+                return
             snapshot: list[tuple[int, bytes, bytes | None]] = []
             async with self.lock:
                 started = time.monotonic()
@@ -304,12 +346,7 @@ class IngestService:
                     for number, (key, value) in enumerate(writes, 1):
                         if number % YIELD_EVERY_WRITES == 0:
                             await asyncio.sleep(0)  # as in tick
-                        raw_key = key.encode()
-                        if value is None:  # a tombstone: compaction drops the key
-                            self.state.data.pop(raw_key, None)
-                        else:
-                            self.state.data[raw_key] = value
-                        snapshot.append((partition, raw_key, value))
+                        snapshot.append((partition, key.encode(), value))
                     if offset >= 0:
                         offsets[TP(self.topic, partition)] = offset + 1
                 self._uncheckpointed -= due
@@ -318,11 +355,19 @@ class IngestService:
             try:
                 await self._write(snapshot, written, stage_ends)
             except (NotDelivered, KafkaError) as exc:
+                if not self.writing():  # fenced while it waited (a broker outage, a pause)
+                    log.warning("checkpoint dropped, nothing committed: this worker was fenced (%r)", exc)
+                    return
                 # The state has moved past output or changes the broker never took: only a replay
                 # from the last commit sends them again, so the worker stops (its partitions move
                 # on) rather than commit over the gap.
                 log.error("outputs or state changes were not delivered; stopping without a commit: %r", exc)
                 await self.app.crash(exc)
+                return
+            # The table holds durable state only: a fenced worker that gets a partition back
+            # recovers what its new owner wrote on top of it.
+            self._keep(snapshot)
+            if not self.writing():
                 return
             if offsets:
                 committed = await self.app.consumer._commit(offsets)
@@ -335,6 +380,14 @@ class IngestService:
                             {name: round(end - start, 3) for (name, end), start in zip(stage_ends, starts)})
             self.checkpoints += 1
             keep_out_of_gc()
+
+    def _keep(self, records: list[tuple[int, bytes, bytes | None]]) -> None:
+        """Changelog records made durable, into the state table."""
+        for _, raw_key, value in records:
+            if value is None:  # a tombstone: compaction drops the key
+                self.state.data.pop(raw_key, None)
+            else:
+                self.state.data[raw_key] = value
 
     async def _write(self, snapshot: list[tuple[int, bytes, bytes | None]], written: list[int],
                      stage_ends: list[tuple[str, float]]) -> None:
@@ -362,14 +415,15 @@ class IngestService:
         after a crash sends them again as they were. If the broker does not take them the worker
         stops, as at a checkpoint."""
         records = [(partition, key.encode(), value) for partition, key, value in entries]
-        for _, raw_key, value in records:
-            self.state.data[raw_key] = value
         try:
             await self._write_changelog(records, sorted({partition for partition, _, _ in records}))
         except (NotDelivered, KafkaError) as exc:
+            if isinstance(exc, Fenced) or not self.writing():
+                raise Fenced("the alert log was not written: this worker was fenced") from exc
             log.error("the alert log was not delivered; stopping without sending its alerts: %r", exc)
             await self.app.crash(exc)
             raise
+        self._keep(records)
 
     async def final_checkpoint(self, partitions: set[int] | None = None) -> None:
         """Write every series' changes before a revoke or a stop, waiting at most

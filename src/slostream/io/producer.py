@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,8 +15,17 @@ import mode
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
+from slostream.io.fencing import Fenced, GroupLease, guard_client
+
 log = logging.getLogger("slostream")
 
+# How long a batch may wait for the broker before it fails (aiokafka has no separate delivery
+# timeout: its request timeout is also each batch's lifetime). Through a broker outage the outputs
+# wait; a worker cut off for longer than its session timeout is fenced (``io.fencing``) and drops
+# them instead, so this only needs to outlast any outage (it fits the protocol's int32 milliseconds).
+DELIVERY_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+# Every output and changelog record names the worker that wrote it (a zombie's writes can be told).
+WRITER_HEADER = "slostream-writer"
 # A checkpoint yields to the event loop after this many state writes (about 0.1 s of serialising).
 YIELD_EVERY_WRITES = 500
 
@@ -47,10 +58,12 @@ class OutputProducer(mode.Service):
     checkpoints, late SLI events and lost dead letters).
     """
 
-    def __init__(self, hosts: list[str], lone_forwards: bool, **kwargs: Any):
+    def __init__(self, hosts: list[str], lone_forwards: bool, lease: GroupLease, **kwargs: Any):
         super().__init__(**kwargs)
         self.hosts = hosts
         self.lone_forwards = lone_forwards
+        self.lease = lease
+        self.writer = [(WRITER_HEADER, f"{socket.gethostname()}/{os.getpid()}".encode())]
         self._outputs_topics: set[str] = set()
         self._forward_topics: set[str] = set()
         self.producer: AIOKafkaProducer | None = None
@@ -61,11 +74,14 @@ class OutputProducer(mode.Service):
     async def on_start(self) -> None:
         # aiokafka binds to the running loop, so the producers are made here.
         self.producer = AIOKafkaProducer(bootstrap_servers=self.hosts, linger_ms=2, acks="all",
-                                         max_batch_size=1 << 20, max_request_size=4 << 20)
+                                         max_batch_size=1 << 20, max_request_size=4 << 20,
+                                         request_timeout_ms=DELIVERY_TIMEOUT_MS)
         # A record larger than max_batch_size gets a batch of its own.
         self.forwards = AIOKafkaProducer(bootstrap_servers=self.hosts, linger_ms=2, acks="all",
                                          max_batch_size=64 if self.lone_forwards else 1 << 20,
-                                         max_request_size=4 << 20)
+                                         max_request_size=4 << 20, request_timeout_ms=DELIVERY_TIMEOUT_MS)
+        guard_client(self.producer.client, self.lease)
+        guard_client(self.forwards.client, self.lease)
         await self.producer.start()
         await self.forwards.start()
         for topic in self._outputs_topics:
@@ -84,7 +100,7 @@ class OutputProducer(mode.Service):
         await self.forwards.stop()
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self._unconfirmed.append((topic, await self.producer.send(topic, value, key=key)))
+        self._unconfirmed.append((topic, await self.producer.send(topic, value, key=key, headers=self.writer)))
 
     async def send_keyed(self, topic: str, records: Iterable[tuple[bytes, bytes]]) -> None:
         """Records, each to the partition Kafka's default partitioner gives its key (``send_batches``)."""
@@ -106,10 +122,10 @@ class OutputProducer(mode.Service):
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = self.producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full
+            if batch.append(key=key, value=value, timestamp=None, headers=self.writer) is None:  # full
                 sent.append(await self.producer.send_batch(batch, topic, partition=partition))
                 batch = batches[partition] = self.producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
+                batch.append(key=key, value=value, timestamp=None, headers=self.writer)
             if number % YIELD_EVERY_WRITES == 0:
                 await asyncio.sleep(0)
         for partition, batch in batches.items():
@@ -118,6 +134,18 @@ class OutputProducer(mode.Service):
 
     async def forward(self, topic: str, partition: int, value: bytes, headers: list[tuple[str, bytes]]) -> None:
         self._unconfirmed.append((topic, await self.forwards.send(topic, value, partition=partition, headers=headers)))
+
+    def abandon(self) -> None:
+        """Fail every output still queued (``Fenced``): the lease ran out, so their partitions' new
+        owner replays and sends them. A batch in flight is left to the sender: a retry is refused by
+        the guarded client, which fails it too."""
+        for producer in (self.producer, self.forwards):
+            accumulator = producer._message_accumulator
+            queued = [batch for queue in accumulator._batches.values() for batch in queue]
+            accumulator._batches.clear()
+            for batch in queued:
+                batch.failure(Fenced("this worker's group lease ran out"))
+        self._unconfirmed = []
 
     async def flush(self) -> None:
         """Wait until every output sent since the last flush is delivered; raise ``NotDelivered`` if
