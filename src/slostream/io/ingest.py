@@ -183,6 +183,8 @@ class IngestService:
             self.pipeline_config, record, Rejection(0, None, Reason.UNDECODABLE_BATCH, message)))
 
     async def tick(self) -> None:
+        if not self.writing():
+            return
         async with self.lock:
             if self._undecodable_letters:
                 letters, self._undecodable_letters = self._undecodable_letters, []
@@ -220,6 +222,8 @@ class IngestService:
             self._progress_sent[partition] = time.time()
 
     async def evaluate_pending(self) -> None:
+        if not self.writing():
+            return
         async with self.lock:
             now = time.time()
             for partition, proc in list(self.processors.items()):

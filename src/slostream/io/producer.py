@@ -24,7 +24,8 @@ log = logging.getLogger("slostream")
 # wait; a worker cut off for longer than its session timeout is fenced (``io.fencing``) and drops
 # them instead, so this only needs to outlast any outage (it fits the protocol's int32 milliseconds).
 DELIVERY_TIMEOUT_MS = 7 * 24 * 3600 * 1000
-# Every output and changelog record names the worker that wrote it (a zombie's writes can be told).
+# Every output and changelog record names the worker that wrote it and its group generation,
+# ``host/pid/generation`` (a zombie's writes can be told).
 WRITER_HEADER = "slostream-writer"
 # A checkpoint yields to the event loop after this many state writes (about 0.1 s of serialising).
 YIELD_EVERY_WRITES = 500
@@ -63,7 +64,8 @@ class OutputProducer(mode.Service):
         self.hosts = hosts
         self.lone_forwards = lone_forwards
         self.lease = lease
-        self.writer = [(WRITER_HEADER, f"{socket.gethostname()}/{os.getpid()}".encode())]
+        self._writer_id = f"{socket.gethostname()}/{os.getpid()}"
+        self._writer: tuple[int, list[tuple[str, bytes]]] = (-2, [])
         self._outputs_topics: set[str] = set()
         self._forward_topics: set[str] = set()
         self.producer: AIOKafkaProducer | None = None
@@ -89,6 +91,14 @@ class OutputProducer(mode.Service):
         for topic in self._forward_topics:
             self.forwards.client.add_topic(topic)
         await asyncio.gather(self.producer.client.force_metadata_update(), self.forwards.client.force_metadata_update())
+
+    @property
+    def writer(self) -> list[tuple[str, bytes]]:
+        """The ``WRITER_HEADER`` of this worker's records now (made once per generation)."""
+        generation = self.lease.generation
+        if self._writer[0] != generation:
+            self._writer = (generation, [(WRITER_HEADER, f"{self._writer_id}/{generation}".encode())])
+        return self._writer[1]
 
     def track(self, outputs: Iterable[str], forwards: Iterable[str]) -> None:
         """The topics the producers will write (before the service starts)."""
@@ -118,14 +128,15 @@ class OutputProducer(mode.Service):
         costs four times the encoding in page faults."""
         batches: dict[int, Any] = {}
         sent = []
+        writer = self.writer
         for number, (partition, key, value) in enumerate(records, 1):
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = self.producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None, headers=self.writer) is None:  # full
+            if batch.append(key=key, value=value, timestamp=None, headers=writer) is None:  # full
                 sent.append(await self.producer.send_batch(batch, topic, partition=partition))
                 batch = batches[partition] = self.producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None, headers=self.writer)
+                batch.append(key=key, value=value, timestamp=None, headers=writer)
             if number % YIELD_EVERY_WRITES == 0:
                 await asyncio.sleep(0)
         for partition, batch in batches.items():
