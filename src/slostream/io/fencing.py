@@ -34,8 +34,11 @@ class GroupLease:
         self.renewed_at: float | None = None  # monotonic send time of the last accepted heartbeat
         self.generation = -1
         self.lost = False  # ran out; only a new generation renews it
+        self.lapses = 0  # times it ran out: each one fences the worker once
 
     def joined(self, generation: int, sent_at: float) -> None:
+        if self.renewed_at is not None and not self.lost and sent_at - self.renewed_at >= self.session_timeout_s:
+            self.lapses += 1  # ran out, and the rejoin came before anyone looked
         self.generation = generation
         self.renewed_at = sent_at
         self.lost = False
@@ -50,11 +53,8 @@ class GroupLease:
         if (now if now is not None else time.monotonic()) - self.renewed_at < self.session_timeout_s:
             return True
         self.lost = True
+        self.lapses += 1
         return False
-
-    def expired(self) -> bool:
-        """The lease was held and ran out (not: no group joined yet)."""
-        return self.renewed_at is not None and not self.held()
 
 
 def watch_coordinator(coordinator, lease: GroupLease) -> None:

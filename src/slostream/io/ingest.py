@@ -69,8 +69,7 @@ class IngestService:
         self.app = app
         self.outputs = outputs
         self.lease = outputs.lease
-        self._fenced = False
-        self.fences = 0
+        self.fences = 0  # the lease's lapses this worker fenced itself for
         self.settings = settings
         self.metrics = metrics
         self.topic = settings.topic("measurements")
@@ -262,16 +261,13 @@ class IngestService:
         first call after its group lease ran out fences it: what it has not delivered is failed,
         its partitions' state is dropped (the new owner replays from the last commit, and this
         worker recovers the changelog when the group gives it partitions again), and it rejoins."""
-        if self.lease.held():
-            self._fenced = False
-            return True
-        if self.lease.expired() and not self._fenced:
+        held = self.lease.held()
+        if self.lease.lapses > self.fences:
             self._fence()
-        return False
+        return held and self.lease.lapses == self.fences
 
     def _fence(self) -> None:
-        self._fenced = True
-        self.fences += 1
+        self.fences = self.lease.lapses
         log.warning("group lease ran out (no heartbeat accepted for %.0f s, session timeout %.0f s): writing "
                     "nothing, dropping the state of partitions %s and rejoining the group",
                     time.monotonic() - self.lease.renewed_at, self.lease.session_timeout_s, sorted(self.processors))

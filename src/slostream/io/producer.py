@@ -156,6 +156,9 @@ class OutputProducer(mode.Service):
             accumulator._batches.clear()
             for batch in queued:
                 batch.failure(Fenced("this worker's group lease ran out"))
+        for _, delivery in self._unconfirmed:
+            if delivery.done():
+                delivery.exception()  # seen: nobody waits for these any more
         self._unconfirmed = []
 
     async def flush(self) -> None:
