@@ -38,7 +38,7 @@ from slostream.bench.cardinality import (
 )
 from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITIONS, _expected_windows, _payloads
 from slostream.bench.drift import drift_quality, drift_state
-from slostream.bench.outage import outage
+from slostream.bench.outage import reconnect_after_outages
 from slostream.bench.thresholds import slo_threshold_quality, threshold_quality
 from slostream.bench.throughput import (
     _alert_latency,
@@ -177,7 +177,7 @@ PARTS: dict[str, Callable[[BenchRun], dict]] = {
     "cardinality": _cardinality_part,
     "drift": lambda run: {"drift": drift_quality(), "drift_state": drift_state()},
     "thresholds": lambda run: {"thresholds": threshold_quality()},
-    "outage": lambda run: {"outage": outage()},
+    "outage": lambda run: {"outage": reconnect_after_outages()},
     "slo_thresholds": lambda run: {"slo_thresholds": {"day_effect_0.05": slo_threshold_quality(),
                                                       "no_day_effect": slo_threshold_quality(day_sd=0.0)}},
 }

@@ -85,14 +85,19 @@ def _reconnect(down_s: float) -> dict:
             reading_after_s = time.monotonic() - back_at
             asyncio.run(_produce(broker.bootstrap, f"{prefix}measurements", second[1:] + closer))
             seen = asyncio.run(_sli_counts(broker.bootstrap, f"{prefix}sli", len(truth), 300))
-            exact = sum(seen["counts"].get(key) == count for key, count in truth.items())
+            wrong = {f"{service} {start}": [seen["counts"].get((service, start)), count]
+                     for (service, start), count in truth.items() if seen["counts"].get((service, start)) != count}
+            page = _scrape(port)[0]
             return {"down_s": down_s, "reading_again_after_s": round(reading_after_s, 2),
-                    "windows": len(truth), "windows_exact": exact,
+                    "windows": len(truth), "windows_exact": len(truth) - len(wrong),
+                    "windows_wrong_first": dict(list(wrong.items())[:5]),  # window: [counted, sent]
+                    "rejected": _metric(page, "slostream_ingest_measurements_rejected_total{"),
+                    "fenced": _metric(page, "slostream_fenced_total"),
                     "ids_with_two_payloads": seen["ids_with_two_payloads"], "worker_alive": worker.poll() is None}
         finally:
             worker.terminate()
             worker.wait(30)
 
 
-def outage() -> dict:
+def reconnect_after_outages() -> dict:
     return {"restart": _reconnect(0.0), "outage_3min": _reconnect(OUTAGE_S)}
