@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from slostream.bench.common import _metric, _scrape, _start_worker, _wait_ready
-from slostream.io.broker import EmbeddedBroker, S3Server
+from slostream.bench.common import _metric, _scrape, _wait_ready
+from slostream.io.broker import EmbeddedBroker, S3Server, free_port
 
 OUTAGE_S = 180.0
 OUTAGE_SERVICES = 20
@@ -23,6 +27,18 @@ def _half(t0: float, start: int) -> list[tuple[bytes, bytes]]:
     return [(f"svc{s}".encode(), orjson.dumps({"service": f"svc{s}", "metric": "latency_ms", "value": float(t % 97),
                                                "ts": t0 + t}))
             for t in range(start, start + OUTAGE_SECONDS_OF_TRAFFIC) for s in range(OUTAGE_SERVICES)]
+
+
+def _start_worker(broker: EmbeddedBroker, prefix: str, log_path: str) -> tuple[subprocess.Popen, int]:
+    """A worker on 4 partitions, its log kept (what it says through the outage is part of the result)."""
+    port = free_port()
+    with open(log_path, "ab") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "slostream", "run", "--broker", broker.url, "--topic-prefix", prefix,
+             "--partitions", "4", "--web-port", str(port), "--app-id", f"bench-{prefix.strip('.')}"],
+            env=dict(os.environ, SLOSTREAM_LOG_LEVEL="info", SLOSTREAM_CHECKPOINT_INTERVAL_S="0.2"),
+            stdout=log, stderr=subprocess.STDOUT)
+    return worker, port
 
 
 async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
@@ -66,8 +82,9 @@ def _reconnect(down_s: float) -> dict:
               for s in range(OUTAGE_SERVICES)]
     truth = collections.Counter((orjson.loads(v)["service"], int(orjson.loads(v)["ts"] // 60 * 60))
                                 for _, v in first + second)
+    log_path = os.path.join(tempfile.mkdtemp(prefix="slostream-outage-"), "worker.log")
     with S3Server() as storage, EmbeddedBroker(storage=storage) as broker:
-        worker, port = _start_worker(broker, prefix, 4, {"SLOSTREAM_CHECKPOINT_INTERVAL_S": "0.2"})
+        worker, port = _start_worker(broker, prefix, log_path)
         try:
             _wait_ready(port, worker)
             asyncio.run(_produce(broker.bootstrap, f"{prefix}measurements", first))
@@ -78,10 +95,10 @@ def _reconnect(down_s: float) -> dict:
             broker.start()
             back_at = time.monotonic()
             asyncio.run(_produce(broker.bootstrap, f"{prefix}measurements", second[:1]))
-            while _metric(_scrape(port)[0], "slostream_ingest_records_total") <= before:
-                if worker.poll() is not None:
-                    raise RuntimeError(f"the worker exited ({worker.returncode}) during the outage")
+            while worker.poll() is None and _metric(_scrape(port)[0], "slostream_ingest_records_total") <= before:
                 time.sleep(0.05)
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited ({worker.returncode}) after the outage; see {log_path}")
             reading_after_s = time.monotonic() - back_at
             asyncio.run(_produce(broker.bootstrap, f"{prefix}measurements", second[1:] + closer))
             seen = asyncio.run(_sli_counts(broker.bootstrap, f"{prefix}sli", len(truth), 300))
@@ -93,7 +110,8 @@ def _reconnect(down_s: float) -> dict:
                     "windows_wrong_first": dict(list(wrong.items())[:5]),  # window: [counted, sent]
                     "rejected": _metric(page, "slostream_ingest_measurements_rejected_total{"),
                     "fenced": _metric(page, "slostream_fenced_total"),
-                    "ids_with_two_payloads": seen["ids_with_two_payloads"], "worker_alive": worker.poll() is None}
+                    "ids_with_two_payloads": seen["ids_with_two_payloads"], "worker_alive": worker.poll() is None,
+                    "worker_log": log_path}
         finally:
             worker.terminate()
             worker.wait(30)

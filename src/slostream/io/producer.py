@@ -106,6 +106,9 @@ class OutputProducer(mode.Service):
         self._forward_topics.update(forwards)
 
     async def on_stop(self) -> None:
+        # What the final checkpoint did not cover is replayed by the next owner anyway; through a
+        # broker outage, stopping must not wait for it (batches in flight fail with the lease).
+        self.abandon()
         await self.producer.stop()
         await self.forwards.stop()
 
