@@ -333,6 +333,7 @@ class IngestService:
         async with self._checkpoint_lock:
             if not self.writing():
                 return
+            lapses = self.lease.lapses  # a fence while this waits voids it (the state it wrote was dropped)
             snapshot: list[tuple[int, bytes, bytes | None]] = []
             async with self.lock:
                 started = time.monotonic()
@@ -355,7 +356,7 @@ class IngestService:
             try:
                 await self._write(snapshot, written, stage_ends)
             except (NotDelivered, KafkaError) as exc:
-                if not self.writing():  # fenced while it waited (a broker outage, a pause)
+                if not self.writing() or self.lease.lapses != lapses:  # fenced while it waited (an outage, a pause)
                     log.warning("checkpoint dropped, nothing committed: this worker was fenced (%r)", exc)
                     return
                 # The state has moved past output or changes the broker never took: only a replay
@@ -364,11 +365,11 @@ class IngestService:
                 log.error("outputs or state changes were not delivered; stopping without a commit: %r", exc)
                 await self.app.crash(exc)
                 return
+            if not self.writing() or self.lease.lapses != lapses:
+                return
             # The table holds durable state only: a fenced worker that gets a partition back
             # recovers what its new owner wrote on top of it.
             self._keep(snapshot)
-            if not self.writing():
-                return
             if offsets:
                 committed = await self.app.consumer._commit(offsets)
                 if not committed:

@@ -70,8 +70,8 @@ class OutputProducer(mode.Service):
         self._forward_topics: set[str] = set()
         self.producer: AIOKafkaProducer | None = None
         self.forwards: AIOKafkaProducer | None = None
-        # (topic, delivery) of the sends since the last flush
-        self._unconfirmed: list[tuple[str, asyncio.Future]] = []
+        # (topic, the lease's lapses when the send began, delivery) of the sends since the last flush
+        self._unconfirmed: list[tuple[str, int, asyncio.Future]] = []
 
     async def on_start(self) -> None:
         # aiokafka binds to the running loop, so the producers are made here.
@@ -113,14 +113,16 @@ class OutputProducer(mode.Service):
         await self.forwards.stop()
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        self._unconfirmed.append((topic, await self.producer.send(topic, value, key=key, headers=self.writer)))
+        lapses = self.lease.lapses
+        self._unconfirmed.append((topic, lapses, await self.producer.send(topic, value, key=key, headers=self.writer)))
 
     async def send_keyed(self, topic: str, records: Iterable[tuple[bytes, bytes]]) -> None:
         """Records, each to the partition Kafka's default partitioner gives its key (``send_batches``)."""
+        lapses = self.lease.lapses
         partitions = sorted(await self.producer.partitions_for(topic))
         deliveries = await self.send_batches(topic, ((partitions[key_hash(key) % len(partitions)], key, value)
                                                      for key, value in records))
-        self._unconfirmed += ((topic, delivery) for delivery in deliveries)
+        self._unconfirmed += ((topic, lapses, delivery) for delivery in deliveries)
 
     async def send_batches(self, topic: str,
                            records: Iterable[tuple[int, bytes, bytes | None]]) -> list[asyncio.Future]:
@@ -147,7 +149,9 @@ class OutputProducer(mode.Service):
         return sent
 
     async def forward(self, topic: str, partition: int, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        self._unconfirmed.append((topic, await self.forwards.send(topic, value, partition=partition, headers=headers)))
+        lapses = self.lease.lapses
+        self._unconfirmed.append((topic, lapses, await self.forwards.send(topic, value, partition=partition,
+                                                                          headers=headers)))
 
     def abandon(self) -> None:
         """Fail every output still queued (``Fenced``): the lease ran out, so their partitions' new
@@ -159,18 +163,22 @@ class OutputProducer(mode.Service):
             accumulator._batches.clear()
             for batch in queued:
                 batch.failure(Fenced("this worker's group lease ran out"))
-        for _, delivery in self._unconfirmed:
+        for _, _, delivery in self._unconfirmed:
             if delivery.done():
                 delivery.exception()  # seen: nobody waits for these any more
         self._unconfirmed = []
 
     async def flush(self) -> None:
         """Wait until every output sent since the last flush is delivered; raise ``NotDelivered`` if
-        the broker refused any (aiokafka's own flush waits but does not say)."""
+        the broker refused any (aiokafka's own flush waits but does not say). A send begun before the
+        lease last ran out is not counted: it came from state the fence dropped (it may have waited
+        in aiokafka through a whole outage, and failed only after the rejoin)."""
         sent, self._unconfirmed = self._unconfirmed, []  # sends made while this waits: the next flush's
         await self.producer.flush()
         await self.forwards.flush()
-        failed = [(topic, future.exception()) for topic, future in sent if future.exception() is not None]
+        lapses = self.lease.lapses
+        failed = [(topic, future.exception()) for topic, began, future in sent
+                  if future.exception() is not None and began == lapses]
         if failed:
             raise NotDelivered(f"{len(failed)} of {len(sent)} output sends failed, the first to {failed[0][0]} "
                                f"with {failed[0][1]!r}")
