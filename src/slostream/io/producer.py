@@ -113,12 +113,12 @@ class OutputProducer(mode.Service):
         await self.forwards.stop()
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
-        lapses = self.lease.lapses
+        lapses = self._lease_lapses()
         self._unconfirmed.append((topic, lapses, await self.producer.send(topic, value, key=key, headers=self.writer)))
 
     async def send_keyed(self, topic: str, records: Iterable[tuple[bytes, bytes]]) -> None:
         """Records, each to the partition Kafka's default partitioner gives its key (``send_batches``)."""
-        lapses = self.lease.lapses
+        lapses = self._lease_lapses()
         partitions = sorted(await self.producer.partitions_for(topic))
         deliveries = await self.send_batches(topic, ((partitions[key_hash(key) % len(partitions)], key, value)
                                                      for key, value in records))
@@ -131,6 +131,7 @@ class OutputProducer(mode.Service):
         record itself): the futures of the batches' delivery. Values made as ``records`` is read
         are freed once appended: orjson's results each hold a 4-8 kB buffer, and a list of them
         costs four times the encoding in page faults."""
+        self._lease_lapses()
         batches: dict[int, Any] = {}
         sent = []
         writer = self.writer
@@ -149,9 +150,16 @@ class OutputProducer(mode.Service):
         return sent
 
     async def forward(self, topic: str, partition: int, value: bytes, headers: list[tuple[str, bytes]]) -> None:
-        lapses = self.lease.lapses
+        lapses = self._lease_lapses()
         self._unconfirmed.append((topic, lapses, await self.forwards.send(topic, value, partition=partition,
                                                                           headers=headers)))
+
+    def _lease_lapses(self) -> int:
+        """The lease's lapses as a send begins; without the lease it is refused at once (``Fenced``):
+        a send that waited through an outage must not go out in the lease's next term."""
+        if not self.lease.held():
+            raise Fenced("this worker's group lease ran out")
+        return self.lease.lapses
 
     def abandon(self) -> None:
         """Fail every output still queued (``Fenced``): the lease ran out, so their partitions' new
