@@ -22,7 +22,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from slostream.io.broker import EmbeddedBroker, free_port
+from slostream.io.broker import EmbeddedBroker, S3Server, free_port
 
 
 def pytest_collection_modifyitems(items):
@@ -119,7 +119,34 @@ class Worker:
 
 
 @pytest.fixture
+def s3_kafka():
+    """A broker of its own on S3 storage (a local moto server): ``restart()`` keeps its port, topics
+    and committed offsets."""
+    storage = S3Server()
+    try:
+        broker = EmbeddedBroker(storage=storage.start()).start()
+    except Exception as exc:  # a broker test must fail, never skip
+        storage.stop()
+        pytest.fail(f"the S3-backed Tansu broker could not start: {exc}")
+    try:
+        yield broker
+    finally:
+        broker.stop()
+        storage.stop()
+
+
+@pytest.fixture
 def make_worker(kafka, tmp_path):
+    yield from _workers(kafka, tmp_path)
+
+
+@pytest.fixture
+def make_s3_worker(s3_kafka, tmp_path):
+    """``make_worker`` on ``s3_kafka``."""
+    yield from _workers(Broker(s3_kafka.url, s3_kafka.bootstrap), tmp_path)
+
+
+def _workers(kafka: Broker, tmp_path):
     workers: list[Worker] = []
     prefix = f"t{next(_names)}-{os.getpid()}."
 

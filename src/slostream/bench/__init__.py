@@ -41,6 +41,7 @@ from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITION
 from slostream.bench.control import control_part
 from slostream.bench.drift import drift_quality, drift_state
 from slostream.bench.fuzz import fuzz_counts
+from slostream.bench.outage import reconnect_after_outages
 from slostream.bench.sinks import sink_latency
 from slostream.bench.thresholds import slo_threshold_quality, threshold_quality
 from slostream.bench.throughput import (
@@ -184,6 +185,7 @@ PARTS: dict[str, Callable[[BenchRun], dict]] = {
     # Alertmanager page latency while a webhook sink hangs (each sink has its own queue and task).
     "control": lambda run: {"control": control_part()},
     "sinks": lambda run: {"sinks": sink_latency(run.workdir)},
+    "outage": lambda run: {"outage": reconnect_after_outages()},
     "slo_thresholds": lambda run: {"slo_thresholds": {"day_effect_0.05": slo_threshold_quality(),
                                                       "no_day_effect": slo_threshold_quality(day_sd=0.0)}},
     "fuzz": lambda run: fuzz_counts(run.broker),

@@ -14,8 +14,10 @@ from slostream.config import Settings
 from slostream.io import end_offsets, undecodable
 from slostream.io.consumer import SloApp
 from slostream.io.control import ControlService
+from slostream.io.fencing import GroupLease
 from slostream.io.ingest import IngestService, source_record
 from slostream.io.metrics import PipelineMetrics
+from slostream.io.outage import BrokerWatch
 from slostream.io.producer import OutputProducer
 from slostream.io.security import faust_broker_credentials, kafka_client_options
 from slostream.io.sinks import AlertSinks
@@ -25,6 +27,8 @@ from slostream.pipeline.types import EVALUATION_INTERVAL_S
 log = logging.getLogger("slostream")
 
 LOOP_PROBE_S = 0.1  # slostream_event_loop_lag_seconds
+SESSION_TIMEOUT_S = 10.0
+LEASE_CHECK_S = 0.1  # a worker back from a pause fences itself this soon, even with nothing to send
 
 
 def create_app(settings: Settings) -> SloApp:
@@ -47,7 +51,7 @@ def create_app(settings: Settings) -> SloApp:
         broker_commit_every=10_000,
         broker_max_poll_records=5_000,
         consumer_max_fetch_size=16 << 20,
-        broker_session_timeout=10.0,
+        broker_session_timeout=SESSION_TIMEOUT_S,
         broker_heartbeat_interval=1.0,
         # Tansu holds every join for the full rebalance timeout.
         broker_rebalance_timeout=settings.rebalance_timeout_s,
@@ -56,7 +60,8 @@ def create_app(settings: Settings) -> SloApp:
     )
     metrics = PipelineMetrics()
     outputs = OutputProducer(settings.broker_hosts, lone_forwards=bool(settings.changelog_fence),
-                             client_options=kafka_client_options(settings), max_output_bytes=settings.max_output_bytes)
+                             client_options=kafka_client_options(settings), max_output_bytes=settings.max_output_bytes,
+                             lease=GroupLease(SESSION_TIMEOUT_S))
     app.add_dependency(outputs)
     ingest = IngestService(app, settings, metrics, outputs)
     undecodable.install(ingest.skipped_batch, (ingest.topic, ingest.repartition_topic), source_record,
@@ -80,6 +85,18 @@ def create_app(settings: Settings) -> SloApp:
     @app.task
     async def apply_control_commands() -> None:
         await control.apply_audited()
+
+    broker_watch = BrokerWatch(settings.broker_hosts)
+
+    @app.task
+    async def watch_broker() -> None:
+        await broker_watch.run()
+
+    @app.task
+    async def check_lease() -> None:
+        while True:
+            ingest.writing()
+            await asyncio.sleep(LEASE_CHECK_S)
 
     @app.task
     async def probe_event_loop() -> None:

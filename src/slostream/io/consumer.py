@@ -15,6 +15,7 @@ from faust.types import TP
 
 from slostream.io import end_offsets
 from slostream.io.catch_up import TimestampOrder
+from slostream.io.fencing import watch_coordinator
 
 if TYPE_CHECKING:
     from slostream.io.ingest import IngestService
@@ -42,6 +43,16 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
         if end is None or state is None or state.position is None:
             return True
         return end > state.position
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        watch_coordinator(self._consumer._coordinator, self.app.ingest.lease)
+
+    def request_rejoin(self) -> None:
+        """Make the consumer rejoin its group (from any thread): a new generation, every partition
+        revoked and assigned again, each read from its committed offset."""
+        coordinator = self._ensure_consumer()._coordinator
+        self.thread_loop.call_soon_threadsafe(coordinator.request_rejoin)
 
     def end_known_at(self, tp: TP, next_offset: int) -> float | None:
         """A wall time before which everything appended to ``tp`` has been read, if the last fetch
@@ -73,6 +84,13 @@ class BatchingConsumer(aiokafka_driver.Consumer):
 
     def end_known_at(self, tp: TP, next_offset: int) -> float | None:
         return self._thread.end_known_at(tp, next_offset)
+
+    def rejoin(self) -> None:
+        """Rejoin the group after this worker was fenced (``IngestService.writing``): every partition
+        it is then given counts as newly assigned, so the state table recovers it from the
+        changelog (Faust recovers only partitions it did not hold; this worker dropped them all)."""
+        self.app._assignment = None
+        self._thread.request_rejoin()
 
     async def getmany(self, timeout: float):
         records, active = await self._wait_next_records(timeout)

@@ -7,6 +7,7 @@ state that covers them is durable in the changelog."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gc
 import logging
@@ -21,6 +22,7 @@ from faust.types import TP
 from slostream.config import Settings, pipeline_config
 from slostream.core.measurement import Reason, Rejection
 from slostream.io.consumer import SloApp
+from slostream.io.fencing import Fenced
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.producer import YIELD_EVERY_WRITES, NotDelivered, OutputProducer
 from slostream.io.security import kafka_client_options
@@ -98,6 +100,8 @@ class IngestService:
     def __init__(self, app: SloApp, settings: Settings, metrics: PipelineMetrics, outputs: OutputProducer):
         self.app = app
         self.outputs = outputs
+        self.lease = outputs.lease
+        self.fences = 0  # the lease's lapses this worker fenced itself for
         self.settings = settings
         self.metrics = metrics
         self.topic = settings.topic("measurements")
@@ -171,6 +175,8 @@ class IngestService:
 
     async def handle(self, partition: int, batch: list[SourceRecord]) -> None:
         """A fetched batch of the measurement topic (built as ``SourceRecord`` by ``io.undecodable``)."""
+        if not self.writing():
+            return  # fenced: the rejoin seeks back to the committed offsets
         for records in self.slicer.slices(batch, forwarded=False):
             await self._apply(partition, records, False, functools.partial(PartitionProcessor.process, records=records))
         since_sent = time.time() - self._progress_sent.get(partition, 0.0)
@@ -180,6 +186,8 @@ class IngestService:
 
     async def handle_repartition(self, partition: int, batch: list[SourceRecord]) -> None:
         """A fetched batch of the repartition topic: forwards and progress for this partition."""
+        if not self.writing():
+            return  # fenced: the rejoin seeks back to the committed offsets
         for records in self.slicer.slices(batch, forwarded=True):
             ends = await self._ends_for(records)
             await self._apply(partition, records, True,
@@ -253,6 +261,8 @@ class IngestService:
                                                           Rejection(0, None, reason, message)))
 
     async def tick(self) -> None:
+        if not self.writing():
+            return
         async with self.lock:
             if self._undecodable_letters:
                 letters, self._undecodable_letters = self._undecodable_letters, []
@@ -287,6 +297,8 @@ class IngestService:
             self._progress_sent[partition] = time.time()
 
     async def evaluate_pending(self) -> None:
+        if not self.writing():
+            return
         async with self.lock:
             now = time.time()
             for partition, proc in list(self.processors.items()):
@@ -326,7 +338,37 @@ class IngestService:
     def slo_statuses(self) -> list[dict]:
         return sorted(self.statuses("slos"), key=lambda s: s["slo"])
 
+    def writing(self) -> bool:
+        """Whether this worker may write outputs, forwards and state now (``io.fencing``). The
+        first call after its group lease ran out fences it: what it has not delivered is failed,
+        its partitions' state is dropped (the new owner replays from the last commit, and this
+        worker recovers the changelog when the group gives it partitions again), and it rejoins."""
+        held = self.lease.held()
+        if self.lease.lapses > self.fences:
+            self._fence()
+        return held and self.lease.lapses == self.fences
+
+    def _fence(self) -> None:
+        self.fences = self.lease.lapses
+        log.warning("group lease ran out (no heartbeat accepted for %.0f s, session timeout %.0f s): writing "
+                    "nothing, dropping the state of partitions %s and rejoining the group",
+                    time.monotonic() - self.lease.renewed_at, self.lease.session_timeout_s, sorted(self.processors))
+        self.outputs.abandon()
+        prefixes = tuple(state_keys.partition_prefix(partition).encode() for partition in self.processors)
+        for key in [key for key in self.state.data if key.startswith(prefixes)]:
+            del self.state.data[key]
+        self.processors.clear()
+        self._uncheckpointed.clear()
+        self._pending_control.clear()
+        self.app.consumer.rejoin()
+
     async def _emit(self, out: Output) -> None:
+        if not self.writing():
+            return
+        with contextlib.suppress(Fenced):  # the lease ran out while sending: the new owner sends it all again
+            await self._send(out)
+
+    async def _send(self, out: Output) -> None:
         if out.alert_log:
             await self._log_alerts(out.alert_log)
         if out.sli:
@@ -382,6 +424,9 @@ class IngestService:
         are not, so ingest goes on while they drain.
         """
         async with self._checkpoint_lock:
+            if not self.writing():
+                return
+            lapses = self.lease.lapses  # a fence while this waits voids it (the state it wrote was dropped)
             snapshot: list[tuple[int, bytes, bytes | None]] = []
             async with self.lock:
                 started = time.monotonic()
@@ -395,12 +440,7 @@ class IngestService:
                     for number, (key, value) in enumerate(writes, 1):
                         if number % YIELD_EVERY_WRITES == 0:
                             await asyncio.sleep(0)  # as in tick
-                        raw_key = key.encode()
-                        if value is None:  # a tombstone: compaction drops the key
-                            self.state.data.pop(raw_key, None)
-                        else:
-                            self.state.data[raw_key] = value
-                        snapshot.append((partition, raw_key, value))
+                        snapshot.append((partition, key.encode(), value))
                     for topic, safe in ((self.topic, offset.measurements),
                                         (self.repartition_topic, offset.repartition)):
                         if safe >= 0:
@@ -411,12 +451,20 @@ class IngestService:
             try:
                 await self._write(snapshot, written, stage_ends)
             except (NotDelivered, KafkaError) as exc:
+                if not self.writing() or self.lease.lapses != lapses:  # fenced while it waited (an outage, a pause)
+                    log.warning("checkpoint dropped, nothing committed: this worker was fenced (%r)", exc)
+                    return
                 # The state has moved past output or changes the broker never took: only a replay
                 # from the last commit sends them again, so the worker stops (its partitions move
                 # on) rather than commit over the gap.
                 log.error("outputs or state changes were not delivered; stopping without a commit: %r", exc)
                 await self.app.crash(exc)
                 return
+            if not self.writing() or self.lease.lapses != lapses:
+                return
+            # The table holds durable state only: a fenced worker that gets a partition back
+            # recovers what its new owner wrote on top of it.
+            self._keep(snapshot)
             if offsets:
                 committed = await self.app.consumer._commit(offsets)
                 if not committed:
@@ -428,6 +476,14 @@ class IngestService:
                             {name: round(end - start, 3) for (name, end), start in zip(stage_ends, starts)})
             self.checkpoints += 1
             keep_out_of_gc()
+
+    def _keep(self, records: list[tuple[int, bytes, bytes | None]]) -> None:
+        """Changelog records made durable, into the state table."""
+        for _, raw_key, value in records:
+            if value is None:  # a tombstone: compaction drops the key
+                self.state.data.pop(raw_key, None)
+            else:
+                self.state.data[raw_key] = value
 
     async def _write(self, snapshot: list[tuple[int, bytes, bytes | None]], written: list[int],
                      stage_ends: list[tuple[str, float]]) -> None:
@@ -455,14 +511,15 @@ class IngestService:
         after a crash sends them again as they were. If the broker does not take them the worker
         stops, as at a checkpoint."""
         records = [(partition, key.encode(), value) for partition, key, value in entries]
-        for _, raw_key, value in records:
-            self.state.data[raw_key] = value
         try:
             await self._write_changelog(records, sorted({partition for partition, _, _ in records}))
         except (NotDelivered, KafkaError) as exc:
+            if isinstance(exc, Fenced) or not self.writing():
+                raise Fenced("the alert log was not written: this worker was fenced") from exc
             log.error("the alert log was not delivered; stopping without sending its alerts: %r", exc)
             await self.app.crash(exc)
             raise
+        self._keep(records)
 
     async def final_checkpoint(self, partitions: set[int] | None = None) -> None:
         """Write every series' changes before a revoke or a stop, waiting at most

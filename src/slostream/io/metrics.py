@@ -144,6 +144,8 @@ class _StateCollector(Collector):
             held.add_metric([str(snap.partition)], snap.series)
         yield held
         yield _counter("slostream_checkpoints", "State checkpoints completed.", ingest.checkpoints)
+        yield _counter("slostream_fenced", "Times this worker's group lease ran out and it fenced itself.",
+                       ingest.fences)
         lag = GaugeMetricFamily("slostream_consumer_lag_records",
                                 "Records between the processed position and the partition end.",
                                 labels=["partition"])

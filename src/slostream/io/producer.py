@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,13 +15,24 @@ import mode
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
+from slostream.io.fencing import Fenced, GroupLease, guard_client
+
 log = logging.getLogger("slostream")
 
+# How long a batch may wait for the broker before it fails (aiokafka has no separate delivery
+# timeout: its request timeout is also each batch's lifetime). Through a broker outage the outputs
+# wait; a worker cut off for longer than its session timeout is fenced (``io.fencing``) and drops
+# them instead, so this only needs to outlast any outage (it fits the protocol's int32 milliseconds).
+DELIVERY_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+# Every output and changelog record names the worker that wrote it and its group generation,
+# ``host/pid/generation`` (a zombie's writes can be told).
+WRITER_HEADER = "slostream-writer"
 # A checkpoint yields to the event loop after this many state writes (about 0.1 s of serialising).
 YIELD_EVERY_WRITES = 500
 # What a record adds to its key and value in a batch of its own: the batch header (61 bytes), the
-# record's length, offset and timestamp varints and headers (at most a few dozen bytes here).
-RECORD_OVERHEAD_BYTES = 128
+# record's length, offset and timestamp varints, and its headers (the writer's, a forward's source:
+# under a hundred bytes).
+RECORD_OVERHEAD_BYTES = 256
 
 
 @functools.lru_cache(maxsize=1 << 18)
@@ -51,12 +64,16 @@ class OutputProducer(mode.Service):
     """
 
     def __init__(self, hosts: list[str], lone_forwards: bool, client_options: dict[str, Any], max_output_bytes: int,
-                 **kwargs: Any):
-        """``client_options``: security keyword arguments for both producers (``security.kafka_client_options``)."""
+                 lease: GroupLease, **kwargs: Any):
+        """``client_options``: security keyword arguments for both producers (``security.kafka_client_options``);
+        ``lease``: while it is held, this worker may write (``io.fencing``)."""
         super().__init__(**kwargs)
         self.hosts = hosts
         self.client_options = client_options
         self.lone_forwards = lone_forwards
+        self.lease = lease
+        self._writer_id = f"{socket.gethostname()}/{os.getpid()}"
+        self._writer: tuple[int, list[tuple[str, bytes]]] = (-2, [])
         self.max_output_bytes = max_output_bytes
         # (topic, key, value) of each record not sent because it is over max_output_bytes; the
         # caller replaces each with a dead letter naming it (``take_refused``).
@@ -65,8 +82,8 @@ class OutputProducer(mode.Service):
         self._forward_topics: set[str] = set()
         self.producer: AIOKafkaProducer | None = None
         self.forwards: AIOKafkaProducer | None = None
-        # (topic, delivery) of the sends since the last flush
-        self._unconfirmed: list[tuple[str, asyncio.Future]] = []
+        # (topic, the lease's lapses when the send began, delivery) of the sends since the last flush
+        self._unconfirmed: list[tuple[str, int, asyncio.Future]] = []
 
     async def on_start(self) -> None:
         # aiokafka binds to the running loop, so the producers are made here.
@@ -75,10 +92,13 @@ class OutputProducer(mode.Service):
         batch_size = min(1 << 20, self.max_output_bytes)
         self.producer = AIOKafkaProducer(bootstrap_servers=self.hosts, linger_ms=2, acks="all",
                                          max_batch_size=batch_size, max_request_size=self.max_output_bytes,
-                                         **self.client_options)
+                                         request_timeout_ms=DELIVERY_TIMEOUT_MS, **self.client_options)
         self.forwards = AIOKafkaProducer(bootstrap_servers=self.hosts, linger_ms=2, acks="all",
                                          max_batch_size=64 if self.lone_forwards else batch_size,
-                                         max_request_size=self.max_output_bytes, **self.client_options)
+                                         max_request_size=self.max_output_bytes, request_timeout_ms=DELIVERY_TIMEOUT_MS,
+                                         **self.client_options)
+        guard_client(self.producer.client, self.lease)
+        guard_client(self.forwards.client, self.lease)
         await self.producer.start()
         await self.forwards.start()
         for topic in self._outputs_topics:
@@ -87,12 +107,23 @@ class OutputProducer(mode.Service):
             self.forwards.client.add_topic(topic)
         await asyncio.gather(self.producer.client.force_metadata_update(), self.forwards.client.force_metadata_update())
 
+    @property
+    def writer(self) -> list[tuple[str, bytes]]:
+        """The ``WRITER_HEADER`` of this worker's records now (made once per generation)."""
+        generation = self.lease.generation
+        if self._writer[0] != generation:
+            self._writer = (generation, [(WRITER_HEADER, f"{self._writer_id}/{generation}".encode())])
+        return self._writer[1]
+
     def track(self, outputs: Iterable[str], forwards: Iterable[str]) -> None:
         """The topics the producers will write (before the service starts)."""
         self._outputs_topics.update(outputs)
         self._forward_topics.update(forwards)
 
     async def on_stop(self) -> None:
+        # What the final checkpoint did not cover is replayed by the next owner anyway; through a
+        # broker outage, stopping must not wait for it (batches in flight fail with the lease).
+        self.abandon()
         await self.producer.stop()
         await self.forwards.stop()
 
@@ -111,15 +142,18 @@ class OutputProducer(mode.Service):
         return refused
 
     async def send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        lapses = self._lease_lapses()
         if self._fits(topic, key, value):
-            self._unconfirmed.append((topic, await self.producer.send(topic, value, key=key)))
+            self._unconfirmed.append((topic, lapses, await self.producer.send(topic, value, key=key,
+                                                                              headers=self.writer)))
 
     async def send_keyed(self, topic: str, records: Iterable[tuple[bytes, bytes]]) -> None:
         """Records, each to the partition Kafka's default partitioner gives its key (``send_batches``)."""
+        lapses = self._lease_lapses()
         partitions = sorted(await self.producer.partitions_for(topic))
         deliveries = await self.send_batches(topic, ((partitions[key_hash(key) % len(partitions)], key, value)
                                                      for key, value in records))
-        self._unconfirmed += ((topic, delivery) for delivery in deliveries)
+        self._unconfirmed += ((topic, lapses, delivery) for delivery in deliveries)
 
     async def send_batches(self, topic: str, records: Iterable[tuple[int, bytes, bytes | None]],
                            tombstone_refused: bool = False) -> list[asyncio.Future]:
@@ -130,8 +164,10 @@ class OutputProducer(mode.Service):
         costs four times the encoding in page faults. A record over ``max_output_bytes`` is not
         sent (``take_refused``); with ``tombstone_refused`` (state) a tombstone goes in its place,
         so that a restore starts its key afresh rather than from an older value."""
+        self._lease_lapses()
         batches: dict[int, Any] = {}
         sent = []
+        writer = self.writer
         for number, (partition, key, value) in enumerate(records, 1):
             if value is not None and not self._fits(topic, key, value):
                 if not tombstone_refused:
@@ -140,10 +176,10 @@ class OutputProducer(mode.Service):
             batch = batches.get(partition)
             if batch is None:
                 batch = batches[partition] = self.producer.create_batch()
-            if batch.append(key=key, value=value, timestamp=None) is None:  # full
+            if batch.append(key=key, value=value, timestamp=None, headers=writer) is None:  # full
                 sent.append(await self.producer.send_batch(batch, topic, partition=partition))
                 batch = batches[partition] = self.producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
+                batch.append(key=key, value=value, timestamp=None, headers=writer)
             if number % YIELD_EVERY_WRITES == 0:
                 await asyncio.sleep(0)
         for partition, batch in batches.items():
@@ -151,17 +187,44 @@ class OutputProducer(mode.Service):
         return sent
 
     async def forward(self, topic: str, partition: int, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+        lapses = self._lease_lapses()
         if self._fits(topic, None, value):
-            self._unconfirmed.append((topic, await self.forwards.send(topic, value, partition=partition,
-                                                                      headers=headers)))
+            self._unconfirmed.append((topic, lapses, await self.forwards.send(topic, value, partition=partition,
+                                                                              headers=headers)))
+
+    def _lease_lapses(self) -> int:
+        """The lease's lapses as a send begins; without the lease it is refused at once (``Fenced``):
+        a send that waited through an outage must not go out in the lease's next term."""
+        if not self.lease.held():
+            raise Fenced("this worker's group lease ran out")
+        return self.lease.lapses
+
+    def abandon(self) -> None:
+        """Fail every output still queued (``Fenced``): the lease ran out, so their partitions' new
+        owner replays and sends them. A batch in flight is left to the sender: a retry is refused by
+        the guarded client, which fails it too."""
+        for producer in (self.producer, self.forwards):
+            accumulator = producer._message_accumulator
+            queued = [batch for queue in accumulator._batches.values() for batch in queue]
+            accumulator._batches.clear()
+            for batch in queued:
+                batch.failure(Fenced("this worker's group lease ran out"))
+        for _, _, delivery in self._unconfirmed:
+            if delivery.done():
+                delivery.exception()  # seen: nobody waits for these any more
+        self._unconfirmed = []
 
     async def flush(self) -> None:
         """Wait until every output sent since the last flush is delivered; raise ``NotDelivered`` if
-        the broker refused any (aiokafka's own flush waits but does not say)."""
+        the broker refused any (aiokafka's own flush waits but does not say). A send begun before the
+        lease last ran out is not counted: it came from state the fence dropped (it may have waited
+        in aiokafka through a whole outage, and failed only after the rejoin)."""
         sent, self._unconfirmed = self._unconfirmed, []  # sends made while this waits: the next flush's
         await self.producer.flush()
         await self.forwards.flush()
-        failed = [(topic, future.exception()) for topic, future in sent if future.exception() is not None]
+        lapses = self.lease.lapses
+        failed = [(topic, future.exception()) for topic, began, future in sent
+                  if future.exception() is not None and began == lapses]
         if failed:
             raise NotDelivered(f"{len(failed)} of {len(sent)} output sends failed, the first to {failed[0][0]} "
                                f"with {failed[0][1]!r}")
