@@ -155,12 +155,13 @@ class ComplianceModel:
 
     # --- learning -------------------------------------------------------------
 
-    def update(self, start: float, counts: np.ndarray) -> list[tuple[float, np.ndarray]]:
-        """One closed window starting at ``start``: its values' ``histogram``. Returns the hours it
-        completed (learned), as (end, counts), oldest first."""
+    def update(self, start: float, counts: np.ndarray, windows: int = 1) -> list[tuple[float, np.ndarray]]:
+        """Closed windows starting at ``start`` (``windows`` of them, of several series): their
+        values' ``histogram``. Returns the hours they completed (learned), as (end, counts), oldest
+        first."""
         if float(counts.sum()) <= 0:
             return []
-        self.seen += 1
+        self.seen += windows
         if math.isnan(self.first_start):
             self.first_start = start
         hour_number = int(start // HOUR_S)

@@ -2,8 +2,16 @@
 
 Every SLO whose good events are judged by a threshold on the value (``value_le`` and the like,
 above 0) gets one model, fed the value histogram of each closed report window of every series the
-SLO reads. The model learns whole hours (``ComplianceModel.update``), and everything here happens
-at the end of an hour it learns, so the SLO's several series may close their windows in any order.
+SLO reads. The SLO's series close their windows in an order that depends on how their records were
+batched and on how far each partition had read (a live run, a replay and a backlog differ), so the
+model takes a window, or a drift detection on one of the series, only once every series of the SLO
+held here has closed past its end, then in one order: by window start, a start's detections (by
+series key) before its windows (summed exactly, float64 sums of whole counts). So the model sees
+one sequence however the series' closes interleave. A series more than ``FOLD_AFTER_S`` behind the
+SLO's furthest one is not waited for (one that stopped while a backlog is read: its clock runs on
+at wall speed only); its windows come late to the model, which adds them to their learned hours.
+The model learns whole hours (``ComplianceModel.update``); everything here happens at the end of
+an hour it learns.
 
 The threshold is recommended as a policy's levels are (``evaluators.thresholds``): on a schedule
 (``recommend_every_s`` after the model's first hour), after a drift detection on one of the SLO's
@@ -25,10 +33,11 @@ import dataclasses
 import math
 from collections.abc import Iterable
 
+import numpy as np
 import orjson
 
 from slostream.core.closed import Closed
-from slostream.core.compliance_model import BIN_WIDTH, MODEL_VERSION, ComplianceModel
+from slostream.core.compliance_model import BIN_WIDTH, FOLD_AFTER_S, MODEL_VERSION, ComplianceModel
 from slostream.core.objectives import Slo
 from slostream.core.recommend import LevelChoice, choose, confidence, ready, risk, score
 from slostream.core.threshold_model import LASTING_AFTER_S
@@ -40,7 +49,7 @@ from slostream.pipeline.series import Series
 from slostream.pipeline.state_keys import slo_model_key
 from slostream.pipeline.types import Output, PipelineConfig
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the windows and detections waiting for the SLO's other series (1 had none)
 LEVEL = "threshold"
 
 
@@ -52,11 +61,16 @@ def modelled(slo: Slo) -> bool:
 class SloModel(PolicyModel):
     """The model of one threshold SLO, and its recommendation schedule and history."""
 
-    __slots__ = ()
+    __slots__ = ("waiting", "detections")
 
     def __init__(self, model: ComplianceModel):
         super().__init__(model)
         self.changes = {LEVEL: []}
+        # Taken from closes, not yet given to the model: by window start, the sum of the windows'
+        # value histograms and how many windows; and drift detections as (the start of the window
+        # that made it, its series' key, the change's start).
+        self.waiting: dict[float, tuple[np.ndarray, int]] = {}
+        self.detections: list[tuple[float, str, float]] = []
 
     @staticmethod
     def counters() -> dict:
@@ -77,14 +91,39 @@ class SloModel(PolicyModel):
             self.pending = [p for p in self.pending if end < p["until"]]
         return done
 
+    def take(self, horizon: float, window_s: int) -> list[tuple[float, list[float], np.ndarray | None, int]]:
+        """What waits for windows ending at or before ``horizon``, taken out, in the order the model
+        gets it: by window start, each start's detections (their changes' starts, by series key),
+        then the sum of its windows' histograms (None: none) and how many."""
+        starts = sorted(start for start in {*self.waiting, *(d[0] for d in self.detections)}
+                        if start + window_s <= horizon)
+        if not starts:
+            return []
+        detected: dict[float, list[float]] = {}
+        for start, _, changed_at in sorted(d for d in self.detections if d[0] + window_s <= horizon):
+            detected.setdefault(start, []).append(changed_at)
+        self.detections = [d for d in self.detections if d[0] + window_s > horizon]
+        taken = []
+        for start in starts:
+            counts, windows = self.waiting.pop(start, (None, 0))
+            taken.append((start, detected.get(start, []), counts, windows))
+        return taken
+
     @classmethod
-    def restore(cls, state: dict) -> SloModel:
+    def restore(cls, state: dict, waiting: dict) -> SloModel:
         held = cls(ComplianceModel.from_state(state["model"]))
         held.restore_schedule(state, state["report"])
+        held.waiting = {start: (np.array(counts), windows) for start, windows, counts in waiting.get("windows", [])}
+        held.detections = [tuple(detection) for detection in waiting.get("detections", [])]
         return held
 
     def to_state(self) -> dict:
         return {**super().to_state(), "report": {"latest": self.latest, "scored": self.scored}}
+
+    def waiting_state(self) -> dict:
+        return {"windows": [[start, windows, counts.tolist()]
+                            for start, (counts, windows) in sorted(self.waiting.items())],
+                "detections": sorted(self.detections)}
 
 
 class SloThresholdEvaluator(RecommendingEvaluator):
@@ -97,7 +136,9 @@ class SloThresholdEvaluator(RecommendingEvaluator):
         for slo in config.slos:
             if self.enabled and modelled(slo):
                 self.slos_for.setdefault((slo.service, slo.metric), []).append(slo)
+        self.slo_named = {slo.name: slo for slos in self.slos_for.values() for slo in slos}
         self.models: dict[str, SloModel] = {}
+        self.members: dict[str, dict[str, Series]] = {}  # each model's series held here, by key
         self._changed: set[str] = set()  # models to write at the next checkpoint
 
     def watch(self, series: Series) -> None:
@@ -105,33 +146,58 @@ class SloThresholdEvaluator(RecommendingEvaluator):
             if slo.name not in self.models:
                 self.models[slo.name] = SloModel(ComplianceModel(
                     slo.good.threshold, slo.good.kind in ("value_le", "value_lt"), slo.objective))
+            self.members.setdefault(slo.name, {})[series.key] = series
+
+    def release(self, series: Series) -> None:
+        for slo in self.slos_for.get(series.group, ()):
+            self.members.get(slo.name, {}).pop(series.key, None)
 
     def window_lengths(self, group: tuple[str, str]) -> dict[int, bool]:
         return {self.window_s: True} if group in self.slos_for else {}
 
     def closed(self, closes: Closes, out: Output) -> None:
+        touched: set[str] = set()
         for i in closes.moved:
             series = closes.series[i]
             slos = self.slos_for.get(series.group)
             if slos:
-                self._learn(series, slos, closes.closed, out)
+                self._hold(series, slos, closes.closed)
+                touched.update(slo.name for slo in slos)
+        for name in sorted(touched):
+            self._learn(self.slo_named[name], out)
 
-    def _learn(self, series: Series, slos: list[Slo], closed: Closed, out: Output) -> None:
+    def _hold(self, series: Series, slos: list[Slo], closed: Closed) -> None:
+        """The series' windows and drift detections of this close, waiting for the SLO's other series."""
         mine = closed.rows_of(series.windows.owner)
-        chosen = mine[closed.lengths[mine] == self.window_s]
-        chosen = chosen[closed.starts[chosen].argsort(kind="stable")].tolist()
+        chosen = mine[closed.lengths[mine] == self.window_s].tolist()
         detections = series.drift.recent if series.drift is not None else []
         for slo in slos:
             held = self.models[slo.name]
-            for _, detection in detections:
-                held.after_drift = detection.changed_at
-                held.model.change_detected()
+            held.detections += [(detection.detected_at - self.window_s, series.key, detection.changed_at)
+                                for _, detection in detections]
             for j in chosen:
-                for end, counts in held.model.update(float(closed.starts[j]),
-                                                     closed.value_histogram(j, held.model.edges)):
-                    self._hour(slo, held, end, counts, out)
-            if chosen:
+                counts = closed.value_histogram(j, held.model.edges)
+                if float(counts.sum()) > 0:
+                    start = float(closed.starts[j])
+                    summed, windows = held.waiting.get(start, (0.0, 0))
+                    held.waiting[start] = (summed + counts, windows + 1)
+            if chosen or detections:
                 self._changed.add(slo.name)
+
+    def _learn(self, slo: Slo, out: Output) -> None:
+        """What every series of the SLO has closed (or all but those over ``FOLD_AFTER_S`` behind),
+        to the model."""
+        held = self.models[slo.name]
+        closed_until = [series.windows.closed_until for series in self.members[slo.name].values()]
+        horizon = max(min(closed_until), max(closed_until) - FOLD_AFTER_S)
+        for start, changes, counts, windows in held.take(horizon, self.window_s):
+            for changed_at in changes:
+                held.after_drift = changed_at
+                held.model.change_detected()
+            if counts is not None:
+                for end, hour in held.model.update(start, counts, windows):
+                    self._hour(slo, held, end, hour, out)
+            self._changed.add(slo.name)
 
     def _hour(self, slo: Slo, held: SloModel, end: float, counts, out: Output) -> None:
         """An hour learned, ending at ``end``: scores due, and a recommendation if one is."""
@@ -159,7 +225,7 @@ class SloThresholdEvaluator(RecommendingEvaluator):
     def recommend_now(self, slo_name: str, trigger: str, out: Output) -> int:
         """The control command ``recommend`` of an SLO: at the end of the newest hour learned."""
         held = self.models.get(slo_name)
-        slo = next((s for slos in self.slos_for.values() for s in slos if s.name == slo_name), None)
+        slo = self.slo_named.get(slo_name)
         if held is None or slo is None or math.isnan(held.model.newest_end):
             return 0
         made = self._recommend(slo, held, held.model.newest_end, trigger, out)
@@ -243,22 +309,22 @@ class SloThresholdEvaluator(RecommendingEvaluator):
     def writes(self, partition: int) -> Iterable[tuple[str, bytes]]:
         changed, self._changed = self._changed, set()
         for name in sorted(changed):
-            yield slo_model_key(partition, name), orjson.dumps({"v": STATE_VERSION,
-                                                                "model": self.models[name].to_state()})
+            held = self.models[name]
+            yield slo_model_key(partition, name), orjson.dumps({"v": STATE_VERSION, "model": held.to_state(),
+                                                                "waiting": held.waiting_state()})
 
     def restore(self, saved: dict[str, bytes]) -> set[str]:
         """The models of the threshold SLOs configured now, from their saved state; one whose
         threshold, rule or objective changed starts afresh. The names of those restored."""
-        slos = {slo.name: slo for slos in self.slos_for.values() for slo in slos}
         for name, raw in saved.items():
-            slo = slos.get(name)
+            slo = self.slo_named.get(name)
             if slo is None:  # no longer modelled: its key is deleted (``state``)
                 continue
             state = orjson.loads(raw)
-            if state.get("v") != STATE_VERSION:
+            if state.get("v") not in (1, STATE_VERSION):
                 raise ValueError(f"unsupported SLO model state version {state.get('v')!r} (this version reads "
-                                 f"{STATE_VERSION})")
-            held = SloModel.restore(state["model"])
+                                 f"1 and {STATE_VERSION})")
+            held = SloModel.restore(state["model"], state.get("waiting", {}))
             model = held.model
             if (model.threshold, model.good_below, model.objective) == (
                     slo.good.threshold, slo.good.kind in ("value_le", "value_lt"), slo.objective):
