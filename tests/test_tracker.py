@@ -329,3 +329,31 @@ def test_an_slo_fed_by_label_split_series_judges_as_one_unsplit_series_would():
     assert split[:2] == (3, 3) and whole[:2] == (1, 1)
     assert split[2] and split[2] == whole[2]  # the page fired, at the same time
     assert split[3:] == whole[3:]
+
+
+def test_a_series_hours_behind_another_of_its_slo_is_counted_as_too_old_not_a_crash():
+    """Two hosts feed one SLO in one partition; one sends three hours after the other has moved on.
+    Its buckets are older than the SLO's base ring: they are counted in ``too_old_measurements``
+    (its own SLI windows still have them), and nothing raises."""
+    proc = slo_processor(checkout_slo(), label_keys=("host",))
+    offset = 0
+
+    def minute(host: str, start: float) -> SourceRecord:
+        nonlocal offset
+        items = [{"service": "checkout", "metric": "http", "ok": True, "ts": start + s, "labels": {"host": host}}
+                 for s in range(0, 60, 10)]
+        offset += 1
+        return SourceRecord("m", 0, offset, start + 60, None, orjson.dumps(items))
+
+    for m in range(180):
+        proc.process([minute("a", T0 + 3 * 3600 + m * 60)], WALL)
+    sli_b = 0
+    for m in range(30):
+        sli_b += sum(1 for _, e in proc.process([minute("b", T0 + m * 60)], WALL).sli
+                     if e["data"]["labels"] == {"host": "b"})
+    proc.tick(WALL + 60)
+    tracker = proc.slos.trackers["co"]
+    assert tracker.too_old == 30 * 6
+    assert sli_b >= 25  # host b's own windows are reported
+    restored = PartitionProcessor.restore(0, proc.config, list(proc.checkpoint(final=True)[0]), now=WALL)
+    assert restored.slos.trackers["co"].too_old == 30 * 6

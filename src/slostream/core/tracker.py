@@ -43,6 +43,9 @@ class SloTracker:
         self.slices = SeriesWindows(counting) if isinstance(slo.budgeting, Timeslices) else None
         self.slices_until = -1  # end of the newest slice judged
         self.last_seen = -math.inf  # newest event time of a matching measurement
+        # Measurements of a bucket older than the base ring holds, when one series of the SLO lags
+        # another by more than the ring: not counted in the SLO (its series' SLI windows have them).
+        self.too_old = 0
         self._status: dict | None = None
         self.evaluated_at = -1  # end of the windows of the last evaluation
         self.dirty = True
@@ -56,7 +59,13 @@ class SloTracker:
     def feed(self, start: int, values: np.ndarray, oks: np.ndarray, offsets: np.ndarray, newest_ts: float,
              counts: tuple[int, int] | None = None) -> int:
         """Judge and count the measurements of one base bucket (offsets ascending); ``counts``
-        is (good, judged) when the caller has judged them already."""
+        is (good, judged) when the caller has judged them already. A bucket older than the base
+        ring is counted in ``too_old``, not in the SLO."""
+        base = self.events.levels[0]
+        if base.starts[base.slot_of(start)] > start:
+            self.too_old += int(offsets.size)
+            self.dirty = True
+            return 0
         if counts is not None and self.events.add_counts(start, offsets, *counts):
             added = int(offsets.size)
         else:
@@ -213,6 +222,7 @@ class SloTracker:
                 for r in results
             ],
             "last_seen": _finite(self.last_seen),
+            "too_old_measurements": self.too_old,
         }
 
     def labels(self, alertname: str, severity: str) -> dict[str, str]:
@@ -263,6 +273,7 @@ class SloTracker:
             "slices": None if self.slices is None else self.slices.header_state(),
             "slices_until": self.slices_until,
             "last_seen": _finite(self.last_seen),
+            "too_old": self.too_old,
         }
 
     def drain_dirty(self) -> list[tuple[str, int, int, dict]]:
@@ -286,6 +297,7 @@ class SloTracker:
                 header["slices"], [(lv, sl, st) for kind, lv, sl, st in slots if kind == "t"])
             tracker.slices_until = header["slices_until"]
         tracker.last_seen = -math.inf if header["last_seen"] is None else header["last_seen"]
+        tracker.too_old = int(header.get("too_old", 0))
         return tracker
 
 
