@@ -36,6 +36,7 @@ class Reason(enum.StrEnum):
     UNDECODABLE_BATCH = "undecodable_batch"  # a fetched batch that is corrupt or uses an unknown codec
     # a forward naming a source position the source partition does not hold yet (forged)
     FORWARD_BEYOND_SOURCE = "forward_beyond_source"
+    INTERNAL_ERROR = "internal_error"  # processing the record raised (a bug): dead-lettered, not a stop
 
 
 AwareDatetime = Annotated[dt.datetime, msgspec.Meta(tz=True)]

@@ -19,6 +19,8 @@ out exact even when the crash tore a checkpoint in half.
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from typing import NamedTuple
@@ -66,6 +68,8 @@ from slostream.pipeline.intake import Intake
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition
 from slostream.pipeline.series import Series, finite_or_none, series_key
 from slostream.pipeline.types import RELATIVE_ACCURACY, Forward, Output, PipelineConfig, Snapshot, SourceRecord
+
+log = logging.getLogger("slostream")
 
 
 class SafeOffsets(NamedTuple):
@@ -126,6 +130,41 @@ class PartitionProcessor:
     def process(self, records: list[SourceRecord], now: float) -> Output:
         """Records of this partition of the measurement topic, as producers wrote them: their headers
         carry no authority (forwards and progress come through the repartition log: ``receive``)."""
+        return self._guarded(self._process, records, now, "applied_offset")
+
+    def receive(self, records: list[SourceRecord], now: float, source_ends: dict[int, int]) -> Output:
+        """Records of this partition of the repartition topic, which only workers write: the
+        measurements other partitions (and this one) forwarded here, and their progress. A forward
+        naming a position at or past its source partition's end in ``source_ends`` (the next offset
+        of each partition of the measurement topic, as known after the records were read) is refused:
+        no worker forwards what it has not read."""
+        return self._guarded(functools.partial(self._receive, source_ends=source_ends), records, now,
+                             "repartition_offset")
+
+    def _guarded(self, step, records: list[SourceRecord], now: float, offset_of_log: str) -> Output:
+        """``step`` over ``records``; if it raises (a bug that some record reaches: fuzzing found none
+        left), each record again alone, and one that still raises is dead-lettered as
+        ``internal_error`` and passed, so no record stops this worker, nor its successor replaying it.
+        What the failed attempt counted already is skipped on the second by the series' replay marks."""
+        try:
+            return step(records, now)
+        except Exception:
+            log.exception("partition %d: processing a batch of %d records failed; retrying them one by one",
+                          self.partition, len(records))
+        out = Output()
+        for record in records:
+            try:
+                out.extend(step([record], now))
+            except Exception as exc:
+                log.exception("partition %d: record at offset %d of %s failed; dead-lettered", self.partition,
+                              record.offset, record.topic)
+                message = f"processing the record failed: {type(exc).__name__}: {exc}"
+                out.deadletter.append(deadletter_event(self.config, record,
+                                                       Rejection(0, None, Reason.INTERNAL_ERROR, message)))
+                setattr(self, offset_of_log, max(getattr(self, offset_of_log), record.offset))
+        return out
+
+    def _process(self, records: list[SourceRecord], now: float) -> Output:
         out = Output()
         fresh = [r for r in records if r.offset > self.applied_offset]
         if not fresh:
@@ -143,12 +182,7 @@ class PartitionProcessor:
         self.slos.evaluate_due(now, out)
         return out
 
-    def receive(self, records: list[SourceRecord], now: float, source_ends: dict[int, int]) -> Output:
-        """Records of this partition of the repartition topic, which only workers write: the
-        measurements other partitions (and this one) forwarded here, and their progress. A forward
-        naming a position at or past its source partition's end in ``source_ends`` (the next offset
-        of each partition of the measurement topic, as known after the records were read) is refused:
-        no worker forwards what it has not read."""
+    def _receive(self, records: list[SourceRecord], now: float, source_ends: dict[int, int]) -> Output:
         out = Output()
         fresh = [r for r in records if r.offset > self.repartition_offset]
         if not fresh:
