@@ -75,3 +75,23 @@ def test_a_repartition_topic_not_co_partitioned_with_the_measurements_stops_star
     assert worker.process.wait(60) == 2
     log = worker.log_path.read_text()
     assert f"topic {make_worker.prefix}repartition has 1 partitions" in log and "Fix: delete topic" in log
+
+
+def test_an_output_topic_taking_smaller_records_than_max_output_bytes_stops_start_up(kafka, make_worker):
+    """Apache Kafka refuses records over a topic's max.message.bytes (Tansu has no limit, but reports
+    the setting): a worker that would only find out at a checkpoint stops at start-up instead."""
+    async def create():
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(f"{make_worker.prefix}sli", PARTITIONS, 1,
+                                                topic_configs={"max.message.bytes": "500000"})])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    worker = make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS)).start(wait_ready=False)
+    assert worker.process.wait(60) == 2
+    log = worker.log_path.read_text()
+    assert f"topic {make_worker.prefix}sli takes records of at most 500000 bytes" in log
+    assert "Fix: set max_output_bytes: 500000" in log

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from slostream.config import ConfigError, Settings
 from slostream.io.security import kafka_client_options
@@ -14,6 +16,10 @@ TOPIC_NAMES = ("measurements", "repartition", "sli", "deadletter", "alerts", "br
                "control", "audit")
 # Operator commands need one total order, so every worker applies them alike; so do their judgements.
 SINGLE_PARTITION = ("control", "audit")
+# The topics workers write (the state changelog is Faust's: made later, with the broker's default).
+WRITTEN_TOPICS = ("repartition", "sli", "deadletter", "alerts", "breaches", "drift", "recommendations", "audit")
+
+log = logging.getLogger("slostream")
 
 
 async def ensure_topics(settings: Settings) -> str:
@@ -42,6 +48,29 @@ async def ensure_topics(settings: Settings) -> str:
                    f"measurements (it is co-partitioned with them)")
             raise ConfigError(f"field 'partitions' is {settings.partitions} but topic {topic} has {count} "
                               f"partitions. Fix: {fix}.")
+        await _check_message_limits(admin, settings)
         return cluster_id
     finally:
         await admin.close()
+
+
+async def _check_message_limits(admin: AIOKafkaAdminClient, settings: Settings) -> None:
+    """Stop start-up when a topic the workers write takes smaller records than ``max_output_bytes``:
+    the broker would refuse an output at a checkpoint, where a batch does not say which record it
+    refused, and the worker would stop there instead of dead-lettering it."""
+    topics = [settings.topic(name) for name in WRITTEN_TOPICS]
+    try:
+        responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
+    except KafkaError as exc:  # a broker that does not say: max_output_bytes is the operator's word
+        log.info("could not read the topics' max.message.bytes (%r); max_output_bytes is %d", exc,
+                 settings.max_output_bytes)
+        return
+    # resources: (error code, message, type, name, entries); entries: (name, value, ...)
+    limits = {resource[3]: int(entry[1]) for response in responses for resource in response.resources
+              for entry in resource[4] if entry[0] == "max.message.bytes" and entry[1]}
+    for topic, limit in sorted(limits.items()):
+        if limit < settings.max_output_bytes:
+            raise ConfigError(f"field 'max_output_bytes' is {settings.max_output_bytes} but topic {topic} takes "
+                              f"records of at most {limit} bytes (max.message.bytes). Fix: set max_output_bytes: "
+                              f"{limit} (and max_deadletter_bytes at most {(limit - 4096) // 5}), or raise the "
+                              f"topic's max.message.bytes.")
