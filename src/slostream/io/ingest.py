@@ -359,7 +359,6 @@ class IngestService:
             del self.state.data[key]
         self.processors.clear()
         self._uncheckpointed.clear()
-        self._pending_control.clear()
         self.app.consumer.rejoin()
 
     async def _emit(self, out: Output) -> None:
