@@ -318,3 +318,17 @@ def test_an_unsigned_unsilence_may_still_name_the_silence_by_id():
     """Without keys, commands work as before signatures: 'id' names the silence to lift."""
     command = parse_command(b'{"command": "unsilence", "id": "maint", "by": "ana"}', 3, START)
     assert isinstance(command, Command) and command.silence_id == "maint"
+
+
+@pytest.mark.parametrize("raw", [b"\x00" * 20_000, b"\xff" * 20_000, b"[" + b'"\\u0000",' * 3000 + b"1]"])
+def test_an_audit_event_of_any_command_fits_max_output_bytes(raw):
+    """Bytes that grow when written as JSON text (NUL escapes, U+FFFD for invalid UTF-8) are cut so
+    the audit event stays within max_output_bytes: the broker never refuses it (which would stall
+    the judging of every later command)."""
+    max_output_bytes = 65536
+    config = make_config(max_output_bytes=max_output_bytes, max_deadletter_bytes=12288)
+    proc = PartitionProcessor(0, config, START)
+    _, event = proc.judge_control(SourceRecord("control", 0, 7, START, None, raw), START, ControlAuth(),
+                                  ControlLimits())
+    assert event["data"]["reason"] is not None
+    assert len(orjson.dumps(event)) <= max_output_bytes - 4096

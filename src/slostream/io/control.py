@@ -26,6 +26,7 @@ from aiokafka.structs import ConsumerRecord
 
 from slostream.config import Settings
 from slostream.core.control import ControlAuth, ControlLimits
+from slostream.io.fencing import guard_client
 from slostream.io.ingest import IngestService, source_record
 from slostream.io.security import kafka_client_options
 from slostream.pipeline.partition import PartitionProcessor
@@ -49,7 +50,7 @@ def audit_producer(settings: Settings) -> AIOKafkaProducer:
     # Each audit event is sent alone and awaited: its offset is known, and every batch is of one
     # record (Tansu reports a partition's end from the first record of its last batch).
     return AIOKafkaProducer(bootstrap_servers=settings.broker_hosts, acks="all", linger_ms=0,
-                            **kafka_client_options(settings))
+                            max_request_size=settings.max_output_bytes, **kafka_client_options(settings))
 
 
 class ControlService:
@@ -74,6 +75,7 @@ class ControlService:
     async def judge(self) -> None:
         """Judge the control topic while this worker owns partition 0, from where its state ends."""
         consumer, producer = control_consumer(self.settings), audit_producer(self.settings)
+        guard_client(producer.client, self.ingest.lease)  # a fenced worker's verdicts never reach the broker
         await consumer.start()
         await producer.start()
         try:
@@ -115,7 +117,7 @@ class ControlService:
         already; offsets may skip (retention, transaction markers). The lock is held until the audit
         event is written: a revoke of partition 0 waits for it, so its next owner sees it."""
         async with self.ingest.lock:
-            if self.ingest.processors.get(JUDGE_PARTITION) is not proc:
+            if self.ingest.processors.get(JUDGE_PARTITION) is not proc or not self.ingest.writing():
                 return None
             if record.offset <= proc.control_offset:
                 return self._audit_end
@@ -123,7 +125,7 @@ class ControlService:
                 source_record(record.topic, record.partition, record.offset, record.timestamp, record.key,
                               record.value, ()), time.time(), self.auth, self.limits)
             value = orjson.dumps(event)
-            written = await producer.send_and_wait(self.audit.topic, value, key=key)
+            written = await producer.send_and_wait(self.audit.topic, value, key=key, headers=self.ingest.outputs.writer)
             data = event["data"]
             self.judged["applied" if data["reason"] is None else "refused", data["reason"] or ""] += 1
             if data["reason"] is not None:
@@ -169,4 +171,4 @@ class ControlService:
     async def _apply(self, proc: PartitionProcessor, record: SourceRecord) -> None:
         """One audit record to one partition (under the processing lock): a recommend over many
         series comes in slices, with the event loop free between them."""
-        await self.ingest.emit_parts(proc.partition, proc.apply_control(record))
+        await self.ingest.emit_parts(proc, proc.apply_control(record))

@@ -43,6 +43,10 @@ STATE_TABLE = "sli-state"
 PROGRESS_MIN_INTERVAL_S = 0.25
 # How long reading back a forward's source record may wait for the broker.
 HOLDS_TIMEOUT_MS = 2000
+# A forward whose source position the broker does not show is asked about this many times, waiting
+# 1, 2, 4, ... s between (a broker error waits and does not count), before it is refused.
+HOLDS_ATTEMPTS = 5
+HOLDS_RETRY_CAP_S = 30
 # A revoke or a stop waits this long for its final checkpoint (a worker that does not stop on
 # SIGTERM is worse than a replay).
 FINAL_CHECKPOINT_TIMEOUT_S = 10.0
@@ -102,6 +106,7 @@ class IngestService:
         self.outputs = outputs
         self.lease = outputs.lease
         self.fences = 0  # the lease's lapses this worker fenced itself for
+        self._fenced_generation: int | None = None  # the generation it was fenced in, until a new one
         self.settings = settings
         self.metrics = metrics
         self.topic = settings.topic("measurements")
@@ -195,6 +200,8 @@ class IngestService:
 
     async def _apply(self, partition: int, records: list[SourceRecord], forwarded: bool, step) -> None:
         async with self.lock:
+            if not self.writing():  # fenced while this waited: the rejoin seeks back to the committed offsets
+                return
             started = time.perf_counter()  # not the wait for the lock (a tick or checkpoint yielding)
             proc = self.processor(partition)
             out = step(proc, now=time.time())
@@ -222,14 +229,23 @@ class IngestService:
             offset = None if source is None else last_source_offset(record.value)
             if offset is not None:
                 named[source] = max(named.get(source, -1), offset)
-        short = {s: o for s, o in named.items() if o >= self._source_ends.get(s, 0)}
-        if short:
-            tps = [TP(self.topic, p) for p in range(self.settings.partitions)]
-            for tp, end in (await self.app.consumer.highwaters(*tps)).items():
-                self._source_ends[tp.partition] = max(end, self._source_ends.get(tp.partition, 0))
-            for source, offset in short.items():
-                if offset >= self._source_ends.get(source, 0) and await self._holds(source, offset):
-                    self._source_ends[source] = offset + 1
+        tps = [TP(self.topic, p) for p in range(self.settings.partitions)]
+        for attempt in range(HOLDS_ATTEMPTS):
+            short = {s: o for s, o in named.items() if o >= self._source_ends.get(s, 0)}
+            if not short or not self.writing():
+                break
+            try:
+                for tp, end in (await self.app.consumer.highwaters(*tps)).items():
+                    self._source_ends[tp.partition] = max(end, self._source_ends.get(tp.partition, 0))
+                for source, offset in short.items():
+                    if offset >= self._source_ends.get(source, 0) and await self._holds(source, offset):
+                        self._source_ends[source] = offset + 1
+            except KafkaError as exc:  # the broker is away: wait for it, a forward is not refused for that
+                log.warning("reading back forwarded positions: %r; again in %d s", exc, HOLDS_RETRY_CAP_S)
+                await asyncio.sleep(HOLDS_RETRY_CAP_S)
+                continue
+            if attempt + 1 < HOLDS_ATTEMPTS and any(o >= self._source_ends.get(s, 0) for s, o in named.items()):
+                await asyncio.sleep(min(2 ** attempt, HOLDS_RETRY_CAP_S))  # a slow answer is no refusal yet
         return self._source_ends
 
     async def stop_reader(self) -> None:
@@ -307,19 +323,20 @@ class IngestService:
                     self._uncheckpointed.add(partition)
                 await self._emit(out)
 
-    async def emit_parts(self, partition: int, parts) -> None:
+    async def emit_parts(self, proc: PartitionProcessor, parts) -> None:
         """Emit the outputs of a processor's step made in slices (called under the lock). Between
         slices the lock is let go, so ingest, ticks and checkpoints go on: a ``recommend`` over
-        10,000 series takes minutes. A partition revoked meanwhile gets no more of them."""
-        proc = self.processors.get(partition)
+        10,000 series takes minutes. A processor no longer this worker's (revoked, or fenced) gets
+        no more of them."""
+        partition = proc.partition
         for out in parts:
+            if self.processors.get(partition) is not proc:
+                return
             await self._emit(out)
             self._uncheckpointed.add(partition)
             self.lock.release()  # asyncio's lock is fair: a waiting batch runs before this takes it back
             await asyncio.sleep(0)
             await self.lock.acquire()
-            if self.processors.get(partition) is not proc:
-                return
 
     def snapshots(self, reports: bool = False, kinds: tuple[str, ...] = ()) -> list[Snapshot]:
         """What the web views and metrics read: each owned partition's ``Snapshot``, by partition."""
@@ -346,10 +363,13 @@ class IngestService:
         held = self.lease.held()
         if self.lease.lapses > self.fences:
             self._fence()
-        return held and self.lease.lapses == self.fences
+        # Fenced, it writes nothing until the rejoin it asked for gives it a new generation (a lapse
+        # counted at a rejoin that came first would otherwise let it write from the wiped state).
+        return held and self.lease.lapses == self.fences and self.lease.generation != self._fenced_generation
 
     def _fence(self) -> None:
         self.fences = self.lease.lapses
+        self._fenced_generation = self.lease.generation
         log.warning("group lease ran out (no heartbeat accepted for %.0f s, session timeout %.0f s): writing "
                     "nothing, dropping the state of partitions %s and rejoining the group",
                     time.monotonic() - self.lease.renewed_at, self.lease.session_timeout_s, sorted(self.processors))

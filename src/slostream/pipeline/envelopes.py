@@ -194,7 +194,7 @@ def audit_event(config: PipelineConfig, record: SourceRecord, verdict: Command |
         "judged_at": judged_at,
     }
     if doc is None:
-        data["raw"] = (record.value or b"")[:config.max_deadletter_bytes].decode("utf-8", "replace")
+        data["raw"] = _text_within((record.value or b"")[:config.max_deadletter_bytes], config.max_deadletter_bytes)
     event = cloud_event(APPLIED if applied else REFUSED, config.source,
                         event_id("command", record.topic, record.offset), judged_at, data, subject=data["command_id"])
     return (b"applied" if applied else b"refused"), event
@@ -265,3 +265,12 @@ def _nullable(column: np.ndarray) -> list[float | None]:
     """A float column as JSON values: NaN (no value) as null, and so anything not finite (values are
     bounded, ``MAX_ABS_VALUE``: only state from before that could hold one)."""
     return [x if math.isfinite(x) else None for x in column.tolist()]
+
+
+def _text_within(raw: bytes, limit: int) -> str:
+    """``raw`` as text whose JSON string takes at most ``limit`` bytes: undecodable bytes become
+    U+FFFD (3 bytes) and control characters escapes (6), so the text is cut until it fits."""
+    text = raw.decode("utf-8", "replace")
+    while text and len(orjson.dumps(text)) > limit:
+        text = text[:len(text) * limit // len(orjson.dumps(text))]
+    return text
