@@ -39,9 +39,9 @@ def test_a_model_s_windows_carry_numpy_s_calibration_through_kafka(kafka, make_w
         assert calibration["out_of_range"] == out and calibration["n"] == chosen.sum() - out
         assert abs(calibration["ece"] - ece) < 1e-9 and abs(calibration["brier"] - brier) < 1e-9
     status, body = worker.get("/api/policies")
-    assert status == 200 and orjson.loads(body) == {"breaching": [], "configured": []}
+    assert status == 200 and orjson.loads(body) == {"breaching": [], "configured": [], "next": None}
     status, body = worker.get("/api/drift")
-    assert status == 200 and orjson.loads(body) == {"detections": [], "in_progress": []}
+    assert status == 200 and orjson.loads(body) == {"detections": [], "in_progress": [], "next": None}
     page = worker.get("/metrics")[1].decode()
     assert re.search(r'^slostream_sli_window_ece\{metric="score",service="ranker"\} [0-9.e-]+$', page, re.M)
     rejected = re.findall(r"^slostream_ingest_measurements_rejected_total\{[^}]*\} (\S+)$", page, re.M)
