@@ -166,7 +166,7 @@ class PartitionProcessor:
 
     def _process(self, records: list[SourceRecord], now: float) -> Output:
         out = Output()
-        fresh = [r for r in records if r.offset > self.applied_offset]
+        fresh = _after(records, self.applied_offset)
         if not fresh:
             return out
         self.now = self.intake.now = self.alerting.now = now
@@ -184,7 +184,7 @@ class PartitionProcessor:
 
     def _receive(self, records: list[SourceRecord], now: float, source_ends: dict[int, int]) -> Output:
         out = Output()
-        fresh = [r for r in records if r.offset > self.repartition_offset]
+        fresh = _after(records, self.repartition_offset)
         if not fresh:
             return out
         self.now = self.intake.now = self.alerting.now = now
@@ -569,3 +569,14 @@ class PartitionProcessor:
         proc = cls(partition, config, now)
         state.restore(proc, items, now)
         return proc
+
+
+def _after(records: list[SourceRecord], applied: int) -> list[SourceRecord]:
+    """The records past offset ``applied``, each offset once: a consumer that fetched some again
+    (a seek back) must not have them counted twice within one batch."""
+    fresh = []
+    for record in records:
+        if record.offset > applied:
+            fresh.append(record)
+            applied = record.offset
+    return fresh
