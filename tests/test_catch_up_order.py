@@ -8,8 +8,8 @@ from slostream.pipeline.types import SourceRecord
 A, B, C = (TP("m", p) for p in range(3))
 
 
-def _records(tp: TP, times: list[float]) -> list[SourceRecord]:
-    return [SourceRecord("m", tp.partition, offset, t, None, b"{}") for offset, t in enumerate(times)]
+def _records(tp: TP, times: list[float], first: int = 0) -> list[SourceRecord]:
+    return [SourceRecord("m", tp.partition, offset, t, None, b"{}") for offset, t in enumerate(times, first)]
 
 
 def test_partitions_go_oldest_first_in_runs_up_to_the_next_head_plus_the_slack():
@@ -31,7 +31,7 @@ def test_an_empty_partition_with_more_on_the_broker_holds_the_others_for_a_while
     assert list(order.runs({A, B}, lambda tp: tp == B)) == []
     now[0] = MAX_IDLE_S
     assert [tp for tp, _ in order.runs({A, B}, lambda tp: tp == B)] == [A]  # no longer
-    order.add(A, _records(A, [20.0]))
+    order.add(A, _records(A, [20.0], first=2))
     assert [tp for tp, _ in order.runs({A, B, C}, lambda tp: False)] == [A]  # B and C at their end: no wait
 
 
