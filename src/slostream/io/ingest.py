@@ -106,6 +106,7 @@ class IngestService:
         self.outputs = outputs
         self.lease = outputs.lease
         self.fences = 0  # the lease's lapses this worker fenced itself for
+        self._skipped_through: dict[int, int] = {}  # measurement partition -> last offset of a batch skipped
         self._fenced_generation: int | None = None  # the generation it was fenced in, until a new one
         self.settings = settings
         self.metrics = metrics
@@ -270,6 +271,8 @@ class IngestService:
         (``too_large``), was skipped (see ``io.undecodable``): count it and dead-letter a note of it
         (its bytes are not read, so none are attached)."""
         self.undecodable_batches += 1
+        if topic == self.topic:  # read, as far as progress goes: a skipped last batch must not hold every series
+            self._skipped_through[partition] = max(self._skipped_through.get(partition, -1), after - 1)
         record = SourceRecord(topic, partition, first, time.time(), None, None)
         message = f"record batch at offsets {first}-{after - 1} could not be decoded and was skipped: {error}"
         reason = Reason.TOO_LARGE if too_large else Reason.UNDECODABLE_BATCH
@@ -306,7 +309,8 @@ class IngestService:
             proc = self.processors.get(partition)
             if proc is None:
                 continue
-            end_known_at = self.app.consumer.end_known_at(TP(self.topic, partition), proc.applied_offset + 1)
+            read_to = max(proc.applied_offset, self._skipped_through.get(partition, -1))
+            end_known_at = self.app.consumer.end_known_at(TP(self.topic, partition), read_to + 1)
             if end_known_at is None and only_at_end:
                 continue
             await self._emit(proc.progress(end_known_at))
