@@ -36,25 +36,14 @@ class TimestampOrder:
         self.buffers: dict[TP, deque[SourceRecord]] = {}
         self.clock = clock
         self._waiting_since: float | None = None  # when a lagging partition first held the others
-        self._last: dict[TP, int] = {}  # the newest offset buffered of each partition
 
     def add(self, tp: TP, records: list[SourceRecord]) -> None:
-        """Buffer fetched records, less any at or before an offset buffered already: Faust seeks an
-        assigned partition back to its committed offset when table recovery ends, without a new
-        generation, so records still buffered were fetched again (and were counted twice)."""
-        last = self._last.get(tp, -1)
-        fresh = [record for record in records if record.offset > last]
-        if fresh:
-            self.buffers.setdefault(tp, deque()).extend(fresh)
-            self._last[tp] = fresh[-1].offset
+        self.buffers.setdefault(tp, deque()).extend(records)
 
     def forget(self, tps: set[TP] | None = None) -> None:
         """Drop buffered records (all, or of ``tps``): a rebalance seeks back to the committed offsets."""
         for tp in list(self.buffers) if tps is None else tps:
             self.buffers.pop(tp, None)
-            self._last.pop(tp, None)
-        if tps is None:
-            self._last.clear()
         self._waiting_since = None
 
     def runs(self, assigned: set[TP], lagging: Callable[[TP], bool]) -> Iterator[tuple[TP, list[SourceRecord]]]:
