@@ -56,12 +56,13 @@ class Refusal(StrEnum):
     REPLAYED = "replayed"  # a command with this id was seen already
     TOO_LONG = "too_long"  # a silence lasting more than max_silence_s
     TOO_MANY_SILENCES = "too_many_silences"  # max_silences are active already
+    INTERNAL_ERROR = "internal_error"  # judging it raised (a bug it reaches): refused, not a stop
 
 
 # Refusals decided before the signature was known good: their ids prove nothing, so they are not
-# remembered (a forged command cannot burn the id of a genuine one).
+# remembered (a forged command cannot burn the id of a genuine one). A judgement that raised proved nothing.
 UNPROVEN = frozenset({Refusal.MALFORMED, Refusal.TOO_LARGE, Refusal.UNSIGNED, Refusal.UNKNOWN_KEY,
-                      Refusal.BAD_SIGNATURE})
+                      Refusal.BAD_SIGNATURE, Refusal.INTERNAL_ERROR})
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ import orjson
 
 from slostream.core.alerts import fingerprint
 from slostream.core.control import (
+    MAX_FIELD_CHARS,
     Command,
     CommandError,
     ControlAuth,
@@ -57,7 +58,7 @@ from slostream.pipeline.alignment import (
     written_by,
 )
 from slostream.pipeline.calibration import Calibration
-from slostream.pipeline.envelopes import QUANTILE_LEVELS, audit_event, deadletter_event, sli_windows
+from slostream.pipeline.envelopes import QUANTILE_LEVELS, audit_event, cut_text, deadletter_event, sli_windows
 from slostream.pipeline.evaluators import Closes, Evaluator, Runs
 from slostream.pipeline.evaluators.drift import DriftEvaluator
 from slostream.pipeline.evaluators.policy import PolicyEvaluator
@@ -462,24 +463,46 @@ class PartitionProcessor:
                       limits: ControlLimits) -> tuple[bytes, dict]:
         """Judge a record of the control topic at wall time ``now``, against the commands and
         silences this partition holds (the worker that owns partition 0 judges for the group): its
-        audit event, applied or refused."""
+        audit event, applied or refused. A command that makes judging raise (a bug it reaches) is
+        refused as ``internal_error``: audited once like any refusal, it stops neither this worker nor
+        the next judge, which would read it again."""
+        try:
+            return audit_event(self.config, record, self._verdict(record, now, auth, limits), now)
+        except Exception as exc:
+            log.exception("partition %d: judging the control command at offset %d failed; refused", self.partition,
+                          record.offset)
+            refusal = CommandError(Refusal.INTERNAL_ERROR, cut_text(f"judging the command failed: "
+                                                                    f"{type(exc).__name__}: {exc}", MAX_FIELD_CHARS))
+            return audit_event(self.config, record, refusal, now)
+
+    def _verdict(self, record: SourceRecord, now: float, auth: ControlAuth,
+                 limits: ControlLimits) -> Command | CommandError:
         if len(record.value or b"") > self.config.max_deadletter_bytes:
-            verdict: Command | CommandError = CommandError(
-                Refusal.TOO_LARGE, f"the command is {len(record.value)} bytes; at most "
-                                   f"{self.config.max_deadletter_bytes} (max_deadletter_bytes)")
-        else:
-            verdict = judge(parse_command(record.value, record.offset, now), now, auth, limits,
-                            self.seen_commands, self.alerting.book.silences)
-        return audit_event(self.config, record, verdict, now)
+            return CommandError(Refusal.TOO_LARGE, f"the command is {len(record.value)} bytes; at most "
+                                                   f"{self.config.max_deadletter_bytes} (max_deadletter_bytes)")
+        return judge(parse_command(record.value, record.offset, now), now, auth, limits, self.seen_commands,
+                     self.alerting.book.silences)
 
     def apply_control(self, record: SourceRecord) -> Iterator[Output]:
         """Apply a record of the audit topic once (its offset is persisted with the state): the
         command it says was applied, and the id of any signed command, for replays. A record that
         is no audit event is dead-lettered by partition 0 alone. A policy's ``recommend`` comes one
-        series at a time: a worker may process other batches between them."""
+        series at a time: a worker may process other batches between them. A record whose
+        application raises (a bug it reaches) is dead-lettered as ``internal_error`` by each partition
+        it failed on, and passed: it was audited already, and stops neither this worker nor a successor."""
         if record.offset <= self.audit_offset:
             return
         self.audit_offset = record.offset
+        try:
+            yield from self._apply_audited(record)
+        except Exception as exc:
+            log.exception("partition %d: applying the audit record at offset %d failed; dead-lettered",
+                          self.partition, record.offset)
+            message = f"applying the command to partition {self.partition} failed: {type(exc).__name__}: {exc}"
+            yield Output(deadletter=[deadletter_event(self.config, record,
+                                                      Rejection(0, None, Reason.INTERNAL_ERROR, message))])
+
+    def _apply_audited(self, record: SourceRecord) -> Iterator[Output]:
         audited = read_audit(record.value)
         if isinstance(audited, str):
             if self.partition == 0:
