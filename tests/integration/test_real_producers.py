@@ -190,6 +190,18 @@ def test_an_undecodable_batch_is_skipped_counted_and_dead_lettered_and_the_rest_
     assert worker.process.poll() is None
 
 
+def test_an_undecodable_batch_read_back_for_a_forward_is_not_reported_again(kafka, make_worker):
+    """A forward's source record is read back by a consumer of its own; the worker's consumer reads
+    (and reports) the same batch: one report, one dead letter."""
+    topic = f"{make_worker.prefix}measurements"
+    good = orjson.dumps({"service": "after-corruption", "metric": "http", "ok": True, "ts": time.time()})
+    subprocess.run([sys.executable, "-m", "tests.integration.corrupt_batch", kafka.bootstrap, topic, "0",
+                    good.decode()], check=True, timeout=60)
+    read = subprocess.run([sys.executable, "-m", "tests.integration.read_back_batch", kafka.bootstrap,
+                           make_worker.prefix], check=True, timeout=60, capture_output=True)
+    assert orjson.loads(read.stdout) == {"read_back": 0, "consumer": 1}
+
+
 def test_a_worker_frozen_while_unkeyed_bursts_arrive_loses_nothing(kafka, make_worker):
     """Two workers, one partition each; one is frozen (SIGSTOP: a long GC pause, a stalled VM) for
     longer than idle_after_s + grace_s while unkeyed bursts, each a minute of event time, land on

@@ -21,6 +21,7 @@ from faust.types import TP
 
 from slostream.config import Settings, pipeline_config
 from slostream.core.measurement import Reason, Rejection
+from slostream.io import undecodable
 from slostream.io.consumer import SloApp
 from slostream.io.fencing import Fenced
 from slostream.io.metrics import PipelineMetrics
@@ -263,7 +264,8 @@ class IngestService:
         tp = TopicPartition(self.topic, partition)
         self._reader.assign([tp])
         self._reader.seek(tp, offset)
-        fetched = await self._reader.getmany(tp, timeout_ms=HOLDS_TIMEOUT_MS, max_records=1)
+        with undecodable.unreported():  # the worker's consumer reports what it skips (once)
+            fetched = await self._reader.getmany(tp, timeout_ms=HOLDS_TIMEOUT_MS, max_records=1)
         return any(record.offset >= offset for record in fetched.get(tp, ()))
 
     def skipped_batch(self, topic: str, partition: int, first: int, after: int, error: str, too_large: bool) -> None:

@@ -11,6 +11,10 @@ A compressed batch is inflated with a cap (``max_batch_bytes``): aiokafka inflat
 so a small batch that inflates to gigabytes (a decompression bomb) would take the worker's memory.
 One over the cap is skipped as too large, having held at most the cap.
 
+Every consumer in the process skips such batches, but only the worker's own reads report them: a
+consumer that reads a topic again (the read-back of a forward's source record) fetches inside
+``unreported()``, or the batch would be counted and dead-lettered twice.
+
 It also builds the records of slostream's own input topics (measurements, repartition) with a factory of the caller's
 instead of aiokafka's ``ConsumerRecord`` (a dataclass of eleven fields, about a microsecond each:
 a fifth of the cost of a one-measurement record).
@@ -18,10 +22,12 @@ a fifth of the cost of a one-measurement record).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import struct
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import cramjam
@@ -40,6 +46,20 @@ INFLATE_CHUNK_BYTES = 1 << 20
 SkipReport = Callable[[str, int, int, int, str, bool], None]
 # (topic, partition, offset, timestamp in ms, key, value, headers) -> the record handed on
 RecordFactory = Callable[[str, int, int, int, Any, Any, tuple], Any]
+
+# Whether a skipped batch is reported: aiokafka decodes a batch in the task that calls getmany.
+_reporting: contextvars.ContextVar[bool] = contextvars.ContextVar("reporting_undecodable", default=True)
+
+
+@contextlib.contextmanager
+def unreported() -> Iterator[None]:
+    """Batches this task's fetches skip are logged but not reported: a second read of what the
+    worker's consumer reads (and reports) already."""
+    token = _reporting.set(False)
+    try:
+        yield
+    finally:
+        _reporting.reset(token)
 
 
 class SkippingPartitionRecords(fetcher.PartitionRecords):
@@ -73,7 +93,7 @@ class SkippingPartitionRecords(fetcher.PartitionRecords):
                 first, after = batch.base_offset, batch.next_offset
                 log.error("skipping undecodable record batch of %s partition %d, offsets %d-%d: %s",
                           tp.topic, tp.partition, first, after - 1, exc)
-                if SkippingPartitionRecords.report is not None:
+                if SkippingPartitionRecords.report is not None and _reporting.get():
                     SkippingPartitionRecords.report(tp.topic, tp.partition, first, after, str(exc),
                                                     isinstance(exc, BatchTooLarge))
                 self.next_fetch_offset = after
