@@ -9,7 +9,7 @@ import time
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from slostream.io.ingest import STATE_TABLE
+from slostream.io.topics import STATE_TABLE
 from slostream.pipeline.state_keys import SEP
 from tests.conftest import consume, produce
 from tests.integration.alert_streams import DEFINITIONS, alerts_of, incident_history

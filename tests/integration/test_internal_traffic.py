@@ -9,7 +9,10 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from slostream.config import load_settings
+from slostream.io.topics import ensure_topics
 from slostream.pipeline.alignment import encode_progress, progress_header
 from slostream.pipeline.ownership import encode_forwarded, forward_header
 from tests.conftest import consume
@@ -95,3 +98,47 @@ def test_an_output_topic_taking_smaller_records_than_max_output_bytes_stops_star
     log = worker.log_path.read_text()
     assert f"topic {make_worker.prefix}sli takes records of at most 500000 bytes" in log
     assert "Fix: set max_output_bytes: 500000" in log
+
+
+def test_a_state_changelog_taking_smaller_records_than_max_output_bytes_stops_start_up(kafka, make_worker):
+    """Faust makes the changelog only once the worker runs: start-up checks it (made first if missing)."""
+    changelog = f"{make_worker.prefix}slo-sli-state-changelog"
+
+    async def create():
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(changelog, PARTITIONS, 1, topic_configs={
+                "cleanup.policy": "compact", "max.message.bytes": "500000"})])
+        finally:
+            await admin.close()
+
+    asyncio.run(create())
+    worker = make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS)).start(wait_ready=False)
+    assert worker.process.wait(60) == 2
+    log = worker.log_path.read_text()
+    assert f"field 'max_output_bytes' is 1048576 but topic {changelog} takes records of at most 500000 bytes" in log
+    assert "Fix: set max_output_bytes: 500000" in log and "or raise the topic's max.message.bytes" in log
+
+
+def test_start_up_makes_the_state_changelog_compacted_and_co_partitioned(kafka, make_worker):
+    """So its max.message.bytes is known before anything is processed (``ensure_topics``)."""
+    settings = load_settings(None, {"SLOSTREAM_BROKER": kafka.url, "SLOSTREAM_TOPIC_PREFIX": make_worker.prefix,
+                                    "SLOSTREAM_APP_ID": f"{make_worker.prefix}made",
+                                    "SLOSTREAM_PARTITIONS": "3"}, {})
+    asyncio.run(ensure_topics(settings))
+    changelog = f"{make_worker.prefix}made-sli-state-changelog"
+
+    async def describe():
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            topic = (await admin.describe_topics([changelog]))[0]
+            configs = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, changelog)])
+            return len(topic["partitions"]), {entry[0]: entry[1] for response in configs
+                                              for resource in response.resources for entry in resource[4]}
+        finally:
+            await admin.close()
+
+    partitions, configs = asyncio.run(describe())
+    assert partitions == 3 and configs.get("cleanup.policy") == "compact"

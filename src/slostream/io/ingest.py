@@ -29,6 +29,7 @@ from slostream.io.producer import YIELD_EVERY_WRITES, NotDelivered, OutputProduc
 from slostream.io.security import kafka_client_options
 from slostream.io.sinks import AlertSinks
 from slostream.io.slicer import Slicer
+from slostream.io.topics import STATE_TABLE
 from slostream.pipeline import state_keys
 from slostream.pipeline.envelopes import deadletter_event, oversized_output_event
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition, last_source_offset
@@ -38,7 +39,6 @@ from slostream.pipeline.types import Output, Snapshot, SourceRecord
 
 log = logging.getLogger("slostream")
 
-STATE_TABLE = "sli-state"
 # A partition that reaches the end of its log reports at once, but at most this often (each report
 # is one record to every partition); every tick it reports regardless.
 PROGRESS_MIN_INTERVAL_S = 0.25

@@ -16,14 +16,22 @@ TOPIC_NAMES = ("measurements", "repartition", "sli", "deadletter", "alerts", "br
                "control", "audit")
 # Operator commands need one total order, so every worker applies them alike; so do their judgements.
 SINGLE_PARTITION = ("control", "audit")
-# The topics workers write (the state changelog is Faust's: made later, with the broker's default).
+# The topics workers write, besides the state changelog.
 WRITTEN_TOPICS = ("repartition", "sli", "deadletter", "alerts", "breaches", "drift", "recommendations", "audit")
+STATE_TABLE = "sli-state"  # the Faust table of the pipeline's state
 
 log = logging.getLogger("slostream")
 
 
+def changelog_topic(settings: Settings) -> str:
+    """The state table's changelog, as Faust names it."""
+    return f"{settings.app_id}-{STATE_TABLE}-changelog"
+
+
 async def ensure_topics(settings: Settings) -> str:
-    """Create missing topics; return the cluster id (Tansu calls itself ``tansu_cluster``)."""
+    """Create missing topics; return the cluster id (Tansu calls itself ``tansu_cluster``). The state
+    changelog is made here as Faust would make it (compacted, co-partitioned), so that its record
+    size limit is checked before anything is processed."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.broker_hosts, request_timeout_ms=10_000,
                                 **kafka_client_options(settings))
     await admin.start()
@@ -33,6 +41,9 @@ async def ensure_topics(settings: Settings) -> str:
         missing = [NewTopic(settings.topic(name), 1 if name in SINGLE_PARTITION else settings.partitions,
                             settings.replication_factor)
                    for name in TOPIC_NAMES if settings.topic(name) not in existing]
+        if changelog_topic(settings) not in existing:
+            missing.append(NewTopic(changelog_topic(settings), settings.partitions, settings.replication_factor,
+                                    topic_configs={"cleanup.policy": "compact"}))
         if missing:
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(missing)
@@ -58,7 +69,7 @@ async def _check_message_limits(admin: AIOKafkaAdminClient, settings: Settings) 
     """Stop start-up when a topic the workers write takes smaller records than ``max_output_bytes``:
     the broker would refuse an output at a checkpoint, where a batch does not say which record it
     refused, and the worker would stop there instead of dead-lettering it."""
-    topics = [settings.topic(name) for name in WRITTEN_TOPICS]
+    topics = [settings.topic(name) for name in WRITTEN_TOPICS] + [changelog_topic(settings)]
     try:
         responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in topics])
     except KafkaError as exc:  # a broker that does not say: max_output_bytes is the operator's word
