@@ -2,10 +2,11 @@
 `slostream control`. A signed silence is applied and audited once for the group, stays in force as
 its partitions move between workers (a worker joins, then one stops) without being judged again,
 and every bad command is refused with its reason on the audit topic while the workers keep
-running."""
+running. A command that makes judging or applying raise (an injected bug) stops no worker."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -91,3 +92,63 @@ def test_signed_commands_are_judged_once_audited_and_kept_across_rebalances(kafk
     assert second.process.poll() is None and second.get("/ready")[0] == 200
     assert _silences(second) == {silence_id}
     assert second.stop() == 0
+
+
+# Injected into the worker (as its sitecustomize): bugs that two commands reach, one as it is judged,
+# one as partitions apply it.
+FAULTS = """
+from slostream.pipeline import partition
+from slostream.pipeline.alerting import Alerting
+
+judge, command = partition.judge, Alerting.command
+
+
+def judge_with_a_bug(parsed, *args):
+    if "judge-poison" in repr(parsed):
+        raise RuntimeError("a bug reached by this command")
+    return judge(parsed, *args)
+
+
+def command_with_a_bug(self, now, applied, out):
+    if "apply-poison" in repr(applied):
+        raise RuntimeError("a bug reached by this command")
+    return command(self, now, applied, out)
+
+
+partition.judge, Alerting.command = judge_with_a_bug, command_with_a_bug
+"""
+
+
+def test_a_command_that_makes_the_worker_raise_stops_neither_it_nor_its_successor(kafka, make_worker, tmp_path):
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "sitecustomize.py").write_text(FAULTS)
+    env = {"PYTHONPATH": os.pathsep.join([str(faults), os.environ.get("PYTHONPATH", "")])}
+    worker = make_worker("faulty", **env).start()
+    prefix = make_worker.prefix
+    silence = {"command": "silence", "for": "1h", "by": "ops"}
+    produce(kafka.bootstrap, f"{prefix}control", [orjson.dumps({**silence, "matchers": {"slo": slo}})
+                                                  for slo in ("judge-poison", "apply-poison", "checkout")])
+    audit = consume(kafka.bootstrap, f"{prefix}audit", lambda ev: len(ev) >= 3)
+    assert [e["data"]["reason"] for e in audit] == ["internal_error", None, None]
+    assert "RuntimeError: a bug reached by this command" in audit[0]["data"]["message"]
+    # The worker holds both partitions: each applies the second command, fails, and dead-letters it.
+    letters = consume(kafka.bootstrap, f"{prefix}deadletter", lambda ev: len(ev) >= 2)
+    assert sorted((e["data"]["reason"], e["data"]["topic"], e["data"]["offset"], e["data"]["message"].split(":")[0])
+                  for e in letters) == [("internal_error", f"{prefix}audit", 1,
+                                         f"applying the command to partition {p} failed")
+                                        for p in (0, 1)]
+    assert _wait_for(lambda: len(_silences(worker)) == 1), "the command after them was not applied"
+    _, body = worker.get("/metrics")
+    assert b'slostream_control_commands_total{outcome="refused",reason="internal_error"} 1.0' in body
+    log = worker.log_path.read_text()
+    assert log.count("Traceback") >= 3 and "judging the control command at offset 0 failed" in log
+    assert worker.process.poll() is None and worker.stop() == 0
+
+    # Its successor (with the same bugs) neither judges nor applies either command again.
+    successor = make_worker("faulty", **env).start()
+    assert _wait_for(lambda: len(_silences(successor)) == 1)
+    time.sleep(2)
+    assert len(consume(kafka.bootstrap, f"{prefix}audit", lambda ev: False, timeout=2)) == 3
+    assert len(consume(kafka.bootstrap, f"{prefix}deadletter", lambda ev: False, timeout=2)) == 2
+    assert successor.process.poll() is None and successor.stop() == 0
