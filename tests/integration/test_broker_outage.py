@@ -99,7 +99,10 @@ def test_sigterm_during_outage_stops_in_bound_and_successor_is_exact(s3_kafka, m
     assert read_sli(s3_kafka.bootstrap, prefix, closed_before) == closed_before  # the first worker is at work
 
     s3_kafka.stop()
-    time.sleep(1)  # the worker sees the broker gone
+    deadline = time.monotonic() + 10
+    while b"broker unreachable since" not in first.log_path.read_bytes():  # the worker sees the broker gone
+        assert time.monotonic() < deadline, f"the worker did not see the broker go; see {first.log_path}"
+        time.sleep(0.1)
     asked = time.monotonic()
     first.process.send_signal(signal.SIGTERM)
     try:
@@ -109,6 +112,7 @@ def test_sigterm_during_outage_stops_in_bound_and_successor_is_exact(s3_kafka, m
                              f"see {first.log_path}") from None
     stop_s = time.monotonic() - asked
     assert code == 0, f"exit code {code} after {stop_s:.1f} s; see {first.log_path}"
+    assert b"stopping with the broker unreachable since" in first.log_path.read_bytes()
 
     s3_kafka.start()
     make_s3_worker(**settings).start()
