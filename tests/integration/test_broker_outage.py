@@ -84,9 +84,11 @@ def _keyed(items: list[dict]) -> list[tuple[bytes, bytes]]:
     return [(item["service"].encode(), orjson.dumps(item)) for item in items]
 
 
-def test_sigterm_during_outage_stops_in_bound_and_successor_is_exact(s3_kafka, make_s3_worker):
-    """SIGTERM while the broker is down: the worker exits within ``STOP_BOUND_S`` with code 0, and
-    a successor started once the broker is back replays from the last commit, every window exact."""
+@pytest.mark.parametrize("broker_state", ["stopped", "frozen"])
+def test_sigterm_during_outage_stops_in_bound_and_successor_is_exact(s3_kafka, make_s3_worker, broker_state):
+    """SIGTERM while the broker is stopped, or frozen (SIGSTOP: it takes connections and answers
+    nothing): the worker exits within ``STOP_BOUND_S`` with code 0, and a successor started once the
+    broker is back replays from the last commit, every window exact."""
     prefix = make_s3_worker.prefix
     # Event time only moves with the data here: an idle watermark would close the window the stop
     # cuts in two while the test waits for the successor.
@@ -98,23 +100,31 @@ def test_sigterm_during_outage_stops_in_bound_and_successor_is_exact(s3_kafka, m
     closed_before = {key: n for key, n in truth_of(before).items() if key[1] < base + 1740}
     assert read_sli(s3_kafka.bootstrap, prefix, closed_before) == closed_before  # the first worker is at work
 
-    s3_kafka.stop()
-    deadline = time.monotonic() + 10
-    while b"broker unreachable since" not in first.log_path.read_bytes():  # the worker sees the broker gone
-        assert time.monotonic() < deadline, f"the worker did not see the broker go; see {first.log_path}"
-        time.sleep(0.1)
+    if broker_state == "stopped":
+        s3_kafka.stop()
+        deadline = time.monotonic() + 10
+        while b"broker unreachable since" not in first.log_path.read_bytes():  # the worker sees it gone
+            assert time.monotonic() < deadline, f"the worker did not see the broker go; see {first.log_path}"
+            time.sleep(0.1)
+    else:
+        s3_kafka.process.send_signal(signal.SIGSTOP)
+        time.sleep(2)  # requests sent now wait for an answer
     asked = time.monotonic()
     first.process.send_signal(signal.SIGTERM)
     try:
         code = first.process.wait(STOP_BOUND_S)
     except subprocess.TimeoutExpired:
-        raise AssertionError(f"worker still running {STOP_BOUND_S:.0f} s after SIGTERM with the broker down; "
-                             f"see {first.log_path}") from None
+        raise AssertionError(f"worker still running {STOP_BOUND_S:.0f} s after SIGTERM with the broker "
+                             f"{broker_state}; see {first.log_path}") from None
+    finally:
+        if broker_state == "frozen":
+            s3_kafka.process.send_signal(signal.SIGCONT)
     stop_s = time.monotonic() - asked
     assert code == 0, f"exit code {code} after {stop_s:.1f} s; see {first.log_path}"
-    assert b"stopping with the broker unreachable since" in first.log_path.read_bytes()
+    if broker_state == "stopped":
+        assert b"stopping with the broker unreachable since" in first.log_path.read_bytes()
+        s3_kafka.start()
 
-    s3_kafka.start()
     make_s3_worker(**settings).start()
     closers = [{"service": f"svc{n}", "metric": "http", "ts": base + 3900, "ok": True} for n in range(SERVICES)]
     send_records(s3_kafka.bootstrap, f"{prefix}measurements", _keyed(after + closers))
