@@ -5,6 +5,8 @@ bench (``slostream bench --only outage``); here the outage outlasts the session 
 worker is fenced and rejoins as it does after any longer one."""
 
 import collections
+import signal
+import subprocess
 import threading
 import time
 
@@ -13,8 +15,12 @@ import pytest
 
 from tests.conftest import consume, produce
 from tests.integration.alert_streams import DEFINITIONS, alerts_of, incident_history
+from tests.integration.streams import read_sli, send_records, truth_of
 
 CHUNK = 400
+SERVICES = 3
+# A worker told to stop while the broker is down exits within this (see README, Zombie writers).
+STOP_BOUND_S = 30.0
 
 
 @pytest.mark.parametrize("down_s", [0, 15], ids=["restart", "outage_15s"])
@@ -67,3 +73,60 @@ def test_broker_restart_or_outage_loses_and_doubles_nothing(s3_kafka, make_s3_wo
     if down_s:
         assert b"broker unreachable since" in log and b"broker back after" in log
     assert worker.stop() == 0
+
+
+def _measurements(base: float, start_s: int, stop_s: int) -> list[dict]:
+    return [{"service": f"svc{n}", "metric": "http", "ts": base + t, "ok": t % 7 != 0}
+            for t in range(start_s, stop_s, 5) for n in range(SERVICES)]
+
+
+def _keyed(items: list[dict]) -> list[tuple[bytes, bytes]]:
+    return [(item["service"].encode(), orjson.dumps(item)) for item in items]
+
+
+@pytest.mark.parametrize("broker_state", ["stopped", "frozen"])
+def test_sigterm_during_outage_stops_in_bound_and_successor_is_exact(s3_kafka, make_s3_worker, broker_state):
+    """SIGTERM while the broker is stopped, or frozen (SIGSTOP: it takes connections and answers
+    nothing): the worker exits within ``STOP_BOUND_S`` with code 0, and a successor started once the
+    broker is back replays from the last commit, every window exact."""
+    prefix = make_s3_worker.prefix
+    # Event time only moves with the data here: an idle watermark would close the window the stop
+    # cuts in two while the test waits for the successor.
+    settings = {"SLOSTREAM_CHECKPOINT_INTERVAL_S": "0.2", "SLOSTREAM_IDLE_AFTER_S": "3600"}
+    first = make_s3_worker(**settings).start()
+    base = float(int(time.time()) // 60 * 60 - 3 * 3600)
+    before, after = _measurements(base, 0, 1830), _measurements(base, 1830, 3600)  # cut inside a window
+    send_records(s3_kafka.bootstrap, f"{prefix}measurements", _keyed(before))
+    closed_before = {key: n for key, n in truth_of(before).items() if key[1] < base + 1740}
+    assert read_sli(s3_kafka.bootstrap, prefix, closed_before) == closed_before  # the first worker is at work
+
+    if broker_state == "stopped":
+        s3_kafka.stop()
+        deadline = time.monotonic() + 10
+        while b"broker unreachable since" not in first.log_path.read_bytes():  # the worker sees it gone
+            assert time.monotonic() < deadline, f"the worker did not see the broker go; see {first.log_path}"
+            time.sleep(0.1)
+    else:
+        s3_kafka.process.send_signal(signal.SIGSTOP)
+        time.sleep(2)  # requests sent now wait for an answer
+    asked = time.monotonic()
+    first.process.send_signal(signal.SIGTERM)
+    try:
+        code = first.process.wait(STOP_BOUND_S)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"worker still running {STOP_BOUND_S:.0f} s after SIGTERM with the broker "
+                             f"{broker_state}; see {first.log_path}") from None
+    finally:
+        if broker_state == "frozen":
+            s3_kafka.process.send_signal(signal.SIGCONT)
+    stop_s = time.monotonic() - asked
+    assert code == 0, f"exit code {code} after {stop_s:.1f} s; see {first.log_path}"
+    if broker_state == "stopped":
+        assert b"stopping with the broker unreachable since" in first.log_path.read_bytes()
+        s3_kafka.start()
+
+    make_s3_worker(**settings).start()
+    closers = [{"service": f"svc{n}", "metric": "http", "ts": base + 3900, "ok": True} for n in range(SERVICES)]
+    send_records(s3_kafka.bootstrap, f"{prefix}measurements", _keyed(after + closers))
+    truth = truth_of(before + after)
+    assert read_sli(s3_kafka.bootstrap, prefix, truth, timeout=120) == truth

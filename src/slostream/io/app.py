@@ -11,11 +11,11 @@ import tempfile
 import time
 
 from slostream.config import Settings
-from slostream.io import end_offsets, undecodable
+from slostream.io import end_offsets, fetcher_close, undecodable
 from slostream.io.consumer import SloApp
 from slostream.io.control import ControlService
 from slostream.io.fencing import GroupLease
-from slostream.io.ingest import IngestService, source_record
+from slostream.io.ingest import FINAL_CHECKPOINT_TIMEOUT_S, IngestService, source_record
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.outage import BrokerWatch
 from slostream.io.producer import OutputProducer
@@ -67,6 +67,7 @@ def create_app(settings: Settings) -> SloApp:
     undecodable.install(ingest.skipped_batch, (ingest.topic, ingest.repartition_topic), source_record,
                         settings.max_batch_bytes)
     end_offsets.install()
+    fetcher_close.install()
     metrics.attach(ingest)
     app.ingest = ingest
     app.topics.add(ingest.measurements)
@@ -125,6 +126,11 @@ def create_app(settings: Settings) -> SloApp:
 
     @app.on_before_shutdown.connect
     async def final_checkpoint(sender, **kwargs) -> None:
+        if broker_watch.down_since is not None:
+            log.warning("stopping with the broker unreachable since %s: the final checkpoint waits at most %.0f s, "
+                        "then the worker exits without leaving its group; the next owner replays from the last "
+                        "commit", time.strftime("%H:%M:%S", time.localtime(broker_watch.down_since)),
+                        FINAL_CHECKPOINT_TIMEOUT_S)
         # Faust sends no revoke signal on a clean stop; without this a restart would
         # replay up to two report windows and re-judge them (same ids, but a repeat all the same).
         await ingest.final_checkpoint()

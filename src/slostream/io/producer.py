@@ -24,6 +24,10 @@ log = logging.getLogger("slostream")
 # wait; a worker cut off for longer than its session timeout is fenced (``io.fencing``) and drops
 # them instead, so this only needs to outlast any outage (it fits the protocol's int32 milliseconds).
 DELIVERY_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+# How long a stopping worker waits for batches already on the wire (queued ones fail at once): an
+# unresponsive broker (up, but not answering) would hold them for the delivery timeout. None of them
+# is covered by a commit, so the next owner sends them again.
+STOP_TIMEOUT_S = 5.0
 # Every output and changelog record names the worker that wrote it and its group generation,
 # ``host/pid/generation`` (a zombie's writes can be told).
 WRITER_HEADER = "slostream-writer"
@@ -124,8 +128,11 @@ class OutputProducer(mode.Service):
         # What the final checkpoint did not cover is replayed by the next owner anyway; through a
         # broker outage, stopping must not wait for it (batches in flight fail with the lease).
         self.abandon()
-        await self.producer.stop()
-        await self.forwards.stop()
+        try:
+            await asyncio.wait_for(asyncio.gather(self.producer.stop(), self.forwards.stop()), STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("output batches still unanswered %.0f s into the stop (the broker does not answer): "
+                        "dropped; the next owner sends them again", STOP_TIMEOUT_S)
 
     def _fits(self, topic: str, key: bytes | None, value: bytes | None) -> bool:
         """Whether a record is small enough for the broker; one that is not is kept to be refused."""
