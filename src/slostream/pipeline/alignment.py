@@ -29,6 +29,7 @@ every partition, not exactness; a topic of one partition needs none of it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import msgspec
 
@@ -84,6 +85,21 @@ def read_until_claim(end_known_at: float | None, read_through: float) -> float |
 def note_time(now: float) -> float:
     """The grid time a read at ``now`` is noted under (never before it)."""
     return math.ceil(now / READ_GRID_S) * READ_GRID_S
+
+
+def read_ahead_limits(claims: Mapping[int, float | None], partitions: int, budget: float) -> dict[int, float]:
+    """How far (record time) each partition of the topic may be read: at most ``budget`` past what
+    every partition has read (``claims``: each one's ``read_until``, as best known here; missing or
+    None, nothing known yet), so that no series' data from a fast source runs further ahead of a
+    lagging source's than its SLOs' base ring can hold open. Workers read at their own speeds; this is
+    what holds a fast one back (as Flink's watermark alignment does). A partition with the least
+    claim is never held, whatever its next record's time (a gap in its log): the aligned time moves
+    only with it. Until every partition has claimed a position, only those that have not are read."""
+    if partitions == 1:
+        return dict.fromkeys(range(partitions), math.inf)
+    known = {p: -math.inf if claims.get(p) is None else claims[p] for p in range(partitions)}
+    aligned = min(known.values())
+    return {p: math.inf if claim <= aligned else aligned + budget for p, claim in known.items()}
 
 
 class Alignment:

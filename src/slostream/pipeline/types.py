@@ -69,6 +69,13 @@ class PipelineConfig:
         base = self.resolutions[0]
         return base.retention - self.report_window_s - self.grace_s - base.width
 
+    @property
+    def max_read_ahead_s(self) -> float:
+        """How far (record time) a partition is read past what every partition has read
+        (``alignment.read_ahead_limits``): half the source skew a series can wait out, so the
+        measurements written within it never reach the skew."""
+        return self.max_source_skew_s / 2
+
 
 @dataclass
 class Output:

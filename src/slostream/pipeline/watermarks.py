@@ -34,7 +34,18 @@ def of_batch(config: PipelineConfig, store: WindowStore, aligned_until: float, i
     newest_before, _ = running_max_before(ids, ts, newest0)
     newest_after = np.maximum(newest_before, ts)
     if aligned_until >= written:
-        safe_before, safe_after = newest_before, newest_after
+        # The batch is aligned; a series still holding data that another source's reading has not
+        # aligned yet (a faster source's, written later) follows only the data that is: the reads
+        # released, and this batch.
+        base = newest0.copy()
+        awaiting = np.flatnonzero(owners >= 0)
+        awaiting = awaiting[store.read_count[owners[awaiting]] > 0]
+        if awaiting.size:
+            released = store.release_reads(owners[awaiting], aligned_until)
+            still = store.read_count[owners[awaiting]] > 0
+            base[awaiting[still]] = released[still]
+        safe_before, _ = running_max_before(ids, ts, base)
+        safe_after = np.maximum(safe_before, ts)
     else:
         aligned = np.full(owners.size, -np.inf)
         held = np.flatnonzero(owners >= 0)

@@ -1,0 +1,95 @@
+"""Workers that read their partitions at different speeds: each partition is read no further than its
+read-ahead limit (``pipeline.alignment.read_ahead_limits``), so a backlog spread over every partition
+is caught up exactly however far one worker would get ahead of another (the base ring of an SLO holds
+about an hour; the backlog is six)."""
+
+import math
+import random
+
+import orjson
+
+from slostream.pipeline.alignment import read_ahead_limits
+from slostream.pipeline.partition import read_ahead_of
+from slostream.pipeline.types import SourceRecord
+from tests.pipeline_sim import START, Cluster, make_config
+
+PARTITIONS = 4
+FAST, SLOW = (0, 1), (2, 3)  # two workers' partitions
+HOURS = 6
+SERVICES = 5
+
+
+def test_the_least_read_partition_is_never_held_and_the_others_stop_a_budget_past_it():
+    limits = read_ahead_limits({0: 100.0, 1: 5000.0, 2: 100.0, 3: 250.0}, 4, budget=1000.0)
+    assert limits == {0: math.inf, 1: 1100.0, 2: math.inf, 3: 1100.0}
+
+
+def test_until_every_partition_has_claimed_a_position_only_those_that_have_not_are_read():
+    assert read_ahead_limits({0: 100.0, 1: 5000.0}, 3, budget=10.0) == {0: -math.inf, 1: -math.inf, 2: math.inf}
+    assert read_ahead_limits({0: 100.0, 1: None, 2: 7.0}, 3, budget=10.0) == {0: -math.inf, 1: math.inf,
+                                                                             2: -math.inf}
+    assert read_ahead_limits({0: 100.0}, 1, budget=10.0) == {0: math.inf}
+
+
+def _backlog(cluster: Cluster, rng: random.Random) -> list[dict]:
+    """Every minute of ``HOURS``, three hosts each write an array of two measurements of every service
+    to a random partition (unkeyed), stamped when written: at the end of the minute."""
+    t0 = (START - HOURS * 3600 - 600) // 60 * 60
+    items = []
+    for minute in range(HOURS * 60):
+        for _ in range(3):
+            batch = [{"service": f"svc-{s}", "metric": "http", "ok": rng.random() > 0.05,
+                      "value": round(rng.lognormvariate(4, 0.5), 3), "ts": t0 + minute * 60 + rng.uniform(0, 59)}
+                     for s in range(SERVICES) for _ in range(2)]
+            items += batch
+            partition = rng.randrange(PARTITIONS)
+            log = cluster.logs[partition]
+            log.append(SourceRecord("m", partition, len(log), t0 + minute * 60 + 60, None, orjson.dumps(batch)))
+    return items
+
+
+def _catch_up(limited: bool) -> tuple[Cluster, list[dict]]:
+    """The backlog read by two workers, one twenty times the other's speed, reporting progress
+    every round."""
+    rng = random.Random(11)
+    cluster = Cluster(make_config(partitions=PARTITIONS, grace_s=30.0), rng)
+    items = _backlog(cluster, rng)
+    for _ in range(20_000):
+        for worker, chunk in ((FAST, 40), (SLOW, 2)):
+            procs = {p: cluster.procs[p] for p in worker}
+            limits = read_ahead_of(procs, {p: cluster.end_known_at[p] for p in worker}) if limited else {}
+            for partition in worker:
+                cluster.step(partition, chunk, limits.get(partition, math.inf))
+        cluster.tick()
+        if all(cluster.read[p] == len(cluster.logs[p]) for p in range(PARTITIONS)):
+            break
+    else:
+        raise AssertionError(f"the backlog was never read to its end: {cluster.read}")
+    # Every series says, a while later, that it lives: its last backlog window then closes.
+    end = max(m["ts"] for m in items) + 300
+    for partition in range(PARTITIONS):
+        cluster.append(partition, orjson.dumps([{"service": f"svc-{s}", "metric": "http", "ok": True, "ts": end}
+                                                for s in range(SERVICES)]))
+    cluster.drain()
+    cluster.settle()
+    return cluster, items
+
+
+def _truth(items: list[dict]) -> dict:
+    truth: dict = {}
+    for m in items:
+        key = (m["service"], int(m["ts"] // 60 * 60))
+        truth[key] = truth.get(key, 0) + 1
+    return truth
+
+
+def test_a_backlog_read_by_workers_of_different_speeds_is_caught_up_exactly():
+    cluster, items = _catch_up(limited=True)
+    assert [e["data"]["reason"] for e in cluster.deadletter] == []
+    windows = {key: count for key, count in cluster.windows().items() if key in _truth(items)}
+    assert windows == _truth(items)
+
+
+def test_without_the_limit_the_fast_worker_runs_hours_ahead_and_the_slow_ones_data_is_late():
+    cluster, _ = _catch_up(limited=False)
+    assert sum(e["data"]["reason"] == "too_late" for e in cluster.deadletter) > 100
