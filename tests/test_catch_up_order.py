@@ -54,5 +54,5 @@ def test_a_partition_past_its_read_ahead_limit_is_held_and_runs_stop_at_the_limi
     limits[A], limits[B] = 25.0, float("inf")  # the others read on: the limits move
     runs = [(tp.partition, [r.timestamp for r in run]) for tp, run in order.runs({A, B}, lambda tp: False,
                                                                                   lambda: limits)]
-    assert runs == [(0, [20.0]), (1, [500.0, 510.0])]
+    assert runs == [(0, [20.0]), (1, [500.0]), (1, [510.0])]  # B's runs end past A's held head plus the slack
     assert order.held({A, B}, limits) == {A}
