@@ -139,7 +139,8 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                 self.order.forget()
                 break
             await ingest.handle(tp.partition, run)
-        self._hold(self.order.held(assigned, read_ahead()))
+        # Faust keeps its partition sets of its own TP (records come keyed by aiokafka's TopicPartition).
+        self._hold({TP(tp.topic, tp.partition) for tp in self.order.held(assigned, read_ahead())})
         for tp, batch in passthrough:
             for record in batch:
                 yield tp, self._to_message(tp, record)
