@@ -290,12 +290,12 @@ def test_a_record_split_over_several_forwards_is_applied_whole():
 def test_alignment_waits_for_every_partition_and_follows_the_slowest():
     alignment = Alignment(3)
     assert alignment.aligned_until == -np.inf  # cold start
-    assert not alignment.report(0, Progress(10.0))
-    assert not alignment.report(1, Progress(None))  # cannot say yet
-    assert alignment.report(2, Progress(12.0)) is False and alignment.aligned_until == -np.inf
-    assert alignment.report(1, Progress(8.0))
+    assert not alignment.report(0, Progress(10.0), 0.0)
+    assert not alignment.report(1, Progress(None), 0.0)  # cannot say yet
+    assert alignment.report(2, Progress(12.0), 0.0) is False and alignment.aligned_until == -np.inf
+    assert alignment.report(1, Progress(8.0), 0.0)
     assert alignment.aligned_until == 8.0
-    assert not alignment.report(0, Progress(9.0))  # reports never move back
+    assert not alignment.report(0, Progress(9.0), 0.0)  # reports never move back
     restored = Alignment.from_state(3, orjson.loads(orjson.dumps(alignment.to_state())))
     assert restored.read_until == alignment.read_until == {0: 10.0, 1: 8.0, 2: 12.0}
     assert Alignment(1).aligned_until == np.inf  # one partition: its own log is in order

@@ -9,7 +9,7 @@ import random
 import orjson
 
 from slostream.pipeline.alignment import read_ahead_limits
-from slostream.pipeline.partition import read_ahead_of
+from slostream.pipeline.partition import STALLED_AFTER_S, read_ahead_of
 from slostream.pipeline.types import SourceRecord
 from tests.pipeline_sim import START, Cluster, make_config
 
@@ -29,6 +29,11 @@ def test_until_every_partition_has_claimed_a_position_only_those_that_have_not_a
     assert read_ahead_limits({0: 100.0, 1: None, 2: 7.0}, 3, budget=10.0) == {0: -math.inf, 1: math.inf,
                                                                              2: -math.inf}
     assert read_ahead_limits({0: 100.0}, 1, budget=10.0) == {0: math.inf}
+
+
+def test_a_stalled_partition_holds_nobody_back():
+    limits = read_ahead_limits({0: 100.0, 1: 5000.0, 2: 7000.0}, 3, budget=1000.0, stalled=frozenset({0}))
+    assert limits == {0: math.inf, 1: math.inf, 2: 6000.0}
 
 
 def _backlog(cluster: Cluster, rng: random.Random) -> list[dict]:
@@ -57,7 +62,8 @@ def _catch_up(limited: bool) -> tuple[Cluster, list[dict]]:
     for _ in range(20_000):
         for worker, chunk in ((FAST, 40), (SLOW, 2)):
             procs = {p: cluster.procs[p] for p in worker}
-            limits = read_ahead_of(procs, {p: cluster.end_known_at[p] for p in worker}) if limited else {}
+            ends = {p: cluster.end_known_at[p] for p in worker}
+            limits = read_ahead_of(procs, ends, cluster.clock) if limited else {}
             for partition in worker:
                 cluster.step(partition, chunk, limits.get(partition, math.inf))
         cluster.tick()
@@ -93,3 +99,29 @@ def test_a_backlog_read_by_workers_of_different_speeds_is_caught_up_exactly():
 def test_without_the_limit_the_fast_worker_runs_hours_ahead_and_the_slow_ones_data_is_late():
     cluster, _ = _catch_up(limited=False)
     assert sum(e["data"]["reason"] == "too_late" for e in cluster.deadletter) > 100
+
+
+def test_a_worker_whose_reports_stop_holds_the_others_back_only_until_it_counts_as_stalled():
+    rng = random.Random(3)
+    cluster = Cluster(make_config(partitions=PARTITIONS, grace_s=30.0), rng)
+    _backlog(cluster, rng)
+    for partition in range(PARTITIONS):
+        cluster.step(partition, 5)
+    cluster.tick()
+    for partition in FAST:  # the others' reports read
+        cluster.step(partition, 0)
+    cluster.paused = set(SLOW)  # their worker hangs: no more reads, no more reports
+    fast = {p: cluster.procs[p] for p in FAST}
+    for _ in range(50):
+        limits = read_ahead_of(fast, {p: cluster.end_known_at[p] for p in FAST}, cluster.clock)
+        for partition in FAST:
+            cluster.step(partition, 40, limits[partition])
+        cluster.tick()
+    assert all(limit < math.inf for p, limit in limits.items() if p in FAST)  # held at the slow ones' reads
+    assert max(cluster.procs[p].read_through for p in FAST) < max(cluster.procs[p].read_through for p in SLOW) + 3600
+    cluster.clock += STALLED_AFTER_S + 1
+    limits = read_ahead_of(fast, {p: cluster.end_known_at[p] for p in FAST}, cluster.clock)
+    # Only the fast worker's own partitions align it now: the one behind runs free, the other can read on.
+    assert math.inf in [limits[p] for p in FAST]
+    assert all(limits[p] > cluster.procs[p].read_through for p in FAST)
+    assert all(limits[p] == math.inf for p in SLOW)

@@ -323,7 +323,7 @@ class IngestService:
     def read_ahead_limits(self) -> dict[int, float]:
         """How far (record time) each measurement partition may be read now (``read_ahead_of``)."""
         return read_ahead_of(self.processors, {partition: self._end_known_at(partition, proc)
-                                               for partition, proc in self.processors.items()})
+                                               for partition, proc in self.processors.items()}, time.time())
 
     async def evaluate_pending(self) -> None:
         if not self.writing():

@@ -87,35 +87,41 @@ def note_time(now: float) -> float:
     return math.ceil(now / READ_GRID_S) * READ_GRID_S
 
 
-def read_ahead_limits(claims: Mapping[int, float | None], partitions: int, budget: float) -> dict[int, float]:
+def read_ahead_limits(claims: Mapping[int, float | None], partitions: int, budget: float,
+                      stalled: frozenset[int] = frozenset()) -> dict[int, float]:
     """How far (record time) each partition of the topic may be read: at most ``budget`` past what
     every partition has read (``claims``: each one's ``read_until``, as best known here; missing or
     None, nothing known yet), so that no series' data from a fast source runs further ahead of a
     lagging source's than its SLOs' base ring can hold open. Workers read at their own speeds; this is
     what holds a fast one back (as Flink's watermark alignment does). A partition with the least
     claim is never held, whatever its next record's time (a gap in its log): the aligned time moves
-    only with it. Until every partition has claimed a position, only those that have not are read."""
+    only with it. Until every partition has claimed a position, only those that have not are read.
+    A ``stalled`` partition (its reader hung) holds nobody back: its data is then judged by the
+    source-skew cap, as if read late."""
     if partitions == 1:
         return dict.fromkeys(range(partitions), math.inf)
-    known = {p: -math.inf if claims.get(p) is None else claims[p] for p in range(partitions)}
-    aligned = min(known.values())
-    return {p: math.inf if claim <= aligned else aligned + budget for p, claim in known.items()}
+    known = {p: -math.inf if claims.get(p) is None else claims[p] for p in range(partitions) if p not in stalled}
+    aligned = min(known.values(), default=math.inf)
+    limits = {p: math.inf if claim <= aligned else aligned + budget for p, claim in known.items()}
+    return {**limits, **dict.fromkeys(stalled, math.inf)}
 
 
 class Alignment:
     """What each partition of the topic has reported of its reading, as one owner has read it."""
 
-    __slots__ = ("partitions", "read_until")
+    __slots__ = ("partitions", "read_until", "moved_at")
 
     def __init__(self, partitions: int):
         self.partitions = partitions
         self.read_until: dict[int, float] = {}  # partition -> it has read everything written before
+        self.moved_at: dict[int, float] = {}  # partition -> wall time its read_until last moved here
 
-    def report(self, source: int, progress: Progress) -> bool:
-        """Take one progress record; True when the aligned time moved."""
+    def report(self, source: int, progress: Progress, now: float) -> bool:
+        """Take one progress record, read at wall time ``now``; True when the aligned time moved."""
         before = self.aligned_until
-        if progress.read_until is not None:
-            self.read_until[source] = max(self.read_until.get(source, -math.inf), progress.read_until)
+        if progress.read_until is not None and progress.read_until > self.read_until.get(source, -math.inf):
+            self.read_until[source] = progress.read_until
+            self.moved_at[source] = now
         return self.aligned_until > before
 
     @property

@@ -72,6 +72,11 @@ from slostream.pipeline.types import RELATIVE_ACCURACY, Forward, Output, Pipelin
 
 log = logging.getLogger("slostream")
 
+# A partition whose progress has not moved for this long (wall time) holds no other back from reading
+# (``read_ahead_of``): a reader that hangs while its group membership lives on must not stop every
+# worker. Well below the read-ahead budget, so live traffic never waits for it.
+STALLED_AFTER_S = 300.0
+
 
 class SafeOffsets(NamedTuple):
     """The last offsets of a partition's two logs that a checkpoint's writes hold (-1: none)."""
@@ -104,6 +109,7 @@ class PartitionProcessor:
         self._aligned_applied = -np.inf  # the aligned time align_parts last closed the waiting series up to
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
+        self.started = now  # wall time this processor took the partition
         self.alerting = Alerting(config, partition)
         self.alerting.now = now
         self.slos = SloEvaluator(config, self.alerting)
@@ -231,7 +237,7 @@ class PartitionProcessor:
         except ValueError as exc:
             self.intake.unreadable(record, f"progress of partition {source}", exc, out)
             return
-        self.alignment.report(source, progress)
+        self.alignment.report(source, progress, self.now)
 
     def align_parts(self) -> Iterator[Output]:
         """Close what the progress read so far has aligned for the series waiting on it, a slice
@@ -576,23 +582,29 @@ class PartitionProcessor:
         return proc
 
 
-def read_ahead_of(procs: Mapping[int, PartitionProcessor],
-                  end_known_at: Mapping[int, float | None]) -> dict[int, float]:
-    """How far (record time) each partition may be read now (``alignment.read_ahead_limits``), as a
-    worker holding the processors ``procs`` knows it: what its own partitions have read (each last at
-    its log's end at ``end_known_at``, or None), and what every other partition reported to them."""
+def read_ahead_of(procs: Mapping[int, PartitionProcessor], end_known_at: Mapping[int, float | None],
+                  now: float) -> dict[int, float]:
+    """How far (record time) each partition may be read at wall time ``now``
+    (``alignment.read_ahead_limits``), as a worker holding the processors ``procs`` knows it: what
+    its own partitions have read (each last at its log's end at ``end_known_at``, or None), and what
+    every other partition reported to them. A partition whose reports have not moved for
+    ``STALLED_AFTER_S`` is stalled."""
+    if not procs:
+        return {}
     claims: dict[int, float | None] = {}
+    moved_at: dict[int, float] = {}
     for proc in procs.values():
         for source, read_until in proc.alignment.read_until.items():
             claims[source] = max(claims.get(source, -np.inf), read_until)
+            moved_at[source] = max(moved_at.get(source, -np.inf), proc.alignment.moved_at.get(source, proc.started))
     for partition, proc in procs.items():
         claim = proc.read_claim(end_known_at.get(partition))
         if claim is not None:
             claims[partition] = max(claims.get(partition, -np.inf), claim)
-    if not procs:
-        return {}
+            moved_at[partition] = now  # read here
+    stalled = frozenset(p for p, at in moved_at.items() if at < now - STALLED_AFTER_S)
     config = next(iter(procs.values())).config
-    return read_ahead_limits(claims, config.partitions, config.max_read_ahead_s)
+    return read_ahead_limits(claims, config.partitions, config.max_read_ahead_s, stalled)
 
 
 def _after(records: list[SourceRecord], applied: int) -> list[SourceRecord]:
