@@ -48,6 +48,7 @@ from slostream.pipeline import rows, state, state_keys, watermarks
 from slostream.pipeline.alerting import Alerting
 from slostream.pipeline.alignment import (
     PROGRESS_HEADER,
+    STALLED_AFTER_S,
     Alignment,
     decode_progress,
     encode_progress,
@@ -71,11 +72,6 @@ from slostream.pipeline.series import Series, finite_or_none, series_key
 from slostream.pipeline.types import RELATIVE_ACCURACY, Forward, Output, PipelineConfig, Snapshot, SourceRecord
 
 log = logging.getLogger("slostream")
-
-# A partition whose progress has not moved for this long (wall time) holds no other back from reading
-# (``read_ahead_of``): a reader that hangs while its group membership lives on must not stop every
-# worker. Well below the read-ahead budget, so live traffic never waits for it.
-STALLED_AFTER_S = 300.0
 
 
 class SafeOffsets(NamedTuple):
@@ -104,12 +100,11 @@ class PartitionProcessor:
         self._held_of_group: Counter[tuple[str, str]] = Counter()  # series held per (service, metric)
         self.applied_offset = -1  # last offset of the measurement log fully processed
         self.repartition_offset = -1  # and of the repartition log
-        self.alignment = Alignment(config.partitions)  # every partition's progress, as read here
+        self.alignment = Alignment(config.partitions, now)  # every partition's progress, as read here
         self.read_through = -np.inf  # every record appended to this partition before it is read (alignment)
         self._aligned_applied = -np.inf  # the aligned time align_parts last closed the waiting series up to
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
         self.now = now  # wall time of the last batch or tick
-        self.started = now  # wall time this processor took the partition
         self.alerting = Alerting(config, partition)
         self.alerting.now = now
         self.slos = SloEvaluator(config, self.alerting)
@@ -243,7 +238,7 @@ class PartitionProcessor:
         """Close what the progress read so far has aligned for the series waiting on it, a slice
         of them at a time (a worker yields to its event loop between them, and reads them all
         before this processor takes anything else)."""
-        aligned_until = self.alignment.aligned_until
+        aligned_until = self.alignment.aligned_until(self.now)
         if aligned_until <= self._aligned_applied:
             return
         self._aligned_applied = aligned_until
@@ -276,7 +271,7 @@ class PartitionProcessor:
         ids, keys = batch.ids, batch.keys
         known = [self.series.get(key) for key in keys]
         owners = np.array([-1 if s is None else s.windows.owner for s in known], dtype=np.int64)
-        before, after, newest = watermarks.of_batch(self.config, self.store, self.alignment.aligned_until, ids,
+        before, after, newest = watermarks.of_batch(self.config, self.store, self.alignment.aligned_until(now), ids,
                                                     owners, batch.ts, written)
         # Held already (the source replayed after a crash): skipped before lateness is judged.
         replayed = batch.marks <= watermarks.per_key(getattr(self.store, replay_marks), owners, -1)[ids]
@@ -419,7 +414,7 @@ class PartitionProcessor:
         ``idle``, quiet) allows; close what they pass."""
         if not owners.size:
             return
-        moved = watermarks.advance(self.config, self.store, owners, now, idle, self.alignment.aligned_until)
+        moved = watermarks.advance(self.config, self.store, owners, now, idle, self.alignment.aligned_until(now))
         series_of = self._series_of_owner
         self._close([series_of[owner] for owner in owners[moved].tolist()], owners[moved], out, advanced=True)
 
@@ -529,7 +524,7 @@ class PartitionProcessor:
         book = self.alerting.book
         statuses = {e.kind: e.status(self.series.values()) for e in self.evaluators if e.kind in kinds}
         return Snapshot(self.partition, len(self.series), self.applied_offset, self.newest_event_ts,
-                        self.alignment.aligned_until, statuses, book.firing(),
+                        self.alignment.aligned_until(self.now), statuses, book.firing(),
                         [vars(silence).copy() for silence in book.silences.values()],
                         [s.last_report for s in self.series.values() if s.last_report is not None] if reports else [])
 
@@ -587,23 +582,23 @@ def read_ahead_of(procs: Mapping[int, PartitionProcessor], end_known_at: Mapping
     """How far (record time) each partition may be read at wall time ``now``
     (``alignment.read_ahead_limits``), as a worker holding the processors ``procs`` knows it: what
     its own partitions have read (each last at its log's end at ``end_known_at``, or None), and what
-    every other partition reported to them. A partition whose reports have not moved for
-    ``STALLED_AFTER_S`` is stalled."""
+    every other partition reported to them (stalled, if that stopped moving at all of them)."""
     if not procs:
         return {}
+    config = next(iter(procs.values())).config
     claims: dict[int, float | None] = {}
-    moved_at: dict[int, float] = {}
+    last_moved = dict.fromkeys(range(config.partitions), -np.inf)
     for proc in procs.values():
+        for source in range(config.partitions):
+            last_moved[source] = max(last_moved[source], proc.alignment.last_moved(source))
         for source, read_until in proc.alignment.read_until.items():
             claims[source] = max(claims.get(source, -np.inf), read_until)
-            moved_at[source] = max(moved_at.get(source, -np.inf), proc.alignment.moved_at.get(source, proc.started))
     for partition, proc in procs.items():
         claim = proc.read_claim(end_known_at.get(partition))
         if claim is not None:
             claims[partition] = max(claims.get(partition, -np.inf), claim)
-            moved_at[partition] = now  # read here
-    stalled = frozenset(p for p, at in moved_at.items() if at < now - STALLED_AFTER_S)
-    config = next(iter(procs.values())).config
+        last_moved[partition] = now  # read here
+    stalled = frozenset(p for p, at in last_moved.items() if at < now - STALLED_AFTER_S)
     return read_ahead_limits(claims, config.partitions, config.max_read_ahead_s, stalled)
 
 

@@ -63,18 +63,13 @@ class PipelineConfig:
     recommend_horizon_s: float  # what a recommendation predicts
 
     @property
-    def max_source_skew_s(self) -> float:
-        """How far a series' source partitions may lag its newest one before their measurements
-        count as late: open buckets must fit the base ring, with a report window to spare."""
-        base = self.resolutions[0]
-        return base.retention - self.report_window_s - self.grace_s - base.width
-
-    @property
     def max_read_ahead_s(self) -> float:
         """How far (record time) a partition is read past what every partition has read
-        (``alignment.read_ahead_limits``): half the source skew a series can wait out, so the
-        measurements written within it never reach the skew."""
-        return self.max_source_skew_s / 2
+        (``alignment.read_ahead_limits``): half of what the base ring of an SLO can hold open past
+        its closed time, with a report window, the grace and a bucket to spare; the other half
+        covers producers' clocks and flush delays, which put event time apart from record time."""
+        base = self.resolutions[0]
+        return (base.retention - self.report_window_s - self.grace_s - base.width) / 2
 
 
 @dataclass
