@@ -8,10 +8,12 @@ import random
 
 import orjson
 
+from slostream.core.objectives import Policy
 from slostream.pipeline.alignment import STALLED_AFTER_S, read_ahead_limits
 from slostream.pipeline.partition import read_ahead_of
 from slostream.pipeline.types import SourceRecord
 from tests.pipeline_sim import START, Cluster, make_config
+from tests.slo_feed import checkout_slo
 
 PARTITIONS = 4
 FAST, SLOW = (0, 1), (2, 3)  # two workers' partitions
@@ -138,3 +140,26 @@ def test_a_worker_whose_reports_stop_holds_the_others_back_only_until_it_counts_
     assert math.inf in [limits[p] for p in FAST]
     assert all(limits[p] > cluster.procs[p].read_through for p in FAST)
     assert all(limits[p] == math.inf for p in SLOW)
+
+
+def test_series_waiting_for_alignment_from_their_first_measurement_are_judged_once_it_comes():
+    """Before any partition has reported, a series' watermark has nowhere to go (no cap moves it):
+    every evaluator takes its measurements, and closes them once the reports come."""
+    policy = Policy("co-p95", "checkout", "http", "p95", 60, "above", warning=100.0, critical=400.0)
+    config = make_config(partitions=2, grace_s=30.0, slos=(checkout_slo(),), policies=(policy,))
+    cluster = Cluster(config, random.Random(1))
+    t0 = (START - 3600) // 60 * 60
+    items = [{"service": "checkout", "metric": "http", "ts": t0 + i, "ok": i % 50 != 0, "value": 50.0 + i % 500}
+             for i in range(1800)]
+    for first in range(0, len(items), 30):
+        cluster.append(first // 30 % 2, orjson.dumps(items[first:first + 30]))
+    for partition in range(2):
+        while cluster.step(partition, 5):  # no progress reported: everything waits
+            pass
+    assert cluster.sli == [] and cluster.deadletter == []
+    cluster.append(0, orjson.dumps({"service": "checkout", "metric": "http", "ts": t0 + 2400, "ok": True}))
+    cluster.drain()
+    cluster.settle()
+    assert cluster.deadletter == []
+    windows = {key: n for key, n in cluster.windows().items() if key[1] < t0 + 1800}
+    assert windows == _truth(items)
