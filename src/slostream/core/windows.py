@@ -176,8 +176,6 @@ class SeriesWindows:
 
     def close_until(self, watermark: float) -> list[int]:
         """Close base buckets ending at or before ``watermark``; return their starts."""
-        if watermark == -np.inf:  # a clock not started (a series waiting for alignment): nothing closes
-            return []
         width = self.base_width
         horizon = bucket_start(watermark, width)
         if horizon <= self.closed_until:

@@ -88,10 +88,10 @@ def note_time(now: float) -> float:
 
 
 # A partition whose progress has not moved for this long (wall time; since its owner took the
-# partition, if it never reported) holds nothing back: a reader that hangs while its group membership
-# lives on must not stop every series, nor every worker's reading. Its data, if it comes back, is
-# judged against watermarks that went on without it. Below the read-ahead budget, so live reading
-# never waits for it.
+# partition, if it never reported) holds no other back from reading (``read_ahead_limits``): a
+# reader that hangs while its group membership lives on must not stop every worker's reading. Closes
+# still wait for it, up to the open-span cap. Below the read-ahead budget, so live reading never
+# waits for it.
 STALLED_AFTER_S = 600.0
 
 
@@ -101,8 +101,9 @@ def read_ahead_limits(claims: Mapping[int, float | None], partitions: int, budge
     every partition has read (``claims``: each one's ``read_until``, as best known here; missing or
     None, nothing known yet), so that no series holds open data further ahead of its aligned time
     than an SLO's base ring can (an owner holds a series' watermark back to what every partition
-    has read). Workers read at their own speeds; this is what holds a fast one back (as Flink's
-    watermark alignment does). A partition with the least claim is never held, whatever its next
+    has read, at most ``max_open_span_s``: beyond it the lagging partition's share is late).
+    Workers read at their own speeds; this is what holds a fast one back (as Flink's watermark
+    alignment does). A partition with the least claim is never held, whatever its next
     record's time (a gap in its log): the aligned time moves only with it. Until every partition has
     claimed a position, only those that have not are read. A ``stalled`` partition holds nobody back."""
     if partitions == 1:
@@ -135,18 +136,14 @@ class Alignment:
         """When ``source``'s progress last moved here (wall time; ``since``, if not since then)."""
         return self.moved_at.get(source, self.since)
 
-    def stalled(self, now: float) -> frozenset[int]:
-        """The partitions whose progress has not moved for ``STALLED_AFTER_S`` at wall time ``now``."""
-        return frozenset(p for p in range(self.partitions) if self.last_moved(p) < now - STALLED_AFTER_S)
-
-    def aligned_until(self, now: float) -> float:
-        """Every partition that is not stalled at wall time ``now`` has read everything written before
-        this time."""
+    @property
+    def aligned_until(self) -> float:
+        """Every partition has read everything written before this time."""
         if self.partitions == 1:
             return math.inf
-        stalled = self.stalled(now)
-        reads = [self.read_until.get(p, -math.inf) for p in range(self.partitions) if p not in stalled]
-        return min(reads, default=math.inf)
+        if len(self.read_until) < self.partitions:
+            return -math.inf
+        return min(self.read_until.values())
 
     def to_state(self) -> dict:
         return {"read_until": {str(p): t for p, t in self.read_until.items()}}

@@ -238,7 +238,7 @@ class PartitionProcessor:
         """Close what the progress read so far has aligned for the series waiting on it, a slice
         of them at a time (a worker yields to its event loop between them, and reads them all
         before this processor takes anything else)."""
-        aligned_until = self.alignment.aligned_until(self.now)
+        aligned_until = self.alignment.aligned_until
         if aligned_until <= self._aligned_applied:
             return
         self._aligned_applied = aligned_until
@@ -271,7 +271,7 @@ class PartitionProcessor:
         ids, keys = batch.ids, batch.keys
         known = [self.series.get(key) for key in keys]
         owners = np.array([-1 if s is None else s.windows.owner for s in known], dtype=np.int64)
-        before, after, newest = watermarks.of_batch(self.config, self.store, self.alignment.aligned_until(now), ids,
+        before, after, newest = watermarks.of_batch(self.config, self.store, self.alignment.aligned_until, ids,
                                                     owners, batch.ts, written)
         # Held already (the source replayed after a crash): skipped before lateness is judged.
         replayed = batch.marks <= watermarks.per_key(getattr(self.store, replay_marks), owners, -1)[ids]
@@ -414,7 +414,7 @@ class PartitionProcessor:
         ``idle``, quiet) allows; close what they pass."""
         if not owners.size:
             return
-        moved = watermarks.advance(self.config, self.store, owners, now, idle, self.alignment.aligned_until(now))
+        moved = watermarks.advance(self.config, self.store, owners, now, idle, self.alignment.aligned_until)
         series_of = self._series_of_owner
         self._close([series_of[owner] for owner in owners[moved].tolist()], owners[moved], out, advanced=True)
 
@@ -524,7 +524,7 @@ class PartitionProcessor:
         book = self.alerting.book
         statuses = {e.kind: e.status(self.series.values()) for e in self.evaluators if e.kind in kinds}
         return Snapshot(self.partition, len(self.series), self.applied_offset, self.newest_event_ts,
-                        self.alignment.aligned_until(self.now), statuses, book.firing(),
+                        self.alignment.aligned_until, statuses, book.firing(),
                         [vars(silence).copy() for silence in book.silences.values()],
                         [s.last_report for s in self.series.values() if s.last_report is not None] if reports else [])
 

@@ -4,7 +4,6 @@ levels alert conditions."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import orjson
@@ -57,7 +56,7 @@ class PolicyEvaluator(Evaluator):
         if not self.policies_for or not any(series.watches for series in runs.series):
             return
         for series, start, target, _, _, _ in runs.each:
-            if series.watches and target > -math.inf:  # a series still waiting for alignment closes nothing
+            if series.watches:
                 self._steps.setdefault(series.windows.owner, []).append(bucket_start(min(start, target), self.width))
 
     def closed(self, closes: Closes, out: Output) -> None:
