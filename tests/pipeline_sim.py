@@ -4,6 +4,8 @@ the repartition log that forwarded and progress records are appended to, as the 
 few reads each partition ticks and reports how far it has read, as a worker does every
 ``tick_interval_s``."""
 
+import itertools
+import math
 import random
 
 import orjson
@@ -49,11 +51,13 @@ class Cluster:
         log = self.logs[partition]
         log.append(SourceRecord("m", partition, len(log), self.clock, key, value, tuple(headers)))
 
-    def step(self, partition: int, max_records: int) -> bool:
-        """Read the next chunk of one partition's measurement log, then of its repartition log; its
-        forwards are appended to the owners' repartition logs."""
+    def step(self, partition: int, max_records: int, read_ahead: float = math.inf) -> bool:
+        """Read the next chunk of one partition's measurement log (no record written after
+        ``read_ahead``), then of its repartition log; its forwards are appended to the owners'
+        repartition logs."""
         start = self.read[partition]
         chunk = self.logs[partition][start:start + max_records]
+        chunk = list(itertools.takewhile(lambda record: record.timestamp <= read_ahead, chunk))
         proc = self.procs[partition]
         if chunk:
             self.read[partition] += len(chunk)

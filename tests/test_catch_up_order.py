@@ -40,3 +40,19 @@ def test_a_rebalance_forgets_what_was_buffered():
     order.add(A, _records(A, [0.0]))
     order.forget()
     assert list(order.runs({A}, lambda tp: False)) == []
+
+
+def test_a_partition_past_its_read_ahead_limit_is_held_and_runs_stop_at_the_limit():
+    order = TimestampOrder()
+    order.add(A, _records(A, [0.0, 10.0, 20.0, 30.0]))
+    order.add(B, _records(B, [500.0, 510.0]))
+    limits = {A: 15.0, B: 100.0}
+    runs = [(tp.partition, [r.timestamp for r in run]) for tp, run in order.runs({A, B}, lambda tp: False,
+                                                                                  lambda: limits)]
+    assert runs == [(0, [0.0, 10.0])]  # A up to its limit; B's head is past its own
+    assert order.held({A, B}, limits) == {A, B}
+    limits[A], limits[B] = 25.0, float("inf")  # the others read on: the limits move
+    runs = [(tp.partition, [r.timestamp for r in run]) for tp, run in order.runs({A, B}, lambda tp: False,
+                                                                                  lambda: limits)]
+    assert runs == [(0, [20.0]), (1, [500.0]), (1, [510.0])]  # B's runs end past A's held head plus the slack
+    assert order.held({A, B}, limits) == {A}

@@ -288,17 +288,21 @@ def test_a_record_split_over_several_forwards_is_applied_whole():
 
 
 def test_alignment_waits_for_every_partition_and_follows_the_slowest():
-    alignment = Alignment(3)
+    alignment = Alignment(3, 0.0)
     assert alignment.aligned_until == -np.inf  # cold start
-    assert not alignment.report(0, Progress(10.0))
-    assert not alignment.report(1, Progress(None))  # cannot say yet
-    assert alignment.report(2, Progress(12.0)) is False and alignment.aligned_until == -np.inf
-    assert alignment.report(1, Progress(8.0))
+    alignment.report(0, Progress(10.0), 1.0)
+    alignment.report(1, Progress(None), 1.0)  # cannot say yet
+    alignment.report(2, Progress(12.0), 1.0)
+    assert alignment.aligned_until == -np.inf
+    alignment.report(1, Progress(8.0), 2.0)
     assert alignment.aligned_until == 8.0
-    assert not alignment.report(0, Progress(9.0))  # reports never move back
-    restored = Alignment.from_state(3, orjson.loads(orjson.dumps(alignment.to_state())))
+    alignment.report(0, Progress(9.0), 3.0)  # reports never move back
+    assert alignment.read_until[0] == 10.0
+    assert [alignment.last_moved(p) for p in range(3)] == [1.0, 2.0, 1.0]
+    restored = Alignment.from_state(3, orjson.loads(orjson.dumps(alignment.to_state())), 5.0)
     assert restored.read_until == alignment.read_until == {0: 10.0, 1: 8.0, 2: 12.0}
-    assert Alignment(1).aligned_until == np.inf  # one partition: its own log is in order
+    assert restored.last_moved(0) == 5.0  # not heard of since it was restored
+    assert Alignment(1, 0.0).aligned_until == np.inf  # one partition: its own log is in order
 
 
 def test_a_partition_claims_the_later_of_its_end_and_its_newest_record_time_less_the_slack():

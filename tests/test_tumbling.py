@@ -242,9 +242,10 @@ def test_many_owners_in_one_store_each_complete_their_own_windows_exactly():
 
 
 def test_reads_awaiting_alignment_follow_a_list_per_owner():
-    """``note_reads`` and ``release_reads`` over many owners at once against one list per owner:
-    a read noted at the owner's newest time merges into it, past ``MAX_READS`` the oldest is
-    dropped, and a release stops at the first read noted after it, even if later ones are older."""
+    """``note_reads`` and ``release_reads`` over many owners at once against one list per owner: a
+    read noted at the same time as the owner's last merges into it, past ``MAX_READS`` the two oldest
+    merge (the later time, the newer event time), and a release takes every read noted at or before
+    it, whatever the order they were noted in, and only their own event times."""
     rng = np.random.default_rng(11)
     store = WindowStore(WIDTH)
     owners = np.array([store.new_owner({60: False}) for _ in range(30)])
@@ -253,23 +254,25 @@ def test_reads_awaiting_alignment_follow_a_list_per_owner():
     for _ in range(400):
         chosen = np.unique(rng.choice(owners, size=int(rng.integers(1, 30))))
         if rng.random() < 0.6:
-            store.max_ts[chosen] = rng.uniform(0, 1000, chosen.size)
+            newest = rng.uniform(0, 1000, chosen.size)
             at = float(rng.integers(0, 50))  # not monotonic: reads of other partitions' records
-            store.note_reads(chosen, at)
-            for owner in chosen.tolist():
+            store.note_reads(chosen, at, newest)
+            for owner, ts in zip(chosen.tolist(), newest.tolist()):
                 reads = lists[owner]
                 if reads and reads[-1][0] == at:
-                    reads[-1][1] = float(store.max_ts[owner])
-                else:
-                    reads.append([at, float(store.max_ts[owner])])
-                    del reads[:-MAX_READS]
+                    reads[-1][1] = max(reads[-1][1], ts)
+                    continue
+                if len(reads) == MAX_READS:
+                    first, second = reads.pop(0), reads.pop(0)
+                    reads.insert(0, [max(first[0], second[0]), max(first[1], second[1])])
+                reads.append([at, ts])
         else:
             until = float(rng.integers(0, 50))
             got = store.release_reads(chosen, until)
             for owner, value in zip(chosen.tolist(), got.tolist()):
                 reads = lists[owner]
-                while reads and reads[0][0] <= until:
-                    aligned[owner] = max(aligned[owner], reads.pop(0)[1])
+                aligned[owner] = max([aligned[owner]] + [ts for at, ts in reads if at <= until])
+                reads[:] = [[at, ts] for at, ts in reads if at > until]
                 assert value == aligned[owner]
         for owner in owners.tolist():
             count = int(store.read_count[owner])

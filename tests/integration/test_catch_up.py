@@ -1,7 +1,8 @@
 """A backlog written while no worker ran is caught up exactly: a day of unkeyed traffic over four
-partitions, then a worker starts."""
+partitions, then a worker starts; or hours of it, then two workers, one held back."""
 
 import asyncio
+import signal
 import time
 
 import pytest
@@ -31,3 +32,31 @@ def test_a_day_of_unkeyed_backlog_is_caught_up_exactly(kafka, make_worker):
     assert {i: {**got[i]["data"], "mean": pytest.approx(got[i]["data"]["mean"], rel=1e-12)} for i in expected} == {
         i: e["data"] for i, e in expected.items()}
     assert worker.stop() == 0
+
+
+def test_a_backlog_read_by_two_workers_one_paused_is_caught_up_exactly(kafka, make_worker):
+    """Two workers share the four partitions; one is paused (SIGSTOP, within the session timeout)
+    just after it starts reading. The other would read its partitions' six hours while the paused
+    one's stay unread (the base ring of an SLO holds about one): it holds them at its read-ahead
+    limit until the paused one catches up."""
+    t0 = (time.time() - 6 * 3600 - 600) // 60 * 60
+    records = backlog(t0, 6 * 60, services=5, hosts=3)
+    items = [m for _, batch in records for m in batch]
+    end = t0 + 6 * 3600 + 300  # every series lives on a while later: its last backlog window closes
+    closers = [(end, [{"service": f"svc-{s}", "metric": "http", "ok": True, "ts": end} for s in range(5)])] * PARTITIONS
+    asyncio.run(send_backlog(kafka.bootstrap, f"{make_worker.prefix}measurements", records + closers))
+    env = {"SLOSTREAM_PARTITIONS": str(PARTITIONS), **ENV}
+    # Started together, they join one generation (the broker holds a join for the rebalance timeout).
+    fast, paused = make_worker(**env).start(wait_ready=False), make_worker(**env).start(wait_ready=False)
+    paused.wait_ready()
+    paused.process.send_signal(signal.SIGSTOP)
+    try:
+        fast.wait_ready()
+        time.sleep(6)  # less than the session timeout: the paused one keeps its partitions
+    finally:
+        paused.process.send_signal(signal.SIGCONT)
+    truth = truth_of(items)
+    assert read_sli(kafka.bootstrap, make_worker.prefix, truth, timeout=120) == truth
+    letters = consume(kafka.bootstrap, f"{make_worker.prefix}deadletter", lambda ev: False, timeout=2)
+    assert [e["data"]["reason"] for e in letters] == []  # nothing too_late
+    assert fast.stop() == 0 and paused.stop() == 0

@@ -9,6 +9,11 @@ oldest, as far as the next oldest partition's head (plus ``ORDER_SLACK_S``, so r
 enough to be cheap); a partition whose buffer is empty while the broker holds more of it is waited
 for, at most ``MAX_IDLE_S`` (a partition the broker does not deliver must not stop the others).
 Live traffic, every partition at its end, goes straight through.
+
+Across workers, each reading its own partitions at its own speed, a partition is also read no
+further than its read-ahead limit (``pipeline.alignment.read_ahead_limits``): a worker that got
+ahead of another holds its partitions (paused at the consumer, so nothing more is fetched) until
+the other catches up.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from faust.types import TP
 
@@ -46,13 +51,22 @@ class TimestampOrder:
             self.buffers.pop(tp, None)
         self._waiting_since = None
 
-    def runs(self, assigned: set[TP], lagging: Callable[[TP], bool]) -> Iterator[tuple[TP, list[SourceRecord]]]:
-        """(partition, records) in record-timestamp order, while no assigned partition that
-        ``lagging`` says has more on the broker is empty here (or it has held the others back for
-        ``MAX_IDLE_S``)."""
+    def held(self, assigned: set[TP], limits: Mapping[TP, float]) -> set[TP]:
+        """The assigned partitions whose next record lies past their read-ahead limit."""
+        return {tp for tp, buffer in self.buffers.items()
+                if buffer and tp in assigned and buffer[0].timestamp > limits.get(tp, math.inf)}
+
+    def runs(self, assigned: set[TP], lagging: Callable[[TP], bool],
+             read_ahead: Callable[[], Mapping[TP, float]] = dict) -> Iterator[tuple[TP, list[SourceRecord]]]:
+        """(partition, records) in record-timestamp order, each partition up to its read-ahead limit
+        (``read_ahead()``, asked before each run: what was read moves them; none, no limit), while no
+        assigned partition that ``lagging`` says has more on the broker is empty here (or it has held
+        the others back for ``MAX_IDLE_S``)."""
         while True:
+            limits = read_ahead()
             heads = {tp: buffer[0].timestamp for tp, buffer in self.buffers.items() if buffer and tp in assigned}
-            if not heads:
+            runnable = {tp: head for tp, head in heads.items() if head <= limits.get(tp, math.inf)}
+            if not runnable:
                 return
             if any(lagging(tp) for tp in assigned if tp not in heads):
                 now = self.clock()
@@ -62,8 +76,9 @@ class TimestampOrder:
                     return
             else:
                 self._waiting_since = None
-            tp = min(heads, key=heads.__getitem__)
-            bound = min((head for other, head in heads.items() if other != tp), default=math.inf) + ORDER_SLACK_S
+            tp = min(runnable, key=runnable.__getitem__)
+            bound = min(min((head for other, head in heads.items() if other != tp), default=math.inf) + ORDER_SLACK_S,
+                        limits.get(tp, math.inf))
             buffer = self.buffers[tp]
             run = [buffer.popleft()]
             while buffer and buffer[0].timestamp <= bound:

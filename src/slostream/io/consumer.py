@@ -75,6 +75,19 @@ class BatchingConsumer(aiokafka_driver.Consumer):
         super().__init__(*args, **kwargs)
         self.order = TimestampOrder()  # measurement records fetched, handed on oldest first (``catch_up``)
         self._order_generation: int | None = None
+        self._held: set[TP] = set()  # measurement partitions paused at their read-ahead limit
+
+    def _hold(self, held: set[TP]) -> None:
+        """Pause fetching the partitions ``held`` at their read-ahead limit (what was fetched of them
+        waits in the buffer), and resume those no longer held, once recovery has finished (Faust
+        pauses every partition while it recovers the tables, and resumes them all after)."""
+        if held - self._paused_partitions:  # Faust may have resumed one after a recovery
+            self.pause_partitions(held - self._paused_partitions)
+        released = self._held - held
+        if released and self.app.ingest.ready():
+            self.resume_partitions(released & self.assignment())
+            self._held -= released
+        self._held |= held
 
     def _new_consumer_thread(self):
         return ShortWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -115,12 +128,19 @@ class BatchingConsumer(aiokafka_driver.Consumer):
                     self.order.add(tp, batch)
                 else:  # forwards, older than what is read now: at once
                     await ingest.handle_repartition(tp.partition, batch)
-        assigned = {tp for tp in self.assignment() if tp.topic == ingest.topic and (active is None or tp in active)}
-        for tp, run in self.order.runs(assigned, self._lagging):
+        assigned = {tp for tp in self.assignment()
+                    if tp.topic == ingest.topic and (active is None or tp in active or tp in self._held)}
+
+        def read_ahead() -> dict[TP, float]:
+            return {TP(ingest.topic, p): limit for p, limit in ingest.read_ahead_limits().items()}
+
+        for tp, run in self.order.runs(assigned, self._lagging, read_ahead):
             if not self.flow_active or self.app.consumer_generation_id != generation:
                 self.order.forget()
                 break
             await ingest.handle(tp.partition, run)
+        # Faust keeps its partition sets of its own TP (records come keyed by aiokafka's TopicPartition).
+        self._hold({TP(tp.topic, tp.partition) for tp in self.order.held(assigned, read_ahead())})
         for tp, batch in passthrough:
             for record in batch:
                 yield tp, self._to_message(tp, record)

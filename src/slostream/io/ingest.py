@@ -34,7 +34,7 @@ from slostream.pipeline import state_keys
 from slostream.pipeline.envelopes import deadletter_event, oversized_output_event
 from slostream.pipeline.ownership import FORWARD_HEADER, header_partition, last_source_offset
 from slostream.pipeline.pacing import CheckpointPacer
-from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.partition import PartitionProcessor, read_ahead_of
 from slostream.pipeline.types import Output, Snapshot, SourceRecord
 
 log = logging.getLogger("slostream")
@@ -311,12 +311,21 @@ class IngestService:
             proc = self.processors.get(partition)
             if proc is None:
                 continue
-            read_to = max(proc.applied_offset, self._skipped_through.get(partition, -1))
-            end_known_at = self.app.consumer.end_known_at(TP(self.topic, partition), read_to + 1)
+            end_known_at = self._end_known_at(partition, proc)
             if end_known_at is None and only_at_end:
                 continue
             await self._emit(proc.progress(end_known_at))
             self._progress_sent[partition] = time.time()
+
+    def _end_known_at(self, partition: int, proc: PartitionProcessor) -> float | None:
+        """When the measurement partition was last seen at its end, if it has read that far."""
+        read_to = max(proc.applied_offset, self._skipped_through.get(partition, -1))
+        return self.app.consumer.end_known_at(TP(self.topic, partition), read_to + 1)
+
+    def read_ahead_limits(self) -> dict[int, float]:
+        """How far (record time) each measurement partition may be read now (``read_ahead_of``)."""
+        return read_ahead_of(self.processors, {partition: self._end_known_at(partition, proc)
+                                               for partition, proc in self.processors.items()}, time.time())
 
     async def evaluate_pending(self) -> None:
         if not self.writing():

@@ -29,6 +29,7 @@ every partition, not exactness; a topic of one partition needs none of it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import msgspec
 
@@ -86,21 +87,54 @@ def note_time(now: float) -> float:
     return math.ceil(now / READ_GRID_S) * READ_GRID_S
 
 
+# A partition whose progress has not moved for this long (wall time; since its owner took the
+# partition, if it never reported) holds no other back from reading (``read_ahead_limits``): a
+# reader that hangs while its group membership lives on must not stop every worker's reading. Closes
+# still wait for it, up to the open-span cap. Below the read-ahead budget, so live reading never
+# waits for it.
+STALLED_AFTER_S = 600.0
+
+
+def read_ahead_limits(claims: Mapping[int, float | None], partitions: int, budget: float,
+                      stalled: frozenset[int] = frozenset()) -> dict[int, float]:
+    """How far (record time) each partition of the topic may be read: at most ``budget`` past what
+    every partition has read (``claims``: each one's ``read_until``, as best known here; missing or
+    None, nothing known yet), so that no series holds open data further ahead of its aligned time
+    than an SLO's base ring can (an owner holds a series' watermark back to what every partition
+    has read, at most ``max_open_span_s``: beyond it the lagging partition's share is late).
+    Workers read at their own speeds; this is what holds a fast one back (as Flink's watermark
+    alignment does). A partition with the least claim is never held, whatever its next
+    record's time (a gap in its log): the aligned time moves only with it. Until every partition has
+    claimed a position, only those that have not are read. A ``stalled`` partition holds nobody back."""
+    if partitions == 1:
+        return dict.fromkeys(range(partitions), math.inf)
+    known = {p: -math.inf if claims.get(p) is None else claims[p] for p in range(partitions) if p not in stalled}
+    aligned = min(known.values(), default=math.inf)
+    limits = {p: math.inf if claim <= aligned else aligned + budget for p, claim in known.items()}
+    return {**limits, **dict.fromkeys(stalled, math.inf)}
+
+
 class Alignment:
-    """What each partition of the topic has reported of its reading, as one owner has read it."""
+    """What each partition of the topic has reported of its reading, as one owner has read it since
+    wall time ``since``."""
 
-    __slots__ = ("partitions", "read_until")
+    __slots__ = ("partitions", "read_until", "moved_at", "since")
 
-    def __init__(self, partitions: int):
+    def __init__(self, partitions: int, since: float):
         self.partitions = partitions
+        self.since = since
         self.read_until: dict[int, float] = {}  # partition -> it has read everything written before
+        self.moved_at: dict[int, float] = {}  # partition -> wall time its read_until last moved here
 
-    def report(self, source: int, progress: Progress) -> bool:
-        """Take one progress record; True when the aligned time moved."""
-        before = self.aligned_until
-        if progress.read_until is not None:
-            self.read_until[source] = max(self.read_until.get(source, -math.inf), progress.read_until)
-        return self.aligned_until > before
+    def report(self, source: int, progress: Progress, now: float) -> None:
+        """Take one progress record, read at wall time ``now``."""
+        if progress.read_until is not None and progress.read_until > self.read_until.get(source, -math.inf):
+            self.read_until[source] = progress.read_until
+            self.moved_at[source] = now
+
+    def last_moved(self, source: int) -> float:
+        """When ``source``'s progress last moved here (wall time; ``since``, if not since then)."""
+        return self.moved_at.get(source, self.since)
 
     @property
     def aligned_until(self) -> float:
@@ -115,8 +149,8 @@ class Alignment:
         return {"read_until": {str(p): t for p, t in self.read_until.items()}}
 
     @classmethod
-    def from_state(cls, partitions: int, state: dict | None) -> Alignment:
-        alignment = cls(partitions)
+    def from_state(cls, partitions: int, state: dict | None, since: float) -> Alignment:
+        alignment = cls(partitions, since)
         for p, t in (state or {}).get("read_until", {}).items():
             alignment.read_until[int(p)] = t
         return alignment

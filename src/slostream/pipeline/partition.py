@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import msgspec
@@ -49,11 +49,13 @@ from slostream.pipeline import rows, state, state_keys, watermarks
 from slostream.pipeline.alerting import Alerting
 from slostream.pipeline.alignment import (
     PROGRESS_HEADER,
+    STALLED_AFTER_S,
     Alignment,
     decode_progress,
     encode_progress,
     note_time,
     progress_header,
+    read_ahead_limits,
     read_until_claim,
     written_by,
 )
@@ -99,7 +101,7 @@ class PartitionProcessor:
         self._held_of_group: Counter[tuple[str, str]] = Counter()  # series held per (service, metric)
         self.applied_offset = -1  # last offset of the measurement log fully processed
         self.repartition_offset = -1  # and of the repartition log
-        self.alignment = Alignment(config.partitions)  # every partition's progress, as read here
+        self.alignment = Alignment(config.partitions, now)  # every partition's progress, as read here
         self.read_through = -np.inf  # every record appended to this partition before it is read (alignment)
         self._aligned_applied = -np.inf  # the aligned time align_parts last closed the waiting series up to
         self.newest_event_ts = -np.inf  # newest event time of any series here (control commands, metrics)
@@ -231,7 +233,7 @@ class PartitionProcessor:
         except ValueError as exc:
             self.intake.unreadable(record, f"progress of partition {source}", exc, out)
             return
-        self.alignment.report(source, progress)
+        self.alignment.report(source, progress, self.now)
 
     def align_parts(self) -> Iterator[Output]:
         """Close what the progress read so far has aligned for the series waiting on it, a slice
@@ -244,13 +246,17 @@ class PartitionProcessor:
         yield from self._advance_in_slices(np.flatnonzero(self.store.read_count[:self.store.owner_count]), self.now,
                                            idle=False)
 
+    def read_claim(self, end_known_at: float | None) -> float | None:
+        """What this partition claims to have read (``alignment.read_until_claim``)."""
+        return read_until_claim(end_known_at, self.read_through)
+
     def progress(self, end_known_at: float | None) -> Output:
         """Progress records of this partition for every partition (itself included): how far it has
         read (``alignment``), its log's end having been at or before its read position at
         ``end_known_at`` (None: not known); the forwards of what it read were sent before these."""
         out = Output()
         if self.config.partitions > 1:
-            value = encode_progress(read_until_claim(end_known_at, self.read_through))
+            value = encode_progress(self.read_claim(end_known_at))
             header = [progress_header(self.partition)]
             out.forwards = [Forward(p, value, header, 0) for p in range(self.config.partitions)]
         return out
@@ -326,7 +332,7 @@ class PartitionProcessor:
         store.max_ts[owners] = np.maximum(store.max_ts[owners], newest_ts)
         store.last_activity[owners] = now
         if self.config.partitions > 1:  # data of this series up to its newest event time was written by then
-            store.note_reads(owners, note_time(written))
+            store.note_reads(owners, note_time(written), newest_ts)
         store.watermark[owners] = np.maximum(store.watermark[owners], newest_marks)
         self._close(touched, owners, out)
 
@@ -592,6 +598,31 @@ class PartitionProcessor:
         proc = cls(partition, config, now)
         state.restore(proc, items, now)
         return proc
+
+
+def read_ahead_of(procs: Mapping[int, PartitionProcessor], end_known_at: Mapping[int, float | None],
+                  now: float) -> dict[int, float]:
+    """How far (record time) each partition may be read at wall time ``now``
+    (``alignment.read_ahead_limits``), as a worker holding the processors ``procs`` knows it: what
+    its own partitions have read (each last at its log's end at ``end_known_at``, or None), and what
+    every other partition reported to them (stalled, if that stopped moving at all of them)."""
+    if not procs:
+        return {}
+    config = next(iter(procs.values())).config
+    claims: dict[int, float | None] = {}
+    last_moved = dict.fromkeys(range(config.partitions), -np.inf)
+    for proc in procs.values():
+        for source in range(config.partitions):
+            last_moved[source] = max(last_moved[source], proc.alignment.last_moved(source))
+        for source, read_until in proc.alignment.read_until.items():
+            claims[source] = max(claims.get(source, -np.inf), read_until)
+    for partition, proc in procs.items():
+        claim = proc.read_claim(end_known_at.get(partition))
+        if claim is not None:
+            claims[partition] = max(claims.get(partition, -np.inf), claim)
+        last_moved[partition] = now  # read here
+    stalled = frozenset(p for p, at in last_moved.items() if at < now - STALLED_AFTER_S)
+    return read_ahead_limits(claims, config.partitions, config.max_read_ahead_s, stalled)
 
 
 def _after(records: list[SourceRecord], applied: int) -> list[SourceRecord]:

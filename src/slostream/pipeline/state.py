@@ -200,7 +200,7 @@ class _Restored:
         if not isinstance(seen_commands, dict):
             raise ValueError("seen_commands is not an object")
         forward_marks = {int(p): int(o) for p, o in saved.get("forward_marks", {}).items()}
-        alignment = Alignment.from_state(config.partitions, saved.get("alignment"))
+        alignment = Alignment.from_state(config.partitions, saved.get("alignment"), now)
         read_through = _clock(saved.get("read_through"))
         if saved.get("v") == 1:  # one clock for the whole partition: every series starts from it
             old = saved["watermark"]

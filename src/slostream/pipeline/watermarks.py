@@ -2,8 +2,10 @@
 
 A series' watermark trails its newest event time by the grace, but only as far as every partition
 has read (``alignment``): data written before the aligned time counts, newer data waits. The wait is
-capped (``max_source_skew_s``): a source partition that far behind the series' newest data has its
-share of it judged late. A quiet series' watermark runs on at wall speed (``core.watermark``).
+capped (``max_open_span_s``, the SLOs' base ring): a source partition that far behind the series'
+newest data has its share of it judged late. Workers read no further than their read-ahead limits
+(``alignment.read_ahead_limits``), so where record time follows event time the cap is never
+reached. A quiet series' watermark runs on at wall speed (``core.watermark``).
 """
 
 from __future__ import annotations
@@ -28,13 +30,24 @@ def of_batch(config: PipelineConfig, store: WindowStore, aligned_until: float, i
     """The watermark of each element's series before and after it, and the series' newest event
     time before it (elements ``ts`` of series ``ids``, held by window ``owners``, -1 if new); the
     batch was written by ``written``."""
-    grace, skew = config.grace_s, config.max_source_skew_s
+    grace, skew = config.grace_s, config.max_open_span_s
     mark0 = per_key(store.watermark, owners, -np.inf)[ids]
     newest0 = per_key(store.max_ts, owners, -np.inf)
     newest_before, _ = running_max_before(ids, ts, newest0)
     newest_after = np.maximum(newest_before, ts)
     if aligned_until >= written:
-        safe_before, safe_after = newest_before, newest_after
+        # The batch is aligned; a series still holding data that another source's reading has not
+        # aligned yet (a faster source's, written later) follows only the data that is: the reads
+        # released, and this batch.
+        base = newest0.copy()
+        awaiting = np.flatnonzero(owners >= 0)
+        awaiting = awaiting[store.read_count[owners[awaiting]] > 0]
+        if awaiting.size:
+            released = store.release_reads(owners[awaiting], aligned_until)
+            still = store.read_count[owners[awaiting]] > 0
+            base[awaiting[still]] = released[still]
+        safe_before, _ = running_max_before(ids, ts, base)
+        safe_after = np.maximum(safe_before, ts)
     else:
         aligned = np.full(owners.size, -np.inf)
         held = np.flatnonzero(owners >= 0)
@@ -61,7 +74,7 @@ def advance(config: PipelineConfig, store: WindowStore, owners: np.ndarray, now:
         still = store.read_count[owners[awaiting]] > 0  # data not every partition has read past yet
         held_back = awaiting[still]  # as far as the aligned data
         marks[held_back] = np.maximum(np.maximum(watermark[held_back], aligned[still] - config.grace_s),
-                                      max_ts[held_back] - config.max_source_skew_s)
+                                      max_ts[held_back] - config.max_open_span_s)
     moved = np.flatnonzero(marks > watermark)
     store.watermark[owners[moved]] = marks[moved]
     return moved

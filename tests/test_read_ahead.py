@@ -1,0 +1,164 @@
+"""Workers that read their partitions at different speeds: each partition is read no further than its
+read-ahead limit (``pipeline.alignment.read_ahead_limits``), so a backlog spread over every partition
+is caught up exactly however far one worker would get ahead of another (the base ring of an SLO holds
+about an hour, and beyond it a lagging partition's share is late; the backlog is six)."""
+
+import math
+import random
+
+import orjson
+
+from slostream.core.objectives import Policy
+from slostream.pipeline.alignment import STALLED_AFTER_S, read_ahead_limits
+from slostream.pipeline.partition import read_ahead_of
+from slostream.pipeline.types import SourceRecord
+from tests.pipeline_sim import START, Cluster, make_config
+from tests.slo_feed import checkout_slo
+
+PARTITIONS = 4
+FAST, SLOW = (0, 1), (2, 3)  # two workers' partitions
+HOURS = 6
+SERVICES = 5
+
+
+def test_the_least_read_partition_is_never_held_and_the_others_stop_a_budget_past_it():
+    limits = read_ahead_limits({0: 100.0, 1: 5000.0, 2: 100.0, 3: 250.0}, 4, budget=1000.0)
+    assert limits == {0: math.inf, 1: 1100.0, 2: math.inf, 3: 1100.0}
+
+
+def test_until_every_partition_has_claimed_a_position_only_those_that_have_not_are_read():
+    assert read_ahead_limits({0: 100.0, 1: 5000.0}, 3, budget=10.0) == {0: -math.inf, 1: -math.inf, 2: math.inf}
+    assert read_ahead_limits({0: 100.0, 1: None, 2: 7.0}, 3, budget=10.0) == {0: -math.inf, 1: math.inf,
+                                                                             2: -math.inf}
+    assert read_ahead_limits({0: 100.0}, 1, budget=10.0) == {0: math.inf}
+
+
+def test_a_stalled_partition_holds_nobody_back():
+    limits = read_ahead_limits({0: 100.0, 1: 5000.0, 2: 7000.0}, 3, budget=1000.0, stalled=frozenset({0}))
+    assert limits == {0: math.inf, 1: math.inf, 2: 6000.0}
+
+
+def _backlog(cluster: Cluster, rng: random.Random) -> list[dict]:
+    """Every minute of ``HOURS``, three hosts each write an array of two measurements of every service
+    to a random partition (unkeyed), stamped when written: at the end of the minute."""
+    t0 = (START - HOURS * 3600 - 600) // 60 * 60
+    items = []
+    for minute in range(HOURS * 60):
+        for _ in range(3):
+            batch = [{"service": f"svc-{s}", "metric": "http", "ok": rng.random() > 0.05,
+                      "value": round(rng.lognormvariate(4, 0.5), 3), "ts": t0 + minute * 60 + rng.uniform(0, 59)}
+                     for s in range(SERVICES) for _ in range(2)]
+            items += batch
+            partition = rng.randrange(PARTITIONS)
+            log = cluster.logs[partition]
+            log.append(SourceRecord("m", partition, len(log), t0 + minute * 60 + 60, None, orjson.dumps(batch)))
+    return items
+
+
+def _open_span(cluster: Cluster) -> float:
+    """The longest event time any series holds open: from its watermark to its newest measurement."""
+    spans = [proc.store.max_ts[s.windows.owner] - proc.store.watermark[s.windows.owner]
+             for proc in cluster.procs for s in proc.series.values()]
+    return max([s for s in spans if math.isfinite(s)], default=0.0)
+
+
+def _catch_up(limited: bool) -> tuple[Cluster, list[dict], float]:
+    """The backlog read by two workers, one twenty times the other's speed, reporting progress
+    every round; and the longest event time a series held open meanwhile."""
+    rng = random.Random(11)
+    cluster = Cluster(make_config(partitions=PARTITIONS, grace_s=30.0), rng)
+    items = _backlog(cluster, rng)
+    open_span = 0.0
+    for _ in range(20_000):
+        for worker, chunk in ((FAST, 40), (SLOW, 2)):
+            procs = {p: cluster.procs[p] for p in worker}
+            ends = {p: cluster.end_known_at[p] for p in worker}
+            limits = read_ahead_of(procs, ends, cluster.clock) if limited else {}
+            for partition in worker:
+                cluster.step(partition, chunk, limits.get(partition, math.inf))
+        cluster.tick()
+        open_span = max(open_span, _open_span(cluster))
+        if all(cluster.read[p] == len(cluster.logs[p]) for p in range(PARTITIONS)):
+            break
+    else:
+        raise AssertionError(f"the backlog was never read to its end: {cluster.read}")
+    # Every series says, a while later, that it lives: its last backlog window then closes.
+    end = max(m["ts"] for m in items) + 300
+    for partition in range(PARTITIONS):
+        cluster.append(partition, orjson.dumps([{"service": f"svc-{s}", "metric": "http", "ok": True, "ts": end}
+                                                for s in range(SERVICES)]))
+    cluster.drain()
+    cluster.settle()
+    return cluster, items, open_span
+
+
+def _truth(items: list[dict]) -> dict:
+    truth: dict = {}
+    for m in items:
+        key = (m["service"], int(m["ts"] // 60 * 60))
+        truth[key] = truth.get(key, 0) + 1
+    return truth
+
+
+def test_a_backlog_read_by_workers_of_different_speeds_is_caught_up_exactly_holding_little_open():
+    cluster, items, open_span = _catch_up(limited=True)
+    assert [e["data"]["reason"] for e in cluster.deadletter] == []
+    windows = {key: count for key, count in cluster.windows().items() if key in _truth(items)}
+    assert windows == _truth(items)
+    base = cluster.config.resolutions[0]
+    assert open_span < base.retention - cluster.config.report_window_s  # an SLO's base ring holds it
+
+
+def test_without_the_limit_the_fast_worker_runs_hours_ahead_and_the_slow_ones_data_is_late():
+    cluster, _, open_span = _catch_up(limited=False)
+    assert open_span >= cluster.config.max_open_span_s  # capped: a series holds no more open than its ring
+    assert sum(e["data"]["reason"] == "too_late" for e in cluster.deadletter) > 100
+
+
+def test_a_worker_whose_reports_stop_holds_the_others_back_only_until_it_counts_as_stalled():
+    rng = random.Random(3)
+    cluster = Cluster(make_config(partitions=PARTITIONS, grace_s=30.0), rng)
+    _backlog(cluster, rng)
+    for partition in range(PARTITIONS):
+        cluster.step(partition, 5)
+    cluster.tick()
+    for partition in FAST:  # the others' reports read
+        cluster.step(partition, 0)
+    cluster.paused = set(SLOW)  # their worker hangs: no more reads, no more reports
+    fast = {p: cluster.procs[p] for p in FAST}
+    for _ in range(50):
+        limits = read_ahead_of(fast, {p: cluster.end_known_at[p] for p in FAST}, cluster.clock)
+        for partition in FAST:
+            cluster.step(partition, 40, limits[partition])
+        cluster.tick()
+    assert all(limit < math.inf for p, limit in limits.items() if p in FAST)  # held at the slow ones' reads
+    assert max(cluster.procs[p].read_through for p in FAST) < max(cluster.procs[p].read_through for p in SLOW) + 3600
+    cluster.clock += STALLED_AFTER_S + 1
+    limits = read_ahead_of(fast, {p: cluster.end_known_at[p] for p in FAST}, cluster.clock)
+    # Only the fast worker's own partitions align it now: the one behind runs free, the other can read on.
+    assert math.inf in [limits[p] for p in FAST]
+    assert all(limits[p] > cluster.procs[p].read_through for p in FAST)
+    assert all(limits[p] == math.inf for p in SLOW)
+
+
+def test_series_waiting_for_alignment_from_a_cold_start_are_judged_once_it_comes():
+    """Before any partition has reported (a cold start), a series holds what it reads open: every
+    evaluator takes its measurements, and closes them once the reports come."""
+    policy = Policy("co-p95", "checkout", "http", "p95", 60, "above", warning=100.0, critical=400.0)
+    config = make_config(partitions=2, grace_s=30.0, slos=(checkout_slo(),), policies=(policy,))
+    cluster = Cluster(config, random.Random(1))
+    t0 = (START - 3600) // 60 * 60
+    items = [{"service": "checkout", "metric": "http", "ts": t0 + i, "ok": i % 50 != 0, "value": 50.0 + i % 500}
+             for i in range(1800)]
+    for first in range(0, len(items), 30):
+        cluster.append(first // 30 % 2, orjson.dumps(items[first:first + 30]))
+    for partition in range(2):
+        while cluster.step(partition, 5):  # no progress reported: everything waits
+            pass
+    assert cluster.sli == [] and cluster.deadletter == []
+    cluster.append(0, orjson.dumps({"service": "checkout", "metric": "http", "ts": t0 + 2400, "ok": True}))
+    cluster.drain()
+    cluster.settle()
+    assert cluster.deadletter == []
+    windows = {key: n for key, n in cluster.windows().items() if key[1] < t0 + 1800}
+    assert windows == _truth(items)
