@@ -223,7 +223,11 @@ class IngestService:
         holds every genuine one (``PartitionProcessor.receive``). The broker is asked again only for
         a source named past the end last known; and where its answer still falls short, the named
         record is read back (Tansu reports a partition's end from the first record of its last
-        batch, which may hold more)."""
+        batch, which may hold more). A partition this worker owns holds what it has read of it, so
+        its own forwards (all of them, when one worker owns every partition) cost no round trip."""
+        for partition, proc in self.processors.items():
+            if proc.applied_offset >= self._source_ends.get(partition, 0):
+                self._source_ends[partition] = proc.applied_offset + 1
         named: dict[int, int] = {}
         for record in records:
             source = header_partition(record.headers, FORWARD_HEADER)
