@@ -15,6 +15,7 @@ from slostream.config import load_settings
 from slostream.io.topics import ensure_topics
 from slostream.pipeline.alignment import encode_progress, progress_header
 from slostream.pipeline.ownership import encode_forwarded, forward_header
+from slostream.pipeline.rows import ELEMENTS_PER_RECORD
 from tests.conftest import consume
 from tests.integration.streams import PARTITIONS, read_sli, send_records, truth_of
 
@@ -61,6 +62,45 @@ def test_a_forged_forward_and_progress_on_the_measurement_topic_change_no_count(
     assert sorted(e["data"]["reason"] for e in letters) == ["invalid_json"] * (2 * PARTITIONS)
     assert {e["data"]["topic"] for e in letters} == {topic}
     assert worker.stop() == 0
+
+
+def test_a_forward_naming_a_position_past_its_source_end_is_refused_by_the_worker_owning_the_source(
+        kafka, make_worker):
+    """The worker owns every partition, so the ends it knows of its own reading answer its own
+    forwards; a forward naming more than the source holds still goes to the broker, and is refused."""
+    worker = make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS)).start()
+    prefix = make_worker.prefix
+    t0 = (time.time() - 3600) // 60 * 60
+    rng = random.Random(5)
+    items = [{"service": SERVICES[i % 4], "metric": "http", "ok": rng.random() > 0.1, "ts": t0 + i * 0.5}
+             for i in range(4 * 600)]
+    records = [(None, orjson.dumps(items[first:first + 20])) for first in range(0, len(items), 20)]
+    send_records(kafka.bootstrap, f"{prefix}measurements", records)
+    count = 500
+    beyond = (10_000 * ELEMENTS_PER_RECORD) + np.arange(count)  # partition 0 holds a few dozen records
+    forward = encode_forwarded([("checkout", "http", [])], np.zeros(count, dtype=np.int64), np.full(count, t0 + 30),
+                               np.full(count, np.nan), np.ones(count, dtype=np.int8),
+                               np.full(count, -1, dtype=np.int8), beyond, None, t0 + 30)
+    send_to(kafka.bootstrap, f"{prefix}repartition", 0, forward, [forward_header(0)])
+    markers = [(None, orjson.dumps({"service": s, "metric": "http", "ok": True, "ts": t0 + 1500})) for s in SERVICES]
+    send_records(kafka.bootstrap, f"{prefix}measurements", markers)
+    truth = truth_of(items)
+    assert read_sli(kafka.bootstrap, prefix, truth) == truth
+    letters = consume(kafka.bootstrap, f"{prefix}deadletter", lambda ev: len(ev) >= 1)
+    assert [e["data"]["reason"] for e in letters] == ["forward_beyond_source"]
+    assert worker.stop() == 0
+
+
+def send_to(bootstrap: str, topic: str, partition: int, value: bytes, headers: list[tuple[str, bytes]]) -> None:
+    async def run():
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, value, partition=partition, headers=headers)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
 
 
 def test_a_repartition_topic_not_co_partitioned_with_the_measurements_stops_start_up(kafka, make_worker):

@@ -15,7 +15,7 @@ from slostream.io import end_offsets, fetcher_close, undecodable
 from slostream.io.consumer import SloApp
 from slostream.io.control import ControlService
 from slostream.io.fencing import GroupLease
-from slostream.io.ingest import FINAL_CHECKPOINT_TIMEOUT_S, IngestService, source_record
+from slostream.io.ingest import FINAL_CHECKPOINT_TIMEOUT_S, PROGRESS_OWED_CHECK_S, IngestService, source_record
 from slostream.io.metrics import PipelineMetrics
 from slostream.io.outage import BrokerWatch
 from slostream.io.producer import OutputProducer
@@ -109,6 +109,11 @@ def create_app(settings: Settings) -> SloApp:
     @app.timer(settings.tick_interval_s)
     async def advance_idle_partitions() -> None:
         await ingest.tick()
+
+    if settings.partitions > 1:
+        @app.timer(PROGRESS_OWED_CHECK_S)
+        async def report_owed_progress() -> None:
+            await ingest.report_owed_progress()
 
     if settings.slos:
         @app.timer(EVALUATION_INTERVAL_S)

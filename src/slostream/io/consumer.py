@@ -56,14 +56,21 @@ class ShortWaitConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
 
     def end_known_at(self, tp: TP, next_offset: int) -> float | None:
         """A wall time before which everything appended to ``tp`` has been read, if the last fetch
-        response showed its end at or before ``next_offset``; else None (``io.end_offsets``)."""
+        response showed its end at or before ``next_offset``, and every record fetched of it is
+        before ``next_offset`` too; else None (``io.end_offsets``). Tansu reports a partition's end
+        from the first record of its last batch: while the rest of that batch waits in the
+        timestamp order (``catch_up``), the end it reports is no proof of reading (owners closed
+        windows that still missed it: measurements dead-lettered as ``too_late`` in the unkeyed bench)."""
         try:
             consumer = self._ensure_consumer()
             known_at = end_offsets.end_known_at(consumer, tp)
             end = consumer.highwater(tp)
+            state = consumer._subscription.subscription.assignment.state_value(tp)
         except (AssertionError, AttributeError, ConsumerNotStarted, ConsumerStoppedError, KeyError):
             return None  # not assigned (any more), or not fetched yet
-        if known_at is None or end is None or next_offset < end:
+        if known_at is None or end is None or state is None or state.position is None:
+            return None
+        if next_offset < max(end, state.position):
             return None
         return known_at
 

@@ -42,6 +42,8 @@ log = logging.getLogger("slostream")
 # A partition that reaches the end of its log reports at once, but at most this often (each report
 # is one record to every partition); every tick it reports regardless.
 PROGRESS_MIN_INTERVAL_S = 0.25
+# How often a report held back by that interval is looked at (``report_owed_progress``).
+PROGRESS_OWED_CHECK_S = 0.05
 # How long reading back a forward's source record may wait for the broker.
 HOLDS_TIMEOUT_MS = 2000
 # A forward whose source position the broker does not show is asked about this many times, waiting
@@ -140,6 +142,7 @@ class IngestService:
         self.checkpoints = 0
         self._uncheckpointed: set[int] = set()
         self._progress_sent: dict[int, float] = {}  # partition -> wall time of its last progress
+        self._progress_owed: set[int] = set()  # partitions handled since their last progress
         self.state = app.Table(
             STATE_TABLE,
             partitions=settings.partitions,
@@ -186,10 +189,22 @@ class IngestService:
             return  # fenced: the rejoin seeks back to the committed offsets
         for records in self.slicer.slices(batch, forwarded=False):
             await self._apply(partition, records, False, functools.partial(PartitionProcessor.process, records=records))
-        since_sent = time.time() - self._progress_sent.get(partition, 0.0)
-        if self.settings.partitions > 1 and since_sent >= PROGRESS_MIN_INTERVAL_S:
-            async with self.lock:  # at the end of its log: say so now, not at the next tick
-                await self._send_progress([partition], only_at_end=True)
+        if self.settings.partitions > 1:
+            self._progress_owed.add(partition)
+            await self.report_owed_progress()
+
+    async def report_owed_progress(self) -> None:
+        """Progress of the partitions handled since they last reported, once they are at the end of
+        their log and ``PROGRESS_MIN_INTERVAL_S`` has passed since that report: said now, not at the
+        next tick, as every owner closes its windows only when all partitions have read past them
+        (the last records of a burst would otherwise wait up to ``tick_interval_s``)."""
+        self._progress_owed.intersection_update(self.processors)
+        now = time.time()
+        due = [partition for partition in self._progress_owed
+               if now - self._progress_sent.get(partition, 0.0) >= PROGRESS_MIN_INTERVAL_S]
+        if due and self.writing():
+            async with self.lock:
+                await self._send_progress(due, only_at_end=True)
 
     async def handle_repartition(self, partition: int, batch: list[SourceRecord]) -> None:
         """A fetched batch of the repartition topic: forwards and progress for this partition."""
@@ -224,7 +239,11 @@ class IngestService:
         holds every genuine one (``PartitionProcessor.receive``). The broker is asked again only for
         a source named past the end last known; and where its answer still falls short, the named
         record is read back (Tansu reports a partition's end from the first record of its last
-        batch, which may hold more)."""
+        batch, which may hold more). A partition this worker owns holds what it has read of it, so
+        its own forwards (all of them, when one worker owns every partition) cost no round trip."""
+        for partition, proc in self.processors.items():
+            if proc.applied_offset >= self._source_ends.get(partition, 0):
+                self._source_ends[partition] = proc.applied_offset + 1
         named: dict[int, int] = {}
         for record in records:
             source = header_partition(record.headers, FORWARD_HEADER)
@@ -316,6 +335,7 @@ class IngestService:
                 continue
             await self._emit(proc.progress(end_known_at))
             self._progress_sent[partition] = time.time()
+            self._progress_owed.discard(partition)
 
     def _end_known_at(self, partition: int, proc: PartitionProcessor) -> float | None:
         """When the measurement partition was last seen at its end, if it has read that far."""

@@ -170,7 +170,7 @@ def decode_forwarded(value: bytes | None) -> Forwarded:
         raise ValueError("forwarded record names a series it does not hold")
     if not ((ts > 0) & (ts < MAX_PLAUSIBLE_TS)).all() or (np.abs(values) > MAX_ABS_VALUE).any():
         raise ValueError("forwarded record holds a time or a value out of range")
-    if not (np.isin(columns["ok"], (-1, 0, 1)).all() and np.isin(columns["outcome"], (-1, 0, 1)).all()):
+    if not all(((flags >= -1) & (flags <= 1)).all() for flags in (columns["ok"], columns["outcome"])):
         raise ValueError("forwarded record holds an ok or an outcome that is not -1, 0 or 1")
     if forwarded.written is not None and forwarded.written != forwarded.written:
         raise ValueError("forwarded record's write time is NaN")
