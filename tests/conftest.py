@@ -79,6 +79,8 @@ BACKGROUND = {"demo_run": (["demo", "--duration", "75"], 180.0)}
 
 def pytest_collection_finish(session):
     """Starts each background command (``BACKGROUND``) that a selected test uses."""
+    if session.config.option.collectonly:
+        return
     wanted = {name for item in session.items for name in getattr(item, "fixturenames", ()) if name in BACKGROUND}
     for name in sorted(wanted):
         Background(name, *BACKGROUND[name])
