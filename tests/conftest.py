@@ -34,6 +34,69 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+class Background:
+    """A command started as soon as the tests are collected, when a selected test asks for it by
+    the fixture ``name``: ``slostream demo`` runs 75 s of wall time on its own broker, mostly
+    waiting, so it runs while the tests before it run. Its test reads the outcome (``result``)."""
+
+    started: dict[str, Background] = {}  # noqa: RUF012
+
+    def __init__(self, name: str, args: list[str], timeout: float):
+        import tempfile
+
+        self.args, self.timeout = args, timeout
+        self.out = tempfile.TemporaryFile()  # noqa: SIM115 (open while the command runs)
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115
+        self.process = subprocess.Popen([sys.executable, "-m", "slostream", *args], stdout=self.out,
+                                        stderr=self.err)
+        self.deadline = time.monotonic() + timeout
+        Background.started[name] = self
+
+    def result(self) -> subprocess.CompletedProcess:
+        """The finished command's outcome, as ``subprocess.run(..., capture_output=True, text=True,
+        timeout=...)`` gives it, the timeout counted from its start."""
+        try:
+            self.process.wait(max(0.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise
+        return subprocess.CompletedProcess(self.process.args, self.process.returncode, self._read(self.out),
+                                           self._read(self.err))
+
+    @staticmethod
+    def _read(file) -> str:
+        file.seek(0)
+        return file.read().decode()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+BACKGROUND = {"demo_run": (["demo", "--duration", "75"], 180.0)}
+
+
+def pytest_collection_finish(session):
+    """Starts each background command (``BACKGROUND``) that a selected test uses."""
+    if session.config.option.collectonly:
+        return
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ()) if name in BACKGROUND}
+    for name in sorted(wanted):
+        Background(name, *BACKGROUND[name])
+
+
+def pytest_sessionfinish(session):
+    for background in Background.started.values():
+        background.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_run() -> Background:
+    """``slostream demo --duration 75``, started when the tests were collected."""
+    return Background.started["demo_run"]
+
+
 @dataclass
 class Broker:
     url: str

@@ -56,9 +56,10 @@ def test_run_without_broker_starts_the_embedded_one_and_stops_on_sigterm(tmp_pat
             worker.wait(10)
 
 
-def test_demo_prints_windows_and_a_page_that_fires_and_resolves_then_exits_cleanly():
-    result = subprocess.run([sys.executable, "-m", "slostream", "demo", "--duration", "75"],
-                            capture_output=True, text=True, timeout=180)
+def test_demo_prints_windows_and_a_page_that_fires_and_resolves_then_exits_cleanly(demo_run):
+    # `slostream demo --duration 75`, started in the background when the tests were collected
+    # (tests/conftest.py): 75 s of wall time, mostly waiting, spent while the tests before this one run.
+    result = demo_run.result()
     assert result.returncode == 0, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if " ms" in line and "/s" in line]
     for service in ("checkout", "search", "payments"):

@@ -62,6 +62,12 @@ def test_recommendations_end_to_end(kafka, make_worker, tmp_path):
     assert worker.stop() == 0
 
 
+# Records sent between two waits for the worker (``_reached``): four records of eight minutes are
+# 32 minutes of event time in flight, about half of what a partition may lag its series' newest one
+# before its measurements are too late (max_source_skew_s, about an hour here), which the test checks.
+LIVE_EVERY = 4
+
+
 def _reached(worker, event_time: float, timeout: float = 60.0) -> None:
     """Until the worker's newest watermark has reached ``event_time``: a live producer's records are
     read as they come, while days of event time are sent in seconds here (a backlog of unkeyed
@@ -103,12 +109,12 @@ def test_live_unkeyed_producers_get_policy_and_slo_recommendations_across_a_rest
     newest = [items[min(i + 36, len(items)) - 1]["ts"] - 10 for i in range(0, len(items), 36)]
     half = len(records) // 2
     first = make_worker("recommend", **env).start()
-    send_records(kafka.bootstrap, f"{prefix}measurements", records[:half], compression="lz4", pause_every=2,
+    send_records(kafka.bootstrap, f"{prefix}measurements", records[:half], compression="lz4", pause_every=LIVE_EVERY,
                  wait=lambda sent: _reached(first, newest[sent - 1]))
     _reached(first, newest[half - 1])
     assert first.stop() == 0
     second = make_worker("recommend", **env).start()
-    send_records(kafka.bootstrap, f"{prefix}measurements", records[half:], compression="lz4", pause_every=2,
+    send_records(kafka.bootstrap, f"{prefix}measurements", records[half:], compression="lz4", pause_every=LIVE_EVERY,
                  wait=lambda sent: _reached(second, newest[half + sent - 1]))
     topic = f"{prefix}recommendations"
     events = consume(kafka.bootstrap, topic, lambda ev: {e["id"] for e in ev} >= set(expected), timeout=120)
