@@ -4,7 +4,7 @@ with one partition; a control command asks for more; the API and /metrics show t
 
 Keyed, because eight days of backlog sent at once without keys reach the owner through four
 partitions read at different speeds, and what lags the newest by more than the base ring (about
-an hour of event time) is dead-lettered as too late (``max_source_skew_s``, see README)."""
+an hour of event time) is dead-lettered as too late (``max_open_span_s``, see README)."""
 
 import shutil
 import subprocess
@@ -64,7 +64,7 @@ def test_recommendations_end_to_end(kafka, make_worker, tmp_path):
 
 # Records sent between two waits for the worker (``_reached``): four records of eight minutes are
 # 32 minutes of event time in flight, about half of what a partition may lag its series' newest one
-# before its measurements are too late (max_source_skew_s, about an hour here), which the test checks.
+# before its measurements are too late (max_open_span_s, about an hour here), which the test checks.
 LIVE_EVERY = 4
 
 
