@@ -1,0 +1,42 @@
+"""``slostream bench --broker`` through a listener that enforces TLS and SCRAM (``tests/kafka_front.py``):
+the bench's own clients and every worker it starts must log in, or the front refuses them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+from tests.kafka_front import KafkaFront, make_certificates
+
+PASSWORD = "bench-scram-pw-4Kd9"
+
+
+def test_bench_throughput_runs_through_sasl_ssl_with_scram(tmp_path):
+    certificates = make_certificates(tmp_path)
+    front = KafkaFront(certificates, {"bench": PASSWORD}, require_client_certificate=True).start()
+    config = tmp_path / "bench.yaml"
+    # The password inline in the YAML: the bench must hand it to its workers (by file) itself.
+    config.write_text(yaml.safe_dump({
+        "security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-256", "sasl_username": "bench",
+        "sasl_password": PASSWORD, "ssl_cafile": certificates.cafile, "ssl_certfile": certificates.client_certfile,
+        "ssl_keyfile": certificates.client_keyfile}))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("SLOSTREAM_")}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "slostream", "bench", "--json", "--broker", front.url, "--config", str(config),
+             "--only", "throughput", "--rounds", "1", "--batched-records", "20", "--single-records", "200"],
+            env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        front.stop()
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["broker"] == f"{front.url} (SASL_SSL)"
+    for name in ("batched", "single"):
+        assert result[f"ceiling_{name}_mps"] > 0 and result[f"{name}_mps"] > 0 and result[f"{name}_unkeyed_mps"] > 0
+    assert front.refused == []  # no client of the bench or of a worker came without its login
+    # The bench's admin, producers and ceiling consumers, and six workers (each several clients).
+    assert set(front.logins) == {"bench"} and len(front.logins) >= 20
