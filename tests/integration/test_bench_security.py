@@ -28,7 +28,8 @@ def test_bench_throughput_runs_through_sasl_ssl_with_scram(tmp_path):
     try:
         done = subprocess.run(
             [sys.executable, "-m", "slostream", "bench", "--json", "--broker", front.url, "--config", str(config),
-             "--only", "throughput", "--rounds", "1", "--batched-records", "20", "--single-records", "200"],
+             # Counts dense enough that every expected SLI window has data (about 55 s in all).
+             "--only", "throughput", "--rounds", "1", "--batched-records", "200", "--single-records", "20000"],
             env=env, capture_output=True, text=True, timeout=300)
     finally:
         front.stop()
