@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from tests.kafka_front import KafkaFront, make_certificates
@@ -25,16 +27,21 @@ def test_bench_throughput_runs_through_sasl_ssl_with_scram(tmp_path):
         "sasl_password": PASSWORD, "ssl_cafile": certificates.cafile, "ssl_certfile": certificates.client_certfile,
         "ssl_keyfile": certificates.client_keyfile}))
     env = {key: value for key, value in os.environ.items() if not key.startswith("SLOSTREAM_")}
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "slostream", "bench", "--json", "--broker", front.url, "--config", str(config),
+         # Counts dense enough that every expected SLI window has data (about 55 s in all).
+         "--only", "throughput", "--rounds", "1", "--batched-records", "200", "--single-records", "20000"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "slostream", "bench", "--json", "--broker", front.url, "--config", str(config),
-             # Counts dense enough that every expected SLI window has data (about 55 s in all).
-             "--only", "throughput", "--rounds", "1", "--batched-records", "200", "--single-records", "20000"],
-            env=env, capture_output=True, text=True, timeout=300)
+        stdout, stderr = bench.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        bench.send_signal(signal.SIGINT)  # KeyboardInterrupt: the bench's finally blocks stop its workers
+        stdout, stderr = bench.communicate(timeout=60)
+        pytest.fail(f"the bench did not finish within 240 s: {stderr[-3000:]}")
     finally:
         front.stop()
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
+    assert bench.returncode == 0, stderr[-3000:]
+    result = json.loads(stdout)
     assert result["broker"] == f"{front.url} (SASL_SSL)"
     for name in ("batched", "single"):
         assert result[f"ceiling_{name}_mps"] > 0 and result[f"{name}_mps"] > 0 and result[f"{name}_unkeyed_mps"] > 0
