@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -82,7 +83,9 @@ class BenchRun:
         self.t0 = time.time() - SPAN_S - 2 * REPORT_S
         self.batched_records, self.single_records, self.rounds = batched_records, single_records, rounds
         self.settings = settings
-        self.workdir = tempfile.mkdtemp(prefix="slostream-bench-")  # owner-only: it may hold the password
+        self.workdir = tempfile.mkdtemp(prefix="slostream-bench-")
+        # Owner-only, and removed at the end: the password the workers read, if the settings held it inline.
+        self.secrets_dir = tempfile.mkdtemp(prefix="slostream-bench-secrets-")
         self._embedded: EmbeddedBroker | None = None
         self._broker: BenchBroker | None = None
 
@@ -103,13 +106,15 @@ class BenchRun:
         if self._broker is None:
             if self.settings.broker is None:
                 self._embedded = EmbeddedBroker().start()
-                self._broker = BenchBroker(dataclasses.replace(self.settings, broker=self._embedded.url), self.workdir)
+                self._broker = BenchBroker(dataclasses.replace(self.settings, broker=self._embedded.url),
+                                           self.secrets_dir)
             else:
                 # Topics and groups of earlier runs stay on an external broker: this run's are its own.
-                self._broker = BenchBroker(self.settings, self.workdir, namespace=f"bench{secrets.token_hex(4)}-")
+                self._broker = BenchBroker(self.settings, self.secrets_dir, namespace=f"bench{secrets.token_hex(4)}-")
         return self._broker
 
     def close(self) -> None:
+        shutil.rmtree(self.secrets_dir)
         if self._embedded is not None:
             self._embedded.stop()
 
