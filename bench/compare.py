@@ -12,8 +12,9 @@ import statistics
 import tempfile
 import time
 
-from slostream.bench.common import REPORT_S, SPAN_S, _ceiling, _expected_windows, _payloads, _prepare
+from slostream.bench.common import REPORT_S, SPAN_S, BenchBroker, _ceiling, _expected_windows, _payloads, _prepare
 from slostream.bench.throughput import _bench_definitions, _end_to_end
+from slostream.config import Settings
 from slostream.io.broker import EmbeddedBroker
 
 
@@ -31,11 +32,12 @@ def main() -> None:
     definitions = _bench_definitions(os.path.join(tempfile.mkdtemp(), "defs.yaml")) if args.slos else None
     sources = {"baseline": args.baseline_src, "this": None}
     mps: dict[str, list[float]] = {"ceiling": [], "baseline": [], "this": []}
-    with EmbeddedBroker() as broker:
+    with EmbeddedBroker() as embedded:
+        broker = BenchBroker(Settings(broker=embedded.url), tempfile.mkdtemp())
         for number in range(args.rounds):
             topics = {f"r{number}{name}": (payloads, 1) for name in ("ceiling", *sources)}
             asyncio.run(_prepare(broker, topics))
-            seconds, _ = asyncio.run(_ceiling(broker.bootstrap, f"r{number}ceiling.measurements", len(payloads)))
+            seconds, _ = asyncio.run(_ceiling(broker, f"r{number}ceiling.measurements", len(payloads)))
             mps["ceiling"].append(measurements / seconds)
             order = list(sources) if number % 2 == 0 else list(sources)[::-1]
             for name in order:

@@ -112,7 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     what = recommend.add_mutually_exclusive_group(required=True)
     what.add_argument("--policy", help="the policy whose levels to recommend")
     what.add_argument("--slo", help="the threshold SLO whose threshold to recommend")
-    bench = sub.add_parser("bench", help="measure throughput against the embedded broker")
+    bench = sub.add_parser("bench", help="measure throughput against the embedded broker, or --broker")
+    bench.add_argument("--config", help="YAML settings file (its broker and Kafka security are used)")
+    bench.add_argument("--broker", help="kafka://host:port[,host:port]: run the broker parts against it, with the "
+                                        "settings' Kafka security; unset starts the embedded broker")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--batched-records", type=int, default=20_000)
     bench.add_argument("--single-records", type=int, default=300_000)
@@ -149,8 +152,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_control(_client_settings(args), sign_command(doc, args))
         if args.command == "bench":
             from slostream.bench import run_bench
+            from slostream.io.security import redact_logs
 
-            return run_bench(args.batched_records, args.single_records, args.json, args.rounds, args.only)
+            settings = load_settings(args.config, os.environ, {"broker": args.broker})
+            redact_logs(settings)
+            return run_bench(settings, args.batched_records, args.single_records, args.json, args.rounds, args.only)
     except ConfigError as exc:
         print(f"slostream: configuration error: {exc}", file=sys.stderr)
         return 2

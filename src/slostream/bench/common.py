@@ -1,4 +1,5 @@
-"""What the bench parts share: data sets, producing, topics, a worker process and its metrics."""
+"""What the bench parts share: the broker and its clients, data sets, producing, topics, a worker
+process and its metrics."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from typing import TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from slostream.config import Settings
 from slostream.core.drift_rules import DriftRule, DriftRules
-from slostream.io.broker import EmbeddedBroker, free_port
+from slostream.io.broker import free_port
+from slostream.io.security import SECURITY_ENV, kafka_client_options, security_environment
 
 SERVICES = 10
 UNKEYED_PARTITIONS = 4
@@ -23,6 +27,31 @@ SPAN_S = 600  # event time covered by each data set
 REPORT_S = 60
 GRACE_S = 30
 DRIFT_OFF = DriftRules(default=DriftRule(enabled=False))  # to measure what drift, on by default, costs
+
+Client = TypeVar("Client", AIOKafkaProducer, AIOKafkaConsumer, AIOKafkaAdminClient)
+
+
+class BenchBroker:
+    """The broker a bench run uses (the embedded one, or ``--broker``) and the one way the bench
+    reaches it: every client it makes and every worker it starts gets the settings' security."""
+
+    def __init__(self, settings: Settings, secrets_dir: str, namespace: str = ""):
+        self.settings = settings
+        self.url = settings.broker
+        self.bootstrap = settings.broker_hosts
+        # Put before every topic and group name: an external broker keeps what earlier runs made.
+        self.namespace = namespace
+        self.worker_security = security_environment(settings, secrets_dir)
+
+    def client(self, kind: type[Client], **options) -> Client:
+        """An aiokafka producer, consumer or admin client of this broker."""
+        return kind(bootstrap_servers=self.bootstrap, **kafka_client_options(self.settings), **options)
+
+    def worker_env(self, env: dict[str, str]) -> dict[str, str]:
+        """A worker's environment: this process's with the bench's security in place of any
+        inherited, then ``env``."""
+        inherited = {name: value for name, value in os.environ.items() if name not in SECURITY_ENV}
+        return {**inherited, **self.worker_security, **env}
 
 
 def _measurements(count: int, t0: float, rng: random.Random) -> list[dict]:
@@ -58,12 +87,12 @@ def _expected_windows(t0: float) -> int:
     return SERVICES * ((last - first) // REPORT_S + 1)
 
 
-async def _produce(bootstrap: str, topic: str, payloads: list[bytes], partitions: int = 1,
+async def _produce(broker: BenchBroker, topic: str, payloads: list[bytes], partitions: int = 1,
                    markers: list[bytes] = (), compression: str | None = None) -> None:
     """Records round-robin over the topic's partitions, as unkeyed producers spread them; then every
     marker to every partition."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_batch_size=1 << 20,
-                                max_request_size=8 << 20, compression_type=compression)
+    producer = broker.client(AIOKafkaProducer, linger_ms=5, max_batch_size=1 << 20, max_request_size=8 << 20,
+                             compression_type=compression)
     await producer.start()
     try:
         for number, payload in enumerate(payloads):
@@ -76,10 +105,9 @@ async def _produce(bootstrap: str, topic: str, payloads: list[bytes], partitions
         await producer.stop()
 
 
-async def _ceiling(bootstrap: str, topic: str, records: int) -> tuple[float, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
-                                fetch_max_bytes=64 << 20)
+async def _ceiling(broker: BenchBroker, topic: str, records: int) -> tuple[float, int]:
+    consumer = broker.client(AIOKafkaConsumer, enable_auto_commit=False, auto_offset_reset="earliest",
+                             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
     await consumer.start()
     try:
         consumer.assign([TopicPartition(topic, 0)])
@@ -111,9 +139,8 @@ def _wait_ready(port: int, worker: subprocess.Popen, timeout: float = 60.0) -> f
     raise RuntimeError("worker did not become ready")
 
 
-async def _last_sli_time(bootstrap: str, topic: str, expected: int, timeout: float) -> float:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+async def _last_sli_time(broker: BenchBroker, topic: str, expected: int, timeout: float) -> float:
+    consumer = broker.client(AIOKafkaConsumer, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
         partitions = consumer.partitions_for_topic(topic) or {0}
@@ -132,13 +159,13 @@ async def _last_sli_time(bootstrap: str, topic: str, expected: int, timeout: flo
         await consumer.stop()
 
 
-def _start_worker(broker: EmbeddedBroker, prefix: str, partitions: int,
+def _start_worker(broker: BenchBroker, prefix: str, partitions: int,
                   env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     port = free_port()
     worker = subprocess.Popen(
         [sys.executable, "-m", "slostream", "run", "--broker", broker.url, "--topic-prefix", prefix,
          "--partitions", str(partitions), "--web-port", str(port), "--app-id", f"bench-{prefix.strip('.')}"],
-        env=dict(os.environ, SLOSTREAM_LOG_LEVEL="warning", **env),
+        env=broker.worker_env({"SLOSTREAM_LOG_LEVEL": "warning", **env}),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     return worker, port
@@ -178,11 +205,11 @@ def _rss() -> int:
 TOPICS = ("measurements", "repartition", "sli", "deadletter", "alerts", "breaches", "control")
 
 
-async def _create_topics(broker: EmbeddedBroker, prefixes: tuple[str, ...],
+async def _create_topics(broker: BenchBroker, prefixes: tuple[str, ...],
                          partitions: dict[str, int] | None = None) -> None:
     """Every topic of each prefix; the measurement and repartition topics with ``partitions[prefix]``
     partitions (1)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin = broker.client(AIOKafkaAdminClient)
     await admin.start()
     try:
         await admin.create_topics([
@@ -192,12 +219,12 @@ async def _create_topics(broker: EmbeddedBroker, prefixes: tuple[str, ...],
         await admin.close()
 
 
-async def _prepare(broker: EmbeddedBroker, sets: dict[str, tuple[list[bytes], int]]) -> None:
+async def _prepare(broker: BenchBroker, sets: dict[str, tuple[list[bytes], int]]) -> None:
     """One topic set per worker run (a run's SLI output must not mix with another's):
     prefix -> (payloads, partitions of its measurement topic)."""
     await _create_topics(broker, tuple(sets), {prefix: partitions for prefix, (_, partitions) in sets.items()})
     for prefix, (payloads, partitions) in sets.items():
         # The markers go to every partition: a series read from several partitions closes a window
         # when all of them have passed it (or after idle_after_s, 30 s, for one that stopped).
-        await _produce(broker.bootstrap, f"{prefix}.measurements", payloads[:-SERVICES], partitions,
+        await _produce(broker, f"{prefix}.measurements", payloads[:-SERVICES], partitions,
                        markers=payloads[-SERVICES:])

@@ -1,6 +1,6 @@
 """The ``fuzz`` part: hostile records through the pure pipeline, a million per input path
 (measurement records, record headers, state changelog records at a restore), and a hundred thousand
-through a real worker on the embedded broker. Reported: how many went in, how many raised (a crash
+through a real worker on the bench's broker. Reported: how many went in, how many raised (a crash
 of a worker; the goal is 0), how many outputs had a number that is not finite (the goal is 0), and
 the dead letters by reason.
 
@@ -23,11 +23,10 @@ from collections.abc import Callable
 
 import orjson
 
-from slostream.bench.common import _create_topics, _metric, _scrape, _start_worker, _wait_ready
+from slostream.bench.common import BenchBroker, _create_topics, _metric, _scrape, _start_worker, _wait_ready
 from slostream.config import Settings, pipeline_config
 from slostream.core.budget import default_tiers
 from slostream.core.objectives import GoodRule, Policy, Slo, SloWindow
-from slostream.io.broker import EmbeddedBroker
 from slostream.pipeline.alignment import PROGRESS_HEADER
 from slostream.pipeline.ownership import FORWARD_HEADER
 from slostream.pipeline.partition import PartitionProcessor
@@ -260,14 +259,14 @@ def _changelog_path(records: int) -> dict:
     return {**tally.report(time.perf_counter() - started), "state_records_unreadable": unreadable}
 
 
-def _worker_path(broker: EmbeddedBroker, records: int) -> dict:
+def _worker_path(broker: BenchBroker, records: int) -> dict:
     """Fuzzed records (with fuzzed headers and keys) over 2 partitions, then a worker reads them all."""
-    prefix, partitions = "fuzz", 2
+    prefix, partitions = f"{broker.namespace}fuzz", 2
     rng = random.Random(25)
     now = time.time()
     genuine = _forwards_to_mutate(_config(partitions))
     asyncio.run(_create_topics(broker, (prefix,), {prefix: partitions}))
-    asyncio.run(_send(broker.bootstrap, f"{prefix}.measurements", [
+    asyncio.run(_send(broker, f"{prefix}.measurements", [
         (i % partitions, rng.choice([None, b"checkout", rng.randbytes(3)]),
          fuzzed_value(rng, now) if rng.random() < 0.9 else _mutated(rng, rng.choice(genuine)),
          fuzzed_headers(rng)) for i in range(records)]))
@@ -302,10 +301,10 @@ def _worker_path(broker: EmbeddedBroker, records: int) -> dict:
         worker.wait(60)
 
 
-async def _send(bootstrap: str, topic: str, records: list[tuple[int, bytes | None, bytes, tuple]]) -> None:
+async def _send(broker: BenchBroker, topic: str, records: list[tuple[int, bytes | None, bytes, tuple]]) -> None:
     from aiokafka import AIOKafkaProducer
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=8 << 20)
+    producer = broker.client(AIOKafkaProducer, linger_ms=5, max_request_size=8 << 20)
     await producer.start()
     try:
         for partition, key, value, headers in records:
@@ -317,6 +316,6 @@ async def _send(bootstrap: str, topic: str, records: list[tuple[int, bytes | Non
         await producer.stop()
 
 
-def fuzz_counts(broker: EmbeddedBroker) -> dict:
+def fuzz_counts(broker: BenchBroker) -> dict:
     return {"fuzz": {"measurements": _measurement_path(PIPELINE_RECORDS), "headers": _header_path(PIPELINE_RECORDS),
                      "changelog": _changelog_path(PIPELINE_RECORDS), "worker": _worker_path(broker, WORKER_RECORDS)}}

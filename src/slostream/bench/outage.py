@@ -1,6 +1,7 @@
 """``outage``: how long after the broker returns a worker is processing again, after a broker
 restart and after a 3-minute outage, with Tansu on S3 storage (a local moto server, so topics and
-offsets survive); and that nothing was lost: every SLI window of the run is exact."""
+offsets survive); and that nothing was lost: every SLI window of the run is exact. It stops and
+starts that broker itself, so it cannot run against an external one (``slostream bench --broker``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import time
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from slostream.bench.common import _metric, _scrape, _wait_ready
+from slostream.bench.common import BenchBroker, _metric, _scrape, _wait_ready
+from slostream.config import Settings
 from slostream.io.broker import EmbeddedBroker, S3Server, free_port
 
 OUTAGE_S = 180.0
@@ -29,20 +31,20 @@ def _half(t0: float, start: int) -> list[tuple[bytes, bytes]]:
             for t in range(start, start + OUTAGE_SECONDS_OF_TRAFFIC) for s in range(OUTAGE_SERVICES)]
 
 
-def _start_worker(broker: EmbeddedBroker, prefix: str, log_path: str) -> tuple[subprocess.Popen, int]:
+def _start_worker(broker: BenchBroker, prefix: str, log_path: str) -> tuple[subprocess.Popen, int]:
     """A worker on 4 partitions, its log kept (what it says through the outage is part of the result)."""
     port = free_port()
     with open(log_path, "ab") as log:
         worker = subprocess.Popen(
             [sys.executable, "-m", "slostream", "run", "--broker", broker.url, "--topic-prefix", prefix,
              "--partitions", "4", "--web-port", str(port), "--app-id", f"bench-{prefix.strip('.')}"],
-            env=dict(os.environ, SLOSTREAM_LOG_LEVEL="info", SLOSTREAM_CHECKPOINT_INTERVAL_S="0.2"),
+            env=broker.worker_env({"SLOSTREAM_LOG_LEVEL": "info", "SLOSTREAM_CHECKPOINT_INTERVAL_S": "0.2"}),
             stdout=log, stderr=subprocess.STDOUT)
     return worker, port
 
 
-async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+async def _produce(broker: BenchBroker, topic: str, records: list[tuple[bytes, bytes]]) -> None:
+    producer = broker.client(AIOKafkaProducer, linger_ms=5)
     await producer.start()
     try:
         for key, value in records:
@@ -52,8 +54,8 @@ async def _produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]
         await producer.stop()
 
 
-async def _sli_counts(bootstrap: str, topic: str, expected: int, timeout: float) -> dict:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+async def _sli_counts(broker: BenchBroker, topic: str, expected: int, timeout: float) -> dict:
+    consumer = broker.client(AIOKafkaConsumer, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
         consumer.assign([TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or {0}])
@@ -82,26 +84,28 @@ def _reconnect(down_s: float) -> dict:
               for s in range(OUTAGE_SERVICES)]
     truth = collections.Counter((orjson.loads(v)["service"], int(orjson.loads(v)["ts"] // 60 * 60))
                                 for _, v in first + second)
-    log_path = os.path.join(tempfile.mkdtemp(prefix="slostream-outage-"), "worker.log")
-    with S3Server() as storage, EmbeddedBroker(storage=storage) as broker:
+    workdir = tempfile.mkdtemp(prefix="slostream-outage-")
+    log_path = os.path.join(workdir, "worker.log")
+    with S3Server() as storage, EmbeddedBroker(storage=storage) as embedded:
+        broker = BenchBroker(Settings(broker=embedded.url), workdir)
         worker, port = _start_worker(broker, prefix, log_path)
         try:
             _wait_ready(port, worker)
-            asyncio.run(_produce(broker.bootstrap, f"{prefix}measurements", first))
+            asyncio.run(_produce(broker, f"{prefix}measurements", first))
             time.sleep(5)  # read and checkpointed
-            broker.stop()
+            embedded.stop()
             time.sleep(down_s)
             before = _metric(_scrape(port)[0], "slostream_ingest_records_total")
-            broker.start()
+            embedded.start()
             back_at = time.monotonic()
-            asyncio.run(_produce(broker.bootstrap, f"{prefix}measurements", second[:1]))
+            asyncio.run(_produce(broker, f"{prefix}measurements", second[:1]))
             while worker.poll() is None and _metric(_scrape(port)[0], "slostream_ingest_records_total") <= before:
                 time.sleep(0.05)
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited ({worker.returncode}) after the outage; see {log_path}")
             reading_after_s = time.monotonic() - back_at
-            asyncio.run(_produce(broker.bootstrap, f"{prefix}measurements", second[1:] + closer))
-            seen = asyncio.run(_sli_counts(broker.bootstrap, f"{prefix}sli", len(truth), 300))
+            asyncio.run(_produce(broker, f"{prefix}measurements", second[1:] + closer))
+            seen = asyncio.run(_sli_counts(broker, f"{prefix}sli", len(truth), 300))
             wrong = {f"{service} {start}": [seen["counts"].get((service, start)), count]
                      for (service, start), count in truth.items() if seen["counts"].get((service, start)) != count}
             page = _scrape(port)[0]

@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
-import os
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -19,6 +16,7 @@ from slostream.bench.common import (
     DRIFT_OFF,
     SERVICES,
     UNKEYED_PARTITIONS,
+    BenchBroker,
     _ceiling,
     _check_nothing_rejected,
     _create_topics,
@@ -29,7 +27,6 @@ from slostream.bench.common import (
     _wait_ready,
 )
 from slostream.config import Settings, pipeline_config
-from slostream.io.broker import EmbeddedBroker, free_port
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.types import PipelineConfig, SourceRecord
 
@@ -49,7 +46,7 @@ def _bench_definitions(path: str) -> str:
     return path
 
 
-def _end_to_end(broker: EmbeddedBroker, prefix: str, expected: int, definitions: str | None = None,
+def _end_to_end(broker: BenchBroker, prefix: str, expected: int, definitions: str | None = None,
                 partitions: int = 1, source: str | None = None) -> float:
     """Seconds from a fresh worker's readiness to its last SLI event; ``source``: run the worker
     from another checkout's ``src`` (``bench/compare``)."""
@@ -59,7 +56,7 @@ def _end_to_end(broker: EmbeddedBroker, prefix: str, expected: int, definitions:
     worker, port = _start_worker(broker, prefix, partitions, env)
     try:
         ready_at = _wait_ready(port, worker)
-        last = asyncio.run(_last_sli_time(broker.bootstrap, f"{prefix}sli", expected, timeout=300))
+        last = asyncio.run(_last_sli_time(broker, f"{prefix}sli", expected, timeout=300))
         _check_nothing_rejected(_scrape(port)[0], prefix)
         return last - ready_at
     finally:
@@ -93,10 +90,10 @@ def _latency_definitions(path: str) -> str:
     return path
 
 
-async def _alert_trials(bootstrap: str, prefix: str) -> list[float]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="latest",
-                                fetch_max_wait_ms=10)
+async def _alert_trials(broker: BenchBroker, prefix: str) -> list[float]:
+    producer = broker.client(AIOKafkaProducer, linger_ms=0)
+    consumer = broker.client(AIOKafkaConsumer, enable_auto_commit=False, auto_offset_reset="latest",
+                             fetch_max_wait_ms=10)
     await producer.start()
     await consumer.start()
     try:
@@ -130,20 +127,14 @@ async def _alert_trials(bootstrap: str, prefix: str) -> list[float]:
         await producer.stop()
 
 
-def _alert_latency(broker: EmbeddedBroker, definitions: str) -> list[float]:
-    prefix = "al."
-    asyncio.run(_create_topics(broker, ("al",)))
-    port = free_port()
-    env = dict(os.environ, SLOSTREAM_LOG_LEVEL="warning", SLOSTREAM_DEFINITION_FILES=definitions,
-               SLOSTREAM_GRACE_S="2")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "slostream", "run", "--broker", broker.url, "--topic-prefix", prefix,
-         "--partitions", "1", "--web-port", str(port), "--app-id", "bench-alerts"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+def _alert_latency(broker: BenchBroker, definitions: str) -> list[float]:
+    prefix = f"{broker.namespace}alerts"
+    asyncio.run(_create_topics(broker, (prefix,)))
+    worker, port = _start_worker(broker, f"{prefix}.", 1,
+                                 {"SLOSTREAM_DEFINITION_FILES": definitions, "SLOSTREAM_GRACE_S": "2"})
     try:
         _wait_ready(port, worker)
-        return asyncio.run(_alert_trials(broker.bootstrap, prefix))
+        return asyncio.run(_alert_trials(broker, f"{prefix}."))
     finally:
         worker.terminate()
         worker.wait(30)
@@ -227,25 +218,26 @@ def _core_drift_cost(payloads: list[bytes], chunk: int) -> float:
                                         pipeline_config(Settings(partitions=1))))
 
 
-def _throughput_rounds(broker: EmbeddedBroker, rounds: int, batched: list[bytes], single: list[bytes],
+def _throughput_rounds(broker: BenchBroker, rounds: int, batched: list[bytes], single: list[bytes],
                        definitions: str, expected: int) -> dict[str, list[float]]:
     """Seconds per worker run, with and without SLOs, interleaved round by round (the order flips
     each round) so both see the same machine: on two shared cores a single pair of runs differs by
     ±15% from noise alone."""
     runs: dict[str, list[float]] = {}
     for number in range(rounds):
-        sets = {f"r{number}{kind}{tag}": (payloads, 1)
+        round_prefix = f"{broker.namespace}r{number}"
+        sets = {f"{round_prefix}{kind}{tag}": (payloads, 1)
                 for kind, payloads in (("b", batched), ("s", single)) for tag in ("", "slo")}
-        sets.update({f"r{number}{kind}unkeyed": (payloads, UNKEYED_PARTITIONS)
+        sets.update({f"{round_prefix}{kind}unkeyed": (payloads, UNKEYED_PARTITIONS)
                      for kind, payloads in (("b", batched), ("s", single))})
         asyncio.run(_prepare(broker, sets))
         for kind, payloads in (("b", batched), ("s", single)):
-            seconds, _ = asyncio.run(_ceiling(broker.bootstrap, f"r{number}{kind}.measurements", len(payloads)))
+            seconds, _ = asyncio.run(_ceiling(broker, f"{round_prefix}{kind}.measurements", len(payloads)))
             runs.setdefault(f"ceiling_{kind}", []).append(seconds)
             order = ("", "slo") if number % 2 == 0 else ("slo", "")
             for tag in order:
-                run = _end_to_end(broker, f"r{number}{kind}{tag}.", expected, definitions if tag else None)
+                run = _end_to_end(broker, f"{round_prefix}{kind}{tag}.", expected, definitions if tag else None)
                 runs.setdefault(f"{kind}{tag}", []).append(run)
-            run = _end_to_end(broker, f"r{number}{kind}unkeyed.", expected, partitions=UNKEYED_PARTITIONS)
+            run = _end_to_end(broker, f"{round_prefix}{kind}unkeyed.", expected, partitions=UNKEYED_PARTITIONS)
             runs.setdefault(f"{kind}unkeyed", []).append(run)
     return runs

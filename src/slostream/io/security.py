@@ -1,17 +1,19 @@
 """Kafka security from the settings: the keyword arguments every aiokafka client gets, and the
-same for Faust. Every client the daemon or a command makes takes its security from here, so a
-setting cannot reach some clients and miss others. And the redaction of every secret from logs."""
+same for Faust and for a worker started as a child process. Every client the daemon, a command or
+the bench makes takes its security from here, so a setting cannot reach some clients and miss
+others. And the redaction of every secret from logs."""
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from aiokafka.helpers import create_ssl_context
 from faust.auth import SASLCredentials, SSLCredentials
 from faust.types.auth import CredentialsT
 
-from slostream.config import Settings, redact_url
+from slostream.config import ENV_PREFIX, Settings, redact_url
 
 
 def kafka_client_options(settings: Settings) -> dict[str, Any]:
@@ -26,6 +28,30 @@ def kafka_client_options(settings: Settings) -> dict[str, Any]:
         options.update(sasl_mechanism=settings.sasl_mechanism, sasl_plain_username=settings.sasl_username,
                        sasl_plain_password=settings.sasl_password.reveal())
     return options
+
+
+# Every setting of Kafka security, as the environment variables that carry it to a child process.
+SECURITY_ENV = tuple(f"{ENV_PREFIX}{name.upper()}" for name in (
+    "security_protocol", "sasl_mechanism", "sasl_username", "sasl_password", "sasl_password_file", "ssl_cafile",
+    "ssl_certfile", "ssl_keyfile"))
+
+
+def security_environment(settings: Settings, secrets_dir: str) -> dict[str, str]:
+    """``SLOSTREAM_*`` variables that give a child process (a worker) the same Kafka security. The
+    password goes by file, never as a value (an environment is passed on to every grandchild and shown
+    by ``ps e``): the settings' own file if they named one, else one written, owner-only, in
+    ``secrets_dir``."""
+    env = {f"{ENV_PREFIX}{name.upper()}": getattr(settings, name)
+           for name in ("security_protocol", "sasl_mechanism", "sasl_username", "ssl_cafile", "ssl_certfile",
+                        "ssl_keyfile") if getattr(settings, name)}
+    password_file = settings.sasl_password_file
+    if password_file is None and settings.sasl_password is not None:
+        password_file = os.path.join(secrets_dir, "sasl_password")
+        with os.fdopen(os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(settings.sasl_password.reveal())
+    if password_file is not None:
+        env[f"{ENV_PREFIX}SASL_PASSWORD_FILE"] = os.path.abspath(password_file)
+    return env
 
 
 def faust_broker_credentials(settings: Settings) -> CredentialsT | None:
