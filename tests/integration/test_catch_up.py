@@ -37,7 +37,7 @@ def test_a_day_of_unkeyed_backlog_is_caught_up_exactly(kafka, make_worker, tmp_p
     assert worker.stop() == 0
 
 
-def test_a_backlog_read_by_two_workers_one_paused_is_caught_up_exactly(kafka, make_worker):
+def test_a_backlog_read_by_two_workers_one_paused_is_caught_up_exactly(kafka, make_worker, tmp_path):
     """Two workers share the four partitions; one is paused (SIGSTOP, within the session timeout)
     just after it starts reading. The other would read its partitions' six hours while the paused
     one's stay unread (the base ring of an SLO holds about one): it holds them at its read-ahead
@@ -47,7 +47,8 @@ def test_a_backlog_read_by_two_workers_one_paused_is_caught_up_exactly(kafka, ma
     items = [m for _, batch in records for m in batch]
     end = t0 + 6 * 3600 + 300  # every series lives on a while later: its last backlog window closes
     closers = [(end, [{"service": f"svc-{s}", "metric": "http", "ok": True, "ts": end} for s in range(5)])] * PARTITIONS
-    asyncio.run(send_backlog(kafka.bootstrap, f"{make_worker.prefix}measurements", records + closers))
+    broker = BenchBroker(Settings(broker=kafka.url), str(tmp_path))
+    asyncio.run(send_backlog(broker, f"{make_worker.prefix}measurements", records + closers))
     env = {"SLOSTREAM_PARTITIONS": str(PARTITIONS), **ENV}
     # Started together, they join one generation (the broker holds a join for the rebalance timeout).
     fast, paused = make_worker(**env).start(wait_ready=False), make_worker(**env).start(wait_ready=False)
