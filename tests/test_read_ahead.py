@@ -12,6 +12,7 @@ from slostream.core.objectives import Policy
 from slostream.pipeline.alignment import STALLED_AFTER_S, read_ahead_limits
 from slostream.pipeline.partition import read_ahead_of
 from slostream.pipeline.types import SourceRecord
+from tests.integration.streams import truth_of
 from tests.pipeline_sim import START, Cluster, make_config
 from tests.slo_feed import checkout_slo
 
@@ -92,19 +93,11 @@ def _catch_up(limited: bool) -> tuple[Cluster, list[dict], float]:
     return cluster, items, open_span
 
 
-def _truth(items: list[dict]) -> dict:
-    truth: dict = {}
-    for m in items:
-        key = (m["service"], int(m["ts"] // 60 * 60))
-        truth[key] = truth.get(key, 0) + 1
-    return truth
-
-
 def test_a_backlog_read_by_workers_of_different_speeds_is_caught_up_exactly_holding_little_open():
     cluster, items, open_span = _catch_up(limited=True)
     assert [e["data"]["reason"] for e in cluster.deadletter] == []
-    windows = {key: count for key, count in cluster.windows().items() if key in _truth(items)}
-    assert windows == _truth(items)
+    windows = {key: count for key, count in cluster.windows().items() if key in truth_of(items)}
+    assert windows == truth_of(items)
     base = cluster.config.resolutions[0]
     assert open_span < base.retention - cluster.config.report_window_s  # an SLO's base ring holds it
 
@@ -161,4 +154,4 @@ def test_series_waiting_for_alignment_from_a_cold_start_are_judged_once_it_comes
     cluster.settle()
     assert cluster.deadletter == []
     windows = {key: n for key, n in cluster.windows().items() if key[1] < t0 + 1800}
-    assert windows == _truth(items)
+    assert windows == truth_of(items)

@@ -103,17 +103,21 @@ def send_to(bootstrap: str, topic: str, partition: int, value: bytes, headers: l
     asyncio.run(run())
 
 
-def test_a_repartition_topic_not_co_partitioned_with_the_measurements_stops_start_up(kafka, make_worker):
+def _create_topics(bootstrap: str, *topics: NewTopic) -> None:
     async def create():
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(f"{make_worker.prefix}measurements", PARTITIONS, 1),
-                                       NewTopic(f"{make_worker.prefix}repartition", 1, 1)])
+            await admin.create_topics(list(topics))
         finally:
             await admin.close()
 
     asyncio.run(create())
+
+
+def test_a_repartition_topic_not_co_partitioned_with_the_measurements_stops_start_up(kafka, make_worker):
+    _create_topics(kafka.bootstrap, NewTopic(f"{make_worker.prefix}measurements", PARTITIONS, 1),
+                  NewTopic(f"{make_worker.prefix}repartition", 1, 1))
     worker = make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS)).start(wait_ready=False)
     assert worker.process.wait(60) == 2
     log = worker.log_path.read_text()
@@ -123,16 +127,8 @@ def test_a_repartition_topic_not_co_partitioned_with_the_measurements_stops_star
 def test_an_output_topic_taking_smaller_records_than_max_output_bytes_stops_start_up(kafka, make_worker):
     """Apache Kafka refuses records over a topic's max.message.bytes (Tansu has no limit, but reports
     the setting): a worker that would only find out at a checkpoint stops at start-up instead."""
-    async def create():
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(f"{make_worker.prefix}sli", PARTITIONS, 1,
-                                                topic_configs={"max.message.bytes": "500000"})])
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
+    _create_topics(kafka.bootstrap, NewTopic(f"{make_worker.prefix}sli", PARTITIONS, 1,
+                                            topic_configs={"max.message.bytes": "500000"}))
     worker = make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS)).start(wait_ready=False)
     assert worker.process.wait(60) == 2
     log = worker.log_path.read_text()
@@ -144,16 +140,8 @@ def test_a_state_changelog_taking_smaller_records_than_max_output_bytes_stops_st
     """Faust makes the changelog only once the worker runs: start-up checks it (made first if missing)."""
     changelog = f"{make_worker.prefix}slo-sli-state-changelog"
 
-    async def create():
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(changelog, PARTITIONS, 1, topic_configs={
-                "cleanup.policy": "compact", "max.message.bytes": "500000"})])
-        finally:
-            await admin.close()
-
-    asyncio.run(create())
+    _create_topics(kafka.bootstrap, NewTopic(changelog, PARTITIONS, 1, topic_configs={
+        "cleanup.policy": "compact", "max.message.bytes": "500000"}))
     worker = make_worker(SLOSTREAM_PARTITIONS=str(PARTITIONS)).start(wait_ready=False)
     assert worker.process.wait(60) == 2
     log = worker.log_path.read_text()
