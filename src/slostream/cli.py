@@ -258,7 +258,7 @@ def run_worker(settings: Settings) -> int:
     from slostream.io.app import create_app
     from slostream.io.broker import EmbeddedBroker
     from slostream.io.security import redact_logs
-    from slostream.io.topics import ensure_topics
+    from slostream.io.topics import ensure_topics, fence_changelog
 
     redact_logs(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -284,6 +284,8 @@ def run_worker(settings: Settings) -> int:
             settings = dataclasses.replace(settings, changelog_fence=tansu)
             if tansu:
                 log.info("broker is Tansu (cluster id %r): checkpoints end with a one-record batch", cluster_id)
+        if settings.changelog_fence:
+            asyncio.run(fence_changelog(settings))
         make_worker(create_app(settings), settings.log_level).execute_from_commandline()
     finally:
         if broker is not None:

@@ -31,6 +31,11 @@ STOP_TIMEOUT_S = 5.0
 # Every output and changelog record names the worker that wrote it and its group generation,
 # ``host/pid/generation`` (a zombie's writes can be told).
 WRITER_HEADER = "slostream-writer"
+
+
+def writer_id() -> str:
+    """This worker's process, as its records name it (``WRITER_HEADER``: this, a slash, its generation)."""
+    return f"{socket.gethostname()}/{os.getpid()}"
 # A checkpoint yields to the event loop after this many state writes (about 0.1 s of serialising).
 YIELD_EVERY_WRITES = 500
 # What a record adds to its key and value in a batch of its own: the batch header (61 bytes), the
@@ -76,7 +81,7 @@ class OutputProducer(mode.Service):
         self.client_options = client_options
         self.lone_forwards = lone_forwards
         self.lease = lease
-        self._writer_id = f"{socket.gethostname()}/{os.getpid()}"
+        self._writer_id = writer_id()
         self._writer: tuple[int, list[tuple[str, bytes]]] = (-2, [])
         self.max_output_bytes = max_output_bytes
         # (topic, key, value) of each record not sent because it is over max_output_bytes; the
