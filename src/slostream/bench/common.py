@@ -125,14 +125,16 @@ async def _ceiling(broker: BenchBroker, topic: str, records: int) -> tuple[float
 
 
 def _wait_ready(port: int, worker: subprocess.Popen, timeout: float = 60.0) -> float:
+    """When the worker was first asked and found ready (what the bench's rates count from)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             raise RuntimeError(f"worker exited with code {worker.returncode} before it was ready")
+        asked = time.time()  # a busy worker answers late: the answer's time can follow all its work
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1) as response:
                 if response.status == 200:
-                    return time.time()
+                    return asked
         except (urllib.error.URLError, ConnectionError, OSError):
             pass
         time.sleep(0.01)
