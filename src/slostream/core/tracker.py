@@ -59,10 +59,9 @@ class SloTracker:
     def feed(self, start: int, values: np.ndarray, oks: np.ndarray, offsets: np.ndarray, newest_ts: float,
              counts: tuple[int, int] | None = None) -> int:
         """Judge and count the measurements of one base bucket (offsets ascending); ``counts``
-        is (good, judged) when the caller has judged them already. A bucket older than the base
-        ring is counted in ``too_old``, not in the SLO."""
-        base = self.events.levels[0]
-        if base.starts[base.slot_of(start)] > start:
+        is (good, judged) when the caller has judged them already. A bucket closed and past the
+        base ring is counted in ``too_old``, not in the SLO."""
+        if self.events.too_old(start):
             self.too_old += int(offsets.size)
             self.dirty = True
             return 0

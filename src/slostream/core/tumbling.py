@@ -179,10 +179,9 @@ class TumblingWindows:
                 agg = ring.aggregate(start, closed, with_sketch=quantiles)
                 if agg.count:
                     windows.store.put_window(windows.owner, length, start, agg.stats, agg.sketch)
-        base = ring.levels[0]
         for start in sorted(ring.open_starts):
-            stats, sketch = base.bucket(start)
+            stats, sketch, mark = ring.open_bucket(start)
             for length in windows.lengths:
                 windows.store.put_window(windows.owner, length, start, stats, sketch)
-            windows.mark = max(windows.mark, int(base.marks[base.slot_of(start)]))
+            windows.mark = max(windows.mark, mark)
         return windows

@@ -22,6 +22,12 @@ level reaches back over an hour, so the page tier's 1h and 5m windows are exact
 to one base bucket. An edge
 older than every finer level's retention is rounded out to the coarser bucket
 that holds it (an error of at most one bucket of that level).
+
+Open base buckets are never closed early to make room. One whose ring slot still holds another open
+bucket (the watermark waits for a lagging partition, or a burst spans more than the ring) is
+*spilled*: kept aside, keyed by its start, until it closes, and persisted under ``SPILL_LEVEL``.
+So an SLO counts whatever its series accept however far a watermark trails, at the memory of the
+buckets actually holding data.
 Counts are kept at every level; quantile sketches (about 8 bytes per occupied
 bin, ~200 bins for a typical latency spread) only for the newest ``sketch_slots``
 buckets of a level, so a series stays under a megabyte. A span that needs a
@@ -62,6 +68,27 @@ from .running_totals import RunningTotals
 from .sketch import QuantileSketch
 
 STATE_VERSION = 1
+# The level field of a spilled open base bucket's persisted slot; its slot field is its start.
+SPILL_LEVEL = -1
+
+
+class Spilled:
+    """An open base bucket the ring has no free slot for yet."""
+
+    __slots__ = ("stats", "sketch", "mark")
+
+    def __init__(self, stats: np.ndarray, sketch: QuantileSketch | None, mark: int):
+        self.stats, self.sketch, self.mark = stats, sketch, mark
+
+    def state(self, start: int) -> dict:
+        return {"start": start, "stats": [float(x) for x in self.stats],
+                "sketch": None if self.sketch is None else self.sketch.to_state(), "mark": self.mark}
+
+    @classmethod
+    def from_state(cls, state: dict) -> Spilled:
+        sketch = state["sketch"]
+        return cls(np.asarray(state["stats"], dtype=np.float64),
+                   None if sketch is None else QuantileSketch.from_state(sketch), int(state["mark"]))
 
 class SeriesWindows:
     """Multi-resolution event-time buckets of one series.
@@ -81,7 +108,9 @@ class SeriesWindows:
         self.relative_accuracy = relative_accuracy
         self.levels = [Level(r) for r in resolutions]
         self.closed_until = 0
-        self.open_starts: set[int] = set()
+        self.open_starts: set[int] = set()  # in the base ring or spilled
+        self.spilled: dict[int, Spilled] = {}  # start -> an open base bucket kept outside the ring
+        self._spill_dirty: set[int] = set()  # spilled starts added, changed or gone since the last drain
         self._running: RunningTotals | None = None  # made by the first ``closed_totals`` up to now
         # ((closed_until, newest open start), oldest bucket each level holds)
         self._oldest_held: tuple[tuple[int, int], list[int]] = ((-1, -1), [])
@@ -113,11 +142,16 @@ class SeriesWindows:
             row[MAX] = present.max()
         base = self.levels[0]
         slot = self._open_slot(start, offsets)
-        merge_stats_into(base.stats[slot], row)
+        spilled = self.spilled.get(start) if slot is None else None
+        merge_stats_into(base.stats[slot] if spilled is None else spilled.stats, row)
         if present.size:
-            sketch = base.sketches[slot]
+            sketch = base.sketches[slot] if spilled is None else spilled.sketch
             if sketch is None:
-                sketch = base.sketches[slot] = QuantileSketch(self.relative_accuracy)
+                sketch = QuantileSketch(self.relative_accuracy)
+                if spilled is None:
+                    base.sketches[slot] = sketch
+                else:
+                    spilled.sketch = sketch
             sketch.add_values(present)
         return int(values.size)
 
@@ -134,7 +168,8 @@ class SeriesWindows:
         bucket already holds some of ``offsets`` (a replay), which only ``add_flags`` can sort out."""
         if self._holds_some(start, offsets):
             return False
-        row = self.levels[0].stats[self._open_slot(start, offsets)]
+        slot = self._open_slot(start, offsets)
+        row = self.spilled[start].stats if slot is None else self.levels[0].stats[slot]
         row[COUNT] += offsets.size
         row[OK_KNOWN] += judged
         row[OK] += good
@@ -143,39 +178,67 @@ class SeriesWindows:
     def _unheld(self, start: int, offsets: np.ndarray | None, *columns: np.ndarray):
         """Drop the measurements the base bucket already holds (a replay after a torn checkpoint)."""
         if offsets is not None and offsets.size and self._holds_some(start, offsets):
-            fresh = offsets > self.levels[0].marks[self.levels[0].slot_of(start)]
+            fresh = offsets > self._mark_of(start)
             return offsets[fresh], tuple(c[fresh] for c in columns)
         return offsets, columns
 
-    def _holds_some(self, start: int, offsets: np.ndarray) -> bool:
-        """Whether the base bucket at ``start`` already holds the first of ``offsets`` (ascending)."""
+    def _mark_of(self, start: int) -> int:
+        """The last source offset the base bucket at ``start`` holds (-1: none, or not held)."""
+        spilled = self.spilled.get(start)
+        if spilled is not None:
+            return spilled.mark
         base = self.levels[0]
         slot = base.slot_of(start)
-        return bool(base.starts[slot] == start and base.marks[slot] >= offsets[0])
+        return int(base.marks[slot]) if base.starts[slot] == start else -1
 
-    def _open_slot(self, start: int, offsets: np.ndarray | None) -> int:
-        """Claim the base slot of ``start`` for new measurements and move its replay mark."""
+    def _holds_some(self, start: int, offsets: np.ndarray) -> bool:
+        """Whether the base bucket at ``start`` already holds the first of ``offsets`` (ascending)."""
+        return self._mark_of(start) >= offsets[0]
+
+    def too_old(self, start: int) -> bool:
+        """Whether the base bucket at ``start`` is closed and past the base ring (its slot holds a
+        newer closed bucket): it can take nothing more."""
         base = self.levels[0]
         held = int(base.starts[base.slot_of(start)])
-        if held in self.open_starts and held < start:
-            # A whole ring ahead of a bucket still open: close it (and all before it) rather than
-            # overwrite it. The pipeline closes as it goes, so this is a last resort, never silent loss.
-            self.close_until(held + base.width)
-        slot = base._claim(start)
-        if slot is None:
-            raise ValueError(f"bucket {start} is older than the base retention")
+        return held > start and held not in self.open_starts
+
+    def _open_slot(self, start: int, offsets: np.ndarray | None) -> int | None:
+        """Claim the base bucket at ``start`` for new measurements and move its replay mark: its
+        ring slot, or None when it is spilled (the slot holds another open bucket)."""
+        base = self.levels[0]
+        held = int(base.starts[base.slot_of(start)])
         if start < self.closed_until:
             self._closed_changed()
-        if offsets is not None and offsets.size:
-            base.marks[slot] = max(base.marks[slot], int(offsets[-1]))  # ascending
+        mark = int(offsets[-1]) if offsets is not None and offsets.size else -1  # ascending
         self.open_starts.add(start)
+        if start in self.spilled or (held != start and held in self.open_starts):
+            spilled = self.spilled.setdefault(start, Spilled(empty_stats(), None, -1))
+            spilled.mark = max(spilled.mark, mark)
+            self._spill_dirty.add(start)
+            return None
+        slot = base._claim(start)
+        if slot is None:
+            self.open_starts.discard(start)
+            raise ValueError(f"bucket {start} is older than the base retention")
+        base.marks[slot] = max(base.marks[slot], mark)
         return slot
+
+    def open_bucket(self, start: int) -> tuple[np.ndarray, QuantileSketch | None, int]:
+        """(stats, sketch, mark) of the open base bucket at ``start``."""
+        spilled = self.spilled.get(start)
+        if spilled is not None:
+            return spilled.stats, spilled.sketch, spilled.mark
+        base = self.levels[0]
+        stats, sketch = base.bucket(start)
+        return stats, sketch, int(base.marks[base.slot_of(start)])
 
     def _closed_changed(self) -> None:
         self._running = None
 
     def close_until(self, watermark: float) -> list[int]:
         """Close base buckets ending at or before ``watermark``; return their starts."""
+        if watermark == -np.inf:  # a series still waiting for its first aligned data
+            return []
         width = self.base_width
         horizon = bucket_start(watermark, width)
         if horizon <= self.closed_until:
@@ -187,8 +250,11 @@ class SeriesWindows:
         rows = []
         for start in closing:
             self.open_starts.discard(start)
-            stats, sketch = base.bucket(start)
-            rows.append(stats[:MIN])
+            stats, sketch, mark = self.open_bucket(start)
+            if self.spilled.pop(start, None) is not None:
+                self._spill_dirty.add(start)
+                self._unspill(start, stats, sketch, mark)
+            rows.append(stats[:MIN].copy())  # a spilled bucket closing after it may take its slot
             for level in self.levels[1:]:
                 level.add_row(bucket_start(start, level.width), stats, sketch, mark=start + width)
         if running is not None:  # closing only appends to closed time: carry the running totals on
@@ -196,6 +262,15 @@ class SeriesWindows:
             self._running = running
         self.closed_until = horizon
         return closing
+
+    def _unspill(self, start: int, stats: np.ndarray, sketch: QuantileSketch | None, mark: int) -> None:
+        """Put a spilled bucket that just closed into its ring slot, unless an open or a newer
+        bucket holds it (then the coarser levels answer for it, as for any bucket past the ring)."""
+        base = self.levels[0]
+        held = int(base.starts[base.slot_of(start)])
+        if held > start or held in self.open_starts:
+            return
+        base.add_row(start, stats, sketch, mark)
 
     def aggregate(self, start: int, end: int, with_sketch: bool = True) -> Aggregate:
         """Merge closed buckets covering [start, end); both on base-width boundaries."""
@@ -242,10 +317,9 @@ class SeriesWindows:
     def open_totals(self, lo: int, hi: int) -> np.ndarray:
         """Additive columns of the open base buckets starting in [lo, hi) (a handful, not a ring scan)."""
         row = np.zeros(MIN)
-        base = self.levels[0]
         for start in self.open_starts:
             if lo <= start < hi:
-                row += base.stats[base.slot_of(start), :MIN]
+                row += self.open_bucket(start)[0][:MIN]
         return row
 
     def closed_totals(self, lo: int, hi: int) -> np.ndarray:
@@ -262,7 +336,7 @@ class SeriesWindows:
 
     def _answering_level(self, lo: int) -> tuple[int, int]:
         """The finest level that still holds ``lo``'s bucket (the coarsest if none), and that bucket."""
-        state = (self.closed_until, max(self.open_starts, default=-1))
+        state = (self.closed_until, self._newest_in_ring())
         if self._oldest_held[0] != state:
             self._oldest_held = (state, [self._newest_held(level) - (level.slots - 1) * level.width
                                          for level in self.levels[:-1]])
@@ -327,9 +401,13 @@ class SeriesWindows:
         """The newest bucket ``level`` holds: the one before closed time, or on the base ring an open
         bucket past it (which may have taken the slot of the oldest closed one)."""
         newest = bucket_start(max(self.closed_until - 1, 0), level.width)
-        if level is self.levels[0] and self.open_starts:
-            newest = max(newest, max(self.open_starts))
+        if level is self.levels[0]:
+            newest = max(newest, self._newest_in_ring())
         return newest
+
+    def _newest_in_ring(self) -> int:
+        """The newest open bucket the base ring holds (-1 if none): spilled ones took no slot."""
+        return max((s for s in self.open_starts if s not in self.spilled), default=-1)
 
     def drain_dirty(self) -> list[tuple[int, int, dict]]:
         """(level, slot, state) of every slot changed since the last drain."""
@@ -338,6 +416,10 @@ class SeriesWindows:
             for slot in sorted(level.dirty):
                 changed.append((index, slot, level.slot_state(slot)))
             level.dirty.clear()
+        for start in sorted(self._spill_dirty):
+            spilled = self.spilled.get(start)
+            changed.append((SPILL_LEVEL, start, None if spilled is None else spilled.state(start)))
+        self._spill_dirty.clear()
         return changed
 
     def header_state(self) -> dict:
@@ -355,12 +437,23 @@ class SeriesWindows:
         resolutions = tuple(Resolution(w, n, k) for w, n, k in header["resolutions"])
         windows = cls(resolutions, header["accuracy"])
         windows.closed_until = header["closed_until"]
+        spills = []
         for index, slot, state in slots:
-            windows.levels[index].load_slot(slot, state)
+            if index == SPILL_LEVEL:
+                spills.append(state)
+            else:
+                windows.levels[index].load_slot(slot, state)
         # Base buckets not closed as of the header are open, even when the slot
         # was persisted after the header (a torn checkpoint).
         base = windows.levels[0]
         windows.open_starts = {int(s) for s in base.starts[base.starts >= windows.closed_until]}
+        for state in spills:
+            start = int(state["start"])
+            if start >= windows.closed_until and start not in windows.open_starts:
+                windows.spilled[start] = Spilled.from_state(state)
+                windows.open_starts.add(start)
+            else:  # closed, or in the ring, before a torn checkpoint wrote its deletion
+                windows._spill_dirty.add(start)
         return windows
 
     def to_state(self) -> dict:
@@ -370,22 +463,14 @@ class SeriesWindows:
             for index, level in enumerate(self.levels)
             for slot in np.flatnonzero(level.starts >= 0).tolist()
         ]
+        slots += [[SPILL_LEVEL, start, spilled.state(start)] for start, spilled in sorted(self.spilled.items())]
         return {"header": self.header_state(), "slots": slots}
 
     @classmethod
     def from_state(cls, state: dict) -> SeriesWindows:
         return cls.from_states(state["header"], [tuple(s) for s in state["slots"]])
 
-    def merge(self, other: SeriesWindows) -> None:
-        """Fold another series' buckets into this one (same resolutions)."""
-        if other.resolutions != self.resolutions:
-            raise ValueError("cannot merge windows with different resolutions")
-        for mine, theirs in zip(self.levels, other.levels):
-            for slot in np.flatnonzero(theirs.starts >= 0).tolist():
-                mine.add_row(int(theirs.starts[slot]), theirs.stats[slot], theirs.sketches[slot])
-        self.open_starts |= other.open_starts
-        self.closed_until = min(self.closed_until, other.closed_until)
-        self._closed_changed()
-
     def nbytes(self) -> int:
-        return sum(level.nbytes() for level in self.levels)
+        spilled = sum(b.stats.nbytes + (0 if b.sketch is None else b.sketch.nbytes()) + 64
+                      for b in self.spilled.values())
+        return sum(level.nbytes() for level in self.levels) + spilled

@@ -88,11 +88,16 @@ def note_time(now: float) -> float:
 
 
 # A partition whose progress has not moved for this long (wall time; since its owner took the
-# partition, if it never reported) holds no other back from reading (``read_ahead_limits``): a
-# reader that hangs while its group membership lives on must not stop every worker's reading. Closes
-# still wait for it, up to the open-span cap. Below the read-ahead budget, so live reading never
-# waits for it.
+# partition, if it never reported) is *stalled*: a reader that hangs while its group membership
+# lives on. It holds no other back from reading (``read_ahead_limits``). Closes wait for it until
+# another partition's progress has moved all along for this long (``Alignment.stalled``): what it
+# reads later is late, as Kafka Streams processes without a partition that has idled past
+# ``max.task.idle.ms``. Another's progress counts from the start of its current run of reports (no
+# gap over ``RUN_GAP_S``): a broker outage stops every partition at once, and after it their first
+# reports come one by one, so none is left behind. A partition ahead of the others (held by its
+# read-ahead limit) may count as stalled too; that changes nothing, as the least read decides.
 STALLED_AFTER_S = 600.0
+RUN_GAP_S = 60.0
 
 
 def read_ahead_limits(claims: Mapping[int, float | None], partitions: int, budget: float,
@@ -101,7 +106,7 @@ def read_ahead_limits(claims: Mapping[int, float | None], partitions: int, budge
     every partition has read (``claims``: each one's ``read_until``, as best known here; missing or
     None, nothing known yet), so that no series holds open data further ahead of its aligned time
     than an SLO's base ring can (an owner holds a series' watermark back to what every partition
-    has read, at most ``max_open_span_s``: beyond it the lagging partition's share is late).
+    has read: the data it holds open costs memory, not counts).
     Workers read at their own speeds; this is what holds a fast one back (as Flink's watermark
     alignment does). A partition with the least claim is never held, whatever its next
     record's time (a gap in its log): the aligned time moves only with it. Until every partition has
@@ -118,32 +123,41 @@ class Alignment:
     """What each partition of the topic has reported of its reading, as one owner has read it since
     wall time ``since``."""
 
-    __slots__ = ("partitions", "read_until", "moved_at", "since")
+    __slots__ = ("partitions", "read_until", "moved_at", "run_since", "since")
 
     def __init__(self, partitions: int, since: float):
         self.partitions = partitions
         self.since = since
         self.read_until: dict[int, float] = {}  # partition -> it has read everything written before
         self.moved_at: dict[int, float] = {}  # partition -> wall time its read_until last moved here
+        self.run_since: dict[int, float] = {}  # partition -> wall time its current run of moves began
 
     def report(self, source: int, progress: Progress, now: float) -> None:
         """Take one progress record, read at wall time ``now``."""
         if progress.read_until is not None and progress.read_until > self.read_until.get(source, -math.inf):
             self.read_until[source] = progress.read_until
+            if now - self.moved_at.get(source, -math.inf) > RUN_GAP_S:
+                self.run_since[source] = now
             self.moved_at[source] = now
 
     def last_moved(self, source: int) -> float:
         """When ``source``'s progress last moved here (wall time; ``since``, if not since then)."""
         return self.moved_at.get(source, self.since)
 
+    def stalled(self) -> frozenset[int]:
+        """The partitions whose progress has not moved for ``STALLED_AFTER_S`` while another's moved
+        all along."""
+        running = [(self.run_since[q], self.moved_at[q]) for q in self.moved_at]
+        return frozenset(p for p in range(self.partitions)
+                         if any(moved - max(self.last_moved(p), since) >= STALLED_AFTER_S for since, moved in running))
+
     @property
     def aligned_until(self) -> float:
-        """Every partition has read everything written before this time."""
+        """Every partition not ``stalled`` has read everything written before this time."""
         if self.partitions == 1:
             return math.inf
-        if len(self.read_until) < self.partitions:
-            return -math.inf
-        return min(self.read_until.values())
+        waited = set(range(self.partitions)) - self.stalled()
+        return min((self.read_until.get(p, -math.inf) for p in waited), default=math.inf)
 
     def to_state(self) -> dict:
         return {"read_until": {str(p): t for p, t in self.read_until.items()}}

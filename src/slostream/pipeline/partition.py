@@ -605,7 +605,8 @@ def read_ahead_of(procs: Mapping[int, PartitionProcessor], end_known_at: Mapping
     """How far (record time) each partition may be read at wall time ``now``
     (``alignment.read_ahead_limits``), as a worker holding the processors ``procs`` knows it: what
     its own partitions have read (each last at its log's end at ``end_known_at``, or None), and what
-    every other partition reported to them (stalled, if that stopped moving at all of them)."""
+    every other partition reported to them (stalled, if that has not moved at any of them for
+    ``STALLED_AFTER_S``: the partitions it held back may not have moved either)."""
     if not procs:
         return {}
     config = next(iter(procs.values())).config

@@ -63,19 +63,13 @@ class PipelineConfig:
     recommend_horizon_s: float  # what a recommendation predicts
 
     @property
-    def max_open_span_s(self) -> float:
-        """How far a series' watermark may trail its newest event time while it waits for a lagging
-        source partition, before that partition's share counts as late: open buckets must fit an
-        SLO's base ring, with a report window, the grace and a bucket to spare."""
-        base = self.resolutions[0]
-        return base.retention - self.report_window_s - self.grace_s - base.width
-
-    @property
     def max_read_ahead_s(self) -> float:
         """How far (record time) a partition is read past what every partition has read
-        (``alignment.read_ahead_limits``): half the open span, the other half for producers' clocks
-        and flush delays, which put event time apart from record time."""
-        return self.max_open_span_s / 2
+        (``alignment.read_ahead_limits``): a memory bound, not a count's. Half an SLO's base ring,
+        the other half for producers' clocks and flush delays, which put event time apart from
+        record time: so the buckets a series holds open normally fit the ring (``core.windows``
+        spills the rest)."""
+        return self.resolutions[0].retention / 2
 
 
 @dataclass

@@ -1,11 +1,12 @@
 """Where each series' watermark goes: with a batch of its measurements, and when time passes.
 
 A series' watermark trails its newest event time by the grace, but only as far as every partition
-has read (``alignment``): data written before the aligned time counts, newer data waits. The wait is
-capped (``max_open_span_s``, the SLOs' base ring): a source partition that far behind the series'
-newest data has its share of it judged late. Workers read no further than their read-ahead limits
-(``alignment.read_ahead_limits``), so where record time follows event time the cap is never
-reached. A quiet series' watermark runs on at wall speed (``core.watermark``).
+has read (``alignment``): data written before the aligned time counts, newer data waits, however
+long that is (its open windows and SLO buckets hold it; ``core.windows`` spills what an SLO's ring
+cannot). Only a partition whose reading has stalled is waited for no longer. Workers read no further
+than their read-ahead limits (``alignment.read_ahead_limits``), which bounds the data held open
+where record time follows event time. A quiet series' watermark runs on at wall speed
+(``core.watermark``).
 """
 
 from __future__ import annotations
@@ -30,11 +31,10 @@ def of_batch(config: PipelineConfig, store: WindowStore, aligned_until: float, i
     """The watermark of each element's series before and after it, and the series' newest event
     time before it (elements ``ts`` of series ``ids``, held by window ``owners``, -1 if new); the
     batch was written by ``written``."""
-    grace, skew = config.grace_s, config.max_open_span_s
+    grace = config.grace_s
     mark0 = per_key(store.watermark, owners, -np.inf)[ids]
     newest0 = per_key(store.max_ts, owners, -np.inf)
     newest_before, _ = running_max_before(ids, ts, newest0)
-    newest_after = np.maximum(newest_before, ts)
     if aligned_until >= written:
         # The batch is aligned; a series still holding data that another source's reading has not
         # aligned yet (a faster source's, written later) follows only the data that is: the reads
@@ -54,10 +54,7 @@ def of_batch(config: PipelineConfig, store: WindowStore, aligned_until: float, i
         aligned[held] = store.release_reads(owners[held], aligned_until)
         safe_before = safe_after = aligned[ids]
 
-    def mark(safe: np.ndarray, newest: np.ndarray) -> np.ndarray:
-        return np.maximum(np.maximum(mark0, safe - grace), newest - skew)
-
-    return mark(safe_before, newest_before), mark(safe_after, newest_after), newest_before
+    return np.maximum(mark0, safe_before - grace), np.maximum(mark0, safe_after - grace), newest_before
 
 
 def advance(config: PipelineConfig, store: WindowStore, owners: np.ndarray, now: float, idle: bool,
@@ -73,8 +70,7 @@ def advance(config: PipelineConfig, store: WindowStore, owners: np.ndarray, now:
         aligned = store.release_reads(owners[awaiting], aligned_until)
         still = store.read_count[owners[awaiting]] > 0  # data not every partition has read past yet
         held_back = awaiting[still]  # as far as the aligned data
-        marks[held_back] = np.maximum(np.maximum(watermark[held_back], aligned[still] - config.grace_s),
-                                      max_ts[held_back] - config.max_open_span_s)
+        marks[held_back] = np.maximum(watermark[held_back], aligned[still] - config.grace_s)
     moved = np.flatnonzero(marks > watermark)
     store.watermark[owners[moved]] = marks[moved]
     return moved

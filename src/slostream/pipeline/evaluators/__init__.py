@@ -119,6 +119,6 @@ class Evaluator:
     def restore_series(self, series: Series, state: bytes) -> None:
         """Take back what ``series_state`` gave, for a series it watches again."""
 
-    def writes(self, partition: int) -> Iterable[tuple[str, bytes]]:
+    def writes(self, partition: int) -> Iterable[tuple[str, bytes | None]]:
         """State kept across series, changed since the last call, as changelog writes."""
         return ()

@@ -4,6 +4,7 @@ levels alert conditions."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import orjson
@@ -56,7 +57,7 @@ class PolicyEvaluator(Evaluator):
         if not self.policies_for or not any(series.watches for series in runs.series):
             return
         for series, start, target, _, _, _ in runs.each:
-            if series.watches:
+            if series.watches and target > -math.inf:  # a series whose watermark waits completes nothing
                 self._steps.setdefault(series.windows.owner, []).append(bucket_start(min(start, target), self.width))
 
     def closed(self, closes: Closes, out: Output) -> None:

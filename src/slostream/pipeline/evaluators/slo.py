@@ -74,12 +74,12 @@ class SloEvaluator(Evaluator):
     def status(self, series: Iterable[Series]) -> list[dict]:
         return sorted((t.status for t in self.trackers.values() if t.status is not None), key=lambda s: s["slo"])
 
-    def writes(self, partition: int) -> Iterator[tuple[str, bytes]]:
+    def writes(self, partition: int) -> Iterator[tuple[str, bytes | None]]:
         for name, tracker in self.trackers.items():
             if not tracker.dirty:
                 continue
             for kind, level, slot, state in tracker.drain_dirty():
-                yield slo_slot_key(partition, kind, level, slot, name), held_json(state)
+                yield slo_slot_key(partition, kind, level, slot, name), None if state is None else held_json(state)
             yield slo_header_key(partition, name), held_json(tracker.header_state())
 
     def restore(self, headers: dict[str, dict], slots: dict[str, list]) -> set[str]:
