@@ -246,7 +246,6 @@ class SeriesWindows:
         closing = sorted(s for s in self.open_starts if s < horizon)
         running = self._running
         self._closed_changed()
-        base = self.levels[0]
         rows = []
         for start in closing:
             self.open_starts.discard(start)
