@@ -37,16 +37,23 @@ def test_a_day_of_unkeyed_backlog_is_caught_up_exactly(kafka, make_worker, tmp_p
     assert worker.stop() == 0
 
 
-def test_a_backlog_read_by_two_workers_one_paused_is_caught_up_exactly(kafka, make_worker, tmp_path):
+@pytest.mark.parametrize("stamped", ["when_measured", "when_replayed"])
+def test_a_backlog_read_by_two_workers_one_paused_is_caught_up_exactly(kafka, make_worker, tmp_path, stamped):
     """Two workers share the four partitions; one is paused (SIGSTOP, within the session timeout)
     just after it starts reading. The other would read its partitions' six hours while the paused
-    one's stay unread (the base ring of an SLO holds about one): it holds them at its read-ahead
-    limit until the paused one catches up."""
+    one's stay unread (the base ring of an SLO holds about one). Records stamped when measured: it
+    holds them at its read-ahead limit until the paused one catches up. A replay, every record
+    stamped within a second when re-sent: nothing holds it, and its series wait, holding the hours
+    open, until the paused one has read its share."""
     t0 = (time.time() - 6 * 3600 - 600) // 60 * 60
     records = backlog(t0, 6 * 60, services=5, hosts=3)
     items = [m for _, batch in records for m in batch]
     end = t0 + 6 * 3600 + 300  # every series lives on a while later: its last backlog window closes
     closers = [(end, [{"service": f"svc-{s}", "metric": "http", "ok": True, "ts": end} for s in range(5)])] * PARTITIONS
+    if stamped == "when_replayed":
+        now = time.time()
+        records = [(now, batch) for _, batch in records]
+        closers = [(now + 1, batch) for _, batch in closers]
     broker = BenchBroker(Settings(broker=kafka.url), str(tmp_path))
     asyncio.run(send_backlog(broker, f"{make_worker.prefix}measurements", records + closers))
     env = {"SLOSTREAM_PARTITIONS": str(PARTITIONS), **ENV}

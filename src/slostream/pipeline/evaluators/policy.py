@@ -4,17 +4,16 @@ levels alert conditions."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import orjson
 
-from slostream.core.buckets import Aggregate, bucket_start
+from slostream.core.buckets import Aggregate
 from slostream.core.closed import Closed
 from slostream.core.policy import PolicyWatch, aggregate_value
 from slostream.pipeline.alerting import Alerting
 from slostream.pipeline.envelopes import breach_event
-from slostream.pipeline.evaluators import Closes, Evaluator, Runs
+from slostream.pipeline.evaluators import Closes, Evaluator
 from slostream.pipeline.series import Series
 from slostream.pipeline.types import Output, PipelineConfig
 
@@ -28,13 +27,9 @@ class PolicyEvaluator(Evaluator):
     def __init__(self, config: PipelineConfig, alerting: Alerting):
         self.source = config.source
         self.alerting = alerting
-        self.width = config.resolutions[0].width
         self.policies_for: dict[tuple[str, str], list] = {}
         for policy in config.policies:
             self.policies_for.setdefault((policy.service, policy.metric), []).append(policy)
-        # Per series (window owner) watched, the horizons at which a live run would have closed it
-        # within the part of a batch just taken in: its windows are judged in those steps.
-        self._steps: dict[int, list[int]] = {}
 
     def watch(self, series: Series) -> None:
         series.watches = [PolicyWatch(p) for p in self.policies_for.get(series.group, ())]
@@ -53,39 +48,29 @@ class PolicyEvaluator(Evaluator):
             lengths[policy.window_s] = lengths.get(policy.window_s, False) or policy.aggregate.startswith("p")
         return lengths
 
-    def ingested(self, runs: Runs) -> None:
-        if not self.policies_for or not any(series.watches for series in runs.series):
-            return
-        for series, start, target, _, _, _ in runs.each:
-            if series.watches and target > -math.inf:  # a series whose watermark waits completes nothing
-                self._steps.setdefault(series.windows.owner, []).append(bucket_start(min(start, target), self.width))
-
     def closed(self, closes: Closes, out: Output) -> None:
-        steps, self._steps = self._steps, {}
         if not self.policies_for:
             return
         for i in closes.moved:
             series = closes.series[i]
             if series.watches:
-                self._judge_in_steps(series, closes.closed, int(closes.before[i]),
-                                     steps.get(int(closes.owners[i]), []), out)
+                self._judge_in_steps(series, closes.closed, int(closes.before[i]), out)
 
-    def _judge_in_steps(self, series: Series, closed: Closed, before: int, steps: list[int], out: Output) -> None:
-        """Judge the series' policies on its windows in ``closed``: first at each step that completed
-        a window, then at its final horizon (moved from ``before``), so a backlog read in one batch
-        judges (and alerts) window by window as a live run does."""
-        mine = closed.rows_of(series.windows.owner).tolist()
+    def _judge_in_steps(self, series: Series, closed: Closed, before: int, out: Output) -> None:
+        """Judge the series' policies on its windows in ``closed``: at the end of each, oldest first,
+        then at its final horizon (moved from ``before``), so a backlog closed at once (read in one
+        batch, or released by alignment) judges (and alerts) window by window as a live run does."""
+        mine = sorted(closed.rows_of(series.windows.owner).tolist(), key=lambda i: closed.starts[i] + closed.lengths[i])
         ends = [int(closed.starts[i] + closed.lengths[i]) for i in mine]
         aggregates = [closed.aggregate(i) for i in mine]
         final = series.windows.closed_until
         taken, last = 0, before
-        for horizon in steps:
+        for horizon in sorted(set(ends)):
             upto = taken
             while upto < len(ends) and ends[upto] <= horizon:
                 upto += 1
-            if upto > taken:
-                self._judge(series, aggregates[taken:upto], horizon, out)
-                taken, last = upto, horizon
+            self._judge(series, aggregates[taken:upto], horizon, out)
+            taken, last = upto, horizon
         if final > last:
             self._judge(series, aggregates[taken:], final, out)
 
