@@ -224,3 +224,32 @@ def test_a_backlog_released_at_once_by_alignment_is_judged_window_by_window():
     expected = _policy_alerts(partitions=1, chunk=1)
     assert ("firing", "critical") in expected and ("resolved", "critical") in expected
     assert _policy_alerts(partitions=PARTITIONS, chunk=5000) == expected
+
+
+def test_a_series_holding_more_open_than_the_changelog_takes_waits_unwritten_holding_the_offset_back():
+    """A partition nobody reads yet: the other's series hold hours open, and their records grow past
+    ``max_output_bytes``. They are not written (the changelog would refuse them), and the committed
+    offset stays before their changes, so a successor replays them; once the lagging partition is
+    read and their windows close, they are written and the offset moves on."""
+    cluster = Cluster(make_config(partitions=2, grace_s=30.0, max_output_bytes=1 << 16), random.Random(2))
+    t0 = (START - 8 * 3600) // 60 * 60
+    rng = random.Random(4)
+    for minute in range(6 * 60):
+        cluster.append(0, orjson.dumps([{"service": "svc", "metric": "http", "ok": True, "ts": t0 + minute * 60 + s,
+                                         "value": rng.lognormvariate(4, 0.5)} for s in range(60)]))
+    cluster.append(1, orjson.dumps({"service": "svc", "metric": "http", "ok": True, "ts": t0}))
+    cluster.paused = {1}
+    while cluster.step(0, 20):
+        pass
+    owner = next(proc for proc in cluster.procs if proc.series)
+    writes, safe = owner.checkpoint(final=True)
+    written = dict(writes)
+    assert not any("svc" in key for key in written)  # too large: not written
+    assert safe.measurements < owner.applied_offset or safe.repartition < owner.repartition_offset
+    cluster.paused = set()
+    cluster.clock += 1
+    cluster.settle()
+    writes, safe = owner.checkpoint(final=True)
+    record = next(value for key, value in writes if "svc" in key)
+    assert len(record) < 1 << 16
+    assert (safe.measurements, safe.repartition) == (owner.applied_offset, owner.repartition_offset)

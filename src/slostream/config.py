@@ -27,6 +27,10 @@ from slostream.pipeline.types import PipelineConfig
 ENV_PREFIX = "SLOSTREAM_"
 # What a dead letter holds besides its four bounded fields (names, offsets, CloudEvents attributes).
 DEADLETTER_OVERHEAD_BYTES = 4096
+# What a record adds to its key and value in a batch of its own: the batch header (61 bytes), the
+# record's length, offset and timestamp varints, and its headers (the writer's, a forward's source:
+# under a hundred bytes).
+RECORD_OVERHEAD_BYTES = 256
 BROKER_RE = re.compile(r"^kafka://[A-Za-z0-9.\-_\[\]:]+:\d+(,[A-Za-z0-9.\-_\[\]:]+:\d+)*$")
 
 
@@ -189,6 +193,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         max_record_bytes=settings.max_record_bytes,
         max_future_skew_s=settings.max_future_skew_s,
         max_deadletter_bytes=settings.max_deadletter_bytes,
+        max_state_bytes=settings.max_output_bytes - RECORD_OVERHEAD_BYTES,
         max_name_bytes=settings.max_name_bytes,
         max_labels=settings.max_labels,
         source=settings.source,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -155,15 +155,17 @@ class WindowStore(AwaitingReads, SparseKeyLog, StoreCodec):
         rows = np.flatnonzero(self.row_live[:used] & (self.row_owner[:used] == owner))
         return self.row_start[rows] + self.row_length[rows]
 
-    def take_writes(self, boundary: int, stale_before: int) -> tuple[np.ndarray, int | None]:
+    def take_writes(self, boundary: int, stale_before: int,
+                    too_large: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[np.ndarray, int | None]:
         """The owners whose state is to be written now, ascending, and the oldest boundary whose
         changes the others still hold unwritten (None: none).
 
         Boundaries are the caller's numbered checkpoints; an owner changed since the last call holds
         unwritten changes from ``boundary`` on. It is written once something was emitted from its
         state (``emitted``: a replay would not emit it again), or once it has held changes since a
-        boundary before ``stale_before``. The others wait: a replay from the oldest boundary they
-        hold redoes their changes exactly (their replay marks skip what is written).
+        boundary before ``stale_before``, unless ``too_large`` (a mask of the owners due) says its
+        record is more than the changelog takes. The others wait: a replay from the oldest boundary
+        they hold redoes their changes exactly (their replay marks skip what is written).
 
         >>> store = WindowStore(10)
         >>> a, b = store.new_owner({60: False}), store.new_owner({60: False})
@@ -183,6 +185,8 @@ class WindowStore(AwaitingReads, SparseKeyLog, StoreCodec):
         changed[:] = False
         held = unwritten_from >= 0
         owners = np.flatnonzero(held & (self.emitted[:used] | (unwritten_from < stale_before)))
+        if too_large is not None and owners.size:
+            owners = owners[~too_large(owners)]
         unwritten_from[owners] = -1
         self.emitted[owners] = False
         still = unwritten_from[unwritten_from >= 0]

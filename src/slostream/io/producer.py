@@ -15,6 +15,7 @@ import mode
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
+from slostream.config import RECORD_OVERHEAD_BYTES
 from slostream.io.fencing import Fenced, GroupLease, guard_client
 
 log = logging.getLogger("slostream")
@@ -38,10 +39,6 @@ def writer_id() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"
 # A checkpoint yields to the event loop after this many state writes (about 0.1 s of serialising).
 YIELD_EVERY_WRITES = 500
-# What a record adds to its key and value in a batch of its own: the batch header (61 bytes), the
-# record's length, offset and timestamp varints, and its headers (the writer's, a forward's source:
-# under a hundred bytes).
-RECORD_OVERHEAD_BYTES = 256
 
 
 @functools.lru_cache(maxsize=1 << 18)

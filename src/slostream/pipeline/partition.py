@@ -127,6 +127,7 @@ class PartitionProcessor:
         self.pending = Output()  # what a restore emits (alerts of what is no longer configured), at the next tick
         self.unreadable_state = 0  # state records a restore could not read (each part started afresh)
         self.checkpoints = state.Checkpoints(now, self._replay_state(), config.report_window_s)
+        self.series_records = state.SeriesRecords()
 
     # --- processing -------------------------------------------------------
 
@@ -565,12 +566,12 @@ class PartitionProcessor:
         from there redoes those changes exactly (each series' replay mark skips what is written).
         Kafka Streams' record caches defer writes the same way. ``final`` writes every series
         (a revoke or a stop: the next owner replays nothing), as does an eviction (a replay must not
-        bring an evicted series back). The series' states are serialised as the writes are read (a
-        worker yields to its event loop between them): read them all before this processor takes
-        anything else.
+        bring an evicted series back), but a series whose record the changelog would refuse
+        (``state.SeriesRecords``). Read the writes before this processor takes anything else.
         """
         deleted, self._deleted_keys = self._deleted_keys, []
-        dirty, replay = self.checkpoints.take(self.store, self.now, self._replay_state(), final or bool(deleted))
+        dirty, replay = self.checkpoints.take(self.store, self.now, self._replay_state(), final or bool(deleted),
+                                              functools.partial(self.series_records.too_large, self))
         return (state.checkpoint_writes(self, deleted, dirty, replay),
                 SafeOffsets(replay["applied_offset"], replay["repartition_offset"]))
 

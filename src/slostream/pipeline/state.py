@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -56,13 +56,15 @@ class Checkpoints:
         self.boundaries: dict[int, tuple[float, dict]] = {0: (now, replay_state)}
         self.wait_s = UNWRITTEN_REPORT_WINDOWS * report_window_s
 
-    def take(self, store: WindowStore, now: float, replay_state: dict, everything: bool) -> tuple[np.ndarray, dict]:
+    def take(self, store: WindowStore, now: float, replay_state: dict, everything: bool,
+             too_large: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, dict]:
         """A new checkpoint at wall time ``now`` (``replay_state``: what a replay from it starts
-        with): the window owners of the series to write (``everything``: all changed ones), and the
-        replay state of the oldest checkpoint still needed, whose offset the writes make safe."""
+        with): the window owners of the series to write (``everything``: all changed ones, but
+        those ``too_large`` to write), and the replay state of the oldest checkpoint still needed,
+        whose offset the writes make safe."""
         number = self.number
         stale_before = number + 1 if everything else self._stale_before(now)
-        dirty, oldest = store.take_writes(number, stale_before)
+        dirty, oldest = store.take_writes(number, stale_before, too_large)
         self.number = number + 1
         self.boundaries[number + 1] = (now, replay_state)
         replay_from = number + 1 if oldest is None else oldest
@@ -78,16 +80,45 @@ class Checkpoints:
         return next((b for b, (at, _) in self.boundaries.items() if now - at < self.wait_s), self.number + 1)
 
 
+class SeriesRecords:
+    """The records of the series a checkpoint writes, made as it picks them (their windows encoded
+    together): one the changelog would refuse (``max_state_bytes``) is not written, and the series'
+    changes wait, holding the committed offset back, until its record fits again (a series holding
+    hours open while a lagging partition is read: a replay from there redoes them). Each series
+    held is logged once."""
+
+    def __init__(self):
+        self.records: dict[int, tuple[str, bytes]] = {}
+        self.held: set[str] = set()  # series whose record was too large at their last checkpoint
+
+    def too_large(self, proc: PartitionProcessor, owners: np.ndarray) -> np.ndarray:
+        held = np.zeros(owners.size, dtype=bool)
+        self.records = {}
+        for i, (owner, windows) in enumerate(zip(owners.tolist(), proc.store.encode(owners))):
+            series = proc._series_of_owner[owner]
+            key, record = state_keys.series_key(proc.partition, series.key), series_record(proc, series, windows)
+            if len(key.encode()) + len(record) <= proc.config.max_state_bytes:
+                self.records[owner] = key, record
+                self.held.discard(series.key)
+                continue
+            held[i] = True
+            if series.key not in self.held:
+                self.held.add(series.key)
+                log.warning("partition %d: the state of series %s is %d bytes, over max_output_bytes: its changes "
+                            "wait unwritten (the committed offset with them) until its open windows close",
+                            proc.partition, series.key[:200], len(record))
+        return held
+
+
 def checkpoint_writes(proc: PartitionProcessor, deleted: list[str], dirty: np.ndarray,
                       replay: dict) -> Iterator[tuple[str, bytes | None]]:
-    """The deletions, the written series (their windows encoded together), each evaluator's own
-    writes, the alert book when it changed, then the partition's record, last."""
+    """The deletions, the written series, each evaluator's own writes, the alert book when it
+    changed, then the partition's record, last."""
     p = proc.partition
     for key in deleted:
         yield key, None
-    for owner, windows in zip(dirty.tolist(), proc.store.encode(dirty)):
-        series = proc._series_of_owner[owner]
-        yield state_keys.series_key(p, series.key), series_record(proc, series, windows)
+    for owner in dirty.tolist():
+        yield proc.series_records.records.pop(owner)
     writes: list[tuple[str, bytes | None]] = []
     for evaluator in proc.evaluators:
         writes.extend(evaluator.writes(p))

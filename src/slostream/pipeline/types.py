@@ -43,6 +43,7 @@ class PipelineConfig:
     max_record_bytes: int
     max_future_skew_s: float
     max_deadletter_bytes: int  # of the rejected input, in each field of a dead letter
+    max_state_bytes: int  # key and value of a state record: the changelog takes no larger one
     max_name_bytes: int  # UTF-8 bytes of a service, metric, id, label key or label value
     max_labels: int  # labels of a measurement
     source: str
