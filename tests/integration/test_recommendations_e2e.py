@@ -1,10 +1,7 @@
-"""Threshold recommendations through the real broker: eight days of latency in zstd records keyed
-by service, over four partitions, make exactly the recommendation events of an in-process run
-with one partition; a control command asks for more; the API and /metrics show them.
-
-Keyed, because eight days of backlog sent at once without keys reach the owner through four
-partitions read at different speeds, and what lags the newest by more than the base ring (about
-an hour of event time) is dead-lettered as too late (``max_open_span_s``, see README)."""
+"""Threshold recommendations through the real broker: eight days of latency in unkeyed zstd records
+sent at once (a replay: every record stamped when sent) over four partitions make exactly the
+recommendation events of an in-process run with one partition; a control command asks for more;
+the API and /metrics show them."""
 
 import shutil
 import subprocess
@@ -27,7 +24,7 @@ def test_recommendations_end_to_end(kafka, make_worker, tmp_path):
     assert sorted(e["data"]["target"]["level"] for e in expected.values()) == ["critical", "warning"]
     worker = make_worker("recommend", **env).start()
     prefix = make_worker.prefix
-    records = [(b"api", orjson.dumps(items[i:i + 500])) for i in range(0, len(items), 500)]
+    records = [(None, orjson.dumps(items[i:i + 500])) for i in range(0, len(items), 500)]
     send_records(kafka.bootstrap, f"{prefix}measurements", records, compression="zstd")
     topic = f"{prefix}recommendations"
     events = consume(kafka.bootstrap, topic, lambda ev: len(ev) >= len(expected), timeout=120)
@@ -62,16 +59,15 @@ def test_recommendations_end_to_end(kafka, make_worker, tmp_path):
     assert worker.stop() == 0
 
 
-# Records sent between two waits for the worker (``_reached``): four records of eight minutes are
-# 32 minutes of event time in flight, about half of what a partition may lag its series' newest one
-# before its measurements are too late (max_open_span_s, about an hour here), which the test checks.
+# Records sent between two waits for the worker (``_reached``): four records of eight minutes, as
+# live producers flushing every few minutes would send them.
 LIVE_EVERY = 4
 
 
 def _reached(worker, event_time: float, timeout: float = 60.0) -> None:
     """Until the worker's newest watermark has reached ``event_time``: a live producer's records are
-    read as they come, while days of event time are sent in seconds here (a backlog of unkeyed
-    records is read from four partitions at different speeds, see the other test)."""
+    read as they come, while days of event time are sent in seconds here (sent at once, they are a
+    replay: the other test)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         _, metrics = worker.get("/metrics")

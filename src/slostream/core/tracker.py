@@ -43,8 +43,8 @@ class SloTracker:
         self.slices = SeriesWindows(counting) if isinstance(slo.budgeting, Timeslices) else None
         self.slices_until = -1  # end of the newest slice judged
         self.last_seen = -math.inf  # newest event time of a matching measurement
-        # Measurements of a bucket older than the base ring holds, when one series of the SLO lags
-        # another by more than the ring: not counted in the SLO (its series' SLI windows have them).
+        # Measurements of a bucket closed and past the base ring: a series that first shows up with
+        # data that old. Not counted in the SLO (its series' SLI windows have them).
         self.too_old = 0
         self._status: dict | None = None
         self.evaluated_at = -1  # end of the windows of the last evaluation
