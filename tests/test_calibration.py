@@ -45,4 +45,44 @@ def test_a_well_calibrated_model_stays_within_its_bound():
 
 def test_no_pairs_give_no_statistics():
     stats = calibration_stats(calibration_row(np.array([1.5]), np.array([1]), 10), 10, 1.0)
-    assert stats == {"n": 0, "ece": None, "ece_bound": None, "ece_excess": None, "brier": None, "out_of_range": 1}
+    assert stats == {"n": 0, "ece": None, "ece_bound": None, "ece_excess": None, "ece_chance": None,
+                     "miscalibration_p": None, "brier": None, "out_of_range": 1}
+
+
+@pytest.mark.parametrize(("n", "draw"), [(600, "uniform"), (600, "rare"), (5000, "uniform")])
+def test_ece_chance_is_the_mean_ece_of_a_perfectly_calibrated_model(n, draw):
+    """Seeded simulation: 400 windows of ``n`` predictions whose outcomes follow them exactly; the
+    mean ECE they show is ``ece_chance`` within 10% (a normal approximation per bin). Rare-event
+    predictions (all under 0.1) are where ``ece_bound`` is furthest from chance."""
+    rng = np.random.default_rng(n)
+    predicted = rng.random(n) if draw == "uniform" else rng.beta(1, 40, n)
+    row_of = lambda outcomes: calibration_row(predicted, outcomes, 10)  # noqa: E731
+    eces = [calibration_stats(row_of((rng.random(n) < predicted).astype(np.int8)), 10, 1.0)["ece"]
+            for _ in range(400)]
+    chance = calibration_stats(row_of(np.zeros(n, dtype=np.int8)), 10, 1.0)["ece_chance"]  # outcomes do not enter
+    assert np.mean(eces) == pytest.approx(chance, rel=0.10)
+
+
+def _rejections(n: int, skew: float, windows: int, seed: int) -> float:
+    """The share of windows of ``n`` predictions whose outcomes run ``skew`` above them that the
+    miscalibration test rejects at 5%."""
+    rng = np.random.default_rng(seed)
+    rejected = 0
+    for _ in range(windows):
+        predicted = rng.random(n)
+        outcomes = (rng.random(n) < np.clip(predicted + skew, 0, 1)).astype(np.int8)
+        rejected += calibration_stats(calibration_row(predicted, outcomes, 10), 10, 1.0)["miscalibration_p"] < 0.05
+    return rejected / windows
+
+
+def test_the_miscalibration_test_rejects_a_calibrated_model_at_most_at_its_level():
+    assert _rejections(600, 0.0, windows=1000, seed=7) <= 0.05 + 0.02  # binomial noise of 1,000 windows
+
+
+def test_the_miscalibration_test_flags_a_model_off_by_eight_points_at_600_that_ece_bound_does_not():
+    assert _rejections(600, 0.08, windows=300, seed=8) >= 0.8
+    rng = np.random.default_rng(9)
+    predicted = rng.random(600)
+    stats = calibration_stats(calibration_row(predicted, (rng.random(600) < np.clip(predicted + 0.08, 0, 1)).astype(
+        np.int8), 10), 10, bound_c=1.0)
+    assert stats["ece_excess"] < 0  # the SLO's threshold does not see it

@@ -8,14 +8,25 @@ outside [0, 1] (the model misbehaving: counted, left out of the statistics, neve
 
 - ``ece``, the expected calibration error: the bins' gaps between mean prediction and outcome rate,
   weighted by their share of the ``n`` measurements, which is ``sum |sum_p - sum_y| / n``;
-- ``ece_bound`` = max(0.015, c * sqrt(bins / n)): about what a perfectly calibrated model shows
-  at this ``n`` by chance; ``ece_excess`` = ``ece - ece_bound`` is the part that is not noise;
+- ``ece_bound`` = max(0.015, c * sqrt(bins / n)): the SLO's threshold (``ece_excess`` =
+  ``ece - ece_bound``);
+- ``ece_chance``, the ECE a perfectly calibrated model is expected to show at these bin counts,
+  sqrt(2/pi) * sum_b sqrt(n_b * p_b * (1 - p_b)) / n (``p_b`` the bin's mean prediction): each
+  bin's gap ``sum_y - sum_p`` is then about normal with variance n_b * p_b * (1 - p_b), whose mean
+  absolute value is sqrt(2/pi) times its deviation;
+- ``miscalibration_p``, the p-value of the hypothesis that the model is calibrated: the bins'
+  squared gaps over those variances sum to about chi-squared with as many degrees of freedom as
+  bins with a variance (the predictions are given, not fitted here; Hosmer and Lemeshow's test
+  without the fitting). The bins' mean predictions stand for each prediction, which overstates the
+  variance (Jensen): the test errs on the side of not firing;
 - ``brier``, the mean squared error of the predictions.
 
 >>> row = calibration_row(np.array([0.1, 0.15, 0.8, 0.95]), np.array([0, 0, 1, 0]), bins=10)
 >>> stats = calibration_stats(row, bins=10, bound_c=1.0)
 >>> stats["n"], round(stats["ece"], 4), round(stats["brier"], 4), stats["out_of_range"]
 (4, 0.35, 0.2437, 0)
+>>> round(stats["ece_chance"], 3), f"{stats['miscalibration_p']:.1e}"
+(0.217, '2.1e-04')
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ import math
 import struct
 
 import numpy as np
+from scipy import stats as scipy_stats
 
 from .drift import Detection
 
@@ -68,12 +80,35 @@ def calibration_stats(row: np.ndarray, bins: int, bound_c: float) -> dict:
     n = int(row[:bins].sum())
     out_of_range = int(row[3 * bins + 1])
     if n == 0:
-        return {"n": 0, "ece": None, "ece_bound": None, "ece_excess": None, "brier": None,
-                "out_of_range": out_of_range}
-    ece = float(np.abs(row[bins:2 * bins] - row[2 * bins:3 * bins]).sum() / n)
+        return {"n": 0, "ece": None, "ece_bound": None, "ece_excess": None, "ece_chance": None,
+                "miscalibration_p": None, "brier": None, "out_of_range": out_of_range}
+    gaps = row[2 * bins:3 * bins] - row[bins:2 * bins]
+    ece = float(np.abs(gaps).sum() / n)
     bound = max(MIN_ECE_BOUND, bound_c * math.sqrt(bins / n))
-    return {"n": n, "ece": ece, "ece_bound": bound, "ece_excess": ece - bound, "brier": float(row[3 * bins] / n),
+    variances = gap_variances(row, bins)
+    return {"n": n, "ece": ece, "ece_bound": bound, "ece_excess": ece - bound,
+            "ece_chance": float(math.sqrt(2 / math.pi) * np.sqrt(variances).sum() / n),
+            "miscalibration_p": chi_squared_p(gaps, variances), "brier": float(row[3 * bins] / n),
             "out_of_range": out_of_range}
+
+
+def gap_variances(row: np.ndarray, bins: int) -> np.ndarray:
+    """Each bin's variance of ``sum_y - sum_p`` for a calibrated model: n_b * p_b * (1 - p_b)."""
+    counts = row[:bins]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(counts > 0, row[bins:2 * bins] / counts, 0.0)
+    return counts * means * (1.0 - means)
+
+
+def chi_squared_p(gaps: np.ndarray, variances: np.ndarray) -> float:
+    """The p-value of gaps this large for independent bins of these variances. A bin without
+    variance (every prediction 0 or 1) that missed by a whole outcome is certain miscalibration."""
+    held = variances > 0
+    if np.any(~held & (np.abs(gaps) >= 0.5)):
+        return 0.0
+    if not held.any():
+        return 1.0
+    return float(scipy_stats.chi2.sf(float((gaps[held] ** 2 / variances[held]).sum()), int(held.sum())))
 
 
 WEEK_S = 7 * 86400

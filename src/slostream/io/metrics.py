@@ -30,7 +30,11 @@ SLI_GAUGES = (
 CALIBRATION_GAUGES = (
     ("ece", "slostream_sli_window_ece", "Expected calibration error of the last closed report window."),
     ("ece_bound", "slostream_sli_window_ece_bound",
-     "max(0.015, c * sqrt(bins / n)) of the last closed report window: about what chance gives a calibrated model."),
+     "max(0.015, c * sqrt(bins / n)) of the last closed report window: the SLO's threshold on ece."),
+    ("ece_chance", "slostream_sli_window_ece_chance",
+     "ECE a perfectly calibrated model is expected to show at the last closed report window's bin counts."),
+    ("miscalibration_p", "slostream_sli_window_miscalibration_p_value",
+     "p-value of the hypothesis that the last closed report window's predictions are calibrated."),
     ("brier", "slostream_sli_window_brier", "Brier score (mean squared error) of the last closed report window."),
 )
 
