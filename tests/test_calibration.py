@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from slostream.core.calibration import calibration_row, calibration_rows, calibration_stats
+from slostream.core.calibration import WEEK_S, CalibrationWeeks, calibration_row, calibration_rows, calibration_stats
 from tests.calibration_reference import brute_force_calibration
 
 
@@ -86,3 +86,44 @@ def test_the_miscalibration_test_flags_a_model_off_by_eight_points_at_600_that_e
     stats = calibration_stats(calibration_row(predicted, (rng.random(600) < np.clip(predicted + 0.08, 0, 1)).astype(
         np.int8), 10), 10, bound_c=1.0)
     assert stats["ece_excess"] < 0  # the SLO's threshold does not see it
+
+
+def _weekly_detections(skew_in_last: float, runs: int, seed: int, n: int = 1000) -> tuple[float, float]:
+    """Seeded: ``runs`` series of ten weeks of ``n`` predictions each, calibrated but for the last
+    week's outcomes running ``skew_in_last`` above them. The share of calibrated weeks (the fourth
+    to the ninth: three of history first) with a weekly detection, and of last weeks with one."""
+    rng = np.random.default_rng(seed)
+    calibrated, last = [], []
+    for _ in range(runs):
+        weeks = CalibrationWeeks(bins=10, alpha=0.05)
+        for week in range(11):
+            p = rng.random(n)
+            skew = skew_in_last if week == 9 else 0.0
+            row = calibration_row(p, (rng.random(n) < np.clip(p + skew, 0, 1)).astype(np.int8), 10)
+            found = bool(weeks.update(4 * 86400 + week * WEEK_S, row))  # completes the week before
+            if 4 <= week <= 9:
+                calibrated.append(found)
+            elif week == 10:
+                last.append(found)
+    return float(np.mean(calibrated)), float(np.mean(last))
+
+
+def test_a_calibrated_model_fires_the_weekly_tests_in_at_most_5_percent_of_weeks():
+    false_rate, _ = _weekly_detections(0.0, runs=500, seed=11)
+    assert false_rate <= 0.05  # 3,000 weeks: binomial noise about 0.4 points
+
+
+def test_a_weekly_shift_of_5_points_is_found_in_90_percent_of_weeks():
+    _, power = _weekly_detections(0.05, runs=400, seed=12)
+    assert power >= 0.9
+
+
+def test_a_drop_in_volume_alone_fires_nothing():
+    rng = np.random.default_rng(13)
+    weeks, fired = CalibrationWeeks(bins=10, alpha=0.05), 0
+    for week in range(40):
+        n = 5000 if week < 20 else 300  # volume falls by 94%
+        p = rng.random(n)
+        row = calibration_row(p, (rng.random(n) < p).astype(np.int8), 10)
+        fired += len(weeks.update(4 * 86400 + week * WEEK_S, row))
+    assert fired <= 4  # 39 tested weeks, two tests at 5% in all

@@ -100,11 +100,11 @@ CASES = {
         lambda w, i, rng: w.update(600.0 * i, float(rng.lognormal(4, 0.1)) * (2 if i > 700 else 1)),
         lambda w: w.to_state(), DriftWatch.from_state, _bytes_version),
     "calibration weeks": Case(
-        lambda: CalibrationWeeks(10, 1.0, 0.01),
+        lambda: CalibrationWeeks(10, 0.05),
         lambda c, i, rng: c.update(4 * 86400 + WEEK_S * (i // 100),
                                    calibration_row(p := rng.random(200), (rng.random(200) < p * (1 + i / 1000))
                                                    .astype(np.int8), 10)),
-        lambda c: c.to_state(), lambda s: CalibrationWeeks.from_state(s, 1.0, 0.01), _bytes_version),
+        lambda c: c.to_state(), lambda s: CalibrationWeeks.from_state(s, 0.05), _bytes_version),
     "alert book": Case(
         lambda: AlertBook(cooldown_s=300.0), _alert_step, lambda b: b.to_state(), AlertBook.from_state,
         _dict_version),

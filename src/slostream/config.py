@@ -123,7 +123,7 @@ class Settings:
     alert_resend_s: float = 60.0
     calibration_bins: int = 10
     calibration_bound_c: float = 1.0
-    calibration_weekly_delta: float = 0.01
+    calibration_weekly_alpha: float = 0.05
     threshold_models: bool = True
     recommend_strategy: str = "balanced"
     recommend_every_s: float = 604800.0
@@ -207,7 +207,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         drift=settings.drift,
         calibration_bins=settings.calibration_bins,
         calibration_bound_c=settings.calibration_bound_c,
-        calibration_weekly_delta=settings.calibration_weekly_delta,
+        calibration_weekly_alpha=settings.calibration_weekly_alpha,
         threshold_models=settings.threshold_models,
         recommend_strategy=settings.recommend_strategy,
         recommend_every_s=settings.recommend_every_s,
@@ -455,8 +455,8 @@ def validate(s: Settings) -> None:
         fail("calibration_bins", f"is {s.calibration_bins}, it must be from 2 to 1000")
     if not s.calibration_bound_c > 0:
         fail("calibration_bound_c", f"is {s.calibration_bound_c}, it must be above 0")
-    if not 0 < s.calibration_weekly_delta < 1:
-        fail("calibration_weekly_delta", f"is {s.calibration_weekly_delta}, it must be between 0 and 1")
+    if not 0 < s.calibration_weekly_alpha <= 0.5:
+        fail("calibration_weekly_alpha", f"is {s.calibration_weekly_alpha}, it must be over 0 and at most 0.5")
     if s.recommend_strategy not in STRATEGIES:
         fail("recommend_strategy", f"is {s.recommend_strategy!r}")
     for name in ("recommend_every_s", "recommend_horizon_s"):

@@ -57,7 +57,7 @@ class PipelineConfig:
     drift: DriftRules  # on by default: every series' p95 and error ratio
     calibration_bins: int  # equal-width bins of [0, 1] of the expected calibration error
     calibration_bound_c: float  # c of ece_bound = max(0.015, c * sqrt(bins / n))
-    calibration_weekly_delta: float  # a week's ece or brier this far from the week before's is drift
+    calibration_weekly_alpha: float  # significance of the weekly calibration tests (``CalibrationWeeks``)
     threshold_models: bool  # a threshold model on every policy's aggregate
     recommend_strategy: str  # core.recommend.STRATEGIES
     recommend_every_s: float  # event time between scheduled recommendations

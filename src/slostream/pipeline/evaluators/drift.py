@@ -97,7 +97,7 @@ class SeriesDrift:
         return b"".join(parts)
 
     @classmethod
-    def from_state(cls, state: bytes, rule: DriftRule, bound_c: float, delta: float) -> SeriesDrift:
+    def from_state(cls, state: bytes, rule: DriftRule, weekly_alpha: float) -> SeriesDrift:
         """The drift of a series as saved, under its rule now: a watch the rule no longer asks for is
         dropped, one it asks for anew, or with other settings, starts afresh."""
         if state[:1] != bytes((STATE_VERSION,)):
@@ -118,7 +118,7 @@ class SeriesDrift:
                     fresh.firing[aggregate] = SEVERITIES[firing - 1]
         fresh.pooled = (requests, errors)
         if at < len(state):
-            fresh.weeks = CalibrationWeeks.from_state(state[at:], bound_c, delta)
+            fresh.weeks = CalibrationWeeks.from_state(state[at:], weekly_alpha)
         return fresh
 
 
@@ -130,8 +130,7 @@ class DriftEvaluator(Evaluator):
         self.source = config.source
         self.alerting = alerting
         self.bins = config.calibration_bins
-        self.bound_c = config.calibration_bound_c
-        self.weekly_delta = config.calibration_weekly_delta
+        self.weekly_alpha = config.calibration_weekly_alpha
 
     def watch(self, series: Series) -> None:
         rule = self.rules.for_series(series.service, series.metric)
@@ -166,7 +165,7 @@ class DriftEvaluator(Evaluator):
                     drift.firing[aggregate] = drift.alert
             if calibration is not None:
                 if drift.weeks is None or drift.weeks.bins != self.bins:
-                    drift.weeks = CalibrationWeeks(self.bins, self.bound_c, self.weekly_delta)
+                    drift.weeks = CalibrationWeeks(self.bins, self.weekly_alpha)
                 for aggregate, detection in drift.weeks.update(float(window["window_start"]), calibration):
                     out.drift.append(drift_event(self.source, series, aggregate, "weekly_delta", detection))
             if conditions:
@@ -183,7 +182,7 @@ class DriftEvaluator(Evaluator):
     def restore_series(self, series: Series, state: bytes) -> None:
         if series.drift is not None:
             series.drift = SeriesDrift.from_state(state, self.rules.for_series(series.service, series.metric),
-                                                  self.bound_c, self.weekly_delta)
+                                                  self.weekly_alpha)
 
 
 def _condition(series: Series, aggregate: str, severity: str, detection: Detection | None) -> Condition:
