@@ -298,10 +298,10 @@ def test_alignment_waits_for_every_partition_and_follows_the_slowest():
     assert alignment.aligned_until == 8.0
     alignment.report(0, Progress(9.0), 3.0)  # reports never move back
     assert alignment.read_until[0] == 10.0
-    assert [alignment.last_moved(p) for p in range(3)] == [1.0, 2.0, 1.0]
+    assert [alignment.last_heard(p) for p in range(3)] == [3.0, 2.0, 1.0]  # heard of, whatever it said
     restored = Alignment.from_state(3, orjson.loads(orjson.dumps(alignment.to_state())), 5.0)
     assert restored.read_until == alignment.read_until == {0: 10.0, 1: 8.0, 2: 12.0}
-    assert restored.last_moved(0) == 5.0  # not heard of since it was restored
+    assert restored.last_heard(0) == 5.0  # not heard of since it was restored
     assert Alignment(1, 0.0).aligned_until == np.inf  # one partition: its own log is in order
 
 

@@ -131,6 +131,19 @@ def test_closes_wait_for_a_partition_until_others_have_moved_all_along_for_the_s
     assert alignment.aligned_until == 200.0  # it moved: waited for again
 
 
+def test_a_partition_that_re_reads_what_it_had_read_is_alive_not_stalled():
+    """A new owner replays from the committed offset: its claims stay below the old one for as long
+    as that takes, and closes wait for it all along."""
+    alignment = Alignment(2, since=0.0)
+    alignment.report(0, Progress(100.0), now=0.0)
+    _report_every(alignment, (1,), 0.0, 3 * STALLED_AFTER_S, every=1.0)
+    now = 0.0
+    while now <= 3 * STALLED_AFTER_S:
+        alignment.report(0, Progress(50.0 + now / 100), now)  # replaying: under its old claim
+        now += 1.0
+    assert alignment.stalled() == frozenset() and alignment.aligned_until == 100.0
+
+
 def test_after_a_broker_outage_the_first_reports_leave_none_behind():
     alignment = Alignment(2, since=0.0)
     _report_every(alignment, (0, 1), 0.0, 100.0, every=1.0)

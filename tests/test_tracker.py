@@ -12,10 +12,11 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from slostream.core.buckets import COUNT, DEFAULT_RESOLUTIONS, OK, OK_KNOWN
+from slostream.core.buckets import COUNT, DEFAULT_RESOLUTIONS, OK, OK_KNOWN, Resolution
 from slostream.core.budget import BurnTier, detection_seconds
 from slostream.core.objectives import GoodRule, Policy, SloWindow, Timeslices, calendar_start
 from slostream.core.running_totals import RunningTotals
+from slostream.core.tracker import SloTracker
 from slostream.core.windows import SeriesWindows
 from slostream.pipeline.partition import PartitionProcessor
 from slostream.pipeline.state_keys import series_key
@@ -171,6 +172,38 @@ def test_timeslices_count_slices_judged_by_their_good_ratio():
     judged = np.array([round(r * 60) / 60 >= 0.9 for r in good_ratio_per_minute])
     assert status["budgeting"] == "timeslices"
     assert status["events"] == 120 and status["bad_events"] == (~judged).sum()
+
+
+def test_timeslices_of_a_backlog_closed_at_once_are_all_judged():
+    """Three hours held open (a series waiting for a lagging partition), then closed in one jump:
+    every minute is judged, not only the last ring's worth."""
+    tracker = SloTracker(checkout_slo(budgeting=Timeslices(60, 0.9), tiers=()), DEFAULT_RESOLUTIONS)
+    rng = np.random.default_rng(4)
+    ratios = rng.uniform(0.8, 1.0, 180)
+    for minute, ratio in enumerate(ratios):
+        for bucket in range(0, 60, 10):
+            flags = (np.arange(10) < round(ratio * 10)).astype(np.int8)
+            start = T0 + minute * 60 + bucket
+            tracker.feed(start, np.ones(10), flags, np.arange(10) + start * 10, start + 9)
+    assert tracker.events.closed_until == 0
+    tracker.close_until(T0 + 180 * 60)
+    judged = np.array([round(r * 10) / 10 >= 0.9 for r in ratios])
+    bad, total = tracker.counts(T0, T0 + 180 * 60)
+    assert (total, bad) == (180, (~judged).sum())
+
+
+def test_a_closed_bucket_whose_slot_holds_an_open_one_is_too_old_not_reopened():
+    """Reopened outside its slot it would lose its replay mark: a replay of its measurements would
+    count them twice."""
+    windows = SeriesWindows((Resolution(10, 4), Resolution(40, 4)))
+    windows.add_flags(40, np.ones(5, dtype=np.int8), np.arange(5))
+    windows.add_flags(50, np.ones(1, dtype=np.int8), np.array([5]))
+    windows.close_until(80)
+    windows.add_flags(80, np.ones(1, dtype=np.int8), np.array([6]))  # open, in bucket 40's slot
+    assert windows.too_old(40) and not windows.too_old(80)
+    with pytest.raises(ValueError):
+        windows.add_flags(40, np.ones(5, dtype=np.int8), np.arange(5))
+    assert windows.totals(0, 120)[COUNT] == 7
 
 
 @pytest.mark.parametrize(("moment", "calendar", "zone", "expected"), [

@@ -74,15 +74,30 @@ class SloTracker:
         return added
 
     def close_until(self, watermark: float) -> None:
-        closed = self.events.close_until(watermark)
-        if closed:
-            self.dirty = True
         if self.slices is None:
+            if self.events.close_until(watermark):
+                self.dirty = True
             return
+        # Slices are judged on the base ring: a close that jumps further than the ring (a backlog
+        # released at once) is taken in steps of less than a ring, each judged before the next.
+        step = self.events.levels[0].slots * self.base_width - self.slo.budgeting.slice_s
+        if step <= 0:
+            raise ValueError("a timeslice must be shorter than the base ring")
+        at = self.events.closed_until
+        while True:
+            lowest = min(self.events.open_starts, default=watermark)  # nothing to judge before it
+            at = min(max(at, lowest) + step, watermark)
+            self._close_and_judge(at)
+            if at >= watermark:
+                return
+
+    def _close_and_judge(self, watermark: float) -> None:
+        if self.events.close_until(watermark):
+            self.dirty = True
         slice_s = self.slo.budgeting.slice_s
         ratio = self.slo.budgeting.good_if_ratio_ge
         judged_until = (self.events.closed_until // slice_s) * slice_s
-        oldest = judged_until - self.events.levels[0].slots * self.base_width + slice_s
+        oldest = -(-(judged_until - self.events.levels[0].slots * self.base_width) // slice_s) * slice_s  # aligned
         for start in range(max(self.slices_until, oldest, 0), judged_until, slice_s):
             if start < self.slices_until:
                 continue

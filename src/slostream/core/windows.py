@@ -196,15 +196,19 @@ class SeriesWindows:
         return self._mark_of(start) >= offsets[0]
 
     def too_old(self, start: int) -> bool:
-        """Whether the base bucket at ``start`` is closed and past the base ring (its slot holds a
-        newer closed bucket): it can take nothing more."""
+        """Whether the base bucket at ``start`` can take nothing more: it is closed and its ring slot
+        holds another bucket, newer or open (only open buckets spill: a closed one reopened
+        outside its slot would lose its replay mark and be rolled up twice)."""
         base = self.levels[0]
         held = int(base.starts[base.slot_of(start)])
-        return held > start and held not in self.open_starts
+        return start < self.closed_until and held != start and (held > start or held in self.open_starts)
 
     def _open_slot(self, start: int, offsets: np.ndarray | None) -> int | None:
         """Claim the base bucket at ``start`` for new measurements and move its replay mark: its
-        ring slot, or None when it is spilled (the slot holds another open bucket)."""
+        ring slot, or None when it is spilled (the slot holds another open bucket). Raises
+        ValueError for a bucket ``too_old``."""
+        if self.too_old(start):
+            raise ValueError(f"bucket {start} is closed and past the base ring")
         base = self.levels[0]
         held = int(base.starts[base.slot_of(start)])
         if start < self.closed_until:
@@ -217,9 +221,6 @@ class SeriesWindows:
             self._spill_dirty.add(start)
             return None
         slot = base._claim(start)
-        if slot is None:
-            self.open_starts.discard(start)
-            raise ValueError(f"bucket {start} is older than the base retention")
         base.marks[slot] = max(base.marks[slot], mark)
         return slot
 
@@ -411,7 +412,10 @@ class SeriesWindows:
     def drain_dirty(self) -> list[tuple[int, int, dict]]:
         """(level, slot, state) of every slot changed since the last drain."""
         changed = []
-        for index, level in enumerate(self.levels):
+        # Coarsest first, spills last: a checkpoint torn part-way then never holds a base slot whose
+        # earlier bucket's roll-up, or a spilled bucket's move into the ring, is not written yet.
+        for index in range(len(self.levels) - 1, -1, -1):
+            level = self.levels[index]
             for slot in sorted(level.dirty):
                 changed.append((index, slot, level.slot_state(slot)))
             level.dirty.clear()

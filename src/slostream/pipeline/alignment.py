@@ -87,15 +87,16 @@ def note_time(now: float) -> float:
     return math.ceil(now / READ_GRID_S) * READ_GRID_S
 
 
-# A partition whose progress has not moved for this long (wall time; since its owner took the
-# partition, if it never reported) is *stalled*: a reader that hangs while its group membership
-# lives on. It holds no other back from reading (``read_ahead_limits``). Closes wait for it until
-# another partition's progress has moved all along for this long (``Alignment.stalled``): what it
-# reads later is late, as Kafka Streams processes without a partition that has idled past
-# ``max.task.idle.ms``. Another's progress counts from the start of its current run of reports (no
-# gap over ``RUN_GAP_S``): a broker outage stops every partition at once, and after it their first
-# reports come one by one, so none is left behind. A partition ahead of the others (held by its
-# read-ahead limit) may count as stalled too; that changes nothing, as the least read decides.
+# A partition not heard of for this long (wall time: no progress record, whatever it said; since its
+# owner took the partition, if never) is *stalled*: a reader that hangs while its group membership
+# lives on. A reader that is alive reports every tick, even while it re-reads what it had read (a
+# replay after a restart) or is held by its read-ahead limit. A stalled partition holds no other
+# back from reading (``read_ahead_limits``). Closes wait for it until another partition has been
+# heard of all along for this long (``Alignment.stalled``): what it reads later is late, as Kafka
+# Streams processes without a partition that has idled past ``max.task.idle.ms``. Another's reports
+# count from the start of their current run (no gap over ``RUN_GAP_S``): a broker outage silences
+# every partition at once, and after it their first reports come one by one, so none is left
+# behind. A new owner that takes longer than this to restore a partition's state makes it stalled.
 STALLED_AFTER_S = 600.0
 RUN_GAP_S = 60.0
 
@@ -123,33 +124,32 @@ class Alignment:
     """What each partition of the topic has reported of its reading, as one owner has read it since
     wall time ``since``."""
 
-    __slots__ = ("partitions", "read_until", "moved_at", "run_since", "since")
+    __slots__ = ("partitions", "read_until", "heard_at", "run_since", "since")
 
     def __init__(self, partitions: int, since: float):
         self.partitions = partitions
         self.since = since
         self.read_until: dict[int, float] = {}  # partition -> it has read everything written before
-        self.moved_at: dict[int, float] = {}  # partition -> wall time its read_until last moved here
-        self.run_since: dict[int, float] = {}  # partition -> wall time its current run of moves began
+        self.heard_at: dict[int, float] = {}  # partition -> wall time of its last progress record here
+        self.run_since: dict[int, float] = {}  # partition -> wall time its current run of reports began
 
     def report(self, source: int, progress: Progress, now: float) -> None:
         """Take one progress record, read at wall time ``now``."""
         if progress.read_until is not None and progress.read_until > self.read_until.get(source, -math.inf):
             self.read_until[source] = progress.read_until
-            if now - self.moved_at.get(source, -math.inf) > RUN_GAP_S:
-                self.run_since[source] = now
-            self.moved_at[source] = now
+        if now - self.heard_at.get(source, -math.inf) > RUN_GAP_S:
+            self.run_since[source] = now
+        self.heard_at[source] = now
 
-    def last_moved(self, source: int) -> float:
-        """When ``source``'s progress last moved here (wall time; ``since``, if not since then)."""
-        return self.moved_at.get(source, self.since)
+    def last_heard(self, source: int) -> float:
+        """When ``source`` last reported here (wall time; ``since``, if not since then)."""
+        return self.heard_at.get(source, self.since)
 
     def stalled(self) -> frozenset[int]:
-        """The partitions whose progress has not moved for ``STALLED_AFTER_S`` while another's moved
-        all along."""
-        running = [(self.run_since[q], self.moved_at[q]) for q in self.moved_at]
+        """The partitions not heard of for ``STALLED_AFTER_S`` while another was heard of all along."""
+        running = [(self.run_since[q], self.heard_at[q]) for q in self.heard_at]
         return frozenset(p for p in range(self.partitions)
-                         if any(moved - max(self.last_moved(p), since) >= STALLED_AFTER_S for since, moved in running))
+                         if any(heard - max(self.last_heard(p), since) >= STALLED_AFTER_S for since, heard in running))
 
     @property
     def aligned_until(self) -> float:

@@ -606,24 +606,24 @@ def read_ahead_of(procs: Mapping[int, PartitionProcessor], end_known_at: Mapping
     """How far (record time) each partition may be read at wall time ``now``
     (``alignment.read_ahead_limits``), as a worker holding the processors ``procs`` knows it: what
     its own partitions have read (each last at its log's end at ``end_known_at``, or None), and what
-    every other partition reported to them (stalled, if that has not moved at any of them for
-    ``STALLED_AFTER_S``: the partitions it held back may not have moved either)."""
+    every other partition reported to them (stalled, if not heard of at any of them for
+    ``STALLED_AFTER_S``)."""
     if not procs:
         return {}
     config = next(iter(procs.values())).config
     claims: dict[int, float | None] = {}
-    last_moved = dict.fromkeys(range(config.partitions), -np.inf)
+    last_heard = dict.fromkeys(range(config.partitions), -np.inf)
     for proc in procs.values():
         for source in range(config.partitions):
-            last_moved[source] = max(last_moved[source], proc.alignment.last_moved(source))
+            last_heard[source] = max(last_heard[source], proc.alignment.last_heard(source))
         for source, read_until in proc.alignment.read_until.items():
             claims[source] = max(claims.get(source, -np.inf), read_until)
     for partition, proc in procs.items():
         claim = proc.read_claim(end_known_at.get(partition))
         if claim is not None:
             claims[partition] = max(claims.get(partition, -np.inf), claim)
-        last_moved[partition] = now  # read here
-    stalled = frozenset(p for p, at in last_moved.items() if at < now - STALLED_AFTER_S)
+        last_heard[partition] = now  # read here
+    stalled = frozenset(p for p, at in last_heard.items() if at < now - STALLED_AFTER_S)
     return read_ahead_limits(claims, config.partitions, config.max_read_ahead_s, stalled)
 
 
