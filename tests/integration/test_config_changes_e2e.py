@@ -59,8 +59,9 @@ def test_an_slo_removed_between_restarts_resolves_its_page_and_deletes_its_keys(
         return {key: value for key, value in log.items()
                 if key.split(SEP)[1] in ("S", "s") and key.endswith(SEP + SLO)}
 
-    kept = slo_keys(compacted(kafka.bootstrap, changelog))
-    assert kept and all(value is not None for value in kept.values())
+    # Spilled open buckets' keys are deleted (None) as they close; the others hold the SLO's state.
+    kept = {key: value for key, value in slo_keys(compacted(kafka.bootstrap, changelog)).items() if value is not None}
+    assert kept
 
     definitions.write_text(WITHOUT_SLO)
     second = make_worker("removed", SLOSTREAM_DEFINITION_FILES=str(definitions)).start()
@@ -72,7 +73,7 @@ def test_an_slo_removed_between_restarts_resolves_its_page_and_deletes_its_keys(
     assert [a for a in firing if "slo" in a["labels"]] == []  # the policy's alert, still configured, may fire
     assert second.stop() == 0
     deleted = slo_keys(compacted(kafka.bootstrap, changelog))
-    assert deleted.keys() == kept.keys()
+    assert deleted.keys() >= kept.keys()
     assert all(value is None for value in deleted.values())
 
 

@@ -82,10 +82,11 @@ class Checkpoints:
 
 class SeriesRecords:
     """The records of the series a checkpoint writes, made as it picks them (their windows encoded
-    together): one the changelog would refuse (``max_state_bytes``) is not written, and the series'
-    changes wait, holding the committed offset back, until its record fits again (a series holding
-    hours open while a lagging partition is read: a replay from there redoes them). Each series
-    held is logged once."""
+    together): one the changelog would refuse (``max_state_bytes``) while the series waits for a
+    lagging partition (hours held open) is not written, and the series' changes wait, holding the
+    committed offset back, until alignment releases them (a replay from there redoes them). Each
+    series held is logged once. One too large with nothing waiting (a huge name) is written, and
+    the producer dead-letters it."""
 
     def __init__(self):
         self.records: dict[int, tuple[str, bytes]] = {}
@@ -97,7 +98,7 @@ class SeriesRecords:
         for i, (owner, windows) in enumerate(zip(owners.tolist(), proc.store.encode(owners))):
             series = proc._series_of_owner[owner]
             key, record = state_keys.series_key(proc.partition, series.key), series_record(proc, series, windows)
-            if len(key.encode()) + len(record) <= proc.config.max_state_bytes:
+            if len(key.encode()) + len(record) <= proc.config.max_state_bytes or not proc.store.read_count[owner]:
                 self.records[owner] = key, record
                 self.held.discard(series.key)
                 continue
@@ -105,7 +106,7 @@ class SeriesRecords:
             if series.key not in self.held:
                 self.held.add(series.key)
                 log.warning("partition %d: the state of series %s is %d bytes, over max_output_bytes: its changes "
-                            "wait unwritten (the committed offset with them) until its open windows close",
+                            "wait unwritten (the committed offset with them) until alignment closes its windows",
                             proc.partition, series.key[:200], len(record))
         return held
 
