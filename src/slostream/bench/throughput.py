@@ -25,6 +25,7 @@ from slostream.bench.common import (
     _scrape,
     _start_worker,
     _wait_ready,
+    counted_from,
 )
 from slostream.config import Settings, pipeline_config
 from slostream.pipeline.partition import PartitionProcessor
@@ -53,12 +54,13 @@ def _end_to_end(broker: BenchBroker, prefix: str, expected: int, definitions: st
     env = {"PYTHONPATH": source} if source else {}
     if definitions:
         env["SLOSTREAM_DEFINITION_FILES"] = definitions
+    launched = time.time()
     worker, port = _start_worker(broker, prefix, partitions, env)
     try:
         ready_at = _wait_ready(port, worker)
         last = asyncio.run(_last_sli_time(broker, f"{prefix}sli", expected, timeout=300))
         _check_nothing_rejected(_scrape(port)[0], prefix)
-        return last - ready_at
+        return last - counted_from(launched, ready_at, last)
     finally:
         worker.terminate()
         worker.wait(30)
