@@ -147,6 +147,9 @@ class Alignment:
 
     def stalled(self) -> frozenset[int]:
         """The partitions not heard of for ``STALLED_AFTER_S`` while another was heard of all along."""
+        last = [self.last_heard(p) for p in range(self.partitions)]
+        if max(self.heard_at.values(), default=-math.inf) - min(last) < STALLED_AFTER_S:
+            return frozenset()  # the usual case, in one pass: it is asked for at every batch
         running = [(self.run_since[q], self.heard_at[q]) for q in self.heard_at]
         return frozenset(p for p in range(self.partitions)
                          if any(heard - max(self.last_heard(p), since) >= STALLED_AFTER_S for since, heard in running))
