@@ -24,9 +24,11 @@ def test_precedence_defaults_yaml_env_flags(tmp_path):
         ("report_window_s: 45\n", "report_window_s", "multiple of bucket_s"),
         ("web_port: 70000\n", "web_port", "between 1 and 65535"),
         ("grace_s: -1\n", "grace_s", "from 0 to 300"),
-        ("drift: {detector: cusum}\n", "drift.detector", "one of adwin, page_hinkley, kswin"),
+        ("drift: {detector: cusum}\n", "drift.detector", "one of multiscale, adwin, page_hinkley, kswin"),
+        ("drift: {false_per_week: 0}\n", "drift.false_per_week", "above 0 and at most 100"),
         ("drift: {aggregates: [p42]}\n", "drift.aggregates", "a list of p50"),
-        ("drift: {params: {deltaa: 0.1}}\n", "drift.params", "parameter names"),
+        ("drift: {params: {deltaa: 0.1}}\n", "drift.params", "multiscale takes none"),
+        ("drift: {detector: adwin, params: {deltaa: 0.1}}\n", "drift.params", "parameter names"),
         ("drift: {overrides: [{service: a, cooldown: soon}]}\n", "drift.overrides[0].cooldown", "a duration"),
         ("drift: {window: 5m}\n", "drift.window", "use enabled, aggregates"),
         ("drift: {alert: loud}\n", "drift.alert", "off, or a severity: info, warning"),
@@ -80,13 +82,14 @@ def test_cli_stops_with_exit_code_2_and_a_clear_message(tmp_path):
 
 def test_drift_settings_make_the_rules_of_each_series(tmp_path):
     path = tmp_path / "drift.yaml"
-    path.write_text("drift:\n  aggregates: [p99, throughput]\n  cooldown: 30m\n  overrides:\n"
+    path.write_text("drift:\n  aggregates: [p99, throughput]\n  cooldown: 30m\n  false_per_week: 0.2\n  overrides:\n"
                     "    - {service: 'batch-*', enabled: false}\n"
                     "    - {metric: queue_depth, aggregates: [max], detector: page_hinkley, params: {threshold: 5}}\n")
     rules = load_settings(str(path)).drift
     assert rules.for_series("batch-1", "latency_ms") is None
     api = rules.for_series("api", "latency_ms")
-    assert (api.aggregates, api.detector, api.cooldown_s) == (("p99", "throughput"), "adwin", 1800.0)
+    assert (api.aggregates, api.detector, api.cooldown_s, api.false_per_week) == (
+        ("p99", "throughput"), "multiscale", 1800.0, 0.2)
     queue = rules.for_series("api", "queue_depth")
     assert (queue.aggregates, queue.detector, queue.params, queue.cooldown_s) == (
         ("max",), "page_hinkley", {"threshold": 5}, 1800.0)

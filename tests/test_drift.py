@@ -1,11 +1,11 @@
-import math
-
 import numpy as np
 import pytest
 from river import drift
 
-from slostream.core.drift import DETECTORS, MIN_RMS, SCALE_WEIGHT, Z_CLIP, DriftWatch
-from slostream.core.seasonal import SeasonalBaseline
+from slostream.bench.drift_scenarios import CHANGES, QUIET, make_stream
+from slostream.core.drift import DETECTORS, DriftWatch
+from slostream.core.drift_rules import DriftRule
+from slostream.pipeline.evaluators.drift import SeriesDrift
 
 DAY, MINUTE = 86400, 60
 
@@ -25,39 +25,82 @@ def _detections(watch: DriftWatch, ts, values):
     return [d for d in (watch.update(t, v) for t, v in zip(ts.tolist(), values.tolist())) if d]
 
 
-@pytest.mark.parametrize("detector", DETECTORS)
-def test_the_detector_reads_exactly_what_river_reads_of_the_standardised_residuals(detector):
+RIVER = ("adwin", "page_hinkley", "kswin")
+
+
+@pytest.mark.parametrize("detector", RIVER)
+def test_a_river_detector_reads_exactly_the_standardised_residuals(detector):
     """The wrapper adds nothing to river's decision but the documented input: a bare river detector
-    fed relative residuals divided by their running root mean square (from the first day with
-    daily seasonality, after the warm-up) fires at the same window, up to the first detection."""
+    fed the watch's ``z`` of every window after the warm-up fires at the same window, up to the
+    first detection."""
     params = {"seed": 7} if detector == "kswin" else {"clock": 1} if detector == "adwin" else {}
     ts, values = _p95_stream(1, days=3, step_at=2.5 * DAY, step=2.0)
     watch = DriftWatch(detector, params, warmup_windows=100)
-    baseline = SeasonalBaseline()
     bare = {"adwin": drift.ADWIN, "page_hinkley": drift.PageHinkley, "kswin": drift.KSWIN}[detector](**params)
-    first_bare, mean_square = None, None
-    for n, (t, v) in enumerate(zip(ts.tolist(), values.tolist()), 1):
-        source, expected = baseline.estimate(t)
-        baseline.update(t, v)
-        if source in ("none", "level"):
-            continue
-        relative = max(-10.0, min(10.0, (v - expected) / max(abs(expected), 1e-3)))
-        if mean_square is None:
-            mean_square = relative**2
-            continue
-        if n > 100:
-            bare.update(max(-Z_CLIP, min(Z_CLIP, relative / max(math.sqrt(mean_square), MIN_RMS))))
-            if bare.drift_detected:
-                first_bare = t
-                break
-        mean_square += SCALE_WEIGHT * (relative**2 - mean_square)
-    found = _detections(watch, ts, values)
-    assert first_bare is not None and found[0].detected_at == first_bare
+    first_bare = first_watch = None
+    for t, v in zip(ts.tolist(), values.tolist()):
+        found = watch.update(t, v)
+        if watch.seen > 100 and first_bare is None:
+            bare.update(watch.z)
+            first_bare = t if bare.drift_detected else None
+        if found and first_watch is None:
+            first_watch = t
+        if first_bare is not None:
+            break
+    assert first_bare is not None and first_watch == first_bare
+
+
+def _found(scenario, seeds: range, days: int, step_days: tuple[int, int]) -> list[float | None]:
+    """Delays (s) to the first detection, up, of a scenario's stepped aggregate, through
+    ``SeriesDrift`` with the default rule, per seed (None: not found)."""
+    delays = []
+    for seed in seeds:
+        stream = make_stream(scenario, seed, days, step_days)
+        series, delay = SeriesDrift.of_rule(DriftRule()), None
+        for end, p95, requests, errors in zip(stream.ends.tolist(), stream.p95.tolist(), stream.requests.tolist(),
+                                              stream.errors.tolist()):
+            window = {"window_end": end, "p95": None if p95 != p95 else p95, "ok": requests - errors, "errors": errors}
+            for aggregate, detection in series.update(window):
+                if delay is None and end >= stream.step_at and aggregate == scenario.stepped \
+                        and detection.direction == "up":
+                    delay = end - stream.step_at
+        delays.append(delay)
+    return delays
+
+
+def test_a_spike_does_not_blind_the_detector():
+    """Issue 26, point 2: a +50% step three hours after a 10-minute x3 spike is found, up, within 15
+    minutes in at least 95% of runs. (Before, the spike's detection moved the baseline to the
+    spike's level and the step went unseen for hours in most runs.)"""
+    delays = _found(CHANGES["p95_step_50_after_spike"][0], range(20), days=5, step_days=(3, 4))
+    assert sum(d is not None and d <= 15 * MINUTE for d in delays) >= 19, delays
+
+
+def test_a_young_series_finds_a_tenfold_error_ratio_within_ten_minutes():
+    """A series one day old: 0.1% to 1% errors at 10 requests a second is found within 10 minutes
+    (before: not at all within 12 hours, the detector waited two days for the hours of the day)."""
+    delays = _found(CHANGES["errors_0.1_to_1_at_10rps"][0], range(20), days=3, step_days=(1, 2))
+    assert sum(d is not None and d <= 10 * MINUTE for d in delays) >= 18, delays
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", ["day_level_sd10", "pareto_tail", "daily_spikes"])
+def test_false_detections_stay_near_what_the_setting_asks(scenario):
+    """Seeded simulation of the guarantee: 12 streams of 28 days of a family that breaks the
+    white-noise assumption (day-to-day levels, heavy tails, spikes) raise at most twice the
+    ``false_per_week`` asked (0.5 a series-week), where river's ADWIN on the same residuals raised
+    3 to 20; and not a hundredth of it (a detector that never fires is not the goal either)."""
+    from slostream.bench.drift_scenarios import WEEK, _judge, run_stream
+
+    results = [run_stream(QUIET[scenario], seed) for seed in range(12)]
+    weeks = sum(r["span_s"] for r in results) / WEEK
+    false = sum(_judge(r, "ours", None)[0] for r in results) / weeks
+    assert 0.005 <= false <= 2 * DriftRule().false_per_week, false
 
 
 def test_a_doubling_is_found_where_it_began_and_a_stationary_series_is_quiet():
     ts, values = _p95_stream(2, days=4, step_at=3 * DAY + 3600, step=2.0)
-    found = _detections(DriftWatch(), ts, values)
+    found = _detections(DriftWatch(false_per_week=0.05), ts, values)
     assert len(found) == 1
     change = found[0]
     began = ts[0] + 3 * DAY + 3600
@@ -65,14 +108,14 @@ def test_a_doubling_is_found_where_it_began_and_a_stationary_series_is_quiet():
     assert abs(change.changed_at - began) <= 5 * MINUTE
     assert change.direction == "up" and change.relative_change == pytest.approx(1.0, abs=0.15)
     ts, values = _p95_stream(3, days=9)  # a week after the two days of warm-up
-    assert _detections(DriftWatch(), ts, values) == []
+    assert _detections(DriftWatch(false_per_week=0.05), ts, values) == []
 
 
 @pytest.mark.parametrize("detector", DETECTORS)
 def test_a_restored_watch_detects_exactly_what_an_uninterrupted_one_detects(detector):
     params = {"seed": 3} if detector == "kswin" else {"threshold": 5.0} if detector == "page_hinkley" else {}
-    ts, values = _p95_stream(4, days=3, step_at=2.2 * DAY, step=1.6)
-    values[ts - ts[0] >= 2.6 * DAY] /= 1.6
+    ts, values = _p95_stream(4, days=4, step_at=3.2 * DAY, step=1.6)
+    values[ts - ts[0] >= 3.6 * DAY] /= 1.6
     live = DriftWatch(detector, params, warmup_windows=200, cooldown_s=1800)
     reference = _detections(DriftWatch(detector, params, warmup_windows=200, cooldown_s=1800), ts, values)
     assert reference
@@ -89,3 +132,20 @@ def test_an_unknown_version_or_detector_is_refused():
         DriftWatch.from_state(b"\x09" + state[1:])
     with pytest.raises(ValueError, match="unknown drift detector 'cusum'"):
         DriftWatch("cusum")
+    with pytest.raises(ValueError, match="multiscale takes no params"):
+        DriftWatch(params={"delta": 0.1}).check()
+
+
+def test_a_daylight_saving_shift_moves_the_profile_an_hour():
+    """A local-time service whose cycle moves an hour: after the first whole day of it, the
+    baseline's profile is moved (its expectation at each hour is what it was an hour off)."""
+    stream = make_stream(QUIET["daylight_saving"], 3)
+    watch = DriftWatch()
+    expected_before = None
+    for end, p95 in zip(stream.ends.tolist(), stream.p95.tolist()):
+        watch.update(end, p95)
+        if end == stream.ends[0] + 7 * DAY:
+            expected_before = [watch.baseline.estimate(end + h * 3600)[1] for h in range(24)]
+    after = [watch.baseline.estimate(stream.ends[0] + 7 * DAY + h * 3600)[1] for h in range(24)]
+    moved = [np.corrcoef(np.roll(expected_before, shift), after)[0, 1] for shift in (-1, 0, 1)]
+    assert max(moved[0], moved[2]) > moved[1], moved

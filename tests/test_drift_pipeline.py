@@ -11,7 +11,9 @@ from tests.drift_streams import STEP_AT, seasonal_items
 from tests.pipeline_sim import WALL, make_config
 from tests.schemas import validator
 
-CONFIG = make_config(grace_s=5.0, idle_after_s=2.0)
+# Four days at six requests a minute: at the default 0.5 false detections a series-week, two series
+# would see one now and then; a stricter setting keeps the wiring's test exact.
+CONFIG = make_config(grace_s=5.0, idle_after_s=2.0, drift=DriftRules(DriftRule(false_per_week=0.05)))
 
 
 def _fleet_records(per_record: int = 600) -> list[SourceRecord]:

@@ -12,6 +12,8 @@ import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
 
+from .drift import DEFAULT_FALSE_PER_WEEK
+
 # An aggregate's name, and the field of the SLI window it reads.
 AGGREGATE_FIELDS = {"p50": "p50", "p90": "p90", "p95": "p95", "p99": "p99", "mean": "mean", "max": "max",
                     "error_ratio": "error_ratio", "throughput": "throughput_per_s"}
@@ -26,10 +28,11 @@ class DriftRule:
     metric: str = "*"
     enabled: bool | None = True
     aggregates: tuple[str, ...] | None = ("p95", "error_ratio")
-    detector: str | None = "adwin"
+    detector: str | None = "multiscale"
     params: dict | None = field(default_factory=dict)
     warmup_windows: int | None = 120
     cooldown_s: float | None = 3600.0
+    false_per_week: float | None = DEFAULT_FALSE_PER_WEEK  # what the multiscale detector's thresholds aim at
     alert: str | None = "off"  # or the severity of an alert raised by each detection, held through the cooldown
 
     def matches(self, service: str, metric: str) -> bool:

@@ -68,7 +68,7 @@ class SeasonalBaseline:
         self.first_ts = math.nan
         self.newest_ts = math.nan
 
-    def estimate(self, ts: float) -> tuple[str, float]:
+    def estimate(self, ts: float, weekly: bool = True) -> tuple[str, float]:
         """The baseline at event time ``ts``, and its source: ``weekly``, ``daily``, ``level``, or
         ``none`` (NaN: no value seen yet)."""
         if not self._level_weight:
@@ -76,7 +76,7 @@ class SeasonalBaseline:
         seen = self.newest_ts - self.first_ts
         hour = int(ts // 3600) % HOURS_OF_WEEK
         sums, weights = self._sums, self._weights
-        if seen >= _WEEKLY_AFTER_S and weights[hour] > 0:
+        if weekly and seen >= _WEEKLY_AFTER_S and weights[hour] > 0:
             return "weekly", sums[hour] / weights[hour]
         if seen >= _DAILY_AFTER_S:
             of_day = range(hour % 24, HOURS_OF_WEEK, 24)
@@ -84,6 +84,10 @@ class SeasonalBaseline:
             if weight > 0:
                 return "daily", sum(sums[h] for h in of_day) / weight
         return "level", self._level_sum / self._level_weight
+
+    def level(self) -> float:
+        """The decayed mean of every value (half-life ``level_half_life_s``; NaN before any)."""
+        return self._level_sum / self._level_weight if self._level_weight else math.nan
 
     def update(self, ts: float, value: float) -> None:
         """Learn ``value`` seen at event time ``ts``."""
@@ -113,6 +117,13 @@ class SeasonalBaseline:
         else:
             sums += (after - before) * np.frombuffer(self._weights, dtype=np.float32)
             self._level_sum += (after - before) * self._level_weight
+
+    def shift_hours(self, hours: int) -> None:
+        """Move the hourly profile ``hours`` later (a service on local time whose clocks moved): what
+        was expected at one hour is expected ``hours`` after it."""
+        for column in (self._sums, self._weights):
+            view = np.frombuffer(column, dtype=np.float32)
+            view[:] = np.roll(view, hours)
 
     def _move_landmark(self, ts: float) -> None:
         """Rescale every weight to a landmark at ``ts`` (the means are unchanged)."""

@@ -5,8 +5,9 @@ metric glob (see ``core.drift_rules``). Every problem names the file, the field 
 drift:
   enabled: true                  # default: every series watched
   aggregates: [p95, error_ratio] # p50 p90 p95 p99 mean max error_ratio throughput
-  detector: adwin                # adwin, page_hinkley or kswin
-  params: {delta: 0.002}         # the river detector's own parameters
+  detector: multiscale           # or river's adwin, page_hinkley, kswin
+  params: {}                     # a river detector's own parameters (multiscale takes none)
+  false_per_week: 0.5            # multiscale: false detections a series-week its thresholds aim at
   warmup_windows: 120
   cooldown: 1h                   # no detection for this long after one: the change is "in progress"
   alert: off                     # or a severity (warning, ...): each detection also fires SLIDrift
@@ -26,7 +27,7 @@ from slostream.core.drift import DETECTORS, DriftWatch
 from slostream.core.drift_rules import AGGREGATE_FIELDS, DriftRule, DriftRules
 from slostream.core.durations import parse_duration
 
-RULE_FIELDS = ("enabled", "aggregates", "detector", "params", "warmup_windows", "cooldown", "alert")
+RULE_FIELDS = ("enabled", "aggregates", "detector", "params", "false_per_week", "warmup_windows", "cooldown", "alert")
 
 
 
@@ -47,8 +48,8 @@ def parse_drift(raw: Any, where: str) -> DriftRules:
     overrides = raw.get("overrides") or []
     if not isinstance(overrides, list):
         raise DriftSettingsError(f"{where}: field 'drift.overrides' is {overrides!r}. Fix: write a list of rules.")
-    blank = DriftRule(enabled=None, aggregates=None, detector=None, params=None, warmup_windows=None,
-                      cooldown_s=None, alert=None)
+    blank = DriftRule(enabled=None, aggregates=None, detector=None, params=None, false_per_week=None,
+                      warmup_windows=None, cooldown_s=None, alert=None)
     rules = []
     for number, item in enumerate(overrides):
         name = f"drift.overrides[{number}]"
@@ -86,6 +87,11 @@ def _rule(raw: dict, name: str, where: str, base: DriftRule) -> DriftRule:
         if not isinstance(raw["params"], dict):
             raise fail("params", "a mapping of the detector's parameters")
         values["params"] = dict(raw["params"])
+    if "false_per_week" in raw:
+        rate = raw["false_per_week"]
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 100:
+            raise fail("false_per_week", "a number of false detections a series-week, above 0 and at most 100")
+        values["false_per_week"] = float(rate)
     if "warmup_windows" in raw:
         if not isinstance(raw["warmup_windows"], int) or isinstance(raw["warmup_windows"], bool) \
                 or raw["warmup_windows"] < 0:
@@ -113,4 +119,5 @@ def _check_detector(rule: DriftRule, name: str, where: str) -> None:
         DriftWatch(rule.detector, rule.params).check()
     except (TypeError, ValueError) as exc:
         raise DriftSettingsError(f"{where}: field '{name}.params' ({rule.params!r}) does not suit detector "
-                                 f"{rule.detector!r}: {exc}. Fix: use the river detector's parameter names.") from None
+                                 f"{rule.detector!r}: {exc}. Fix: use the river detector's parameter names "
+                                 "(multiscale takes none).") from None

@@ -47,7 +47,8 @@ class SeriesDrift:
 
     @classmethod
     def of_rule(cls, rule: DriftRule) -> SeriesDrift:
-        return cls({aggregate: DriftWatch(rule.detector, rule.params, rule.warmup_windows, rule.cooldown_s)
+        share = rule.false_per_week / len(rule.aggregates)  # the rate asked is the series', all its watches'
+        return cls({aggregate: DriftWatch(rule.detector, rule.params, rule.warmup_windows, rule.cooldown_s, share)
                     for aggregate in rule.aggregates}, rule.alert)
 
     def settling(self, ts: float) -> list[str]:
@@ -64,25 +65,27 @@ class SeriesDrift:
         window lacks (no values, or no ``ok``) is skipped."""
         found = []
         for aggregate, watch in self.watches.items():
+            requests = None
             if aggregate == "error_ratio":
-                value = self._pool(window["ok"] + window["errors"], window["errors"])
+                requests, value = self._pool(window["ok"] + window["errors"], window["errors"])
             else:
                 value = window[AGGREGATE_FIELDS[aggregate]]
             if value is None:
                 continue
-            detection = watch.update(float(window["window_end"]), value)
+            detection = watch.update(float(window["window_end"]), value, requests)
             if detection is not None:
                 found.append((aggregate, detection))
         self.recent.extend(found)
         return found
 
-    def _pool(self, requests: int, errors: int) -> float | None:
+    def _pool(self, requests: int, errors: int) -> tuple[int, float | None]:
+        """The requests pooled and their error ratio, once they are ``ERROR_RATIO_REQUESTS``."""
         requests, errors = self.pooled[0] + requests, self.pooled[1] + errors
         if requests < ERROR_RATIO_REQUESTS:
             self.pooled = (requests, errors)
-            return None
+            return requests, None
         self.pooled = (0, 0)
-        return errors / requests
+        return requests, errors / requests
 
     def to_state(self) -> bytes:
         """The head, each watch (its aggregate, whether its alert fires, its state), then the weekly
