@@ -137,15 +137,19 @@ def test_an_unknown_version_or_detector_is_refused():
 
 
 def test_a_daylight_saving_shift_moves_the_profile_an_hour():
-    """A local-time service whose cycle moves an hour: after the first whole day of it, the
-    baseline's profile is moved (its expectation at each hour is what it was an hour off)."""
+    """A local-time service whose cycle moves an hour: within a day the baseline's profile is moved
+    (its expectation at each hour is what it was an hour off), where a detection would have been,
+    and the p95 raises no detection (before: a detection or more for every day of the week after)."""
     stream = make_stream(QUIET["daylight_saving"], 3)
     watch = DriftWatch()
-    expected_before = None
+    profile = {}
+    found = []
     for end, p95 in zip(stream.ends.tolist(), stream.p95.tolist()):
-        watch.update(end, p95)
-        if end == stream.ends[0] + 7 * DAY:
-            expected_before = [watch.baseline.estimate(end + h * 3600)[1] for h in range(24)]
-    after = [watch.baseline.estimate(stream.ends[0] + 7 * DAY + h * 3600)[1] for h in range(24)]
-    moved = [np.corrcoef(np.roll(expected_before, shift), after)[0, 1] for shift in (-1, 0, 1)]
+        if watch.update(end, p95):
+            found.append(end)
+        for name, at in (("before", stream.clocks_moved_at), ("after", stream.clocks_moved_at + DAY)):
+            if name not in profile and end >= at:
+                profile[name] = [watch.baseline.estimate(at + h * 3600)[1] for h in range(24)]
+    moved = [np.corrcoef(np.roll(profile["before"], shift), profile["after"])[0, 1] for shift in (-1, 0, 1)]
     assert max(moved[0], moved[2]) > moved[1], moved
+    assert not [t for t in found if stream.clocks_moved_at <= t < stream.clocks_moved_at + 7 * DAY]

@@ -101,6 +101,7 @@ class Stream:
     errors: np.ndarray
     excused: list[tuple[float, float]]  # spans whose detections are not false
     step_at: float | None
+    clocks_moved_at: float | None = None  # daylight saving
 
 
 def make_stream(scenario: Scenario, seed: int, days: int = DAYS, step_days: tuple[int, int] = STEP_DAYS) -> Stream:
@@ -111,8 +112,10 @@ def make_stream(scenario: Scenario, seed: int, days: int = DAYS, step_days: tupl
     ends = start + MINUTE * np.arange(1, days * 1440 + 1, dtype=np.float64)
     mid = ends - MINUTE / 2
     local = mid.copy()
+    clocks_moved_at = None
     if scenario.dst:  # a service on local time: its cycles move an hour, at a seeded day of the second week
-        local += np.where(mid >= start + (7 + rng.integers(0, 7)) * DAY + 2 * 3600, 3600.0, 0.0)
+        clocks_moved_at = start + (7 + rng.integers(0, 7)) * DAY + 2 * 3600
+        local += np.where(mid >= clocks_moved_at, 3600.0, 0.0)
     level = np.ones(ends.size)
     if scenario.cycle:
         level *= 1 + 0.4 * np.sin(2 * np.pi * (local % DAY) / DAY)
@@ -152,7 +155,7 @@ def make_stream(scenario: Scenario, seed: int, days: int = DAYS, step_days: tupl
         requests = rng.poisson(scenario.requests_per_s * MINUTE * traffic)
     errors = rng.binomial(requests, np.minimum(error_ratio, 1.0))
     p95 = _window_p95(rng, requests, scenario) * latency * BASE_MS
-    return Stream(ends, p95, requests, errors, excused, step_at)
+    return Stream(ends, p95, requests, errors, excused, step_at, clocks_moved_at)
 
 
 def _window_p95(rng: np.random.Generator, requests: np.ndarray, scenario: Scenario) -> np.ndarray:

@@ -33,9 +33,9 @@ change is absorbed (the baseline moved by the ratio of the last ``LASTED_WINDOWS
 the detection to their expectation) only if it has lasted: the middle scale's mean is still beyond
 ``U`` on the side detected.
 
-Daylight saving: once a day, yesterday's hourly means are compared with the baseline's profile
-as it is and moved an hour either way (``_check_phase``); a move that halves the squared error is
-made in the baseline.
+Daylight saving: before a detection of a positive aggregate is made, the kept windows are
+compared with the baseline's profile as it is and moved an hour either way (``_moved_an_hour``);
+if a move halves the squared error, it is made in the baseline instead of a detection.
 
 When the detector fires, the change point is estimated on the last ``HISTORY`` windows as the
 split that best separates the mean residual before from after (the CUSUM statistic
@@ -43,8 +43,8 @@ split that best separates the mean residual before from after (the CUSUM statist
 the windows since then, ``after`` what they were.
 
 State is bytes of a fixed layout, about 3 kB a watch (``to_state``): a head, the settings as
-JSON, the baseline's state, the history's rings, the scales' columns, yesterday's hours, and a
-river detector's state if one is chosen (ADWIN keeps its window in Rust: its own serialised bytes;
+JSON, the baseline's state, the history's rings, the scales' columns, and a river detector's
+state if one is chosen (ADWIN keeps its window in Rust: its own serialised bytes;
 the others' as JSON), never a pickle read from a topic.
 
 >>> rng = random.Random(1)
@@ -106,9 +106,6 @@ _SINCE = _EXPOSURE + 1  # and the windows since they started (running means star
 _NO_SCALES = array("d", [x for a in _ALPHAS for x in [0.0, a / (2 - a), math.inf, math.inf] + [0.0] * 2 * _SIDE]
                        + [0.0, 0.0])
 _NO_HISTORY = array("d", [math.nan] * (3 * HISTORY))
-_NO_DAY = array("d", [math.nan] + [0.0] * 48)
-_DAY_BYTES = len(_NO_DAY.tobytes())
-PHASE_MIN_WINDOWS = 10  # of an hour, for it to count in the daylight-saving check
 _HISTORY_BYTES = len(_NO_HISTORY.tobytes())
 _SCALES_BYTES = len(_NO_SCALES.tobytes())
 DETECTORS = ("multiscale", "adwin", "page_hinkley", "kswin")
@@ -135,7 +132,7 @@ class DriftWatch:
 
     __slots__ = ("detector_name", "params", "warmup_windows", "cooldown_s", "false_per_week", "baseline",
                  "detector", "seen", "quiet_until", "mean_square", "newest", "awaiting", "source", "scales", "z",
-                 "today", "_history", "_next")
+                 "_history", "_next")
 
     def __init__(self, detector: str = "multiscale", params: dict | None = None, warmup_windows: int = 120,
                  cooldown_s: float = 3600.0, false_per_week: float = DEFAULT_FALSE_PER_WEEK,
@@ -159,7 +156,6 @@ class DriftWatch:
         self.source = 0  # the baseline's source (_SOURCES) the tails are learned under
         self.scales = array("d", _NO_SCALES)
         self.z = math.nan  # the newest window's standardised residual (what river's detectors read)
-        self.today = array("d", _NO_DAY)  # the day (UTC) its hours' log values are summed for, and the sums
         self._history = array("d", _NO_HISTORY)  # event times, values, expectations: three rings
         self._next = 0  # windows written to the history
 
@@ -188,8 +184,6 @@ class DriftWatch:
             self.source = _SOURCES[source]
             self.scales = array("d", _NO_SCALES)
             self.mean_square = math.nan
-        if requests is None and value > 0:
-            self._sum_hour(ts, value)
         if requests is None:
             floor = LEVEL_FLOOR_SHARE * abs(self.baseline.level()) + 1e-12
             spread = abs(expected) + floor
@@ -222,6 +216,8 @@ class DriftWatch:
         fired = self._feed_means(z, elapsed, judge=self.detector_name == "multiscale")
         if self.detector_name != "multiscale":
             fired = self._river(z)
+        if fired and requests is None and self._moved_an_hour():
+            fired = False
         if not fired:
             weight = max(SCALE_WEIGHT, 1 / (self.scales[_SINCE] + 1))
             self.mean_square += weight * (residual * residual - self.mean_square)
@@ -231,40 +227,28 @@ class DriftWatch:
         self.awaiting = 1 if detection.direction == "up" else -1
         return detection
 
-    def _sum_hour(self, ts: float, value: float) -> None:
-        """Add a positive value to its hour of today's sums; at a new day, first check yesterday's
-        hours against the baseline's profile (``_check_phase``)."""
-        day = ts // 86400
-        if day != self.today[0]:
-            if self.today[0] == day - 1:
-                self._check_phase(day - 1)
-            self.today = array("d", _NO_DAY)
-            self.today[0] = day
-        hour = int(ts % 86400 // 3600)
-        self.today[1 + hour] += math.log(value)
-        self.today[25 + hour] += 1.0
-
-    def _check_phase(self, day: float) -> None:
-        """Daylight saving: if yesterday's hourly profile matches the baseline's moved an hour
-        earlier or later far better (half the squared error, or less, after each's mean offset is
-        taken out: a day's level may differ) than unmoved, move the baseline's profile so."""
-        sums, counts = np.frombuffer(self.today, dtype=np.float64)[1:25], np.frombuffer(self.today)[25:49]
-        seen = counts >= PHASE_MIN_WINDOWS
-        if seen.sum() < 20:
-            return
-        observed = sums[seen] / counts[seen]
-        expected = np.array([self.baseline.estimate(day * 86400 + h * 3600 + 1800)[1] for h in range(-1, 25)])
-        if not np.all(expected > 0):
-            return
-        profile = np.log(expected)
-        hours = np.flatnonzero(seen)
+    def _moved_an_hour(self) -> bool:
+        """Daylight saving, as it happens: whether the baseline's profile moved an hour one way
+        explains the kept windows at least twice as well as unmoved (squared log error); if so, it
+        is moved so, and the scales' means start afresh (what fired was the move, not a change). A
+        level step is not a move: a profile an hour off differs from itself by a share of its cycle
+        (at most 10% an hour for a cycle of +-40%), not by a step's third or more."""
+        times, values, _ = self._kept_history()
+        if np.any(values <= 0):
+            return False
         errors = {}
         for shift in (-1, 0, 1):
-            residual = observed - profile[hours + 1 - shift]
-            errors[shift] = float(np.sum((residual - residual.mean()) ** 2))
+            expected = np.array([self.baseline.estimate(t - 3600.0 * shift)[1] for t in times.tolist()])
+            if np.any(~(expected > 0)):
+                return False
+            errors[shift] = float(np.sum(np.log(values / expected) ** 2))
         best = min((-1, 1), key=errors.get)
-        if errors[best] <= errors[0] / 2:
-            self.baseline.shift_hours(best)
+        if errors[best] > errors[0] / 2:
+            return False
+        self.baseline.shift_hours(best)
+        for i in range(len(SCALES)):
+            self.scales[i * _COLUMNS] = 0.0
+        return True
 
     def _feed_means(self, z: float, elapsed: float, judge: bool) -> bool:
         """Feed every scale's mean; unless quiet (``judge`` false: in a cooldown, or a river detector
@@ -380,7 +364,7 @@ class DriftWatch:
         head = _HEAD.pack(STATE_VERSION, self.seen, self._next, self.quiet_until, self.mean_square, self.newest,
                           self.awaiting, self.source, len(settings), len(river_state))
         return b"".join((head, settings, self.baseline.to_state(), self._history.tobytes(), self.scales.tobytes(),
-                         self.today.tobytes(), river_state))
+                         river_state))
 
     @classmethod
     def from_state(cls, state: bytes) -> DriftWatch:
@@ -399,8 +383,6 @@ class DriftWatch:
         at += _HISTORY_BYTES
         watch.scales = array("d", state[at:at + _SCALES_BYTES])
         at += _SCALES_BYTES
-        watch.today = array("d", state[at:at + _DAY_BYTES])
-        at += _DAY_BYTES
         if river_size:
             watch.detector = _CODECS[watch.detector_name].make(watch.params)
             _CODECS[watch.detector_name].load(watch.detector, state[at:at + river_size])
