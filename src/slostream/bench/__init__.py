@@ -55,6 +55,7 @@ from slostream.bench.common import (
 )
 from slostream.bench.control import control_part
 from slostream.bench.drift import drift_quality, drift_state
+from slostream.bench.drift_scenarios import drift_scenarios
 from slostream.bench.fuzz import fuzz_counts
 from slostream.bench.outage import reconnect_after_outages
 from slostream.bench.sinks import sink_latency
@@ -209,6 +210,8 @@ PARTS: dict[str, Callable[[BenchRun], dict]] = {
     "core": _core,
     "cardinality": _cardinality_part,
     "drift": lambda run: {"drift": drift_quality(), "drift_state": drift_state()},
+    # Issue 26: 12 families of quiet series and 6 changes, 200 streams of 28 days each (about 25 min).
+    "drift_scenarios": lambda run: {"drift_scenarios": drift_scenarios()},
     "thresholds": lambda run: {"thresholds": threshold_quality()},
     # Alertmanager page latency while a webhook sink hangs (each sink has its own queue and task).
     "control": lambda run: {"control": control_part()},

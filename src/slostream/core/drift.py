@@ -79,6 +79,10 @@ _SOURCES = {"level": 1, "daily": 2, "weekly": 3}
 HISTORY = 32  # windows kept to estimate where a change began, and whether it lasted
 SCALES = (1.0, 6.0, 36.0, 144.0)  # half-lives, in windows, of the recent means of z
 _ALPHAS = tuple(1.0 - 2.0 ** (-1.0 / h) for h in SCALES)
+# A scale alarms once its tail has seen this many of its half-lives (a scale of hours needs days of
+# clusters before ten of them say what its routine is).
+ARM_HALF_LIVES = 50
+_ARMS_AFTER = tuple(ARM_HALF_LIVES * h for h in SCALES)
 U = 2.0  # a cluster: a run of windows whose scaled mean exceeds U
 EXCESS_CAP = 8.0  # a cluster's excess counts at most this much: one spike in the warm-up is not the tail
 # (Decayed) clusters a scale's tail needs before it alarms; three times as many against the level
@@ -101,10 +105,12 @@ DEFAULT_FALSE_PER_WEEK = 0.5
 _SIDE = 3
 _COLUMNS = 2 + 2 + 2 * _SIDE
 _EXPOSURE = len(SCALES) * _COLUMNS  # then the decayed seconds the tails were learned over,
-_SINCE = _EXPOSURE + 1  # and the windows since they started (running means start as plain means)
+_SINCE = _EXPOSURE + 1  # the windows since they started (running means start as plain means),
+_LANDMARK = _SINCE + 1  # and the event time at which a tail's forward weight is 1
+_MAX_HALF_LIVES = 60.0  # of forward growth before the landmark moves
 # A mean square starts at what white noise gives the scale's mean.
 _NO_SCALES = array("d", [x for a in _ALPHAS for x in [0.0, a / (2 - a), math.inf, math.inf] + [0.0] * 2 * _SIDE]
-                       + [0.0, 0.0])
+                       + [0.0, 0.0, math.nan])
 _NO_HISTORY = array("d", [math.nan] * (3 * HISTORY))
 _HISTORY_BYTES = len(_NO_HISTORY.tobytes())
 _SCALES_BYTES = len(_NO_SCALES.tobytes())
@@ -170,56 +176,63 @@ class DriftWatch:
     def update(self, ts: float, value: float, requests: float | None = None) -> Detection | None:
         """One closed window's aggregate (NaN: none, ignored), an error ratio with the ``requests``
         it was pooled over; a detection, if this one shows a change."""
-        if math.isnan(value):
+        if value != value:  # NaN
             return None
         if self.awaiting and ts >= self.quiet_until:
             self._absorb_if_lasted()
-        source, expected = self.baseline.estimate(ts, weekly=requests is None)
+        baseline = self.baseline
+        source, expected = baseline.estimate(ts, requests is None)
         self.seen += 1
         if source == "none":
-            self.baseline.update(ts, value)
+            baseline.update(ts, value)
             self.newest = ts
             return None
         if _SOURCES[source] != self.source:  # residuals of another kind: their scales and tails start afresh
             self.source = _SOURCES[source]
             self.scales = array("d", _NO_SCALES)
             self.mean_square = math.nan
+        difference = value - expected
         if requests is None:
-            floor = LEVEL_FLOOR_SHARE * abs(self.baseline.level()) + 1e-12
-            spread = abs(expected) + floor
-            difference = value - expected
-            residual = math.copysign(math.log1p(abs(difference) / spread), difference)
+            spread = (expected if expected > 0 else -expected) + LEVEL_FLOOR_SHARE * abs(baseline.level()) + 1e-12
+            residual = math.copysign(math.log1p((difference if difference > 0 else -difference) / spread), difference)
         else:
-            spread = math.sqrt(max(expected, RATIO_FLOOR) / max(requests, 1.0))
-            residual = (value - expected) / spread
-        if math.isnan(self.mean_square):
+            spread = math.sqrt((expected if expected > RATIO_FLOOR else RATIO_FLOOR) / (requests if requests > 1 else 1))
+            residual = difference / spread
+        if self.mean_square != self.mean_square:  # NaN: the first residual of this source
             self.mean_square = residual * residual
-        rms = max(math.sqrt(self.mean_square), MIN_RMS)
-        z = self.z = min(max(residual / rms, -Z_CLIP), Z_CLIP)
+        rms = math.sqrt(self.mean_square)
+        if rms < MIN_RMS:
+            rms = MIN_RMS
+        z = residual / rms
+        z = self.z = Z_CLIP if z > Z_CLIP else -Z_CLIP if z < -Z_CLIP else z
         quiet = ts < self.quiet_until
         if not quiet:  # in a cooldown the baseline waits: the change is absorbed at its end if it lasted
-            learned = min(max(residual, -LEARN_CLIP * rms), LEARN_CLIP * rms)
+            clip = LEARN_CLIP * rms
+            learned = clip if residual > clip else -clip if residual < -clip else residual
             if requests is None:
-                learned = expected + math.copysign(math.expm1(abs(learned)) * spread, learned)
+                learned = expected + math.copysign(math.expm1(learned if learned > 0 else -learned) * spread, learned)
             else:
                 learned = expected + learned * spread
-            self.baseline.update(ts, learned)
+            baseline.update(ts, learned)
         slot = self._next % HISTORY
         self._history[slot], self._history[HISTORY + slot], self._history[2 * HISTORY + slot] = ts, value, expected
         self._next += 1
-        elapsed = min(max(ts - self.newest, 0.0), WEEK_S) if self.newest == self.newest else 0.0
+        elapsed = ts - self.newest if ts > self.newest else 0.0  # 0 after NaN: the first window
+        if elapsed > WEEK_S:
+            elapsed = WEEK_S
         self.newest = ts
         if quiet:
-            self._feed_means(z, elapsed, judge=False)
+            self._feed_means(z, ts, elapsed, judge=False)
             return None
         self.scales[_SINCE] += 1.0
-        fired = self._feed_means(z, elapsed, judge=self.detector_name == "multiscale")
+        fired = self._feed_means(z, ts, elapsed, judge=self.detector_name == "multiscale")
         if self.detector_name != "multiscale":
             fired = self._river(z)
         if fired and requests is None and self._moved_an_hour():
             fired = False
         if not fired:
-            weight = max(SCALE_WEIGHT, 1 / (self.scales[_SINCE] + 1))
+            since = self.scales[_SINCE] + 1
+            weight = 1 / since if since * SCALE_WEIGHT < 1 else SCALE_WEIGHT
             self.mean_square += weight * (residual * residual - self.mean_square)
             return None
         detection = self._detection(ts)
@@ -250,58 +263,84 @@ class DriftWatch:
             self.scales[i * _COLUMNS] = 0.0
         return True
 
-    def _feed_means(self, z: float, elapsed: float, judge: bool) -> bool:
+    def _feed_means(self, z: float, ts: float, elapsed: float, judge: bool) -> bool:
         """Feed every scale's mean; unless quiet (``judge`` false: in a cooldown, or a river detector
-        decides), learn their tails and say whether an armed one passed its threshold."""
+        decides), learn their tails and say whether an armed one passed its threshold. Tails decay
+        forward (weights grow with event time from a landmark, Cormode et al., ICDE 2009), so no
+        window pays for a decay step."""
         columns = self.scales
         if not judge:
-            for i, alpha in enumerate(_ALPHAS):
-                columns[i * _COLUMNS] += alpha * (z - columns[i * _COLUMNS])
+            at = 0
+            for alpha in _ALPHAS:
+                columns[at] += alpha * (z - columns[at])
+                at += _COLUMNS
             return False
-        decay = 2.0 ** (-elapsed / TAIL_HALF_LIFE_S)
-        columns[_EXPOSURE] = columns[_EXPOSURE] * decay + elapsed
-        square_weight = max(SQUARE_WEIGHT, 1 / (columns[_SINCE] + PRIOR_WINDOWS))
+        landmark = columns[_LANDMARK]
+        if landmark != landmark:
+            landmark = columns[_LANDMARK] = ts
+        elif ts - landmark > _MAX_HALF_LIVES * TAIL_HALF_LIFE_S:
+            self._move_tail_landmark(ts)
+            landmark = ts
+        growth = 2.0 ** ((ts - landmark) / TAIL_HALF_LIFE_S)
+        columns[_EXPOSURE] += elapsed * growth
+        since = columns[_SINCE] + PRIOR_WINDOWS
+        square_weight = 1 / since if since * SQUARE_WEIGHT < 1 else SQUARE_WEIGHT
         armed = self.seen > self.warmup_windows
         fired = False
-        for i, alpha in enumerate(_ALPHAS):
-            at = i * _COLUMNS
+        at = 0
+        for alpha, arms_after in zip(_ALPHAS, _ARMS_AFTER):
             mean = columns[at] + alpha * (z - columns[at])
             columns[at] = mean
-            square = columns[at + 1]
-            columns[at + 1] = square + square_weight * (mean * mean - square)
+            square = columns[at + 1] + square_weight * (mean * mean - columns[at + 1])
+            columns[at + 1] = square
             scaled = mean / math.sqrt(square)
-            for side, value in ((0, scaled), (1, -scaled)):
-                peak_at = at + 4 + _SIDE * side
-                columns[peak_at + 1] *= decay
-                columns[peak_at + 2] *= decay
-                if value > U:
-                    if armed and value > columns[at + 2 + side]:
-                        fired = True
-                    elif value > columns[peak_at]:
-                        columns[peak_at] = value
-                elif columns[peak_at]:
-                    self._close_cluster(at, side)
+            judged = armed and columns[_SINCE] >= arms_after
+            if scaled > U:
+                if judged and scaled > columns[at + 2]:
+                    fired = True
+                elif scaled > columns[at + 4]:
+                    columns[at + 4] = scaled
+            elif columns[at + 4]:
+                self._close_cluster(at, 0, growth)
+            if scaled < -U:
+                if judged and -scaled > columns[at + 3]:
+                    fired = True
+                elif -scaled > columns[at + 4 + _SIDE]:
+                    columns[at + 4 + _SIDE] = -scaled
+            elif columns[at + 4 + _SIDE]:
+                self._close_cluster(at, 1, growth)
+            at += _COLUMNS
         if fired:
-            for i in range(len(SCALES)):  # the clusters of a change are not the tail of noise
-                columns[i * _COLUMNS + 4] = columns[i * _COLUMNS + 4 + _SIDE] = 0.0
+            for at in range(0, len(SCALES) * _COLUMNS, _COLUMNS):  # a change's clusters are not the tail of noise
+                columns[at + 4] = columns[at + 4 + _SIDE] = 0.0
         return fired
 
-    def _close_cluster(self, at: int, side: int) -> None:
+    def _move_tail_landmark(self, ts: float) -> None:
+        """Rescale the tails' forward weights to a landmark at ``ts`` (their ratios are unchanged)."""
+        columns = self.scales
+        scale = 2.0 ** (-(ts - columns[_LANDMARK]) / TAIL_HALF_LIFE_S)
+        for at in range(0, len(SCALES) * _COLUMNS, _COLUMNS):
+            for side in (0, _SIDE):
+                columns[at + 5 + side] *= scale
+                columns[at + 6 + side] *= scale
+        columns[_EXPOSURE] *= scale
+        columns[_LANDMARK] = ts
+
+    def _close_cluster(self, at: int, side: int, growth: float) -> None:
         """Record an open cluster's peak in its side's tail and set that side's threshold: where the
         exponential tail of the excesses expects ``false_per_week / 8`` clusters a week. (A
         generalised Pareto tail fitted by moments gave 2 to 17 times the rate asked: the shape
         is too uncertain to extrapolate a thousandfold; the exponential errs on the safe side.)"""
         columns = self.scales
         peak_at = at + 4 + _SIDE * side
-        excess = min(columns[peak_at] - U, EXCESS_CAP)
-        columns[peak_at + 1] += 1.0
-        columns[peak_at + 2] += excess
+        columns[peak_at + 1] += growth
+        columns[peak_at + 2] += min(columns[peak_at] - U, EXCESS_CAP) * growth
         columns[peak_at] = 0.0
-        clusters, exposure = columns[peak_at + 1], columns[_EXPOSURE]
-        if clusters < MIN_CLUSTERS * (3 if self.source == _SOURCES["level"] else 1) or exposure <= 0:
+        clusters = columns[peak_at + 1] / growth  # decayed to now
+        if clusters < MIN_CLUSTERS * (3 if self.source == _SOURCES["level"] else 1) or columns[_EXPOSURE] <= 0:
             return
-        beta = columns[peak_at + 2] / clusters * (1 + 1 / math.sqrt(clusters))  # an upper estimate while few
-        per_week = clusters / exposure * WEEK_S
+        beta = columns[peak_at + 2] / columns[peak_at + 1] * (1 + 1 / math.sqrt(clusters))  # an upper estimate while few
+        per_week = columns[peak_at + 1] / columns[_EXPOSURE] * WEEK_S
         quantile = beta * math.log(max(per_week / (self.false_per_week / (2 * len(SCALES))), 1.0))
         columns[at + 2 + side] = U + quantile
 

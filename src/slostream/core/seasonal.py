@@ -79,10 +79,12 @@ class SeasonalBaseline:
         if weekly and seen >= _WEEKLY_AFTER_S and weights[hour] > 0:
             return "weekly", sums[hour] / weights[hour]
         if seen >= _DAILY_AFTER_S:
-            of_day = range(hour % 24, HOURS_OF_WEEK, 24)
-            weight = sum(weights[h] for h in of_day)
+            h = hour % 24  # the seven hours of the week at this hour of the day, summed one by one (fastest)
+            weight = (weights[h] + weights[h + 24] + weights[h + 48] + weights[h + 72] + weights[h + 96]
+                      + weights[h + 120] + weights[h + 144])
             if weight > 0:
-                return "daily", sum(sums[h] for h in of_day) / weight
+                return "daily", (sums[h] + sums[h + 24] + sums[h + 48] + sums[h + 72] + sums[h + 96] + sums[h + 120]
+                                 + sums[h + 144]) / weight
         return "level", self._level_sum / self._level_weight
 
     def level(self) -> float:
@@ -91,18 +93,21 @@ class SeasonalBaseline:
 
     def update(self, ts: float, value: float) -> None:
         """Learn ``value`` seen at event time ``ts``."""
-        if math.isnan(self._landmark):
-            self._landmark = ts
-            self.first_ts = self.newest_ts = ts
-        self.first_ts = min(self.first_ts, ts)
-        self.newest_ts = max(self.newest_ts, ts)
-        if (ts - self._landmark) / min(self.half_life_s, self.level_half_life_s) > _MAX_EXPONENT:
+        landmark = self._landmark
+        if landmark != landmark:  # NaN: the first value
+            landmark = self._landmark = self.first_ts = self.newest_ts = ts
+        if ts < self.first_ts:
+            self.first_ts = ts
+        if ts > self.newest_ts:
+            self.newest_ts = ts
+        if ts - landmark > _MAX_EXPONENT * self.level_half_life_s or ts - landmark > _MAX_EXPONENT * self.half_life_s:
             self._move_landmark(ts)
+            landmark = ts
         hour = int(ts // 3600) % HOURS_OF_WEEK
-        weight = 2.0 ** ((ts - self._landmark) / self.half_life_s)
+        weight = 2.0 ** ((ts - landmark) / self.half_life_s)
         self._sums[hour] += weight * value
         self._weights[hour] += weight
-        level_weight = 2.0 ** ((ts - self._landmark) / self.level_half_life_s)
+        level_weight = 2.0 ** ((ts - landmark) / self.level_half_life_s)
         self._level_sum += level_weight * value
         self._level_weight += level_weight
 

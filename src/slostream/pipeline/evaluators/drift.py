@@ -65,16 +65,14 @@ class SeriesDrift:
         window lacks (no values, or no ``ok``) is skipped."""
         found = []
         for aggregate, watch in self.watches.items():
-            requests = None
             if aggregate == "error_ratio":
                 requests, value = self._pool(window["ok"] + window["errors"], window["errors"])
             else:
-                value = window[AGGREGATE_FIELDS[aggregate]]
-            if value is None:
-                continue
-            detection = watch.update(float(window["window_end"]), value, requests)
-            if detection is not None:
-                found.append((aggregate, detection))
+                requests, value = None, window[AGGREGATE_FIELDS[aggregate]]
+            if value is not None:
+                detection = watch.update(float(window["window_end"]), value, requests)
+                if detection is not None:
+                    found.append((aggregate, detection))
         self.recent.extend(found)
         return found
 
