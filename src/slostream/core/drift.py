@@ -7,13 +7,14 @@ Each closed window's aggregate (a p95, an error ratio) first meets the series'
 ``d = value - expected``, ``f`` a twentieth of the series' level: a log ratio for positive values,
 defined at 0 and below), or, for an error ratio pooled over ``requests``, a Poisson z
 (``d * sqrt(requests / expected)``, against the hours of the day only: an hour of the week holds
-too few errors to expect from). Divided by its own running root mean square, the residual ``z``
-has unit scale whatever the series' noise or overdispersion.
+too few errors to expect from). Divided by its own running scale (its mean absolute value times
+sqrt(pi / 2), a standard deviation for normal data, that one outlier moves far less than a root
+mean square), the residual ``z`` has unit scale whatever the series' noise or overdispersion.
 
 The default detector (``multiscale``) keeps exponentially weighted means of ``z`` with half-lives
 of ``SCALES`` windows: the shortest finds a doubling in a window or two, the longest a small shift
-of an error ratio that only hours of windows show. Each mean is divided by its own running root
-mean square, which takes in what the series does routinely (day-to-day levels, wander,
+of an error ratio that only hours of windows show. Each mean is divided by its own running scale
+(again from its mean absolute value), which takes in what the series does routinely (day-to-day levels, wander,
 autocorrelation). A **cluster** is a run of windows where that ratio exceeds ``U``; its peak's
 excess over ``U`` is recorded (peaks over threshold, as SPOT, Siffer et al., KDD 2017): the
 decayed count of clusters a second and their mean excess ``beta`` give an exponential tail, and
@@ -22,12 +23,12 @@ scales). A series with a heavy tail, day-to-day levels or wander learns a higher
 one of white noise, so its false detections a week are about what the setting asks, not what the
 data's shape gives. A scale alarms once its tail has ``MIN_CLUSTERS`` clusters and the watch has
 seen ``warmup_windows`` windows. The scales and tails start afresh when the baseline's source
-changes (its level, then hours of the day, then of the week): residuals against a level are not
-those against a daily profile. river's ADWIN, PageHinkley and KSWIN can be chosen instead (fed
+moves from its level to hours of the day: residuals against a level are not those against a
+daily profile (those against hours of the week are). river's ADWIN, PageHinkley and KSWIN can be chosen instead (fed
 ``z``).
 
 A detection does not move the baseline: a 10-minute spike is not a new normal. The baseline
-learns each window clipped to ``LEARN_CLIP`` root mean squares of its expectation, so a spike
+learns each window clipped to ``LEARN_CLIP`` scales of its expectation, so a spike
 barely moves it, and nothing during the cooldown after a detection. When that cooldown ends, the
 change is absorbed (the baseline moved by the ratio of the last ``LASTED_WINDOWS`` windows since
 the detection to their expectation) only if it has lasted: the middle scale's mean is still beyond
@@ -70,7 +71,7 @@ from .seasonal import STATE_BYTES as BASELINE_BYTES
 from .seasonal import SeasonalBaseline
 
 STATE_VERSION = 3  # 3: scales and peaks over threshold (2 was ADWIN by default; it starts afresh)
-# version, windows seen, history written, quiet until (event time), mean square of residuals,
+# version, windows seen, history written, quiet until (event time), mean absolute residual,
 # newest event time, whether a detected change awaits the end of its cooldown (1 up, -1 down), the
 # baseline's source the tails were learned under, the settings' size, the river detector's state's
 # size (0: none).
@@ -90,17 +91,17 @@ EXCESS_CAP = 8.0  # a cluster's excess counts at most this much: one spike in th
 MIN_CLUSTERS = 10.0
 TAIL_HALF_LIFE_S = 14 * 86400.0
 WEEK_S = 7 * 86400.0
-PRIOR_WINDOWS = 30  # what a scale's first mean square (white noise's) weighs, in windows
-SQUARE_WEIGHT = 5e-4  # of each window in a scale's running mean square (about a day of minutes)
+PRIOR_WINDOWS = 30  # what a scale's first size (white noise's) weighs, in windows
+SIZE_WEIGHT = 5e-4  # of each window in a scale's running mean absolute value (about a day of minutes)
 Z_CLIP = 10.0
-MIN_RMS = 1e-3  # below a relative noise of 0.1%, residuals are rounding (the baseline's sums are float32)
-SCALE_WEIGHT = 1e-3  # of each window in the running mean square of residuals (about 2 days of minutes)
-LEARN_CLIP = 4.0  # root mean squares: what the baseline learns of one window
+MIN_SCALE = 1e-3  # below a relative noise of 0.1%, residuals are rounding (the baseline's sums are float32)
+SCALE_WEIGHT = 1e-3  # of each window in the running mean absolute residual (about 2 days of minutes)
+LEARN_CLIP = 4.0  # scales of the residual: what the baseline learns of one window
 LASTED_WINDOWS = 8
 LEVEL_FLOOR_SHARE = 0.05  # of the series' level: ``f`` of the symmetric log
 RATIO_FLOOR = 1e-4  # the smallest expected error ratio a Poisson z is scaled by
 DEFAULT_FALSE_PER_WEEK = 0.5
-# Per scale: the running mean of z, its running mean square, the cluster threshold of each side,
+# Per scale: the running mean of z, its running mean absolute value, the cluster threshold of each side,
 # and per side: the open cluster's peak (0: none), the decayed count of clusters, and of their excesses.
 _SIDE = 3
 _COLUMNS = 2 + 2 + 2 * _SIDE
@@ -108,8 +109,10 @@ _EXPOSURE = len(SCALES) * _COLUMNS  # then the decayed seconds the tails were le
 _SINCE = _EXPOSURE + 1  # the windows since they started (running means start as plain means),
 _LANDMARK = _SINCE + 1  # and the event time at which a tail's forward weight is 1
 _MAX_HALF_LIVES = 60.0  # of forward growth before the landmark moves
-# A mean square starts at what white noise gives the scale's mean.
-_NO_SCALES = array("d", [x for a in _ALPHAS for x in [0.0, a / (2 - a), math.inf, math.inf] + [0.0] * 2 * _SIDE]
+# A size starts at what white noise gives the scale's mean.
+_GAUSS_MAD = math.sqrt(math.pi / 2)  # a normal's standard deviation over its mean absolute deviation
+_NO_SCALES = array("d", [x for a in _ALPHAS for x in [0.0, math.sqrt(a / (2 - a)) / _GAUSS_MAD, math.inf, math.inf]
+                         + [0.0] * 2 * _SIDE]
                        + [0.0, 0.0, math.nan])
 _NO_HISTORY = array("d", [math.nan] * (3 * HISTORY))
 _HISTORY_BYTES = len(_NO_HISTORY.tobytes())
@@ -137,7 +140,7 @@ class DriftWatch:
     """A seasonal baseline and a detector for one aggregate of one series (see the module)."""
 
     __slots__ = ("detector_name", "params", "warmup_windows", "cooldown_s", "false_per_week", "baseline",
-                 "detector", "seen", "quiet_until", "mean_square", "newest", "awaiting", "source", "scales", "z",
+                 "detector", "seen", "quiet_until", "mean_absolute", "newest", "awaiting", "source", "scales", "z",
                  "_history", "_next")
 
     def __init__(self, detector: str = "multiscale", params: dict | None = None, warmup_windows: int = 120,
@@ -156,7 +159,7 @@ class DriftWatch:
         self.detector = None  # a river detector, made when first fed, and again after each detection
         self.seen = 0
         self.quiet_until = -math.inf  # event time: no detection before it (cooldown)
-        self.mean_square = math.nan  # of residuals, from the second window the baseline expects
+        self.mean_absolute = math.nan  # of residuals (their scale: times _GAUSS_MAD), from the first of a source
         self.newest = math.nan
         self.awaiting = 0  # a detected change (1 up, -1 down) whose cooldown has not ended
         self.source = 0  # the baseline's source (_SOURCES) the tails are learned under
@@ -187,27 +190,29 @@ class DriftWatch:
             baseline.update(ts, value)
             self.newest = ts
             return None
-        if _SOURCES[source] != self.source:  # residuals of another kind: their scales and tails start afresh
+        if _SOURCES[source] != self.source:
+            if self.source <= _SOURCES["level"]:  # against a profile, not a level: scales and tails start afresh
+                self.scales = array("d", _NO_SCALES)
+                self.mean_absolute = math.nan
             self.source = _SOURCES[source]
-            self.scales = array("d", _NO_SCALES)
-            self.mean_square = math.nan
         difference = value - expected
         if requests is None:
             spread = (expected if expected > 0 else -expected) + LEVEL_FLOOR_SHARE * abs(baseline.level()) + 1e-12
             residual = math.copysign(math.log1p((difference if difference > 0 else -difference) / spread), difference)
         else:
-            spread = math.sqrt((expected if expected > RATIO_FLOOR else RATIO_FLOOR) / (requests if requests > 1 else 1))
+            expected_at_least = expected if expected > RATIO_FLOOR else RATIO_FLOOR
+            spread = math.sqrt(expected_at_least / (requests if requests > 1 else 1))
             residual = difference / spread
-        if self.mean_square != self.mean_square:  # NaN: the first residual of this source
-            self.mean_square = residual * residual
-        rms = math.sqrt(self.mean_square)
-        if rms < MIN_RMS:
-            rms = MIN_RMS
-        z = residual / rms
+        if self.mean_absolute != self.mean_absolute:  # NaN: the first residual of this source
+            self.mean_absolute = residual if residual > 0 else -residual
+        scale = _GAUSS_MAD * self.mean_absolute
+        if scale < MIN_SCALE:
+            scale = MIN_SCALE
+        z = residual / scale
         z = self.z = Z_CLIP if z > Z_CLIP else -Z_CLIP if z < -Z_CLIP else z
         quiet = ts < self.quiet_until
         if not quiet:  # in a cooldown the baseline waits: the change is absorbed at its end if it lasted
-            clip = LEARN_CLIP * rms
+            clip = LEARN_CLIP * scale
             learned = clip if residual > clip else -clip if residual < -clip else residual
             if requests is None:
                 learned = expected + math.copysign(math.expm1(learned if learned > 0 else -learned) * spread, learned)
@@ -233,7 +238,7 @@ class DriftWatch:
         if not fired:
             since = self.scales[_SINCE] + 1
             weight = 1 / since if since * SCALE_WEIGHT < 1 else SCALE_WEIGHT
-            self.mean_square += weight * (residual * residual - self.mean_square)
+            self.mean_absolute += weight * ((residual if residual > 0 else -residual) - self.mean_absolute)
             return None
         detection = self._detection(ts)
         self.quiet_until = ts + self.cooldown_s
@@ -284,16 +289,16 @@ class DriftWatch:
         growth = 2.0 ** ((ts - landmark) / TAIL_HALF_LIFE_S)
         columns[_EXPOSURE] += elapsed * growth
         since = columns[_SINCE] + PRIOR_WINDOWS
-        square_weight = 1 / since if since * SQUARE_WEIGHT < 1 else SQUARE_WEIGHT
+        size_weight = 1 / since if since * SIZE_WEIGHT < 1 else SIZE_WEIGHT
         armed = self.seen > self.warmup_windows
         fired = False
         at = 0
         for alpha, arms_after in zip(_ALPHAS, _ARMS_AFTER):
             mean = columns[at] + alpha * (z - columns[at])
             columns[at] = mean
-            square = columns[at + 1] + square_weight * (mean * mean - columns[at + 1])
-            columns[at + 1] = square
-            scaled = mean / math.sqrt(square)
+            size = columns[at + 1] + size_weight * ((mean if mean > 0 else -mean) - columns[at + 1])
+            columns[at + 1] = size
+            scaled = mean / (_GAUSS_MAD * size)
             judged = armed and columns[_SINCE] >= arms_after
             if scaled > U:
                 if judged and scaled > columns[at + 2]:
@@ -339,7 +344,8 @@ class DriftWatch:
         clusters = columns[peak_at + 1] / growth  # decayed to now
         if clusters < MIN_CLUSTERS * (3 if self.source == _SOURCES["level"] else 1) or columns[_EXPOSURE] <= 0:
             return
-        beta = columns[peak_at + 2] / columns[peak_at + 1] * (1 + 1 / math.sqrt(clusters))  # an upper estimate while few
+        # The mean excess, and an upper estimate of it while the clusters are few.
+        beta = columns[peak_at + 2] / columns[peak_at + 1] * (1 + 1 / math.sqrt(clusters))
         per_week = columns[peak_at + 1] / columns[_EXPOSURE] * WEEK_S
         quantile = beta * math.log(max(per_week / (self.false_per_week / (2 * len(SCALES))), 1.0))
         columns[at + 2 + side] = U + quantile
@@ -357,10 +363,10 @@ class DriftWatch:
 
     def _absorb_if_lasted(self) -> None:
         """Before the first window after a detection's cooldown: if the change is still there (the
-        middle scale's mean beyond ``U`` root mean squares on the side detected), move the baseline
+        middle scale's mean beyond ``U`` of its scales on the side detected), move the baseline
         to the level of the last ``LASTED_WINDOWS`` windows since the detection; start the scales' means afresh."""
         at = _COLUMNS  # the middle scale
-        if self.awaiting * self.scales[at] > U * math.sqrt(self.scales[at + 1]):
+        if self.awaiting * self.scales[at] > U * _GAUSS_MAD * self.scales[at + 1]:
             times, values, expected = self._kept_history(LASTED_WINDOWS)
             since = times >= self.quiet_until - self.cooldown_s  # the windows since the detection
             self.baseline.change_level(float(expected[since].mean()), float(values[since].mean()))
@@ -385,7 +391,7 @@ class DriftWatch:
         return Detection(ts, float(times[first]), float(expected[first:].mean()), float(values[first:].mean()))
 
     def thresholds(self) -> list[tuple[float, float]]:
-        """Each scale's learned thresholds (up, down), in root mean squares of its mean; inf until armed."""
+        """Each scale's learned thresholds (up, down), in scales of its mean; inf until armed."""
         return [(self.scales[i * _COLUMNS + 2], self.scales[i * _COLUMNS + 3]) for i in range(len(SCALES))]
 
     def settings(self) -> dict:
@@ -400,7 +406,7 @@ class DriftWatch:
         Python wheels of numpy and river are built for that slostream runs on (x86-64, arm64)."""
         settings = orjson.dumps(self.settings())
         river_state = b"" if self.detector is None else _CODECS[self.detector_name].save(self.detector)
-        head = _HEAD.pack(STATE_VERSION, self.seen, self._next, self.quiet_until, self.mean_square, self.newest,
+        head = _HEAD.pack(STATE_VERSION, self.seen, self._next, self.quiet_until, self.mean_absolute, self.newest,
                           self.awaiting, self.source, len(settings), len(river_state))
         return b"".join((head, settings, self.baseline.to_state(), self._history.tobytes(), self.scales.tobytes(),
                          river_state))
@@ -410,12 +416,12 @@ class DriftWatch:
         if state[:1] != bytes((STATE_VERSION,)):
             raise ValueError(f"unsupported drift state version {state[0] if state else None!r} "
                              f"(this version reads {STATE_VERSION})")
-        _, seen, written, quiet_until, mean_square, newest, awaiting, source, settings_size, river_size = \
+        _, seen, written, quiet_until, mean_absolute, newest, awaiting, source, settings_size, river_size = \
             _HEAD.unpack_from(state)
         at = _HEAD.size + settings_size
         baseline = SeasonalBaseline.from_state(state[at:at + BASELINE_BYTES])
         watch = cls(**orjson.loads(state[_HEAD.size:at]), baseline=baseline)
-        watch.seen, watch._next, watch.quiet_until, watch.mean_square = seen, written, quiet_until, mean_square
+        watch.seen, watch._next, watch.quiet_until, watch.mean_absolute = seen, written, quiet_until, mean_absolute
         watch.newest, watch.awaiting, watch.source = newest, awaiting, source
         at += BASELINE_BYTES
         watch._history = array("d", state[at:at + _HISTORY_BYTES])

@@ -1,0 +1,107 @@
+"""Drift on real data (issue 26, point 5): the 17 AWS CloudWatch series of the Numenta Anomaly
+Benchmark (``realAWSCloudwatch``, MIT licence), with their labelled anomaly windows.
+
+Each series is a metric sampled every 5 minutes; each sample is one closed report window's p95
+(one value), fed through ``SeriesDrift`` with the default rule, as the drift evaluator feeds it.
+Next to it, river's ADWIN (``clock=1``) and PageHinkley on the same standardised residuals, with
+the same warm-up and cooldown (``drift_scenarios._BaselineWatch``).
+
+Scored as NAB scores windows: a window with a detection in it is found (its first detection is a
+true one, later ones in it are neither true nor false); a detection outside every window is false.
+Detections in a file's first 15% (NAB's probationary period) are not scored. Precision is true
+over true plus false detections, recall found windows over windows.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from river import drift
+
+from slostream.bench.drift_scenarios import _BaselineWatch
+from slostream.core.drift_rules import DriftRule
+from slostream.pipeline.evaluators.drift import SeriesDrift
+
+NAB_DIR_ENV = "SLOSTREAM_NAB_DIR"
+DEFAULT_NAB_DIR = "../shared/data/nab-aws"
+PROBATION = 0.15
+DETECTORS = ("ours", "adwin", "page_hinkley")
+
+
+def _seconds(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+
+
+def _series(path: Path) -> tuple[list[float], list[float]]:
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return [_seconds(r["timestamp"]) for r in rows], [float(r["value"]) for r in rows]
+
+
+def _detections(times: list[float], values: list[float], rule: DriftRule) -> dict[str, list[float]]:
+    """The event times at which each detector fires on one series."""
+    series = SeriesDrift.of_rule(rule)
+    watch = series.watches["p95"]
+    adwin = _BaselineWatch(lambda: drift.ADWIN(clock=1))
+    page_hinkley = _BaselineWatch(drift.PageHinkley)
+    ours = []
+    for ts, value in zip(times, values):
+        seen = watch._next
+        window = {"window_end": ts, "p95": value, "ok": 0, "errors": 0}
+        ours += [d.detected_at for aggregate, d in series.update(window) if aggregate == "p95"]
+        if watch._next != seen and watch.seen > watch.warmup_windows:
+            adwin.update(ts, watch.z, watch.z)
+            page_hinkley.update(ts, watch.z, watch.z)
+    return {"ours": ours, "adwin": [t for t, _ in adwin.found], "page_hinkley": [t for t, _ in page_hinkley.found]}
+
+
+def _score(found: list[float], windows: list[tuple[float, float]], scored_from: float) -> tuple[int, int, int]:
+    """True detections (windows found), false detections, and windows, of one series."""
+    hit, false = set(), 0
+    for at in found:
+        if at < scored_from:
+            continue
+        inside = [i for i, (low, high) in enumerate(windows) if low <= at <= high]
+        if inside:
+            hit.update(inside)
+        else:
+            false += 1
+    return len(hit), false, len(windows)
+
+
+def nab_drift(directory: str | None = None, false_per_week: float | None = None) -> dict:
+    """Per detector: precision, recall and F1 over every labelled window of the 17 series, and
+    false detections a day; per series, each detector's (found windows, false detections). Ours
+    with the default rule, or another ``false_per_week``."""
+    rule = DriftRule() if false_per_week is None else DriftRule(false_per_week=false_per_week)
+    root = Path(directory or os.environ.get(NAB_DIR_ENV, DEFAULT_NAB_DIR))
+    labels = json.loads((root / "windows.json").read_text())
+    totals = {name: [0, 0, 0] for name in DETECTORS}
+    days = 0.0
+    per_series = {}
+    for name, spans in sorted(labels.items()):
+        times, values = _series(root / name)
+        scored_from = times[int(PROBATION * len(times))]
+        days += (times[-1] - scored_from) / 86400
+        windows = [(_seconds(low), _seconds(high)) for low, high in spans]
+        found = _detections(times, values, rule)
+        per_series[name] = {}
+        for detector in DETECTORS:
+            true, false, count = _score(found[detector], windows, scored_from)
+            per_series[name][detector] = [true, false]
+            for i, n in enumerate((true, false, count)):
+                totals[detector][i] += n
+    figures: dict = {"series": len(labels), "scored_days": round(days, 1), "windows": totals["ours"][2]}
+    for detector, (true, false, count) in totals.items():
+        precision = true / (true + false) if true + false else math.nan
+        recall = true / count if count else math.nan
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        figures[detector] = {"precision": round(precision, 3), "recall": round(recall, 3), "f1": round(f1, 3),
+                             "false_per_day": round(false / days, 3)}
+    figures["per_series"] = per_series
+    return figures
