@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 from river import drift
@@ -153,3 +155,61 @@ def test_a_daylight_saving_shift_moves_the_profile_an_hour():
     moved = [np.corrcoef(np.roll(profile["before"], shift), profile["after"])[0, 1] for shift in (-1, 0, 1)]
     assert max(moved[0], moved[2]) > moved[1], moved
     assert not [t for t in found if stream.clocks_moved_at <= t < stream.clocks_moved_at + 7 * DAY]
+
+
+def test_the_thresholds_are_the_exponential_tail_of_the_cluster_peaks_computed_by_brute_force():
+    """Reference: every scale's means (scipy's lfilter), sizes, clusters and their decayed tail
+    recomputed from the watch's own residuals ``z`` with numpy, and the threshold each side then
+    asks (``U + beta (1 + 1/sqrt(n)) ln(rate / allowed)``) equal to the watch's."""
+    from scipy import signal
+
+    from slostream.core import drift as d
+
+    ts, values = _p95_stream(8, days=6)
+    watch = DriftWatch(false_per_week=0.01)
+    zs, times, elapsed = [], [], []
+    newest = math.nan
+    for t, v in zip(ts.tolist(), values.tolist()):
+        before = watch.source
+        assert watch.update(t, v) is None
+        if watch.source != before:  # the scales start afresh
+            zs, times, elapsed = [], [], []
+        if watch.source:
+            zs.append(watch.z)
+            times.append(t)
+            elapsed.append(t - newest if t > newest else 0.0)
+        newest = t
+    z, times, elapsed = np.array(zs), np.array(times), np.array(elapsed)
+    exposure = np.cumsum(elapsed * 2.0 ** ((times - times[0]) / d.TAIL_HALF_LIFE_S))  # forward weights
+    since = np.arange(1, z.size + 1)
+    weights = np.maximum(d.SIZE_WEIGHT, 1 / (since + d.PRIOR_WINDOWS))
+    checked = 0
+    for i, alpha in enumerate(d._ALPHAS):
+        means = signal.lfilter([alpha], [1, alpha - 1], z)
+        size, sizes = d._NO_SCALES[i * d._COLUMNS + 1], []
+        for mean, weight in zip(means, weights):
+            size += weight * (abs(mean) - size)
+            sizes.append(size)
+        scaled = means / (d._GAUSS_MAD * np.array(sizes))
+        for side, values_of_side in ((0, scaled), (1, -scaled)):
+            peaks, closes, peak = [], [], 0.0
+            for k, value in enumerate(values_of_side):
+                if value > d.U:
+                    peak = max(peak, value)
+                elif peak:
+                    peaks.append(min(peak - d.U, d.EXCESS_CAP))
+                    closes.append(k)
+                    peak = 0.0
+            got = watch.thresholds()[i][side]
+            if len(peaks) < d.MIN_CLUSTERS:
+                assert got == math.inf
+                continue
+            last = closes[-1]
+            decay = 2.0 ** (-(times[last] - times[closes]) / d.TAIL_HALF_LIFE_S)
+            clusters, excess = decay.sum(), (np.array(peaks) * decay).sum()
+            rate = clusters / (exposure[last] * 2.0 ** (-(times[last] - times[0]) / d.TAIL_HALF_LIFE_S)) * d.WEEK_S
+            allowed = watch.false_per_week / (2 * len(d.SCALES))
+            expected = d.U + excess / clusters * (1 + 1 / math.sqrt(clusters)) * math.log(max(rate / allowed, 1.0))
+            assert got == pytest.approx(expected, rel=1e-6), (i, side)
+            checked += 1
+    assert checked >= 4
