@@ -201,15 +201,84 @@ def test_the_thresholds_are_the_exponential_tail_of_the_cluster_peaks_computed_b
                     closes.append(k)
                     peak = 0.0
             got = watch.thresholds()[i][side]
-            if len(peaks) < d.MIN_CLUSTERS:
-                assert got == math.inf
-                continue
-            last = closes[-1]
+            last = closes[-1] if closes else 0
             decay = 2.0 ** (-(times[last] - times[closes]) / d.TAIL_HALF_LIFE_S)
             clusters, excess = decay.sum(), (np.array(peaks) * decay).sum()
+            if clusters < d.MIN_CLUSTERS:
+                assert got == math.inf
+                continue
             rate = clusters / (exposure[last] * 2.0 ** (-(times[last] - times[0]) / d.TAIL_HALF_LIFE_S)) * d.WEEK_S
             allowed = watch.false_per_week / (2 * len(d.SCALES))
             expected = d.U + excess / clusters * (1 + 1 / math.sqrt(clusters)) * math.log(max(rate / allowed, 1.0))
             assert got == pytest.approx(expected, rel=1e-6), (i, side)
             checked += 1
     assert checked >= 4
+
+
+def test_hostile_values_are_not_learned_and_poison_nothing():
+    """inf, NaN and values beyond what float32 sums hold are skipped (before: one 1e39 overflowed
+    the baseline to inf and every later window was NaN); a doubling after them is still found."""
+    ts, values = _p95_stream(5, days=4, step_at=3.5 * DAY, step=2.0)
+    values[[0, 2881, 3000]] = [1e39, math.inf, math.nan]
+    watch = DriftWatch(false_per_week=0.05)
+    found = _detections(watch, ts, values)
+    assert [d.direction for d in found] == ["up"] and found[0].detected_at >= ts[0] + 3.5 * DAY
+    assert math.isfinite(watch.baseline.level()) and math.isfinite(watch.mean_absolute)
+
+
+def test_one_window_in_an_hour_never_seen_restarts_nothing():
+    """A business-hours series gets one window at 03:00: the baseline falls back to its level for
+    it, which must not start the scales afresh (before: a step at 10:00 that day went unseen)."""
+    start = 1_700_006_400  # midnight UTC
+    watch, found = DriftWatch(false_per_week=0.05), []
+    rng = np.random.default_rng(4)
+    for day in range(10):
+        for minute in range(8 * 60, 20 * 60):
+            t = start + day * DAY + minute * MINUTE
+            level = 2.0 if day == 9 and minute >= 10 * 60 else 1.0
+            if watch.update(t, 100 * level * rng.lognormal(0, 0.05)):
+                found.append((day, minute))
+        if day == 8:
+            watch.update(start + 9 * DAY + 3 * 3600, 100.0)
+    assert (9, 10 * 60) <= found[-1] <= (9, 10 * 60 + 5), found
+
+
+def test_a_silent_cooldown_absorbs_nothing():
+    """A spike is detected and the service then sends nothing for two hours: the spike is not
+    taken as the new level (before: the whole profile was scaled by the spike's ratio and a false
+    'down' followed)."""
+    ts, values = _p95_stream(6, days=5)
+    spike = (ts >= ts[0] + 4 * DAY) & (ts < ts[0] + 4 * DAY + 600)
+    values[spike] *= 3
+    silent = (ts >= ts[0] + 4 * DAY + 600) & (ts < ts[0] + 4 * DAY + 600 + 7200)
+    found = _detections(DriftWatch(false_per_week=0.05), ts[~silent], values[~silent])
+    assert [d.direction for d in found] == ["up"], found
+
+
+def test_an_older_watch_starts_afresh_and_its_series_goes_on():
+    """A series saved with a drift watch of another state version keeps everything else; only the
+    watch starts afresh. Another false_per_week keeps the watch and re-aims it."""
+    series = SeriesDrift.of_rule(DriftRule())
+    for i in range(3 * 1440):
+        series.update({"window_end": 1_700_000_000 + 60.0 * i, "p95": 100.0 + i % 7, "ok": 600, "errors": i % 2})
+    state = bytearray(series.to_state())
+    restored = SeriesDrift.from_state(bytes(state), DriftRule(), 0.05)
+    assert restored.watches["p95"].to_state() == series.watches["p95"].to_state()
+    reaimed = SeriesDrift.from_state(bytes(state), DriftRule(false_per_week=0.1), 0.05)
+    assert reaimed.watches["p95"].seen == series.watches["p95"].seen
+    assert reaimed.watches["p95"].false_per_week == 0.05
+    first_watch = state.index(bytes((3,)), 20)  # the first watch's version byte, after its header
+    state[first_watch] = 2
+    older = SeriesDrift.from_state(bytes(state), DriftRule(), 0.05)
+    assert older.pooled == series.pooled and older.watches["p95"].seen == 0
+
+
+def test_a_lasting_change_is_absorbed_once_at_five_minute_windows():
+    """Twelve windows to a cooldown: the change is absorbed at its end and detected once (a check
+    that wanted eight windows in the cooldown's second half re-detected it every hour)."""
+    rng = np.random.default_rng(9)
+    ts = 1_700_000_000 + 300.0 * np.arange(8 * 288)
+    values = 100 * (1 + 0.3 * np.sin(2 * np.pi * (ts % DAY) / DAY)) * rng.lognormal(0, 0.05, ts.size)
+    values[ts >= ts[0] + 6 * DAY] *= 2.3
+    found = _detections(DriftWatch(false_per_week=0.05), ts, values)
+    assert [d.direction for d in found] == ["up"], found

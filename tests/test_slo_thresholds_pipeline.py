@@ -130,13 +130,13 @@ def _one_host_ahead(items: list[dict], ahead_s: float) -> list[SourceRecord]:
 
 
 def test_the_order_in_which_the_slo_series_close_changes_nothing():
-    """Three hosts feed one SLO (a shift on day 3.4 makes drift recommendations): whether every record
+    """Three hosts feed one SLO (a 2.5-fold shift on day 3.4 makes drift recommendations): whether every record
     holds all hosts, or one host runs 40 minutes ahead of the others in records of its own, the
     model sees the same windows and detections in the same order, so the events are the same, and
     the same again through a restore while windows wait for the lagging hosts."""
     config = make_config(grace_s=5.0, slos=(LOOSE,), label_keys=("host",), recommend_strategy="aggressive",
                          recommend_every_s=86400.0, recommend_horizon_s=86400.0)
-    items = latency_bursts(4.3, per_burst=9, hosts=3, shift_at_day=3.4)
+    items = latency_bursts(4.3, per_burst=9, hosts=3, shift_at_day=3.4, shift=2.5)
     together = recommendations_of(PartitionProcessor(0, config, WALL), records_of(items, 36))
     assert {e["data"]["trigger"] for e in together if e["type"] == "slostream.recommendation"} == {
         "schedule", "drift"}

@@ -45,16 +45,17 @@ slos:
 """
 
 
-def latency_bursts(days: float, per_burst: int = 8, hosts: int = 1, shift_at_day: float | None = None) -> list[dict]:
+def latency_bursts(days: float, per_burst: int = 8, hosts: int = 1, shift_at_day: float | None = None,
+                   shift: float = 1.5) -> list[dict]:
     """``per_burst`` requests every two minutes, over ``hosts`` hosts (label ``host``); from
-    ``shift_at_day`` on, 50% slower for good. Bursts, because an SLO judges where a batch enters a
+    ``shift_at_day`` on, ``shift`` times slower for good. Bursts, because an SLO judges where a batch enters a
     new bucket, and a request every few seconds would make the tests slow, not stronger."""
     rng = np.random.default_rng(12)
     starts = T0 + 120.0 * np.arange(int(days * 720))
     ts = (starts[:, None] + np.linspace(0, 5, per_burst)[None, :]).ravel()
     cycle = 1 + 0.3 * np.sin(2 * np.pi * ((ts % 86400) / 3600 - 8) / 24)
-    shift = np.where(ts >= T0 + 86400 * shift_at_day, 1.5, 1.0) if shift_at_day is not None else 1.0
-    values = 100 * cycle * shift * rng.lognormal(0, 0.25, ts.size)
+    factor = np.where(ts >= T0 + 86400 * shift_at_day, shift, 1.0) if shift_at_day is not None else 1.0
+    values = 100 * cycle * factor * rng.lognormal(0, 0.25, ts.size)
     return [{"service": "api", "metric": "latency_ms", "ts": float(t), "value": float(v),
              **({"labels": {"host": f"h{k % hosts}"}} if hosts > 1 else {})}
             for k, (t, v) in enumerate(zip(ts.tolist(), values.tolist()))]

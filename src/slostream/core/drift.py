@@ -4,7 +4,7 @@ raises about ``false_per_week`` false detections a week whatever its noise, cycl
 
 Each closed window's aggregate (a p95, an error ratio) first meets the series'
 ``SeasonalBaseline``. Its residual is a symmetric log (``sign(d) * log1p(|d| / (|expected| + f))``,
-``d = value - expected``, ``f`` a twentieth of the series' level: a log ratio for positive values,
+``d = value - expected``, ``f`` a twentieth of the series' mean: a log ratio for positive values,
 defined at 0 and below), or, for an error ratio pooled over ``requests``, a Poisson z
 (``d * sqrt(requests / expected)``, against the hours of the day only: an hour of the week holds
 too few errors to expect from). Divided by its own running scale (its mean absolute value times
@@ -73,9 +73,9 @@ from .seasonal import SeasonalBaseline
 STATE_VERSION = 3  # 3: scales and peaks over threshold (2 was ADWIN by default; it starts afresh)
 # version, windows seen, history written, quiet until (event time), mean absolute residual,
 # newest event time, whether a detected change awaits the end of its cooldown (1 up, -1 down), the
-# baseline's source the tails were learned under, the settings' size, the river detector's state's
-# size (0: none).
-_HEAD = struct.Struct("<BIIdddbBHI")
+# baseline's source the tails were learned under, the symmetric log's floor and the hour it was set
+# for, the settings' size, the river detector's state's size (0: none).
+_HEAD = struct.Struct("<BIIdddbBddHI")
 _SOURCES = {"level": 1, "daily": 2, "weekly": 3}
 HISTORY = 32  # windows kept to estimate where a change began, and whether it lasted
 SCALES = (1.0, 6.0, 36.0, 144.0)  # half-lives, in windows, of the recent means of z
@@ -86,14 +86,16 @@ ARM_HALF_LIVES = 50
 _ARMS_AFTER = tuple(ARM_HALF_LIVES * h for h in SCALES)
 U = 2.0  # a cluster: a run of windows whose scaled mean exceeds U
 EXCESS_CAP = 8.0  # a cluster's excess counts at most this much: one spike in the warm-up is not the tail
-# (Decayed) clusters a scale's tail needs before it alarms; three times as many against the level
+# (Decayed) clusters a side of a scale needs before it alarms; three times as many against the level
 # alone (a series' first two days), whose residuals carry the hours of the day not yet learned.
 MIN_CLUSTERS = 10.0
+MIN_SIZE = 1e-6  # of a scale's mean: a series without noise must not divide by nothing
 TAIL_HALF_LIFE_S = 14 * 86400.0
 WEEK_S = 7 * 86400.0
 PRIOR_WINDOWS = 30  # what a scale's first size (white noise's) weighs, in windows
 SIZE_WEIGHT = 5e-4  # of each window in a scale's running mean absolute value (about a day of minutes)
 Z_CLIP = 10.0
+MAX_VALUE = 1e30
 MIN_SCALE = 1e-3  # below a relative noise of 0.1%, residuals are rounding (the baseline's sums are float32)
 SCALE_WEIGHT = 1e-3  # of each window in the running mean absolute residual (about 2 days of minutes)
 LEARN_CLIP = 4.0  # scales of the residual: what the baseline learns of one window
@@ -140,7 +142,8 @@ class DriftWatch:
     """A seasonal baseline and a detector for one aggregate of one series (see the module)."""
 
     __slots__ = ("detector_name", "params", "warmup_windows", "cooldown_s", "false_per_week", "baseline",
-                 "detector", "seen", "quiet_until", "mean_absolute", "newest", "awaiting", "source", "scales", "z",
+                 "detector", "seen", "quiet_until", "mean_absolute", "newest", "awaiting", "source", "floor",
+                 "floor_hour", "scales", "z",
                  "_history", "_next")
 
     def __init__(self, detector: str = "multiscale", params: dict | None = None, warmup_windows: int = 120,
@@ -163,6 +166,8 @@ class DriftWatch:
         self.newest = math.nan
         self.awaiting = 0  # a detected change (1 up, -1 down) whose cooldown has not ended
         self.source = 0  # the baseline's source (_SOURCES) the tails are learned under
+        self.floor = math.nan  # ``f`` of the symmetric log, set once an hour (see ``_floor``)
+        self.floor_hour = math.nan
         self.scales = array("d", _NO_SCALES)
         self.z = math.nan  # the newest window's standardised residual (what river's detectors read)
         self._history = array("d", _NO_HISTORY)  # event times, values, expectations: three rings
@@ -179,7 +184,7 @@ class DriftWatch:
     def update(self, ts: float, value: float, requests: float | None = None) -> Detection | None:
         """One closed window's aggregate (NaN: none, ignored), an error ratio with the ``requests``
         it was pooled over; a detection, if this one shows a change."""
-        if value != value:  # NaN
+        if not abs(value) < MAX_VALUE:  # NaN, infinite, or beyond what float32 sums hold: not learned
             return None
         if self.awaiting and ts >= self.quiet_until:
             self._absorb_if_lasted()
@@ -190,14 +195,14 @@ class DriftWatch:
             baseline.update(ts, value)
             self.newest = ts
             return None
-        if _SOURCES[source] != self.source:
+        if _SOURCES[source] > self.source:  # (an hour not seen yet falls back to the level: no step back)
             if self.source <= _SOURCES["level"]:  # against a profile, not a level: scales and tails start afresh
                 self.scales = array("d", _NO_SCALES)
                 self.mean_absolute = math.nan
             self.source = _SOURCES[source]
         difference = value - expected
         if requests is None:
-            spread = (expected if expected > 0 else -expected) + LEVEL_FLOOR_SHARE * abs(baseline.level()) + 1e-12
+            spread = (expected if expected > 0 else -expected) + self._floor(ts)
             residual = math.copysign(math.log1p((difference if difference > 0 else -difference) / spread), difference)
         else:
             expected_at_least = expected if expected > RATIO_FLOOR else RATIO_FLOOR
@@ -225,12 +230,13 @@ class DriftWatch:
         elapsed = ts - self.newest if ts > self.newest else 0.0  # 0 after NaN: the first window
         if elapsed > WEEK_S:
             elapsed = WEEK_S
-        self.newest = ts
+        if elapsed or self.newest != self.newest:
+            self.newest = ts
         if quiet:
-            self._feed_means(z, ts, elapsed, judge=False)
+            self._feed_means(z, self.newest, elapsed, judge=False)
             return None
         self.scales[_SINCE] += 1.0
-        fired = self._feed_means(z, ts, elapsed, judge=self.detector_name == "multiscale")
+        fired = self._feed_means(z, self.newest, elapsed, judge=self.detector_name == "multiscale")
         if self.detector_name != "multiscale":
             fired = self._river(z)
         if fired and requests is None and self._moved_an_hour():
@@ -244,6 +250,17 @@ class DriftWatch:
         self.quiet_until = ts + self.cooldown_s
         self.awaiting = 1 if detection.direction == "up" else -1
         return detection
+
+    def _floor(self, ts: float) -> float:
+        """``f`` of the symmetric log: a twentieth of the series' long-run mean magnitude (the
+        baseline's weekly-decayed mean), set at the first window of each hour. A mostly-zero series'
+        level lately is 0, and rounding in its expectation (1e-15) must not read as a change."""
+        hour = ts // 3600
+        if hour != self.floor_hour:
+            self.floor_hour = hour
+            overall = self.baseline.overall()
+            self.floor = LEVEL_FLOOR_SHARE * abs(overall if overall == overall else 0.0) + 1e-12
+        return self.floor
 
     def _moved_an_hour(self) -> bool:
         """Daylight saving, as it happens: whether the baseline's profile moved an hour one way
@@ -297,6 +314,8 @@ class DriftWatch:
             mean = columns[at] + alpha * (z - columns[at])
             columns[at] = mean
             size = columns[at + 1] + size_weight * ((mean if mean > 0 else -mean) - columns[at + 1])
+            if size < MIN_SIZE:
+                size = MIN_SIZE
             columns[at + 1] = size
             scaled = mean / (_GAUSS_MAD * size)
             judged = armed and columns[_SINCE] >= arms_after
@@ -341,6 +360,12 @@ class DriftWatch:
         columns[peak_at + 1] += growth
         columns[peak_at + 2] += min(columns[peak_at] - U, EXCESS_CAP) * growth
         columns[peak_at] = 0.0
+        self._set_threshold(at, side, growth)
+
+    def _set_threshold(self, at: int, side: int, growth: float) -> None:
+        """A side's threshold from its tail, ``growth`` the forward weight of now."""
+        columns = self.scales
+        peak_at = at + 4 + _SIDE * side
         clusters = columns[peak_at + 1] / growth  # decayed to now
         if clusters < MIN_CLUSTERS * (3 if self.source == _SOURCES["level"] else 1) or columns[_EXPOSURE] <= 0:
             return
@@ -349,6 +374,17 @@ class DriftWatch:
         per_week = columns[peak_at + 1] / columns[_EXPOSURE] * WEEK_S
         quantile = beta * math.log(max(per_week / (self.false_per_week / (2 * len(SCALES))), 1.0))
         columns[at + 2 + side] = U + quantile
+
+    def aim(self, false_per_week: float) -> None:
+        """Aim the thresholds at another rate of false detections (the tails learned are kept)."""
+        self.false_per_week = false_per_week
+        landmark = self.scales[_LANDMARK]
+        if landmark != landmark:
+            return
+        growth = 2.0 ** ((self.newest - landmark) / TAIL_HALF_LIFE_S)
+        for at in range(0, len(SCALES) * _COLUMNS, _COLUMNS):
+            for side in (0, 1):
+                self._set_threshold(at, side, growth)
 
     def _river(self, z: float) -> bool:
         if self.seen <= self.warmup_windows:
@@ -363,13 +399,16 @@ class DriftWatch:
 
     def _absorb_if_lasted(self) -> None:
         """Before the first window after a detection's cooldown: if the change is still there (the
-        middle scale's mean beyond ``U`` of its scales on the side detected), move the baseline
-        to the level of the last ``LASTED_WINDOWS`` windows since the detection; start the scales' means afresh."""
+        middle scale's mean beyond ``U`` of its scales on the side detected, with two windows or
+        more after the detection and the newest in the cooldown's second half: a service silent
+        through it shows nothing), move the baseline to the level of those of the last
+        ``LASTED_WINDOWS`` after the detection; start the scales' means afresh."""
         at = _COLUMNS  # the middle scale
-        if self.awaiting * self.scales[at] > U * _GAUSS_MAD * self.scales[at + 1]:
-            times, values, expected = self._kept_history(LASTED_WINDOWS)
-            since = times >= self.quiet_until - self.cooldown_s  # the windows since the detection
-            self.baseline.change_level(float(expected[since].mean()), float(values[since].mean()))
+        times, values, expected = self._kept_history(LASTED_WINDOWS)
+        after = times > self.quiet_until - self.cooldown_s  # the windows after the detection's
+        heard = after.sum() >= 2 and times[-1] > self.quiet_until - self.cooldown_s / 2
+        if heard and self.awaiting * self.scales[at] > U * _GAUSS_MAD * self.scales[at + 1]:
+            self.baseline.change_level(float(expected[after].mean()), float(values[after].mean()))
         for i in range(len(SCALES)):
             self.scales[i * _COLUMNS] = 0.0
         self.awaiting = 0
@@ -407,7 +446,7 @@ class DriftWatch:
         settings = orjson.dumps(self.settings())
         river_state = b"" if self.detector is None else _CODECS[self.detector_name].save(self.detector)
         head = _HEAD.pack(STATE_VERSION, self.seen, self._next, self.quiet_until, self.mean_absolute, self.newest,
-                          self.awaiting, self.source, len(settings), len(river_state))
+                          self.awaiting, self.source, self.floor, self.floor_hour, len(settings), len(river_state))
         return b"".join((head, settings, self.baseline.to_state(), self._history.tobytes(), self.scales.tobytes(),
                          river_state))
 
@@ -416,13 +455,14 @@ class DriftWatch:
         if state[:1] != bytes((STATE_VERSION,)):
             raise ValueError(f"unsupported drift state version {state[0] if state else None!r} "
                              f"(this version reads {STATE_VERSION})")
-        _, seen, written, quiet_until, mean_absolute, newest, awaiting, source, settings_size, river_size = \
-            _HEAD.unpack_from(state)
+        _, seen, written, quiet_until, mean_absolute, newest, awaiting, source, floor, floor_hour, settings_size, \
+            river_size = _HEAD.unpack_from(state)
         at = _HEAD.size + settings_size
         baseline = SeasonalBaseline.from_state(state[at:at + BASELINE_BYTES])
         watch = cls(**orjson.loads(state[_HEAD.size:at]), baseline=baseline)
         watch.seen, watch._next, watch.quiet_until, watch.mean_absolute = seen, written, quiet_until, mean_absolute
-        watch.newest, watch.awaiting, watch.source = newest, awaiting, source
+        watch.newest, watch.awaiting, watch.source, watch.floor, watch.floor_hour = \
+            newest, awaiting, source, floor, floor_hour
         at += BASELINE_BYTES
         watch._history = array("d", state[at:at + _HISTORY_BYTES])
         at += _HISTORY_BYTES

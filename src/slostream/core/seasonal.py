@@ -87,6 +87,13 @@ class SeasonalBaseline:
                                  + sums[h + 144]) / weight
         return "level", self._level_sum / self._level_weight
 
+    def overall(self) -> float:
+        """The decayed mean of every value by the weekly half-life (NaN before any)."""
+        weight = float(np.frombuffer(self._weights, dtype=np.float32).sum(dtype=np.float64))
+        if not weight:
+            return math.nan
+        return float(np.frombuffer(self._sums, dtype=np.float32).sum(dtype=np.float64)) / weight
+
     def level(self) -> float:
         """The decayed mean of every value (half-life ``level_half_life_s``; NaN before any)."""
         return self._level_sum / self._level_weight if self._level_weight else math.nan

@@ -100,7 +100,8 @@ class SeriesDrift:
     @classmethod
     def from_state(cls, state: bytes, rule: DriftRule, weekly_alpha: float) -> SeriesDrift:
         """The drift of a series as saved, under its rule now: a watch the rule no longer asks for is
-        dropped, one it asks for anew, or with other settings, starts afresh."""
+        dropped, one it asks for anew, with other settings, or saved by another version, starts
+        afresh; another ``false_per_week`` re-aims a watch's thresholds."""
         if state[:1] != bytes((STATE_VERSION,)):
             raise ValueError(f"unsupported series drift state version {state[0] if state else None!r} "
                              f"(this version reads {STATE_VERSION})")
@@ -111,9 +112,16 @@ class SeriesDrift:
             name_size, state_size, firing = _WATCH.unpack_from(state, at)
             at += _WATCH.size
             aggregate = state[at:at + name_size].decode()
-            watch = DriftWatch.from_state(state[at + name_size:at + name_size + state_size])
+            saved = state[at + name_size:at + name_size + state_size]
             at += name_size + state_size
-            if aggregate in fresh.watches and watch.settings() == fresh.watches[aggregate].settings():
+            try:
+                watch = DriftWatch.from_state(saved)
+            except ValueError:  # a watch of another version starts afresh, not the series
+                continue
+            wanted = fresh.watches.get(aggregate)
+            if wanted is not None and _kept(watch.settings()) == _kept(wanted.settings()):
+                if watch.false_per_week != wanted.false_per_week:
+                    watch.aim(wanted.false_per_week)
                 fresh.watches[aggregate] = watch
                 if firing:
                     fresh.firing[aggregate] = SEVERITIES[firing - 1]
@@ -121,6 +129,12 @@ class SeriesDrift:
         if at < len(state):
             fresh.weeks = CalibrationWeeks.from_state(state[at:], weekly_alpha)
         return fresh
+
+
+def _kept(settings: dict) -> dict:
+    """The settings a saved watch must share with its rule's to go on (another rate of false
+    detections only re-aims its thresholds)."""
+    return {name: value for name, value in settings.items() if name != "false_per_week"}
 
 
 class DriftEvaluator(Evaluator):
