@@ -81,7 +81,7 @@ def _reached(worker, event_time: float, timeout: float = 60.0) -> None:
 
 def test_live_unkeyed_producers_get_policy_and_slo_recommendations_across_a_restart(kafka, make_worker, tmp_path):
     """Three hosts' latency, unkeyed lz4 records of eight minutes each, fed live over four
-    partitions; the service slows by 50% on day 2.4 for good. A policy (per host) and a threshold
+    partitions; the service slows 2.5-fold on day 3.4 for good. A policy (per host) and a threshold
     SLO (over the hosts) with the aggressive strategy, a day's cycle and horizon: recommendations
     on schedule and after the drift, scores a day later, exactly those of an in-process run with one
     partition, though the worker is stopped and another takes over half-way. A models: entry (p50,
@@ -89,7 +89,7 @@ def test_live_unkeyed_producers_get_policy_and_slo_recommendations_across_a_rest
     definitions = tmp_path / "definitions.yaml"
     definitions.write_text(POLICY_YAML + SLO_YAML + "models:\n  - {name: api-p50, service: api, metric: latency_ms, "
                            "aggregate: p50}\n")
-    items = latency_bursts(3.3, per_burst=9, hosts=3, shift_at_day=2.4)
+    items = latency_bursts(4.3, per_burst=9, hosts=3, shift_at_day=3.4, shift=2.5)
     env = {"SLOSTREAM_GRACE_S": "5", "SLOSTREAM_DEFINITION_FILES": str(definitions), "SLOSTREAM_LABEL_KEYS": "host",
            "SLOSTREAM_RECOMMEND_STRATEGY": "aggressive", "SLOSTREAM_RECOMMEND_EVERY_S": "86400",
            "SLOSTREAM_RECOMMEND_HORIZON_S": "86400"}
