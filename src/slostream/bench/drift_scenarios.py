@@ -28,6 +28,7 @@ import numpy as np
 from river import drift
 from scipy import signal, special, stats
 
+from slostream.core.drift import DriftWatch
 from slostream.core.drift_rules import DriftRule
 from slostream.pipeline.evaluators.drift import SeriesDrift
 
@@ -202,6 +203,28 @@ class _BaselineWatch:
             self.detector, self.quiet_until = None, ts + 3600.0
 
 
+class RiverBaselines:
+    """River's ADWIN (``clock=1``) and PageHinkley, fed what a p95 watch reads once it reads against
+    the hours of the day and is past its warm-up; a detection's direction is the sign of the
+    last few residuals."""
+
+    def __init__(self):
+        self.watches = {"adwin": _BaselineWatch(lambda: drift.ADWIN(clock=1)),
+                        "page_hinkley": _BaselineWatch(drift.PageHinkley)}
+        self.recent_z = 0.0
+
+    def follow(self, ts: float, watch: DriftWatch, written_before: int) -> None:
+        """After ``watch`` was updated at ``ts`` (its history had ``written_before`` windows)."""
+        if watch._next != written_before and watch.source >= PROFILED and watch.seen > watch.warmup_windows:
+            self.recent_z += 0.3 * (watch.z - self.recent_z)
+            for baseline in self.watches.values():
+                baseline.update(ts, watch.z, self.recent_z)
+
+    def found(self, name: str) -> list[tuple[float, float]]:
+        """(event time, direction) of each detection of one of them."""
+        return self.watches[name].found
+
+
 class _BinomialCusum:
     """Upper CUSUM of the pooled error counts' log-likelihood ratio for a doubling of the error
     ratio, against the ratio of all requests so far; its threshold ``ln(2 * points a week)`` (at
@@ -239,12 +262,11 @@ def run_stream(scenario: Scenario, seed: int, days: int = DAYS, false_per_week: 
     rule = DriftRule() if false_per_week is None else DriftRule(false_per_week=false_per_week)
     series = SeriesDrift.of_rule(rule)
     p95_watch = series.watches["p95"]
-    adwin = _BaselineWatch(lambda: drift.ADWIN(clock=1))
-    page_hinkley = _BaselineWatch(drift.PageHinkley)
+    baselines = RiverBaselines()
     cusum = _BinomialCusum()
     ours = []
     pooled = (0, 0)
-    elapsed = recent_z = 0.0
+    elapsed = 0.0
     for end, p95, requests, errors in zip(stream.ends.tolist(), stream.p95.tolist(), stream.requests.tolist(),
                                           stream.errors.tolist()):
         window = {"window_end": end, "p95": None if p95 != p95 else p95, "ok": requests - errors, "errors": errors}
@@ -253,16 +275,13 @@ def run_stream(scenario: Scenario, seed: int, days: int = DAYS, false_per_week: 
         for aggregate, detection in series.update(window):
             ours.append((detection.detected_at, aggregate, detection.direction))
         elapsed += time.perf_counter() - began
-        if p95_watch._next != seen_p95 and p95_watch.source >= PROFILED and p95_watch.seen > p95_watch.warmup_windows:
-            recent_z += 0.3 * (p95_watch.z - recent_z)  # a detection's direction: the sign of the last few
-            adwin.update(end, p95_watch.z, recent_z)
-            page_hinkley.update(end, p95_watch.z, recent_z)
+        baselines.follow(end, p95_watch, seen_p95)
         pooled = (pooled[0] + requests, pooled[1] + errors)
         if pooled[0] >= 500:
             cusum.update(end, *pooled)
             pooled = (0, 0)
-    return {"ours": ours, "adwin": [(t, "p95", "up" if z > 0 else "down") for t, z in adwin.found],
-            "page_hinkley": [(t, "p95", "up" if z > 0 else "down") for t, z in page_hinkley.found],
+    return {"ours": ours, **{name: [(t, "p95", "up" if z > 0 else "down") for t, z in baselines.found(name)]
+                             for name in ("adwin", "page_hinkley")},
             "binomial_cusum": [(t, "error_ratio", "up") for t, _ in cusum.found],
             "excused": stream.excused, "step_at": stream.step_at, "start": float(stream.ends[0]),
             "span_s": float(stream.ends[-1] - stream.ends[0]),

@@ -5,7 +5,7 @@ Each series is a metric sampled every 5 minutes; each sample is one closed repor
 (one value), fed through ``SeriesDrift`` with the default rule, as the drift evaluator feeds it.
 Next to it, river's ADWIN (``clock=1``) and PageHinkley on the same standardised residuals, from
 when ours reads them against the hours of the day, with the same cooldown
-(``drift_scenarios._BaselineWatch``).
+(``drift_scenarios.RiverBaselines``).
 
 Scored as NAB scores windows: a window with a detection in it is found (its first detection is a
 true one, later ones in it are neither true nor false); a detection outside every window is false.
@@ -22,9 +22,7 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from river import drift
-
-from slostream.bench.drift_scenarios import PROFILED, _BaselineWatch
+from slostream.bench.drift_scenarios import RiverBaselines
 from slostream.core.drift_rules import DriftRule
 from slostream.pipeline.evaluators.drift import SeriesDrift
 
@@ -48,18 +46,14 @@ def _detections(times: list[float], values: list[float], rule: DriftRule) -> dic
     """The event times at which each detector fires on one series."""
     series = SeriesDrift.of_rule(rule)
     watch = series.watches["p95"]
-    adwin = _BaselineWatch(lambda: drift.ADWIN(clock=1))
-    page_hinkley = _BaselineWatch(drift.PageHinkley)
-    ours, recent_z = [], 0.0
+    baselines = RiverBaselines()
+    ours = []
     for ts, value in zip(times, values):
         seen = watch._next
         window = {"window_end": ts, "p95": value, "ok": 0, "errors": 0}
         ours += [d.detected_at for aggregate, d in series.update(window) if aggregate == "p95"]
-        if watch._next != seen and watch.source >= PROFILED and watch.seen > watch.warmup_windows:
-            recent_z += 0.3 * (watch.z - recent_z)
-            adwin.update(ts, watch.z, recent_z)
-            page_hinkley.update(ts, watch.z, recent_z)
-    return {"ours": ours, "adwin": [t for t, _ in adwin.found], "page_hinkley": [t for t, _ in page_hinkley.found]}
+        baselines.follow(ts, watch, seen)
+    return {"ours": ours, **{name: [t for t, _ in baselines.found(name)] for name in ("adwin", "page_hinkley")}}
 
 
 def _score(found: list[float], windows: list[tuple[float, float]], scored_from: float) -> tuple[int, int, int]:
