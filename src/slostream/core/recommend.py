@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import stats
 
 from .compliance_model import ComplianceForecast, ComplianceModel, CompliancePrediction
 from .threshold_model import MODEL_VERSION, Forecast, Prediction, ThresholdModel
@@ -237,19 +238,42 @@ def model_summary(model: ThresholdModel, start: float) -> dict:
             "drift_at": None if math.isnan(model.drift_at) else model.drift_at}
 
 
-INACCURATE_RELATIVE_ERROR = 0.15
+INACCURATE_LOG_ERROR = math.log1p(0.15)
+NOMINAL_MISCOVERAGE = 0.05
+FLEET_FALSE_DISCOVERY = 0.05  # Benjamini-Hochberg's q over a partition's scores of the week
 
 
 def score(predicted: dict, windows: int, crossed: int) -> dict:
     """A prediction (``Prediction.as_dict``) against what its horizon did: ``crossed`` of
-    ``windows`` on the wrong side. It is inaccurate when off by more than 15% relative and outside
-    its 95% interval: the interval already holds the sampling error of that many (autocorrelated)
-    windows, so an error outside it is significant at 5%."""
+    ``windows`` (events) on the wrong side.
+
+    - ``log_error``: ``|ln((predicted + c) / (actual + c))|``, ``c`` one window's share of the
+      horizon: symmetric, and defined where nothing crossed (``relative_error``, ``|predicted -
+      actual| / actual``, is kept beside it, null there);
+    - ``p_value``: how surprising the actual is, read off the 95% interval (which adaptive
+      conformal inference keeps at 95% in practice): on the log scale above, the interval's edge
+      on the actual's side is 1.96 standard errors from the prediction, so an actual on the edge
+      scores 0.05. Whether a score is inaccurate is the fleet's decision (``benjamini_hochberg``)."""
     actual = crossed / windows if windows else math.nan
     rate = predicted["violation_rate"]
     covered = bool(windows) and predicted["ci_low"] <= actual <= predicted["ci_high"]
     relative = abs(rate - actual) / actual if actual else (0.0 if rate == 0 else math.inf)
-    return {"predicted": rate, "ci_low": predicted["ci_low"], "ci_high": predicted["ci_high"], "actual": actual,
-            "windows": windows, "breach_windows": crossed, "covered": covered,
-            "relative_error": relative if math.isfinite(relative) else None,
-            "inaccurate": bool(windows) and not covered and relative > INACCURATE_RELATIVE_ERROR}
+    result = {"predicted": rate, "ci_low": predicted["ci_low"], "ci_high": predicted["ci_high"], "actual": actual,
+              "windows": windows, "breach_windows": crossed, "covered": covered,
+              "relative_error": relative if math.isfinite(relative) else None, "log_error": None, "p_value": None,
+              "inaccurate": False}
+    if windows:
+        c = 1.0 / windows
+        signed = math.log((actual + c) / (rate + c))
+        edge = math.log((predicted["ci_high" if signed > 0 else "ci_low"] + c) / (rate + c))
+        z = stats.norm.ppf(1 - NOMINAL_MISCOVERAGE / 2) * signed / edge if edge else (0.0 if not signed else math.inf)
+        result["log_error"], result["p_value"] = abs(signed), float(2 * stats.norm.sf(abs(z)))
+    return result
+
+
+def benjamini_hochberg(p_values: np.ndarray, q: float = FLEET_FALSE_DISCOVERY) -> float:
+    """The largest p-value Benjamini-Hochberg rejects at false-discovery rate ``q`` (0: none)."""
+    if not p_values.size:
+        return 0.0
+    rejected = p_values[stats.false_discovery_control(p_values) <= q]
+    return float(rejected.max()) if rejected.size else 0.0

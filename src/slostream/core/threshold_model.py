@@ -5,8 +5,12 @@ Each closed window's value is learned three ways:
 
 - a **seasonal baseline** (``SeasonalBaseline``: decayed means by hour of week, by hour of day
   before two weeks are seen);
-- a **trend**: a weighted least-squares line through the residuals of the retained windows
-  against the baseline, kept only where its slope is significant (|t| >= 2);
+- a **trend**: a line through the residuals of the retained windows against the baseline, kept
+  only where the means of whole days have a slope significant at 1% (Student's t on the days,
+  ``_day_trend``: autocorrelated windows and levels that move day to day make a test of windows
+  taken one by one keep spurious slopes; and the days' means are not quite independent either,
+  for a weekday's two days in the history share the baseline's hours of the week: at 5%, 17% of
+  stationary series kept one);
 - the **residuals**: what the baseline and the trend leave, on a log scale
   (``log(value + eps) - log(baseline + eps)``, ``eps`` 1% of the median value, so ratios like
   0.0 still have one), as an empirical distribution. No shape is assumed.
@@ -15,11 +19,24 @@ A value forecast for hour ``h`` is ``baseline(h) * exp(trend(h) + e)`` for each 
 residual ``e``: the predicted violation rate of a level is the weighted share of those on the
 wrong side, averaged over the hours of the horizon.
 
-The interval of that rate is a Jeffreys (beta) interval whose sample size is the smaller of what
-the horizon and the history hold, each shrunk by the autocorrelation of crossings (windows in a
-row over a level are not independent): ``n (1 - rho) / (1 + rho)``. Its miscoverage ``alpha``
-starts at 5% and is recalibrated by adaptive conformal inference (Gibbs and Candès, 2021) each
-time a prediction is scored against what happened (``recalibrate``).
+**The interval** of that rate (``predict``, ``rate_interval``) is a prediction interval of what
+the horizon will do, not a confidence interval of a mean:
+
+- the crossings are counted in effective windows: how many times the variance of independent
+  windows the level's crossings have when summed over whole days of the history, against the
+  model's own in-sample rates (``batch_inflation``; autocorrelation, day-to-day levels and
+  incidents all show there), with a small-sample correction for the few days it is measured on;
+- in those units the horizon's count is beta-binomial: the rate's Jeffreys posterior from the
+  history, then the horizon's own sampling, so a horizon that may cross nothing gets a lower end
+  of 0;
+- mixed over the horizon's level, normal on the log scale with sd ``LEVEL_SD`` (4%: a week ahead,
+  releases and traffic mix move a service a few percent, which no history shows), and the
+  trend's standard error where it is extrapolated.
+
+Its miscoverage ``alpha`` starts at 5% and is recalibrated by adaptive conformal inference (Gibbs
+and Candès, 2021) on a rolling one-day check (``_check_day``): at each day's first window the model
+predicts that day's rate at the level its history crosses 2% of the time, and scores it at the next
+day's first window, so ``alpha`` moves every day, not once a week.
 
 A drift detection on the series whose change has lasted (``lasting``: six hours after it, the
 windows since differ from those before by 10% or more, which an incident that has ended does
@@ -64,6 +81,13 @@ OLD_WEIGHT_AFTER_DRIFT = 0.2
 WINDOWS_TO_FORGET_DRIFT = 288
 EPS_SHARE = 0.01
 HOUR_S = 3600
+DAY_S = 86400
+DAILY_TARGET = 0.02
+# A week ahead, a service's level is taken to be uncertain by this much (sd, log scale) beyond
+# what its history shows: releases and traffic mix move it a few percent (a +-5% shift is 2 sds).
+LEVEL_SD = 0.04
+TREND_MIN_DAYS = 4
+TREND_P = 0.01
 UNUSUAL_WINDOWS = 3
 LASTING_AFTER_S = 6 * 3600
 LASTING_SHIFT = 0.10
@@ -93,7 +117,7 @@ class Prediction:
 class ThresholdModel:
     """See the module."""
 
-    __slots__ = ("direction", "window_s", "baseline", "_ends", "_values", "seen", "drift_at", "alpha")
+    __slots__ = ("direction", "window_s", "baseline", "_ends", "_values", "seen", "drift_at", "alpha", "daily")
 
     def __init__(self, direction: str, window_s: int):
         if direction not in ("above", "below"):
@@ -108,6 +132,9 @@ class ThresholdModel:
         self.seen = 0
         self.drift_at = math.nan  # event time of the last detected change
         self.alpha = TARGET_MISCOVERAGE
+        # The rolling one-day check that recalibrates ``alpha``: [day number, level (NaN: none
+        # predicted), ci_low, ci_high, windows, crossed]; None before the first window.
+        self.daily: list | None = None
 
     # --- learning -------------------------------------------------------------
 
@@ -115,6 +142,9 @@ class ThresholdModel:
         """One closed window's value (None or NaN: the window had none, skipped)."""
         if value is None or not math.isfinite(value):
             return
+        day = int((end - self.window_s) // DAY_S)
+        if self.daily is None or day != self.daily[0]:
+            self._check_day(day)
         self.baseline.update(end, value)
         if len(self._ends) < HISTORY:
             self._ends.append(int(end))
@@ -123,14 +153,33 @@ class ThresholdModel:
             slot = self.seen % HISTORY
             self._ends[slot], self._values[slot] = int(end), value
         self.seen += 1
+        if math.isfinite(self.daily[1]):
+            self.daily[4] += 1
+            self.daily[5] += value > self.daily[1] if self.direction == "above" else value < self.daily[1]
+
+    def _check_day(self, day: int) -> None:
+        """A new day: the last day's prediction scored (``recalibrate``), if it saw half a day's
+        windows, and this day's made, from a day of history on: the rate of the level the history
+        crosses ``DAILY_TARGET`` of the time."""
+        if self.daily is not None and self.daily[4] >= 0.5 * DAY_S / self.window_s:
+            _, _, low, high, windows, crossed = self.daily
+            self.recalibrate(low <= crossed / windows <= high)
+        self.daily = [day, math.nan, 0.0, 1.0, 0, 0]
+        if self.span_s < DAY_S:
+            return
+        fit = self.fit()
+        values = fit.values
+        level = float(np.quantile(values, 1 - DAILY_TARGET if self.direction == "above" else DAILY_TARGET))
+        prediction = self.predict(level, self.forecast(day * DAY_S, DAY_S, fit))
+        self.daily = [day, level, prediction.ci_low, prediction.ci_high, 0, 0]
 
     def drifted(self, changed_at: float) -> None:
         """A drift detection: weigh the windows since ``changed_at`` more (see the module)."""
         self.drift_at = changed_at
 
     def recalibrate(self, covered: bool) -> None:
-        """Adaptive conformal inference: a scored prediction whose interval held (or not) moves
-        the miscoverage the next intervals use toward the 5% target in practice."""
+        """Adaptive conformal inference: a one-day check whose interval held (or not) moves the
+        miscoverage the next intervals use toward the 5% target in practice."""
         self.alpha = min(max(self.alpha + ACI_STEP * (TARGET_MISCOVERAGE - (0.0 if covered else 1.0)), 0.001), 0.25)
 
     # --- reading --------------------------------------------------------------
@@ -160,14 +209,17 @@ class ThresholdModel:
         eps = EPS_SHARE * max(float(np.median(np.abs(values))), 1e-12)
         hours, at_hour = np.unique(_hour_centres(ends), return_inverse=True)  # a baseline read per hour
         expected = np.array([self.baseline.estimate(t)[1] for t in hours.tolist()])[at_hour.reshape(-1)]
-        residuals = np.log(np.maximum(values, 0.0) + eps) - np.log(np.maximum(expected, 0.0) + eps)
+        log_expected = np.log(np.maximum(expected, 0.0) + eps)
+        residuals = np.log(np.maximum(values, 0.0) + eps) - log_expected
         weights = self._weights(ends)
         now = float(ends[-1])
         days = (ends - now) / 86400.0
-        intercept, slope = _weighted_line(days, residuals, weights)
-        errors = residuals - (intercept + slope * days)
+        trend = _day_trend(days, residuals, weights, self.window_s)
+        line = trend.intercept + trend.slope * days
+        errors = residuals - line
         order = np.argsort(errors, kind="stable")
-        return Fit(now, eps, intercept, slope, errors[order], np.cumsum(weights[order]), ends, values, errors)
+        return Fit(now, eps, trend, errors[order], np.cumsum(weights[order]), ends, values, errors,
+                   log_expected + line, weights)
 
     def _weights(self, ends: np.ndarray) -> np.ndarray:
         weights = np.ones(ends.size)
@@ -184,29 +236,47 @@ class ThresholdModel:
             return None
         centres = start + HOUR_S * (np.arange(max(int(horizon_s // HOUR_S), 1)) + 0.5)
         expected = np.array([self.baseline.estimate(t)[1] for t in centres])
-        trend = fit.intercept + fit.slope * (centres - fit.now) / 86400.0
-        return Forecast(fit, np.log(np.maximum(expected, 0.0) + fit.eps) + trend, horizon_s)
+        ahead = (centres - fit.now) / 86400.0
+        log_level = np.log(np.maximum(expected, 0.0) + fit.eps) + fit.trend.intercept + fit.trend.slope * ahead
+        # How far the horizon's level may be from the forecast: the floor, and the trend's error
+        # where it is extrapolated (at the horizon's middle).
+        spread = math.sqrt(LEVEL_SD ** 2 + (fit.trend.slope_se * (float(ahead.mean()) - fit.trend.mean_day)) ** 2)
+        return Forecast(fit, log_level, horizon_s, spread)
 
-    def hourly_rates(self, threshold: float, forecast: Forecast) -> np.ndarray:
-        """The predicted share of windows on the wrong side of ``threshold`` in each hour."""
+    def hourly_rates(self, threshold: float, forecast: Forecast, shift: float = 0.0) -> np.ndarray:
+        """The predicted share of windows on the wrong side of ``threshold`` in each hour (the
+        forecast's level moved by ``shift``, on the log scale)."""
         fit = forecast.fit
         # A window crosses when its error is beyond the level's distance from the forecast.
-        distance = math.log(max(threshold, 0.0) + fit.eps) - forecast.log_level
+        return self._beyond(fit, math.log(max(threshold, 0.0) + fit.eps) - forecast.log_level - shift)
+
+    def _beyond(self, fit: Fit, distance: np.ndarray) -> np.ndarray:
+        """The weighted share of the fit's errors on the wrong side of each ``distance``."""
         if self.direction == "above":
             return 1.0 - _share_before(fit, np.searchsorted(fit.errors, distance, side="right"))
         return _share_before(fit, np.searchsorted(fit.errors, distance, side="left"))
 
     def predict(self, threshold: float, forecast: Forecast) -> Prediction:
-        """The violation rate of ``threshold`` over the forecast's horizon, with its interval."""
+        """The violation rate of ``threshold`` over the forecast's horizon, with its interval: a
+        mixture, over the horizon's level (normal, sd ``forecast.spread``), of Jeffreys intervals
+        whose sample size is the horizon's and the history's windows, shrunk by how much more
+        than independent windows whole days of crossings vary (``crossing_inflation``)."""
         fit = forecast.fit
-        rate = float(np.mean(self.hourly_rates(threshold, forecast)))
-        crossed = fit.values > threshold if self.direction == "above" else fit.values < threshold
-        shrink = _independent_share(crossed)
-        history_n = float(fit.cumulative[-1]) * shrink
-        horizon_n = forecast.horizon_s / self.window_s * shrink
-        n = 1.0 / (1.0 / max(history_n, 1.0) + 1.0 / max(horizon_n, 1.0))
-        low, high = stats.beta.ppf([self.alpha / 2, 1 - self.alpha / 2], rate * n + 0.5, (1 - rate) * n + 0.5)
-        return Prediction(rate, float(low), float(high), self.window_s)
+        rates = np.array([float(np.mean(self.hourly_rates(threshold, forecast, forecast.spread * node)))
+                          for node in np.r_[0.0, LEVEL_NODES]])
+        inflation = self.crossing_inflation(threshold, fit)
+        low, high = rate_interval(rates[1:], inflation, float(fit.cumulative[-1]), forecast.horizon_s / self.window_s,
+                                  self.alpha)
+        return Prediction(float(rates[0]), low, high, self.window_s)
+
+    def crossing_inflation(self, threshold: float, fit: Fit) -> float:
+        """``batch_inflation`` of the history's crossings of ``threshold`` against the model's own
+        in-sample rates."""
+        weighted = fit.weights_by_time > 0
+        expected = self._beyond(fit, math.log(max(threshold, 0.0) + fit.eps) - fit.level_by_time[weighted])
+        values = fit.values[weighted]
+        crossed = values > threshold if self.direction == "above" else values < threshold
+        return batch_inflation(fit.ends[weighted], crossed, expected, self.window_s, self.alpha)
 
     def level_for(self, rate: float, forecast: Forecast) -> float:
         """The level whose predicted violation rate is ``rate`` (bisection: the rate is monotone)."""
@@ -263,7 +333,7 @@ class ThresholdModel:
                 "open_ends": base64.b64encode(ends.tobytes()).decode(),
                 "open_values": base64.b64encode(values.tobytes()).decode(),
                 "seen": self.seen, "drift_at": None if math.isnan(self.drift_at) else self.drift_at,
-                "alpha": self.alpha}
+                "alpha": self.alpha, "daily": self.daily}
 
     def completed_chunk(self) -> int | None:
         """The number of the first window of the chunk the newest window completed (None: none)."""
@@ -290,7 +360,7 @@ class ThresholdModel:
                              f"(this version reads {MODEL_VERSION})")
         model = cls(state["direction"], state["window_s"])
         model.baseline = SeasonalBaseline.from_state(base64.b64decode(state["baseline"]))
-        model.seen, model.alpha = state["seen"], state["alpha"]
+        model.seen, model.alpha, model.daily = state["seen"], state["alpha"], state.get("daily")
         model.drift_at = math.nan if state["drift_at"] is None else state["drift_at"]
         held = min(model.seen, HISTORY)
         ends, values = np.zeros(held, dtype=np.uint32), np.zeros(held, dtype=np.float32)
@@ -317,43 +387,57 @@ class Forecast:
     fit: Fit
     log_level: np.ndarray  # per hour of the horizon: log(baseline + eps) + trend
     horizon_s: float
+    spread: float  # sd of the horizon's level about ``log_level`` (log scale)
+
+
+@dataclass(frozen=True)
+class Trend:
+    intercept: float  # at the newest window
+    slope: float  # per day; 0 unless significant
+    slope_se: float  # 0 without a slope
+    mean_day: float  # the mean day of the line's fit, from the newest window (negative)
 
 
 @dataclass(frozen=True)
 class Fit:
     now: float  # the newest window's end
     eps: float
-    intercept: float
-    slope: float  # per day
+    trend: Trend
     errors: np.ndarray  # sorted
     cumulative: np.ndarray  # their weights, summed in that order
     ends: np.ndarray
     values: np.ndarray
     errors_by_time: np.ndarray  # the errors, oldest window first
+    level_by_time: np.ndarray  # each window's expected log level: baseline and trend
+    weights_by_time: np.ndarray
 
 
 def _hour_centres(ends: np.ndarray) -> np.ndarray:
     return np.floor(ends / HOUR_S) * HOUR_S + HOUR_S / 2
 
 
-def _weighted_line(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
-    """Intercept and slope of the weighted least-squares line; the slope is 0 unless |t| >= 2."""
-    total = w.sum()
+def _day_trend(days: np.ndarray, residuals: np.ndarray, weights: np.ndarray, window_s: float) -> Trend:
+    """The line through the residuals: their weighted mean, and a slope only where the means of
+    whole days (at least half a day's windows each, at least ``TREND_MIN_DAYS``) have one at 5%
+    (Student's t on the days: autocorrelation within a day and levels that move day to day do not
+    make a spurious slope significant, as they do in a test of windows taken one by one)."""
+    total = weights.sum()
     if total <= 0:
-        return 0.0, 0.0
-    mean_x, mean_y = (w * x).sum() / total, (w * y).sum() / total
-    sxx = (w * (x - mean_x) ** 2).sum()
-    if sxx <= 0:
-        return float(mean_y), 0.0
-    slope = (w * (x - mean_x) * (y - mean_y)).sum() / sxx
-    residual = y - mean_y - slope * (x - mean_x)
-    n = np.count_nonzero(w)
-    if n <= 2:
-        return float(mean_y), 0.0
-    variance = (w * residual ** 2).sum() / total * n / (n - 2)
-    if abs(slope) < 2.0 * math.sqrt(variance / sxx * (total / n)):
-        return float(mean_y), 0.0
-    return float(mean_y - slope * mean_x), float(slope)
+        return Trend(0.0, 0.0, 0.0, 0.0)
+    mean = float((weights * residuals).sum() / total)
+    day = np.floor(days).astype(np.int64)
+    day -= day.min()
+    counts = np.bincount(day, weights > 0)
+    full = counts >= 0.5 * 86400 / window_s
+    if full.sum() < TREND_MIN_DAYS:
+        return Trend(mean, 0.0, 0.0, 0.0)
+    day_weight = np.bincount(day, weights)[full]
+    day_mean = np.bincount(day, weights * residuals)[full] / day_weight
+    day_centre = np.bincount(day, weights * days)[full] / day_weight
+    line = stats.linregress(day_centre, day_mean)
+    if not line.pvalue < TREND_P:
+        return Trend(mean, 0.0, 0.0, 0.0)
+    return Trend(float(line.intercept), float(line.slope), float(line.stderr), float(day_centre.mean()))
 
 
 def _share_before(fit: Fit, positions: np.ndarray) -> np.ndarray:
@@ -361,12 +445,45 @@ def _share_before(fit: Fit, positions: np.ndarray) -> np.ndarray:
     return np.where(positions > 0, fit.cumulative[np.maximum(positions - 1, 0)], 0.0) / fit.cumulative[-1]
 
 
-def _independent_share(crossed: np.ndarray) -> float:
-    """``(1 - rho) / (1 + rho)`` for the lag-1 autocorrelation ``rho`` of crossings (1: none)."""
-    if crossed.size < 3 or crossed.all() or not crossed.any():
+# Gauss-Hermite nodes and weights of a standard normal: the horizon's level offsets, in sds.
+LEVEL_NODES, _LEVEL_WEIGHTS = np.polynomial.hermite_e.hermegauss(9)
+_LEVEL_WEIGHTS = _LEVEL_WEIGHTS / _LEVEL_WEIGHTS.sum()
+
+
+def batch_inflation(ends: np.ndarray, crossed: np.ndarray, expected: np.ndarray, window_s: float,
+                    alpha: float) -> float:
+    """How many times the variance of independent windows a level's crossings have when summed
+    over whole days (hours while the history is under three days), against their ``expected``
+    rates: autocorrelation, day-to-day levels and incidents all widen it (batch means; at least
+    1). Times the square of ``t / z`` at the number of days: the variance is estimated from few."""
+    if ends.size < 3:
         return 1.0
-    x = crossed.astype(np.float64)
-    x = x - x.mean()
-    rho = float((x[1:] * x[:-1]).sum() / (x * x).sum())
-    rho = min(max(rho, 0.0), 0.99)
-    return (1.0 - rho) / (1.0 + rho)
+    batch_s = 86400 if ends[-1] - ends[0] >= 3 * 86400 else HOUR_S
+    batch = ((ends - window_s) // batch_s).astype(np.int64)
+    batch -= batch[0]
+    full = np.bincount(batch) >= 0.5 * batch_s / window_s
+    if full.sum() < 2:
+        return 1.0
+    deviation = np.bincount(batch, crossed - expected)[full]
+    binomial = np.bincount(batch, expected * (1 - expected))[full].sum()
+    if binomial <= 0:
+        return 1.0
+    small_sample = (stats.t.ppf(1 - alpha / 2, full.sum() - 1) / stats.norm.ppf(1 - alpha / 2)) ** 2
+    return max(1.0, float((deviation ** 2).sum() / binomial)) * small_sample
+
+
+def rate_interval(rates: np.ndarray, inflation: float, history_windows: float, horizon_windows: float,
+                  alpha: float) -> tuple[float, float]:
+    """The ``1 - alpha`` prediction interval of a horizon's violation rate. Counted in effective
+    windows (each ``inflation`` windows), the horizon's crossings are beta-binomial: the rate's
+    Jeffreys posterior from the history's effective windows, then the horizon's own sampling;
+    mixed over the rates at the level offsets ``LEVEL_NODES``. Its quantiles are whole counts, so
+    a horizon that may well cross nothing gets a lower end of 0."""
+    history_n = max(history_windows / inflation, 1.0)
+    horizon_n = max(int(round(horizon_windows / inflation)), 1)
+    counts = np.arange(horizon_n + 1)
+    pmf = stats.betabinom.pmf(counts[:, None], horizon_n, rates[None, :] * history_n + 0.5,
+                              (1 - rates[None, :]) * history_n + 0.5) @ _LEVEL_WEIGHTS
+    cdf = np.cumsum(pmf)
+    low, high = np.searchsorted(cdf, [alpha / 2, 1 - alpha / 2 - 1e-12])
+    return float(min(low, horizon_n) / horizon_n), float(min(high, horizon_n) / horizon_n)

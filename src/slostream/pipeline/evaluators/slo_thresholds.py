@@ -109,6 +109,14 @@ class SloModel(PolicyModel):
             taken.append((start, detected.get(start, []), counts, windows))
         return taken
 
+    def learn_score(self, scores: dict[str, dict]) -> None:
+        """As ``PolicyModel.learn_score``, and the compliance model's intervals recalibrated by each
+        (adaptive conformal inference on the scored horizons)."""
+        for scored in scores.values():
+            if scored is not None:
+                self.model.recalibrate(scored["covered"])
+        super().learn_score(scores)
+
     @classmethod
     def restore(cls, state: dict, waiting: dict) -> SloModel:
         held = cls(ComplianceModel.from_state(state["model"]))
@@ -329,6 +337,7 @@ class SloThresholdEvaluator(RecommendingEvaluator):
             if (model.threshold, model.good_below, model.objective) == (
                     slo.good.threshold, slo.good.kind in ("value_le", "value_lt"), slo.objective):
                 self.models[name] = held
+                self._recall(name, held)
         return set(self.models)
 
 

@@ -14,9 +14,11 @@ policy's warning and critical levels are recommended:
 Once its horizon has passed, each recommendation is scored: the predicted violation rates of the
 current level (which ran) and of the recommended one (in shadow) against the share of the
 horizon's windows that crossed each, counted exactly as the windows close. Each score is a
-``slostream.recommendation.scored`` event; it recalibrates the model's intervals (adaptive
-conformal inference), and an inaccurate one (``core.recommend.score``) fires
-``ThresholdModelInaccurate`` (ticket) until a later score of that level is accurate.
+``slostream.recommendation.scored`` event with its log error and p-value (``core.recommend.score``).
+One off by more than 15% and significant among the partition's scores of the week
+(Benjamini-Hochberg at a false-discovery rate of 5%, ``RecommendingEvaluator._judge``) is
+inaccurate: it fires ``ThresholdModelInaccurate`` (ticket) until a later score of that level is
+accurate. (The threshold model recalibrates its intervals itself, on rolling one-day checks.)
 
 None is made on schedule or after a drift while a change or an incident is **in progress** on the
 series: a drift detection still in its cooldown (``SeriesDrift.settling``), or an incident by the
@@ -38,8 +40,11 @@ from slostream.core.closed import Closed
 from slostream.core.objectives import Policy
 from slostream.core.policy import aggregate_value
 from slostream.core.recommend import (
+    INACCURATE_LOG_ERROR,
     STRATEGIES,
+    WEEK_S,
     LevelChoice,
+    benjamini_hochberg,
     backtest,
     choose,
     confidence,
@@ -77,7 +82,7 @@ class PolicyModel:
         self.changes: dict[str, list[float]] = {level: [] for level in LEVELS}  # log-ratios, newest last
         self.latest: dict[str, dict] = {}  # the newest recommendation's data, by level
         self.pending: list[dict] = []  # recommendations awaiting their score, with their counts so far
-        self.accuracy = {"scored": 0, "covered": 0, "mean_relative_error": None}
+        self.accuracy = {"scored": 0, "covered": 0, "mean_relative_error": None, "mean_log_error": None}
         self.scored: dict[str, dict] = {}  # the newest score's data, by level
 
     def made(self, choice: LevelChoice, data: dict, trigger: str, horizon_s: float) -> None:
@@ -123,20 +128,19 @@ class PolicyModel:
                 "pending": self.pending, "accuracy": self.accuracy}
 
     def learn_score(self, scores: dict[str, dict]) -> None:
-        """A score of both levels (``core.recommend.score``): the model's intervals recalibrated and
-        its running accuracy moved."""
+        """A score of both levels (``core.recommend.score``): the running accuracy moved. (The
+        threshold model recalibrates its intervals on its own one-day checks.)"""
         accuracy = self.accuracy
         for which in ("current", "recommended"):
             if scores[which] is None:  # no current level (``models:``)
                 continue
-            self.model.recalibrate(scores[which]["covered"])
             accuracy["scored"] += 1
             accuracy["covered"] += scores[which]["covered"]
-            error = scores[which]["relative_error"]
-            if error is not None:
-                previous = accuracy["mean_relative_error"]
-                accuracy["mean_relative_error"] = error if previous is None else (
-                    (1 - ACCURACY_SMOOTHING) * previous + ACCURACY_SMOOTHING * error)
+            for error, mean in (("relative_error", "mean_relative_error"), ("log_error", "mean_log_error")):
+                if scores[which][error] is not None:
+                    previous = accuracy.get(mean)
+                    accuracy[mean] = scores[which][error] if previous is None else (
+                        (1 - ACCURACY_SMOOTHING) * previous + ACCURACY_SMOOTHING * scores[which][error])
 
     @classmethod
     def from_state(cls, state: dict, chunks: dict[int, bytes], report: dict | None) -> PolicyModel:
@@ -150,7 +154,7 @@ class PolicyModel:
         held.due_at = math.nan if state["due_at"] is None else state["due_at"]
         held.after_drift = math.nan if state["after_drift"] is None else state["after_drift"]
         held.changes = state["changes"]
-        held.pending, held.accuracy = state["pending"], state["accuracy"]
+        held.pending, held.accuracy = state["pending"], {"mean_log_error": None, **state["accuracy"]}
         if report is not None:
             held.latest, held.scored = report["latest"], report["scored"]
 
@@ -165,12 +169,16 @@ class RecommendingEvaluator(Evaluator):
         self.horizon_s = config.recommend_horizon_s
         self.source = config.source
         self.alerting = alerting
+        # The p-values of the partition's scores of the last week, by (subject, target, level, which).
+        self._week_p: dict[tuple[str, str, str, str], tuple[float, float]] = {}
 
     def _publish_score(self, held: PolicyModel, pending: dict, scores: dict, end: float, about: dict, subject: str,
                        alert_labels: dict[str, str], what: str, out: Output) -> None:
-        """A recommendation's ``scores`` (None for a level it did not have): the model learns them,
-        the ``slostream.recommendation.scored`` event (``about``: its target, service, metric and
-        labels) goes out, and ``ThresholdModelInaccurate`` of the target (``alert_labels``) is judged."""
+        """A recommendation's ``scores`` (None for a level it did not have): judged against the
+        week's (``_judge``), learned by the model, the ``slostream.recommendation.scored`` event
+        (``about``: its target, service, metric and labels) sent, and ``ThresholdModelInaccurate``
+        of the target (``alert_labels``) evaluated."""
+        self._judge(subject, about["target"], scores, end)
         held.learn_score(scores)
         data = {**about, "made_at": pending["made_at"], "scored_at": end,
                 "horizon_s": pending["until"] - pending["made_at"], "trigger": pending["trigger"],
@@ -179,6 +187,28 @@ class RecommendingEvaluator(Evaluator):
         held.scored[pending["level"]] = data
         inaccurate = [which for which in ("current", "recommended") if scores[which] and scores[which]["inaccurate"]]
         self.alerting.evaluate(end, [inaccurate_condition(alert_labels, what, data, inaccurate)], out)
+
+    def _judge(self, subject: str, target: dict, scores: dict, end: float) -> None:
+        """Whether each score is inaccurate: off by more than 15% (log error) and significant among
+        the partition's scores of the week before ``end``, itself included, by Benjamini-Hochberg
+        at a false-discovery rate of 5%: of a thousand models that all predict well, one in a
+        thousand is not flagged a week, not fifty."""
+        for which, scored in scores.items():
+            if scored is not None and scored["p_value"] is not None:
+                self._week_p[subject, target["name"], target["level"], which] = (end, scored["p_value"])
+        self._week_p = {key: (at, p) for key, (at, p) in self._week_p.items() if at > end - WEEK_S}
+        cutoff = benjamini_hochberg(np.array([p for _, p in self._week_p.values()]))
+        for scored in scores.values():
+            if scored is not None and scored["p_value"] is not None:
+                scored["inaccurate"] = scored["p_value"] <= cutoff and scored["log_error"] > INACCURATE_LOG_ERROR
+
+    def _recall(self, subject: str, held: PolicyModel) -> None:
+        """A restored model's newest scores, back among the week's (``_judge``)."""
+        for data in held.scored.values():
+            for which in ("current", "recommended"):
+                if data.get(which) and data[which].get("p_value") is not None:
+                    self._week_p[subject, data["target"]["name"], data["target"]["level"], which] = (
+                        data["scored_at"], data[which]["p_value"])
 
 
 class ThresholdEvaluator(RecommendingEvaluator):
@@ -454,6 +484,7 @@ class ThresholdEvaluator(RecommendingEvaluator):
                 if policy is not None and (restored.model.direction, restored.model.window_s) == (
                         policy.direction, policy.window_s):
                     series.models[name] = restored
+                    self._recall(series.key, restored)
                 else:
                     self._forget(series.key, name, restored.model.chunks())
 
@@ -488,9 +519,9 @@ def inaccurate_condition(labels: dict[str, str], what: str, data: dict, inaccura
              for which in inaccurate]
     counted = data[inaccurate[0]]
     over = f"{counted['windows']} windows" if "windows" in counted else f"{counted['events']} events"
-    notes = {"summary": f"threshold model of {what} was off by more than 15%",
-             "description": "; ".join(parts) + f" over {over}. Its intervals are recalibrated; the alert resolves "
-                            "at the next accurate score of this level."}
+    notes = {"summary": f"threshold model of {what} was off by more than 15%, beyond chance among the week's scores",
+             "description": "; ".join(parts) + f" over {over}. The alert resolves at the next accurate score of "
+                            "this level."}
     return Condition(labels, True, notes)
 
 
