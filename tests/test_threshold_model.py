@@ -110,38 +110,72 @@ def test_a_drift_detection_makes_the_model_follow_the_new_level():
     assert abs(untold_rate - 0.5) > 2 * abs(told_rate - 0.5), (untold_rate, told_rate)
 
 
-def test_the_model_keeps_its_history_in_under_32_kib():
-    fed = np.random.default_rng(1).lognormal(4, 0.2, HISTORY + 500)
-    model = _learned(fed)
+@pytest.mark.parametrize("window_s", [10, 60, 300, 3600])
+def test_every_window_length_learns_from_15_days_in_under_64_kib(window_s):
+    """The newest HISTORY windows, every one, then one in ``stride`` back to 15 days: the span
+    the strategies ask for is there whatever the window (a ring of one-minute windows alone held
+    2.4 days, and no balanced recommendation was ever made)."""
+    model = ThresholdModel("above", window_s)
+    windows = 16 * 86400 // window_s
+    fed = np.random.default_rng(1).lognormal(4, 0.2, windows).astype(np.float32)
+    for i, value in enumerate(fed.tolist()):
+        model.update(T0 + window_s * (i + 1), value)
     ends, values = model.history()
-    assert ends.size == HISTORY and np.all(np.diff(ends) == W)  # the newest, oldest first
-    assert np.array_equal(values, fed[-HISTORY:].astype(np.float32))
-    held = len(model._ends) * model._ends.itemsize + len(model._values) * model._values.itemsize
-    assert held + len(model.baseline.to_state()) <= 32 * 1024
+    recent = min(HISTORY, windows)
+    assert ends.size == recent and np.all(np.diff(ends) == window_s)  # every recent window, oldest first
+    assert np.array_equal(values, fed[-recent:])
+    all_ends, all_values, counts = model.sample()
+    assert 15 * 86400 - model.stride * window_s <= model.span_s <= max(15 * 86400, HISTORY * window_s) + window_s
+    # Each window learned from stands for as many as it was kept out of: the whole span is counted.
+    assert abs(counts.sum() * window_s - model.span_s) <= model.stride * window_s
+    numbers = ((all_ends - T0) / window_s - 1).astype(int)
+    assert np.array_equal(all_values, fed[numbers])
+    assert model.recent.nbytes() + model.older.nbytes() + len(model.baseline.to_state()) <= 64 * 1024
 
 
-def test_state_in_chunks_restores_the_history_after_it_wraps():
-    """The head holds the windows since the newest chunk boundary; each complete chunk is saved once,
-    as it fills. Restored from the head and the chunks saved by then, the model has the same
-    history; a chunk saved after the head is left out; a missing one leaves a gap."""
+def test_state_in_chunks_restores_both_rings_and_expired_chunks_are_deleted():
+    """The head holds each ring's windows since its newest chunk boundary; each complete chunk is
+    saved once, as it fills, and deleted once its windows have left. Restored from the head and the
+    chunks kept, the model has the same history; a chunk saved after the head is left out; a
+    missing one leaves a gap. What is kept stays bounded."""
     rng = np.random.default_rng(4)
-    model = ThresholdModel("above", W)
+    window_s = 60
+    model = ThresholdModel("above", window_s)
     saved: dict[int, bytes] = {}
-    for i in range(HISTORY + 1234):
-        model.update(T0 + W * (i + 1), float(rng.lognormal(4, 0.2)))
-        first = model.completed_chunk()
-        if first is not None:
-            saved[first] = model.chunk(first)
+    for i in range(17 * 1440):
+        model.update(T0 + window_s * (i + 1), float(rng.lognormal(4, 0.2)))
+        for key in model.completed_chunks():
+            saved[key] = model.chunk(key)
+        for key in model.expired_chunks():
+            del saved[key]
+    assert model.older.count > model.older.capacity  # both rings have wrapped
+    assert saved.keys() == model.chunks().keys()
+    assert len(saved) <= (model.recent.capacity + model.older.capacity) // CHUNK + 2
     head = model.to_state()
-    ahead = ThresholdModel.from_state(head, saved)
-    while ahead.completed_chunk() is None or ahead.completed_chunk() in saved:
-        ahead.update(ahead.history()[0][-1] + W, 100.0)
-    later = {**saved, ahead.completed_chunk(): ahead.chunk(ahead.completed_chunk())}
-    restored = ThresholdModel.from_state(head, later)
-    for got, want in zip(restored.history(), model.history()):
+    restored = ThresholdModel.from_state(head, saved)
+    for got, want in zip(restored.sample(), model.sample()):
         assert np.array_equal(got, want)
     assert restored.to_state() == head
-    week = model.forecast(T0 + W * (HISTORY + 1235), WEEK)
-    assert restored.predict(120.0, restored.forecast(T0 + W * (HISTORY + 1235), WEEK)) == model.predict(120.0, week)
-    gap = ThresholdModel.from_state(head, {k: v for k, v in saved.items() if k != max(saved) - CHUNK})
+    ahead = ThresholdModel.from_state(head, saved)
+    while not ahead.completed_chunks() or set(ahead.completed_chunks()) <= saved.keys():
+        ahead.update(ahead.history()[0][-1] + window_s, 100.0)
+    later = {**saved, **{key: ahead.chunk(key) for key in ahead.completed_chunks()}}
+    for got, want in zip(ThresholdModel.from_state(head, later).sample(), model.sample()):
+        assert np.array_equal(got, want)
+    start = T0 + window_s * (17 * 1440 + 1)
+    assert restored.predict(120.0, restored.forecast(start, WEEK)) == model.predict(120.0, model.forecast(start, WEEK))
+    recent_chunk = max(k for k in saved if k >= 0) - CHUNK
+    gap = ThresholdModel.from_state(head, {k: v for k, v in saved.items() if k != recent_chunk})
     assert gap.history()[0].size == model.history()[0].size - CHUNK
+
+
+def test_a_version_1_state_is_read():
+    """A model saved before the older ring: its recent windows, no older ones, no one-day check."""
+    model = _learned(np.random.default_rng(2).lognormal(4, 0.2, 450))
+    head = model.to_state()
+    old = {key: value for key, value in head.items() if not key.startswith("older") and key != "daily"}
+    old["v"] = 1
+    restored = ThresholdModel.from_state(old, model.chunks())
+    for got, want in zip(restored.history(), model.history()):
+        assert np.array_equal(got, want)
+    assert restored.older.count == 0 and restored.daily is None

@@ -170,7 +170,7 @@ def threshold_quality(series: int = SERIES, seed: int = 7) -> dict:
         naive["covered"].append(bool(low <= actual <= high))
         if actual:
             naive["errors"].append(abs(1 - NAIVE_QUANTILE - actual) / actual)
-    model_bytes = [len(m.model._ends) * 4 + len(m.model._values) * 4 + len(m.model.baseline.to_state())
+    model_bytes = [m.model.recent.nbytes() + m.model.older.nbytes() + len(m.model.baseline.to_state())
                    for s in proc.series.values() for m in (s.models or {}).values()]
     return {
         "series": series,

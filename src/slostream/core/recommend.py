@@ -88,10 +88,14 @@ class LevelChoice:
     status: str  # changed, unchanged, withheld; new (no current level)
 
 
-def ready(model: ThresholdModel, strategy: Strategy) -> str | None:
-    """Why the model cannot recommend yet (None: it can)."""
-    if model.seen < strategy.min_windows:
-        return f"{model.seen} windows learned, the {strategy.name} strategy needs {strategy.min_windows}"
+def ready(model: ThresholdModel | ComplianceModel, strategy: Strategy, window_s: float) -> str | None:
+    """Why the model cannot recommend yet (None: it can). The strategy's windows are asked of
+    windows of ``window_s`` only as far as its span holds a quarter of them: a policy of hour-long
+    windows (168 a week) still recommends after the balanced strategy's seven days, and one of a
+    series that reports only in working hours too."""
+    needed = min(strategy.min_windows, math.ceil(strategy.min_span_s / window_s / 4))
+    if model.seen < needed:
+        return f"{model.seen} windows learned, the {strategy.name} strategy needs {needed}"
     if model.span_s < strategy.min_span_s:
         return (f"{model.span_s / 86400:.1f} days of history, the {strategy.name} strategy needs "
                 f"{strategy.min_span_s / 86400:.0f}")

@@ -43,10 +43,15 @@ windows since differ from those before by 10% or more, which an incident that ha
 not) makes the model weigh recent data more (``drifted``): windows before the change count a
 fifth, and not at all once 288 windows have been seen after it.
 
-The values and end times of the last ``HISTORY`` windows are kept (float32 and uint32: 27 kB),
-so backtests are exact over that history. State is JSON with a version (``to_state``), without
-the history's complete chunks of ``CHUNK`` windows: each is persisted once, when it fills
-(``chunk``), so what a series writes every minute stays small.
+**History.** Every one of the newest ``HISTORY`` windows is kept (float32 values, uint32 ends:
+27 kB), so backtests are exact over them: 11.8 days of five-minute windows, but 2.4 days of
+one-minute ones. So that every window length learns from ``SPAN_S`` (15 days, which the
+conservative strategy's 14 asks for), one in ``stride`` of the windows before is kept in an
+older ring, and weighs ``stride`` (``older_history``: one in six of one-minute windows, one in
+38 of ten-second ones). State is JSON with a version (``to_state``), without the rings' complete
+chunks of ``CHUNK`` windows: each is persisted once, when it fills (``chunk``), and deleted once
+its windows have left (``expired_chunks``), so what a series writes every window stays small and
+what it keeps is bounded.
 
 >>> model = ThresholdModel("above", 300)
 >>> rng = np.random.default_rng(1)
@@ -63,18 +68,18 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from array import array
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
 
 from .seasonal import SeasonalBaseline
+from .window_ring import CHUNK, WindowRing
 
-MODEL_VERSION = 1
-HISTORY = 3400  # windows retained: 11.8 days of 5-minute windows
-CHUNK = 200  # windows per persisted chunk of the history (HISTORY is a multiple)
-_CHUNK_HEAD = struct.Struct("<BQ")  # version, the number of its first window
+MODEL_VERSION = 2
+HISTORY = 3400  # every window of the newest 3,400: 11.8 days of 5-minute windows
+SPAN_S = 15 * 86400  # what the model learns from: conservative recommends from 14 days
+_CHUNK_HEAD = struct.Struct("<Bq")  # version, the chunk's key (``ThresholdModel.chunk``)
 TARGET_MISCOVERAGE = 0.05
 ACI_STEP = 0.02  # gamma of adaptive conformal inference
 OLD_WEIGHT_AFTER_DRIFT = 0.2
@@ -117,7 +122,8 @@ class Prediction:
 class ThresholdModel:
     """See the module."""
 
-    __slots__ = ("direction", "window_s", "baseline", "_ends", "_values", "seen", "drift_at", "alpha", "daily")
+    __slots__ = ("direction", "window_s", "baseline", "recent", "older", "stride", "drift_at", "alpha", "daily",
+                 "_pushed")
 
     def __init__(self, direction: str, window_s: int):
         if direction not in ("above", "below"):
@@ -125,11 +131,10 @@ class ThresholdModel:
         self.direction = direction
         self.window_s = window_s
         self.baseline = SeasonalBaseline()
-        # Window end times and values: window number n (counted from 0) is at slot n % HISTORY. An
-        # end of 0 marks a slot whose persisted chunk was not found at a restore.
-        self._ends = array("I")
-        self._values = array("f")
-        self.seen = 0
+        self.stride, older = older_history(window_s)
+        self.recent = WindowRing(HISTORY)  # every window: backtests are exact over these
+        self.older = WindowRing(older)  # one in ``stride`` of the windows before, to SPAN_S
+        self._pushed = (False, False)  # whether the last update moved the recent ring, the older
         self.drift_at = math.nan  # event time of the last detected change
         self.alpha = TARGET_MISCOVERAGE
         # The rolling one-day check that recalibrates ``alpha``: [day number, level (NaN: none
@@ -140,19 +145,19 @@ class ThresholdModel:
 
     def update(self, end: float, value: float | None) -> None:
         """One closed window's value (None or NaN: the window had none, skipped)."""
+        self._pushed = (False, False)
         if value is None or not math.isfinite(value):
             return
         day = int((end - self.window_s) // DAY_S)
         if self.daily is None or day != self.daily[0]:
             self._check_day(day)
         self.baseline.update(end, value)
-        if len(self._ends) < HISTORY:
-            self._ends.append(int(end))
-            self._values.append(value)
-        else:
-            slot = self.seen % HISTORY
-            self._ends[slot], self._values[slot] = int(end), value
-        self.seen += 1
+        number = self.recent.count - HISTORY  # of the window pushed out of the recent ring, if any
+        out = self.recent.push(end, value)
+        older = out is not None and number % self.stride == 0
+        if older:
+            self.older.push(*out)
+        self._pushed = (True, older)
         if math.isfinite(self.daily[1]):
             self.daily[4] += 1
             self.daily[5] += value > self.daily[1] if self.direction == "above" else value < self.daily[1]
@@ -184,26 +189,35 @@ class ThresholdModel:
 
     # --- reading --------------------------------------------------------------
 
-    def history(self) -> tuple[np.ndarray, np.ndarray]:
-        """The retained windows' end times and values, oldest first."""
-        slots = self._slots(max(0, self.seen - HISTORY), self.seen)
-        ends = np.frombuffer(self._ends, dtype=np.uint32)[slots].astype(np.float64)
-        values = np.frombuffer(self._values, dtype=np.float32)[slots].astype(np.float64)
-        known = ends > 0
-        return ends[known], values[known]
+    @property
+    def seen(self) -> int:
+        """Windows learned."""
+        return self.recent.count
 
-    @staticmethod
-    def _slots(first: int, stop: int) -> np.ndarray:
-        return np.arange(first, stop) % HISTORY
+    def history(self) -> tuple[np.ndarray, np.ndarray]:
+        """The newest ``HISTORY`` windows' end times and values, every one, oldest first."""
+        return self.recent.read()
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What the model learns from: the older windows kept, each weighing ``stride``, then the
+        recent ones, each weighing 1; within ``SPAN_S`` of the newest."""
+        recent_ends, recent_values = self.recent.read()
+        older_ends, older_values = self.older.read()
+        if recent_ends.size:
+            kept = older_ends > recent_ends[-1] - SPAN_S
+            older_ends, older_values = older_ends[kept], older_values[kept]
+        return (np.r_[older_ends, recent_ends], np.r_[older_values, recent_values],
+                np.r_[np.full(older_ends.size, float(self.stride)), np.ones(recent_ends.size)])
 
     @property
     def span_s(self) -> float:
-        ends, _ = self.history()
-        return float(ends[-1] - ends[0]) if ends.size else 0.0
+        """From the oldest window learned from to the newest, plus the newest's own length."""
+        ends = self.sample()[0]
+        return float(ends[-1] - ends[0] + self.window_s) if ends.size else 0.0
 
     def fit(self) -> Fit | None:
         """The trend and residuals of the retained windows against today's baseline."""
-        ends, values = self.history()
+        ends, values, counts = self.sample()
         if ends.size < 2:
             return None
         eps = EPS_SHARE * max(float(np.median(np.abs(values))), 1e-12)
@@ -211,15 +225,15 @@ class ThresholdModel:
         expected = np.array([self.baseline.estimate(t)[1] for t in hours.tolist()])[at_hour.reshape(-1)]
         log_expected = np.log(np.maximum(expected, 0.0) + eps)
         residuals = np.log(np.maximum(values, 0.0) + eps) - log_expected
-        weights = self._weights(ends)
+        weights = self._weights(ends) * counts
         now = float(ends[-1])
         days = (ends - now) / 86400.0
-        trend = _day_trend(days, residuals, weights, self.window_s)
+        trend = _day_trend(days, residuals, weights, counts, self.window_s)
         line = trend.intercept + trend.slope * days
         errors = residuals - line
         order = np.argsort(errors, kind="stable")
         return Fit(now, eps, trend, errors[order], np.cumsum(weights[order]), ends, values, errors,
-                   log_expected + line, weights)
+                   log_expected + line, weights, counts)
 
     def _weights(self, ends: np.ndarray) -> np.ndarray:
         weights = np.ones(ends.size)
@@ -276,7 +290,8 @@ class ThresholdModel:
         expected = self._beyond(fit, math.log(max(threshold, 0.0) + fit.eps) - fit.level_by_time[weighted])
         values = fit.values[weighted]
         crossed = values > threshold if self.direction == "above" else values < threshold
-        return batch_inflation(fit.ends[weighted], crossed, expected, self.window_s, self.alpha)
+        return batch_inflation(fit.ends[weighted], crossed, expected, self.window_s, self.alpha,
+                               fit.counts_by_time[weighted])
 
     def level_for(self, rate: float, forecast: Forecast) -> float:
         """The level whose predicted violation rate is ``rate`` (bisection: the rate is monotone)."""
@@ -323,63 +338,87 @@ class ThresholdModel:
 
     def to_state(self) -> dict:
         """Everything but the history's complete chunks (``chunk``): the baseline, the windows since
-        the newest chunk boundary, and the counters."""
-        open_first = self.seen - self.seen % CHUNK
-        slots = self._slots(open_first, self.seen)
-        ends = np.frombuffer(self._ends, dtype=np.uint32)[slots]
-        values = np.frombuffer(self._values, dtype=np.float32)[slots]
+        each ring's newest chunk boundary, and the counters."""
+        recent_ends, recent_values = self.recent.open_part()
+        older_ends, older_values = self.older.open_part()
         return {"v": MODEL_VERSION, "direction": self.direction, "window_s": self.window_s,
                 "baseline": base64.b64encode(self.baseline.to_state()).decode(),
-                "open_ends": base64.b64encode(ends.tobytes()).decode(),
-                "open_values": base64.b64encode(values.tobytes()).decode(),
+                "open_ends": base64.b64encode(recent_ends).decode(),
+                "open_values": base64.b64encode(recent_values).decode(),
+                "older_seen": self.older.count, "older_open_ends": base64.b64encode(older_ends).decode(),
+                "older_open_values": base64.b64encode(older_values).decode(),
                 "seen": self.seen, "drift_at": None if math.isnan(self.drift_at) else self.drift_at,
                 "alpha": self.alpha, "daily": self.daily}
 
-    def completed_chunk(self) -> int | None:
-        """The number of the first window of the chunk the newest window completed (None: none)."""
-        return self.seen - CHUNK if self.seen and self.seen % CHUNK == 0 else None
+    def completed_chunks(self) -> list[int]:
+        """The keys (``chunk``) of the chunks the last update completed."""
+        return self._moved(self.recent.completed_chunk(), self.older.completed_chunk())
 
-    def chunk(self, first: int) -> bytes:
-        """The persisted form of the complete chunk of windows ``first`` to ``first + CHUNK``."""
-        slots = self._slots(first, first + CHUNK)
-        return (_CHUNK_HEAD.pack(MODEL_VERSION, first) + np.frombuffer(self._ends, dtype=np.uint32)[slots].tobytes()
-                + np.frombuffer(self._values, dtype=np.float32)[slots].tobytes())
+    def expired_chunks(self) -> list[int]:
+        """The keys of the chunks whose windows the last update put out of the history."""
+        return self._moved(self.recent.expired_chunk(), self.older.expired_chunk())
+
+    def _moved(self, recent: int | None, older: int | None) -> list[int]:
+        """The keys of ``recent`` and ``older`` chunks, of the rings the last update moved."""
+        moved_recent, moved_older = self._pushed
+        return [*([recent] if moved_recent and recent is not None else []),
+                *([_older_key(older)] if moved_older and older is not None else [])]
+
+    def chunk(self, key: int) -> bytes:
+        """The persisted form of a complete chunk: of the recent ring from window ``key`` on, or,
+        for a negative key ``-1 - n``, of the older ring from its window ``n`` on."""
+        ring, first = (self.recent, key) if key >= 0 else (self.older, _older_key(key))
+        return _CHUNK_HEAD.pack(MODEL_VERSION, key) + ring.chunk(first)
 
     def chunks(self) -> dict[int, bytes]:
-        """Every complete chunk still in the history, by its first window's number. The oldest may
-        begin with slots the newest windows have taken since; a restore puts those back after it."""
-        open_first = self.seen - self.seen % CHUNK
-        return {first: self.chunk(first) for first in range(max(0, open_first - HISTORY), open_first, CHUNK)}
+        """Every complete chunk still in the history, by its key."""
+        return {**{first: self.chunk(first) for first in self.recent.chunk_firsts()},
+                **{_older_key(first): self.chunk(_older_key(first)) for first in self.older.chunk_firsts()}}
 
     @classmethod
     def from_state(cls, state: dict, chunks: dict[int, bytes]) -> ThresholdModel:
         """The model of ``to_state`` and the chunks persisted until then (one written later, or
-        missing, is left out: a missing one leaves a gap in the history)."""
-        if state.get("v") != MODEL_VERSION:
+        missing, is left out: a missing one leaves a gap in the history). Version 1 had no older
+        history and no one-day check."""
+        if state.get("v") not in (1, MODEL_VERSION):
             raise ValueError(f"unsupported threshold model state version {state.get('v')!r} "
-                             f"(this version reads {MODEL_VERSION})")
+                             f"(this version reads 1 and {MODEL_VERSION})")
         model = cls(state["direction"], state["window_s"])
         model.baseline = SeasonalBaseline.from_state(base64.b64decode(state["baseline"]))
-        model.seen, model.alpha, model.daily = state["seen"], state["alpha"], state.get("daily")
+        model.alpha, model.daily = state["alpha"], state.get("daily")
         model.drift_at = math.nan if state["drift_at"] is None else state["drift_at"]
-        held = min(model.seen, HISTORY)
-        ends, values = np.zeros(held, dtype=np.uint32), np.zeros(held, dtype=np.float32)
-        open_first = model.seen - model.seen % CHUNK
-        for first, saved in chunks.items():
+        bodies: dict[int, bytes] = {}
+        for key, saved in chunks.items():
             version, number = _CHUNK_HEAD.unpack_from(saved)
-            if version != MODEL_VERSION:
+            if version not in (1, MODEL_VERSION):
                 raise ValueError(f"unsupported threshold model chunk version {version!r} "
-                                 f"(this version reads {MODEL_VERSION})")
-            if number == first and first + CHUNK <= open_first and first + CHUNK > model.seen - HISTORY:
-                slots = model._slots(first, first + CHUNK)
-                body = saved[_CHUNK_HEAD.size:]
-                ends[slots] = np.frombuffer(body[:4 * CHUNK], dtype=np.uint32)
-                values[slots] = np.frombuffer(body[4 * CHUNK:], dtype=np.float32)
-        slots = model._slots(open_first, model.seen)
-        ends[slots] = np.frombuffer(base64.b64decode(state["open_ends"]), dtype=np.uint32)
-        values[slots] = np.frombuffer(base64.b64decode(state["open_values"]), dtype=np.float32)
-        model._ends, model._values = array("I", ends.tobytes()), array("f", values.tobytes())
+                                 f"(this version reads 1 and {MODEL_VERSION})")
+            if number == key:
+                bodies[key] = saved[_CHUNK_HEAD.size:]
+        model.recent = WindowRing.restore(
+            HISTORY, state["seen"], base64.b64decode(state["open_ends"]), base64.b64decode(state["open_values"]),
+            {key: body for key, body in bodies.items() if key >= 0})
+        model.older = WindowRing.restore(
+            model.older.capacity, state.get("older_seen", 0), base64.b64decode(state.get("older_open_ends", "")),
+            base64.b64decode(state.get("older_open_values", "")),
+            {_older_key(key): body for key, body in bodies.items() if key < 0})
         return model
+
+
+def older_history(window_s: float) -> tuple[int, int]:
+    """One in how many windows before the recent ``HISTORY`` the model keeps, and how many it keeps
+    (a multiple of ``CHUNK``), so that what it learns from spans ``SPAN_S``: one-minute windows keep
+    one in six, ten-second windows one in 38."""
+    before = math.ceil(SPAN_S / window_s) - HISTORY
+    if before <= 0:
+        return 1, 0
+    stride = math.ceil(before / HISTORY)
+    return stride, math.ceil(before / stride / CHUNK) * CHUNK
+
+
+def _older_key(number: int) -> int:
+    """A chunk key of the older ring from its first window's number, and back: ``-1 - n``."""
+    return -1 - number
 
 
 @dataclass(frozen=True)
@@ -410,13 +449,15 @@ class Fit:
     errors_by_time: np.ndarray  # the errors, oldest window first
     level_by_time: np.ndarray  # each window's expected log level: baseline and trend
     weights_by_time: np.ndarray
+    counts_by_time: np.ndarray  # the windows each stands for: ``stride`` for the older ones, else 1
 
 
 def _hour_centres(ends: np.ndarray) -> np.ndarray:
     return np.floor(ends / HOUR_S) * HOUR_S + HOUR_S / 2
 
 
-def _day_trend(days: np.ndarray, residuals: np.ndarray, weights: np.ndarray, window_s: float) -> Trend:
+def _day_trend(days: np.ndarray, residuals: np.ndarray, weights: np.ndarray, counts: np.ndarray,
+               window_s: float) -> Trend:
     """The line through the residuals: their weighted mean, and a slope only where the means of
     whole days (at least half a day's windows each, at least ``TREND_MIN_DAYS``) have one at 5%
     (Student's t on the days: autocorrelation within a day and levels that move day to day do not
@@ -427,8 +468,7 @@ def _day_trend(days: np.ndarray, residuals: np.ndarray, weights: np.ndarray, win
     mean = float((weights * residuals).sum() / total)
     day = np.floor(days).astype(np.int64)
     day -= day.min()
-    counts = np.bincount(day, weights > 0)
-    full = counts >= 0.5 * 86400 / window_s
+    full = np.bincount(day, counts * (weights > 0)) >= 0.5 * 86400 / window_s
     if full.sum() < TREND_MIN_DAYS:
         return Trend(mean, 0.0, 0.0, 0.0)
     day_weight = np.bincount(day, weights)[full]
@@ -451,25 +491,30 @@ _LEVEL_WEIGHTS = _LEVEL_WEIGHTS / _LEVEL_WEIGHTS.sum()
 
 
 def batch_inflation(ends: np.ndarray, crossed: np.ndarray, expected: np.ndarray, window_s: float,
-                    alpha: float) -> float:
+                    alpha: float, counts: np.ndarray | None = None) -> float:
     """How many times the variance of independent windows a level's crossings have when summed
     over whole days (hours while the history is under three days), against their ``expected``
     rates: autocorrelation, day-to-day levels and incidents all widen it (batch means; at least
-    1). Times the square of ``t / z`` at the number of days: the variance is estimated from few."""
+    1). A window that stands for ``counts`` windows (one kept in so many) counts so many times,
+    less the binomial noise that keeping one in so many adds. Times the square of ``t / z`` at the
+    number of days: the variance is estimated from few."""
     if ends.size < 3:
         return 1.0
+    counts = np.ones(ends.size) if counts is None else counts
     batch_s = 86400 if ends[-1] - ends[0] >= 3 * 86400 else HOUR_S
     batch = ((ends - window_s) // batch_s).astype(np.int64)
     batch -= batch[0]
-    full = np.bincount(batch) >= 0.5 * batch_s / window_s
+    full = np.bincount(batch, counts) >= 0.5 * batch_s / window_s
     if full.sum() < 2:
         return 1.0
-    deviation = np.bincount(batch, crossed - expected)[full]
-    binomial = np.bincount(batch, expected * (1 - expected))[full].sum()
+    variance = expected * (1 - expected)
+    deviation = np.bincount(batch, counts * (crossed - expected))[full]
+    sampling = np.bincount(batch, (counts ** 2 - counts) * variance)[full].sum()
+    binomial = np.bincount(batch, counts * variance)[full].sum()
     if binomial <= 0:
         return 1.0
     small_sample = (stats.t.ppf(1 - alpha / 2, full.sum() - 1) / stats.norm.ppf(1 - alpha / 2)) ** 2
-    return max(1.0, float((deviation ** 2).sum() / binomial)) * small_sample
+    return max(1.0, float(((deviation ** 2).sum() - sampling) / binomial)) * small_sample
 
 
 def rate_interval(rates: np.ndarray, inflation: float, history_windows: float, horizon_windows: float,

@@ -9,7 +9,8 @@ One key per piece of state a checkpoint writes (``PartitionProcessor.checkpoint`
 - ``e␟<id>``: an alert event sent since the offset a replay starts from (``Alerting``), written
   before the event is sent;
 - ``m␟<policy>␟<first>␟<series>``: a complete chunk of a threshold model's history, from window
-  number ``first`` (``core.threshold_model``), written once as it fills;
+  number ``first`` (``core.threshold_model``; negative, ``-1 - n``, for its older ring's window
+  ``n``), written once as it fills and deleted once its windows have left the history;
 - ``r␟<policy>␟<series>``: a threshold model's newest recommendation and score, by level;
 - ``t␟<slo>``: a threshold SLO's compliance model, schedule and newest recommendation;
 - ``b␟<level>␟<slot>␟<series>``: a series' window slot of state version 3 and before (only read);

@@ -220,15 +220,17 @@ class SloThresholdEvaluator(RecommendingEvaluator):
         # A change that lasted is no incident, though its hours look like one to the weekly model
         # until it has learned them: only without one does an incident hold a recommendation back.
         lasted = drifted and held.model.lasting(held.after_drift)
-        if not lasted and _in_progress(held, end) is not None:
+        in_progress = None if lasted else _in_progress(held, end)
+        if in_progress is not None:
+            if scheduled:
+                held.hold(end, in_progress)
             return
         if lasted:
             held.model.drifted(held.after_drift)
         held.after_drift = math.nan
-        if scheduled or lasted:
-            self._recommend(slo, held, end, "schedule" if scheduled else "drift", out)
-        if scheduled:
-            held.due_at = end + self.every_s
+        made = (scheduled or lasted) and self._recommend(slo, held, end, "schedule" if scheduled else "drift", out)
+        if scheduled and made:  # one due before the model is ready is made at the first hour it is
+            held.due_at, held.held = end + self.every_s, None
 
     def recommend_now(self, slo_name: str, trigger: str, out: Output) -> int:
         """The control command ``recommend`` of an SLO: at the end of the newest hour learned."""
@@ -242,7 +244,7 @@ class SloThresholdEvaluator(RecommendingEvaluator):
 
     def _recommend(self, slo: Slo, held: SloModel, at: float, trigger: str, out: Output) -> bool:
         model, strategy = held.model, self.strategy
-        if ready(model, strategy) is not None:
+        if ready(model, strategy, self.window_s) is not None:
             return False
         forecast = model.forecast(at, self.horizon_s)
         target = strategy.slo_budget_burn * (1 - slo.objective)
@@ -311,7 +313,7 @@ class SloThresholdEvaluator(RecommendingEvaluator):
                             out)
 
     def status(self, series: Iterable[Series]) -> list[dict]:
-        return [{**data, "last_score": held.scored.get(LEVEL), "accuracy": held.accuracy}
+        return [{**data, "last_score": held.scored.get(LEVEL), "accuracy": held.accuracy, "held": held.held}
                 for _, held in sorted(self.models.items()) for data in held.latest.values()]
 
     def writes(self, partition: int) -> Iterable[tuple[str, bytes]]:

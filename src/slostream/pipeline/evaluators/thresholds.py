@@ -20,8 +20,10 @@ One off by more than 15% and significant among the partition's scores of the wee
 inaccurate: it fires ``ThresholdModelInaccurate`` (ticket) until a later score of that level is
 accurate. (The threshold model recalibrates its intervals itself, on rolling one-day checks.)
 
-None is made on schedule or after a drift while a change or an incident is **in progress** on the
-series: a drift detection still in its cooldown (``SeriesDrift.settling``), or an incident by the
+A scheduled one is made at the first window the model is ready (``core.recommend.ready``) after
+it is due, unless it is **held**: none is made on schedule or after a drift while a change or an
+incident is in progress on the series (the held one, its due time, since when and why, is in the
+JSON API's status, and it is tried again at every window): a drift detection still in its cooldown (``SeriesDrift.settling``), or an incident by the
 model's own measure (``ThresholdModel.unusual``: its newest windows all beyond what it expects at
 their hours 99% of the time). Not the policy's level: a policy kept at warning by a level set too
 tight is what a recommendation is for. A scheduled one waits for the first window after; one
@@ -73,7 +75,7 @@ INACCURATE_ALERT = "ThresholdModelInaccurate"
 class PolicyModel:
     """The model of one policy on one series, and its recommendation schedule and history."""
 
-    __slots__ = ("model", "due_at", "after_drift", "changes", "latest", "pending", "accuracy", "scored")
+    __slots__ = ("model", "due_at", "after_drift", "changes", "latest", "pending", "accuracy", "scored", "held")
 
     def __init__(self, model: ThresholdModel):
         self.model = model
@@ -84,6 +86,14 @@ class PolicyModel:
         self.pending: list[dict] = []  # recommendations awaiting their score, with their counts so far
         self.accuracy = {"scored": 0, "covered": 0, "mean_relative_error": None, "mean_log_error": None}
         self.scored: dict[str, dict] = {}  # the newest score's data, by level
+        # A scheduled recommendation held back: {"due_at", "since", "until", "reason"}; None: none.
+        self.held: dict | None = None
+
+    def hold(self, at: float, reason: str) -> None:
+        """The scheduled recommendation, due, is held at event time ``at`` for ``reason``."""
+        if self.held is None or self.held["reason"] != reason:
+            self.held = {"due_at": self.due_at, "since": at, "until": at, "reason": reason}
+        self.held["until"] = at
 
     def made(self, choice: LevelChoice, data: dict, trigger: str, horizon_s: float) -> None:
         """A recommendation of ``choice.level`` was made (its event's ``data``): kept as the newest,
@@ -125,7 +135,7 @@ class PolicyModel:
         newest recommendations and scores have keys of their own (``ThresholdEvaluator.writes``)."""
         return {"model": self.model.to_state(), "due_at": None if math.isnan(self.due_at) else self.due_at,
                 "after_drift": None if math.isnan(self.after_drift) else self.after_drift, "changes": self.changes,
-                "pending": self.pending, "accuracy": self.accuracy}
+                "pending": self.pending, "accuracy": self.accuracy, "held": self.held}
 
     def learn_score(self, scores: dict[str, dict]) -> None:
         """A score of both levels (``core.recommend.score``): the running accuracy moved. (The
@@ -155,6 +165,7 @@ class PolicyModel:
         held.after_drift = math.nan if state["after_drift"] is None else state["after_drift"]
         held.changes = state["changes"]
         held.pending, held.accuracy = state["pending"], {"mean_log_error": None, **state["accuracy"]}
+        held.held = state.get("held")
         if report is not None:
             held.latest, held.scored = report["latest"], report["scored"]
 
@@ -258,9 +269,9 @@ class ThresholdEvaluator(RecommendingEvaluator):
                 end = int(closed.starts[j] + closed.lengths[j])
                 value = aggregate_value(aggregate, policy.aggregate) if aggregate.count else None
                 held.model.update(end, value)
-                first = held.model.completed_chunk()
-                if first is not None:
-                    self._writes[state_keys.MODEL_CHUNK, policy.name, first, series.key] = held.model.chunk(first)
+                for key in held.model.completed_chunks():
+                    self._writes[state_keys.MODEL_CHUNK, policy.name, key, series.key] = held.model.chunk(key)
+                self._forget_chunks(series.key, policy.name, held.model.expired_chunks())
                 for pending in held.count(end, value, policy.direction):
                     self._score(series, policy, held, pending, end, out)
                 if math.isnan(held.due_at):
@@ -272,19 +283,26 @@ class ThresholdEvaluator(RecommendingEvaluator):
 
     def _consider(self, series: Series, policy: Policy, held: PolicyModel, end: float, scheduled: bool,
                   drifted: bool, out: Output) -> None:
-        """A recommendation is due, or a change pending: make it unless something is in progress."""
+        """A recommendation is due, or a change pending: made unless something is in progress (then
+        the due one is held, and tried again at the next window). One due before the model is
+        ready is made at the first window it is."""
+        if not drifted and ready(held.model, self.strategy, policy.window_s) is not None:
+            return
         fit = held.model.fit()
-        if _in_progress(series, held, end, fit) is not None:
+        in_progress = _in_progress(series, held, end, fit)
+        if in_progress is not None:
+            if scheduled:
+                held.hold(end, in_progress)
             return
         lasted = drifted and held.model.lasting(held.after_drift, fit)
         if lasted:
             held.model.drifted(held.after_drift)
             fit = held.model.fit()  # the weights moved
         held.after_drift = math.nan
-        if scheduled or lasted:
-            self._recommend(series, policy, held, end, "schedule" if scheduled else "drift", fit, out)
-        if scheduled:  # made, or the model not ready yet: the next cycle
-            held.due_at = end + self.every_s
+        made = (scheduled or lasted) and self._recommend(
+            series, policy, held, end, "schedule" if scheduled else "drift", fit, out)
+        if scheduled and made:
+            held.due_at, held.held = end + self.every_s, None
 
     def recommend_now(self, series: Iterable[Series], policy_name: str, trigger: str, out: Output) -> int:
         """The control command ``recommend``: every series of the policy recommends at once, at the
@@ -302,7 +320,7 @@ class ThresholdEvaluator(RecommendingEvaluator):
                    fit: Fit | None, out: Output) -> bool:
         """Both levels' recommendations at event time ``at``, from the model's ``fit``."""
         model, strategy = held.model, self.strategy
-        if ready(model, strategy) is not None:
+        if ready(model, strategy, policy.window_s) is not None:
             return False
         forecast = model.forecast(at, self.horizon_s, fit)
         in_progress = _in_progress(series, held, at, fit)
@@ -434,7 +452,7 @@ class ThresholdEvaluator(RecommendingEvaluator):
     def status(self, series: Iterable[Series]) -> list[dict]:
         """The newest recommendation of every target, with the newest score of that target and the
         model's running accuracy."""
-        return [{**data, "last_score": held.scored.get(level), "accuracy": held.accuracy}
+        return [{**data, "last_score": held.scored.get(level), "accuracy": held.accuracy, "held": held.held}
                 for s in series if s.models for held in s.models.values() for level, data in held.latest.items()]
 
     def alert_labels(self, series: Series) -> list[dict[str, str]]:
@@ -479,12 +497,13 @@ class ThresholdEvaluator(RecommendingEvaluator):
             policies = {p.name: p for p in self.policies_for.get(series.group, ())}
             for name, held in saved["models"].items():
                 policy = policies.get(name)
-                restored = PolicyModel.from_state(held, self._restored_chunks.pop((series.key, name), {}),
-                                                  self._restored_reports.pop((series.key, name), None))
+                chunks = self._restored_chunks.pop((series.key, name), {})
+                restored = PolicyModel.from_state(held, chunks, self._restored_reports.pop((series.key, name), None))
                 if policy is not None and (restored.model.direction, restored.model.window_s) == (
                         policy.direction, policy.window_s):
                     series.models[name] = restored
                     self._recall(series.key, restored)
+                    self._forget_chunks(series.key, name, chunks.keys() - restored.model.chunks().keys())
                 else:
                     self._forget(series.key, name, restored.model.chunks())
 
@@ -498,9 +517,13 @@ class ThresholdEvaluator(RecommendingEvaluator):
         self._restored_chunks, self._restored_reports = {}, {}
 
     def _forget(self, series_key: str, policy: str, chunks: Iterable[int]) -> None:
-        for first in chunks:
-            self._writes[state_keys.MODEL_CHUNK, policy, first, series_key] = None
+        self._forget_chunks(series_key, policy, chunks)
         self._writes[state_keys.MODEL_REPORT, policy, 0, series_key] = None
+
+    def _forget_chunks(self, series_key: str, policy: str, chunks: Iterable[int]) -> None:
+        """Delete the keys of chunks no longer in a model's history (left it, or never restored)."""
+        for key in chunks:
+            self._writes[state_keys.MODEL_CHUNK, policy, key, series_key] = None
 
 
 def _target_labels(series: Series, policy: str, level: str) -> dict[str, str]:
