@@ -385,7 +385,10 @@ class ThresholdModel:
                              f"(this version reads 1 and {MODEL_VERSION})")
         model = cls(state["direction"], state["window_s"])
         model.baseline = SeasonalBaseline.from_state(base64.b64decode(state["baseline"]))
-        model.alpha, model.daily = state["alpha"], state.get("daily")
+        model.alpha, model.daily = float(state["alpha"]), state.get("daily")
+        if model.daily is not None and not (len(model.daily) == 6 and all(
+                isinstance(x, int | float) for x in model.daily)):
+            raise ValueError(f"a threshold model's one-day check is 6 numbers, not {model.daily!r}")
         model.drift_at = math.nan if state["drift_at"] is None else state["drift_at"]
         bodies: dict[int, bytes] = {}
         for key, saved in chunks.items():
