@@ -12,7 +12,7 @@ from scipy import stats
 
 from slostream.bench.threshold_scenarios import FAMILIES, Family, fleet_inaccurate, judge, series, summarise
 from slostream.core.recommend import STRATEGIES, benjamini_hochberg, ready, score
-from slostream.core.threshold_model import ThresholdModel
+from slostream.core.threshold_model import LEVEL_NODES, ThresholdModel, rate_interval
 
 HARD = ("day_level_sd10", "ar1_phi0.95", "incidents_1_to_3", "held_out_shift_down5")
 
@@ -102,3 +102,21 @@ def test_every_window_length_is_ready_after_the_strategys_span():
             model.update(1_699_833_600 + window_s * (i + 1), value)
         assert ready(model, STRATEGIES["balanced"], window_s) is None, window_s
         assert ready(model, STRATEGIES["conservative"], window_s) is not None
+
+
+@pytest.mark.parametrize("rate, inflation, horizon", [(0.02, 3.0, 2016), (0.005, 1.0, 288), (0.4, 7.0, 60480)])
+def test_the_interval_is_the_quantiles_of_its_mixture_by_simulation(rate, inflation, horizon):
+    """Brute force: a level offset drawn from the nine Gauss-Hermite nodes by their weights (the
+    normal they stand for), its rate, a rate from the Jeffreys posterior of the history's
+    effective windows, then the horizon's effective count binomial."""
+    rng = np.random.default_rng(8)
+    rates = np.clip(rate * np.exp(0.3 * LEVEL_NODES), 0, 1)
+    low, high = rate_interval(rates, inflation, 3400, horizon, 0.05)
+    history_n, horizon_n = 3400 / inflation, round(horizon / inflation)
+    draws = 400_000
+    weights = np.polynomial.hermite_e.hermegauss(9)[1]
+    drawn = rates[rng.choice(9, size=draws, p=weights / weights.sum())]
+    posterior = rng.beta(drawn * history_n + 0.5, (1 - drawn) * history_n + 0.5)
+    shares = rng.binomial(horizon_n, posterior) / horizon_n
+    assert np.mean(shares < low) <= 0.025 + 0.004 and np.mean(shares <= low) >= 0.025 - 0.004
+    assert np.mean(shares > high) <= 0.025 + 0.004 and np.mean(shares >= high) >= 0.025 - 0.004

@@ -56,11 +56,11 @@ from slostream.bench.common import (
 from slostream.bench.control import control_part
 from slostream.bench.drift import drift_state
 from slostream.bench.drift_scenarios import drift_scenarios
-from slostream.bench.threshold_scenarios import fleet_inaccurate, threshold_scenarios
 from slostream.bench.fuzz import fuzz_counts
 from slostream.bench.nab import nab_drift, nab_thresholds
 from slostream.bench.outage import reconnect_after_outages
 from slostream.bench.sinks import sink_latency
+from slostream.bench.threshold_scenarios import due_recommendations, fleet_inaccurate, threshold_scenarios
 from slostream.bench.thresholds import slo_threshold_quality, threshold_quality
 from slostream.bench.throughput import (
     _alert_latency,
@@ -219,8 +219,10 @@ PARTS: dict[str, Callable[[BenchRun], dict]] = {
     # default ../shared/data/nab-aws).
     "nab": lambda run: {"nab_drift": {"default": nab_drift(), "false_per_week_3.5": nab_drift(false_per_week=3.5)},
                         "nab_thresholds": nab_thresholds()},
-    # Issue 26, points 3 and 7: threshold-model intervals on seven families, and a fleet of 1,000.
+    # Issue 26, points 3, 4 and 7: threshold-model intervals on seven families, due recommendations
+    # through the pipeline, and a fleet of 1,000.
     "threshold_scenarios": lambda run: {"threshold_scenarios": threshold_scenarios(),
+                                        "threshold_due": due_recommendations(),
                                         "threshold_fleet": fleet_inaccurate()},
     "thresholds": lambda run: {"thresholds": threshold_quality()},
     # Alertmanager page latency while a webhook sink hangs (each sink has its own queue and task).

@@ -22,20 +22,29 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+import orjson
 from scipy import signal, special
 
+from slostream.config import Settings, pipeline_config
+from slostream.core.objectives import Policy
 from slostream.core.recommend import INACCURATE_LOG_ERROR, benjamini_hochberg, score
 from slostream.core.threshold_model import LEVEL_NODES, LEVEL_SD, ThresholdModel, batch_inflation, rate_interval
+from slostream.pipeline.partition import PartitionProcessor
+from slostream.pipeline.types import SourceRecord
 
 DAY, WEEK, WINDOW = 86400, 7 * 86400, 300
 T0 = 1_699_833_600  # a Monday, 00:00 UTC
 PER_WEEK = WEEK // WINDOW
 WEEKS = 5
 SERIES = 40  # per family: seven families, 280 series
+DUE_SERIES = 4  # per family, through the pipeline
+PER_RECORD = 500
+RECOMMEND_EVERY_S = 604800.0  # the default schedule
 FLEET = 1000
 TARGETS = (0.02, 0.005)
 REQUEST_SIGMA = 0.25
@@ -163,6 +172,52 @@ def fleet_inaccurate(series_count: int = FLEET, seed: int = 7) -> dict:
 
 def _run_stationary(seed: int) -> list[dict]:
     return judge(STATIONARY, seed)
+
+
+def due_recommendations(series_per_family: int = DUE_SERIES, seed: int = 4) -> dict:
+    """Point 4: the families' series through ``PartitionProcessor`` (one measurement a window, so
+    a window's p95 is the family's value), a p95 policy each on five-minute windows, the default
+    balanced strategy and weekly schedule: the share of due recommendations made within a day of
+    their due time, and every reason one was held (with how long)."""
+    names = [f"{name}-{i}" for name in FAMILIES for i in range(series_per_family)]
+    generated = {name: series(FAMILIES[name.rsplit("-", 1)[0]], seed * 1000 + i)
+                 for i, name in enumerate(names)}
+    policies = tuple(Policy(name, name, "latency_ms", "p95", WINDOW, "above", warning=150.0, critical=400.0)
+                     for name in names)
+    proc = PartitionProcessor(0, pipeline_config(Settings(partitions=1, grace_s=5.0, policies=policies)), time.time())
+    items = sorted((float(end) - WINDOW / 2, name, float(value)) for name, (ends, values) in generated.items()
+                   for end, value in zip(ends.tolist(), values.tolist()))
+    made: dict[str, list[float]] = {}
+    holds: dict[tuple[str, float, str], float] = {}  # (series, due at, reason): how long held
+    for n, first in enumerate(range(0, len(items), PER_RECORD)):
+        chunk = items[first:first + PER_RECORD]
+        record = SourceRecord("m", 0, n, chunk[-1][0], None, orjson.dumps(
+            [{"service": s, "metric": "latency_ms", "ts": t, "value": v} for t, s, v in chunk]))
+        for _, event in proc.process([record], time.time()).recommendations:
+            data = event["data"]
+            if event["type"] == "slostream.recommendation" and data["target"]["level"] == "warning" \
+                    and data["trigger"] == "schedule":
+                made.setdefault(data["service"], []).append(data["made_at"])
+        for one in proc.series.values():
+            for name, held in (one.models or {}).items():
+                if held.held is not None:
+                    holds[name, held.held["due_at"], held.held["reason"]] = held.held["until"] - held.held["since"]
+    delays = []
+    for name, (ends, _) in generated.items():
+        due = float(ends[0]) + RECOMMEND_EVERY_S
+        for at in made.get(name, []):
+            delays.append(at - due)
+            due = at + RECOMMEND_EVERY_S
+        if due < ends[-1]:
+            delays.append(math.inf)  # due, never made
+    reasons: dict[str, list[float]] = {}
+    for (_, _, reason), held_s in holds.items():
+        reasons.setdefault(reason, []).append(held_s)
+    return {"series": len(names), "due": len(delays),
+            "made_within_a_day_share": float(np.mean(np.array(delays) <= DAY)),
+            "max_delay_h": float(np.max(delays)) / 3600 if delays else None,
+            "held": {reason: {"times": len(spans), "longest_h": round(max(spans) / 3600, 2)}
+                     for reason, spans in reasons.items()}}
 
 
 def threshold_scenarios(series_per_family: int = SERIES, seed: int = 26) -> dict:

@@ -22,12 +22,12 @@ accurate. (The threshold model recalibrates its intervals itself, on rolling one
 
 A scheduled one is made at the first window the model is ready (``core.recommend.ready``) after
 it is due, unless it is **held**: none is made on schedule or after a drift while a change or an
-incident is in progress on the series (the held one, its due time, since when and why, is in the
-JSON API's status, and it is tried again at every window): a drift detection still in its cooldown (``SeriesDrift.settling``), or an incident by the
-model's own measure (``ThresholdModel.unusual``: its newest windows all beyond what it expects at
-their hours 99% of the time). Not the policy's level: a policy kept at warning by a level set too
-tight is what a recommendation is for. A scheduled one waits for the first window after; one
-asked for is made at once, with the reason among its risks."""
+incident is in progress on the series: a drift detection still in its cooldown
+(``SeriesDrift.settling``), or an incident by the model's own measure (``ThresholdModel.unusual``:
+its newest windows all beyond what it expects at their hours 99% of the time). The held one (its
+due time, since when and why) is in the JSON API's status, and it is tried again at every window.
+Not the policy's level: a policy kept at warning by a level set too tight is what a
+recommendation is for. One asked for is made at once, with the reason among its risks."""
 
 from __future__ import annotations
 
@@ -46,8 +46,8 @@ from slostream.core.recommend import (
     STRATEGIES,
     WEEK_S,
     LevelChoice,
-    benjamini_hochberg,
     backtest,
+    benjamini_hochberg,
     choose,
     confidence,
     first_level,
