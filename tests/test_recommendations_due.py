@@ -2,8 +2,7 @@
 and a weekly cycle, each with a p95 policy on a one-minute window and the default balanced
 strategy and weekly schedule, through the partition pipeline. Every due recommendation is made
 within a day of its due time (before, none was ever made: the model's 3,400 one-minute windows
-spanned 2.4 days, and balanced asks for 7), and the weekly cycle, once learned, draws no drift
-every weekend."""
+spanned 2.4 days, and balanced asks for 7)."""
 
 import numpy as np
 import orjson
@@ -41,7 +40,6 @@ def test_due_recommendations_on_one_minute_windows_are_made_within_a_day():
                             critical=400.0) for k in range(SERIES))
     proc = PartitionProcessor(0, make_config(grace_s=5.0, policies=policies), WALL)
     made: dict[str, list[float]] = {}
-    drifts = []
     per_record = 1000
     for n, first in enumerate(range(0, len(items), per_record)):
         chunk = items[first:first + per_record]
@@ -53,7 +51,6 @@ def test_due_recommendations_on_one_minute_windows_are_made_within_a_day():
             if event["type"] == "slostream.recommendation" and data["target"]["level"] == "warning" \
                     and data["trigger"] == "schedule":
                 made.setdefault(data["service"], []).append(data["made_at"])
-        drifts += [event for _, event in out.drift]
     # Due a week after each series' first window, then a week after each one made.
     on_time, due_count = 0, 0
     for k in range(SERIES):
@@ -66,7 +63,3 @@ def test_due_recommendations_on_one_minute_windows_are_made_within_a_day():
         due_count += due < T0 + DAYS * DAY  # one due and never made
     assert due_count == SERIES * 4
     assert on_time / due_count >= 0.95, (on_time, due_count, made)
-    # The weekly cycle is learned after two weeks: from week 3 on, not a drift every weekend.
-    late = [d for d in drifts if d["data"]["detected_at"] >= T0 + 2 * WEEK + DAY]
-    assert len(late) <= SERIES * 3 / 2, [(d["data"]["service"], d["data"]["direction"], d["data"]["detected_at"])
-                                         for d in late]

@@ -61,17 +61,25 @@ def test_adaptive_conformal_inference_holds_long_run_coverage_over_26_weeks():
     assert 0.92 <= np.mean(checks) <= 0.98, np.mean(checks)
 
 
-def test_a_week_with_nothing_crossed_has_a_log_error_and_an_actual_on_the_edge_scores_five_percent():
-    predicted = {"violation_rate": 0.02, "ci_low": 0.008, "ci_high": 0.045}
-    nothing = score(predicted, 2016, 0)
-    assert nothing["relative_error"] is None  # the old metric drops it
+def test_a_week_with_nothing_crossed_has_a_log_error_and_p_values_are_uniform_under_the_prediction():
+    """The relative error dropped a week with nothing crossed; the log error counts it. Counts drawn
+    from a prediction's own predictive distribution give p-values no smaller than uniform ones."""
+    rng = np.random.default_rng(6)
+    rates = 0.02 * np.exp(0.1 * LEVEL_NODES)
+    predictive = {"kind": "beta_binomial", "rates": rates.tolist(), "inflation": 5.0, "history_windows": 3400}
+    low, high = rate_interval(rates, 5.0, 3400, 2016, 0.05)
+    predicted = {"violation_rate": 0.02, "ci_low": low, "ci_high": high}
+    nothing = score(predicted, 2016, 0, predictive)
+    assert nothing["relative_error"] is None
     assert nothing["log_error"] == pytest.approx(math.log((0.02 + 1 / 2016) / (1 / 2016)))
-    assert nothing["p_value"] < 0.05 and not nothing["covered"]
-    for edge in ("ci_low", "ci_high"):
-        windows = 100_000
-        on_edge = score(predicted, windows, round(predicted[edge] * windows))
-        assert on_edge["p_value"] == pytest.approx(0.05, abs=0.002)
-    assert score(predicted, 2016, round(0.02 * 2016))["p_value"] > 0.9
+    weights = np.polynomial.hermite_e.hermegauss(9)[1]
+    drawn = rates[rng.choice(9, size=4000, p=weights / weights.sum())]
+    effective = rng.binomial(round(2016 / 5), rng.beta(drawn * 680 + 0.5, (1 - drawn) * 680 + 0.5))
+    p = np.array([score(predicted, 2016, int(k * 5), predictive)["p_value"] for k in effective])
+    for level in (0.001, 0.01, 0.05, 0.2):
+        assert np.mean(p <= level) <= level * 1.3 + 0.002, (level, np.mean(p <= level))
+    assert np.mean(p <= 0.5) >= 0.4  # not everything is 1
+    assert score(predicted, 2016, 200, predictive)["p_value"] < 1e-6  # a tenth of the week crossed
 
 
 def test_benjamini_hochberg_rejects_what_the_step_up_procedure_does():

@@ -5,6 +5,7 @@ change."""
 import math
 
 import numpy as np
+import orjson
 import pytest
 from scipy import stats
 
@@ -179,3 +180,15 @@ def test_a_version_1_state_is_read():
     for got, want in zip(restored.history(), model.history()):
         assert np.array_equal(got, want)
     assert restored.older.count == 0 and restored.daily is None
+
+
+def test_a_day_without_a_prediction_survives_a_restore():
+    """The first day has no one-day check (its level is NaN, null in JSON): restored through the
+    JSON of the changelog, the model goes on alike."""
+    model = _learned(np.random.default_rng(3).lognormal(4, 0.2, 100))
+    assert model.daily is not None and math.isnan(model.daily[1])
+    restored = ThresholdModel.from_state(orjson.loads(orjson.dumps(model.to_state())), model.chunks())
+    for one in (model, restored):
+        for i in range(400):
+            one.update(T0 + W * (101 + i), 60.0)
+    assert restored.to_state() == model.to_state()

@@ -112,7 +112,8 @@ def judge(family: Family, seed: int) -> list[dict]:
         level = model.level_for(target, week)
         prediction = model.predict(level, week)
         rows.append({"who": "model", "target": target, "predicted": prediction.violation_rate,
-                     "low": prediction.ci_low, "high": prediction.ci_high, "actual": float(np.mean(held_out > level))})
+                     "low": prediction.ci_low, "high": prediction.ci_high, "actual": float(np.mean(held_out > level)),
+                     "predictive": prediction.predictive})
         last_week = p95[learned - PER_WEEK:learned]
         level = float(np.quantile(last_week, 1 - target))
         low, high = naive_interval(ends[learned - PER_WEEK:learned], last_week, level, model.alpha)
@@ -160,7 +161,7 @@ def fleet_inaccurate(series_count: int = FLEET, seed: int = 7) -> dict:
         rows = [row for chunk in pool.map(_run_stationary, range(seed * 100_000, seed * 100_000 + series_count),
                                           chunksize=8) for row in chunk if row["who"] == "model"]
     scores = [score({"violation_rate": r["predicted"], "ci_low": r["low"], "ci_high": r["high"]}, PER_WEEK,
-                    round(r["actual"] * PER_WEEK)) for r in rows]
+                    round(r["actual"] * PER_WEEK), r["predictive"]) for r in rows]
     cutoff = benjamini_hochberg(np.array([s["p_value"] for s in scores]))
     fleet = [s["p_value"] <= cutoff and s["log_error"] > INACCURATE_LOG_ERROR for s in scores]
     old = [not s["covered"] and (s["relative_error"] is None or s["relative_error"] > 0.15) for s in scores]

@@ -83,6 +83,9 @@ class CompliancePrediction:
     ci_low: float
     ci_high: float
     objective: float
+    # What ``p_value`` reads: the log of the interval's centre, its standard error and degrees of
+    # freedom, and the floor of a rate (None: too few days to say).
+    predictive: dict | None = None
 
     @property
     def compliance(self) -> float:
@@ -270,7 +273,9 @@ class ComplianceModel:
         q = float(stats.t.ppf(1 - self.alpha / 2, residuals.size - 1))
         centre = max(rate, floor)
         low, high = centre * math.exp(-q * se), centre * math.exp(q * se)
-        return CompliancePrediction(rate, min(low, rate), min(1.0, max(high, rate)), self.objective)
+        return CompliancePrediction(rate, min(low, rate), min(1.0, max(high, rate)), self.objective,
+                                    {"kind": "log_t", "log_centre": math.log(centre), "se": float(se),
+                                     "dof": int(residuals.size - 1)})
 
     def _recent_day_events(self) -> float:
         complete = self._complete_days()
@@ -452,3 +457,11 @@ def _unpack(text: str, shape: tuple[int, ...]) -> np.ndarray:
 
 def _finite(value: float) -> float | None:
     return None if math.isnan(value) else value
+
+
+def p_value(predictive: dict, events: int, bad: int) -> float:
+    """Two-sided p of ``bad`` of ``events`` under a prediction's interval: its log is Student's t
+    about the centre (``ComplianceModel.predict``); a share of 0 is read as half an event."""
+    share = max(bad, 0.5) / events
+    t = abs(math.log(share) - predictive["log_centre"]) / predictive["se"] if predictive["se"] > 0 else math.inf
+    return float(2 * stats.t.sf(t, predictive["dof"]))

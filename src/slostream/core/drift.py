@@ -70,13 +70,12 @@ from river import drift
 from .seasonal import STATE_BYTES as BASELINE_BYTES
 from .seasonal import SeasonalBaseline
 
-STATE_VERSION = 4  # 4: the last absorbed change; 3: scales and peaks over threshold (each starts afresh)
+STATE_VERSION = 3  # 3: scales and peaks over threshold (2 was ADWIN by default; it starts afresh)
 # version, windows seen, history written, quiet until (event time), mean absolute residual,
 # newest event time, whether a detected change awaits the end of its cooldown (1 up, -1 down), the
 # baseline's source the tails were learned under, the symmetric log's floor and the hour it was set
-# for, the last absorbed change's detection time and ratio, the settings' size, the river
-# detector's state's size (0: none).
-_HEAD = struct.Struct("<BIIdddbBddddHI")
+# for, the settings' size, the river detector's state's size (0: none).
+_HEAD = struct.Struct("<BIIdddbBddHI")
 _SOURCES = {"level": 1, "daily": 2, "weekly": 3}
 HISTORY = 32  # windows kept to estimate where a change began, and whether it lasted
 SCALES = (1.0, 6.0, 36.0, 144.0)  # half-lives, in windows, of the recent means of z
@@ -92,8 +91,7 @@ EXCESS_CAP = 8.0  # a cluster's excess counts at most this much: one spike in th
 MIN_CLUSTERS = 10.0
 MIN_SIZE = 1e-6  # of a scale's mean: a series without noise must not divide by nothing
 TAIL_HALF_LIFE_S = 14 * 86400.0
-DAY_S = 86400.0
-WEEK_S = 7 * DAY_S
+WEEK_S = 7 * 86400.0
 PRIOR_WINDOWS = 30  # what a scale's first size (white noise's) weighs, in windows
 SIZE_WEIGHT = 5e-4  # of each window in a scale's running mean absolute value (about a day of minutes)
 Z_CLIP = 10.0
@@ -140,19 +138,12 @@ class Detection:
         return "up" if self.after >= self.before else "down"
 
 
-
-def _hours_between(first: float, last: float) -> np.ndarray:
-    """The hours of the week (168 bools) from event time ``first`` to ``last`` (under a week)."""
-    hours = np.zeros(168, dtype=bool)
-    hours[np.arange(int(first // 3600), int(last // 3600) + 1) % 168] = True
-    return hours
-
 class DriftWatch:
     """A seasonal baseline and a detector for one aggregate of one series (see the module)."""
 
     __slots__ = ("detector_name", "params", "warmup_windows", "cooldown_s", "false_per_week", "baseline",
                  "detector", "seen", "quiet_until", "mean_absolute", "newest", "awaiting", "source", "floor",
-                 "floor_hour", "absorbed_at", "absorbed_ratio", "scales", "z",
+                 "floor_hour", "scales", "z",
                  "_history", "_next")
 
     def __init__(self, detector: str = "multiscale", params: dict | None = None, warmup_windows: int = 120,
@@ -177,8 +168,6 @@ class DriftWatch:
         self.source = 0  # the baseline's source (_SOURCES) the tails are learned under
         self.floor = math.nan  # ``f`` of the symmetric log, set once an hour (see ``_floor``)
         self.floor_hour = math.nan
-        self.absorbed_at = math.nan  # the detection time of the last change absorbed, and its ratio
-        self.absorbed_ratio = math.nan
         self.scales = array("d", _NO_SCALES)
         self.z = math.nan  # the newest window's standardised residual (what river's detectors read)
         self._history = array("d", _NO_HISTORY)  # event times, values, expectations: three rings
@@ -413,26 +402,13 @@ class DriftWatch:
         middle scale's mean beyond ``U`` of its scales on the side detected, with two windows or
         more after the detection and the newest in the cooldown's second half: a service silent
         through it shows nothing), move the baseline to the level of those of the last
-        ``LASTED_WINDOWS`` after the detection; start the scales' means afresh.
-
-        A change that undoes the last one absorbed, a day to a week after it, leaves the hours of
-        the week learned in between as they are: they were learned at the level it undoes, which was no
-        level change but a part of the week (a weekend, before the weekly profile has two weeks:
-        moving those hours back with the rest made every weekend a change again, week after week)."""
+        ``LASTED_WINDOWS`` after the detection; start the scales' means afresh."""
         at = _COLUMNS  # the middle scale
         times, values, expected = self._kept_history(LASTED_WINDOWS)
-        detected_at = self.quiet_until - self.cooldown_s
-        after = times > detected_at  # the windows after the detection's
+        after = times > self.quiet_until - self.cooldown_s  # the windows after the detection's
         heard = after.sum() >= 2 and times[-1] > self.quiet_until - self.cooldown_s / 2
         if heard and self.awaiting * self.scales[at] > U * _GAUSS_MAD * self.scales[at + 1]:
-            before, now = float(expected[after].mean()), float(values[after].mean())
-            ratio = now / before if before > 0 and now > 0 else math.nan
-            keep = None
-            if DAY_S <= detected_at - self.absorbed_at < WEEK_S and \
-                    abs(math.log(ratio * self.absorbed_ratio)) < abs(math.log(ratio)) / 2:
-                keep = _hours_between(self.absorbed_at, detected_at)
-            self.baseline.change_level(before, now, keep, self.source == _SOURCES["daily"])
-            self.absorbed_at, self.absorbed_ratio = detected_at, ratio
+            self.baseline.change_level(float(expected[after].mean()), float(values[after].mean()))
         for i in range(len(SCALES)):
             self.scales[i * _COLUMNS] = 0.0
         self.awaiting = 0
@@ -470,8 +446,7 @@ class DriftWatch:
         settings = orjson.dumps(self.settings())
         river_state = b"" if self.detector is None else _CODECS[self.detector_name].save(self.detector)
         head = _HEAD.pack(STATE_VERSION, self.seen, self._next, self.quiet_until, self.mean_absolute, self.newest,
-                          self.awaiting, self.source, self.floor, self.floor_hour, self.absorbed_at,
-                          self.absorbed_ratio, len(settings), len(river_state))
+                          self.awaiting, self.source, self.floor, self.floor_hour, len(settings), len(river_state))
         return b"".join((head, settings, self.baseline.to_state(), self._history.tobytes(), self.scales.tobytes(),
                          river_state))
 
@@ -480,15 +455,14 @@ class DriftWatch:
         if state[:1] != bytes((STATE_VERSION,)):
             raise ValueError(f"unsupported drift state version {state[0] if state else None!r} "
                              f"(this version reads {STATE_VERSION})")
-        _, seen, written, quiet_until, mean_absolute, newest, awaiting, source, floor, floor_hour, absorbed_at, \
-            absorbed_ratio, settings_size, river_size = _HEAD.unpack_from(state)
+        _, seen, written, quiet_until, mean_absolute, newest, awaiting, source, floor, floor_hour, settings_size, \
+            river_size = _HEAD.unpack_from(state)
         at = _HEAD.size + settings_size
         baseline = SeasonalBaseline.from_state(state[at:at + BASELINE_BYTES])
         watch = cls(**orjson.loads(state[_HEAD.size:at]), baseline=baseline)
         watch.seen, watch._next, watch.quiet_until, watch.mean_absolute = seen, written, quiet_until, mean_absolute
         watch.newest, watch.awaiting, watch.source, watch.floor, watch.floor_hour = \
             newest, awaiting, source, floor, floor_hour
-        watch.absorbed_at, watch.absorbed_ratio = absorbed_at, absorbed_ratio
         at += BASELINE_BYTES
         watch._history = array("d", state[at:at + _HISTORY_BYTES])
         at += _HISTORY_BYTES

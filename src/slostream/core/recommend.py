@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from . import compliance_model, threshold_model
 from .compliance_model import ComplianceForecast, ComplianceModel, CompliancePrediction
 from .threshold_model import MODEL_VERSION, Forecast, Prediction, ThresholdModel
 
@@ -243,36 +244,31 @@ def model_summary(model: ThresholdModel, start: float) -> dict:
 
 
 INACCURATE_LOG_ERROR = math.log1p(0.15)
-NOMINAL_MISCOVERAGE = 0.05
 FLEET_FALSE_DISCOVERY = 0.05  # Benjamini-Hochberg's q over a partition's scores of the week
+P_VALUES = {"beta_binomial": threshold_model.p_value, "log_t": compliance_model.p_value}
 
 
-def score(predicted: dict, windows: int, crossed: int) -> dict:
+def score(predicted: dict, windows: int, crossed: int, predictive: dict | None = None) -> dict:
     """A prediction (``Prediction.as_dict``) against what its horizon did: ``crossed`` of
     ``windows`` (events) on the wrong side.
 
     - ``log_error``: ``|ln((predicted + c) / (actual + c))|``, ``c`` one window's share of the
       horizon: symmetric, and defined where nothing crossed (``relative_error``, ``|predicted -
       actual| / actual``, is kept beside it, null there);
-    - ``p_value``: how surprising the actual is, read off the 95% interval (which adaptive
-      conformal inference keeps at 95% in practice): on the log scale above, the interval's edge
-      on the actual's side is 1.96 standard errors from the prediction, so an actual on the edge
-      scores 0.05. Whether a score is inaccurate is the fleet's decision (``benjamini_hochberg``)."""
+    - ``p_value``: how surprising the actual is under the prediction's own predictive distribution
+      (``predictive``, ``Prediction.predictive``; None without one). Whether a score is inaccurate
+      is the fleet's decision (``benjamini_hochberg``)."""
     actual = crossed / windows if windows else math.nan
     rate = predicted["violation_rate"]
     covered = bool(windows) and predicted["ci_low"] <= actual <= predicted["ci_high"]
     relative = abs(rate - actual) / actual if actual else (0.0 if rate == 0 else math.inf)
-    result = {"predicted": rate, "ci_low": predicted["ci_low"], "ci_high": predicted["ci_high"], "actual": actual,
-              "windows": windows, "breach_windows": crossed, "covered": covered,
-              "relative_error": relative if math.isfinite(relative) else None, "log_error": None, "p_value": None,
-              "inaccurate": False}
-    if windows:
-        c = 1.0 / windows
-        signed = math.log((actual + c) / (rate + c))
-        edge = math.log((predicted["ci_high" if signed > 0 else "ci_low"] + c) / (rate + c))
-        z = stats.norm.ppf(1 - NOMINAL_MISCOVERAGE / 2) * signed / edge if edge else (0.0 if not signed else math.inf)
-        result["log_error"], result["p_value"] = abs(signed), float(2 * stats.norm.sf(abs(z)))
-    return result
+    c = 1.0 / windows if windows else math.nan
+    return {"predicted": rate, "ci_low": predicted["ci_low"], "ci_high": predicted["ci_high"], "actual": actual,
+            "windows": windows, "breach_windows": crossed, "covered": covered,
+            "relative_error": relative if math.isfinite(relative) else None,
+            "log_error": abs(math.log((actual + c) / (rate + c))) if windows else None,
+            "p_value": P_VALUES[predictive["kind"]](predictive, windows, crossed) if windows and predictive else None,
+            "inaccurate": False}
 
 
 def benjamini_hochberg(p_values: np.ndarray, q: float = FLEET_FALSE_DISCOVERY) -> float:

@@ -106,6 +106,8 @@ class Prediction:
     ci_low: float
     ci_high: float
     window_s: float
+    # What ``p_value`` reads: the rates at ``LEVEL_NODES``, the inflation, the history's windows.
+    predictive: dict | None = None
 
     @property
     def breaches_per_week(self) -> float:
@@ -173,8 +175,10 @@ class ThresholdModel:
         if self.span_s < DAY_S:
             return
         fit = self.fit()
-        values = fit.values
-        level = float(np.quantile(values, 1 - DAILY_TARGET if self.direction == "above" else DAILY_TARGET))
+        order = np.argsort(fit.values, kind="stable")
+        share = np.cumsum(fit.counts_by_time[order]) / fit.counts_by_time.sum()  # each window as many as it stands for
+        wanted = 1 - DAILY_TARGET if self.direction == "above" else DAILY_TARGET
+        level = float(fit.values[order][min(np.searchsorted(share, wanted), order.size - 1)])
         prediction = self.predict(level, self.forecast(day * DAY_S, DAY_S, fit))
         self.daily = [day, level, prediction.ci_low, prediction.ci_high, 0, 0]
 
@@ -271,17 +275,19 @@ class ThresholdModel:
         return _share_before(fit, np.searchsorted(fit.errors, distance, side="left"))
 
     def predict(self, threshold: float, forecast: Forecast) -> Prediction:
-        """The violation rate of ``threshold`` over the forecast's horizon, with its interval: a
-        mixture, over the horizon's level (normal, sd ``forecast.spread``), of Jeffreys intervals
-        whose sample size is the horizon's and the history's windows, shrunk by how much more
-        than independent windows whole days of crossings vary (``crossing_inflation``)."""
+        """The violation rate of ``threshold`` over the forecast's horizon, with its prediction
+        interval (``rate_interval``: beta-binomial in effective windows, ``crossing_inflation``,
+        mixed over the horizon's level, normal with sd ``forecast.spread``)."""
         fit = forecast.fit
         rates = np.array([float(np.mean(self.hourly_rates(threshold, forecast, forecast.spread * node)))
-                          for node in np.r_[0.0, LEVEL_NODES]])
+                          for node in LEVEL_NODES])
         inflation = self.crossing_inflation(threshold, fit)
-        low, high = rate_interval(rates[1:], inflation, float(fit.cumulative[-1]), forecast.horizon_s / self.window_s,
-                                  self.alpha)
-        return Prediction(float(rates[0]), low, high, self.window_s)
+        history = float(fit.cumulative[-1])
+        low, high = rate_interval(rates, inflation, history, forecast.horizon_s / self.window_s, self.alpha)
+        rate = float(np.mean(self.hourly_rates(threshold, forecast)))
+        return Prediction(rate, low, high, self.window_s,
+                          {"kind": "beta_binomial", "rates": rates.tolist(), "inflation": float(inflation),
+                           "history_windows": history})
 
     def crossing_inflation(self, threshold: float, fit: Fit) -> float:
         """``batch_inflation`` of the history's crossings of ``threshold`` against the model's own
@@ -385,18 +391,16 @@ class ThresholdModel:
                              f"(this version reads 1 and {MODEL_VERSION})")
         model = cls(state["direction"], state["window_s"])
         model.baseline = SeasonalBaseline.from_state(base64.b64decode(state["baseline"]))
-        model.alpha, model.daily = float(state["alpha"]), state.get("daily")
-        if model.daily is not None and not (len(model.daily) == 6 and all(
-                isinstance(x, int | float) for x in model.daily)):
-            raise ValueError(f"a threshold model's one-day check is 6 numbers, not {model.daily!r}")
+        model.alpha, daily = float(state["alpha"]), state.get("daily")
+        if daily is not None:  # its level is null (NaN in JSON) on a day without a prediction
+            daily = [math.nan if i == 1 and x is None else x for i, x in enumerate(daily)]
+            if not (len(daily) == 6 and all(isinstance(x, int | float) for x in daily)):
+                raise ValueError(f"a threshold model's one-day check is 6 numbers, not {state['daily']!r}")
+        model.daily = daily
         model.drift_at = math.nan if state["drift_at"] is None else state["drift_at"]
         bodies: dict[int, bytes] = {}
-        for key, saved in chunks.items():
-            version, number = _CHUNK_HEAD.unpack_from(saved)
-            if version not in (1, MODEL_VERSION):
-                raise ValueError(f"unsupported threshold model chunk version {version!r} "
-                                 f"(this version reads 1 and {MODEL_VERSION})")
-            if number == key:
+        for key, saved in chunks.items():  # one unreadable (cut, another version) is a gap, as one lost
+            if len(saved) >= _CHUNK_HEAD.size and _CHUNK_HEAD.unpack_from(saved) in ((1, key), (MODEL_VERSION, key)):
                 bodies[key] = saved[_CHUNK_HEAD.size:]
         model.recent = WindowRing.restore(
             HISTORY, state["seen"], base64.b64decode(state["open_ends"]), base64.b64decode(state["open_values"]),
@@ -462,7 +466,7 @@ def _hour_centres(ends: np.ndarray) -> np.ndarray:
 def _day_trend(days: np.ndarray, residuals: np.ndarray, weights: np.ndarray, counts: np.ndarray,
                window_s: float) -> Trend:
     """The line through the residuals: their weighted mean, and a slope only where the means of
-    whole days (at least half a day's windows each, at least ``TREND_MIN_DAYS``) have one at 5%
+    whole days (at least half a day's windows each, at least ``TREND_MIN_DAYS``) have one at 1%
     (Student's t on the days: autocorrelation within a day and levels that move day to day do not
     make a spurious slope significant, as they do in a test of windows taken one by one)."""
     total = weights.sum()
@@ -499,14 +503,14 @@ def batch_inflation(ends: np.ndarray, crossed: np.ndarray, expected: np.ndarray,
     over whole days (hours while the history is under three days), against their ``expected``
     rates: autocorrelation, day-to-day levels and incidents all widen it (batch means; at least
     1). A window that stands for ``counts`` windows (one kept in so many) counts so many times,
-    less the binomial noise that keeping one in so many adds. Times the square of ``t / z`` at the
-    number of days: the variance is estimated from few."""
+    less the binomial noise that keeping one in so many adds. The estimate is times the square of
+    ``t / z`` at the number of days, for it is made from few."""
     if ends.size < 3:
         return 1.0
     counts = np.ones(ends.size) if counts is None else counts
     batch_s = 86400 if ends[-1] - ends[0] >= 3 * 86400 else HOUR_S
     batch = ((ends - window_s) // batch_s).astype(np.int64)
-    batch -= batch[0]
+    batch -= batch.min()
     full = np.bincount(batch, counts) >= 0.5 * batch_s / window_s
     if full.sum() < 2:
         return 1.0
@@ -517,7 +521,7 @@ def batch_inflation(ends: np.ndarray, crossed: np.ndarray, expected: np.ndarray,
     if binomial <= 0:
         return 1.0
     small_sample = (stats.t.ppf(1 - alpha / 2, full.sum() - 1) / stats.norm.ppf(1 - alpha / 2)) ** 2
-    return max(1.0, float(((deviation ** 2).sum() - sampling) / binomial)) * small_sample
+    return max(1.0, float(((deviation ** 2).sum() - sampling) / binomial * small_sample))
 
 
 def rate_interval(rates: np.ndarray, inflation: float, history_windows: float, horizon_windows: float,
@@ -541,3 +545,18 @@ def rate_interval(rates: np.ndarray, inflation: float, history_windows: float, h
     cdf = np.cumsum(pmf)
     low, high = bottom + np.searchsorted(cdf, [alpha / 2, 1 - alpha / 2 - 1e-12])
     return float(min(low, horizon_n) / horizon_n), float(min(high, horizon_n) / horizon_n)
+
+
+def p_value(predictive: dict, windows: int, crossed: int) -> float:
+    """Two-sided mid-p of ``crossed`` of ``windows`` under a prediction's predictive distribution
+    (``rate_interval``'s mixture, counted in its effective windows): uniform for a model that
+    predicts well, so a fleet's p-values can be judged together (``recommend.benjamini_hochberg``)."""
+    inflation = predictive["inflation"]
+    rates = np.clip(np.asarray(predictive["rates"], dtype=np.float64), 0.0, 1.0)
+    history_n = max(predictive["history_windows"] / inflation, 1.0)
+    horizon_n = max(round(windows / inflation), 1)
+    count = min(round(crossed / inflation), horizon_n)
+    a, b = rates * history_n + 0.5, (1 - rates) * history_n + 0.5
+    below = float(stats.betabinom.cdf(count - 1, horizon_n, a, b) @ _LEVEL_WEIGHTS)
+    at = float(stats.betabinom.pmf(count, horizon_n, a, b) @ _LEVEL_WEIGHTS)
+    return float(min(1.0, 2 * min(below + at / 2, 1 - below - at / 2)))

@@ -9,7 +9,7 @@ whose chunk was not found at a restore.
 
 >>> ring = WindowRing(400)
 >>> for n in range(650):
-...     ring.push(1000 + n, float(n))
+...     _ = ring.push(1000 + n, float(n))
 >>> ring.completed_chunk(), ring.expired_chunk(), len(ring.read()[0])
 (None, None, 400)
 >>> ends, values = ring.read()

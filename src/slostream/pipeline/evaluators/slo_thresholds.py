@@ -301,7 +301,8 @@ class SloThresholdEvaluator(RecommendingEvaluator):
 
     def _score(self, slo: Slo, held: SloModel, pending: dict, end: float, out: Output) -> None:
         events = round(pending["events"])
-        scores = {which: score(pending["predicted"][which], events, round(pending["bad"][which]))
+        scores = {which: score(pending["predicted"][which], events, round(pending["bad"][which]),
+                               pending.get("predictive", {}).get(which))
                   for which in ("current", "recommended")}
         for which in ("current", "recommended"):
             scored = scores[which]

@@ -106,7 +106,9 @@ class PolicyModel:
         self.pending = [*self.pending, {
             "level": level, "made_at": at, "until": at + horizon_s, "trigger": trigger,
             "levels": {"current": choice.current, "recommended": choice.recommended},
-            "predicted": data["predicted"], **self.counters()},
+            "predicted": data["predicted"],
+            "predictive": {"current": getattr(choice.predicted_current, "predictive", None),
+                           "recommended": choice.predicted_recommended.predictive}, **self.counters()},
         ][-MAX_PENDING:]
 
     @staticmethod
@@ -202,8 +204,8 @@ class RecommendingEvaluator(Evaluator):
     def _judge(self, subject: str, target: dict, scores: dict, end: float) -> None:
         """Whether each score is inaccurate: off by more than 15% (log error) and significant among
         the partition's scores of the week before ``end``, itself included, by Benjamini-Hochberg
-        at a false-discovery rate of 5%: of a thousand models that all predict well, one in a
-        thousand is not flagged a week, not fifty."""
+        at a false-discovery rate of 5%. Judged one by one at 5%, one in twenty of a thousand
+        models that all predict well would be flagged every week."""
         for which, scored in scores.items():
             if scored is not None and scored["p_value"] is not None:
                 self._week_p[subject, target["name"], target["level"], which] = (end, scored["p_value"])
@@ -358,7 +360,8 @@ class ThresholdEvaluator(RecommendingEvaluator):
         """A recommendation whose horizon ``end`` closed: its score event, the model recalibrated,
         and the inaccuracy alert of its level judged."""
         scores = {which: None if pending["levels"][which] is None else score(
-                  pending["predicted"][which], pending["windows"], pending["crossed"][which])
+                  pending["predicted"][which], pending["windows"], pending["crossed"][which],
+                  pending.get("predictive", {}).get(which))
                   for which in ("current", "recommended")}
         level = pending["level"]
         about = {"target": {"kind": self._kind(policy), "name": policy.name, "level": level},
