@@ -191,14 +191,16 @@ def _log_ratio(a: float, b: float) -> float:
 
 
 def backtest(model: ThresholdModel, level: float, consecutive: int, span_s: float = WEEK_S) -> dict:
-    """What ``level`` would have done over the last ``span_s`` of retained windows, exactly: its
-    breach windows and its alert episodes (``consecutive`` windows in a row to start one, as
-    many to end it, as a policy does)."""
+    """What ``level`` would have done over the last ``span_s`` of the windows the model keeps every
+    one of (``ThresholdModel.history``: 2.4 days of one-minute windows), exactly: its breach
+    windows and its alert episodes (``consecutive`` windows in a row to start one, as many to end
+    it, as a policy does), and the span it covers (``span_s``)."""
     ends, values = model.history()
     chosen = ends > ends[-1] - span_s if ends.size else ends.astype(bool)
     crossed = values[chosen] > level if model.direction == "above" else values[chosen] < level
+    covered = float(ends[-1] - ends[chosen][0] + model.window_s) if chosen.any() else 0.0
     return {"windows": int(chosen.sum()), "breach_windows": int(crossed.sum()),
-            "episodes": episodes(crossed, consecutive)}
+            "episodes": episodes(crossed, consecutive), "span_s": min(covered, span_s)}
 
 
 def episodes(crossed: np.ndarray, consecutive: int) -> int:

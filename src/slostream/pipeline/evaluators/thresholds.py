@@ -44,7 +44,6 @@ from slostream.core.policy import aggregate_value
 from slostream.core.recommend import (
     INACCURATE_LOG_ERROR,
     STRATEGIES,
-    WEEK_S,
     LevelChoice,
     backtest,
     benjamini_hochberg,
@@ -182,8 +181,8 @@ class RecommendingEvaluator(Evaluator):
         self.horizon_s = config.recommend_horizon_s
         self.source = config.source
         self.alerting = alerting
-        # The p-values of the partition's scores of the last week, by (subject, target, level, which).
-        self._week_p: dict[tuple[str, str, str, str], tuple[float, float]] = {}
+        # The newest score's p-value of every model of the partition, by (subject, target, level, which).
+        self._newest_p: dict[tuple[str, str, str, str], float] = {}
 
     def _publish_score(self, held: PolicyModel, pending: dict, scores: dict, end: float, about: dict, subject: str,
                        alert_labels: dict[str, str], what: str, out: Output) -> None:
@@ -203,25 +202,31 @@ class RecommendingEvaluator(Evaluator):
 
     def _judge(self, subject: str, target: dict, scores: dict, end: float) -> None:
         """Whether each score is inaccurate: off by more than 15% (log error) and significant among
-        the partition's scores of the week before ``end``, itself included, by Benjamini-Hochberg
-        at a false-discovery rate of 5%. Judged one by one at 5%, one in twenty of a thousand
-        models that all predict well would be flagged every week."""
+        the newest scores of every model of the partition (a week's, on the weekly schedule),
+        itself included, by Benjamini-Hochberg at a false-discovery rate of 5%. Judged one by one
+        at 5%, one in twenty of a thousand models that all predict well would be flagged every
+        week. (The newest of each model, not those of a span of event time: one series' clock far
+        ahead would have emptied the span for all.)"""
         for which, scored in scores.items():
             if scored is not None and scored["p_value"] is not None:
-                self._week_p[subject, target["name"], target["level"], which] = (end, scored["p_value"])
-        self._week_p = {key: (at, p) for key, (at, p) in self._week_p.items() if at > end - WEEK_S}
-        cutoff = benjamini_hochberg(np.array([p for _, p in self._week_p.values()]))
+                self._newest_p[subject, target["name"], target["level"], which] = scored["p_value"]
+        cutoff = benjamini_hochberg(np.array(list(self._newest_p.values())))
         for scored in scores.values():
             if scored is not None and scored["p_value"] is not None:
                 scored["inaccurate"] = scored["p_value"] <= cutoff and scored["log_error"] > INACCURATE_LOG_ERROR
 
     def _recall(self, subject: str, held: PolicyModel) -> None:
-        """A restored model's newest scores, back among the week's (``_judge``)."""
+        """A restored model's newest scores, back among those judged together (``_judge``); a p-value
+        that is not one (a damaged record) is left out."""
         for data in held.scored.values():
             for which in ("current", "recommended"):
-                if data.get(which) and data[which].get("p_value") is not None:
-                    self._week_p[subject, data["target"]["name"], data["target"]["level"], which] = (
-                        data["scored_at"], data[which]["p_value"])
+                p = (data.get(which) or {}).get("p_value")
+                if isinstance(p, float | int) and 0 <= p <= 1:
+                    self._newest_p[subject, data["target"]["name"], data["target"]["level"], which] = float(p)
+
+    def _forget_scores(self, subject: str) -> None:
+        """A released series' models are judged no more."""
+        self._newest_p = {key: p for key, p in self._newest_p.items() if key[0] != subject}
 
 
 class ThresholdEvaluator(RecommendingEvaluator):
@@ -386,7 +391,8 @@ class ThresholdEvaluator(RecommendingEvaluator):
         now_bt = backtest(model, choice.current, policy.consecutive)
         predicted_now = choice.predicted_current
         rationale = (
-            f"Over the last {now_bt['windows']} windows ({model.span_s / 86400:.1f} days retained, the last 7 days "
+            f"Over the last {now_bt['windows']} windows ({model.span_s / 86400:.1f} days learned, the last "
+            f"{now_bt['span_s'] / 86400:.1f} days "
             f"backtested) the {policy.aggregate} of {series.service} {series.metric} crossed {choice.current:g} in "
             f"{now_bt['breach_windows']} windows ({now_bt['episodes']} alert episodes); {choice.recommended:g} would "
             f"have been crossed in {new_bt['breach_windows']} ({new_bt['episodes']} episodes). For the next "
@@ -398,7 +404,7 @@ class ThresholdEvaluator(RecommendingEvaluator):
         return {
             **self._head(series, policy, choice, at, trigger),
             "predicted": {"current": predicted_now.as_dict(), "recommended": predicted_new.as_dict()},
-            "backtest": {"span_s": 7 * 86400, "current": now_bt, "recommended": new_bt},
+            "backtest": {"span_s": new_bt["span_s"], "current": now_bt, "recommended": new_bt},
             "confidence": model_confidence,
             "risk": {"level": risk_level, "reasons": reasons},
             "rationale": rationale,
@@ -432,7 +438,8 @@ class ThresholdEvaluator(RecommendingEvaluator):
         predicted = choice.predicted_recommended
         rationale = (
             f"{series.service} {series.metric} has no {choice.level} level. Over the last {new_bt['windows']} "
-            f"windows ({model.span_s / 86400:.1f} days retained, the last 7 days backtested) its {policy.aggregate} "
+            f"windows ({model.span_s / 86400:.1f} days learned, the last {new_bt['span_s'] / 86400:.1f} days "
+            f"backtested) its {policy.aggregate} "
             f"would have crossed {choice.recommended:g} in {new_bt['breach_windows']} windows ({new_bt['episodes']} "
             f"alert episodes). For the next {self.horizon_s / 86400:g} days the model predicts "
             f"{predicted.violation_rate:.2%} [{predicted.ci_low:.2%}, {predicted.ci_high:.2%}] of windows over it, "
@@ -440,7 +447,7 @@ class ThresholdEvaluator(RecommendingEvaluator):
         return {
             **self._head(series, policy, choice, at, trigger),
             "predicted": {"current": None, "recommended": predicted.as_dict()},
-            "backtest": {"span_s": 7 * 86400, "current": None, "recommended": new_bt},
+            "backtest": {"span_s": new_bt["span_s"], "current": None, "recommended": new_bt},
             "confidence": model_confidence,
             "risk": {"level": risk_level, "reasons": reasons},
             "rationale": rationale,
@@ -466,6 +473,7 @@ class ThresholdEvaluator(RecommendingEvaluator):
         """Delete the keys of its models' chunks and reports."""
         for name, held in (series.models or {}).items():
             self._forget(series.key, name, held.model.chunks())
+        self._forget_scores(series.key)
 
     def writes(self, partition: int) -> Iterable[tuple[str, bytes | None]]:
         writes, self._writes = self._writes, {}
