@@ -112,7 +112,7 @@ def test_a_drift_detection_makes_the_model_follow_the_new_level():
 
 
 @pytest.mark.parametrize("window_s", [10, 60, 300, 3600])
-def test_every_window_length_learns_from_15_days_in_under_64_kib(window_s):
+def test_every_window_length_learns_from_15_days_in_under_32_kib(window_s):
     """The newest HISTORY windows, every one, then one in ``stride`` back to 15 days: the span
     the strategies ask for is there whatever the window (a ring of one-minute windows alone held
     2.4 days, and no balanced recommendation was ever made)."""
@@ -131,7 +131,7 @@ def test_every_window_length_learns_from_15_days_in_under_64_kib(window_s):
     assert abs(counts.sum() * window_s - model.span_s) <= model.stride * window_s
     numbers = ((all_ends - T0) / window_s - 1).astype(int)
     assert np.array_equal(all_values, fed[numbers])
-    assert model.recent.nbytes() + model.older.nbytes() + len(model.baseline.to_state()) <= 64 * 1024
+    assert model.recent.nbytes() + model.older.nbytes() + len(model.baseline.to_state()) <= 32 * 1024
 
 
 def test_state_in_chunks_restores_both_rings_and_expired_chunks_are_deleted():

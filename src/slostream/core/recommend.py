@@ -192,7 +192,7 @@ def _log_ratio(a: float, b: float) -> float:
 
 def backtest(model: ThresholdModel, level: float, consecutive: int, span_s: float = WEEK_S) -> dict:
     """What ``level`` would have done over the last ``span_s`` of the windows the model keeps every
-    one of (``ThresholdModel.history``: 2.4 days of one-minute windows), exactly: its breach
+    one of (``ThresholdModel.history``: 1.7 days of one-minute windows), exactly: its breach
     windows and its alert episodes (``consecutive`` windows in a row to start one, as many to end
     it, as a policy does), and the span it covers (``span_s``)."""
     ends, values = model.history()

@@ -44,11 +44,12 @@ not) makes the model weigh recent data more (``drifted``): windows before the ch
 fifth, and not at all once 288 windows have been seen after it.
 
 **History.** Every one of the newest ``HISTORY`` windows is kept (float32 values, uint32 ends:
-27 kB), so backtests are exact over them: 11.8 days of five-minute windows, but 2.4 days of
+19 kB), so backtests are exact over them: 8.3 days of five-minute windows, but 1.7 days of
 one-minute ones. So that every window length learns from ``SPAN_S`` (15 days, which the
 conservative strategy's 14 asks for), one in ``stride`` of the windows before is kept in an
-older ring, and weighs ``stride`` (``older_history``: one in six of one-minute windows, one in
-38 of ten-second ones). State is JSON with a version (``to_state``), without the rings' complete
+older ring of at most ``OLDER``, and weighs ``stride`` (``older_history``: one in two of
+five-minute windows, one in 14 of one-minute ones): 30 kB of windows at most, whatever the
+window. State is JSON with a version (``to_state``), without the rings' complete
 chunks of ``CHUNK`` windows: each is persisted once, when it fills (``chunk``), and deleted once
 its windows have left (``expired_chunks``), so what a series writes every window stays small and
 what it keeps is bounded.
@@ -77,7 +78,8 @@ from .seasonal import SeasonalBaseline
 from .window_ring import CHUNK, WindowRing
 
 MODEL_VERSION = 2
-HISTORY = 3400  # every window of the newest 3,400: 11.8 days of 5-minute windows
+HISTORY = 2400  # every window of the newest 2,400: 8.3 days of 5-minute windows (backtests are of 7)
+OLDER = 1400  # at most, one in ``stride`` of the windows before: 30 kB of windows in all
 SPAN_S = 15 * 86400  # what the model learns from: conservative recommends from 14 days
 _CHUNK_HEAD = struct.Struct("<Bq")  # version, the chunk's key (``ThresholdModel.chunk``)
 TARGET_MISCOVERAGE = 0.05
@@ -414,12 +416,12 @@ class ThresholdModel:
 
 def older_history(window_s: float) -> tuple[int, int]:
     """One in how many windows before the recent ``HISTORY`` the model keeps, and how many it keeps
-    (a multiple of ``CHUNK``), so that what it learns from spans ``SPAN_S``: one-minute windows keep
-    one in six, ten-second windows one in 38."""
+    (at most ``OLDER``, a multiple of ``CHUNK``), so that what it learns from spans ``SPAN_S``:
+    five-minute windows keep one in two, one-minute windows one in 14, ten-second ones one in 91."""
     before = math.ceil(SPAN_S / window_s) - HISTORY
     if before <= 0:
         return 1, 0
-    stride = math.ceil(before / HISTORY)
+    stride = math.ceil(before / OLDER)
     return stride, math.ceil(before / stride / CHUNK) * CHUNK
 
 
