@@ -11,7 +11,7 @@ import pytest
 from scipy import stats
 
 from slostream.bench.threshold_scenarios import FAMILIES, Family, fleet_inaccurate, judge, series, summarise
-from slostream.core.recommend import STRATEGIES, benjamini_hochberg, ready, score
+from slostream.core.recommend import STRATEGIES, benjamini_hochberg, ready, score, valid_predictive
 from slostream.core.threshold_model import LEVEL_NODES, ThresholdModel, rate_interval
 
 HARD = ("day_level_sd10", "ar1_phi0.95", "incidents_1_to_3", "held_out_shift_down5")
@@ -128,3 +128,17 @@ def test_the_interval_is_the_quantiles_of_its_mixture_by_simulation(rate, inflat
     shares = rng.binomial(horizon_n, posterior) / horizon_n
     assert np.mean(shares < low) <= 0.025 + 0.004 and np.mean(shares <= low) >= 0.025 - 0.004
     assert np.mean(shares > high) <= 0.025 + 0.004 and np.mean(shares >= high) >= 0.025 - 0.004
+
+
+def test_a_damaged_predictive_distribution_is_refused_at_a_restore():
+    """What a careless writer of the changelog can leave in a pending recommendation: refused when
+    read (the series starts afresh), never met first when its horizon is scored."""
+    model = ThresholdModel("above", 300)
+    ends, p95 = series(Family(), 3, weeks=2)
+    for end, value in zip(ends.tolist(), p95.tolist()):
+        model.update(end, value)
+    good = model.predict(120.0, model.forecast(float(ends[-1]), 604800)).predictive
+    assert valid_predictive(good)
+    for damaged in ({**good, "kind": "other"}, {**good, "rates": good["rates"][:3]}, {**good, "inflation": 0.0},
+                    {**good, "rates": [2.0] * 9}, {**good, "history_windows": "x"}, None, [good]):
+        assert not valid_predictive(damaged), damaged

@@ -273,6 +273,25 @@ def score(predicted: dict, windows: int, crossed: int, predictive: dict | None =
             "inaccurate": False}
 
 
+def _number(low: float):
+    return lambda x: isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) and x >= low
+
+
+_PREDICTIVE_FIELDS = {
+    "beta_binomial": {"rates": lambda x: isinstance(x, list) and len(x) == len(threshold_model.LEVEL_NODES)
+                      and all(_number(0.0)(r) and r <= 1 for r in x),
+                      "inflation": _number(1.0), "history_windows": _number(0.0)},
+    "log_t": {"log_centre": _number(-math.inf), "se": _number(0.0),
+              "dof": lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 1},
+}
+
+
+def valid_predictive(predictive: object) -> bool:
+    """Whether a restored ``predictive`` (``Prediction.predictive``) is one ``score`` can read."""
+    fields = _PREDICTIVE_FIELDS.get(predictive.get("kind")) if isinstance(predictive, dict) else None
+    return fields is not None and all(check(predictive.get(name)) for name, check in fields.items())
+
+
 def benjamini_hochberg(p_values: np.ndarray, q: float = FLEET_FALSE_DISCOVERY) -> float:
     """The largest p-value Benjamini-Hochberg rejects at false-discovery rate ``q`` (0: none)."""
     if not p_values.size:

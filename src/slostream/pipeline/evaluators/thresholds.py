@@ -54,6 +54,7 @@ from slostream.core.recommend import (
     ready,
     risk,
     score,
+    valid_predictive,
 )
 from slostream.core.threshold_model import LASTING_AFTER_S, Fit, ThresholdModel
 from slostream.pipeline import state_keys
@@ -166,6 +167,10 @@ class PolicyModel:
         held.after_drift = math.nan if state["after_drift"] is None else state["after_drift"]
         held.changes = state["changes"]
         held.pending, held.accuracy = state["pending"], {"mean_log_error": None, **state["accuracy"]}
+        for pending in held.pending:
+            for predictive in pending.get("predictive", {}).values():
+                if predictive is not None and not valid_predictive(predictive):
+                    raise ValueError(f"a pending recommendation's predictive distribution is not one: {predictive!r}")
         held.held = state.get("held")
         if report is not None:
             held.latest, held.scored = report["latest"], report["scored"]
