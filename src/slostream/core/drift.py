@@ -110,6 +110,8 @@ _COLUMNS = 2 + 2 + 2 * _SIDE
 _EXPOSURE = len(SCALES) * _COLUMNS  # then the decayed seconds the tails were learned over,
 _SINCE = _EXPOSURE + 1  # the windows since they started (running means start as plain means),
 _LANDMARK = _SINCE + 1  # and the event time at which a tail's forward weight is 1
+# Each scale's first column, smoothing and the windows after which it may alarm.
+_SCALE_COLUMNS = tuple((i * _COLUMNS, alpha, arms) for i, (alpha, arms) in enumerate(zip(_ALPHAS, _ARMS_AFTER)))
 _MAX_HALF_LIVES = 60.0  # of forward growth before the landmark moves
 # A size starts at what white noise gives the scale's mean.
 _GAUSS_MAD = math.sqrt(math.pi / 2)  # a normal's standard deviation over its mean absolute deviation
@@ -305,35 +307,36 @@ class DriftWatch:
             landmark = ts
         growth = 2.0 ** ((ts - landmark) / TAIL_HALF_LIFE_S)
         columns[_EXPOSURE] += elapsed * growth
-        since = columns[_SINCE] + PRIOR_WINDOWS
+        windows = columns[_SINCE]
+        since = windows + PRIOR_WINDOWS
         size_weight = 1 / since if since * SIZE_WEIGHT < 1 else SIZE_WEIGHT
         armed = self.seen > self.warmup_windows
         fired = False
-        at = 0
-        for alpha, arms_after in zip(_ALPHAS, _ARMS_AFTER):
-            mean = columns[at] + alpha * (z - columns[at])
+        u, min_size, mad = U, MIN_SIZE, _GAUSS_MAD  # locals: this loop runs for every window
+        for at, alpha, arms_after in _SCALE_COLUMNS:
+            mean = columns[at]
+            mean += alpha * (z - mean)
             columns[at] = mean
-            size = columns[at + 1] + size_weight * ((mean if mean > 0 else -mean) - columns[at + 1])
-            if size < MIN_SIZE:
-                size = MIN_SIZE
+            size = columns[at + 1]
+            size += size_weight * ((mean if mean > 0 else -mean) - size)
+            if size < min_size:
+                size = min_size
             columns[at + 1] = size
-            scaled = mean / (_GAUSS_MAD * size)
-            judged = armed and columns[_SINCE] >= arms_after
-            if scaled > U:
-                if judged and scaled > columns[at + 2]:
+            scaled = mean / (mad * size)
+            if scaled > u:
+                if armed and windows >= arms_after and scaled > columns[at + 2]:
                     fired = True
                 elif scaled > columns[at + 4]:
                     columns[at + 4] = scaled
             elif columns[at + 4]:
                 self._close_cluster(at, 0, growth)
-            if scaled < -U:
-                if judged and -scaled > columns[at + 3]:
+            if scaled < -u:
+                if armed and windows >= arms_after and -scaled > columns[at + 3]:
                     fired = True
-                elif -scaled > columns[at + 4 + _SIDE]:
-                    columns[at + 4 + _SIDE] = -scaled
-            elif columns[at + 4 + _SIDE]:
+                elif -scaled > columns[at + 7]:  # 7 = 4 + _SIDE: the down side's open peak
+                    columns[at + 7] = -scaled
+            elif columns[at + 7]:
                 self._close_cluster(at, 1, growth)
-            at += _COLUMNS
         if fired:
             for at in range(0, len(SCALES) * _COLUMNS, _COLUMNS):  # a change's clusters are not the tail of noise
                 columns[at + 4] = columns[at + 4 + _SIDE] = 0.0
