@@ -183,3 +183,27 @@ def test_a_model_without_a_policy_recommends_the_levels_that_meet_the_targets():
         check.validate(event)
         assert event["data"]["current"] is None and event["data"]["recommended"]["windows"] == 288
     assert proc.snapshot(kinds=("policies",)).statuses["policies"] == []  # a model judges no level
+
+
+def test_a_due_recommendation_is_held_through_an_incident_and_made_after_it():
+    """An incident (latency three times for two hours) over a due time: the recommendation is held, the status
+    says why, and it is made once the incident is over, not a cycle later."""
+    config = make_config(grace_s=5.0, policies=(POLICY,), recommend_every_s=86400.0)
+    items = latency_items(DAYS)
+    begin, end = T0 + 8 * 86400 - 600, T0 + 8 * 86400 + 2 * 3600
+    for item in items:
+        if begin <= item["ts"] < end:
+            item["value"] *= 3.0
+    proc = PartitionProcessor(0, config, WALL)
+    made, held = [], []
+    for record in records_of(items):
+        out = proc.process([record], WALL)
+        made += [e["data"]["made_at"] for _, e in out.recommendations
+                 if e["type"] == "slostream.recommendation" and e["data"]["target"]["level"] == "warning"]
+        held += [s["held"] for s in proc.snapshot(kinds=("thresholds",)).statuses["thresholds"] if s["held"]]
+    assert held and all(begin <= h["since"] <= h["until"] and h["due_at"] <= h["until"] for h in held)
+    assert {h["reason"].split(":")[0].split(" settles")[0] for h in held} <= {
+        "a drift of p95", "a drift of p95, error_ratio", "an incident"}, held
+    after = [at for at in made if at > begin]
+    assert after and begin < after[0] <= end + 6 * 3600, (after, end)  # not a day later
+    assert not [at for at in made if begin <= at < end]  # none while it lasted
