@@ -153,7 +153,7 @@ class ThresholdModel:
         if value is None or not math.isfinite(value):
             return
         day = int((end - self.window_s) // DAY_S)
-        if self.daily is None or day != self.daily[0]:
+        if self.daily is None or day > self.daily[0]:  # (a window of a day gone by is no news of today's)
             self._check_day(day)
         self.baseline.update(end, value)
         number = self.recent.count - HISTORY  # of the window pushed out of the recent ring, if any
@@ -162,7 +162,7 @@ class ThresholdModel:
         if older:
             self.older.push(*out)
         self._pushed = (True, older)
-        if math.isfinite(self.daily[1]):
+        if day == self.daily[0] and math.isfinite(self.daily[1]):
             self.daily[4] += 1
             self.daily[5] += value > self.daily[1] if self.direction == "above" else value < self.daily[1]
 
@@ -177,6 +177,8 @@ class ThresholdModel:
         if self.span_s < DAY_S:
             return
         fit = self.fit()
+        if fit is None:
+            return
         order = np.argsort(fit.values, kind="stable")
         share = np.cumsum(fit.counts_by_time[order]) / fit.counts_by_time.sum()  # each window as many as it stands for
         wanted = 1 - DAILY_TARGET if self.direction == "above" else DAILY_TARGET
