@@ -4,6 +4,7 @@ trends that are not spurious, adaptive conformal inference that moves every day,
 error that counts a week with nothing crossed, and a fleet whose well-predicting models are not
 flagged one in twenty."""
 
+import itertools
 import math
 
 import numpy as np
@@ -12,7 +13,7 @@ from scipy import stats
 
 from slostream.bench.threshold_scenarios import FAMILIES, Family, fleet_inaccurate, judge, series, summarise
 from slostream.core.recommend import STRATEGIES, benjamini_hochberg, ready, score, valid_predictive
-from slostream.core.threshold_model import LEVEL_NODES, ThresholdModel, rate_interval
+from slostream.core.threshold_model import LEVEL_NODES, ThresholdModel, p_value, rate_interval
 
 HARD = ("day_level_sd10", "ar1_phi0.95", "incidents_1_to_3", "held_out_shift_down5")
 
@@ -142,3 +143,15 @@ def test_a_damaged_predictive_distribution_is_refused_at_a_restore():
     for damaged in ({**good, "kind": "other"}, {**good, "rates": good["rates"][:3]}, {**good, "inflation": 0.0},
                     {**good, "rates": [2.0] * 9}, {**good, "history_windows": "x"}, None, [good]):
         assert not valid_predictive(damaged), damaged
+
+
+def test_p_values_stay_in_0_1_at_every_extreme():
+    """Rates of 0 and 1, one window or a week of ten-second ones, nothing or everything crossed:
+    Benjamini-Hochberg refuses any p-value outside [0, 1] (one rounded below 0 stopped a worker)."""
+    for rate, inflation, history, windows in itertools.product(
+            [0.0, 1e-6, 0.02, 0.9, 1 - 1e-6, 1.0], [1.0, 50.0], [10.0, 1e6], [1, 12, 2016, 60480]):
+        rates = np.clip(rate * np.exp(0.2 * LEVEL_NODES), 0, 1)
+        predictive = {"kind": "beta_binomial", "rates": rates.tolist(), "inflation": inflation,
+                      "history_windows": history}
+        for crossed in {0, 1, windows // 2, windows - 1, windows}:
+            assert 0.0 <= p_value(predictive, windows, crossed) <= 1.0, (rate, inflation, history, windows, crossed)

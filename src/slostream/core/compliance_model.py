@@ -464,4 +464,4 @@ def p_value(predictive: dict, events: int, bad: int) -> float:
     about the centre (``ComplianceModel.predict``); a share of 0 is read as half an event."""
     share = max(bad, 0.5) / events
     t = abs(math.log(share) - predictive["log_centre"]) / predictive["se"] if predictive["se"] > 0 else math.inf
-    return float(2 * stats.t.sf(t, predictive["dof"]))
+    return float(min(1.0, 2 * stats.t.sf(t, predictive["dof"])))

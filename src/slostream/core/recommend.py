@@ -269,8 +269,16 @@ def score(predicted: dict, windows: int, crossed: int, predictive: dict | None =
             "windows": windows, "breach_windows": crossed, "covered": covered,
             "relative_error": relative if math.isfinite(relative) else None,
             "log_error": abs(math.log((actual + c) / (rate + c))) if windows else None,
-            "p_value": P_VALUES[predictive["kind"]](predictive, windows, crossed) if windows and predictive else None,
-            "inaccurate": False}
+            "p_value": _p_value(predictive, windows, crossed), "inaccurate": False}
+
+
+def _p_value(predictive: dict | None, windows: int, crossed: int) -> float | None:
+    """``score``'s p-value: None without windows or a predictive distribution, or if it is not a
+    number in [0, 1] (a distribution too degenerate to say)."""
+    if not windows or not predictive:
+        return None
+    p = P_VALUES[predictive["kind"]](predictive, windows, crossed)
+    return p if 0.0 <= p <= 1.0 else None
 
 
 def _number(low: float):

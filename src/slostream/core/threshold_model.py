@@ -563,4 +563,5 @@ def p_value(predictive: dict, windows: int, crossed: int) -> float:
     a, b = rates * history_n + 0.5, (1 - rates) * history_n + 0.5
     below = float(stats.betabinom.cdf(count - 1, horizon_n, a, b) @ _LEVEL_WEIGHTS)
     at = float(stats.betabinom.pmf(count, horizon_n, a, b) @ _LEVEL_WEIGHTS)
-    return float(min(1.0, 2 * min(below + at / 2, 1 - below - at / 2)))
+    above = float(stats.betabinom.sf(count, horizon_n, a, b) @ _LEVEL_WEIGHTS)  # not 1 - the rest: rounding
+    return float(min(1.0, max(0.0, 2 * min(below + at / 2, above + at / 2))))
