@@ -265,9 +265,10 @@ class ThresholdModel:
         spread = math.sqrt(LEVEL_SD ** 2 + (fit.trend.slope_se * (float(ahead.mean()) - fit.trend.mean_day)) ** 2)
         return Forecast(fit, log_level, horizon_s, spread)
 
-    def hourly_rates(self, threshold: float, forecast: Forecast, shift: float = 0.0) -> np.ndarray:
+    def hourly_rates(self, threshold: float, forecast: Forecast, shift: float | np.ndarray = 0.0) -> np.ndarray:
         """The predicted share of windows on the wrong side of ``threshold`` in each hour (the
-        forecast's level moved by ``shift``, on the log scale)."""
+        forecast's level moved by ``shift``, on the log scale; a column of shifts gives a row of
+        hours for each)."""
         fit = forecast.fit
         # A window crosses when its error is beyond the level's distance from the forecast.
         return self._beyond(fit, math.log(max(threshold, 0.0) + fit.eps) - forecast.log_level - shift)
@@ -283,8 +284,7 @@ class ThresholdModel:
         interval (``rate_interval``: beta-binomial in effective windows, ``crossing_inflation``,
         mixed over the horizon's level, normal with sd ``forecast.spread``)."""
         fit = forecast.fit
-        rates = np.array([float(np.mean(self.hourly_rates(threshold, forecast, forecast.spread * node)))
-                          for node in LEVEL_NODES])
+        rates = self.hourly_rates(threshold, forecast, forecast.spread * LEVEL_NODES[:, None]).mean(axis=1)
         inflation = self.crossing_inflation(threshold, fit)
         history = float(fit.cumulative[-1])
         low, high = rate_interval(rates, inflation, history, forecast.horizon_s / self.window_s, self.alpha)
