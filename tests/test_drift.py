@@ -5,7 +5,7 @@ import pytest
 from river import drift
 
 from slostream.bench.drift_scenarios import CHANGES, QUIET, make_stream
-from slostream.core.drift import DETECTORS, DriftWatch
+from slostream.core.drift import ABSORPTIONS_KEPT, DETECTORS, STATE_VERSION, DriftWatch
 from slostream.core.drift_rules import DriftRule
 from slostream.pipeline.evaluators.drift import SeriesDrift
 
@@ -267,7 +267,7 @@ def test_an_older_watch_starts_afresh_and_its_series_goes_on():
     reaimed = SeriesDrift.from_state(bytes(state), DriftRule(false_per_week=0.1), 0.05)
     assert reaimed.watches["p95"].seen == series.watches["p95"].seen
     assert reaimed.watches["p95"].false_per_week == 0.05
-    first_watch = state.index(bytes((3,)), 20)  # the first watch's version byte, after its header
+    first_watch = state.index(bytes((STATE_VERSION,)), 20)  # the first watch's version byte, after its header
     state[first_watch] = 2
     older = SeriesDrift.from_state(bytes(state), DriftRule(), 0.05)
     assert older.pooled == series.pooled and older.watches["p95"].seen == 0
@@ -282,3 +282,42 @@ def test_a_lasting_change_is_absorbed_once_at_five_minute_windows():
     values[ts >= ts[0] + 6 * DAY] *= 2.3
     found = _detections(DriftWatch(false_per_week=0.05), ts, values)
     assert [d.direction for d in found] == ["up"], found
+
+
+def test_a_watch_of_state_version_3_goes_on_with_no_change_absorbed():
+    ts, values = _p95_stream(10, days=3)
+    watch = DriftWatch()
+    _detections(watch, ts[:2000], values[:2000])
+    state = watch.to_state()
+    absorbed = 16 * ABSORPTIONS_KEPT  # the version 4 block before the (absent) river state
+    older = DriftWatch.from_state(b"\x03" + state[1:-absorbed])
+    assert older.to_state() == state and all(math.isnan(x) for x in older.absorbed)
+    assert _detections(older, ts[2000:], values[2000:]) == _detections(watch, ts[2000:], values[2000:])
+
+
+def test_only_the_end_of_a_part_of_the_week_that_came_back_keeps_its_hours():
+    """A change that undoes the last one absorbed keeps the hours learned since, if that one came
+    back a week after one like it (a weekend); an incident that ends (nothing like it a week before),
+    or a change that does not undo the last, moves every hour."""
+    saturday = 1_699_833_600 + 5 * DAY  # a Saturday, 00:00 UTC
+    week = 7 * DAY
+
+    def watch_after(*absorbed):
+        watch = DriftWatch()
+        for at, ratio in absorbed:
+            del watch.absorbed[0]
+            watch.absorbed.insert(ABSORPTIONS_KEPT - 1, at)
+            del watch.absorbed[ABSORPTIONS_KEPT]
+            watch.absorbed.append(ratio)
+        return watch
+
+    weekends = watch_after((saturday, 0.8), (saturday + 2 * DAY, 1.25), (saturday + week + 3600, 0.78))
+    kept = weekends._part_of_the_week(saturday + week + 2 * DAY + 600, 1.27)
+    hour = int((saturday + week + 3600) // 3600) % 168  # from the hour of the last change to now's
+    assert kept is not None and kept.sum() == 48 and kept[hour] and kept[(hour + 47) % 168]
+    assert weekends._part_of_the_week(saturday + week + 2 * DAY, 1.0) is None  # undoes nothing
+    assert weekends._part_of_the_week(saturday + week + 2 * DAY, 0.8) is None  # the same way again
+    incident = watch_after((saturday - 3 * DAY, 1.3), (saturday + week + 3600, 2.0))
+    assert incident._part_of_the_week(saturday + week + DAY, 0.5) is None
+    other_way = watch_after((saturday, 1.25), (saturday + week, 0.8))
+    assert other_way._part_of_the_week(saturday + week + 2 * DAY, 1.25) is None

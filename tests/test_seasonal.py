@@ -101,3 +101,29 @@ def test_a_baseline_holds_under_4_kib():
     held = (tracemalloc.get_traced_memory()[0] - before) / len(baselines)
     tracemalloc.stop()
     assert held <= 4096, held
+
+
+@pytest.mark.parametrize("daily", [False, True])
+def test_a_change_of_level_leaves_the_hours_kept_and_moves_each_hour_of_the_day_as_asked(daily):
+    """The hours of the week kept stay as they are; the others move by the ratio, or (``daily``:
+    expectations read from each hour of the day's seven hours) so far that every hour of the day's
+    expectation moves by the ratio."""
+    ts, values = _stream(6, days=15)
+    baseline = SeasonalBaseline()
+    for t, v in zip(ts.tolist(), values.tolist()):
+        baseline.update(t, v)
+    at = ts[-1] + np.arange(HOURS_OF_WEEK) * HOUR
+    weekly_before = np.array([baseline.estimate(t)[1] for t in at])
+    daily_before = np.array([baseline.estimate(t, weekly=False)[1] for t in at])
+    keep = np.zeros(HOURS_OF_WEEK, dtype=bool)
+    keep[120:168] = True  # a weekend
+    baseline.change_level(100.0, 125.0, keep, daily)
+    weekly_after = np.array([baseline.estimate(t)[1] for t in at])
+    daily_after = np.array([baseline.estimate(t, weekly=False)[1] for t in at])
+    hours = (at // HOUR).astype(int) % HOURS_OF_WEEK
+    np.testing.assert_allclose(weekly_after[keep[hours]], weekly_before[keep[hours]], rtol=1e-6)
+    if daily:
+        np.testing.assert_allclose(daily_after, 1.25 * daily_before, rtol=1e-5)
+        assert np.all(weekly_after[~keep[hours]] > 1.25 * weekly_before[~keep[hours]])
+    else:
+        np.testing.assert_allclose(weekly_after[~keep[hours]], 1.25 * weekly_before[~keep[hours]], rtol=1e-6)

@@ -32,7 +32,10 @@ learns each window clipped to ``LEARN_CLIP`` scales of its expectation, so a spi
 barely moves it, and nothing during the cooldown after a detection. When that cooldown ends, the
 change is absorbed (the baseline moved by the ratio of the last ``LASTED_WINDOWS`` windows since
 the detection to their expectation) only if it has lasted: the middle scale's mean is still beyond
-``U`` on the side detected.
+``U`` on the side detected. A change that undoes the last one absorbed leaves the hours of the week
+learned in between as they are if that last one came back a week after one like it: a weekend (or
+a weekly job) before the weekly profile has learned it is a part of the week, not a level, and an
+incident that ends does not come back a week on (``_part_of_the_week``).
 
 Daylight saving: before a detection of a positive aggregate is made, the kept windows are
 compared with the baseline's profile as it is and moved an hour either way (``_moved_an_hour``);
@@ -44,9 +47,9 @@ split that best separates the mean residual before from after (the CUSUM statist
 the windows since then, ``after`` what they were.
 
 State is bytes of a fixed layout, about 3 kB a watch (``to_state``): a head, the settings as
-JSON, the baseline's state, the history's rings, the scales' columns, and a river detector's
-state if one is chosen (ADWIN keeps its window in Rust: its own serialised bytes;
-the others' as JSON), never a pickle read from a topic.
+JSON, the baseline's state, the history's rings, the scales' columns, the changes absorbed, and a
+river detector's state if one is chosen (ADWIN keeps its window in Rust: its own serialised
+bytes; the others' as JSON), never a pickle read from a topic.
 
 >>> rng = random.Random(1)
 >>> watch = DriftWatch()  # one-minute windows, the level doubles after 4,000 of them
@@ -67,10 +70,10 @@ import numpy as np
 import orjson
 from river import drift
 
+from .seasonal import HOURS_OF_WEEK, SeasonalBaseline
 from .seasonal import STATE_BYTES as BASELINE_BYTES
-from .seasonal import SeasonalBaseline
 
-STATE_VERSION = 3  # 3: scales and peaks over threshold (2 was ADWIN by default; it starts afresh)
+STATE_VERSION = 4  # 4: the changes absorbed; 3 (read: none absorbed): scales and peaks over threshold
 # version, windows seen, history written, quiet until (event time), mean absolute residual,
 # newest event time, whether a detected change awaits the end of its cooldown (1 up, -1 down), the
 # baseline's source the tails were learned under, the symmetric log's floor and the hour it was set
@@ -92,6 +95,10 @@ MIN_CLUSTERS = 10.0
 MIN_SIZE = 1e-6  # of a scale's mean: a series without noise must not divide by nothing
 TAIL_HALF_LIFE_S = 14 * 86400.0
 WEEK_S = 7 * 86400.0
+# The newest changes absorbed (detection time, ratio), to tell a part of the week (its changes come
+# back a week on, at about the same hour) from an incident: two a week and some to spare.
+ABSORPTIONS_KEPT = 6
+REPEAT_TOLERANCE_S = 6 * 3600.0
 PRIOR_WINDOWS = 30  # what a scale's first size (white noise's) weighs, in windows
 SIZE_WEIGHT = 5e-4  # of each window in a scale's running mean absolute value (about a day of minutes)
 Z_CLIP = 10.0
@@ -119,6 +126,8 @@ _NO_SCALES = array("d", [x for a in _ALPHAS for x in [0.0, math.sqrt(a / (2 - a)
                          + [0.0] * 2 * _SIDE]
                        + [0.0, 0.0, math.nan])
 _NO_HISTORY = array("d", [math.nan] * (3 * HISTORY))
+_NO_ABSORPTIONS = array("d", [math.nan] * (2 * ABSORPTIONS_KEPT))
+_ABSORPTIONS_BYTES = len(_NO_ABSORPTIONS.tobytes())
 _HISTORY_BYTES = len(_NO_HISTORY.tobytes())
 _SCALES_BYTES = len(_NO_SCALES.tobytes())
 DETECTORS = ("multiscale", "adwin", "page_hinkley", "kswin")
@@ -145,7 +154,7 @@ class DriftWatch:
 
     __slots__ = ("detector_name", "params", "warmup_windows", "cooldown_s", "false_per_week", "baseline",
                  "detector", "seen", "quiet_until", "mean_absolute", "newest", "awaiting", "source", "floor",
-                 "floor_hour", "scales", "z",
+                 "floor_hour", "scales", "z", "absorbed",
                  "_history", "_next")
 
     def __init__(self, detector: str = "multiscale", params: dict | None = None, warmup_windows: int = 120,
@@ -174,6 +183,7 @@ class DriftWatch:
         self.z = math.nan  # the newest window's standardised residual (what river's detectors read)
         self._history = array("d", _NO_HISTORY)  # event times, values, expectations: three rings
         self._next = 0  # windows written to the history
+        self.absorbed = array("d", _NO_ABSORPTIONS)  # detection times, then ratios (NaN: none, or not positive)
 
     def check(self) -> None:
         """Make a river detector once, so parameters it does not take fail now (TypeError,
@@ -405,16 +415,48 @@ class DriftWatch:
         middle scale's mean beyond ``U`` of its scales on the side detected, with two windows or
         more after the detection and the newest in the cooldown's second half: a service silent
         through it shows nothing), move the baseline to the level of those of the last
-        ``LASTED_WINDOWS`` after the detection; start the scales' means afresh."""
+        ``LASTED_WINDOWS`` after the detection (but the hours ``_part_of_the_week`` keeps); start
+        the scales' means afresh."""
         at = _COLUMNS  # the middle scale
         times, values, expected = self._kept_history(LASTED_WINDOWS)
-        after = times > self.quiet_until - self.cooldown_s  # the windows after the detection's
+        detected_at = self.quiet_until - self.cooldown_s
+        after = times > detected_at  # the windows after the detection's
         heard = after.sum() >= 2 and times[-1] > self.quiet_until - self.cooldown_s / 2
         if heard and self.awaiting * self.scales[at] > U * _GAUSS_MAD * self.scales[at + 1]:
-            self.baseline.change_level(float(expected[after].mean()), float(values[after].mean()))
+            before, now = float(expected[after].mean()), float(values[after].mean())
+            ratio = now / before if before > 0 and now > 0 else math.nan
+            self.baseline.change_level(before, now, self._part_of_the_week(detected_at, ratio),
+                                       self.source == _SOURCES["daily"])
+            absorbed = self.absorbed  # oldest first: shift the times and the ratios one on
+            del absorbed[0]
+            absorbed.insert(ABSORPTIONS_KEPT - 1, detected_at)
+            del absorbed[ABSORPTIONS_KEPT]
+            absorbed.append(ratio)
         for i in range(len(SCALES)):
             self.scales[i * _COLUMNS] = 0.0
         self.awaiting = 0
+
+    def _part_of_the_week(self, detected_at: float, ratio: float) -> np.ndarray | None:
+        """The hours of the week (168 bools) a change detected at ``detected_at`` leaves as they are,
+        or None: those learned since the last change absorbed, if this one undoes it (a weekend's
+        end after its start), and that one came back a week after one like it, at about the same
+        hour. They were learned at the level it undoes, which was a part of the week, not a level:
+        moving them back with the rest made every weekend a change again, week after week. An
+        incident that ends is undone too, but does not come back a week on: its hours move back."""
+        absorbed = self.absorbed
+        last_at, last_ratio = absorbed[ABSORPTIONS_KEPT - 1], absorbed[-1]
+        if not (ratio > 0 and last_ratio > 0 and detected_at - last_at < WEEK_S):  # NaN: none, or not positive
+            return None
+        step, last_step = math.log(ratio), math.log(last_ratio)
+        if abs(step + last_step) >= abs(step) / 2:  # not undone
+            return None
+        for earlier_at, earlier_ratio in zip(absorbed[:ABSORPTIONS_KEPT - 1], absorbed[ABSORPTIONS_KEPT:-1]):
+            if abs(last_at - WEEK_S - earlier_at) <= REPEAT_TOLERANCE_S and earlier_ratio > 0 \
+                    and math.log(earlier_ratio) * last_step > 0:
+                hours = np.zeros(HOURS_OF_WEEK, dtype=bool)
+                hours[np.arange(int(last_at // 3600), int(detected_at // 3600) + 1) % HOURS_OF_WEEK] = True
+                return hours
+        return None
 
     def _kept_history(self, windows: int = HISTORY) -> np.ndarray:
         """The newest ``windows`` kept, oldest first (rows: event time, value, expectation)."""
@@ -443,21 +485,22 @@ class DriftWatch:
 
     def to_state(self) -> bytes:
         """The head, the settings as JSON, the baseline's state, the history's rings, the scales'
-        columns, then a river detector's state, if any; ``from_state`` gives a watch that goes on
-        exactly alike. Arrays are in the machine's byte order: little-endian on every platform
-        Python wheels of numpy and river are built for that slostream runs on (x86-64, arm64)."""
+        columns, the changes absorbed, then a river detector's state, if any; ``from_state`` gives a
+        watch that goes on exactly alike. Arrays are in the machine's byte order: little-endian on
+        every platform Python wheels of numpy and river are built for that slostream runs on
+        (x86-64, arm64)."""
         settings = orjson.dumps(self.settings())
         river_state = b"" if self.detector is None else _CODECS[self.detector_name].save(self.detector)
         head = _HEAD.pack(STATE_VERSION, self.seen, self._next, self.quiet_until, self.mean_absolute, self.newest,
                           self.awaiting, self.source, self.floor, self.floor_hour, len(settings), len(river_state))
         return b"".join((head, settings, self.baseline.to_state(), self._history.tobytes(), self.scales.tobytes(),
-                         river_state))
+                         self.absorbed.tobytes(), river_state))
 
     @classmethod
     def from_state(cls, state: bytes) -> DriftWatch:
-        if state[:1] != bytes((STATE_VERSION,)):
-            raise ValueError(f"unsupported drift state version {state[0] if state else None!r} "
-                             f"(this version reads {STATE_VERSION})")
+        version = state[0] if state else None
+        if version not in (3, STATE_VERSION):
+            raise ValueError(f"unsupported drift state version {version!r} (this version reads 3 and {STATE_VERSION})")
         _, seen, written, quiet_until, mean_absolute, newest, awaiting, source, floor, floor_hour, settings_size, \
             river_size = _HEAD.unpack_from(state)
         at = _HEAD.size + settings_size
@@ -471,6 +514,9 @@ class DriftWatch:
         at += _HISTORY_BYTES
         watch.scales = array("d", state[at:at + _SCALES_BYTES])
         at += _SCALES_BYTES
+        if version == STATE_VERSION:
+            watch.absorbed = array("d", state[at:at + _ABSORPTIONS_BYTES])
+            at += _ABSORPTIONS_BYTES
         if river_size:
             watch.detector = _CODECS[watch.detector_name].make(watch.params)
             _CODECS[watch.detector_name].load(watch.detector, state[at:at + river_size])

@@ -118,16 +118,31 @@ class SeasonalBaseline:
         self._level_sum += level_weight * value
         self._level_weight += level_weight
 
-    def change_level(self, before: float, after: float) -> None:
+    def change_level(self, before: float, after: float, keep: np.ndarray | None = None,
+                     daily: bool = False) -> None:
         """Move every expectation from the level ``before`` to ``after`` (a detected change), keeping
         the cycles: by their ratio when both are positive (latency and traffic cycles scale with
-        their level), else by their difference."""
-        sums = np.frombuffer(self._sums, dtype=np.float32)
+        their level), else by their difference. The hours of the week ``keep`` marks (168 bools)
+        stay as they are; with ``daily`` (expectations read from the seven hours of each hour of the
+        day), the others of each hour of the day move so far that its expectation moves as asked,
+        at most by the square of the ratio (or twice the difference)."""
+        sums = np.frombuffer(self._sums, dtype=np.float32).reshape(7, 24)
+        weights = np.frombuffer(self._weights, dtype=np.float32).reshape(7, 24)
+        moved = np.ones((7, 24), dtype=bool) if keep is None else ~keep.reshape(7, 24)
         if before > 0 and after > 0:
-            sums *= after / before
+            ratio = np.full(24, after / before)
+            if daily and keep is not None:
+                moving, staying = (sums * moved).sum(axis=0), (sums * ~moved).sum(axis=0)
+                wide = np.where(moving > 0, ratio + (ratio - 1) * staying / np.where(moving > 0, moving, 1.0), ratio)
+                ratio = np.clip(wide, np.minimum(ratio, ratio ** 2), np.maximum(ratio, ratio ** 2))
+            sums *= np.where(moved, ratio[None, :], 1.0).astype(np.float32)
             self._level_sum *= after / before
         else:
-            sums += (after - before) * np.frombuffer(self._weights, dtype=np.float32)
+            difference = np.full(24, after - before)
+            if daily and keep is not None:
+                moving, every = (weights * moved).sum(axis=0), weights.sum(axis=0)
+                difference *= np.where(moving > 0, np.minimum(every / np.where(moving > 0, moving, 1.0), 2.0), 1.0)
+            sums += np.where(moved, difference[None, :] * weights, 0.0).astype(np.float32)
             self._level_sum += (after - before) * self._level_weight
 
     def shift_hours(self, hours: int) -> None:
