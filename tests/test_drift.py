@@ -5,7 +5,7 @@ import pytest
 from river import drift
 
 from slostream.bench.drift_scenarios import CHANGES, QUIET, make_stream
-from slostream.core.drift import ABSORPTIONS_KEPT, DETECTORS, STATE_VERSION, DriftWatch
+from slostream.core.drift import ABSORPTIONS_KEPT, DETECTORS, STATE_VERSION, DriftWatch, _hours
 from slostream.core.drift_rules import DriftRule
 from slostream.pipeline.evaluators.drift import SeriesDrift
 
@@ -289,7 +289,7 @@ def test_a_watch_of_state_version_3_goes_on_with_no_change_absorbed():
     watch = DriftWatch()
     _detections(watch, ts[:2000], values[:2000])
     state = watch.to_state()
-    absorbed = 16 * ABSORPTIONS_KEPT  # the version 4 block before the (absent) river state
+    absorbed = 8 * (2 * ABSORPTIONS_KEPT + 4)  # the version 4 block before the (absent) river state
     older = DriftWatch.from_state(b"\x03" + state[1:-absorbed])
     assert older.to_state() == state and all(math.isnan(x) for x in older.absorbed)
     assert _detections(older, ts[2000:], values[2000:]) == _detections(watch, ts[2000:], values[2000:])
@@ -298,26 +298,40 @@ def test_a_watch_of_state_version_3_goes_on_with_no_change_absorbed():
 def test_only_the_end_of_a_part_of_the_week_that_came_back_keeps_its_hours():
     """A change that undoes the last one absorbed keeps the hours learned since, if that one came
     back a week after one like it (a weekend); an incident that ends (nothing like it a week before),
-    or a change that does not undo the last, moves every hour."""
+    or a change that does not undo the last, moves every hour. A change the other way a week after
+    the kept hours began moves only them."""
     saturday = 1_699_833_600 + 5 * DAY  # a Saturday, 00:00 UTC
     week = 7 * DAY
 
     def watch_after(*absorbed):
         watch = DriftWatch()
         for at, ratio in absorbed:
-            del watch.absorbed[0]
-            watch.absorbed.insert(ABSORPTIONS_KEPT - 1, at)
-            del watch.absorbed[ABSORPTIONS_KEPT]
-            watch.absorbed.append(ratio)
+            watch._remember(at, ratio)
         return watch
 
     weekends = watch_after((saturday, 0.8), (saturday + 2 * DAY, 1.25), (saturday + week + 3600, 0.78))
-    kept = weekends._part_of_the_week(saturday + week + 2 * DAY + 600, 1.27)
-    hour = int((saturday + week + 3600) // 3600) % 168  # from the hour of the last change to now's
-    assert kept is not None and kept.sum() == 48 and kept[hour] and kept[(hour + 47) % 168]
-    assert weekends._part_of_the_week(saturday + week + 2 * DAY, 1.0) is None  # undoes nothing
-    assert weekends._part_of_the_week(saturday + week + 2 * DAY, 0.8) is None  # the same way again
+    monday = saturday + week + 2 * DAY + 600
+    assert weekends._part_of_the_week(monday, 1.27) == (saturday + week + 3600, monday, 0.78)
+    kept = _hours(saturday + week + 3600, monday)
+    hour = int((saturday + week + 3600) // 3600) % 168
+    assert kept.sum() == 47 and kept[hour] and kept[(hour + 46) % 168] and not kept[(hour + 47) % 168]
+    assert weekends._part_of_the_week(monday, 1.0) is None  # undoes nothing
+    assert weekends._part_of_the_week(monday, 0.8) is None  # the same way again
     incident = watch_after((saturday - 3 * DAY, 1.3), (saturday + week + 3600, 2.0))
     assert incident._part_of_the_week(saturday + week + DAY, 0.5) is None
     other_way = watch_after((saturday, 1.25), (saturday + week, 0.8))
     assert other_way._part_of_the_week(saturday + week + 2 * DAY, 1.25) is None
+
+
+def test_a_weekly_incident_that_stops_moves_back_only_its_hours():
+    """An incident at the same hours two weeks running is kept as a part of the week; the week it
+    does not come back, its hours move back, and no other (before: every hour moved, the next day's
+    'up' moved them all back with the incident's hours, and so on week after week)."""
+    rng = np.random.default_rng(6)
+    ts = 1_699_833_600 + 60.0 * np.arange(6 * 7 * 1440)  # six weeks from a Monday
+    values = 200 * (1 + 0.4 * np.sin(2 * np.pi * (ts % DAY) / DAY)) * rng.lognormal(0, 0.08, ts.size)
+    for day in (17, 24):
+        values[(ts >= ts[0] + day * DAY + 9 * 3600) & (ts < ts[0] + (day + 1) * DAY + 9 * 3600)] *= 2
+    found = _detections(DriftWatch(), ts, values)
+    late = [(round((d.detected_at - ts[0]) / DAY, 2), d.direction) for d in found if d.detected_at > ts[0] + 26 * DAY]
+    assert len(late) <= 2, late

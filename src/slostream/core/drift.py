@@ -35,7 +35,9 @@ the detection to their expectation) only if it has lasted: the middle scale's me
 ``U`` on the side detected. A change that undoes the last one absorbed leaves the hours of the week
 learned in between as they are if that last one came back a week after one like it: a weekend (or
 a weekly job) before the weekly profile has learned it is a part of the week, not a level, and an
-incident that ends does not come back a week on (``_part_of_the_week``).
+incident that ends does not come back a week on (``_part_of_the_week``). A change the other way a
+week after such hours began moves only them: the part of the week did not come back
+(``_part_not_back``).
 
 Daylight saving: before a detection of a positive aggregate is made, the kept windows are
 compared with the baseline's profile as it is and moved an hour either way (``_moved_an_hour``);
@@ -98,6 +100,8 @@ WEEK_S = 7 * 86400.0
 # The newest changes absorbed (detection time, ratio), to tell a part of the week (its changes come
 # back a week on, at about the same hour) from an incident: two a week and some to spare.
 ABSORPTIONS_KEPT = 6
+_KEPT_HOURS = 2 * ABSORPTIONS_KEPT  # after their times and ratios: the hours last kept (from, to, their ratio),
+_AWAITING_CHANGE = _KEPT_HOURS + 3  # then the change point of the detected change awaiting its cooldown's end
 REPEAT_TOLERANCE_S = 6 * 3600.0
 PRIOR_WINDOWS = 30  # what a scale's first size (white noise's) weighs, in windows
 SIZE_WEIGHT = 5e-4  # of each window in a scale's running mean absolute value (about a day of minutes)
@@ -126,7 +130,7 @@ _NO_SCALES = array("d", [x for a in _ALPHAS for x in [0.0, math.sqrt(a / (2 - a)
                          + [0.0] * 2 * _SIDE]
                        + [0.0, 0.0, math.nan])
 _NO_HISTORY = array("d", [math.nan] * (3 * HISTORY))
-_NO_ABSORPTIONS = array("d", [math.nan] * (2 * ABSORPTIONS_KEPT))
+_NO_ABSORPTIONS = array("d", [math.nan] * (_AWAITING_CHANGE + 1))
 _ABSORPTIONS_BYTES = len(_NO_ABSORPTIONS.tobytes())
 _HISTORY_BYTES = len(_NO_HISTORY.tobytes())
 _SCALES_BYTES = len(_NO_SCALES.tobytes())
@@ -147,6 +151,19 @@ class Detection:
     @property
     def direction(self) -> str:
         return "up" if self.after >= self.before else "down"
+
+
+def _off_the_week(seconds: float) -> float:
+    """How far ``seconds`` is from a whole number of weeks."""
+    return abs((seconds + WEEK_S / 2) % WEEK_S - WEEK_S / 2)
+
+
+def _hours(first: float, last: float) -> np.ndarray:
+    """The hours of the week (168 bools) from event time ``first``'s to the one before ``last``'s
+    (a change that began in it leaves it mostly after the change)."""
+    hours = np.zeros(HOURS_OF_WEEK, dtype=bool)
+    hours[np.arange(int(first // 3600), int(last // 3600)) % HOURS_OF_WEEK] = True
+    return hours
 
 
 class DriftWatch:
@@ -183,7 +200,9 @@ class DriftWatch:
         self.z = math.nan  # the newest window's standardised residual (what river's detectors read)
         self._history = array("d", _NO_HISTORY)  # event times, values, expectations: three rings
         self._next = 0  # windows written to the history
-        self.absorbed = array("d", _NO_ABSORPTIONS)  # detection times, then ratios (NaN: none, or not positive)
+        # Change points, then ratios (NaN: none, or not positive), then the hours last kept, and the
+        # change point of the change awaiting its cooldown's end.
+        self.absorbed = array("d", _NO_ABSORPTIONS)
 
     def check(self) -> None:
         """Make a river detector once, so parameters it does not take fail now (TypeError,
@@ -251,7 +270,7 @@ class DriftWatch:
         fired = self._feed_means(z, self.newest, elapsed, judge=self.detector_name == "multiscale")
         if self.detector_name != "multiscale":
             fired = self._river(z)
-        if fired and requests is None and self._moved_an_hour():
+        if fired and requests is None and not self._at_kept_edge(ts) and self._moved_an_hour():
             fired = False
         if not fired:
             since = self.scales[_SINCE] + 1
@@ -261,6 +280,7 @@ class DriftWatch:
         detection = self._detection(ts)
         self.quiet_until = ts + self.cooldown_s
         self.awaiting = 1 if detection.direction == "up" else -1
+        self.absorbed[_AWAITING_CHANGE] = detection.changed_at
         return detection
 
     def _floor(self, ts: float) -> float:
@@ -425,37 +445,75 @@ class DriftWatch:
         if heard and self.awaiting * self.scales[at] > U * _GAUSS_MAD * self.scales[at + 1]:
             before, now = float(expected[after].mean()), float(values[after].mean())
             ratio = now / before if before > 0 and now > 0 else math.nan
-            self.baseline.change_level(before, now, self._part_of_the_week(detected_at, ratio),
-                                       self.source == _SOURCES["daily"])
-            absorbed = self.absorbed  # oldest first: shift the times and the ratios one on
-            del absorbed[0]
-            absorbed.insert(ABSORPTIONS_KEPT - 1, detected_at)
-            del absorbed[ABSORPTIONS_KEPT]
-            absorbed.append(ratio)
+            changed_at = self.absorbed[_AWAITING_CHANGE]
+            if changed_at != changed_at:  # NaN: a watch of version 3, detected before it was saved
+                changed_at = detected_at
+            not_back = self._part_not_back(changed_at, ratio)
+            if not_back is not None:  # only those hours move: the rest never had it
+                self.baseline.change_level(before, now, ~not_back)
+                self.absorbed[_KEPT_HOURS:_AWAITING_CHANGE] = array("d", [math.nan] * 3)
+            else:
+                kept = self._part_of_the_week(changed_at, ratio)
+                self.baseline.change_level(before, now, None if kept is None else _hours(kept[0], kept[1]),
+                                           self.source == _SOURCES["daily"])
+                if kept is not None:
+                    self.absorbed[_KEPT_HOURS:_AWAITING_CHANGE] = array("d", kept)
+            self._remember(changed_at, ratio)
         for i in range(len(SCALES)):
             self.scales[i * _COLUMNS] = 0.0
         self.awaiting = 0
 
-    def _part_of_the_week(self, detected_at: float, ratio: float) -> np.ndarray | None:
-        """The hours of the week (168 bools) a change detected at ``detected_at`` leaves as they are,
-        or None: those learned since the last change absorbed, if this one undoes it (a weekend's
-        end after its start), and that one came back a week after one like it, at about the same
-        hour. They were learned at the level it undoes, which was a part of the week, not a level:
-        moving them back with the rest made every weekend a change again, week after week. An
-        incident that ends is undone too, but does not come back a week on: its hours move back."""
+    def _remember(self, changed_at: float, ratio: float) -> None:
+        """Keep a change absorbed among the newest ``ABSORPTIONS_KEPT`` (the oldest goes)."""
+        absorbed, last = self.absorbed, ABSORPTIONS_KEPT - 1
+        absorbed[:last] = absorbed[1:ABSORPTIONS_KEPT]
+        absorbed[ABSORPTIONS_KEPT:ABSORPTIONS_KEPT + last] = absorbed[ABSORPTIONS_KEPT + 1:_KEPT_HOURS]
+        absorbed[last], absorbed[_KEPT_HOURS - 1] = changed_at, ratio
+
+    def _part_of_the_week(self, changed_at: float, ratio: float) -> tuple[float, float, float] | None:
+        """The span of event time (from, to, and the ratio of the change it began with) whose
+        hours of the week a change that began at ``changed_at`` leaves as they are, or None: from
+        the last change absorbed, if this one undoes it (a weekend's end after its start), and
+        that one came back a week after one like it, at about the same hour. Those hours were
+        learned at the level it undoes, which was a part of the week, not a level: moving them back
+        with the rest made every weekend a change again, week after week. An incident that ends
+        is undone too, but does not come back a week on: its hours move back."""
         absorbed = self.absorbed
-        last_at, last_ratio = absorbed[ABSORPTIONS_KEPT - 1], absorbed[-1]
-        if not (ratio > 0 and last_ratio > 0 and detected_at - last_at < WEEK_S):  # NaN: none, or not positive
+        last_at, last_ratio = absorbed[ABSORPTIONS_KEPT - 1], absorbed[_KEPT_HOURS - 1]
+        if not (ratio > 0 and last_ratio > 0 and changed_at - last_at < WEEK_S):  # NaN: none, or not positive
+            return None
+        if int(changed_at // 3600) == int(last_at // 3600):
             return None
         step, last_step = math.log(ratio), math.log(last_ratio)
         if abs(step + last_step) >= abs(step) / 2:  # not undone
             return None
-        for earlier_at, earlier_ratio in zip(absorbed[:ABSORPTIONS_KEPT - 1], absorbed[ABSORPTIONS_KEPT:-1]):
+        earlier = zip(absorbed[:ABSORPTIONS_KEPT - 1], absorbed[ABSORPTIONS_KEPT:_KEPT_HOURS - 1])
+        for earlier_at, earlier_ratio in earlier:
             if abs(last_at - WEEK_S - earlier_at) <= REPEAT_TOLERANCE_S and earlier_ratio > 0 \
                     and math.log(earlier_ratio) * last_step > 0:
-                hours = np.zeros(HOURS_OF_WEEK, dtype=bool)
-                hours[np.arange(int(last_at // 3600), int(detected_at // 3600) + 1) % HOURS_OF_WEEK] = True
-                return hours
+                return last_at, changed_at, last_ratio
+        return None
+
+    def _at_kept_edge(self, ts: float) -> bool:
+        """Whether event time ``ts`` is within an hour of an edge of the hours last kept as a part
+        of the week: there the profile steps, and a part of the week that did not come back looks
+        like a profile an hour off (daylight saving), which it is not."""
+        kept_from, kept_to, _ = self.absorbed[_KEPT_HOURS:_AWAITING_CHANGE]
+        if kept_from != kept_from:  # NaN: none kept
+            return False
+        return any(_off_the_week(ts - edge) <= 3600.0 for edge in (kept_from, kept_to))
+
+    def _part_not_back(self, changed_at: float, ratio: float) -> np.ndarray | None:
+        """The hours last kept as a part of the week (168 bools), if a change detected at
+        ``changed_at`` says it did not come back: a week or more after the change that began it,
+        at about the same hour of the week, the other way (a weekly incident that stopped, a
+        weekend no longer lower). Only those hours move back; moving every hour made the rest
+        wrong, and a change again."""
+        kept_from, kept_to, kept_ratio = self.absorbed[_KEPT_HOURS:_AWAITING_CHANGE]
+        since = changed_at - kept_from
+        if ratio > 0 and kept_ratio > 0 and since > WEEK_S - REPEAT_TOLERANCE_S \
+                and _off_the_week(since) <= REPEAT_TOLERANCE_S and math.log(ratio) * math.log(kept_ratio) < 0:
+            return _hours(kept_from, kept_to)
         return None
 
     def _kept_history(self, windows: int = HISTORY) -> np.ndarray:
