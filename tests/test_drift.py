@@ -293,6 +293,10 @@ def test_a_watch_of_state_version_3_goes_on_with_no_change_absorbed():
     older = DriftWatch.from_state(b"\x03" + state[1:-absorbed])
     assert older.to_state() == state and all(math.isnan(x) for x in older.absorbed)
     assert _detections(older, ts[2000:], values[2000:]) == _detections(watch, ts[2000:], values[2000:])
+    with pytest.raises(ValueError, match="holds"):
+        DriftWatch.from_state(state[:-8])
+    with pytest.raises(ValueError, match="at least"):
+        DriftWatch.from_state(state[:20])
 
 
 def test_only_the_end_of_a_part_of_the_week_that_came_back_keeps_its_hours():

@@ -559,8 +559,14 @@ class DriftWatch:
         version = state[0] if state else None
         if version not in (3, STATE_VERSION):
             raise ValueError(f"unsupported drift state version {version!r} (this version reads 3 and {STATE_VERSION})")
+        if len(state) < _HEAD.size:
+            raise ValueError(f"a drift state holds at least {_HEAD.size} bytes, not {len(state)}")
         _, seen, written, quiet_until, mean_absolute, newest, awaiting, source, floor, floor_hour, settings_size, \
             river_size = _HEAD.unpack_from(state)
+        size = _HEAD.size + settings_size + BASELINE_BYTES + _HISTORY_BYTES + _SCALES_BYTES + river_size \
+            + (_ABSORPTIONS_BYTES if version == STATE_VERSION else 0)
+        if len(state) != size:
+            raise ValueError(f"a drift state of version {version} and these sizes holds {size} bytes, not {len(state)}")
         at = _HEAD.size + settings_size
         baseline = SeasonalBaseline.from_state(state[at:at + BASELINE_BYTES])
         watch = cls(**orjson.loads(state[_HEAD.size:at]), baseline=baseline)
