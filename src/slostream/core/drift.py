@@ -100,6 +100,10 @@ WEEK_S = 7 * 86400.0
 # The newest changes absorbed (detection time, ratio), to tell a part of the week (its changes come
 # back a week on, at about the same hour) from an incident: two a week and some to spare.
 ABSORPTIONS_KEPT = 6
+# A part of the week is at most half of it (longer, the rest of the week is the part), and its
+# absence is looked for at its start's hour one and two weeks on.
+PART_OF_THE_WEEK_S = WEEK_S / 2
+PART_WEEKS_WATCHED = 2
 _KEPT_HOURS = 2 * ABSORPTIONS_KEPT  # after their times and ratios: the hours last kept (from, to, their ratio),
 _AWAITING_CHANGE = _KEPT_HOURS + 3  # then the change point of the detected change awaiting its cooldown's end
 REPEAT_TOLERANCE_S = 6 * 3600.0
@@ -480,8 +484,8 @@ class DriftWatch:
         is undone too, but does not come back a week on: its hours move back."""
         absorbed = self.absorbed
         last_at, last_ratio = absorbed[ABSORPTIONS_KEPT - 1], absorbed[_KEPT_HOURS - 1]
-        if not (ratio > 0 and last_ratio > 0 and changed_at - last_at < WEEK_S):  # NaN: none, or not positive
-            return None
+        if not (ratio > 0 and last_ratio > 0 and changed_at - last_at <= PART_OF_THE_WEEK_S):
+            return None  # (NaN: none, or not positive)
         if int(changed_at // 3600) == int(last_at // 3600):
             return None
         step, last_step = math.log(ratio), math.log(last_ratio)
@@ -504,15 +508,18 @@ class DriftWatch:
         return any(_off_the_week(ts - edge) <= 3600.0 for edge in (kept_from, kept_to))
 
     def _part_not_back(self, changed_at: float, ratio: float) -> np.ndarray | None:
-        """The hours last kept as a part of the week (168 bools), if a change detected at
-        ``changed_at`` says it did not come back: a week or more after the change that began it,
-        at about the same hour of the week, the other way (a weekly incident that stopped, a
-        weekend no longer lower). Only those hours move back; moving every hour made the rest
-        wrong, and a change again."""
+        """The hours last kept as a part of the week (168 bools), if a change that began at
+        ``changed_at`` says it did not come back: one or two weeks after the change that began it,
+        at about the same hour of the week, undoing it (a weekly incident that stopped, a weekend
+        no longer lower). Only those hours move back; moving every hour made the rest wrong, and a
+        change again. A change of another size there is a change of level (a step on a Saturday)."""
         kept_from, kept_to, kept_ratio = self.absorbed[_KEPT_HOURS:_AWAITING_CHANGE]
         since = changed_at - kept_from
-        if ratio > 0 and kept_ratio > 0 and since > WEEK_S - REPEAT_TOLERANCE_S \
-                and _off_the_week(since) <= REPEAT_TOLERANCE_S and math.log(ratio) * math.log(kept_ratio) < 0:
+        if not (ratio > 0 and kept_ratio > 0 and WEEK_S - REPEAT_TOLERANCE_S < since
+                <= PART_WEEKS_WATCHED * WEEK_S + REPEAT_TOLERANCE_S and _off_the_week(since) <= REPEAT_TOLERANCE_S):
+            return None
+        step, kept_step = math.log(ratio), math.log(kept_ratio)
+        if abs(step + kept_step) < abs(kept_step) / 2:
             return _hours(kept_from, kept_to)
         return None
 
