@@ -35,9 +35,9 @@ the detection to their expectation) only if it has lasted: the middle scale's me
 ``U`` on the side detected. A change that undoes the last one absorbed leaves the hours of the week
 learned in between as they are if that last one came back a week after one like it: a weekend (or
 a weekly job) before the weekly profile has learned it is a part of the week, not a level, and an
-incident that ends does not come back a week on (``_part_of_the_week``). A change the other way a
-week after such hours began moves only them: the part of the week did not come back
-(``_part_not_back``).
+incident that ends does not come back a week on (``_part_of_the_week``). One or two weeks on, a
+change at such hours' start that undoes them moves only them: the part of the week did not come
+back (``_part_not_back``).
 
 Daylight saving: before a detection of a positive aggregate is made, the kept windows are
 compared with the baseline's profile as it is and moved an hour either way (``_moved_an_hour``);
@@ -97,14 +97,14 @@ MIN_CLUSTERS = 10.0
 MIN_SIZE = 1e-6  # of a scale's mean: a series without noise must not divide by nothing
 TAIL_HALF_LIFE_S = 14 * 86400.0
 WEEK_S = 7 * 86400.0
-# The newest changes absorbed (detection time, ratio), to tell a part of the week (its changes come
+# The newest changes absorbed (change point, ratio), to tell a part of the week (its changes come
 # back a week on, at about the same hour) from an incident: two a week and some to spare.
 ABSORPTIONS_KEPT = 6
 # A part of the week is at most half of it (longer, the rest of the week is the part), and its
 # absence is looked for at its start's hour one and two weeks on.
 PART_OF_THE_WEEK_S = WEEK_S / 2
 PART_WEEKS_WATCHED = 2
-_KEPT_HOURS = 2 * ABSORPTIONS_KEPT  # after their times and ratios: the hours last kept (from, to, their ratio),
+_KEPT_HOURS = 2 * ABSORPTIONS_KEPT  # after their times and ratios: the hours last kept (from, to, their ratio)
 _AWAITING_CHANGE = _KEPT_HOURS + 3  # then the change point of the detected change awaiting its cooldown's end
 REPEAT_TOLERANCE_S = 6 * 3600.0
 PRIOR_WINDOWS = 30  # what a scale's first size (white noise's) weighs, in windows
@@ -445,7 +445,7 @@ class DriftWatch:
         times, values, expected = self._kept_history(LASTED_WINDOWS)
         detected_at = self.quiet_until - self.cooldown_s
         after = times > detected_at  # the windows after the detection's
-        heard = after.sum() >= 2 and times[-1] > self.quiet_until - self.cooldown_s / 2
+        heard = after.sum() >= 2 and times[-1] > detected_at + self.cooldown_s / 2
         if heard and self.awaiting * self.scales[at] > U * _GAUSS_MAD * self.scales[at + 1]:
             before, now = float(expected[after].mean()), float(values[after].mean())
             ratio = now / before if before > 0 and now > 0 else math.nan

@@ -124,8 +124,8 @@ class SeasonalBaseline:
         the cycles: by their ratio when both are positive (latency and traffic cycles scale with
         their level), else by their difference. The hours of the week ``keep`` marks (168 bools)
         stay as they are; with ``daily`` (expectations read from the seven hours of each hour of the
-        day), the others of each hour of the day move so far that its expectation moves as asked,
-        at most by the square of the ratio (or twice the difference)."""
+        day), the others of each hour of the day move by a ratio so far that its expectation moves
+        as asked, at most its square."""
         sums = np.frombuffer(self._sums, dtype=np.float32).reshape(7, 24)
         weights = np.frombuffer(self._weights, dtype=np.float32).reshape(7, 24)
         moved = np.ones((7, 24), dtype=bool) if keep is None else ~keep.reshape(7, 24)
@@ -138,11 +138,7 @@ class SeasonalBaseline:
             sums *= np.where(moved, ratio[None, :], 1.0).astype(np.float32)
             self._level_sum *= after / before
         else:
-            difference = np.full(24, after - before)
-            if daily and keep is not None:
-                moving, every = (weights * moved).sum(axis=0), weights.sum(axis=0)
-                difference *= np.where(moving > 0, np.minimum(every / np.where(moving > 0, moving, 1.0), 2.0), 1.0)
-            sums += np.where(moved, difference[None, :] * weights, 0.0).astype(np.float32)
+            sums += np.where(moved, (after - before) * weights, 0.0).astype(np.float32)
             self._level_sum += (after - before) * self._level_weight
 
     def shift_hours(self, hours: int) -> None:
